@@ -1,0 +1,1 @@
+"""Sequence encoder: the user-action-as-token transformer, training, evaluation and batch inference."""

@@ -1,0 +1,1 @@
+"""Batch inference: stream sequence shards through an encoder, write embedding shards."""

@@ -1,0 +1,103 @@
+"""Atomic, idempotent publication of output directories and files.
+
+A writer builds its output in a hidden temporary sibling (``.<name>.tmp-<uuid>``), writes a
+``_SUCCESS`` marker holding a small JSON manifest as the last file, and then renames the directory
+into place. Readers only trust directories with a marker (`is_complete`). A crash at any point
+leaves either the previous published version or nothing, never a half-written directory that looks
+complete; leftovers are hidden temp dirs that `clean_temp` removes.
+
+Re-publishing the same directory replaces it: the old version is renamed aside, the new one renamed
+in, and the old one deleted. Between those two renames a reader may briefly find no directory (it
+then sees "not yet published" and retries), never a mix of both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+MARKER = "_SUCCESS"
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    """The manifest stored in a published directory's marker; raises if it is not published."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{path} is not published (no {MARKER} marker)")
+    text = marker.read_text()
+    return json.loads(text) if text.strip() else {}
+
+
+def write_marker(path: Path, manifest: dict[str, Any] | None = None) -> None:
+    """Write the marker of a directory in place (for writers that cannot rename, e.g. event landing)."""
+    _write_json(Path(path) / MARKER, manifest or {})
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write a JSON file atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, payload)
+
+
+@contextmanager
+def publish_dir(final: Path, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a temp directory to write into; on success, mark and rename it to ``final``.
+
+    The manifest dict may be filled in by the caller inside the ``with`` block; it is written into
+    the marker at the end. On an exception the temp directory is removed and nothing is published.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    manifest = {} if manifest is None else manifest
+    try:
+        yield tmp
+        _write_json(tmp / MARKER, manifest)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(src: Path, final: Path) -> None:
+    """Move ``src`` to ``final``, replacing an existing ``final`` (see module docstring)."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex}"
+        os.replace(final, old)
+    os.replace(src, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_temp(parent: Path) -> int:
+    """Remove temp/old leftovers of crashed writers below ``parent``; returns how many."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return 0
+    n = 0
+    for child in parent.iterdir():
+        if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            n += 1
+    return n

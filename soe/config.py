@@ -1,0 +1,119 @@
+"""One typed configuration for every component.
+
+The configuration is read in exactly one place, `load_settings`: a YAML file (optional) and then
+environment overrides named ``SOE_<SECTION>__<FIELD>`` (nested with ``__``), e.g.
+``SOE_REDIS__PORT=6380`` or ``SOE_SEQUENCES__MAX_LEN=100``. Values are parsed as YAML scalars, so
+``SOE_EVENTS__EVENT_TYPES='[click, view]'`` works. Components receive their own section
+(``settings.redis``, ``settings.encoder`` ...) and never read the environment themselves.
+
+The defaults are the embedded single-machine setup: local paths under one data root, Spark
+``local[*]``, one Redis on 127.0.0.1, device ``auto``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import Field
+
+from encoder.inference.settings import InferenceSettings
+from encoder.settings import TrainSettings
+from pipelines.settings import SequenceSettings, SparkSettings
+from soe.section import Section
+from store.graph.settings import GraphSettings
+from store.service.settings import ServeSettings
+from store.settings import RedisSettings
+
+ENV_PREFIX = "SOE_"
+CONFIG_ENV = "SOE_CONFIG"  # path of the YAML file, when --config is not given
+
+
+class DataSettings(Section):
+    root: Path = Path("data")  # every local path lives under this one root (see soe.layout)
+
+
+class EventSettings(Section):
+    event_types: list[str] = ["impression", "click", "conversion", "view", "search"]  # the vocabulary
+    positive_event_types: list[str] = ["click", "conversion"]  # engagements that count as positives
+    max_lateness_hours: int = 72  # events older than interval start minus this are quarantined
+    max_attribute_id: int = 2**62  # ids above this (or negative) are "absurd" and quarantined
+
+
+class RefreshSettings(Section):
+    """The hourly refresh as a whole (used by `soe refresh` and the Airflow DAGs)."""
+
+    hours_to_keep: int = 48  # retention: state/active/embedding snapshots older than this are removed
+    min_coverage: float = 0.999  # validation gate: share of active users that must get a vector
+    min_drift_cosine: float = 0.2  # gate: mean cosine of the same users' old vs new vector
+    min_graph_recall: float = 0.9  # gate: graph recall@k against exact search
+    retries: int = 2  # Airflow task retries (exponential backoff)
+    retry_delay_s: int = 30  # first retry delay
+    max_active_runs: int = 2  # concurrent hourly runs
+
+
+class Settings(Section):
+    data: DataSettings = Field(default_factory=DataSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    sequences: SequenceSettings = Field(default_factory=SequenceSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    graph: GraphSettings = Field(default_factory=GraphSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    refresh: RefreshSettings = Field(default_factory=RefreshSettings)
+
+    def layout(self):
+        """The on-disk layout of this configuration's data root."""
+        from soe.layout import Layout
+
+        return Layout(self.data.root)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config override {'.'.join(path)}: {key} is not a section")
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``SOE_A__B=v`` -> ``{"a": {"b": v}}``; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        _set_path(tree, path, yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load the settings: defaults <- YAML file <- ``SOE_*`` environment overrides."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV)
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist (from --config or ${CONFIG_ENV})")
+        tree = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ValueError(f"config file {p} must hold a mapping of sections, got {type(tree).__name__}")
+    tree = _merge(tree, env_overrides(environ))
+    return Settings.model_validate(tree)

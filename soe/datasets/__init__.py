@@ -1,0 +1,1 @@
+"""Event data sources: the synthetic ad/recommendation log generator and MovieLens-100K."""

@@ -1,0 +1,1 @@
+"""The query service (`soe serve`): vectors, neighbours, lookalike and candidates over HTTP."""

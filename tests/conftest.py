@@ -1,0 +1,18 @@
+"""Shared pytest setup. Fixtures of real servers live in their own plugin modules, one per component."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures.redis_servers",  # real redis-server: single node and a 3-master cluster (store)
+    "tests.fixtures.spark",  # one real local Spark session per test run (pipelines)
+]
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """Default settings with the data root in a fresh temp dir."""
+    from soe.config import load_settings
+
+    return load_settings(environ={"SOE_DATA__ROOT": str(tmp_path / "data")})
