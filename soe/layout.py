@@ -5,7 +5,7 @@
     <root>/events/dt=YYYY-MM-DD/hour=HH/part-*.parquet  + _SUCCESS   raw event log (arrival hour)
     <root>/quarantine/as_of=<T>/                                     rejected rows, with a reason
     <root>/state/as_of=<T>/                                          last N events of every known user
-    <root>/active/as_of=<T>/shard=<i>.parquet                        active users of the interval
+    <root>/active/as_of=<T>/shard=<iiiii>.parquet                    active users of the interval, K shards
     <root>/trainsets/<name>/                                         training sets
     <root>/models/<version>/                                         model artifacts
     <root>/embeddings/<model>/as_of=<T>/shard=<i>/                   one vector per active user
@@ -99,6 +99,10 @@ class Layout:
 
     def active(self, as_of: datetime) -> Path:
         return Path(self.root) / "active" / f"as_of={stamp(as_of)}"
+
+    def active_shard(self, as_of: datetime, shard: int) -> Path:
+        """One of the K balanced shards of active users' sequences (sequence contract)."""
+        return self.active(as_of) / f"shard={shard:05d}.parquet"
 
     def trainset(self, name: str) -> Path:
         return Path(self.root) / "trainsets" / name
