@@ -25,6 +25,11 @@ ATTRIBUTE_COLUMNS: tuple[str, ...] = ("category_id", "advertiser_id", "campaign_
 CONTEXT_COLUMNS: tuple[str, ...] = ("device", "country")
 
 
+def list_of(item: pa.DataType, size: int = -1) -> pa.DataType:
+    """A list type whose child is named "element", as Parquet (and Spark) store lists: round-trips exactly."""
+    return pa.list_(pa.field("element", item), size)
+
+
 @dataclass(frozen=True)
 class Contract:
     name: str
@@ -81,10 +86,10 @@ SEQUENCE = Contract(
             pa.field("user_id", pa.int64(), nullable=False),
             pa.field("as_of", TS, nullable=False),
             pa.field("n_events", pa.int32(), nullable=False),
-            pa.field("ts", pa.list_(TS), nullable=False),
-            pa.field("event_type", pa.list_(pa.string()), nullable=False),
-            pa.field("item_id", pa.list_(pa.int64()), nullable=False),
-            *[pa.field(c, pa.list_(pa.int64()), nullable=False) for c in ATTRIBUTE_COLUMNS],
+            pa.field("ts", list_of(TS), nullable=False),
+            pa.field("event_type", list_of(pa.string()), nullable=False),
+            pa.field("item_id", list_of(pa.int64()), nullable=False),
+            *[pa.field(c, list_of(pa.int64()), nullable=False) for c in ATTRIBUTE_COLUMNS],
         ],
     ),
     required=("user_id", "as_of", "n_events", "ts", "event_type", "item_id"),
@@ -98,8 +103,8 @@ NEIGHBOURS = Contract(
         1,
         [
             pa.field("user_id", pa.int64(), nullable=False),
-            pa.field("neighbor_ids", pa.list_(pa.int64()), nullable=False),
-            pa.field("scores", pa.list_(pa.float32()), nullable=False),
+            pa.field("neighbor_ids", list_of(pa.int64()), nullable=False),
+            pa.field("scores", list_of(pa.float32()), nullable=False),
             pa.field("model_version", pa.string(), nullable=False),
             pa.field("as_of", TS, nullable=False),
         ],
@@ -119,7 +124,7 @@ def embedding_contract(dim: int) -> Contract:
         EMBEDDING_VERSION,
         [
             pa.field("user_id", pa.int64(), nullable=False),
-            pa.field("vector", pa.list_(pa.float16(), dim), nullable=False),
+            pa.field("vector", list_of(pa.float16(), dim), nullable=False),
             pa.field("model_version", pa.string(), nullable=False),
             pa.field("as_of", TS, nullable=False),
             pa.field("n_events", pa.int32(), nullable=False),

@@ -1,0 +1,44 @@
+"""Atomic publication: a crash never leaves a directory that looks complete; reruns replace cleanly."""
+
+from __future__ import annotations
+
+import pytest
+
+from soe.atomic import clean_temp, is_complete, publish_dir, read_marker
+
+
+def test_publish_writes_marker_last_and_renames(tmp_path):
+    final = tmp_path / "out"
+    with publish_dir(final, {"rows": 1}) as tmp:
+        (tmp / "a.txt").write_text("x")
+        assert not final.exists()
+    assert is_complete(final) and read_marker(final) == {"rows": 1}
+    assert (final / "a.txt").read_text() == "x"
+
+
+def test_crash_inside_leaves_nothing_published_and_keeps_previous(tmp_path):
+    final = tmp_path / "out"
+    with publish_dir(final, {"v": 1}) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with publish_dir(final, {"v": 2}) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert read_marker(final) == {"v": 1} and (final / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_rerun_replaces_content(tmp_path):
+    final = tmp_path / "out"
+    for v in (1, 2):
+        with publish_dir(final, {"v": v}) as tmp:
+            (tmp / f"f{v}").write_text(str(v))
+    assert read_marker(final) == {"v": 2}
+    assert sorted(p.name for p in final.iterdir()) == ["_SUCCESS", "f2"]
+
+
+def test_clean_temp_removes_leftovers_of_killed_writers(tmp_path):
+    (tmp_path / ".out.tmp-abc").mkdir()
+    (tmp_path / "out").mkdir()
+    assert clean_temp(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
