@@ -1,0 +1,54 @@
+"""The local redis-server fixtures and `store.local_server`: real processes on loopback."""
+
+from __future__ import annotations
+
+import redis
+from redis.cluster import RedisCluster
+
+from store import local_server
+
+
+def test_single_fixture_answers_and_uses_listpack_settings(redis_single):
+    r = redis.Redis(host=redis_single.host, port=redis_single.port)
+    assert r.ping()
+    assert r.dbsize() == 0  # flushed before the test
+    for name, value in local_server.MEMORY_CONF.items():
+        assert r.config_get(name)[name] == value
+    r.hset("h", mapping={str(i): b"x" * 200 for i in range(100)})
+    assert r.object("encoding", "h") == b"listpack"
+
+
+def test_cluster_fixture_has_three_masters_covering_all_slots(redis_cluster):
+    rc = RedisCluster(host=redis_cluster.host, port=redis_cluster.port)
+    info = rc.cluster_info(target_nodes=RedisCluster.RANDOM)
+    assert info["cluster_state"] == "ok"
+    assert len(rc.get_primaries()) == 3
+    for i in range(50):  # keys spread over every slot range
+        rc.set(f"k{i}", i)
+    assert sorted(int(rc.get(f"k{i}")) for i in range(50)) == list(range(50))
+    assert len({rc.keyslot(f"k{i}") for i in range(50)}) > 3
+
+
+def test_start_status_stop_and_refuse_double_start(tmp_path):
+    server = local_server.start_single(tmp_path / "r")
+    try:
+        st = local_server.status(tmp_path / "r")
+        assert st["running"] and st["mode"] == "single" and st["nodes"][0]["port"] == server.ports[0]
+        try:
+            local_server.start_single(tmp_path / "r")
+            raise AssertionError("a second start in the same work dir must be refused")
+        except ValueError as exc:
+            assert "already runs" in str(exc)
+    finally:
+        out = local_server.stop(tmp_path / "r")
+    assert out["stopped"] == server.ports
+    assert not local_server.status(tmp_path / "r")["running"]
+    assert not local_server._alive(server.pids[0])
+
+
+def test_given_port_in_use_is_a_clear_error(tmp_path, redis_single):
+    try:
+        local_server.start_single(tmp_path / "r", port=redis_single.port)
+        raise AssertionError("expected a clear error for a busy port")
+    except ValueError as exc:
+        assert str(redis_single.port) in str(exc)
