@@ -295,10 +295,11 @@ def write_log(log: GeneratedLog, layout: Layout, progress: Callable[[int], None]
     bounds = np.flatnonzero(np.diff(hours_sorted)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(order)]])
+    events = log.events.take(pa.array(order))  # one gather; each hour is then a zero-copy slice
     written = []
     for s, e in zip(starts, ends):
         hour = datetime.fromtimestamp(int(hours_sorted[s]) * 3600, tz=utc("2000-01-01").tzinfo)
-        part = log.events.take(pa.array(order[s:e]))
+        part = events.slice(int(s), int(e - s))
         with publish_dir(layout.event_partition(hour), {"rows": int(e - s), "contract": "event/1"}) as tmp:
             pq.write_table(part, tmp / "part-00000.parquet", compression="snappy")
         written.append(layout.event_partition(hour))

@@ -1,0 +1,96 @@
+"""The synthetic generator: deterministic, contract-conforming, with the planted structure it promises."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from soe.contracts import EVENT
+from soe.datasets.events import published_partitions
+from soe.datasets.synthetic import ITEM_ID_BASE, USER_ID_BASE, SyntheticConfig, generate, write_log
+from soe.layout import Layout
+
+SMALL = SyntheticConfig(n_users=2000, n_items=5000, n_clusters=10, hours=6, seed=7)
+
+
+@pytest.fixture(scope="module")
+def log():
+    return generate(SMALL)
+
+
+def digest(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet"))}
+
+
+def test_same_seed_writes_byte_identical_files(tmp_path):
+    for name in ("a", "b"):
+        write_log(generate(SMALL), Layout(tmp_path / name))
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    other = generate(SyntheticConfig(**{**SMALL.__dict__, "seed": 8}))
+    assert not other.events.equals(generate(SMALL).events)
+
+
+def test_written_partitions_follow_the_event_contract(tmp_path, log):
+    layout = Layout(tmp_path)
+    write_log(log, layout)
+    parts = published_partitions(layout)
+    assert len(parts) == SMALL.hours
+    total = 0
+    for part in parts:
+        t = pq.read_table(part / "part-00000.parquet")
+        assert t.schema.equals(EVENT.schema, check_metadata=False)
+        total += t.num_rows
+    assert total == log.events.num_rows
+    assert (layout.ground_truth / "users.parquet").is_file() and (layout.ground_truth / "items.parquet").is_file()
+
+
+def test_funnel_rates_are_realistic(log):
+    m = log.manifest
+    assert 0.02 <= m["ctr"] <= 0.05, m["ctr"]
+    assert 0.05 <= m["cvr"] <= 0.10, m["cvr"]
+    counts = m["event_type_counts"]
+    assert counts["view"] > 0 and counts["search"] > 0
+
+
+def test_item_popularity_is_zipf_like(log):
+    counts = np.sort(pc.value_counts(log.events["item_id"]).field("counts").to_numpy())[::-1]
+    ranks = np.arange(1, len(counts) + 1)
+    top = slice(0, 200)
+    slope = np.polyfit(np.log(ranks[top]), np.log(counts[top]), 1)[0]
+    assert -1.6 < slope < -0.5, slope  # a power law, not uniform (slope ~0)
+
+
+def test_user_activity_is_heavy_tailed(log):
+    per_user = pc.value_counts(log.events["user_id"]).field("counts").to_numpy()
+    assert per_user.max() > 10 * np.median(per_user)
+
+
+def test_engagement_follows_planted_interest_clusters(log):
+    users = log.users.to_pandas().set_index("user_id")
+    item_cluster = log.items["cluster"].to_numpy()
+    ev = log.events.filter(pc.is_in(log.events["event_type"], value_set=__import__("pyarrow").array(["click", "view"])))
+    uid = ev["user_id"].to_numpy() - USER_ID_BASE
+    cl = item_cluster[ev["item_id"].to_numpy() - ITEM_ID_BASE]
+    clusters = log.users["clusters"].to_pylist()
+    inside = np.mean([c in clusters[u] for u, c in zip(uid, cl)])
+    assert inside > 0.8, inside  # random would be ~2/10
+    assert set(users["clusters"].map(len)) == {1, 2, 3}
+
+
+def test_sessions_are_bursty(log):
+    t = log.events.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    uid = t["user_id"].to_numpy()
+    ts = t["ts"].cast("int64").to_numpy()
+    gaps = np.diff(ts)[np.diff(uid) == 0] / 1000.0
+    assert np.median(gaps) < 120  # most gaps are within a session: seconds to minutes
+    assert np.quantile(gaps, 0.99) > 1800  # while sessions are hours apart
+
+
+def test_late_arrivals_land_in_a_later_partition(log):
+    event_hour = log.events["ts"].cast("int64").to_numpy() // 3_600_000
+    late = log.arrival_hour > event_hour
+    assert 0.002 < late.mean() < 0.03
