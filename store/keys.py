@@ -1,0 +1,88 @@
+"""The one key builder of the Redis vector store (the layout is specified in docs/format.md).
+
+Vectors are not stored one key per user: users are spread over ``buckets`` small hashes per model
+namespace, field = the decimal user id, value = the encoded vector (store.format). Small hashes stay
+listpack-encoded in Redis, which costs ~20 bytes per user instead of ~90 for a key of its own.
+
+::
+
+    <ns>:v:<model>:{<bucket>}     hash  user_id -> vector value        (one model namespace)
+    <ns>:n:<model>:{<bucket>}     hash  user_id -> neighbour list value
+    <ns>:meta:<model>             hash  dim, dtype, buckets, format, created_at, last_as_of, ...
+    <ns>:models                   set   every model namespace ever published (for forget/cleanup)
+    <ns>:manifests:<model>        hash  "<as_of>/<shard>" -> JSON counts of one publish
+    <ns>:pointer                  hash  current, previous, switched_at (the current-model pointer)
+
+The ``{<bucket>}`` part is a Redis Cluster hash tag: bucket b of every model, vectors and neighbour
+lists alike, lives in one slot. So a conditional upsert (one Lua call per bucket) and a forget (one
+call removing a user from every namespace) each touch keys of one slot only.
+
+``bucket = splitmix64(uint64(user_id)) mod buckets`` (splitmix64's finaliser, documented in
+docs/format.md so any language can compute it): ids that share low bits or arrive in runs still
+spread evenly.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def check_name(kind: str, value: str) -> str:
+    """Model versions and the namespace go into keys: letters, digits, '.', '_', '-' only."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"{kind} {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-' "
+                         "(it becomes part of Redis keys)")
+    return value
+
+
+def splitmix64(user_ids: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser of the ids as uint64 (two's complement for negative ids)."""
+    z = np.asarray(user_ids, dtype=np.int64).astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        z += _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def bucket_of(user_ids, buckets: int) -> np.ndarray:
+    """The bucket of each user id, int64 (n,)."""
+    ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
+    return (splitmix64(ids) % np.uint64(buckets)).astype(np.int64)
+
+
+class Keys:
+    """Every Redis key SoE uses, built in one place."""
+
+    def __init__(self, namespace: str = "soe"):
+        self.ns = check_name("redis namespace", namespace)
+
+    def vectors(self, model: str, bucket: int) -> str:
+        return f"{self.ns}:v:{model}:{{{int(bucket)}}}"
+
+    def neighbours(self, model: str, bucket: int) -> str:
+        return f"{self.ns}:n:{model}:{{{int(bucket)}}}"
+
+    def meta(self, model: str) -> str:
+        return f"{self.ns}:meta:{model}"
+
+    def models(self) -> str:
+        return f"{self.ns}:models"
+
+    def manifests(self, model: str) -> str:
+        return f"{self.ns}:manifests:{model}"
+
+    def pointer(self) -> str:
+        return f"{self.ns}:pointer"
+
+    def plain(self, model: str, user_id: int) -> str:
+        """One key per user: not used by the store, only by the benchmark's memory baseline."""
+        return f"{self.ns}:plain:{model}:{int(user_id)}"
