@@ -1,0 +1,162 @@
+"""Training/evaluation inputs, all reduced to SEQUENCE-like rows (one row per user, oldest -> newest).
+
+Sources: event tables (event contract: the synthetic log, MovieLens-100K, the pipeline's event log),
+SASRec text files (``user item item ...``, no time and no event types), and the pipeline's training
+sets / sequence snapshots (already sequences). Everything is vectorised with numpy/pyarrow.
+
+``leave_last_out(sequences, positives)`` builds the standard split in-process: for each user the
+last *positive* event is the test target, the one before is the validation target; the inputs are
+every event (positive or context) strictly before the target, and training only sees events before
+the validation target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from soe.contracts import ATTRIBUTE_COLUMNS, TS, list_of
+
+LIST_COLUMNS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
+
+
+def events_to_sequences(events: pa.Table, as_of=None) -> pa.Table:
+    """Event rows -> one row per user with list columns ordered by (ts, original order). No truncation."""
+    user = events["user_id"].to_numpy()
+    ts = pc.fill_null(events["ts"].cast(TS).cast(pa.int64()), 0).to_numpy()
+    order = np.lexsort((np.arange(len(user)), ts, user))  # by user, then ts, stable
+    ev = events.take(pa.array(order))
+    user_sorted = user[order]
+    starts = np.flatnonzero(np.r_[True, user_sorted[1:] != user_sorted[:-1]]) if len(user) else np.array([], int)
+    offsets = pa.array(np.r_[starts, len(user)].astype(np.int32))
+    cols = {"user_id": pa.array(user_sorted[starts], pa.int64())}
+    last_ts = ts[order][np.r_[starts[1:], len(user)] - 1] if len(user) else np.array([], np.int64)
+    as_of_ms = last_ts + 1 if as_of is None else np.full(len(starts), _ms(as_of), dtype=np.int64)
+    cols["as_of"] = pa.array(as_of_ms, pa.int64()).cast(TS)
+    cols["n_events"] = pa.array(np.diff(np.r_[starts, len(user)]).astype(np.int32))
+    for name in LIST_COLUMNS:
+        if name in ev.column_names:
+            cols[name] = pa.ListArray.from_arrays(offsets, ev[name].combine_chunks())
+    return pa.table(cols)
+
+
+def _ms(t) -> int:
+    from soe.layout import utc
+
+    return int(utc(t).timestamp() * 1000) if not isinstance(t, (int, np.integer)) else int(t)
+
+
+def read_sasrec(path: str | Path) -> pa.Table:
+    """A SASRec text file (``user_id item_id item_id ...`` per line, in time order) -> sequences.
+
+    No timestamps and no event types exist: every event is a positive ``click`` with ``ts`` = its
+    index in seconds, so the model must run with use_time/use_action off (train does that).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SASRec file {path} does not exist")
+    users, items, lengths = [], [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            ids = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"{path}:{n}: expected integers 'user_id item_id item_id ...', got {line[:80]!r}") from None
+        if len(ids) < 2:
+            continue
+        users.append(ids[0])
+        items.extend(ids[1:])
+        lengths.append(len(ids) - 1)
+    if not users:
+        raise ValueError(f"{path}: no user line with at least one item")
+    uid = np.repeat(np.asarray(users, dtype=np.int64), lengths)
+    pos = np.arange(len(uid)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    events = pa.table(
+        {
+            "user_id": pa.array(uid),
+            "ts": pa.array(pos * 1000, pa.int64()).cast(TS),
+            "event_type": pa.array(["click"] * len(uid)),
+            "item_id": pa.array(np.asarray(items, dtype=np.int64)),
+        }
+    )
+    return events_to_sequences(events)
+
+
+def read_sequences(path: str | Path) -> pa.Table:
+    """A Parquet file or directory of sequence rows (e.g. a pipeline trainset or state snapshot)."""
+    return pq.read_table(path)
+
+
+def is_positive(event_type: pa.Array, positive_types) -> np.ndarray:
+    return pc.is_in(pc.fill_null(event_type, ""), value_set=pa.array(list(positive_types), pa.string())).to_numpy(
+        zero_copy_only=False
+    )
+
+
+def truncate(sequences: pa.Table, keep: np.ndarray) -> pa.Table:
+    """Keep the first ``keep[i]`` events of row i (its prefix); rows with keep 0 are dropped."""
+    keep = np.asarray(keep, dtype=np.int64)
+    rows = np.flatnonzero(keep > 0)
+    seq = sequences.take(pa.array(rows))
+    k = keep[rows]
+    cols = {}
+    for name in seq.column_names:
+        col = seq[name].combine_chunks()
+        if name in LIST_COLUMNS:
+            off = col.offsets.to_numpy().astype(np.int64)
+            starts = off[:-1]
+            idx = np.repeat(starts, k) + (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k))
+            new_off = pa.array(np.r_[0, np.cumsum(k)].astype(np.int32))
+            col = pa.ListArray.from_arrays(new_off, col.values.take(pa.array(idx)))
+        cols[name] = col
+    out = pa.table(cols)
+    if "n_events" in out.column_names:
+        out = out.set_column(out.column_names.index("n_events"), "n_events", pa.array(k.astype(np.int32)))
+    return out
+
+
+@dataclass
+class Split:
+    """Leave-last-out: train prefixes, and (inputs, target) for validation and test."""
+
+    train: pa.Table  # sequences strictly before each user's validation target
+    valid: pa.Table  # inputs of validation users (prefix before their 2nd-last positive)
+    valid_target: np.ndarray  # (Uv,) int64 target item per validation row
+    test: pa.Table  # inputs of test users (prefix before their last positive)
+    test_target: np.ndarray  # (Ut,) int64 target item per test row
+
+
+def leave_last_out(sequences: pa.Table, positive_types, min_positives: int = 3) -> Split:
+    """Per user: test target = last positive, validation target = the one before (see module doc)."""
+    et = sequences["event_type"].combine_chunks()
+    off = et.offsets.to_numpy().astype(np.int64)
+    off = off - off[0]
+    n = np.diff(off)
+    pos = is_positive(et.flatten(), positive_types)
+    row = np.repeat(np.arange(sequences.num_rows), n)
+    idx_in_row = np.arange(len(row)) - np.repeat(off[:-1], n)
+    n_pos = np.bincount(row[pos], minlength=sequences.num_rows)
+    pos_rows, pos_idx = row[pos], idx_in_row[pos]
+    last = np.full(sequences.num_rows, -1)
+    second = np.full(sequences.num_rows, -1)
+    last[pos_rows] = pos_idx  # later assignments win: index of the last positive
+    not_last = pos_idx != last[pos_rows]
+    second[pos_rows[not_last]] = pos_idx[not_last]  # index of the 2nd-last positive
+    ok = n_pos >= min_positives
+    item_flat = pc.fill_null(sequences["item_id"].combine_chunks().flatten(), -1).to_numpy()
+
+    def inputs_and_target(which: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        use = ok & (which > 0)  # a target needs at least one event before it
+        return truncate(sequences, np.where(use, which, 0)), item_flat[off[:-1][use] + which[use]]
+
+    valid, valid_target = inputs_and_target(second)
+    test, test_target = inputs_and_target(last)
+    keep_train = np.where(ok, second, n)  # users without enough positives: everything trains
+    return Split(truncate(sequences, keep_train), valid, valid_target, test, test_target)

@@ -1,0 +1,210 @@
+"""Featurisation: SEQUENCE-contract rows (raw ids, oldest -> newest) -> a `SequenceBatch` of tensors.
+
+Everything is vectorised over the flattened Arrow lists (numpy, no per-event Python loop), so
+inference can featurise millions of users per worker.
+
+* **Truncation / padding**: keep the newest ``cfg.max_len`` events and pad on the *left*, so the
+  newest event is at position ``T-1`` (see `encoder.model`).
+* **Hashing (no vocabulary)**: every raw int64 id goes through ``cfg.n_hashes`` independent
+  splitmix64 hash functions (salted by table name and ``cfg.hash_seed``) into buckets
+  ``1 .. buckets-1`` of that table; bucket 0 means padding / missing value (null attribute). The
+  model sums the rows of all hash functions ("hash embedding"): two ids collide completely only if
+  they collide under every function, probability ~1/buckets^H. With 2^18 item buckets and H=2 that
+  is ~2^-36 per pair, so a catalogue of 10^8+ ids needs no vocabulary and new ids simply work.
+* **Action type**: index into ``cfg.actions`` + 1; 0 = padding, ``len+1`` = an unknown type.
+* **Time gap (ATRank)**: bucket = 1 + floor(log2(1 + gap seconds)), gap = as_of - ts (clipped at 0,
+  capped at the last bucket). Time comes from ``as_of``, never the wall clock.
+* **Context**: hour of day and weekday (Monday = 0) of ``as_of``, one per user, fed beside the
+  sequence.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from encoder.model import ModelConfig
+
+MS_PER_HOUR = 3_600_000
+MS_PER_DAY = 86_400_000
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass
+class SequenceBatch:
+    user_id: torch.Tensor  # (B,) int64 raw user ids
+    as_of: torch.Tensor  # (B,) int64 ms UTC: the time the vectors are for
+    lengths: torch.Tensor  # (B,) int64 real events kept (<= T)
+    attrs: torch.Tensor  # (B, T, A, H) int64 hashed bucket of each table (item first), 0 = pad/missing
+    action: torch.Tensor  # (B, T) int64 action-type index, 0 = pad
+    time_bucket: torch.Tensor  # (B, T) int64 log2 time-gap bucket, 0 = pad
+    ts: torch.Tensor  # (B, T) int64 ms event time, 0 = pad (training targets use it)
+    item_id: torch.Tensor  # (B, T) int64 raw item id, -1 = pad (targets, history exclusion)
+    hour: torch.Tensor  # (B,) int64 hour of day of as_of
+    weekday: torch.Tensor  # (B,) int64 weekday of as_of, Monday = 0
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(B, T) bool: True at real events (left padding)."""
+        T = self.action.shape[1]
+        return torch.arange(T, device=self.action.device)[None, :] >= (T - self.lengths)[:, None]
+
+    def __len__(self) -> int:
+        return self.user_id.shape[0]
+
+    def _map(self, fn) -> "SequenceBatch":
+        return SequenceBatch(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def to(self, device, non_blocking: bool = False) -> "SequenceBatch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "SequenceBatch":
+        return self._map(lambda t: t.pin_memory())
+
+    def select(self, idx) -> "SequenceBatch":
+        """Rows ``idx``, with the left padding trimmed to the longest selected row."""
+        out = self._map(lambda t: t[idx])
+        T = max(int(out.lengths.max()) if len(out) else 1, 1)
+        per_pos = ("attrs", "action", "time_bucket", "ts", "item_id")
+        return replace(out, **{name: getattr(out, name)[:, -T:] for name in per_pos})
+
+
+def _salt(table: str, seed: int) -> np.uint64:
+    return np.uint64((zlib.crc32(table.encode()) << 32 | (seed & 0xFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def hash_ids(ids: np.ndarray, present: np.ndarray | None, table: str, cfg: ModelConfig) -> np.ndarray:
+    """(N,) int64 raw ids -> (N, H) int64 buckets in [1, buckets-1]; 0 where ``present`` is False."""
+    x = np.asarray(ids, dtype=np.int64).view(np.uint64)
+    salt, buckets = _salt(table, cfg.hash_seed), np.uint64(cfg.buckets(table) - 1)
+    with np.errstate(over="ignore"):
+        cols = [_splitmix64(x + salt + _GOLDEN * np.uint64(h + 1)) % buckets for h in range(cfg.n_hashes)]
+    out = np.stack(cols, axis=1).astype(np.int64) + 1  # (N, H)
+    if present is not None:
+        out[~np.asarray(present, dtype=bool)] = 0
+    return out
+
+
+def time_buckets(gap_ms: np.ndarray, n_buckets: int) -> np.ndarray:
+    """ATRank log2 buckets of a time gap: 1 + floor(log2(1 + seconds)), capped at n_buckets-1."""
+    secs = np.maximum(np.asarray(gap_ms, dtype=np.int64), 0) // 1000 + 1  # >= 1
+    _, exp = np.frexp(secs.astype(np.float64))  # secs = m * 2^exp, m in [0.5, 1) -> floor(log2) = exp-1
+    return np.minimum(exp.astype(np.int64), n_buckets - 1)  # = 1 + floor(log2(secs)), capped
+
+
+def hash_items(item_ids: np.ndarray, cfg: ModelConfig, attributes: dict[str, np.ndarray] | None = None) -> torch.Tensor:
+    """Candidate items -> (N, A, H) bucket indexes for `UserEncoder.item_vectors`; missing attributes = 0."""
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    cols = [hash_ids(item_ids, None, "item_id", cfg)]
+    for name in cfg.attributes:
+        values = None if attributes is None else attributes.get(name)
+        if values is None:
+            cols.append(np.zeros((len(item_ids), cfg.n_hashes), dtype=np.int64))
+        else:
+            v = np.asarray(values)
+            present = v >= 0 if v.dtype.kind == "i" else ~np.isnan(v)
+            cols.append(hash_ids(np.where(present, v, 0).astype(np.int64), present, name, cfg))
+    return torch.from_numpy(np.stack(cols, axis=1))  # (N, A, H)
+
+
+def _list_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return arr.offsets.to_numpy().astype(np.int64), arr.values
+
+
+def _to_ms(values) -> np.ndarray:
+    return np.array(pc.fill_null(values, 0).cast(pa.int64()).to_numpy(), dtype=np.int64)
+
+
+def _as_of_ms(table: pa.Table, as_of) -> np.ndarray:
+    n = table.num_rows
+    if as_of is None:
+        if "as_of" not in table.column_names:
+            raise ValueError("featurize: the table has no as_of column; pass as_of=")
+        return _to_ms(table["as_of"].combine_chunks().cast(pa.timestamp("ms", tz="UTC")))
+    if isinstance(as_of, datetime):
+        return np.full(n, int(as_of.timestamp() * 1000), dtype=np.int64)
+    return np.broadcast_to(np.asarray(as_of, dtype=np.int64), (n,)).copy()
+
+
+def featurize(table: pa.Table, cfg: ModelConfig, as_of=None, pad_to: int | None = None) -> SequenceBatch:
+    """SEQUENCE-contract rows -> SequenceBatch (newest ``max_len`` events, left-padded).
+
+    ``as_of`` (datetime, ms int or per-row ms array) overrides the table's ``as_of`` column; the
+    time-gap buckets and context are computed from it. ``pad_to`` fixes T (default: longest row).
+    Missing attribute columns and null attribute values hash to bucket 0 (contribute nothing).
+    """
+    B = table.num_rows
+    as_of_ms = _as_of_ms(table, as_of)  # (B,)
+    offsets, item_values = _list_parts(table["item_id"])
+    n = np.diff(offsets)  # (B,) events per row
+    L = np.minimum(n, cfg.max_len)  # kept events
+    T = int(pad_to if pad_to is not None else max(int(L.max()) if B else 1, 1))
+    if L.max(initial=0) > T:
+        raise ValueError(f"pad_to={T} is shorter than a kept sequence ({int(L.max())} events)")
+    row = np.repeat(np.arange(B), L)  # (N,) row of each kept event
+    j = np.arange(L.sum()) - np.repeat(np.cumsum(L) - L, L)  # (N,) index among the row's kept events
+    src = offsets[:-1][row] + (n - L)[row] + j  # (N,) position in the flat list values
+    dst = T - L[row] + j  # (N,) column after left padding
+
+    def gather(column_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Flat kept values of a list column (aligned to ``src``) and their validity."""
+        off, values = _list_parts(table[column_name])
+        if not np.array_equal(np.diff(off), n):
+            raise ValueError(f"featurize: list column {column_name!r} has other lengths than item_id")
+        taken = values.take(pa.array(off[:-1][row] + (n - L)[row] + j))
+        return taken, taken.is_valid().to_numpy(zero_copy_only=False)
+
+    def scatter(flat: np.ndarray, fill, dtype=np.int64, extra: tuple = ()) -> np.ndarray:
+        out = np.full((B, T, *extra), fill, dtype=dtype)
+        out[row, dst] = flat
+        return out
+
+    items = item_values.take(pa.array(src))
+    item_raw = pc.fill_null(items, 0).to_numpy()
+    cols = [hash_ids(item_raw, items.is_valid().to_numpy(zero_copy_only=False), "item_id", cfg)]
+    for name in cfg.attributes:
+        if name in table.column_names:
+            vals, ok = gather(name)
+            cols.append(hash_ids(pc.fill_null(vals, 0).to_numpy(), ok, name, cfg))
+        else:
+            cols.append(np.zeros((len(src), cfg.n_hashes), dtype=np.int64))
+    attrs = scatter(np.stack(cols, axis=1), 0, extra=(len(cols), cfg.n_hashes))  # (B, T, A, H)
+
+    if "event_type" in table.column_names:
+        etype, _ = gather("event_type")
+        idx = pc.index_in(etype, value_set=pa.array(list(cfg.actions), pa.string()))
+        action_flat = pc.fill_null(pc.add(idx, 1), len(cfg.actions) + 1).to_numpy().astype(np.int64)
+    else:
+        action_flat = np.full(len(src), len(cfg.actions) + 1, dtype=np.int64)
+    if "ts" in table.column_names:
+        ts_vals, _ = gather("ts")
+        ts_flat = _to_ms(ts_vals.cast(pa.timestamp("ms", tz="UTC")))
+    else:
+        ts_flat = as_of_ms[row]
+    tb_flat = time_buckets(as_of_ms[row] - ts_flat, cfg.n_time_buckets)
+
+    return SequenceBatch(
+        user_id=torch.from_numpy(np.array(table["user_id"].to_numpy(), dtype=np.int64)),
+        as_of=torch.from_numpy(as_of_ms),
+        lengths=torch.from_numpy(L.astype(np.int64)),
+        attrs=torch.from_numpy(attrs),
+        action=torch.from_numpy(scatter(action_flat, 0)),
+        time_bucket=torch.from_numpy(scatter(tb_flat, 0)),
+        ts=torch.from_numpy(scatter(ts_flat, 0)),
+        item_id=torch.from_numpy(scatter(item_raw, -1)),
+        hour=torch.from_numpy((as_of_ms // MS_PER_HOUR) % 24),
+        weekday=torch.from_numpy((as_of_ms // MS_PER_DAY + 3) % 7),  # 1970-01-01 was a Thursday
+    )
