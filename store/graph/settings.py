@@ -2,8 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from soe.section import Section
 
 
 class GraphSettings(Section):
     k: int = 20  # neighbours per user
+    # -- index choice (see store.graph.index) ------------------------------------------------
+    index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"  # auto = flat up to flat_max_users, else IVF
+    flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
+    ivf_nlist: int = 0  # IVF inverted lists; 0 = 4 * sqrt(N)
+    ivf_nprobe: int = 16  # IVF lists scanned per query (recall vs speed)
+    ivf_train_per_list: int = 40  # IVF k-means training sample = nlist * this (capped at N)
+    hnsw_m: int = 32  # HNSW links per node
+    hnsw_ef_construction: int = 80  # HNSW build beam width
+    hnsw_ef_search: int = 96  # HNSW search beam width
+    use_gpu: Literal["auto", "never", "always"] = "auto"  # auto = faiss GPU when faiss.get_num_gpus() > 0
+    search_batch: int = 16_384  # queries per faiss search call
+    seed: int = 0  # training sample / recall sample seed (reruns are identical)
+    # -- quality and incremental refresh ------------------------------------------------------
+    recall_sample: int = 1_000  # users whose neighbours are checked against exact search per build
+    min_recall: float = 0.93  # incremental build whose sampled recall@k falls below this -> full rebuild
+    incremental: bool = True  # hourly builds update the previous graph when one exists
+    full_rebuild_every_hours: int = 24  # ... and rebuild from scratch when the last full build is this old
+    max_incremental_fraction: float = 0.3  # more touched users than this share -> full rebuild is cheaper
+    publish_redis: bool = True  # write neighbour lists to Redis (off for offline builds / benchmarks)
+    # -- lookalike / candidates -------------------------------------------------------------
+    lookalike_method: Literal["centroid", "multi_centroid", "max_seed"] = "multi_centroid"  # seed scoring
+    lookalike_centroids: int = 16  # multi_centroid: k-means centroids over the seed vectors
+    lookalike_seed_k: int = 100  # max_seed: neighbours searched per seed
+    max_seeds: int = 100_000  # largest seed set accepted
+    max_audience: int = 1_000_000  # largest audience returned
+    positives_window_hours: int = 168  # recent positives kept per user (and their Redis TTL)
+    positives_per_user: int = 50  # newest distinct positive items kept per user

@@ -1,0 +1,173 @@
+"""`build_graph`: one refresh of the user-similarity graph of a model (``soe graph``).
+
+Full build::
+
+    every user's latest vector (store.graph.vectors) -> choose + train + fill the index
+    -> batched k+1 search of every user, self dropped -> recall@k on a sample vs exact search
+    -> graph/<model>/as_of=<T>/ published atomically (+ Redis neighbour lists of every user)
+
+Incremental build (the hourly default once a graph exists; see store.graph.incremental): previous
+snapshot + only the embedding snapshots newer than it -> update the index -> search the touched users
+-> repair the other lists -> recall check -> publish (+ Redis lists of the changed users only).
+
+A full rebuild replaces the incremental one when: asked (``--full``), there is no previous graph, the
+index is HNSW (it cannot remove vectors), the dim changed, the last full build is older than
+``graph.full_rebuild_every_hours``, more than ``graph.max_incremental_fraction`` of users changed, or
+the incremental result's sampled recall falls below ``graph.min_recall``. The manifest records which
+mode ran and why. Re-running the same (model, as_of) rewrites the same directory (idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from soe.atomic import publish_dir
+from soe.contracts import NEIGHBOURS
+from soe.layout import HOUR, stamp, utc
+from store.graph.incremental import carry_over, repair_untouched, update_index
+from store.graph.index import IndexSpec, build_index, choose_device, choose_spec, num_gpus, on_device
+from store.graph.knn import sample_recall, search_neighbours
+from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
+from store.graph.vectors import UserVectors, latest_vectors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GraphResult:
+    """What one build produced, before it is written."""
+
+    uv: UserVectors
+    nbr_ids: np.ndarray  # (N, k) int64, -1 padded
+    nbr_scores: np.ndarray  # (N, k) float32
+    index: object  # CPU faiss index
+    spec: IndexSpec
+    changed_rows: np.ndarray  # rows whose lists changed (all rows on a full build)
+    stats: dict = field(default_factory=dict)
+
+
+def build_full(uv: UserVectors, cfg, on_batch=None) -> GraphResult:
+    t0 = time.perf_counter()
+    spec = choose_spec(len(uv), cfg)
+    index = build_index(uv, spec, cfg)
+    t1 = time.perf_counter()
+    search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind))
+    nbr, scores = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch)
+    t2 = time.perf_counter()
+    stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": len(uv)}
+    return GraphResult(uv, nbr, scores, index, spec, np.arange(len(uv)), stats)
+
+
+def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg) -> GraphResult:
+    t0 = time.perf_counter()
+    old = prev.vectors
+    uv = old.merged(new)
+    index = prev.index()
+    update_index(index, old, new)
+    old_nbr, old_scores = prev.neighbours()
+    nbr, scores = carry_over(old.ids, old_nbr, old_scores, uv)
+    t1 = time.perf_counter()
+    touched = uv.positions(new.ids)
+    search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind))
+    nbr[touched], scores[touched] = search_neighbours(search_index, uv, touched, cfg.k, cfg.search_batch)
+    repaired = repair_untouched(uv, nbr, scores, touched)
+    t2 = time.perf_counter()
+    changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
+    changed = np.union1d(changed, touched)
+    stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": int(len(touched)),
+             "n_new_users": int(len(uv) - len(old)), "n_repaired": int(repaired)}
+    return GraphResult(uv, nbr, scores, index, prev.spec, changed, stats)
+
+
+def full_reason(cfg, incremental: bool, prev: GraphSnapshot | None, as_of: datetime) -> str | None:
+    """Why this build must be a full one (None: incremental is allowed)."""
+    if not incremental:
+        return "full build requested"
+    if prev is None:
+        return "no previous graph of this model"
+    if prev.spec.kind == "hnsw":
+        return "HNSW cannot remove vectors"
+    if prev.k != cfg.k:
+        return f"k changed from {prev.k} to {cfg.k}"
+    last_full = utc(prev.manifest.get("last_full_as_of", prev.manifest["as_of"]))
+    if as_of - last_full >= cfg.full_rebuild_every_hours * HOUR:
+        return f"scheduled: last full build {stamp(last_full)} is {cfg.full_rebuild_every_hours}h or more old"
+    return None
+
+
+def build_graph(settings, model_version: str, as_of: datetime | str, *, incremental: bool | None = None,
+                publish_redis: bool | None = None, on_batch=None) -> dict:
+    """Build (full or incremental) and publish the graph of ``model_version`` at ``as_of``; returns the manifest."""
+    from store.keys import check_name
+
+    cfg, layout = settings.graph, settings.layout()
+    check_name("model version", model_version)
+    as_of = utc(as_of)
+    t0 = time.perf_counter()
+    incremental = cfg.incremental if incremental is None else incremental
+    prev = latest_snapshot(layout, model_version, before=as_of)
+    reason = full_reason(cfg, incremental, prev, as_of)
+    result = None
+    if reason is None:
+        new = newer_vectors(layout, model_version, prev, as_of)
+        reason = incremental_blocker(cfg, prev, new)
+        if reason is None:
+            result = build_incremental(prev, new, cfg)
+            recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
+                                             neighbours=(result.nbr_ids, result.nbr_scores))
+            if recall < cfg.min_recall:
+                reason, result = f"incremental recall {recall:.3f} below graph.min_recall {cfg.min_recall}", None
+    mode = "incremental" if result is not None else "full"
+    if result is None:
+        uv = latest_vectors(layout, model_version, as_of)
+        result = build_full(uv, cfg, on_batch)
+        recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
+                                         neighbours=(result.nbr_ids, result.nbr_scores))
+    device = choose_device(cfg.use_gpu, num_gpus(), result.spec.kind)
+    manifest = {
+        "model_version": model_version, "as_of": stamp(as_of), "mode": mode, "full_reason": reason,
+        "n_users": len(result.uv), "dim": result.uv.dim, "k": cfg.k, "index": result.spec.params(),
+        "device": device, "recall_at_k": round(recall, 5), "recall_sample": n_sample,
+        "n_changed_lists": int(len(result.changed_rows)), **result.stats,
+        "last_full_as_of": stamp(as_of) if mode == "full" else prev.manifest.get("last_full_as_of", prev.manifest["as_of"]),
+        "previous_as_of": stamp(prev.as_of) if prev is not None else None,
+        "contract": {"neighbours": NEIGHBOURS.version},
+    }
+    with publish_dir(layout.graph(model_version, as_of), manifest) as tmp:
+        write_snapshot(tmp, result.uv, result.nbr_ids, result.nbr_scores, result.index, model_version, as_of)
+        manifest["build_s"] = round(time.perf_counter() - t0, 3)
+    if cfg.publish_redis if publish_redis is None else publish_redis:
+        from store.graph.redis_io import write_neighbour_lists
+
+        rows = result.changed_rows
+        t1 = time.perf_counter()
+        write_neighbour_lists(settings.redis, model_version, result.uv.ids[rows], result.nbr_ids[rows],
+                              result.nbr_scores[rows], as_of)
+        manifest["redis_lists_written"] = int(len(rows))
+        manifest["redis_s"] = round(time.perf_counter() - t1, 3)
+    log.info("graph %s as_of=%s: %s build of %d users, recall@%d=%.3f in %.1fs", model_version, stamp(as_of),
+             mode, len(result.uv), cfg.k, recall, manifest["build_s"])
+    return manifest
+
+
+def newer_vectors(layout, model_version: str, prev: GraphSnapshot, as_of: datetime) -> UserVectors:
+    """The vectors of the embedding snapshots published after ``prev`` (empty when there are none)."""
+    from store.graph.vectors import snapshot_times
+
+    if not snapshot_times(layout, model_version, prev.as_of, as_of):
+        return UserVectors(np.zeros(0, np.int64), np.zeros((0, prev.vectors.dim), np.float32))
+    return latest_vectors(layout, model_version, as_of, after=prev.as_of)
+
+
+def incremental_blocker(cfg, prev: GraphSnapshot, new: UserVectors) -> str | None:
+    """Why the new vectors cannot be applied incrementally (None: they can)."""
+    if len(new) and new.dim != prev.vectors.dim:
+        return f"vector dim changed from {prev.vectors.dim} to {new.dim}"
+    if len(new) > cfg.max_incremental_fraction * max(len(prev.vectors), 1):
+        return f"{len(new)} changed users exceed {cfg.max_incremental_fraction:.0%} of the graph"
+    return None

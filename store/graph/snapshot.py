@@ -1,0 +1,111 @@
+"""One published graph: ``graph/<model>/as_of=<T>/`` and how to read it back.
+
+::
+
+    neighbours.parquet   the kNN graph (neighbours contract), one row per user, rows in user-id order
+    ids.npy              (N,) int64 user ids, sorted: the users the graph covers
+    vectors.npy          (N, D) float32 L2-normalised vectors those users had at this as_of
+    index.faiss          the CPU form of the FAISS index (user ids inside), ready for incremental updates
+    _SUCCESS             the manifest: N, k, index params, recall@k, build time, model, as_of, mode
+
+Keeping the vectors beside the index makes the snapshot self-contained: the next hourly build updates
+it without re-reading 48 hours of embedding snapshots, and lookalike scores seeds against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from soe.atomic import is_complete, read_marker
+from soe.contracts import NEIGHBOURS
+from soe.layout import Layout, utc
+from store.graph.index import IndexSpec, load_index, save_index
+from store.graph.knn import neighbours_from_table, neighbours_table
+from store.graph.vectors import UserVectors
+
+NEIGHBOURS_FILE = "neighbours.parquet"
+IDS_FILE = "ids.npy"
+VECTORS_FILE = "vectors.npy"
+INDEX_FILE = "index.faiss"
+
+
+def write_snapshot(tmp: Path, uv: UserVectors, nbr_ids: np.ndarray, nbr_scores: np.ndarray, index,
+                   model_version: str, as_of: datetime) -> None:
+    """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically)."""
+    pq.write_table(neighbours_table(uv.ids, nbr_ids, nbr_scores, model_version, as_of), tmp / NEIGHBOURS_FILE)
+    np.save(tmp / IDS_FILE, uv.ids)
+    np.save(tmp / VECTORS_FILE, uv.vectors)
+    save_index(index, tmp / INDEX_FILE)
+
+
+@dataclass
+class GraphSnapshot:
+    path: Path
+
+    @cached_property
+    def manifest(self) -> dict:
+        return read_marker(self.path)
+
+    @property
+    def as_of(self) -> datetime:
+        return utc(self.manifest["as_of"])
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest["model_version"]
+
+    @property
+    def k(self) -> int:
+        return int(self.manifest["k"])
+
+    @property
+    def spec(self) -> IndexSpec:
+        return IndexSpec(**self.manifest["index"])
+
+    @cached_property
+    def vectors(self) -> UserVectors:
+        return UserVectors(np.load(self.path / IDS_FILE), np.load(self.path / VECTORS_FILE))
+
+    def index(self):
+        """A fresh CPU copy of the saved index (callers may mutate it)."""
+        return load_index(self.path / INDEX_FILE, self.spec)
+
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """(nbr_ids (N, k), scores (N, k)) row-aligned with ``vectors.ids``."""
+        table = pq.read_table(self.path / NEIGHBOURS_FILE)
+        NEIGHBOURS.check_version(table.schema)
+        user_ids, ids, scores = neighbours_from_table(table, self.k)
+        if not np.array_equal(user_ids, self.vectors.ids):
+            raise ValueError(f"{self.path}: neighbours rows are not aligned with ids.npy (corrupt snapshot?)")
+        return ids, scores
+
+
+def graph_times(layout: Layout, model_version: str) -> list[datetime]:
+    """as_of times of the model's published graphs, oldest first."""
+    from soe.layout import snapshot_times
+
+    return snapshot_times(layout.graph(model_version, utc("2000-01-01T00:00Z")).parent)
+
+
+def latest_snapshot(layout: Layout, model_version: str, before: datetime | None = None) -> GraphSnapshot | None:
+    """The newest published graph of the model (strictly before ``before`` when given), or None."""
+    times = [t for t in graph_times(layout, model_version) if before is None or t < utc(before)]
+    return GraphSnapshot(layout.graph(model_version, times[-1])) if times else None
+
+
+def latest_any_model(layout: Layout) -> GraphSnapshot | None:
+    """The newest published graph of any model (the query service's default)."""
+    root = Path(layout.root) / "graph"
+    best: GraphSnapshot | None = None
+    if root.is_dir():
+        for model_dir in root.iterdir():
+            snap = latest_snapshot(layout, model_dir.name) if model_dir.is_dir() else None
+            if snap is not None and is_complete(snap.path) and (best is None or snap.as_of > best.as_of):
+                best = snap
+    return best

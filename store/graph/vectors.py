@@ -1,0 +1,136 @@
+"""Every user's latest vector: the embedding snapshots of one model merged, the newest ``as_of`` winning.
+
+The encoder writes one snapshot per hourly refresh, ``embeddings/<model>/as_of=<T>/shard=<i>/*.parquet``,
+holding only that hour's *active* users. A user's current vector is therefore the one in the newest
+snapshot that contains the user. `latest_vectors` merges the snapshots in ``(after, as_of]`` (full
+build: every snapshot up to ``as_of``; incremental build: only those newer than the previous graph).
+
+Only published data is read: a snapshot directory, or a shard directory, with a ``_SUCCESS`` marker.
+The result is a `UserVectors`: user ids sorted ascending and their float32 L2-normalised vectors, the
+layout the rest of the graph code works in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from soe.atomic import is_complete
+from soe.layout import Layout, utc
+
+
+@dataclass
+class UserVectors:
+    ids: np.ndarray  # (N,) int64, sorted ascending, unique
+    vectors: np.ndarray  # (N, D) float32, L2-normalised rows
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def positions(self, user_ids: np.ndarray) -> np.ndarray:
+        """Row of each user id, -1 where unknown."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        if not len(self.ids):
+            return np.full(len(user_ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, user_ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == user_ids, pos, -1)
+
+    @classmethod
+    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray) -> "UserVectors":
+        """Sort by id, drop duplicate ids (last wins), normalise rows."""
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(ids) != len(vectors):
+            raise ValueError(f"need (N,) ids and (N, D) vectors, got {ids.shape} and {vectors.shape}")
+        order = np.argsort(ids, kind="stable")
+        ids, vectors = ids[order], vectors[order]
+        last = np.ones(len(ids), bool)
+        last[:-1] = ids[1:] != ids[:-1]
+        return cls(ids[last], normalise(vectors[last]))
+
+    def merged(self, newer: "UserVectors") -> "UserVectors":
+        """These vectors with ``newer``'s replacing/adding users (newer wins)."""
+        if len(self) and len(newer) and self.dim != newer.dim:
+            raise ValueError(f"vector dim changed from {self.dim} to {newer.dim}: a new model needs a full build")
+        ids = np.concatenate([self.ids, newer.ids])
+        vecs = np.concatenate([self.vectors, newer.vectors]) if len(self) else newer.vectors
+        return UserVectors.from_arrays(ids, vecs)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero): inner product == cosine."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def vectors_from_table(table: pa.Table) -> np.ndarray:
+    """The ``vector`` column (fixed_size_list<float16|float32>[D]) as a (N, D) float32 array."""
+    col = table.column("vector").combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type):
+        raise ValueError(f"embedding column 'vector' must be a fixed-size list, got {col.type}")
+    dim = col.type.list_size
+    if col.null_count:
+        raise ValueError("embedding table holds null vectors")
+    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+    return flat.reshape(len(col), dim).astype(np.float32)
+
+
+def snapshot_files(snapshot: Path) -> list[Path]:
+    """Parquet files of one published embedding snapshot (the whole dir or per-shard markers)."""
+    if not snapshot.is_dir():
+        return []
+    if is_complete(snapshot):
+        return sorted(p for p in snapshot.rglob("*.parquet") if not any(s.startswith(".") for s in p.parts))
+    files: list[Path] = []
+    for shard in sorted(snapshot.iterdir()):
+        if shard.is_dir() and not shard.name.startswith(".") and is_complete(shard):
+            files.extend(sorted(shard.rglob("*.parquet")))
+    return files
+
+
+def snapshot_times(layout: Layout, model_version: str, after: datetime | None, as_of: datetime) -> list[datetime]:
+    """as_of times of the model's published embedding snapshots in ``(after, as_of]``, oldest first."""
+    parent = layout.embeddings(model_version, as_of).parent
+    if not parent.is_dir():
+        return []
+    out = []
+    for child in parent.iterdir():
+        if not child.name.startswith("as_of="):
+            continue
+        t = utc(child.name[len("as_of="):])
+        if t <= utc(as_of) and (after is None or t > utc(after)) and snapshot_files(child):
+            out.append(t)
+    return sorted(out)
+
+
+def latest_vectors(layout: Layout, model_version: str, as_of: datetime, after: datetime | None = None) -> UserVectors:
+    """Merge the model's snapshots in ``(after, as_of]``; for each user the newest snapshot wins.
+
+    Raises FileNotFoundError when no published snapshot exists in the window.
+    """
+    times = snapshot_times(layout, model_version, after, as_of)
+    if not times:
+        where = layout.embeddings(model_version, as_of).parent
+        raise FileNotFoundError(
+            f"no published embeddings for model {model_version!r} in ({after}, {as_of}] under {where}; "
+            "run the encoder first (soe infer)"
+        )
+    ids, vecs = [], []
+    for t in times:  # oldest first: UserVectors.from_arrays keeps the last duplicate = newest snapshot
+        for f in snapshot_files(layout.embeddings(model_version, t)):
+            table = pq.read_table(f, columns=["user_id", "vector"])
+            ids.append(table.column("user_id").to_numpy())
+            vecs.append(vectors_from_table(table))
+    if not ids:
+        raise FileNotFoundError(f"embedding snapshots of {model_version!r} hold no Parquet files")
+    return UserVectors.from_arrays(np.concatenate(ids), np.concatenate(vecs))
