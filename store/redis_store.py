@@ -1,0 +1,340 @@
+"""The Redis backend of the vector store: one redis-server (`redis.Redis`) or Redis Cluster (`RedisCluster`).
+
+Layout (store.keys, docs/format.md): per model namespace, users are spread over small hashes
+("buckets") that stay listpack-encoded. Writes go through one server-side Lua script per bucket,
+`UPSERT_LUA`, which takes many users' values in one call and writes a value only when the stored
+one is absent or not newer (as_of at bytes 5-12 of every value). Every call touches one key, and
+a pipeline holds many calls: redis-py's cluster pipeline groups them by node, so a batch costs one
+round trip per node.
+
+Reads group the requested users by bucket, one HMGET per bucket, pipelined; a single user is one
+HGET. The pointer switch and rollback are one-key Lua scripts (atomic). Nothing here logs secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+import numpy as np
+
+from store.base import Lookup, ModelMeta, UpsertCounts, VectorStore
+from store.format import FormatError, decode_vectors
+from store.keys import Keys, bucket_of, check_name
+from store.settings import RedisSettings
+
+log = logging.getLogger("soe.store")
+
+MAX_PER_CALL = 1000  # users per Lua call (Lua's unpack() limit is ~8000 arguments)
+
+UPSERT_LUA = """
+-- KEYS[1] bucket hash; ARGV[1] record length(s); ARGV[2] user ids (space separated); ARGV[3] values
+local lens, ids = {}, {}
+for x in string.gmatch(ARGV[1], '%d+') do lens[#lens + 1] = tonumber(x) end
+for x in string.gmatch(ARGV[2], '%S+') do ids[#ids + 1] = x end
+local blob, n = ARGV[3], #ids
+local fixed = nil
+if #lens == 1 then fixed = lens[1] elseif #lens ~= n then
+  return redis.error_reply('ERR soe upsert: ' .. n .. ' ids but ' .. #lens .. ' lengths') end
+local total = 0
+if fixed then total = fixed * n else for i = 1, n do total = total + lens[i] end end
+if total ~= #blob then return redis.error_reply('ERR soe upsert: values hold ' .. #blob .. ' bytes, lengths say ' .. total) end
+if n == 0 then return {0, 0, 0} end
+local function as_of(v)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, 5, 12)
+  return ((((((b8 * 256 + b7) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
+end
+local old = redis.call('HMGET', KEYS[1], unpack(ids))
+local args, pos, written, same, stale = {}, 1, 0, 0, 0
+for i = 1, n do
+  local len = fixed or lens[i]
+  local v = string.sub(blob, pos, pos + len - 1)
+  pos = pos + len
+  local o = old[i]
+  if o and o == v then same = same + 1
+  elseif o and #o >= 12 and as_of(o) > as_of(v) then stale = stale + 1
+  else args[#args + 1] = ids[i]; args[#args + 1] = v; written = written + 1 end
+end
+if #args > 0 then redis.call('HSET', KEYS[1], unpack(args)) end
+return {written, same, stale}
+"""
+
+SWITCH_LUA = """
+-- KEYS[1] pointer hash; ARGV[1] new current; ARGV[2] time. previous <- current, current <- new.
+local cur = redis.call('HGET', KEYS[1], 'current')
+if cur ~= ARGV[1] then
+  if cur then redis.call('HSET', KEYS[1], 'previous', cur) end
+  redis.call('HSET', KEYS[1], 'current', ARGV[1], 'switched_at', ARGV[2])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+SWAP_LUA = """
+-- KEYS[1] pointer hash; ARGV[1] time. Swap current and previous.
+local cur = redis.call('HGET', KEYS[1], 'current')
+local prev = redis.call('HGET', KEYS[1], 'previous')
+if not (cur and prev) then return redis.error_reply('ERR soe: no previous model to roll back to') end
+redis.call('HSET', KEYS[1], 'current', prev, 'previous', cur, 'switched_at', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def connect(s: RedisSettings):
+    """A redis-py client for the settings: `redis.Redis` (single) or `redis.cluster.RedisCluster`."""
+    import redis
+
+    kw = dict(username=s.username, password=s.secret(), socket_timeout=s.socket_timeout_s,
+              socket_connect_timeout=s.socket_timeout_s, max_connections=s.max_connections)
+    if s.tls:
+        kw |= dict(ssl=True, ssl_ca_certs=s.tls_ca_cert, ssl_certfile=s.tls_cert, ssl_keyfile=s.tls_key)
+    if s.mode == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes()], **kw)
+    return redis.Redis(host=s.host, port=s.port, **kw)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _pairs(flat) -> dict[str, str]:
+    if isinstance(flat, dict):
+        return {_s(k): _s(v) for k, v in flat.items()}
+    return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _as_ids(user_ids) -> np.ndarray:
+    return np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
+
+
+def bucket_groups(user_ids: np.ndarray, buckets: int, max_size: int = MAX_PER_CALL):
+    """Yield (bucket, positions) of the users, grouped by bucket, at most ``max_size`` positions each."""
+    b = bucket_of(user_ids, buckets)
+    order = np.argsort(b, kind="stable")
+    sb = b[order]
+    starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]]) if len(sb) else np.array([], np.int64)
+    ends = np.r_[starts[1:], len(sb)]
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        for c in range(s, e, max_size):
+            yield int(sb[s]), order[c:min(e, c + max_size)]
+
+
+def newest_per_user(user_ids: np.ndarray, as_of: np.ndarray) -> np.ndarray:
+    """Positions to keep when a batch holds a user twice: the newest as_of (the later row on a tie)."""
+    o = np.lexsort((np.arange(len(user_ids)), as_of, user_ids))
+    last = np.r_[user_ids[o][1:] != user_ids[o][:-1], True] if len(o) else np.array([], bool)
+    return np.sort(o[last])
+
+
+class RedisVectorStore(VectorStore):
+    """`VectorStore` on one redis-server or a Redis Cluster (see the module docstring)."""
+
+    def __init__(self, settings: RedisSettings, client=None):
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.r = client if client is not None else connect(settings)
+        self.cluster = settings.mode == "cluster"
+        self._sha: dict[str, str] = {}  # script source -> sha, loaded lazily (readers never load)
+
+    def __repr__(self) -> str:  # no password here, ever
+        return f"RedisVectorStore(mode={self.settings.mode}, nodes={self.settings.nodes()}, ns={self.keys.ns})"
+
+    # -- scripts ------------------------------------------------------------------------------
+    def _script(self, src: str) -> str:
+        if src not in self._sha:
+            self._sha[src] = _s(self.r.script_load(src))  # cluster: loaded on every primary
+        return self._sha[src]
+
+    def _run_calls(self, src: str, calls: list[tuple[str, tuple]]) -> list:
+        """EVALSHA the script once per (key, args), pipelined; reload and retry once after NOSCRIPT."""
+        import redis
+
+        for attempt in range(2):
+            sha = self._script(src)
+            pipe = self.r.pipeline(transaction=False)
+            for key, args in calls:
+                pipe.execute_command("EVALSHA", sha, 1, key, *args)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._sha.pop(src, None)  # a node restarted or was flushed: load again (the upsert is idempotent)
+        raise AssertionError("unreachable")
+
+    # -- namespaces ---------------------------------------------------------------------------
+    def ensure_model(self, model: str, dim: int, dtype: str, buckets: int) -> ModelMeta:
+        check_name("model version", model)
+        meta = self.model_meta(model)
+        if meta is None:
+            key = self.keys.meta(model)
+            fields = {"dim": dim, "dtype": dtype, "buckets": buckets, "format": 1, "created_at": _now()}
+            for name, value in fields.items():
+                self.r.hsetnx(key, name, value)  # concurrent creators agree on the first one's shape
+            self.r.sadd(self.keys.models(), model)
+            meta = self.model_meta(model)
+        if (meta.dim, meta.dtype) != (dim, dtype):
+            raise ValueError(f"model namespace {model!r} holds {meta.dtype} vectors of dim {meta.dim}; "
+                             f"refusing to write {dtype} of dim {dim} (use a new model version)")
+        return meta
+
+    def model_meta(self, model: str) -> ModelMeta | None:
+        raw = _pairs(self.r.hgetall(self.keys.meta(model)))
+        if not raw or "dim" not in raw:
+            return None
+        core = {k: raw.pop(k) for k in ("dim", "dtype", "buckets")}
+        return ModelMeta(model, int(core["dim"]), core["dtype"], int(core["buckets"]), raw)
+
+    def update_meta(self, model: str, **fields) -> None:
+        self.r.hset(self.keys.meta(model), mapping={k: str(v) for k, v in fields.items()})
+
+    def models(self) -> list[str]:
+        return sorted(_s(m) for m in self.r.smembers(self.keys.models()))
+
+    def drop_model(self, model: str) -> int:
+        meta = self.model_meta(model)
+        removed = 0
+        if meta is not None:
+            keys = [k for b in range(meta.buckets) for k in (self.keys.vectors(model, b), self.keys.neighbours(model, b))]
+            for i in range(0, len(keys), 4096):
+                pipe = self.r.pipeline(transaction=False)
+                for k in keys[i:i + 4096]:
+                    pipe.unlink(k)
+                removed += sum(int(x) for x in pipe.execute())
+        removed += int(self.r.unlink(self.keys.meta(model))) + int(self.r.unlink(self.keys.manifests(model)))
+        self.r.srem(self.keys.models(), model)
+        return removed
+
+    def _meta_or_raise(self, model: str) -> ModelMeta:
+        meta = self.model_meta(model)
+        if meta is None:
+            raise LookupError(f"model namespace {model!r} does not exist in Redis (published models: {self.models()})")
+        return meta
+
+    # -- writes -------------------------------------------------------------------------------
+    def _upsert(self, key_fn, model: str, user_ids, values, as_of, fixed_len: int | None) -> UpsertCounts:
+        ids = _as_ids(user_ids)
+        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.int64), ids.shape)
+        if len(values) != len(ids):
+            raise ValueError(f"{len(ids)} user ids but {len(values)} values")
+        counts = UpsertCounts()
+        keep = newest_per_user(ids, as_of)
+        counts.duplicates = len(ids) - len(keep)
+        if counts.duplicates:
+            ids = ids[keep]
+            values = values[keep] if isinstance(values, np.ndarray) else [values[i] for i in keep]
+        meta = self._meta_or_raise(model)
+        id_text = [str(i) for i in ids.tolist()]
+        calls = []
+        for bucket, pos in bucket_groups(ids, meta.buckets):
+            if fixed_len is not None:
+                blob, lens = values[pos].tobytes(), str(fixed_len)  # contiguous rows of the batch
+            else:
+                parts = [values[i] for i in pos]
+                blob, lens = b"".join(parts), " ".join(str(len(p)) for p in parts)
+            calls.append((key_fn(model, bucket), (lens, " ".join(id_text[i] for i in pos), blob)))
+        for w, same, stale in self._run_calls(UPSERT_LUA, calls):
+            counts.written += int(w)
+            counts.unchanged += int(same)
+            counts.stale += int(stale)
+        return counts
+
+    def upsert_vectors(self, model, user_ids, values, as_of) -> UpsertCounts:
+        values = np.ascontiguousarray(values, dtype=np.uint8)
+        if values.ndim != 2:
+            raise ValueError("encoded vectors must be uint8 (n, value_size): use store.format.encode_vectors")
+        return self._upsert(self.keys.vectors, model, user_ids, values, as_of, values.shape[1])
+
+    def upsert_neighbours(self, model, user_ids, values, as_of) -> UpsertCounts:
+        return self._upsert(self.keys.neighbours, model, user_ids, list(values), as_of, None)
+
+    # -- reads --------------------------------------------------------------------------------
+    def get_raw(self, kind: str, model: str, user_ids) -> list[bytes | None]:
+        key_fn = {"v": self.keys.vectors, "n": self.keys.neighbours}[kind]
+        ids = _as_ids(user_ids)
+        meta = self.model_meta(model)
+        if meta is None:
+            return [None] * len(ids)
+        return self.get_raw_with(key_fn, model, meta.buckets, ids)
+
+    def get_raw_with(self, key_fn, model: str, buckets: int, ids: np.ndarray) -> list[bytes | None]:
+        """Values of ``ids`` (int64 (n,)) in ``buckets`` hashes, one HMGET per bucket, pipelined."""
+        if len(ids) == 1:  # the ranker's single lookup: one command, no pipeline
+            return [self.r.hget(key_fn(model, int(bucket_of(ids, buckets)[0])), str(int(ids[0])))]
+        out: list[bytes | None] = [None] * len(ids)
+        groups = list(bucket_groups(ids, buckets))
+        pipe = self.r.pipeline(transaction=False)
+        for bucket, pos in groups:
+            pipe.execute_command("HMGET", key_fn(model, bucket), *[str(i) for i in ids[pos].tolist()])
+        for (_, pos), vals in zip(groups, pipe.execute()):
+            for p, v in zip(pos.tolist(), vals):
+                out[p] = v
+        return out
+
+    def get_vectors(self, model: str, user_ids) -> Lookup:
+        ids = _as_ids(user_ids)
+        meta = self.model_meta(model)
+        if meta is None:
+            return Lookup(np.zeros((len(ids), 0), np.float32), np.zeros(len(ids), bool), np.zeros(len(ids), np.int64), model)
+        return self.lookup_with(meta, ids)
+
+    def lookup_with(self, meta: ModelMeta, ids: np.ndarray) -> Lookup:
+        raw = self.get_raw_with(self.keys.vectors, meta.model, meta.buckets, ids)
+        vectors, found, as_of, _ = decode_vectors(raw, meta.dim)
+        return Lookup(vectors, found, as_of, meta.model)
+
+    # -- forget -------------------------------------------------------------------------------
+    def delete_users(self, user_ids) -> dict[str, int]:
+        ids = _as_ids(user_ids)
+        out: dict[str, int] = {}
+        for model in self.models():
+            meta = self.model_meta(model)
+            if meta is None:
+                continue
+            for kind, key_fn in (("v", self.keys.vectors), ("n", self.keys.neighbours)):
+                pipe = self.r.pipeline(transaction=False)
+                for bucket, pos in bucket_groups(ids, meta.buckets):
+                    pipe.hdel(key_fn(model, bucket), *[str(i) for i in ids[pos].tolist()])
+                out[f"{kind}:{model}"] = sum(int(x) for x in pipe.execute()) if len(ids) else 0
+        return out
+
+    # -- pointer and manifests ----------------------------------------------------------------
+    def pointer(self) -> dict[str, str]:
+        return _pairs(self.r.hgetall(self.keys.pointer()))
+
+    def current(self) -> str | None:
+        cur = self.r.hget(self.keys.pointer(), "current")
+        return _s(cur) if cur is not None else None
+
+    def switch_pointer(self, new_current: str) -> dict[str, str]:
+        (res,) = self._run_calls(SWITCH_LUA, [(self.keys.pointer(), (new_current, _now()))])
+        return _pairs(res)
+
+    def swap_pointer(self) -> dict[str, str]:
+        import redis
+
+        try:
+            (res,) = self._run_calls(SWAP_LUA, [(self.keys.pointer(), (_now(),))])
+        except redis.exceptions.ResponseError as exc:
+            raise LookupError(str(exc).removeprefix("ERR ").removeprefix("soe: ")) from None
+        return _pairs(res)
+
+    def record_manifest(self, model: str, name: str, manifest: dict) -> None:
+        self.r.hset(self.keys.manifests(model), name, json.dumps(manifest, sort_keys=True, default=str))
+
+    def manifests(self, model: str) -> dict[str, dict]:
+        return {k: json.loads(v) for k, v in _pairs(self.r.hgetall(self.keys.manifests(model))).items()}
+
+
+def open_store(settings: RedisSettings) -> RedisVectorStore:
+    """The store for a RedisSettings section (what the other components call)."""
+    return RedisVectorStore(settings)
+
+
+__all__ = ["RedisVectorStore", "connect", "open_store", "UPSERT_LUA", "FormatError"]
