@@ -1,0 +1,86 @@
+"""Recent positives per user (clicks, conversions), kept cheap to read when candidates are asked for.
+
+Source: the hour's active-user sequences, ``active/as_of=<T>/shard=*.parquet`` (sequence contract).
+A sequence holds the user's last N events, so for an active user it is the whole truth about the
+recent window: `recent_positives` keeps the events whose type is in
+``settings.events.positive_event_types`` and whose ts lies in ``[as_of - window, as_of)``, newest
+first, one entry per distinct item, at most ``graph.positives_per_user``.
+
+`publish_recent_positives` writes them to Redis (store.graph.redis_io: one small value per user, read
+with one HMGET per bucket), replacing the user's previous value; users not active this hour keep
+theirs, and readers drop entries that have aged out of the window.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from soe.atomic import is_complete
+from soe.contracts import SEQUENCE
+from soe.layout import HOUR, utc
+
+
+def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime, window_hours: float,
+                     per_user: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """(user_ids (n,), items per user newest first, ages in hours per user) from sequence rows."""
+    SEQUENCE.check_version(table.schema)
+    user_ids = table.column("user_id").to_numpy()
+    ev = table.column("event_type").combine_chunks()
+    parent = pc.list_parent_indices(ev).to_numpy()
+    types = pc.list_flatten(ev)
+    items = pc.list_flatten(table.column("item_id").combine_chunks()).to_numpy()
+    ts = pc.list_flatten(table.column("ts").combine_chunks()).cast(pa.int64()).to_numpy()
+    as_of_ms = int(utc(as_of).timestamp() * 1000)
+    cutoff = as_of_ms - int(window_hours * 3_600_000)
+    keep = pc.is_in(types, pa.array(positive_types)).to_numpy(zero_copy_only=False)
+    keep &= (ts >= cutoff) & (ts < as_of_ms)
+    parent, items, ts = parent[keep], items[keep], ts[keep]
+    order = np.lexsort((-ts, parent))  # per user, newest first
+    parent, items, ts = parent[order], items[order], ts[order]
+    seen = np.zeros(len(items), bool)  # first (newest) occurrence of each (user, item)
+    if len(items):
+        o2 = np.lexsort((np.arange(len(items)), items, parent))
+        first = np.ones(len(o2), bool)
+        first[1:] = (parent[o2][1:] != parent[o2][:-1]) | (items[o2][1:] != items[o2][:-1])
+        seen[o2[first]] = True
+    parent, items, ts = parent[seen], items[seen], ts[seen]
+    starts = np.searchsorted(parent, parent, side="left")
+    top = (np.arange(len(parent)) - starts) < per_user
+    parent, items, ts = parent[top], items[top], ts[top]
+    bounds = np.searchsorted(parent, np.arange(len(user_ids) + 1))
+    ages = ((as_of_ms - ts) / 3_600_000.0).astype(np.float32)
+    return (user_ids, [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+            [ages[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def active_shards(active_dir: Path) -> list[Path]:
+    if not active_dir.is_dir():
+        raise FileNotFoundError(f"no active-user sequences at {active_dir}: run the pipeline for this hour first")
+    if not is_complete(active_dir):
+        raise FileNotFoundError(f"{active_dir} is not published (no _SUCCESS): the pipeline has not finished")
+    return sorted(active_dir.glob("shard=*.parquet"))
+
+
+def publish_recent_positives(settings, as_of: datetime | str, *, window_hours: float | None = None) -> dict:
+    """Write every active user's recent positive items at ``as_of`` to Redis; returns counts."""
+    from store.graph.redis_io import write_positives
+
+    as_of = utc(as_of)
+    cfg = settings.graph
+    window = cfg.positives_window_hours if window_hours is None else window_hours
+    users = with_positives = 0
+    for shard in active_shards(settings.layout().active(as_of)):
+        table = pq.read_table(shard, columns=list(SEQUENCE.required))
+        ids, items, ages = recent_positives(table, settings.events.positive_event_types, as_of, window,
+                                            cfg.positives_per_user)
+        write_positives(settings.redis, ids, items, ages, as_of, ttl_s=int(window * HOUR.total_seconds()))
+        users += len(ids)
+        with_positives += sum(1 for i in items if len(i))
+    return {"as_of": as_of.isoformat(), "users": users, "users_with_positives": with_positives,
+            "window_hours": window}
