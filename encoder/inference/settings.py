@@ -7,5 +7,13 @@ from soe.section import Section
 
 class InferenceSettings(Section):
     device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:1"
-    max_batch_tokens: int = 65536  # upper bound of tokens per inference batch (adapted to free memory)
-    compile: bool = False  # torch.compile on CPU where it pays (measured in bench.inference)
+    strict_device: bool = False  # True: a requested GPU that is absent is an error, not a CPU fallback
+    max_batch_tokens: int = 16384  # upper bound of padded tokens per batch (adapted down to free memory)
+    memory_fraction: float = 0.25  # share of the free host/GPU memory one batch's activations may use
+    window_users: int = 32768  # users read and length-sorted together (bounds host memory per worker)
+    prefetch_batches: int = 2  # featurised batches queued ahead of compute by the loader thread
+    loader_thread: bool = True  # featurise in a background thread, overlapping the model's compute
+    threads: int = 0  # CPU intra-op threads; 0 = the cores this process may run on
+    compile: bool = False  # torch.compile the model (CPU and GPU); measured in bench.inference
+    gpu_dtype: str = "auto"  # autocast dtype on GPU: "auto" (bf16 when supported, else fp16), "bf16", "fp16", "fp32"
+    state_split: str = "auto"  # source=state: "hash" (user_id hash), "files" (file i::n), "auto" (files when enough)

@@ -1,0 +1,284 @@
+"""The batch inference engine: sequence shards in, embedding shards out, one worker per shard.
+
+One worker (`encode_shard`) does, in bounded memory::
+
+    SequenceSource.windows()          Parquet iter_batches, W users at a time      (reader.py)
+      -> plan_batches(lengths)        sort the window by length, cut by token budget (batching.py)
+      -> featurize(rows)              hashed ids, action, time buckets; left-padded to the batch's
+                                      longest user, pinned when on GPU             (encoder.features)
+      -> model(batch)                 SDPA transformer under inference_mode (+ bf16/fp16 autocast on
+                                      GPU), non_blocking host->device copies      (BatchEncoder)
+      -> ShardWriter                  float16 unit vectors, original row order, one row group per
+                                      window, published atomically               (writer.py)
+
+Featurisation runs in a loader thread that stays ``prefetch_batches`` ahead of the model, so on a GPU
+the host work overlaps the device work (numpy and torch release the GIL in their kernels). On the CPU
+torch uses every available core; ``torch.compile`` is optional (off by default: measure it with
+``bench.inference``). `encode_all` runs every shard of a snapshot in one process and marks the
+snapshot complete; a cluster runs `encode_shard` once per shard instead (one GPU each).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from encoder.inference.batching import plan_batches
+from encoder.inference.device import (
+    DeviceChoice,
+    activation_bytes_per_token,
+    autocast,
+    autocast_dtype,
+    batch_token_budget,
+    configure_threads,
+    select_device,
+)
+from encoder.inference.embeddings import mark_snapshot
+from encoder.inference.reader import open_source, source_num_shards
+from encoder.inference.settings import InferenceSettings
+from encoder.inference.writer import open_shard
+from soe.layout import utc
+
+log = logging.getLogger("soe.inference")
+
+
+@dataclass
+class EncodeStats:
+    users: int = 0  # vectors produced
+    tokens: int = 0  # real (non-padded) events encoded
+    padded_tokens: int = 0  # tokens actually computed, padding included
+    batches: int = 0  # forward passes
+
+    def add(self, other: "EncodeStats") -> None:
+        self.users += other.users
+        self.tokens += other.tokens
+        self.padded_tokens += other.padded_tokens
+        self.batches += other.batches
+
+
+class _LoaderError:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_DONE = object()
+
+
+class BatchEncoder:
+    """A loaded model on its device, encoding SEQUENCE windows in length-bucketed batches."""
+
+    def __init__(self, model: torch.nn.Module, cfg, choice: DeviceChoice, settings: InferenceSettings):
+        from encoder.features import featurize  # the encoder's featurisation, shared with training
+
+        self.model, self.cfg, self.choice, self.settings = model.eval(), cfg, choice, settings
+        self.device = choice.device
+        self._featurize = featurize
+        self.threads = configure_threads(settings.threads) if not choice.is_cuda else torch.get_num_threads()
+        self.amp_dtype = autocast_dtype(self.device, settings.gpu_dtype)
+        per_token = activation_bytes_per_token(cfg.d_model, cfg.n_heads, cfg.max_len, cfg.mlp_ratio)
+        self.max_batch_tokens = batch_token_budget(
+            settings.max_batch_tokens, self.device, per_token, settings.memory_fraction, min_tokens=cfg.max_len
+        )
+        self.forward: Callable = model
+        if settings.compile:
+            self.forward = torch.compile(model, dynamic=True)
+        log.info(
+            "encoder on %s: autocast=%s threads=%d max_batch_tokens=%d compile=%s",
+            self.device, self.amp_dtype, self.threads, self.max_batch_tokens, settings.compile,
+        )
+
+    @classmethod
+    def load(cls, settings, model_version: str) -> "BatchEncoder":
+        """Load a published model for inference under ``settings`` (the full Settings)."""
+        from encoder.artifact import load_model
+
+        choice = select_device(settings.inference.device, strict=settings.inference.strict_device)
+        model, cfg, _meta = load_model(settings.layout(), model_version, device=choice.device)
+        encoder = cls(model, cfg, choice, settings.inference)
+        encoder.model_version = model_version
+        return encoder
+
+    # -- host side (loader thread) ------------------------------------------------------------
+    def lengths(self, window: pa.Table) -> np.ndarray:
+        """(W,) events each user will keep (the sequence lists' lengths, capped at max_len)."""
+        offsets = window["item_id"].combine_chunks().offsets.to_numpy()
+        return np.minimum(np.diff(offsets), self.cfg.max_len)
+
+    def batches(self, window: pa.Table, as_of: datetime) -> Iterator[tuple[np.ndarray, object, EncodeStats]]:
+        """(rows, featurised batch, stats) of one window, shortest users first."""
+        for plan in plan_batches(self.lengths(window), self.max_batch_tokens):
+            batch = self._featurize(window.take(pa.array(plan.rows)), self.cfg, as_of=as_of)
+            if self.choice.is_cuda:
+                batch = batch.pin_memory()
+            stats = EncodeStats(len(plan.rows), plan.tokens, len(plan.rows) * plan.padded_len, 1)
+            yield plan.rows, batch, stats
+
+    def _produce(self, windows: Iterator[pa.Table], as_of: datetime, out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            for window in windows:
+                for item in self.batches(window, as_of):
+                    if stop.is_set():
+                        return
+                    out.put(("batch", item))
+                out.put(("window", window))
+            out.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            out.put(_LoaderError(exc))
+
+    def _stream(self, windows: Iterator[pa.Table], as_of: datetime) -> Iterator:
+        """Loader items in order: a background thread when ``loader_thread`` is set, else inline."""
+        if not self.settings.loader_thread:
+            for window in windows:
+                for item in self.batches(window, as_of):
+                    yield ("batch", item)
+                yield ("window", window)
+            return
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.settings.prefetch_batches))
+        stop = threading.Event()
+        thread = threading.Thread(target=self._produce, args=(windows, as_of, q, stop), name="soe-loader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _LoaderError):
+                    raise item.exc
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+
+    # -- device side --------------------------------------------------------------------------
+    def encode_batch(self, batch) -> torch.Tensor:
+        """(B, D) float32 unit vectors of one featurised batch, on the device."""
+        batch = batch.to(self.device, non_blocking=self.choice.is_cuda)
+        with autocast(self.device, self.amp_dtype):
+            vectors = self.forward(batch)  # (B, D)
+        return torch.nn.functional.normalize(vectors.float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_windows(
+        self, windows: Iterator[pa.Table], as_of: datetime, on_batch: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[pa.Table, np.ndarray, EncodeStats]]:
+        """For each window: (window, (W, D) float32 vectors in the window's row order, stats)."""
+        done, stats = [], EncodeStats()  # the current window's (rows, vectors) so far
+        for kind, item in self._stream(windows, as_of):
+            if kind == "batch":
+                rows, batch, batch_stats = item
+                done.append((torch.as_tensor(rows, device=self.device), self.encode_batch(batch)))  # (B,), (B, D)
+                stats.add(batch_stats)
+                if on_batch:
+                    on_batch(batch_stats.users)
+            else:  # the window is complete: restore its row order
+                window = item
+                result = torch.empty(window.num_rows, self.cfg.d_model, device=self.device)  # (W, D)
+                for rows, vectors in done:
+                    result[rows] = vectors
+                yield window, result.cpu().numpy(), stats
+                done, stats = [], EncodeStats()
+
+    def encode_table(self, table: pa.Table, as_of: datetime, window_users: int | None = None) -> np.ndarray:
+        """(R, D) float32 vectors of a whole in-memory SEQUENCE table, in row order (tests, benches)."""
+        w = window_users or self.settings.window_users
+        windows = (table.slice(i, w) for i in range(0, table.num_rows, w))
+        parts = [vectors for _window, vectors, _stats in self.encode_windows(windows, as_of)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.cfg.d_model), np.float32)
+
+
+def _n_events(window: pa.Table) -> np.ndarray:
+    return window["n_events"].to_numpy().astype(np.int32)
+
+
+def encode_with(
+    encoder: BatchEncoder,
+    settings,
+    model_version: str,
+    as_of: datetime,
+    shard: int,
+    *,
+    num_shards: int | None = None,
+    source: str = "active",
+    progress: bool = False,
+) -> dict:
+    """`encode_shard` with an already loaded encoder (so `encode_all` loads the model once)."""
+    as_of = utc(as_of)
+    layout, cfg = settings.layout(), encoder.cfg
+    src = open_source(layout, as_of, shard, num_shards=num_shards, source=source, split=settings.inference.state_split)
+    t0 = time.perf_counter()
+    total = EncodeStats()
+    manifest = {
+        "model_version": model_version, "as_of": as_of.isoformat(), "shard": shard, "dim": cfg.d_model,
+        "device": str(encoder.device), "device_reason": encoder.choice.reason, "source": src.describe(),
+    }
+    bar = None
+    if progress:
+        from soe.cli_support import progress as progress_bar
+
+        bar = progress_bar(src.num_rows, f"encode shard {shard}", unit="user")
+    try:
+        with open_shard(layout, model_version, as_of, shard, cfg.d_model, manifest) as writer:
+            windows = src.windows(settings.inference.window_users)
+            on_batch = bar.update if bar is not None else None
+            for window, vectors, stats in encoder.encode_windows(windows, as_of, on_batch=on_batch):
+                writer.write(window["user_id"].to_numpy(), vectors, _n_events(window))
+                total.add(stats)
+            seconds = time.perf_counter() - t0
+            manifest.update(
+                seconds=round(seconds, 3), tokens=total.tokens, padded_tokens=total.padded_tokens,
+                batches=total.batches, users_per_s=round(total.users / seconds, 1) if seconds > 0 else None,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    log.info("encoded shard %d of %s at %s: %d users in %.1fs", shard, model_version, as_of, manifest["users"], seconds)
+    return manifest
+
+
+def encode_shard(
+    settings,
+    model_version: str,
+    as_of: datetime,
+    shard: int,
+    *,
+    num_shards: int | None = None,
+    source: str = "active",
+    progress: bool = False,
+) -> dict:
+    """Encode one shard of (model, as_of) and publish ``embeddings/<model>/as_of=T/shard=i``; returns its manifest.
+
+    ``source="active"``: the pipeline's hourly active-user shard i. ``source="state"``: part i of
+    ``num_shards`` of the full state snapshot (backfill of a new model). Idempotent: a rerun replaces
+    the shard with the same vectors; a crash publishes nothing.
+    """
+    encoder = BatchEncoder.load(settings, model_version)
+    return encode_with(encoder, settings, model_version, as_of, shard, num_shards=num_shards, source=source, progress=progress)
+
+
+def encode_all(
+    settings, model_version: str, as_of: datetime, *, source: str = "active", num_shards: int | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Every shard of (model, as_of) in this process (model loaded once), then the snapshot marker."""
+    as_of = utc(as_of)
+    n = source_num_shards(settings.layout(), as_of, source, num_shards)
+    encoder = BatchEncoder.load(settings, model_version)
+    manifests = [
+        encode_with(encoder, settings, model_version, as_of, i, num_shards=n, source=source, progress=progress)
+        for i in range(n)
+    ]
+    mark_snapshot(settings.layout(), model_version, as_of, n)
+    return manifests
