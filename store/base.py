@@ -68,6 +68,10 @@ class VectorStore(ABC):
     def model_meta(self, model: str) -> ModelMeta | None: ...
 
     @abstractmethod
+    def update_meta(self, model: str, **fields) -> None:
+        """Set extra metadata fields of a namespace (e.g. last_as_of)."""
+
+    @abstractmethod
     def models(self) -> list[str]:
         """Every model namespace ever created (and not dropped)."""
 

@@ -1,0 +1,74 @@
+"""The lookup client for rankers: user ids in, float32 vectors out, in a millisecond.
+
+    client = LookupClient(settings.redis)            # reader credentials from config/env
+    vectors, found = client.get([42, 7, 1234])       # (3, d) float32, (3,) bool
+    lists = client.neighbours([42])                  # [(neighbour ids, scores)] or [None]
+
+Each call resolves the current-model pointer once (cached for ``redis.pointer_ttl_s``) and reads
+the whole batch from that one model namespace, so a batch never mixes two models, even while the
+pointer switches. A single id is one HGET; a batch is one HMGET per bucket, pipelined, which the
+cluster client sends as one round trip per node. Missing users come back with found=False and a
+zero vector: reported, not raised. The client only reads, so it runs with the reader ACL user.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from store.base import Lookup, ModelMeta
+from store.format import decode_neighbours
+from store.settings import RedisSettings
+
+
+class LookupClient:
+    def __init__(self, redis_settings: RedisSettings, *, model: str | None = None,
+                 pointer_ttl_s: float | None = None, store=None):
+        from store.redis_store import RedisVectorStore
+
+        self.store = store or RedisVectorStore(redis_settings)
+        self.pinned = model  # read this model instead of following the pointer
+        self.ttl = redis_settings.pointer_ttl_s if pointer_ttl_s is None else pointer_ttl_s
+        self._pointer: tuple[float, str | None] = (-1.0, None)  # (fetched at, model)
+        self._meta: dict[str, ModelMeta] = {}  # a namespace's dim/dtype/buckets never change
+
+    def current_model(self) -> str | None:
+        """The model readers use: the pinned one, else the pointer (refetched after the TTL)."""
+        if self.pinned:
+            return self.pinned
+        fetched, model = self._pointer
+        now = time.monotonic()
+        if now - fetched >= self.ttl:
+            model = self.store.current()
+            self._pointer = (now, model)
+        return model
+
+    def _model_meta(self) -> ModelMeta:
+        model = self.current_model()
+        if model is None:
+            raise LookupError("no current model in Redis: publish a model and run `soe models switch VERSION`")
+        meta = self._meta.get(model)
+        if meta is None:
+            meta = self.store.model_meta(model)
+            if meta is None:
+                raise LookupError(f"the current model {model!r} has no namespace in Redis (was it cleaned up?)")
+            self._meta[model] = meta
+        return meta
+
+    def lookup(self, user_ids) -> Lookup:
+        """Vectors, found, as_of and the model of one batch (or one id)."""
+        ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
+        return self.store.lookup_with(self._model_meta(), ids)
+
+    def get(self, user_ids) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors float32 (n, d), found bool (n,)) for one id or a batch."""
+        res = self.lookup(user_ids)
+        return res.vectors, res.found
+
+    def neighbours(self, user_ids) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Each user's (neighbour ids, scores), best first, or None when the graph has no list for them."""
+        meta = self._model_meta()
+        ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
+        raw = self.store.get_raw_with(self.store.keys.neighbours, meta.model, meta.buckets, ids)
+        return [None if v is None else decode_neighbours(v)[:2] for v in raw]

@@ -1,0 +1,126 @@
+"""Publish a model's embeddings for one as_of from Parquet (the source of truth) into Redis.
+
+The inference engine writes one directory per shard, ``layout.embeddings(model, as_of)/shard=<i>``,
+each published atomically (it holds ``_SUCCESS``) with Parquet files in the embedding contract.
+`publish_embeddings` streams those files in batches of ``redis.publish_batch`` rows, encodes each
+batch in one numpy pass (store.format), and upserts it: one Lua call per bucket, many calls per
+pipeline, grouped by cluster node. The upsert is conditional on as_of server-side, so publishing
+is idempotent and a late rerun of an older hour cannot overwrite newer vectors. Each published shard
+leaves a manifest (counts, as_of, model) in Redis: ``<ns>:manifests:<model>`` field ``<as_of>/<shard>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from soe.atomic import is_complete
+from soe.contracts import ContractError, embedding_contract
+from soe.layout import stamp, utc
+from store.base import UpsertCounts, VectorStore
+from store.format import as_of_ms, encode_vectors
+
+log = logging.getLogger("soe.store.publish")
+
+
+def shard_dirs(layout, model_version: str, as_of: datetime, shard: int | None = None) -> list[Path]:
+    """The published shard directories of (model, as_of): all of them, or just ``shard``."""
+    root = layout.embeddings(model_version, as_of)
+    if shard is not None:
+        d = root / f"shard={shard:05d}"
+        if not is_complete(d):
+            raise FileNotFoundError(f"embedding shard {d} is not published (no _SUCCESS): run inference first")
+        return [d]
+    dirs = sorted(d for d in root.glob("shard=*") if d.is_dir() and is_complete(d)) if root.is_dir() else []
+    if not dirs:
+        raise FileNotFoundError(f"no published embedding shards under {root}: run inference for model "
+                                f"{model_version!r} at as_of {stamp(as_of)} first")
+    return dirs
+
+
+def _vectors(batch: pa.RecordBatch) -> np.ndarray:
+    col = batch.column("vector")
+    if not pa.types.is_fixed_size_list(col.type):
+        raise ContractError(f"embedding column 'vector' must be fixed_size_list<float16>[dim], got {col.type}")
+    if col.null_count:
+        raise ContractError(f"{col.null_count} null vectors in an embedding file (the contract forbids them)")
+    d = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), d)  # (B, D)
+
+
+def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch, dtype: str, buckets: int) -> UpsertCounts:
+    """Encode and upsert one record batch of the embedding contract."""
+    models = set(batch.column("model_version").unique().to_pylist())
+    if models - {model_version}:
+        raise ContractError(f"embedding file holds model_version {sorted(models)}, expected {model_version!r}")
+    x = _vectors(batch)  # (B, D)
+    ids = batch.column("user_id").to_numpy().astype(np.int64)  # (B,)
+    as_of = batch.column("as_of").cast(pa.int64()).to_numpy()  # (B,) ms UTC
+    store.ensure_model(model_version, x.shape[1], dtype, buckets)
+    rows = encode_vectors(x, as_of, model_version, dtype)  # (B, value_size) uint8
+    return store.upsert_vectors(model_version, ids, rows, as_of)
+
+
+def publish_embeddings(settings, model_version: str, as_of, shard: int | None = None, *,
+                       store: VectorStore | None = None, on_rows: Callable[[int], None] | None = None) -> dict:
+    """Upsert the (model, as_of) embeddings, one shard or all, into Redis; returns the counts.
+
+    ``settings`` is the full Settings (layout + redis section). Raises FileNotFoundError when the
+    shards are not published yet, ContractError for files that break the embedding contract.
+    """
+    from store.redis_store import RedisVectorStore
+
+    rs = settings.redis
+    as_of = utc(as_of)
+    store = store or RedisVectorStore(rs)
+    total, per_shard = UpsertCounts(), {}
+    rows = 0
+    t0 = time.perf_counter()
+    for d in shard_dirs(settings.layout(), model_version, as_of, shard):
+        counts, n = UpsertCounts(), 0
+        files = sorted(d.glob("*.parquet"))
+        for f in files:
+            pf = pq.ParquetFile(f)
+            if pf.schema_arrow.get_field_index("vector") < 0:
+                raise ContractError(f"{f} has no 'vector' column: not an embedding file")
+            embedding_contract(pf.schema_arrow.field("vector").type.list_size).check_version(pf.schema_arrow)
+            for batch in pf.iter_batches(batch_size=rs.publish_batch):
+                counts += publish_batch(store, model_version, batch, rs.dtype, rs.buckets)
+                n += batch.num_rows
+                if on_rows:
+                    on_rows(batch.num_rows)
+        manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": d.name.split("=", 1)[1],
+                    "rows": n, "files": len(files), **counts.as_dict(), "dtype": store_dtype(store, model_version, rs.dtype),
+                    "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if n:
+            store.record_manifest(model_version, f"{stamp(as_of)}/{manifest['shard']}", manifest)
+        log.info("published %s as_of=%s %s: %d rows, %d written, %d unchanged, %d stale",
+                 model_version, stamp(as_of), d.name, n, counts.written, counts.unchanged, counts.stale)
+        per_shard[d.name] = counts.as_dict()
+        total += counts
+        rows += n
+    _advance_last_as_of(store, model_version, as_of)
+    seconds = time.perf_counter() - t0
+    return {"model": model_version, "as_of": as_of.isoformat(), "shards": len(per_shard), "rows": rows,
+            **total.as_dict(), "seconds": round(seconds, 3), "vectors_per_s": round(rows / seconds, 1) if seconds else None}
+
+
+def store_dtype(store: VectorStore, model_version: str, default: str) -> str:
+    meta = store.model_meta(model_version)
+    return meta.dtype if meta else default
+
+
+def _advance_last_as_of(store: VectorStore, model_version: str, as_of: datetime) -> None:
+    meta = store.model_meta(model_version)
+    if meta is None:
+        return
+    last = meta.extra.get("last_as_of")
+    if last is None or as_of_ms(utc(last)) < as_of_ms(as_of):
+        store.update_meta(model_version, last_as_of=as_of.isoformat())
