@@ -1,0 +1,72 @@
+"""The training DAG (daily, or triggered by hand): wiring only; the steps are pipelines.flows.training.
+
+    trainset -> train -> evaluate (candidate and current model on the same split) -> gate
+      -> trigger soe_backfill with the candidate (only when the gate promotes it)
+
+The gate is a short-circuit: when the candidate is not better, the trigger is skipped and the
+current model keeps serving. The backfill DAG switches the pointer, never this one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import dag, get_current_context, task
+
+from pipelines.flows.dag_support import dag_shape, interval, run_settings
+
+DAG_ID = "soe_training"
+shape = dag_shape()
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=shape.flows.training_schedule,
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=shape.default_args(DAG_ID),
+    tags=["soe"],
+    doc_md=__doc__,
+)
+def soe_training():
+    @task
+    def trainset() -> dict:
+        from pipelines.flows.training import trainset as run
+
+        return run(run_settings(), interval(get_current_context())[1])
+
+    @task
+    def train(ts: dict) -> dict:
+        from pipelines.flows.training import train as run
+
+        return run(run_settings(), ts["path"])
+
+    @task
+    def evaluate(ts: dict, trained: dict) -> dict:
+        from pipelines.flows.training import evaluate as run
+
+        return run(run_settings(), trained["model"], ts["path"], interval(get_current_context())[1])
+
+    @task.short_circuit
+    def gate(ts: dict, trained: dict, evaluation: dict) -> dict | bool:
+        from pipelines.flows.training import gate as run, record
+
+        s = run_settings()
+        decision = run(s, evaluation)
+        record(s, interval(get_current_context())[1], [ts, trained, evaluation, decision])
+        return decision if decision["promote"] else False
+
+    ts = trainset()
+    trained = train(ts)
+    decision = gate(ts, trained, evaluate(ts, trained))
+    decision >> TriggerDagRunOperator(
+        task_id="trigger_backfill",
+        trigger_dag_id="soe_backfill",
+        conf={"model": "{{ ti.xcom_pull(task_ids='train')['model'] }}"},
+        wait_for_completion=False,
+    )
+
+
+soe_training()
