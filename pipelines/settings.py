@@ -11,6 +11,7 @@ class SparkSettings(Section):
     app_name: str = "soe"  # Spark application name
     driver_memory: str = "4g"  # only used when the driver JVM is started by us (local launcher)
     shuffle_partitions: int = 8  # spark.sql.shuffle.partitions; raise it on a cluster
+    arrow_batch_rows: int = 100_000  # rows per Arrow batch handed to the validator in the executors
     conf: dict[str, str] = {}  # any extra spark.* settings, passed through verbatim
 
 
@@ -18,3 +19,6 @@ class SequenceSettings(Section):
     max_len: int = 200  # N: events kept per user, newest wins
     num_shards: int = 4  # K: balanced Parquet shards of active users, one encoder worker each
     bootstrap_lookback_hours: int = 24 * 7  # first run without a previous state: history read back this far
+    state_files: int = 8  # Parquet files per state snapshot (the hourly pass coalesces to this, no shuffle)
+    broadcast_active_ids: bool = True  # broadcast the interval's active user ids: the state is read map-only;
+    # turn off when one interval's active ids no longer fit in executor memory (Spark then shuffles the state)

@@ -1,0 +1,77 @@
+"""K balanced Parquet shards of the active users' sequences, one file per shard.
+
+Every active user gets a global rank without a single-partition window: users are hashed into
+buckets, ranked by user_id inside their bucket (a window per bucket, in parallel), and the bucket
+sizes (one small number per bucket, the only thing the driver sees) give each bucket's offset.
+``shard = rank % K`` then makes the shards equal to within one user, deterministically.
+
+Spark writes one directory per shard (``partitionBy``; every shard's rows are in one task, so one
+file); the files are then renamed to ``shard=00000.parquet`` ... inside the unpublished temp dir.
+A shard with no users is written as an empty Parquet file with the sequence schema, so every one of
+the K shards always exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow.parquet as pq
+
+from pipelines.spark import parquet_files
+from soe.contracts import SEQUENCE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame
+
+
+def shard_file(directory: Path, shard: int) -> Path:
+    """Same spelling as `soe.layout.Layout.active_shard`, inside any directory."""
+    return Path(directory) / f"shard={shard:05d}.parquet"
+
+
+def balanced_shards(df: "DataFrame", num_shards: int, buckets: int) -> "DataFrame":
+    """``df`` (one row per user) with an int column ``shard`` in [0, K), sizes equal within one user."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    b = df.withColumn("_bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets)).cast("int"))
+    ranked = b.withColumn("_rank", F.row_number().over(Window.partitionBy("_bucket").orderBy("user_id")) - 1)
+    sizes = {r["_bucket"]: r["count"] for r in b.groupBy("_bucket").count().collect()}  # <= `buckets` numbers
+    offsets, total = [], 0
+    for i in range(buckets):
+        offsets.append(total)
+        total += sizes.get(i, 0)
+    offset = F.element_at(F.array(*[F.lit(o) for o in offsets]), F.col("_bucket") + 1)
+    shard = F.pmod(offset + F.col("_rank"), F.lit(num_shards)).cast("int")
+    return ranked.withColumn("shard", shard).drop("_bucket", "_rank")
+
+
+def write_shards(df: "DataFrame", out_dir: Path, num_shards: int, buckets: int = 64) -> list[int]:
+    """Write ``df`` (sequence contract columns) as ``shard=iiiii.parquet`` files; returns the sizes."""
+    out_dir = Path(out_dir)
+    staging = out_dir / "_spark"
+    sharded = balanced_shards(df, num_shards, buckets)
+    (
+        sharded.repartition(num_shards, "shard")
+        .sortWithinPartitions("user_id")
+        .write.mode("overwrite")
+        .partitionBy("shard")
+        .parquet(str(staging))
+    )
+    sizes = []
+    for i in range(num_shards):
+        files = parquet_files(staging / f"shard={i}")
+        target = shard_file(out_dir, i)
+        if not files:
+            pq.write_table(SEQUENCE.schema.empty_table(), target)
+        elif len(files) == 1:
+            files[0].rename(target)
+        else:  # more than one file (maxRecordsPerFile): concatenate into the one shard file
+            import pyarrow as pa
+
+            pq.write_table(pa.concat_tables([pq.read_table(f) for f in files]), target)
+        sizes.append(pq.ParquetFile(target).metadata.num_rows)
+    shutil.rmtree(staging)
+    return sizes
