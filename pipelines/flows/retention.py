@@ -7,6 +7,10 @@ it needs:
 * only published snapshots are candidates, and the **newest published snapshot of every parent is
   always kept** (the next incremental run and a backfill start from the newest state, and the
   newest graph of an idle model stays serving);
+* an expired **embedding** snapshot is removed only when every user in it has a vector in a newer
+  snapshot of the same model: the graph is built over every user's newest vector across snapshots
+  (`encoder.inference.embeddings.latest_embeddings`), so a user idle for longer than the window
+  keeps their last vector on disk (the backfill snapshot of a model typically stays for that);
 * a snapshot is removed by renaming it to a hidden ``.old-`` sibling first (readers then see it
   as absent, never half-deleted), then deleting it;
 * leftovers of crashed writers (hidden ``.tmp-``/``.old-`` entries) are removed only when older
@@ -24,6 +28,9 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
 
 from soe.atomic import is_complete
 from soe.layout import Layout, stamp, utc
@@ -50,6 +57,12 @@ def _snapshots(parent: Path) -> list[tuple[datetime, Path]]:
     return sorted(out)
 
 
+def _user_ids(snapshot: Path) -> np.ndarray:
+    files = sorted(snapshot.glob("shard=*/*.parquet")) or sorted(snapshot.glob("*.parquet"))
+    ids = [pq.read_table(f, columns=["user_id"]).column("user_id").to_numpy() for f in files]
+    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+
+
 def _remove(path: Path) -> None:
     hidden = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
     os.replace(path, hidden)
@@ -63,15 +76,21 @@ def apply_retention(layout: Layout, as_of: datetime, hours_to_keep: int, stale_t
     cutoff = utc(as_of) - timedelta(hours=hours_to_keep)
     removed, kept, temps = [], 0, 0
     now = time.time()
+    embeddings = Path(layout.root) / "embeddings"
     for parent in snapshot_parents(layout):
         snaps = _snapshots(parent)
-        for t, path in snaps[:-1]:  # the newest is always kept
-            if t < cutoff:
+        per_user = parent.parent == embeddings
+        covered = np.zeros(0, dtype=np.int64)  # users with a vector in a newer kept snapshot
+        for t, path in reversed(snaps):
+            ids = _user_ids(path) if per_user else None
+            newest = path == snaps[-1][1]
+            if not newest and t < cutoff and (not per_user or np.isin(ids, covered).all()):
                 _remove(path)
                 removed.append(str(path.relative_to(layout.root)))
-            else:
-                kept += 1
-        kept += bool(snaps)
+                continue
+            kept += 1
+            if per_user:
+                covered = np.union1d(covered, ids)
         for child in parent.iterdir():
             hidden_leftover = child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name)
             if hidden_leftover and now - child.stat().st_mtime > stale_temp_hours * 3600:
