@@ -29,7 +29,7 @@ import numpy as np
 from soe.atomic import publish_dir
 from soe.contracts import NEIGHBOURS
 from soe.layout import HOUR, stamp, utc
-from store.graph.incremental import carry_over, repair_untouched, update_index
+from store.graph.incremental import carry_over, repair_untouched, rescore, update_index
 from store.graph.index import IndexSpec, build_index, choose_device, choose_spec, num_gpus, on_device
 from store.graph.knn import sample_recall, search_neighbours
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
@@ -75,12 +75,17 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg) -> GraphResult
     touched = uv.positions(new.ids)
     search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind))
     nbr[touched], scores[touched] = search_neighbours(search_index, uv, touched, cfg.k, cfg.search_batch)
-    repaired = repair_untouched(uv, nbr, scores, touched)
+    dropped = np.zeros(0, np.int64)
+    if cfg.research_dropped:  # rows whose neighbour moved away: search them again
+        dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids), touched)
+        nbr[dropped], scores[dropped] = search_neighbours(search_index, uv, dropped, cfg.k, cfg.search_batch)
+    repaired = repair_untouched(uv, nbr, scores, touched, fixed=np.union1d(touched, dropped))
     t2 = time.perf_counter()
     changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
     changed = np.union1d(changed, touched)
     stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": int(len(touched)),
-             "n_new_users": int(len(uv) - len(old)), "n_repaired": int(repaired)}
+             "n_new_users": int(len(uv) - len(old)), "n_researched": int(len(dropped)),
+             "n_repaired": int(repaired)}
     return GraphResult(uv, nbr, scores, index, prev.spec, changed, stats)
 
 
@@ -146,9 +151,9 @@ def build_graph(settings, model_version: str, as_of: datetime | str, *, incremen
 
         rows = result.changed_rows
         t1 = time.perf_counter()
-        write_neighbour_lists(settings.redis, model_version, result.uv.ids[rows], result.nbr_ids[rows],
-                              result.nbr_scores[rows], as_of)
-        manifest["redis_lists_written"] = int(len(rows))
+        manifest["redis_lists"] = write_neighbour_lists(settings.redis, model_version, result.uv.dim,
+                                                        result.uv.ids[rows], result.nbr_ids[rows],
+                                                        result.nbr_scores[rows], as_of)
         manifest["redis_s"] = round(time.perf_counter() - t1, 3)
     log.info("graph %s as_of=%s: %s build of %d users, recall@%d=%.3f in %.1fs", model_version, stamp(as_of),
              mode, len(result.uv), cfg.k, recall, manifest["build_s"])

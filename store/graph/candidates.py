@@ -60,23 +60,30 @@ class DictPositives(PositivesSource):
 
 
 class RedisNeighbours(NeighbourSource):
-    def __init__(self, client, redis_settings, model_version: str):
-        self.client, self.rs, self.model = client, redis_settings, model_version
+    """The model's neighbour lists in Redis (store.client.LookupClient pinned to the model)."""
+
+    def __init__(self, redis_settings, model_version: str):
+        from store.client import LookupClient
+
+        self.rs, self.model = redis_settings, model_version
+        self.client = LookupClient(redis_settings, model=model_version)
 
     def neighbours(self, user_ids):
         from store.graph.redis_io import read_neighbour_lists
 
-        return read_neighbour_lists(self.client, self.rs, self.model, user_ids)
+        return read_neighbour_lists(self.rs, self.model, user_ids, client=self.client)
 
 
 class RedisPositives(PositivesSource):
-    def __init__(self, client, redis_settings, now: datetime, window_hours: float):
-        self.client, self.rs, self.now, self.window = client, redis_settings, now, window_hours
+    """Recent positives in Redis (store.graph.redis_io), those younger than the window."""
+
+    def __init__(self, redis_settings, window_hours: float, now: datetime | None = None, store=None):
+        self.rs, self.window, self.now, self.store = redis_settings, window_hours, now, store
 
     def positives(self, user_ids):
         from store.graph.redis_io import read_positives
 
-        return read_positives(self.client, self.rs, user_ids, self.now, self.window)
+        return read_positives(self.rs, user_ids, self.window, self.now, store=self.store)
 
 
 def score_items(nbr_ids: np.ndarray, nbr_scores: np.ndarray, nbr_positives: list[np.ndarray],

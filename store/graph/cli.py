@@ -98,17 +98,11 @@ def register(app: typer.Typer) -> None:
         k: int = typer.Option(50, help="Candidates to return."),
     ) -> None:
         """Items the user's neighbours engaged with recently (from Redis), similarity weighted."""
-        from soe.layout import utc
-        from datetime import datetime, timezone
-
         from store.graph.candidates import RedisNeighbours, RedisPositives, candidates
-        from store.graph.redis_io import connect
 
         s = settings(ctx)
-        client = connect(s.redis)
-        now = utc(datetime.now(timezone.utc))
-        items, scores = candidates(user, k, RedisNeighbours(client, s.redis, model),
-                                   RedisPositives(client, s.redis, now, s.graph.positives_window_hours))
+        items, scores = candidates(user, k, RedisNeighbours(s.redis, model),
+                                   RedisPositives(s.redis, s.graph.positives_window_hours))
         echo_json({"user_id": user, "items": items.tolist(), "scores": [round(float(x), 5) for x in scores]})
 
     @app.command("positives")

@@ -10,11 +10,12 @@ N users; the incremental path touches only what changed:
    HNSW cannot remove vectors at all, so an HNSW graph is always rebuilt in full.
 2. The touched users' neighbours are searched again (exactly what a full build would compute for them
    on the same index).
-3. `repair_untouched`: the other users' lists are kept, but entries that point at a touched user are
-   re-scored with its new vector (and re-sorted), and each touched user is inserted into the lists of
-   its new neighbours when it beats their current k-th score (inner product is symmetric). What remains
-   stale: an untouched user that a touched user *left* keeps a slightly worse list until the next full
-   rebuild. Every build measures recall@k of the stored lists on a random sample against exact search,
+3. The other users' lists are kept, with two repairs. `rescore`: entries that point at a touched user
+   get its new similarity; a row where such a neighbour moved *away* may now miss a better user, so
+   it is searched again (``graph.research_dropped``). `repair_untouched`: each touched user is inserted
+   into the lists of its new neighbours when it beats their current k-th score (inner product is
+   symmetric), and re-scored rows are re-sorted. What can remain stale: a touched user that moved
+   *closer* to v without v being among its own k nearest. Every build measures recall@k of the stored lists on a random sample against exact search,
    and a drop below ``graph.min_recall`` triggers the full rebuild at once.
 """
 
@@ -49,30 +50,46 @@ def carry_over(old_ids: np.ndarray, old_nbr: np.ndarray, old_scores: np.ndarray,
     return nbr, scores
 
 
-def repair_untouched(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, touched: np.ndarray) -> int:
+def rescore(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, fixed: np.ndarray,
+            moved_ids: np.ndarray) -> np.ndarray:
+    """Re-score entries of rows not in ``fixed`` that point at a moved user; returns the rows that
+    *lost* similarity (a neighbour moved away: a better user may now be missing from their list)."""
+    n = len(nbr)
+    is_fixed = np.zeros(n, bool)
+    is_fixed[fixed] = True
+    hit = np.isin(nbr, moved_ids) & ~is_fixed[:, None]  # (N, k)
+    r, c = np.nonzero(hit)
+    new = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
+    dropped = np.unique(r[new < scores[r, c] - 1e-6])
+    scores[r, c] = new
+    return dropped
+
+
+def repair_untouched(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, touched: np.ndarray,
+                     fixed: np.ndarray | None = None) -> int:
     """Re-score entries pointing at touched users and insert touched users where they now belong.
 
-    ``nbr``/``scores`` (N, k) are modified in place; rows in ``touched`` (already recomputed) are left
-    alone. Returns the number of rows changed.
+    ``nbr``/``scores`` (N, k) are modified in place; rows in ``fixed`` (default ``touched``: already
+    recomputed) are left alone. Returns the number of rows changed.
     """
     n, k = nbr.shape
-    is_touched = np.zeros(n, bool)
-    is_touched[touched] = True
+    fixed = touched if fixed is None else fixed
+    is_fixed = np.zeros(n, bool)
+    is_fixed[fixed] = True
     touched_ids = uv.ids[touched]
-    # 1. re-score: entries of untouched rows whose neighbour got a new vector
-    hit = np.isin(nbr, touched_ids) & ~is_touched[:, None]  # (N, k)
-    r, c = np.nonzero(hit)
-    scores[r, c] = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
+    # 1. re-score: entries of the other rows whose neighbour got a new vector
+    hit_rows = np.unique(np.nonzero(np.isin(nbr, touched_ids) & ~is_fixed[:, None])[0])
+    rescore(uv, nbr, scores, fixed, touched_ids)
     # 2. reverse insertion candidates: (v <- u) for each touched u and each of its new neighbours v
     cand_rows = uv.positions(nbr[touched].ravel())  # (T*k,)
     cand_ids = np.repeat(touched_ids, k)
     cand_scores = scores[touched].ravel()
-    keep = (cand_rows >= 0) & ~is_touched[np.maximum(cand_rows, 0)]
+    keep = (cand_rows >= 0) & ~is_fixed[np.maximum(cand_rows, 0)]
     cand_rows, cand_ids, cand_scores = cand_rows[keep], cand_ids[keep], cand_scores[keep]
     kth = scores.min(axis=1)  # current worst kept score (-inf when the row is not full)
     better = cand_scores > kth[cand_rows]
     cand_rows, cand_ids, cand_scores = cand_rows[better], cand_ids[better], cand_scores[better]
-    rows = np.unique(np.concatenate([np.unique(r), cand_rows]))
+    rows = np.unique(np.concatenate([hit_rows, cand_rows]))
     if not len(rows):
         return 0
     # 3. merge each affected row's list with its candidates: dedupe (row, id), top k by score

@@ -1,140 +1,107 @@
-"""Neighbour lists and recent positives in Redis, written and read through the store's helpers.
+"""Neighbour lists and recent positives in Redis, through the store's keys, formats and backend.
 
-Keys come from `store.keys.Keys` and values from `store.format` (docs/format.md) only; this module
-just batches them:
-
-* neighbour lists: ``Keys.neighbours(model, bucket)`` hash, field = user id, value =
-  `store.format.encode_neighbours` (ids best first + float32 scores, header as_of/model).
+* neighbour lists: `store.redis_store.RedisVectorStore.upsert_neighbours` (the store's conditional
+  upsert: a list is only replaced by one with a newer-or-equal as_of) into the model namespace's
+  ``Keys.neighbours(model, bucket)`` hashes; values are `store.format.encode_neighbours`. Read back
+  with `store.client.LookupClient(model=...).neighbours`. The graph creates the namespace (same
+  dim/dtype/buckets publish would use) when the vectors have not been published yet.
 * recent positives (model independent): ``Keys.positives(bucket)`` when the store provides it, else
-  ``<ns>:p:{<bucket>}`` in the same hash-tagged bucket scheme. The value reuses the neighbour-list
-  encoding with model id "positives": ids = item ids (newest first) and scores = the event's age in
-  hours before the header's as_of (float32 is exact for that), so one decoder reads both.
-
-Writes are grouped by bucket (one HSET per bucket) and sent in pipelines of ``batch`` users; in a
-Redis Cluster the hash tag keeps each HSET in one slot. Readers use one HMGET per bucket.
+  ``<ns>:p:{<bucket>}`` in the same hash-tagged bucket scheme (``redis.buckets`` buckets). The value
+  reuses the neighbour-list encoding with model "positives": ids = item ids (newest first), scores =
+  each event's age in hours at the header's as_of (float32 is exact for that), so one decoder reads
+  both. Plain HSET per bucket (the newest hour's value simply replaces the user's previous one) and a
+  bucket TTL of the window; readers also drop entries older than the window.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime
-from typing import Iterable
 
 import numpy as np
 
 from store.format import as_of_ms, decode_neighbours, encode_neighbours
-from store.keys import Keys, bucket_of
+from store.keys import Keys
 
 POSITIVES_MODEL = "positives"  # model id in the header of positives values
 
 
-def connect(redis_settings):
-    """A redis-py client (single node or cluster) for the settings (store.redis_store.connect when present)."""
+def _store(redis_settings):
+    from store.redis_store import RedisVectorStore
+
+    return RedisVectorStore(redis_settings)
+
+
+def write_neighbour_lists(redis_settings, model: str, dim: int, user_ids: np.ndarray, nbr_ids: np.ndarray,
+                          scores: np.ndarray, as_of: datetime) -> dict:
+    """Upsert (n, k) neighbour arrays (padding -1 dropped) as the users' neighbour lists; returns counts."""
+    store = _store(redis_settings)
+    if store.model_meta(model) is None:
+        store.ensure_model(model, dim, redis_settings.dtype, redis_settings.buckets)
+    counts = None
+    for lo in range(0, len(user_ids), redis_settings.publish_batch):
+        sl = slice(lo, lo + redis_settings.publish_batch)
+        values = [encode_neighbours(i[i >= 0], s[i >= 0], as_of, model) for i, s in zip(nbr_ids[sl], scores[sl])]
+        c = store.upsert_neighbours(model, user_ids[sl], values, as_of_ms(as_of))
+        counts = c if counts is None else counts.__iadd__(c)
+    return counts.as_dict() if counts is not None else {"written": 0}
+
+
+def read_neighbour_lists(redis_settings, model: str, user_ids, client=None) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Each user's (neighbour ids, scores) of ``model``, or None when the user has no list."""
+    from store.client import LookupClient
+
+    client = client or LookupClient(redis_settings, model=model)
     try:
-        from store.redis_store import connect as store_connect
-    except ImportError:  # the store's connect has not landed: the same arguments, built here
-        store_connect = None
-    if store_connect is not None:
-        return store_connect(redis_settings)
-    import redis
-    from redis.cluster import ClusterNode, RedisCluster
-
-    common = dict(username=redis_settings.username, password=redis_settings.secret(),
-                  socket_timeout=redis_settings.socket_timeout_s, ssl=redis_settings.tls)
-    if redis_settings.mode == "cluster":
-        nodes = [ClusterNode(h, p) for h, p in redis_settings.nodes()]
-        return RedisCluster(startup_nodes=nodes, **common)
-    host, port = redis_settings.nodes()[0]
-    return redis.Redis(host=host, port=port, **common)
+        return client.neighbours(user_ids)
+    except LookupError:  # the model namespace does not exist: nobody has a list
+        return [None] * len(np.atleast_1d(user_ids))
 
 
-def namespace_buckets(client, redis_settings, model: str) -> int:
-    """The bucket count of the model namespace (its meta hash wins over the config)."""
-    raw = client.hget(Keys(redis_settings.namespace).meta(model), "buckets")
-    return int(raw) if raw else redis_settings.buckets
-
-
-def positives_key(keys: Keys, bucket: int) -> str:
+def positives_key_fn(namespace: str):
+    keys = Keys(namespace)
     builder = getattr(keys, "positives", None)
-    return builder(bucket) if builder is not None else f"{keys.ns}:p:{{{int(bucket)}}}"
-
-
-def _write_hashes(client, key_of_bucket, buckets: int, user_ids: np.ndarray, values: Iterable[bytes],
-                  batch: int, ttl_s: int | None = None) -> int:
-    groups: dict[int, dict[str, bytes]] = defaultdict(dict)
-    for b, uid, value in zip(bucket_of(user_ids, buckets).tolist(), np.asarray(user_ids).tolist(), values):
-        groups[b][str(uid)] = value
-    pipe = client.pipeline(transaction=False)
-    pending = 0
-    for b, mapping in groups.items():
-        key = key_of_bucket(b)
-        pipe.hset(key, mapping=mapping)
-        if ttl_s:  # per-bucket TTL (Redis 7.0 has no per-field expiry); readers also filter by age
-            pipe.expire(key, ttl_s)
-        pending += len(mapping)
-        if pending >= batch:
-            pipe.execute()
-            pipe, pending = client.pipeline(transaction=False), 0
-    if pending:
-        pipe.execute()
-    return len(user_ids)
-
-
-def _read_hashes(client, key_of_bucket, buckets: int, user_ids: np.ndarray) -> list[bytes | None]:
-    user_ids = np.asarray(user_ids, dtype=np.int64)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, b in enumerate(bucket_of(user_ids, buckets).tolist()):
-        groups[b].append(i)
-    pipe = client.pipeline(transaction=False)
-    order = list(groups.items())
-    for b, rows in order:
-        pipe.hmget(key_of_bucket(b), [str(int(user_ids[i])) for i in rows])
-    out: list[bytes | None] = [None] * len(user_ids)
-    for (b, rows), values in zip(order, pipe.execute()):
-        for i, v in zip(rows, values):
-            out[i] = v
-    return out
-
-
-def write_neighbour_lists(redis_settings, model: str, user_ids: np.ndarray, nbr_ids: np.ndarray,
-                          scores: np.ndarray, as_of: datetime, batch: int = 20_000) -> int:
-    """Write (n, k) neighbour arrays (padding -1 dropped) as the users' Redis neighbour lists."""
-    client = connect(redis_settings)
-    keys = Keys(redis_settings.namespace)
-    buckets = namespace_buckets(client, redis_settings, model)
-    values = (encode_neighbours(i[i >= 0], s[i >= 0], as_of, model) for i, s in zip(nbr_ids, scores))
-    return _write_hashes(client, lambda b: keys.neighbours(model, b), buckets, user_ids, values, batch)
-
-
-def read_neighbour_lists(client, redis_settings, model: str, user_ids) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """Each user's (neighbour ids, scores), or None when the user has no list."""
-    keys = Keys(redis_settings.namespace)
-    buckets = namespace_buckets(client, redis_settings, model)
-    raw = _read_hashes(client, lambda b: keys.neighbours(model, b), buckets, user_ids)
-    return [None if v is None else decode_neighbours(v)[:2] for v in raw]
+    if builder is not None:
+        return lambda _model, bucket: builder(bucket)
+    return lambda _model, bucket: f"{keys.ns}:p:{{{int(bucket)}}}"
 
 
 def write_positives(redis_settings, user_ids: np.ndarray, items: list[np.ndarray], ages_h: list[np.ndarray],
                     as_of: datetime, ttl_s: int | None, batch: int = 20_000) -> int:
     """Write each user's recent positive items (newest first) with their ages in hours."""
-    client = connect(redis_settings)
-    keys = Keys(redis_settings.namespace)
-    values = (encode_neighbours(i, a, as_of, POSITIVES_MODEL) for i, a in zip(items, ages_h))
-    return _write_hashes(client, lambda b: positives_key(keys, b), redis_settings.buckets, user_ids, values,
-                         batch, ttl_s)
+    from store.redis_store import bucket_groups
+
+    store = _store(redis_settings)
+    key_fn = positives_key_fn(redis_settings.namespace)
+    ids = np.asarray(user_ids, np.int64)
+    pipe, pending = store.r.pipeline(transaction=False), 0
+    for bucket, pos in bucket_groups(ids, redis_settings.buckets, max_size=batch):
+        key = key_fn(None, bucket)
+        pipe.hset(key, mapping={str(int(ids[p])): encode_neighbours(items[p], ages_h[p], as_of, POSITIVES_MODEL)
+                                for p in pos.tolist()})
+        if ttl_s:  # per-bucket TTL (Redis 7.0 has no per-field expiry)
+            pipe.expire(key, ttl_s)
+        pending += len(pos)
+        if pending >= batch:
+            pipe.execute()
+            pipe, pending = store.r.pipeline(transaction=False), 0
+    if pending:
+        pipe.execute()
+    return len(ids)
 
 
-def read_positives(client, redis_settings, user_ids, now: datetime, window_hours: float) -> list[np.ndarray]:
-    """Each user's positive item ids still inside ``window_hours`` before ``now`` (empty when none)."""
-    keys = Keys(redis_settings.namespace)
-    raw = _read_hashes(client, lambda b: positives_key(keys, b), redis_settings.buckets, user_ids)
-    now_ms = as_of_ms(now)
+def read_positives(redis_settings, user_ids, window_hours: float, now: datetime | None = None,
+                   store=None) -> list[np.ndarray]:
+    """Each user's positive item ids younger than ``window_hours`` at ``now`` (default: at the value's as_of)."""
+    store = store or _store(redis_settings)
+    ids = np.atleast_1d(np.asarray(user_ids, np.int64))
+    raw = store.get_raw_with(positives_key_fn(redis_settings.namespace), None, redis_settings.buckets, ids)
     out = []
     for v in raw:
         if v is None:
             out.append(np.zeros(0, np.int64))
             continue
         items, ages, header = decode_neighbours(v)
-        age_now = ages + (now_ms - header.as_of) / 3_600_000.0
-        out.append(items[age_now < window_hours])
+        if now is not None:
+            ages = ages + (as_of_ms(now) - header.as_of) / 3_600_000.0
+        out.append(items[ages < window_hours])
     return out

@@ -1,0 +1,174 @@
+"""build_graph end to end on planted vectors: published snapshot, manifest, incremental == rebuild."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from soe.atomic import is_complete, read_marker
+from soe.contracts import NEIGHBOURS
+from soe.layout import utc
+from store.graph.build import build_graph
+from store.graph.index import build_index
+from store.graph.knn import PAD, reference_neighbours, search_neighbours
+from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
+from store.graph.snapshot import GraphSnapshot, latest_snapshot
+from store.graph.vectors import UserVectors, latest_vectors, normalise
+
+T1, T2, T3 = "2026-01-01T01:00Z", "2026-01-01T02:00Z", "2026-01-01T03:00Z"
+
+
+def _settings(settings, **graph):
+    graph = {"publish_redis": False, "k": 8, "recall_sample": 300, **graph}
+    return settings.model_copy(update={"graph": settings.graph.model_copy(update=graph)})
+
+
+@pytest.fixture
+def planted():
+    return planted_vectors(PlantedConfig(n_users=3000, n_clusters=15, seed=5))
+
+
+def _touch(planted, layout, as_of, n=150, seed=1, new_users=20):
+    """Publish a later snapshot: n existing users moved, plus some brand-new users."""
+    rng = np.random.default_rng(seed)
+    sel = rng.choice(len(planted.user_ids), n, replace=False)
+    moved = normalise(planted.vectors[sel] + 0.3 * rng.standard_normal((n, planted.vectors.shape[1])))
+    new_ids = planted.user_ids.max() + 1 + np.arange(new_users)
+    new_vecs = normalise(rng.standard_normal((new_users, planted.vectors.shape[1])))
+    ids = np.concatenate([planted.user_ids[sel], new_ids])
+    write_embeddings(layout, "m1", as_of, ids, np.concatenate([moved, new_vecs]))
+    return ids
+
+
+def test_latest_vectors_newest_snapshot_wins(settings, planted):
+    layout = settings.layout()
+    write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
+    ids = _touch(planted, layout, T2)
+    uv1, uv2 = latest_vectors(layout, "m1", T1), latest_vectors(layout, "m1", T2)
+    assert len(uv1) == 3000 and len(uv2) == 3020
+    later = pq.read_table(next(layout.embeddings("m1", utc(T2)).rglob("*.parquet")))
+    later_vec = np.asarray(later.column("vector").to_pylist(), np.float32)
+    np.testing.assert_allclose(uv2.vectors[uv2.positions(ids)], normalise(later_vec), atol=1e-6)
+    untouched = np.setdiff1d(planted.user_ids, ids)[:50]
+    np.testing.assert_array_equal(uv2.vectors[uv2.positions(untouched)], uv1.vectors[uv1.positions(untouched)])
+    with pytest.raises(FileNotFoundError, match="no published embeddings"):
+        latest_vectors(layout, "other", T2)
+
+
+def test_full_build_publishes_snapshot_and_manifest(settings, planted):
+    s = _settings(settings, index="ivf")
+    layout = s.layout()
+    write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
+    m = build_graph(s, "m1", T1)
+    path = layout.graph("m1", utc(T1))
+    assert is_complete(path) and read_marker(path)["recall_at_k"] == m["recall_at_k"]
+    for key in ("n_users", "k", "index", "recall_at_k", "build_s", "model_version", "as_of"):
+        assert key in m
+    assert m["mode"] == "full" and m["n_users"] == 3000 and m["index"]["kind"] == "ivf" and m["device"] == "cpu"
+    assert m["recall_at_k"] >= 0.9
+    table = pq.read_table(path / "neighbours.parquet")
+    assert table.schema.equals(NEIGHBOURS.schema) and table.num_rows == 3000
+    uids = table.column("user_id").to_numpy()
+    lists = table.column("neighbor_ids").to_pylist()
+    assert all(len(x) == 8 and u not in x for u, x in zip(uids, lists))
+    # idempotent rerun: same neighbours, one published directory
+    first = table.column("neighbor_ids").to_pylist()
+    build_graph(s, "m1", T1, incremental=False)
+    assert pq.read_table(path / "neighbours.parquet").column("neighbor_ids").to_pylist() == first
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_incremental_equals_rebuild_for_touched_users(settings, planted, kind):
+    s = _settings(settings, index=kind, min_recall=0.0)
+    layout = s.layout()
+    write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
+    build_graph(s, "m1", T1)
+    prev = latest_snapshot(layout, "m1")
+    touched = _touch(planted, layout, T2)
+    m = build_graph(s, "m1", T2)
+    assert m["mode"] == "incremental" and m["n_touched"] == len(touched) and m["n_new_users"] == 20
+    snap = GraphSnapshot(layout.graph("m1", utc(T2)))
+    nbr, _ = snap.neighbours()
+    uv = snap.vectors
+    rows = uv.positions(touched)
+    # a from-scratch index over the merged vectors (IVF: same trained centroids, refilled)
+    index = prev.index()
+    index.reset()
+    index.add_with_ids(uv.vectors, uv.ids)
+    fresh, _ = search_neighbours(index, uv, rows, 8)
+    np.testing.assert_array_equal(nbr[rows], fresh)
+    if kind == "flat":  # and for the exact index: equal to brute force over the merged vectors
+        ref, _ = reference_neighbours(uv, rows, 8)
+        assert (nbr[rows] == ref).mean() > 0.999
+    assert snap.manifest["last_full_as_of"] == "20260101T0100Z"
+
+
+def test_incremental_repairs_untouched_lists(settings, planted):
+    s = _settings(settings, index="flat", min_recall=0.0)
+    layout = s.layout()
+    write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
+    build_graph(s, "m1", T1)
+    _touch(planted, layout, T2, n=300)
+    build_graph(s, "m1", T2)
+    snap = GraphSnapshot(layout.graph("m1", utc(T2)))
+    nbr, scores = snap.neighbours()
+    uv = snap.vectors
+    # every stored score is the true similarity under the new vectors, lists sorted best first
+    r, c = np.nonzero(nbr != PAD)
+    true = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
+    np.testing.assert_allclose(scores[r, c], true, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    # the repair beats keeping the untouched lists as they were (recall on the untouched users)
+    from store.graph.incremental import carry_over
+    from store.graph.knn import exact_neighbours, recall_at_k
+
+    prev = latest_snapshot(layout, "m1", before=utc(T2))
+    kept, _ = carry_over(prev.vectors.ids, *prev.neighbours(), uv)
+    untouched = uv.positions(np.setdiff1d(prev.vectors.ids, latest_vectors(layout, "m1", T2, after=utc(T1)).ids))
+    exact, _ = exact_neighbours(uv, untouched, 8)
+    repaired, stale = recall_at_k(nbr[untouched], exact), recall_at_k(kept[untouched], exact)
+    assert repaired > stale + 0.05 and repaired >= 0.97, (repaired, stale)
+
+
+@pytest.mark.parametrize("overrides,reason", [
+    ({"index": "hnsw"}, "HNSW cannot remove"),
+    ({"min_recall": 1.01}, "below graph.min_recall"),
+    ({"full_rebuild_every_hours": 1}, "scheduled"),
+    ({"max_incremental_fraction": 0.01}, "exceed"),
+])
+def test_full_rebuild_triggers(settings, planted, overrides, reason):
+    s = _settings(settings, **overrides)
+    layout = s.layout()
+    write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
+    build_graph(s, "m1", T1)
+    _touch(planted, layout, T2)
+    m = build_graph(s, "m1", T2)
+    assert m["mode"] == "full" and reason in m["full_reason"]
+    assert m["last_full_as_of"] == "20260101T0200Z"
+
+
+def test_neighbour_lists_in_redis_match_parquet(settings, planted, redis_single):
+    s = _settings(settings, index="flat", publish_redis=True)
+    s = s.model_copy(update={"redis": redis_single})
+    layout = s.layout()
+    write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
+    m = build_graph(s, "m1", T1)
+    assert m["redis_lists"]["written"] == 3000
+    from store.graph.redis_io import read_neighbour_lists
+
+    snap = latest_snapshot(layout, "m1")
+    nbr, scores = snap.neighbours()
+    ask = np.concatenate([snap.vectors.ids[:50], [-5]])
+    got = read_neighbour_lists(s.redis, "m1", ask)
+    assert got[-1] is None
+    for i in range(50):
+        np.testing.assert_array_equal(got[i][0], nbr[i])
+        np.testing.assert_allclose(got[i][1], scores[i])
+    # incremental: only changed lists are written again
+    _touch(planted, layout, T2)
+    m2 = build_graph(s, "m1", T2)
+    assert m2["mode"] == "incremental" and m2["redis_lists"]["written"] == m2["n_changed_lists"] < 3020

@@ -1,0 +1,96 @@
+"""kNN search: exact vs approximate agreement, self-exclusion, padding, index and device choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from store.graph.index import build_index, choose_device, choose_spec
+from store.graph.knn import (PAD, drop_self, exact_neighbours, recall_at_k, reference_neighbours,
+                             search_neighbours)
+from store.graph.planted import PlantedConfig, planted_vectors
+from store.graph.settings import GraphSettings
+from store.graph.vectors import UserVectors
+
+
+@pytest.fixture(scope="module")
+def uv():
+    p = planted_vectors(PlantedConfig(n_users=4000, n_clusters=20, seed=3))
+    return UserVectors.from_arrays(p.user_ids, p.vectors)
+
+
+def test_faiss_exact_equals_numpy_reference(uv):
+    rows = np.arange(0, len(uv), 37)
+    ids, scores = exact_neighbours(uv, rows, 10)
+    ref_ids, ref_scores = reference_neighbours(uv, rows, 10)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert recall_at_k(ids, ref_ids) > 0.999  # equal up to float ties
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_index_agrees_with_exact_search(uv, kind):
+    cfg = GraphSettings(index=kind, ivf_nprobe=8, k=10)
+    spec = choose_spec(len(uv), cfg)
+    index = build_index(uv, spec, cfg)
+    rows = np.arange(0, len(uv), 11)
+    approx, approx_scores = search_neighbours(index, uv, rows, 10, batch=97)  # several batches
+    exact, exact_scores = reference_neighbours(uv, rows, 10)
+    recall = recall_at_k(approx, exact)
+    if kind == "flat":
+        assert recall > 0.999
+        np.testing.assert_allclose(approx_scores, exact_scores, atol=1e-5)
+    else:
+        assert recall >= 0.9, recall
+    assert (np.diff(approx_scores, axis=1) <= 1e-6).all()  # best first
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_self_is_never_a_neighbour_even_with_duplicate_vectors(uv, kind):
+    vecs = uv.vectors.copy()
+    vecs[1] = vecs[0]  # two users with the same vector: each must list the other, never itself
+    dup = UserVectors(uv.ids, vecs)
+    cfg = GraphSettings(index=kind, k=5)
+    index = build_index(dup, choose_spec(len(dup), cfg), cfg)
+    ids, _ = search_neighbours(index, dup, np.arange(len(dup)), 5)
+    assert not (ids == dup.ids[:, None]).any()
+    assert dup.ids[1] in ids[0] and dup.ids[0] in ids[1]
+    assert (ids != PAD).all()
+
+
+def test_drop_self_keeps_rank_order_and_pads():
+    q = np.array([7, 8])
+    ids = np.array([[7, 3, 4], [1, 2, -1]])
+    scores = np.array([[1.0, 0.9, 0.8], [0.7, 0.6, -np.inf]], np.float32)
+    out, sc = drop_self(q, ids, scores, 2)
+    assert out.tolist() == [[3, 4], [1, 2]]
+    out, sc = drop_self(q, ids, scores, 3)
+    assert out.tolist() == [[3, 4, PAD], [1, 2, PAD]] and np.isneginf(sc[:, 2]).all()
+
+
+def test_fewer_users_than_k_pads_lists():
+    uv = UserVectors.from_arrays(np.array([5, 6, 7]), np.eye(3, 4, dtype=np.float32))
+    ids, _ = exact_neighbours(uv, np.arange(3), 5)
+    assert ((ids != PAD).sum(axis=1) == 2).all()
+    ref, _ = reference_neighbours(uv, np.arange(3), 5)
+    assert ((ref != PAD).sum(axis=1) == 2).all()
+
+
+def test_auto_spec_is_flat_for_small_and_ivf_for_large():
+    cfg = GraphSettings(flat_max_users=1000)
+    assert choose_spec(1000, cfg).kind == "flat"
+    spec = choose_spec(1_000_000, cfg)
+    assert spec.kind == "ivf" and spec.nlist == 4000 and spec.nprobe == cfg.ivf_nprobe
+    assert choose_spec(500, GraphSettings(index="hnsw")).params()["hnsw_m"] == 32
+
+
+def test_device_choice_falls_back_to_cpu_without_gpu():
+    assert choose_device("auto", 0, "ivf") == "cpu"
+    assert choose_device("auto", 2, "ivf") == "gpu"
+    assert choose_device("auto", 2, "hnsw") == "cpu"  # faiss has no GPU HNSW
+    assert choose_device("never", 2, "flat") == "cpu"
+    with pytest.raises(ValueError, match="no GPU"):
+        choose_device("always", 0, "flat")
+    import faiss
+
+    from store.graph.index import num_gpus
+    assert num_gpus() == faiss.get_num_gpus()
