@@ -9,7 +9,7 @@ planted clusters; see docs/graph.md for the numbers):
   score(u) = max over centroids <x_u, c>. Keeps several interests apart; exact over all users at
   O(N·C·D), so 1M users x 16 centroids is ~1 GFLOP. The default.
 * ``max_seed``        score(u) = max over seeds <x_u, x_s>, restricted to each seed's
-  ``lookalike_seed_k`` nearest users found through the FAISS index (exact max over 100k seeds x N users
+  ``lookalike_seed_k`` nearest users (more when the audience needs it) found through the FAISS index (exact max over 100k seeds x N users
   is out of reach). Most local; noisy seeds pull in their own neighbourhoods.
 
 Seeds without a vector are reported, not an error, unless none has one. Seeds are excluded from the
@@ -87,6 +87,8 @@ def lookalike(uv: UserVectors, seed_user_ids, size: int, exclude_seeds: bool = T
     else:
         if index is None:
             raise ValueError("lookalike method max_seed needs the graph's FAISS index")
+        # each seed contributes its nearest users; enough of them to fill the audience twice over
+        seed_k = int(min(2048, max(seed_k, np.ceil(2 * (size + len(seed_rows)) / len(seed_rows)))))
         scores = max_seed_scores(uv, seed_rows, index, seed_k)
     if exclude_seeds:
         scores[seed_rows] = -np.inf
