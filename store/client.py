@@ -30,7 +30,7 @@ class LookupClient:
         self.store = store or RedisVectorStore(redis_settings)
         self.pinned = model  # read this model instead of following the pointer
         self.ttl = redis_settings.pointer_ttl_s if pointer_ttl_s is None else pointer_ttl_s
-        self._pointer: tuple[float, str | None] = (-1.0, None)  # (fetched at, model)
+        self._pointer: tuple[float | None, str | None] = (None, None)  # (fetched at, model)
         self._meta: dict[str, ModelMeta] = {}  # a namespace's dim/dtype/buckets never change
 
     def current_model(self) -> str | None:
@@ -39,7 +39,7 @@ class LookupClient:
             return self.pinned
         fetched, model = self._pointer
         now = time.monotonic()
-        if now - fetched >= self.ttl:
+        if fetched is None or now - fetched >= self.ttl:
             model = self.store.current()
             self._pointer = (now, model)
         return model

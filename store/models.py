@@ -71,7 +71,7 @@ def cleanup(target, *, dry_run: bool = False, include_pending: bool = False) -> 
             continue
         meta = store.model_meta(model)
         created = meta.extra.get("created_at") if meta else None
-        if not include_pending and switched and created and datetime.fromisoformat(created) >= datetime.fromisoformat(switched):
+        if not include_pending and switched and created and datetime.fromisoformat(created) > datetime.fromisoformat(switched):
             kept.append(model)
             continue
         removed[model] = 0 if dry_run else store.drop_model(model)

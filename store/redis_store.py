@@ -96,7 +96,7 @@ def connect(s: RedisSettings):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _s(x) -> str:
