@@ -54,7 +54,16 @@ class RedisSettings(Section):
 
     def secret(self) -> str | None:
         """The password in clear, for the connection only (never log the result)."""
-        return self.password.get_secret_value() if self.password is not None else None
+        pw = self.password
+        return pw.get_secret_value() if isinstance(pw, SecretStr) else pw
+
+    def with_credentials(self, username: str | None, password: str | None) -> "RedisSettings":
+        """A validated copy for another ACL user (``model_copy(update=...)`` would skip the SecretStr)."""
+        return self.model_validate({**self.model_dump(), "username": username, "password": password})
+
+    def __repr_args__(self):
+        for name, value in super().__repr_args__():
+            yield name, ("**********" if name == "password" and value is not None else value)
 
     def nodes(self) -> list[tuple[str, int]]:
         """The (host, port) seeds: startup_nodes, else host:port."""
