@@ -19,6 +19,7 @@ from datetime import datetime
 
 import numpy as np
 
+from soe.layout import utc
 from store.format import as_of_ms, decode_neighbours, encode_neighbours
 from store.keys import Keys
 
@@ -34,6 +35,7 @@ def _store(redis_settings):
 def write_neighbour_lists(redis_settings, model: str, dim: int, user_ids: np.ndarray, nbr_ids: np.ndarray,
                           scores: np.ndarray, as_of: datetime) -> dict:
     """Upsert (n, k) neighbour arrays (padding -1 dropped) as the users' neighbour lists; returns counts."""
+    as_of = utc(as_of)
     store = _store(redis_settings)
     if store.model_meta(model) is None:
         store.ensure_model(model, dim, redis_settings.dtype, redis_settings.buckets)
@@ -70,6 +72,7 @@ def write_positives(redis_settings, user_ids: np.ndarray, items: list[np.ndarray
     """Write each user's recent positive items (newest first) with their ages in hours."""
     from store.redis_store import bucket_groups
 
+    as_of = utc(as_of)
     store = _store(redis_settings)
     key_fn = positives_key_fn(redis_settings.namespace)
     ids = np.asarray(user_ids, np.int64)
@@ -102,6 +105,6 @@ def read_positives(redis_settings, user_ids, window_hours: float, now: datetime 
             continue
         items, ages, header = decode_neighbours(v)
         if now is not None:
-            ages = ages + (as_of_ms(now) - header.as_of) / 3_600_000.0
+            ages = ages + (as_of_ms(utc(now)) - header.as_of) / 3_600_000.0
         out.append(items[ages < window_hours])
     return out

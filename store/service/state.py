@@ -1,0 +1,142 @@
+"""What the query service reads, behind small interfaces so each part can be swapped and tested.
+
+* the **model**: ``serve.model_version``, else the Redis current-model pointer, else the model of
+  the newest graph on disk;
+* **vectors**: the store's `LookupClient` pinned to that model (``serve.vector_source=redis``), or
+  the graph snapshot (``graph``; for offline use without Redis);
+* **neighbours** and **candidates**: Redis neighbour lists and recent positives
+  (store.graph.candidates sources) when vectors come from Redis, else the snapshot's lists;
+* **lookalike**: the newest published graph snapshot of the model, loaded into memory and re-checked
+  every ``serve.graph_reload_s`` seconds (a newer one is swapped in whole; requests in flight keep the
+  old one).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from store.graph.candidates import ArrayNeighbours, NeighbourSource, PositivesSource, RedisNeighbours, RedisPositives
+from store.graph.snapshot import GraphSnapshot, latest_any_model, latest_snapshot
+
+
+class NotReady(RuntimeError):
+    """The service cannot answer yet (no graph published, Redis unreachable): HTTP 503."""
+
+
+class LoadedGraph:
+    """A graph snapshot held in memory: vectors, neighbour arrays and (lazily) the FAISS index."""
+
+    def __init__(self, snap: GraphSnapshot):
+        self.snap = snap
+        self.uv = snap.vectors
+        self.nbr_ids, self.nbr_scores = snap.neighbours()
+        self._index = None
+        self._lock = threading.Lock()
+
+    def index(self):
+        with self._lock:
+            if self._index is None:
+                self._index = self.snap.index()
+            return self._index
+
+    def neighbour_source(self) -> NeighbourSource:
+        return ArrayNeighbours(self.uv.ids, self.nbr_ids, self.nbr_scores)
+
+
+class ServiceState:
+    def __init__(self, settings):
+        self.settings = settings
+        self._graph: LoadedGraph | None = None
+        self._checked = -1e9
+        self._lock = threading.Lock()
+        self._lookup = None
+        self._lookup_model = None
+        self._store = None
+        self._pointer: tuple[float, str | None] = (-1e9, None)
+        self._sources: dict[str, NeighbourSource] = {}
+        self._positives: PositivesSource | None = None
+
+    # -- model and graph ----------------------------------------------------------------------
+    def model(self) -> str:
+        serve = self.settings.serve
+        if serve.model_version:
+            return serve.model_version
+        now = time.monotonic()
+        fetched, model = self._pointer
+        if model is None or now - fetched >= self.settings.redis.pointer_ttl_s:
+            model = self._current_from_redis() if serve.vector_source == "redis" else None
+            if model is None:
+                snap = latest_any_model(self.settings.layout())
+                if snap is None:
+                    raise NotReady("no model to serve: set serve.model_version, switch the Redis pointer, "
+                                   "or build a graph")
+                model = snap.model_version
+            self._pointer = (now, model)
+        return model
+
+    def _current_from_redis(self) -> str | None:
+        if self._store is None:
+            from store.redis_store import RedisVectorStore
+
+            self._store = RedisVectorStore(self.settings.redis)
+        return self._store.current()
+
+    def graph(self) -> LoadedGraph:
+        """The newest graph of the served model (reloaded when a newer one is published)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._graph is None or now - self._checked >= self.settings.serve.graph_reload_s:
+                self._checked = now
+                snap = latest_snapshot(self.settings.layout(), self.model())
+                if snap is not None and (self._graph is None or snap.path != self._graph.snap.path):
+                    self._graph = LoadedGraph(snap)
+            if self._graph is None:
+                raise NotReady(f"no published graph for model {self.model()!r}: run `soe graph` first")
+            return self._graph
+
+    # -- vectors / neighbours / positives -----------------------------------------------------
+    def _client(self):
+        from store.client import LookupClient
+
+        model = self.model()
+        if self._lookup is None or self._lookup_model != model:
+            self._lookup, self._lookup_model = LookupClient(self.settings.redis, model=model), model
+        return self._lookup
+
+    def vectors(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """(vectors (n, d) float32, found (n,) bool, model)."""
+        if self.settings.serve.vector_source == "graph":
+            g = self.graph()
+            pos = g.uv.positions(user_ids)
+            vecs = np.where((pos >= 0)[:, None], g.uv.vectors[np.maximum(pos, 0)], 0.0).astype(np.float32)
+            return vecs, pos >= 0, g.snap.model_version
+        client = self._client()
+        try:
+            vecs, found = client.get(user_ids)
+        except LookupError:  # the model namespace is not in Redis: nobody is found
+            return np.zeros((len(user_ids), 0), np.float32), np.zeros(len(user_ids), bool), self._lookup_model
+        return vecs, found, self._lookup_model
+
+    def neighbours(self) -> NeighbourSource:
+        if self.settings.serve.vector_source == "graph":
+            return self.graph().neighbour_source()
+        model = self.model()
+        if model not in self._sources:
+            self._sources[model] = RedisNeighbours(self.settings.redis, model)
+        return self._sources[model]
+
+    def positives(self) -> PositivesSource:
+        if self._positives is None:
+            self._positives = RedisPositives(self.settings.redis, self.settings.graph.positives_window_hours)
+        return self._positives
+
+    def redis_ok(self) -> bool:
+        from store.redis_store import connect
+
+        try:
+            return bool(connect(self.settings.redis).ping())
+        except Exception:  # any connection failure means "not ready", reported by /ready
+            return False
