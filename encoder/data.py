@@ -86,7 +86,7 @@ def read_sasrec(path: str | Path) -> pa.Table:
             "item_id": pa.array(np.asarray(items, dtype=np.int64)),
         }
     )
-    return events_to_sequences(events)
+    return events_to_sequences(events).replace_schema_metadata({"soe.features": "item_only"})
 
 
 def read_sequences(path: str | Path) -> pa.Table:
@@ -104,22 +104,7 @@ def truncate(sequences: pa.Table, keep: np.ndarray) -> pa.Table:
     """Keep the first ``keep[i]`` events of row i (its prefix); rows with keep 0 are dropped."""
     keep = np.asarray(keep, dtype=np.int64)
     rows = np.flatnonzero(keep > 0)
-    seq = sequences.take(pa.array(rows))
-    k = keep[rows]
-    cols = {}
-    for name in seq.column_names:
-        col = seq[name].combine_chunks()
-        if name in LIST_COLUMNS:
-            off = col.offsets.to_numpy().astype(np.int64)
-            starts = off[:-1]
-            idx = np.repeat(starts, k) + (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k))
-            new_off = pa.array(np.r_[0, np.cumsum(k)].astype(np.int32))
-            col = pa.ListArray.from_arrays(new_off, col.values.take(pa.array(idx)))
-        cols[name] = col
-    out = pa.table(cols)
-    if "n_events" in out.column_names:
-        out = out.set_column(out.column_names.index("n_events"), "n_events", pa.array(k.astype(np.int32)))
-    return out
+    return window(sequences.take(pa.array(rows)), np.zeros(len(rows), np.int64), keep[rows])
 
 
 @dataclass
@@ -160,3 +145,83 @@ def leave_last_out(sequences: pa.Table, positive_types, min_positives: int = 3) 
     test, test_target = inputs_and_target(last)
     keep_train = np.where(ok, second, n)  # users without enough positives: everything trains
     return Split(truncate(sequences, keep_train), valid, valid_target, test, test_target)
+
+
+@dataclass
+class Catalogue:
+    """Every item seen in a set of sequences: sorted raw ids and their (latest) attribute ids, -1 = none."""
+
+    ids: np.ndarray  # (I,) int64 sorted raw item ids
+    attributes: dict[str, np.ndarray]  # name -> (I,) int64 attribute id, -1 where unknown
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, item_ids: np.ndarray) -> np.ndarray:
+        """Raw ids -> catalogue positions, -1 for ids not in the catalogue."""
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.ids, item_ids), 0, max(len(self.ids) - 1, 0))
+        return np.where((len(self.ids) > 0) & (self.ids[pos] == item_ids), pos, -1)
+
+
+def _flat(sequences: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened list column as int64 values (-1 for null) and validity."""
+    flat = sequences[name].combine_chunks().flatten()
+    return pc.fill_null(flat, -1).to_numpy().astype(np.int64), flat.is_valid().to_numpy(zero_copy_only=False)
+
+
+def item_catalogue(sequences: pa.Table, attributes=ATTRIBUTE_COLUMNS) -> Catalogue:
+    items, ok = _flat(sequences, "item_id")
+    items = items[ok]
+    # the last occurrence of each item carries its latest attributes
+    rev_ids, rev_first = np.unique(items[::-1], return_index=True)
+    last = len(items) - 1 - rev_first
+    attrs = {}
+    for name in attributes:
+        if name in sequences.column_names:
+            vals, _ = _flat(sequences, name)
+            attrs[name] = vals[ok][last]
+    return Catalogue(rev_ids, attrs)
+
+
+def positive_counts(sequences: pa.Table, positive_types) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted item ids, counts) of positive events: the in-batch sampling frequency behind logQ."""
+    items, ok = _flat(sequences, "item_id")
+    pos = is_positive(sequences["event_type"].combine_chunks().flatten(), positive_types) & ok
+    return np.unique(items[pos], return_counts=True)
+
+
+def chunk_rows(sequences: pa.Table, max_len: int) -> pa.Table:
+    """Cut every row into consecutive pieces of at most ``max_len`` events (newest piece aligned to the end).
+
+    Training sees all of a long history this way (each piece is its own training row, with its own
+    as_of just after its newest event), and batches carry little padding.
+    """
+    lengths = pc.list_value_length(sequences["item_id"]).to_numpy().astype(np.int64)
+    n_pieces = np.maximum((lengths + max_len - 1) // max_len, 1)
+    row = np.repeat(np.arange(len(lengths)), n_pieces)
+    k = np.arange(len(row)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)  # piece index, 0 = newest
+    end = lengths[row] - k * max_len
+    start = np.maximum(end - max_len, 0)
+    return window(sequences.take(pa.array(row)), start, end)
+
+
+def window(sequences: pa.Table, start: np.ndarray, end: np.ndarray) -> pa.Table:
+    """Row i keeps events [start[i], end[i]); as_of becomes just after the newest kept event."""
+    start, end = np.asarray(start, np.int64), np.asarray(end, np.int64)
+    k = end - start
+    cols = {}
+    for name in sequences.column_names:
+        col = sequences[name].combine_chunks()
+        if name in LIST_COLUMNS:
+            off = col.offsets.to_numpy().astype(np.int64)
+            idx = np.repeat(off[:-1] + start, k) + (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k))
+            col = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(k)].astype(np.int32)), col.values.take(pa.array(idx)))
+        cols[name] = col
+    out = pa.table(cols)
+    if "as_of" in out.column_names and "ts" in out.column_names and out.num_rows and k.min() > 0:
+        flat_ts = pc.fill_null(out["ts"].combine_chunks().flatten().cast(pa.int64()), 0).to_numpy()
+        out = out.set_column(out.column_names.index("as_of"), "as_of", pa.array(flat_ts[np.cumsum(k) - 1] + 1, pa.int64()).cast(TS))
+    if "n_events" in out.column_names:
+        out = out.set_column(out.column_names.index("n_events"), "n_events", pa.array(k.astype(np.int32)))
+    return out

@@ -44,7 +44,8 @@ class ModelConfig:
     n_layers: int = 2  # transformer blocks
     n_heads: int = 2  # attention heads (d_model % n_heads == 0)
     max_len: int = 200  # newest events kept per user (T upper bound)
-    dropout: float = 0.1  # dropout on tokens, attention and MLP (training only)
+    dropout: float = 0.1  # dropout on tokens, residual branches and MLP (training only)
+    attn_dropout: float = 0.0  # dropout on attention weights (costly on CPU; off by default)
     mlp_ratio: int = 4  # hidden width of the block MLP = mlp_ratio * d_model
     item_buckets: int = 2**18  # rows of the item hash table (2 hashes -> ~2^36 distinct pairs, fine for 1e8+ ids)
     attr_buckets: int = 2**14  # rows of each attribute hash table (category, advertiser, campaign)
@@ -108,7 +109,7 @@ def reference_attention(q, k, v, mask, dropout_p: float = 0.0):
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.n_heads, self.dropout, self.attn_dropout = cfg.n_heads, cfg.dropout, cfg.attn_dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -116,11 +117,11 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, T, D)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d)
-        p = self.dropout if self.training else 0.0
+        p, pa = (self.dropout, self.attn_dropout) if self.training else (0.0, 0.0)
         if reference:
-            y = reference_attention(q, k, v, mask, p)
+            y = reference_attention(q, k, v, mask, pa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, T, d)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=pa)  # (B, h, T, d)
         y = y.transpose(1, 2).contiguous().view(B, T, D)
         return F.dropout(self.proj(y), p=p)
 

@@ -1,4 +1,4 @@
-"""Random SEQUENCE-contract tables with a realistic, heavy-tailed length distribution (tests, benchmarks).
+"""Random SEQUENCE-contract tables (and snapshots laid out as the pipeline publishes them) with a realistic, heavy-tailed length distribution (tests, benchmarks).
 
 Activity in feeds and ads is heavy-tailed: most users have a handful of events, a few have
 hundreds. `heavy_tailed_lengths` draws log-normal event counts (median ``median``, log-sd ``sigma``)
@@ -12,9 +12,11 @@ from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from soe.atomic import publish_dir
 from soe.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
-from soe.layout import utc
+from soe.layout import Layout, utc
 
 EVENT_TYPES = ("impression", "click", "conversion", "view", "search")
 
@@ -55,3 +57,21 @@ def random_sequences(
 
 
 AS_OF = utc(datetime(2026, 1, 1, 12))  # a fixed hour-aligned as_of, so generated data is reproducible
+
+
+def write_active_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_shards: int) -> list[int]:
+    """Publish ``table`` as the pipeline would: ``active/as_of=T/shard=i.parquet`` + manifest; returns sizes."""
+    bounds = np.linspace(0, table.num_rows, num_shards + 1).astype(int)
+    with publish_dir(layout.active(as_of), {"num_shards": num_shards}) as tmp:
+        for i in range(num_shards):
+            part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+            pq.write_table(part, tmp / layout.active_shard(as_of, i).name)
+    return list(np.diff(bounds))
+
+
+def write_state_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_files: int) -> None:
+    """Publish ``table`` as a Spark-like state snapshot: ``state/as_of=T/part-0000i.parquet``."""
+    bounds = np.linspace(0, table.num_rows, num_files + 1).astype(int)
+    with publish_dir(layout.state(as_of), {"users": table.num_rows}) as tmp:
+        for i in range(num_files):
+            pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), tmp / f"part-{i:05d}.parquet")

@@ -1,0 +1,82 @@
+"""Training objectives: which future event each position predicts, and the sampled softmax.
+
+Every position ``t`` of a (left-padded) sequence produces a user vector from events ``<= t``
+(causal). Its target is a *positive* event after ``t`` (positives = configured event types, by
+default click and conversion; impressions without a click are context only):
+
+* ``next_positive``: the first positive event after ``t``.
+* ``future_window`` (PinnerFormer's dense all-action loss): a uniformly random positive event in
+  ``(t, ts_t + window]``. It trains the vector to stay good for the hours after it is computed,
+  which is how nearline vectors are used.
+
+The loss is a sampled softmax over the *unique* target items of the step (in-batch negatives) on
+cosine scores / temperature, with the logQ correction: ``logit - log q(item)`` where ``q`` is the
+item's frequency among training positives, so popular items are not over-penalised for appearing
+as negatives more often (Yi et al. 2019).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def next_positive_targets(positive: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool -> (B, T) int64: index of the first positive after each position, -1 if none."""
+    B, T = positive.shape
+    idx = torch.where(positive, torch.arange(T, device=positive.device).expand(B, T), T)  # (B, T)
+    nearest = idx.flip(1).cummin(dim=1).values.flip(1)  # (B, T): first positive at or after t
+    nxt = torch.cat([nearest[:, 1:], torch.full((B, 1), T, device=positive.device)], dim=1)  # strictly after t
+    return torch.where(nxt < T, nxt, -1)
+
+
+def future_window_targets(positive: torch.Tensor, ts: torch.Tensor, window_ms: int, generator=None) -> torch.Tensor:
+    """(B, T) bool, (B, T) int64 ms -> (B, T) int64: a random positive in (t, ts_t + window], -1 if none."""
+    B, T = positive.shape
+    cnt = positive.long().cumsum(dim=1)  # (B, T) positives at or before t
+    end = torch.searchsorted(ts.contiguous(), (ts + window_ms).contiguous(), right=True) - 1  # (B, T) last idx in window
+    n = cnt.gather(1, end.clamp(min=0)) - cnt  # (B, T) positives in (t, end]
+    r = (torch.rand(B, T, generator=generator, device="cpu").to(ts.device) * n).long()  # uniform in [0, n)
+    want = cnt + r + 1  # the (cnt+r+1)-th positive of the row, 1-based
+    j = torch.searchsorted(cnt.contiguous(), want.contiguous(), right=False)  # (B, T) its index
+    return torch.where(n > 0, j, -1)
+
+
+def sampled_softmax(
+    user: torch.Tensor,
+    item: torch.Tensor,
+    item_ids: torch.Tensor,
+    log_q: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    """In-batch sampled softmax. user, item (N, D) L2-normalised; item_ids (N,) raw; log_q (N,) or None.
+
+    Negatives are the unique target items of the batch (a row's own item appears once, so no
+    false negatives from duplicates).
+    """
+    uniq, inverse = torch.unique(item_ids, return_inverse=True)  # (M,), (N,)
+    first = torch.full((len(uniq),), len(item_ids), device=item_ids.device).scatter_reduce(
+        0, inverse, torch.arange(len(item_ids), device=item_ids.device), reduce="amin"
+    )  # (M,) a row holding each unique item
+    logits = user @ item[first].T / temperature  # (N, M)
+    if log_q is not None:
+        logits = logits - log_q[first][None, :]
+    return F.cross_entropy(logits.float(), inverse)
+
+
+class LogQ:
+    """log of the in-batch sampling probability of each item, from its count among training positives."""
+
+    def __init__(self, ids: np.ndarray, counts: np.ndarray):
+        self.ids = np.asarray(ids, dtype=np.int64)
+        p = np.asarray(counts, dtype=np.float64) / max(float(np.sum(counts)), 1.0)
+        self.log_p = np.log(np.maximum(p, 1e-12))
+        self.floor = float(self.log_p.min()) if len(p) else 0.0
+
+    def __call__(self, item_ids: torch.Tensor) -> torch.Tensor:
+        raw = item_ids.cpu().numpy()
+        pos = np.clip(np.searchsorted(self.ids, raw), 0, max(len(self.ids) - 1, 0))
+        found = (len(self.ids) > 0) & (self.ids[pos] == raw)
+        out = np.where(found, self.log_p[pos] if len(self.ids) else 0.0, self.floor)
+        return torch.as_tensor(out, dtype=torch.float32, device=item_ids.device)

@@ -1,0 +1,290 @@
+"""Training: `fit` (the loop) and `train_model` (data -> split -> fit -> evaluate -> artifact).
+
+The loop, per step: featurise a batch of users, encode every position causally, pick each
+position's target(s) (`encoder.objectives`: next positive and/or a random positive of the future
+window), sample at most ``targets_per_batch`` positions per objective, and minimise the in-batch
+sampled softmax with logQ correction. AdamW (no decay on embeddings, norms, biases), linear warmup
+then cosine decay. bf16 autocast on CUDA, fp32 on CPU.
+
+Determinism and crash-resume: the epoch permutation and every step's randomness (dropout, target
+sampling) derive from (seed, epoch, step), not from a running RNG. A checkpoint (model, optimiser,
+scheduler, early-stopping state) is written atomically after each epoch; a rerun of the same run
+resumes from it and ends with the same weights as an uninterrupted run. Early stopping watches
+validation NDCG@10 (leave-last-out) and keeps the best weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import pyarrow.compute as pc
+
+from encoder.data import Catalogue, Split, chunk_rows, events_to_sequences, item_catalogue, leave_last_out, positive_counts
+from encoder.evaluate import model_leave_last_out
+from encoder.features import MS_PER_DAY, MS_PER_HOUR, featurize
+from encoder.model import ModelConfig, UserEncoder
+from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
+from encoder.settings import TrainSettings
+
+OBJECTIVES = ("next_positive", "future_window")
+NO_DECAY = ("tables", "action", "time", "pos", "hour", "weekday", "ln", "bias")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(model: UserEncoder, ts: TrainSettings) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if any(part in name.split(".")[0] or part in name for part in NO_DECAY) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": ts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=ts.lr, betas=(0.9, 0.98))
+
+
+@dataclass
+class FitResult:
+    model: UserEncoder
+    best_valid_ndcg10: float
+    epochs_run: int
+    steps: int
+    train_s: float
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int = -1
+
+
+def _batch_loss(model, batch, cfg: ModelConfig, ts: TrainSettings, positive_idx, logq, rng, gen, device) -> torch.Tensor:
+    positive = torch.isin(batch.action, positive_idx) & batch.valid  # (B, T)
+    hour = (batch.ts // MS_PER_HOUR) % 24  # (B, T) context of each position's query time
+    weekday = (batch.ts // MS_PER_DAY + 3) % 7
+    user = model.encode_positions(batch, hour, weekday)  # (B, T, D)
+    loss = torch.zeros((), device=device)
+    for name, weight in ts.objectives.items():
+        if name == "next_positive":
+            target = next_positive_targets(positive)
+        else:
+            target = future_window_targets(positive, batch.ts, int(ts.window_hours * MS_PER_HOUR), gen)
+        b, t = torch.nonzero((target >= 0) & batch.valid, as_tuple=True)
+        if len(b) == 0:
+            continue
+        if len(b) > ts.targets_per_batch:
+            keep = torch.from_numpy(rng.choice(len(b), ts.targets_per_batch, replace=False)).to(b.device)
+            b, t = b[keep], t[keep]
+        j = target[b, t]
+        items = batch.item_id[b, j]  # (N,) raw ids
+        vec = model.item_vectors(batch.attrs[b, j])  # (N, D)
+        log_q = logq(items) if logq is not None else None
+        loss = loss + weight * sampled_softmax(user[b, t].float(), vec.float(), items, log_q, ts.temperature)
+    return loss
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths (little padding): sort shuffled groups of 16 batches by length."""
+    order = rng.permutation(len(lengths))
+    group = batch_size * 16
+    batches = []
+    for lo in range(0, len(order), group):
+        g = order[lo : lo + group]
+        g = g[np.argsort(lengths[g], kind="stable")]
+        batches += [np.sort(g[i : i + batch_size]) for i in range(0, len(g), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    cfg: ModelConfig,
+    ts: TrainSettings,
+    split: Split,
+    catalogue: Catalogue,
+    positive_types,
+    checkpoint: Path | None = None,
+    show_progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train a UserEncoder on ``split.train`` with early stopping on ``split.valid``."""
+    unknown = set(ts.objectives) - set(OBJECTIVES)
+    if unknown or not ts.objectives:
+        raise ValueError(f"train.objectives must be a non-empty subset of {OBJECTIVES}, got {sorted(ts.objectives)}")
+    if ts.threads:
+        torch.set_num_threads(ts.threads)
+    device = pick_device(ts.device)
+    torch.manual_seed(_seed(ts.seed, 0))
+    model = UserEncoder(cfg).to(device)
+    opt = make_optimizer(model, ts)
+    train = chunk_rows(split.train, cfg.max_len)  # long histories become several training rows
+    lengths = pc.list_value_length(train["item_id"]).to_numpy()
+    steps_per_epoch = max(math.ceil(train.num_rows / ts.batch_size), 1)
+    total = steps_per_epoch * ts.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, int(ts.warmup_frac * total)))
+    positive_idx = torch.tensor([cfg.actions.index(p) + 1 for p in positive_types if p in cfg.actions], device=device)
+    logq = LogQ(*positive_counts(train, positive_types)) if ts.logq else None
+    vsel = np.random.default_rng(_seed(ts.seed, 1)).permutation(split.valid.num_rows)[: ts.eval_users]
+    valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    state = {"epoch": -1, "best": -1.0, "best_state": None, "bad": 0, "history": [], "elapsed": 0.0, "step": 0}
+    resumed = -1
+    if checkpoint is not None and ts.resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        state = saved["state"]
+        resumed = state["epoch"]
+    t0 = time.perf_counter() - state["elapsed"]
+    bar = None
+    if show_progress:
+        from soe.cli_support import progress
+
+        bar = progress(total, "train", "step")
+        bar.update(state["step"])
+    for epoch in range(state["epoch"] + 1, ts.epochs):
+        if state["bad"] >= ts.patience:
+            break
+        model.train()
+        batches = length_batches(lengths, ts.batch_size, np.random.default_rng(_seed(ts.seed, 2, epoch)))
+        losses, seen = [], 0
+        t_epoch = time.perf_counter()
+        for step, idx in enumerate(batches):
+            torch.manual_seed(_seed(ts.seed, 3, epoch, step))  # dropout
+            rng = np.random.default_rng(_seed(ts.seed, 4, epoch, step))  # target subsampling
+            gen = torch.Generator().manual_seed(_seed(ts.seed, 5, epoch, step))  # future-window draws
+            batch = featurize(train.take(pa.array(idx)), cfg).to(device)
+            with autocast:
+                loss = _batch_loss(model, batch, cfg, ts, positive_idx, logq, rng, gen, device)
+            opt.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            sched.step()
+            state["step"] += 1
+            losses.append(float(loss.detach()))
+            seen += len(idx)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", rows_s=f"{seen / (time.perf_counter() - t_epoch):.0f}")
+        metrics = model_leave_last_out(model, cfg, valid_in, valid_tg, catalogue, device=device, ks=(10,))
+        ndcg = metrics["ndcg@10"]
+        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "valid_ndcg10": ndcg,
+                  "valid_hr10": metrics["hr@10"], "s": time.perf_counter() - t0}
+        state["history"].append(record)
+        if ndcg > state["best"]:
+            state["best"], state["bad"] = ndcg, 0
+            state["best_state"] = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        else:
+            state["bad"] += 1
+        state["epoch"], state["elapsed"] = epoch, time.perf_counter() - t0
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+        if ts.time_budget_s and state["elapsed"] > ts.time_budget_s:
+            break
+    if bar is not None:
+        bar.close()
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    return FitResult(model.eval(), state["best"], state["epoch"] + 1, state["step"], state["elapsed"], state["history"], resumed)
+
+
+# -- from data to an artifact -------------------------------------------------------------------
+def as_sequences(source) -> pa.Table:
+    """Events (event contract) or sequence rows (list columns) -> sequence rows, one per user."""
+    if isinstance(source, (str, Path)):
+        from encoder.data import read_sequences
+
+        source = read_sequences(source)
+    if not isinstance(source, pa.Table):
+        raise ValueError(f"training input must be a pyarrow Table or a Parquet path, got {type(source).__name__}")
+    if "item_id" not in source.column_names:
+        raise ValueError("training input has no item_id column (need events or sequence rows)")
+    return source if pa.types.is_list(source.schema.field("item_id").type) else events_to_sequences(source)
+
+
+def model_config(settings, sequences: pa.Table, overrides: dict | None = None) -> ModelConfig:
+    """ModelConfig from settings.train.model + ``overrides``; event types from settings.events.
+
+    SASRec text files carry no time or event types (schema metadata ``soe.features=item_only``): the
+    action, time and context features are switched off for them.
+    """
+    fields = {"actions": tuple(settings.events.event_types), "max_len": settings.sequences.max_len}
+    fields.update(settings.train.model)
+    fields.update(overrides or {})
+    meta = sequences.schema.metadata or {}
+    if meta.get(b"soe.features") == b"item_only":
+        fields.update(use_action=False, use_time=False, use_context=False)
+    return ModelConfig(**fields)
+
+
+def positive_types_of(settings) -> list[str]:
+    return list(settings.train.positive_event_types or settings.events.positive_event_types)
+
+
+def train_window(sequences: pa.Table) -> dict:
+    import pyarrow.compute as pc
+
+    flat = sequences["ts"].combine_chunks().flatten()
+    lo, hi = pc.min(flat).as_py(), pc.max(flat).as_py()
+    return {"start": str(lo), "end": str(hi), "users": sequences.num_rows,
+            "events": int(pc.sum(pc.list_value_length(sequences["item_id"])).as_py() or 0)}
+
+
+def checkpoint_path(layout, cfg: ModelConfig, ts: TrainSettings, window: dict) -> Path:
+    key = hashlib.sha256(json.dumps([cfg.to_dict(), ts.model_dump(), window], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(layout.cache) / "train" / key / "checkpoint.pt"
+
+
+def train_model(settings, source, *, overrides: dict | None = None, show_progress: bool = True, card: str | None = None) -> str:
+    """Events / sequences / trainset path -> trained, evaluated, published model version."""
+    from encoder.artifact import save_model
+    from encoder.evaluate import leave_last_out_report
+
+    sequences = as_sequences(source)
+    positive_types = positive_types_of(settings)
+    cfg = model_config(settings, sequences, overrides)
+    split = leave_last_out(sequences, positive_types, settings.train.min_positives)
+    if split.valid.num_rows == 0:
+        raise ValueError(f"no user has {settings.train.min_positives}+ positive events ({positive_types}): nothing to validate on")
+    catalogue = item_catalogue(sequences, cfg.attributes)
+    window = train_window(split.train)
+    ckpt = checkpoint_path(settings.layout(), cfg, settings.train, window)
+    result = fit(cfg, settings.train, split, catalogue, positive_types, ckpt, show_progress)
+    metrics = leave_last_out_report(result.model, cfg, split, catalogue, positive_types, device=pick_device(settings.train.device))
+    metrics.update(train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10)
+    version = save_model(settings.layout(), result.model, cfg, train_window=window, metrics=metrics,
+                         card=card, train_settings=settings.train.model_dump())
+    ckpt.unlink(missing_ok=True)
+    return version
