@@ -25,8 +25,8 @@ import torch
 log = logging.getLogger("soe.inference")
 
 
-class DeviceError(RuntimeError):
-    """The requested device cannot be used (only raised with ``strict_device``)."""
+class DeviceError(ValueError):
+    """The requested device cannot be used (only raised with ``strict_device``); a user error."""
 
 
 @dataclass(frozen=True)

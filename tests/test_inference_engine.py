@@ -1,0 +1,118 @@
+"""Batch inference engine: same vectors as the model's reference path, in any batch; the naive baseline agrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from encoder.inference.batching import plan_batches
+from encoder.inference.device import select_device
+from encoder.inference.engine import BatchEncoder
+from encoder.inference.naive import NaiveEncoder, model_flops, naive_encode
+from encoder.inference.sample import AS_OF, random_sequences
+from encoder.inference.settings import InferenceSettings
+from encoder.inference.writer import l2_normalise_f16
+
+MAX_LEN = 40
+F16_ATOL = 2e-3  # a unit vector's components rounded to float16 (2^-11 relative) plus fp32 noise
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: tiny batches on a shared 2-core machine are slower with more (and restore it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny randomly initialised model (eval mode) and its config."""
+    from encoder.model import ModelConfig, UserEncoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=4096, attr_buckets=256, dropout=0.0)
+    return UserEncoder(cfg).eval(), cfg
+
+
+@pytest.fixture(scope="module")
+def sequences():
+    """Users with 1 event, exactly N, more than N (truncated), and everything between."""
+    rng = np.random.default_rng(3)
+    lengths = np.concatenate([[1, 1, MAX_LEN, MAX_LEN, 3 * MAX_LEN, 2], rng.integers(1, MAX_LEN + 1, 150)])
+    return random_sequences(rng.permutation(lengths), AS_OF, seed=4)
+
+
+def reference(model, cfg, table: pa.Table) -> np.ndarray:
+    """The model's plain path, one user at a time (no padding at all)."""
+    from encoder.features import featurize
+
+    with torch.inference_mode():
+        return np.concatenate(
+            [model.forward_reference(featurize(table.slice(i, 1), cfg, as_of=AS_OF)).numpy() for i in range(table.num_rows)]
+        )
+
+
+def engine(model, cfg, **overrides) -> BatchEncoder:
+    return BatchEncoder(model, cfg, select_device("cpu"), InferenceSettings(**{"threads": 1, **overrides}))
+
+
+def test_engine_matches_reference_path_within_float16(tiny, sequences):
+    model, cfg = tiny
+    vectors = engine(model, cfg, max_batch_tokens=256, window_users=64).encode_table(sequences, AS_OF)
+    ref = reference(model, cfg, sequences)
+    stored = l2_normalise_f16(vectors).astype(np.float32)  # what the writer publishes
+    lengths = np.diff(sequences["item_id"].combine_chunks().offsets.to_numpy())
+    for name, rows in {"1 event": lengths == 1, "N events": lengths == MAX_LEN, "> N events": lengths > MAX_LEN}.items():
+        assert rows.any(), name
+        np.testing.assert_allclose(stored[rows], ref[rows], atol=F16_ATOL, err_msg=name)
+    np.testing.assert_allclose(stored, ref, atol=F16_ATOL)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=2e-3)
+
+
+def test_vectors_do_not_depend_on_batch_or_window(tiny, sequences):
+    model, cfg = tiny
+    a = engine(model, cfg, max_batch_tokens=MAX_LEN, window_users=7).encode_table(sequences, AS_OF)  # ~1 long user/batch
+    b = engine(model, cfg, max_batch_tokens=100_000, window_users=10_000).encode_table(sequences, AS_OF)  # one batch
+    c = engine(model, cfg, max_batch_tokens=300, loader_thread=False).encode_table(sequences, AS_OF)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_bucketing_cuts_padding_compared_with_padding_to_n(tiny, sequences):
+    model, cfg = tiny
+    enc = engine(model, cfg, max_batch_tokens=400, window_users=10_000)
+    stats = [s for _w, _v, s in enc.encode_windows(iter([sequences]), AS_OF)][0]
+    assert stats.users == sequences.num_rows
+    assert stats.tokens == int(np.minimum(enc.lengths(sequences), MAX_LEN).sum())
+    assert stats.padded_tokens < 1.25 * stats.tokens < sequences.num_rows * MAX_LEN
+
+
+def test_plan_batches_covers_every_row_once_within_budget():
+    lengths = np.random.default_rng(0).integers(1, 201, 5000)
+    plans = plan_batches(lengths, 2048)
+    rows = np.concatenate([p.rows for p in plans])
+    assert sorted(rows.tolist()) == list(range(5000))
+    for p in plans:
+        assert p.padded_len == lengths[p.rows].max()
+        assert len(p.rows) * p.padded_len <= 2048
+    one = plan_batches(np.array([500, 3]), 100)  # a row longer than the budget gets its own batch
+    assert [len(p.rows) for p in one] == [1, 1]
+
+
+def test_naive_baseline_computes_the_same_vectors(tiny, sequences):
+    model, cfg = tiny
+    naive = naive_encode(NaiveEncoder(model), sequences, AS_OF, batch_rows=32)
+    fast = engine(model, cfg).encode_table(sequences, AS_OF)
+    np.testing.assert_allclose(naive, fast, atol=1e-4)
+
+
+def test_model_flops_counts_only_real_tokens():
+    d, layers = 64, 2
+    one = model_flops(np.array([1]), d, layers)
+    assert one == layers * (24 * d * d + 2 * d * 2) + 2 * d * d
+    assert model_flops(np.array([10, 10]), d, layers) == 2 * model_flops(np.array([10]), d, layers)
+    assert model_flops(np.array([200]), d, layers) > 200 * (one - 2 * d * d)  # attention is superlinear
