@@ -6,16 +6,17 @@ listpack-encoded in Redis, which costs ~20 bytes per user instead of ~90 for a k
 
 ::
 
-    <ns>:v:<model>:{<bucket>}     hash  user_id -> vector value        (one model namespace)
-    <ns>:n:<model>:{<bucket>}     hash  user_id -> neighbour list value
+    <ns>:v:<model>:{<tag>}<bucket>   hash  user_id -> vector value   (tag = bucket mod 1024)
+    <ns>:n:<model>:{<tag>}<bucket>   hash  user_id -> neighbour list value
     <ns>:meta:<model>             hash  dim, dtype, buckets, format, created_at, last_as_of, ...
     <ns>:models                   set   every model namespace ever published (for forget/cleanup)
     <ns>:manifests:<model>        hash  "<as_of>/<shard>" -> JSON counts of one publish
     <ns>:pointer                  hash  current, previous, switched_at (the current-model pointer)
 
-The ``{<bucket>}`` part is a Redis Cluster hash tag: bucket b of every model, vectors and neighbour
-lists alike, lives in one slot. So a conditional upsert (one Lua call per bucket) and a forget (one
-call removing a user from every namespace) each touch keys of one slot only.
+The ``{<tag>}`` part is a Redis Cluster hash tag, ``tag = bucket mod SLOT_TAGS`` (1024): the
+buckets of one tag live in one slot, so one server-side upsert call can write many buckets (a few
+hundred users) and still touch a single slot. 1024 tags spread evenly over clusters of up to ~100
+masters; on a single node the tags do not matter and a call may span any buckets.
 
 ``bucket = splitmix64(uint64(user_id)) mod buckets`` (splitmix64's finaliser, documented in
 docs/format.md so any language can compute it): ids that share low bits or arrive in runs still
@@ -28,6 +29,7 @@ import re
 
 import numpy as np
 
+SLOT_TAGS = 1024  # cluster hash tags per namespace (part of format version 1)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -66,10 +68,12 @@ class Keys:
         self.ns = check_name("redis namespace", namespace)
 
     def vectors(self, model: str, bucket: int) -> str:
-        return f"{self.ns}:v:{model}:{{{int(bucket)}}}"
+        b = int(bucket)
+        return f"{self.ns}:v:{model}:{{{b % SLOT_TAGS}}}{b}"
 
     def neighbours(self, model: str, bucket: int) -> str:
-        return f"{self.ns}:n:{model}:{{{int(bucket)}}}"
+        b = int(bucket)
+        return f"{self.ns}:n:{model}:{{{b % SLOT_TAGS}}}{b}"
 
     def meta(self, model: str) -> str:
         return f"{self.ns}:meta:{model}"

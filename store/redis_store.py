@@ -1,11 +1,11 @@
 """The Redis backend of the vector store: one redis-server (`redis.Redis`) or Redis Cluster (`RedisCluster`).
 
 Layout (store.keys, docs/format.md): per model namespace, users are spread over small hashes
-("buckets") that stay listpack-encoded. Writes go through one server-side Lua script per bucket,
-`UPSERT_LUA`, which takes many users' values in one call and writes a value only when the stored
-one is absent or not newer (as_of at bytes 5-12 of every value). Every call touches one key, and
-a pipeline holds many calls: redis-py's cluster pipeline groups them by node, so a batch costs one
-round trip per node.
+("buckets") that stay listpack-encoded. Writes go through a server-side Lua script, `UPSERT_LUA`:
+one call takes up to ~1000 users spread over several buckets and writes a value only when the
+stored one is absent or not newer (as_of at bytes 5-12 of every value). In a cluster the buckets of
+one call share a hash tag (one slot); a pipeline holds many calls, and redis-py's cluster pipeline
+groups them by node, so a batch costs one round trip per node.
 
 Reads group the requested users by bucket, one HMGET per bucket, pipelined; a single user is one
 HGET. The pointer switch and rollback are one-key Lua scripts (atomic). Nothing here logs secrets.
@@ -21,7 +21,7 @@ import numpy as np
 
 from store.base import Lookup, ModelMeta, UpsertCounts, VectorStore
 from store.format import FormatError, decode_vectors
-from store.keys import Keys, bucket_of, check_name
+from store.keys import SLOT_TAGS, Keys, bucket_of, check_name
 from store.settings import RedisSettings
 
 log = logging.getLogger("soe.store")
@@ -29,34 +29,45 @@ log = logging.getLogger("soe.store")
 MAX_PER_CALL = 1000  # users per Lua call (Lua's unpack() limit is ~8000 arguments)
 
 UPSERT_LUA = """
--- KEYS[1] bucket hash; ARGV[1] record length(s); ARGV[2] user ids (space separated); ARGV[3] values
-local lens, ids = {}, {}
+-- KEYS: bucket hashes. ARGV[1] record length (one number) or one length per record;
+-- ARGV[2] users per key; ARGV[3] user ids, space separated, key by key; ARGV[4] the values concatenated.
+local lens, counts, ids = {}, {}, {}
 for x in string.gmatch(ARGV[1], '%d+') do lens[#lens + 1] = tonumber(x) end
-for x in string.gmatch(ARGV[2], '%S+') do ids[#ids + 1] = x end
-local blob, n = ARGV[3], #ids
+for x in string.gmatch(ARGV[2], '%d+') do counts[#counts + 1] = tonumber(x) end
+for x in string.gmatch(ARGV[3], '%S+') do ids[#ids + 1] = x end
+local blob, n = ARGV[4], #ids
+if #counts ~= #KEYS then return redis.error_reply('ERR soe upsert: ' .. #KEYS .. ' keys but ' .. #counts .. ' counts') end
+local sum = 0
+for k = 1, #counts do sum = sum + counts[k] end
+if sum ~= n then return redis.error_reply('ERR soe upsert: counts add up to ' .. sum .. ', got ' .. n .. ' ids') end
 local fixed = nil
 if #lens == 1 then fixed = lens[1] elseif #lens ~= n then
   return redis.error_reply('ERR soe upsert: ' .. n .. ' ids but ' .. #lens .. ' lengths') end
 local total = 0
 if fixed then total = fixed * n else for i = 1, n do total = total + lens[i] end end
 if total ~= #blob then return redis.error_reply('ERR soe upsert: values hold ' .. #blob .. ' bytes, lengths say ' .. total) end
-if n == 0 then return {0, 0, 0} end
 local function as_of(v)
   local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, 5, 12)
   return ((((((b8 * 256 + b7) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
 end
-local old = redis.call('HMGET', KEYS[1], unpack(ids))
-local args, pos, written, same, stale = {}, 1, 0, 0, 0
-for i = 1, n do
-  local len = fixed or lens[i]
-  local v = string.sub(blob, pos, pos + len - 1)
-  pos = pos + len
-  local o = old[i]
-  if o and o == v then same = same + 1
-  elseif o and #o >= 12 and as_of(o) > as_of(v) then stale = stale + 1
-  else args[#args + 1] = ids[i]; args[#args + 1] = v; written = written + 1 end
+local pos, idx, written, same, stale = 1, 0, 0, 0, 0
+for k = 1, #KEYS do
+  local c, kids = counts[k], {}
+  for j = 1, c do kids[j] = ids[idx + j] end
+  local old = redis.call('HMGET', KEYS[k], unpack(kids))
+  local args = {}
+  for j = 1, c do
+    local len = fixed or lens[idx + j]
+    local v = string.sub(blob, pos, pos + len - 1)
+    pos = pos + len
+    local o = old[j]
+    if o and o == v then same = same + 1
+    elseif o and #o >= 12 and as_of(o) > as_of(v) then stale = stale + 1
+    else args[#args + 1] = kids[j]; args[#args + 1] = v; written = written + 1 end
+  end
+  if #args > 0 then redis.call('HSET', KEYS[k], unpack(args)) end
+  idx = idx + c
 end
-if #args > 0 then redis.call('HSET', KEYS[1], unpack(args)) end
 return {written, same, stale}
 """
 
@@ -125,6 +136,34 @@ def bucket_groups(user_ids: np.ndarray, buckets: int, max_size: int = MAX_PER_CA
             yield int(sb[s]), order[c:min(e, c + max_size)]
 
 
+def upsert_calls(user_ids: np.ndarray, buckets: int, by_tag: bool, max_users: int = MAX_PER_CALL):
+    """Plan the server-side upsert calls: yield (buckets, users per bucket, positions) per call.
+
+    A call holds up to ``max_users`` users over several buckets. With ``by_tag`` (cluster) every
+    call stays within one hash tag, so all its keys are in one slot; on a single node any buckets
+    may share a call.
+    """
+    b = bucket_of(user_ids, buckets)
+    tag = b % SLOT_TAGS
+    order = np.lexsort((b, tag)) if by_tag else np.argsort(b, kind="stable")
+    sb, st = b[order], tag[order]
+    if not len(sb):
+        return
+    starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]]).tolist()
+    ends = starts[1:] + [len(sb)]
+    keys, counts, lo, size = [], [], starts[0], 0
+    for s, e in zip(starts, ends):
+        for c in range(s, e, max_users):  # a bucket larger than one call is split over calls
+            c_end = min(e, c + max_users)
+            if keys and (size + c_end - c > max_users or (by_tag and st[c] != st[lo])):
+                yield keys, counts, order[lo:c]
+                keys, counts, lo, size = [], [], c, 0
+            keys.append(int(sb[c]))
+            counts.append(c_end - c)
+            size += c_end - c
+    yield keys, counts, order[lo:]
+
+
 def newest_per_user(user_ids: np.ndarray, as_of: np.ndarray) -> np.ndarray:
     """Positions to keep when a batch holds a user twice: the newest as_of (the later row on a tie)."""
     o = np.lexsort((np.arange(len(user_ids)), as_of, user_ids))
@@ -151,15 +190,15 @@ class RedisVectorStore(VectorStore):
             self._sha[src] = _s(self.r.script_load(src))  # cluster: loaded on every primary
         return self._sha[src]
 
-    def _run_calls(self, src: str, calls: list[tuple[str, tuple]]) -> list:
-        """EVALSHA the script once per (key, args), pipelined; reload and retry once after NOSCRIPT."""
+    def _run_calls(self, src: str, calls: list[tuple[list[str], tuple]]) -> list:
+        """EVALSHA the script once per (keys, args), pipelined; reload and retry once after NOSCRIPT."""
         import redis
 
         for attempt in range(2):
             sha = self._script(src)
             pipe = self.r.pipeline(transaction=False)
-            for key, args in calls:
-                pipe.execute_command("EVALSHA", sha, 1, key, *args)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             try:
                 return pipe.execute()
             except redis.exceptions.NoScriptError:
@@ -232,13 +271,14 @@ class RedisVectorStore(VectorStore):
         meta = self._meta_or_raise(model)
         id_text = [str(i) for i in ids.tolist()]
         calls = []
-        for bucket, pos in bucket_groups(ids, meta.buckets):
+        for keys_buckets, counts_k, pos in upsert_calls(ids, meta.buckets, by_tag=self.cluster):
             if fixed_len is not None:
-                blob, lens = values[pos].tobytes(), str(fixed_len)  # contiguous rows of the batch
+                blob, lens = values[pos].tobytes(), str(fixed_len)  # rows of the batch, key by key
             else:
                 parts = [values[i] for i in pos]
                 blob, lens = b"".join(parts), " ".join(str(len(p)) for p in parts)
-            calls.append((key_fn(model, bucket), (lens, " ".join(id_text[i] for i in pos), blob)))
+            keys = [key_fn(model, b) for b in keys_buckets]
+            calls.append((keys, (lens, " ".join(map(str, counts_k)), " ".join(id_text[i] for i in pos), blob)))
         for w, same, stale in self._run_calls(UPSERT_LUA, calls):
             counts.written += int(w)
             counts.unchanged += int(same)
@@ -313,14 +353,14 @@ class RedisVectorStore(VectorStore):
         return _s(cur) if cur is not None else None
 
     def switch_pointer(self, new_current: str) -> dict[str, str]:
-        (res,) = self._run_calls(SWITCH_LUA, [(self.keys.pointer(), (new_current, _now()))])
+        (res,) = self._run_calls(SWITCH_LUA, [([self.keys.pointer()], (new_current, _now()))])
         return _pairs(res)
 
     def swap_pointer(self) -> dict[str, str]:
         import redis
 
         try:
-            (res,) = self._run_calls(SWAP_LUA, [(self.keys.pointer(), (_now(),))])
+            (res,) = self._run_calls(SWAP_LUA, [([self.keys.pointer()], (_now(),))])
         except redis.exceptions.ResponseError as exc:
             raise LookupError(str(exc).removeprefix("ERR ").removeprefix("soe: ")) from None
         return _pairs(res)

@@ -26,7 +26,7 @@ class RedisSettings(Section):
     namespace: str = "soe"  # key prefix of everything SoE writes
     buckets: int = 16384  # hash buckets per model namespace, ~ expected users / 64; fixed when a namespace is created
     dtype: str = "float16"  # stored vector dtype: float16 | float32 | int8 (per-vector scale)
-    publish_batch: int = 65536  # vectors encoded and sent per pipeline round trip
+    publish_batch: int = 262144  # vectors read, encoded and sent per pipeline round trip
     pointer_ttl_s: float = 1.0  # lookup client: how long the current-model pointer is cached
     socket_timeout_s: float = 5.0  # per command
     max_connections: int = 32  # connection pool size per node

@@ -98,7 +98,8 @@ def test_bucket_function_is_splitmix64_as_documented():
 
 def test_keys_share_the_bucket_hash_tag_and_names_are_checked():
     k = Keys("soe")
-    assert k.vectors("m1", 7) == "soe:v:m1:{7}" and k.neighbours("m2", 7) == "soe:n:m2:{7}"
+    assert k.vectors("m1", 7) == "soe:v:m1:{7}7" and k.neighbours("m2", 7) == "soe:n:m2:{7}7"
+    assert k.vectors("m1", 1024 + 7) == "soe:v:m1:{7}1031"  # same tag: same cluster slot
     for bad in ("", "a b", "x{y}", "m:1", "-m"):
         with pytest.raises(ValueError):
             check_name("model version", bad)

@@ -54,7 +54,8 @@ def test_publish_then_redis_cli_value_decodes_per_spec(settings, redis_any):
     assert (out["rows"], out["written"], out["shards"]) == (300, 300, 2)
     # plain redis-cli, not our client: the key is built by hand from docs/format.md
     user = 1234
-    key = f"soe:v:m1:{{{int(bucket_of(user, 64)[0])}}}"
+    b = int(bucket_of(user, 64)[0])
+    key = f"soe:v:m1:{{{b % 1024}}}{b}"
     cmd = ["redis-cli", "-p", str(redis_any.port)] + (["-c"] if redis_any.mode == "cluster" else []) + ["HGET", key, str(user)]
     raw = subprocess.run(cmd, capture_output=True, check=True).stdout
     assert raw.endswith(b"\n")
@@ -168,3 +169,34 @@ def test_buckets_stay_listpack_and_memory_beats_plain_keys(redis_single):
     plain = r.info("memory")["used_memory"] - base
     payload = n * d * 2
     assert bucketed / payload <= 1.4 < plain / payload
+
+
+@pytest.mark.parametrize("by_tag", [False, True])
+def test_upsert_call_plan_covers_every_user_once_within_limits(by_tag):
+    from store.keys import SLOT_TAGS
+    from store.redis_store import upsert_calls
+
+    ids = np.r_[np.arange(20_000), np.arange(10**9, 10**9 + 50)]
+    seen = []
+    for buckets, counts, pos in upsert_calls(ids, 3000, by_tag=by_tag, max_users=500):
+        assert sum(counts) == len(pos) <= 500 and len(buckets) == len(counts)
+        b = bucket_of(ids[pos], 3000)
+        assert b.tolist() == [k for k, c in zip(buckets, counts) for _ in range(c)]  # positions follow the keys
+        if by_tag:
+            assert len({k % SLOT_TAGS for k in buckets}) == 1  # one slot per call on a cluster
+        seen.extend(pos.tolist())
+    assert sorted(seen) == list(range(len(ids)))
+
+
+def test_buckets_larger_than_one_call_are_split_and_still_conditional(redis_any):
+    store = RedisVectorStore(redis_any)
+    store.ensure_model("m1", 4, "float16", 2)  # 2 buckets of ~1500 users: more than one call each
+    ids = np.arange(3000)
+    x = unit(3000, 4)
+    assert store.upsert_vectors("m1", ids, fmt.encode_vectors(x, 10, "m1"), 10).written == 3000
+    c = store.upsert_vectors("m1", ids, fmt.encode_vectors(x[::-1], np.where(ids < 1000, 11, 9), "m1"),
+                             np.where(ids < 1000, 11, 9))
+    assert (c.written, c.stale) == (1000, 2000)
+    got = store.get_vectors("m1", ids)
+    np.testing.assert_allclose(got.vectors[:1000], x[::-1][:1000], atol=1e-3)
+    np.testing.assert_allclose(got.vectors[1000:], x[1000:], atol=1e-3)

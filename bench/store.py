@@ -1,0 +1,227 @@
+"""Benchmark of the Redis vector store (issue 7), on a fresh local redis-server started here.
+
+    python -m bench.store [--quick] [--users N] [--no-cluster]
+
+1. publish: N users' d=64 embeddings written as Parquet shards (the inference output), then
+   `publish_embeddings` end to end (read, encode, conditional upsert); vectors per second.
+2. the baseline, same server, same run: the real `redis-benchmark` binary, SET with values of the
+   same size (one encoded vector), pipelined (-P 16) -> `publish_vs_redis_benchmark`.
+3. memory: `used_memory` delta of the bucketed layout vs the payload (N * d * 2 bytes), and of
+   one plain key per user (SET) for comparison.
+4. lookups with `LookupClient`: one id (HGET) and 100 ids (pipelined HMGETs), p50/p99 latency.
+5. int8: recall@10 of cosine top-10 computed from int8 vs from float32 vectors (and float16).
+6. the same publish and get100 against a local 3-master cluster (smaller N), unless --no-cluster.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import emit, machine, parse_args
+
+D = 64
+AS_OF = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+
+
+def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(n: int, d: int, clusters: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = unit(clusters, d, seed + 1)
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_shards(settings, n: int, shards: int) -> None:
+    """N users' unit vectors as embedding-contract Parquet shards (what inference publishes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from soe.atomic import publish_dir
+    from soe.contracts import embedding_contract
+
+    contract = embedding_contract(D)
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    for i in range(shards):
+        lo, hi = bounds[i], bounds[i + 1]
+        x = unit(hi - lo, D, seed=i).astype(np.float16)
+        table = pa.Table.from_arrays([
+            pa.array(np.arange(lo, hi, dtype=np.int64)),
+            pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float16()), D),
+            pa.array(["bench"] * (hi - lo)),
+            pa.array([AS_OF] * (hi - lo), type=pa.timestamp("ms", tz="UTC")),
+            pa.array(np.full(hi - lo, 20, np.int32)),
+        ], schema=contract.schema)
+        with publish_dir(settings.layout().embeddings("bench", AS_OF) / f"shard={i:05d}", {"rows": int(hi - lo)}) as tmp:
+            # no dictionary for the vector column: float16 lists read ~4x faster (see BENCHMARKS.md)
+            pq.write_table(table, tmp / "part-00000.parquet", use_dictionary=["model_version"])
+
+
+def used_memory(r) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+def redis_benchmark_set(port: int, n: int, value_size: int) -> float:
+    """SETs per second measured by the real redis-benchmark binary (pipelined, random keys)."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        raise FileNotFoundError("redis-benchmark not found (apt install redis-tools)")
+    out = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), "-t", "set", "-n", str(n), "-d", str(value_size),
+                          "-P", "16", "-r", str(n), "-q", "--csv"], capture_output=True, text=True, check=True).stdout
+    row = [line for line in out.splitlines() if line.startswith('"SET"')][0]
+    return float(row.split(",")[1].strip('"'))
+
+
+def latencies(fn, batches) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, total seconds) of fn over the batches."""
+    times = []
+    t0 = time.perf_counter()
+    for b in batches:
+        t = time.perf_counter()
+        fn(b)
+        times.append(time.perf_counter() - t)
+    total = time.perf_counter() - t0
+    ms = np.array(times) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), total
+
+
+def recall_at_10(n: int = 20_000, queries: int = 500) -> dict:
+    from store.format import decode_vectors, encode_vectors
+
+    x = clustered(n, D)
+    q = np.arange(queries)
+
+    def top10(v):
+        s = v[q] @ v.T  # (Q, N)
+        s[np.arange(queries), q] = -np.inf
+        return np.argpartition(-s, 10, axis=1)[:, :10]
+
+    truth = top10(x)
+    out = {}
+    for dtype in ("float16", "int8"):
+        rows = encode_vectors(x, 0, "m", dtype)
+        v, _, _, _ = decode_vectors([r.tobytes() for r in rows])
+        got = top10(v)
+        out[f"{dtype}_recall_at_10"] = round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])), 4)
+    return out
+
+
+def measure(settings, server, n: int, lookups: int, with_baselines: bool) -> dict:
+    from store.client import LookupClient
+    from store.format import encode_vectors, value_size
+    from store.models import switch_current
+    from store.publish import publish_embeddings
+    from store.redis_store import RedisVectorStore, connect
+
+    rs = server.redis_settings(buckets=max(64, n // 64))
+    s = settings.model_copy(update={"redis": rs})
+    r = connect(rs)
+    out: dict = {}
+    for node in rs.nodes():  # start empty; scripts loaded before the baseline memory reading
+        import redis
+
+        redis.Redis(host=node[0], port=node[1]).flushall()
+    store = RedisVectorStore(rs)
+    store._script(__import__("store.redis_store", fromlist=["UPSERT_LUA"]).UPSERT_LUA)
+    base = used_memory(r) if rs.mode == "single" else 0
+    res = publish_embeddings(s, "bench", AS_OF, store=store)
+    out["publish_vectors_per_s"] = round(res["rows"] / res["seconds"], 1)
+    if rs.mode == "single":
+        delta = used_memory(r) - base
+        out["memory_per_user_bytes"] = round(delta / n, 2)
+        out["memory_ratio_vs_payload"] = round(delta / (n * D * 2), 3)
+    t0 = time.perf_counter()
+    again = publish_embeddings(s, "bench", AS_OF, store=store)
+    out["republish_unchanged_per_s"] = round(again["unchanged"] / (time.perf_counter() - t0), 1)
+    assert again["written"] == 0 and again["unchanged"] == n, again
+
+    switch_current(store, "bench")
+    client = LookupClient(rs)
+    rng = np.random.default_rng(1)
+    client.get([1, 2, 3])  # warm the pointer/meta caches and the connection
+    p50, p99, _ = latencies(client.get, rng.integers(0, n, lookups)[:, None])
+    out["get1_p50_ms"], out["get1_p99_ms"] = round(p50, 3), round(p99, 3)
+    batches = rng.integers(0, n, (max(lookups // 10, 50), 100))
+    p50, p99, total = latencies(client.get, batches)
+    out["get100_p50_ms"], out["get100_p99_ms"] = round(p50, 3), round(p99, 3)
+    out["lookups_per_s"] = round(batches.size / total, 1)
+    _, found = client.get(batches[0])
+    assert found.all()
+
+    if with_baselines:
+        r.flushall()
+        rows = encode_vectors(unit(n, D), AS_OF, "bench")
+        base = used_memory(r)
+        for lo in range(0, n, 50_000):
+            pipe = r.pipeline(transaction=False)
+            for i in range(lo, min(n, lo + 50_000)):
+                pipe.set(store.keys.plain("bench", i), rows[i].tobytes())
+            pipe.execute()
+        out["plain_keys_memory_ratio"] = round((used_memory(r) - base) / (n * D * 2), 3)
+        r.flushall()
+        out["redis_benchmark_set_per_s"] = redis_benchmark_set(rs.port, n, value_size("float16", D))
+        out["publish_vs_redis_benchmark"] = round(out["publish_vectors_per_s"] / out["redis_benchmark_set_per_s"], 3)
+        r.flushall()
+    return out
+
+
+def main() -> None:
+    def extra(p):
+        p.add_argument("--users", type=int, default=None, help="users to publish (default 1M, --quick 100k)")
+        p.add_argument("--no-cluster", action="store_true", help="skip the 3-master cluster part")
+
+    args = parse_args("Redis vector store: publish vs redis-benchmark, memory, lookup latency", extra)
+    n = args.users or (100_000 if args.quick else 1_000_000)
+    n_cluster = min(n, 100_000 if args.quick else 300_000)
+    lookups = 2_000 if args.quick else 10_000
+
+    from soe.config import load_settings
+    from store import local_server
+
+    work = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    settings = load_settings(environ={"SOE_DATA__ROOT": str(work / "data")})
+    result: dict = {"bench": "store", "users": n, "dim": D, "dtype": "float16", "machine": machine()}
+    try:
+        t0 = time.perf_counter()
+        write_shards(settings, n, shards=8)
+        result["write_parquet_s"] = round(time.perf_counter() - t0, 2)
+        single = local_server.start_single(work / "single")
+        try:
+            result |= measure(settings, single, n, lookups, with_baselines=True)
+        finally:
+            local_server.stop(work / "single")
+        result |= recall_at_10()
+        if not args.no_cluster:
+            cs = load_settings(environ={"SOE_DATA__ROOT": str(work / "cdata")})
+            write_shards(cs, n_cluster, shards=4)
+            cluster = local_server.start_cluster(work / "cluster")
+            try:
+                c = measure(cs, cluster, n_cluster, lookups // 4, with_baselines=False)
+            finally:
+                local_server.stop(work / "cluster")
+            result["cluster_users"] = n_cluster
+            result |= {f"cluster_{k}": v for k, v in c.items() if k in ("publish_vectors_per_s", "get1_p99_ms",
+                                                                         "get100_p50_ms", "get100_p99_ms", "lookups_per_s")}
+        result["targets"] = {
+            "publish_vs_redis_benchmark>=0.6": result["publish_vs_redis_benchmark"] >= 0.6,
+            "memory_ratio_vs_payload<=1.4": result["memory_ratio_vs_payload"] <= 1.4,
+            "get1_p99_ms<=1": result["get1_p99_ms"] <= 1.0,
+            "get100_p99_ms<=3": result["get100_p99_ms"] <= 3.0,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
