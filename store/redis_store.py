@@ -23,6 +23,7 @@ from store.base import Lookup, ModelMeta, UpsertCounts, VectorStore
 from store.format import FormatError, decode_vectors
 from store.keys import SLOT_TAGS, Keys, bucket_of, check_name
 from store.settings import RedisSettings
+from store.wire import hmget_many
 
 log = logging.getLogger("soe.store")
 
@@ -179,6 +180,7 @@ class RedisVectorStore(VectorStore):
         self.keys = Keys(settings.namespace)
         self.r = client if client is not None else connect(settings)
         self.cluster = settings.mode == "cluster"
+        self.fast_reads = True  # single node: batched reads via store.wire (False: redis-py pipeline)
         self._sha: dict[str, str] = {}  # script source -> sha, loaded lazily (readers never load)
 
     def __repr__(self) -> str:  # no password here, ever
@@ -307,12 +309,17 @@ class RedisVectorStore(VectorStore):
         """Values of ``ids`` (int64 (n,)) in ``buckets`` hashes, one HMGET per bucket, pipelined."""
         if len(ids) == 1:  # the ranker's single lookup: one command, no pipeline
             return [self.r.hget(key_fn(model, int(bucket_of(ids, buckets)[0])), str(int(ids[0])))]
-        out: list[bytes | None] = [None] * len(ids)
         groups = list(bucket_groups(ids, buckets))
-        pipe = self.r.pipeline(transaction=False)
-        for bucket, pos in groups:
-            pipe.execute_command("HMGET", key_fn(model, bucket), *[str(i) for i in ids[pos].tolist()])
-        for (_, pos), vals in zip(groups, pipe.execute()):
+        commands = [(key_fn(model, bucket), [str(i) for i in ids[pos].tolist()]) for bucket, pos in groups]
+        if self.cluster or not self.fast_reads:
+            pipe = self.r.pipeline(transaction=False)  # reference path; the cluster pipeline routes by slot
+            for key, fields in commands:
+                pipe.execute_command("HMGET", key, *fields)
+            replies = pipe.execute()
+        else:
+            replies = hmget_many(self.r, commands)  # fast path: one packed buffer, one connection
+        out: list[bytes | None] = [None] * len(ids)
+        for (_, pos), vals in zip(groups, replies):
             for p, v in zip(pos.tolist(), vals):
                 out[p] = v
         return out

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis
 
 from soe.atomic import publish_dir
 from soe.contracts import embedding_contract
@@ -200,3 +201,24 @@ def test_buckets_larger_than_one_call_are_split_and_still_conditional(redis_any)
     got = store.get_vectors("m1", ids)
     np.testing.assert_allclose(got.vectors[:1000], x[::-1][:1000], atol=1e-3)
     np.testing.assert_allclose(got.vectors[1000:], x[1000:], atol=1e-3)
+
+
+def test_fast_read_path_equals_redis_py_pipeline(redis_single):
+    from store.wire import pack_hmgets
+
+    assert pack_hmgets([("k", ["1", "22"])]) == b"*4\r\n$5\r\nHMGET\r\n$1\r\nk\r\n$1\r\n1\r\n$2\r\n22\r\n"
+    store = RedisVectorStore(redis_single)
+    store.ensure_model("m1", 8, "float16", 256)
+    ids = np.arange(0, 5000, 7)
+    store.upsert_vectors("m1", ids, fmt.encode_vectors(unit(len(ids), 8), 1, "m1"), 1)
+    query = np.r_[ids[::3], [3, 10**10]]
+    fast = store.get_raw("v", "m1", query)
+    store.fast_reads = False
+    assert store.get_raw("v", "m1", query) == fast and fast[-1] is None and fast[0] is not None
+    store.fast_reads = True
+    from store.wire import hmget_many
+
+    store.r.set("soe:not-a-hash", "x")  # an error reply in the middle of a batch ...
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]), ("soe:none", ["1"])])
+    assert store.get_raw("v", "m1", query) == fast  # ... leaves the pooled connection in sync
