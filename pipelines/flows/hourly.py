@@ -36,6 +36,8 @@ from soe.layout import HOUR, floor_hour, hours, stamp, utc
 
 log = logging.getLogger("soe.flows")
 DAG_ID = "soe_hourly"
+GENERATIONS = (DAG_ID, "soe_backfill")  # the done runs whose vectors a new hour's drift is measured against
+SUMMED = ("users", "rows", "written", "unchanged", "stale", "duplicates")  # per-shard counts that add up
 
 
 def check_interval(start: datetime, end: datetime) -> tuple[datetime, datetime]:
@@ -117,7 +119,7 @@ def graph(settings, model: str, as_of: datetime, num_shards: int) -> dict[str, A
 
 
 def validate(settings, model: str, as_of: datetime, expected_ids: np.ndarray | None = None,
-             drift_against: str = DAG_ID) -> dict[str, Any]:
+             drift_against: tuple[str, ...] | None = GENERATIONS) -> dict[str, Any]:
     """Judge the (model, as_of) generation; raise GenerationRejected when a check fails.
 
     ``expected_ids`` defaults to the interval's active users; a backfill passes every known user
@@ -139,7 +141,8 @@ def validate(settings, model: str, as_of: datetime, expected_ids: np.ndarray | N
         rng = np.random.default_rng(int(utc(as_of).timestamp()))
         sample = rng.choice(np.unique(expected), size=sample_n, replace=False) if sample_n else expected[:0]
         found = stages.lookup_found(settings, model, sample) if sample_n else None
-        report = judge(Thresholds.from_settings(settings), expected, ids, vecs, previous, gm.get("recall"), found)
+        recall = gm.get("recall_at_k", gm.get("recall"))
+        report = judge(Thresholds.from_settings(settings), expected, ids, vecs, previous, recall, found)
         out.update(report.as_dict())
         out["vectors"] = int(len(ids))
     report.raise_if_failed(f"generation {model} as_of={stamp(as_of)}")
@@ -156,7 +159,7 @@ def record(settings, as_of: datetime, start: datetime, model: str, results: list
         for k, v in r.items():
             if k in ("stage", "seconds", "shard"):
                 continue
-            if k in ("users", "written", "skipped_older", "published") and isinstance(v, (int, float)):
+            if k in SUMMED and isinstance(v, (int, float)):
                 s[k] = s.get(k, 0) + v  # per-shard counts add up
             elif isinstance(v, (int, float, str, bool)) or k == "checks":
                 s[k] = v

@@ -49,11 +49,12 @@ def done_times(layout: Layout, dag: str) -> list[datetime]:
     return sorted(utc(p.name[len("as_of="):-len(".json")]) for p in parent.glob("as_of=*.json"))
 
 
-def previous_done(layout: Layout, dag: str, as_of: datetime, model_version: str | None = None) -> dict[str, Any] | None:
-    """The manifest of the newest run before ``as_of`` that is done (for ``model_version`` if given)."""
-    for t in reversed(done_times(layout, dag)):
-        if t >= utc(as_of):
-            continue
+def previous_done(layout: Layout, dags: str | tuple[str, ...], as_of: datetime,
+                  model_version: str | None = None) -> dict[str, Any] | None:
+    """The manifest of the newest run of any of ``dags`` before ``as_of`` that is done (for ``model_version``)."""
+    dags = (dags,) if isinstance(dags, str) else tuple(dags)
+    runs = sorted(((t, d) for d in dags for t in done_times(layout, d) if t < utc(as_of)), reverse=True)
+    for t, dag in runs:
         m = read_manifest(layout, dag, t)
         if m and (model_version is None or m.get("model_version") == model_version):
             return m

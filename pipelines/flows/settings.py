@@ -29,7 +29,7 @@ class FlowSettings(Section):
     # -- training / promotion --
     training_schedule: str | None = "@daily"  # cron of the training DAG; None = manual only
     trainset_window_hours: int = 24  # training window length, ending at the run's as_of
-    trainset_kind: str = "next_positive"  # kind passed to pipelines.trainset.build_trainset
+    trainset_kind: str = "state"  # "state": the newest state snapshot; else a kind of pipelines.trainset
     min_ndcg_gain: float = 0.0  # promote when candidate NDCG@10 >= current + this (strictly better if 0)
     max_staleness_hours: int = 7 * 24  # a current model older than this is stale: a not-worse candidate wins
     stale_tolerance: float = 0.005  # "not worse" for a stale current model: NDCG@10 >= current - this

@@ -129,6 +129,45 @@ def lookup_found(settings, model: str, user_ids: np.ndarray) -> tuple[int, int]:
     return int(np.asarray(found).sum()), int(len(user_ids))
 
 
+def vectors_found(settings, model: str, user_ids: np.ndarray, batch: int = 10_000) -> int:
+    """How many of ``user_ids`` have a vector of ``model`` in Redis (batched lookups)."""
+    from store.client import LookupClient
+
+    client = LookupClient(settings.redis, model=model)
+    ids = np.asarray(user_ids, dtype=np.int64)
+    return int(sum(int(np.asarray(client.get(ids[i:i + batch])[1]).sum()) for i in range(0, len(ids), batch)))
+
+
+def lookup(settings, user_ids) -> tuple[str | None, np.ndarray, np.ndarray]:
+    """(current model, vectors (n, D), found (n,)) as a ranker reads them: through the pointer."""
+    from store.client import LookupClient
+
+    client = LookupClient(settings.redis)
+    vectors, found = client.get(np.asarray(user_ids, dtype=np.int64))
+    return client.current_model(), vectors, found
+
+
+def neighbours(settings, model: str, user_ids) -> list:
+    from store.client import LookupClient
+
+    return LookupClient(settings.redis, model=model).neighbours(np.asarray(user_ids, dtype=np.int64))
+
+
+def lookalike(settings, model: str, seed_ids: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(audience user ids, scores) of the newest graph of ``model``, with the configured method."""
+    from store.graph.lookalike import lookalike as run
+    from store.graph.snapshot import latest_snapshot
+
+    g = settings.graph
+    snap = latest_snapshot(settings.layout(), model)
+    if snap is None:
+        raise FileNotFoundError(f"no published graph of model {model!r}")
+    index = snap.index() if g.lookalike_method == "max_seed" else None
+    aud = run(snap.vectors, seed_ids, size, method=g.lookalike_method, n_centroids=g.lookalike_centroids,
+              index=index, seed_k=g.lookalike_seed_k)
+    return aud.user_ids, aud.scores
+
+
 def build_graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
     from store.graph.build import build_graph as run
 
@@ -142,6 +181,11 @@ def graph_manifest(settings, model: str, as_of: datetime) -> dict[str, Any] | No
 
 # -- training -------------------------------------------------------------------------------------
 def build_trainset(settings, kind: str, split_time: datetime, window_hours: int, name: str) -> Path:
+    """The training input at ``split_time``. Kind "state": the newest state snapshot at or before it
+    (every known user's last N events, the sequence contract the encoder trains on); any other kind
+    is built by pipelines.trainset."""
+    if kind == "state":
+        return settings.layout().state(newest_state(settings, split_time))
     from pipelines.trainset import build_trainset as run
 
     return Path(run(settings, kind, split_time=utc(split_time), window_hours=window_hours, name=name))
@@ -150,10 +194,26 @@ def build_trainset(settings, kind: str, split_time: datetime, window_hours: int,
 def train_model(settings, trainset: Path) -> str:
     from encoder.train import train_model as run
 
-    return str(run(settings, trainset))
+    return str(run(settings, str(trainset), show_progress=False))
 
 
 def evaluate_model(settings, model: str, trainset: Path) -> dict[str, Any]:
-    from encoder.evaluate import evaluate_model as run
+    """Leave-last-out metrics (``ndcg@10``, ...) of a published model on a trainset's split."""
+    try:
+        from encoder.evaluate import evaluate_model as run
+    except ImportError:
+        run = None
+    if run is not None:
+        return dict(run(settings, model, trainset))
+    from encoder.artifact import load_model
+    from encoder.data import item_catalogue, leave_last_out
+    from encoder.evaluate import leave_last_out_report
+    from encoder.train import as_sequences, pick_device, positive_types_of
 
-    return dict(run(settings, model, trainset))
+    device = pick_device(settings.train.device)
+    net, cfg, _ = load_model(settings.layout(), model, device=device)
+    sequences = as_sequences(str(trainset))
+    positive_types = positive_types_of(settings)
+    split = leave_last_out(sequences, positive_types, settings.train.min_positives)
+    catalogue = item_catalogue(sequences, cfg.attributes)
+    return dict(leave_last_out_report(net, cfg, split, catalogue, positive_types, device=device))
