@@ -212,3 +212,27 @@ def leave_last_out_report(model, cfg, split: Split, catalogue: Catalogue, positi
         out.update({f"{prefix}{k}": v for k, v in m.items() if k != "users"})
         out["test_users"] = m["users"]
     return out
+
+
+def evaluate_model(settings, version: str, sequences: pa.Table, *, truth: pa.Table | None = None,
+                   staleness: bool = True, save: bool = False) -> dict:
+    """Every metric family of a published model on ``sequences`` (leave-last-out test split)."""
+    from encoder.artifact import load_model, update_metrics
+    from encoder.data import item_catalogue, leave_last_out
+    from encoder.train import pick_device, positive_types_of
+
+    device = pick_device(settings.train.device)
+    model, cfg, _ = load_model(settings.layout(), version, device=device)
+    positive_types = positive_types_of(settings)
+    split = leave_last_out(sequences, positive_types, settings.train.min_positives)
+    catalogue = item_catalogue(sequences, cfg.attributes)
+    metrics = leave_last_out_report(model, cfg, split, catalogue, positive_types, device=device)
+    timed = (sequences.schema.metadata or {}).get(b"soe.features") != b"item_only"
+    if staleness and timed:
+        T = busiest_time(sequences, positive_types)
+        metrics.update(staleness_metrics(model, cfg, sequences, catalogue, T, positive_types, device=device))
+    if truth is not None:
+        metrics.update(planted_purity(model, cfg, sequences, truth, device=device))
+    if save:
+        update_metrics(settings.layout(), version, metrics)
+    return metrics

@@ -1,0 +1,75 @@
+"""Where training and evaluation data come from, all turned into sequence rows (see encoder.data).
+
+* ``ml100k``: MovieLens-100K via `soe.datasets.movielens` (cached under the data root).
+* ``sasrec``: a SASRec text file (item ids only: no time, no event types).
+* ``events``: the published event log under the data root (optionally one ``START/END`` interval);
+  every partition is validated with `soe.validation` and bad rows are left out.
+* ``sequences``: a Parquet file/dir of sequence rows, e.g. a pipeline training set
+  (``trainsets/<name>``) or a state snapshot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from encoder.data import events_to_sequences, read_sasrec, read_sequences
+from soe.contracts import EVENT, TS
+
+
+def _events_of_log(settings, interval: str | None) -> pa.Table:
+    from soe.datasets.events import partition_hour, published_partitions, read_partition
+    from soe.layout import HOUR, parse_interval
+    from soe.validation import ValidationRules, validate_events
+
+    layout = settings.layout()
+    parts = published_partitions(layout)
+    if interval:
+        start, end = parse_interval(interval)
+        parts = [p for p in parts if start <= partition_hour(p) < end]
+    if not parts:
+        raise FileNotFoundError(f"no published event partitions under {layout.events} (interval {interval}): run `soe generate`")
+    tables = []
+    for part in parts:
+        hour = partition_hour(part)
+        rules = ValidationRules.from_settings(settings.events, hour, hour + HOUR)
+        tables.append(validate_events(read_partition(part), rules).valid)
+    events = pa.concat_tables(tables, promote_options="permissive")
+    if interval:  # training windows are on event time
+        start, end = parse_interval(interval)
+        ts = events["ts"].cast(TS)
+        events = events.filter(pc.and_(pc.greater_equal(ts, pa.scalar(start, TS)), pc.less(ts, pa.scalar(end, TS))))
+    return events
+
+
+def load_source(
+    settings,
+    *,
+    ml100k: bool = False,
+    sasrec_file: str | Path | None = None,
+    events: bool = False,
+    interval: str | None = None,
+    sequences: str | Path | None = None,
+) -> tuple[str, pa.Table]:
+    """Exactly one source -> (a name for it, sequence rows)."""
+    chosen = [name for name, on in (("ml100k", ml100k), ("sasrec", sasrec_file), ("events", events), ("sequences", sequences)) if on]
+    if len(chosen) != 1:
+        raise ValueError("choose exactly one data source: --ml100k, --sasrec-file PATH, --events [--interval S/E] or --sequences PATH")
+    if ml100k:
+        from soe.datasets.movielens import load_ml100k_events
+
+        return "ml-100k", events_to_sequences(load_ml100k_events(settings.layout().cache))
+    if sasrec_file:
+        return f"sasrec:{Path(sasrec_file).name}", read_sasrec(sasrec_file)
+    if events:
+        table = _events_of_log(settings, interval)
+        return f"events:{interval or 'all'}", events_to_sequences(table.select([c for c in EVENT.schema.names if c in table.column_names]))
+    path = Path(sequences)
+    if not path.exists():
+        candidate = settings.layout().trainset(str(sequences))
+        if not candidate.exists():
+            raise FileNotFoundError(f"sequence rows {sequences} not found (neither a path nor a trainset under {candidate.parent})")
+        path = candidate
+    return f"sequences:{path.name}", read_sequences(path)

@@ -1,0 +1,106 @@
+"""UserEncoder: shapes, fast vs reference path, exact padding masking, causality, feature switches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from encoder.data import events_to_sequences
+from encoder.features import featurize
+from encoder.model import ModelConfig, UserEncoder
+from soe.datasets.synthetic import SyntheticConfig, generate
+
+torch.set_num_threads(1)  # the test machine is shared: one thread avoids oversubscription
+
+SMALL = dict(d_model=32, n_heads=2, n_layers=2, max_len=40, item_buckets=2**10, attr_buckets=2**8)
+
+
+@pytest.fixture(scope="module")
+def sequences():
+    log = generate(SyntheticConfig(n_users=120, n_items=500, n_clusters=4, hours=6, base_events_per_user=30))
+    return events_to_sequences(log.events)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return UserEncoder(ModelConfig(**{**SMALL, **kw})).eval()
+
+
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+def test_shapes_and_unit_norm(sequences, pooling):
+    model = _model(pooling=pooling)
+    batch = featurize(sequences.slice(0, 16), model.cfg)
+    B, T = batch.action.shape
+    with torch.no_grad():
+        users = model(batch)
+        per_pos = model.encode_positions(batch)
+    assert users.shape == (16, 32) and per_pos.shape == (B, T, 32)
+    assert torch.allclose(users.norm(dim=-1), torch.ones(16), atol=1e-5)
+    assert torch.allclose(per_pos[:, -1], users, atol=1e-6)
+    items = model.item_vectors(batch.attrs[:, -1])
+    assert items.shape == (16, 32) and torch.allclose(items.norm(dim=-1), torch.ones(16), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+def test_sdpa_matches_reference_path(sequences, pooling):
+    model = _model(pooling=pooling)
+    batch = featurize(sequences.slice(0, 32), model.cfg)
+    with torch.no_grad():
+        assert torch.allclose(model(batch), model.forward_reference(batch), atol=1e-5)
+        assert torch.allclose(model.encode_positions(batch), model.encode_positions(batch, reference=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+def test_vector_does_not_depend_on_batch_or_padding(sequences, pooling):
+    model = _model(pooling=pooling)
+    lengths = [len(x) for x in sequences["item_id"].to_pylist()[:24]]
+    assert min(lengths) < max(lengths)  # the batch really mixes lengths
+    with torch.no_grad():
+        together = model(featurize(sequences.slice(0, 24), model.cfg))
+        alone = torch.cat([model(featurize(sequences.slice(i, 1), model.cfg)) for i in range(24)])
+        padded = model(featurize(sequences.slice(0, 24), model.cfg, pad_to=model.cfg.max_len))
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert torch.allclose(padded, alone, atol=1e-5)
+
+
+def test_causal_mask_no_position_sees_the_future(sequences):
+    model = _model()
+    batch = featurize(sequences.slice(0, 8), model.cfg)
+    changed = featurize(sequences.slice(0, 8), model.cfg)
+    T = batch.action.shape[1]
+    cut = T - 3  # change everything from position cut on
+    changed.attrs[:, cut:] = (changed.attrs[:, cut:] * 7 + 3) % 200 + 1
+    changed.action[:, cut:] = 1
+    with torch.no_grad():
+        a, b = model.encode_positions(batch), model.encode_positions(changed)
+    assert torch.allclose(a[:, :cut], b[:, :cut], atol=1e-6)  # the past is untouched
+    assert not torch.allclose(a[:, cut:], b[:, cut:], atol=1e-3)  # the changed positions do move
+
+
+def test_time_and_action_features_switch(sequences):
+    batch = featurize(sequences.slice(0, 8), ModelConfig(**SMALL))
+    shuffled = featurize(sequences.slice(0, 8), ModelConfig(**SMALL))
+    shuffled.time_bucket[shuffled.valid] = 5
+    shuffled.action[shuffled.valid] = 1
+    for use, expect_same in ((True, False), (False, True)):
+        model = _model(use_time=use, use_action=use)
+        with torch.no_grad():
+            same = torch.allclose(model(batch), model(shuffled), atol=1e-6)
+        assert same is expect_same
+
+
+def test_plain_config_ignores_attributes(sequences):
+    model = _model(use_attributes=False, use_action=False, use_time=False, use_context=False)
+    batch = featurize(sequences.slice(0, 8), model.cfg)
+    other = featurize(sequences.slice(0, 8), model.cfg)
+    other.attrs[..., 1:, :] = 0  # drop category/advertiser/campaign
+    other.hour[:] = (other.hour + 5) % 24
+    with torch.no_grad():
+        assert torch.allclose(model(batch), model(other), atol=1e-6)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError):
+        ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError):
+        ModelConfig(pooling="mean")
