@@ -1,0 +1,157 @@
+"""Featurisation and data preparation: hashing, time buckets, truncation/padding, splits, objectives."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out, read_sasrec
+from encoder.features import featurize, hash_ids, hash_items, time_buckets
+from encoder.model import ModelConfig, UserEncoder
+from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
+from soe.contracts import EVENT, TS, conform
+
+torch.set_num_threads(1)  # shared test machine
+CFG = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=4, item_buckets=2**12, attr_buckets=2**8)
+T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in ms (a Thursday)
+
+
+def _events(rows):
+    """rows: (user, ts_ms, type, item, category)."""
+    u, t, e, i, c = zip(*rows)
+    table = pa.table({"user_id": pa.array(u, pa.int64()), "ts": pa.array(t, pa.int64()).cast(TS),
+                      "event_type": list(e), "item_id": pa.array(i, pa.int64()), "category_id": pa.array(c, pa.int64())})
+    return conform(table, EVENT)
+
+
+def test_hash_ids_deterministic_in_range_and_unseen_ids_work():
+    ids = np.array([0, 1, -5, 2**62, 5_000_000_123, 123456789012345], dtype=np.int64)
+    h = hash_ids(ids, None, "item_id", CFG)
+    assert h.shape == (6, CFG.n_hashes)
+    assert h.min() >= 1 and h.max() <= CFG.item_buckets - 1  # 0 stays the padding row
+    assert np.array_equal(h, hash_ids(ids, None, "item_id", CFG))  # deterministic
+    assert not np.array_equal(h[:, 0], h[:, 1])  # independent functions
+    assert not np.array_equal(h, hash_ids(ids, None, "category_id", CFG))  # salted per table
+    present = np.array([True, False, True, True, True, True])
+    assert (hash_ids(ids, present, "item_id", CFG)[1] == 0).all()
+    # never-seen ids embed without any vocabulary
+    model = UserEncoder(CFG).eval()
+    vec = model.item_vectors(hash_items(np.array([9_999_999_999_999, 42]), CFG))
+    assert vec.shape == (2, 16) and torch.isfinite(vec).all()
+
+
+def test_two_hash_functions_make_full_collisions_rare():
+    rng = np.random.default_rng(0)
+    ids = np.unique(rng.integers(0, 2**62, 20_000))
+    small = ModelConfig(item_buckets=2**10)
+    h = hash_ids(ids, None, "item_id", small)
+    single = len(ids) - len(np.unique(h[:, 0]))
+    pairs = len(ids) - len(np.unique(h[:, 0] * small.item_buckets + h[:, 1]))
+    assert single > 15_000  # one hash into 1k buckets: almost everything collides
+    assert pairs < 300  # both hashes: ~n^2 / (2 B^2) ~ 190 expected
+
+
+def test_time_buckets_are_atrank_log2():
+    gaps_s = np.array([-5, 0, 1, 2, 3, 7, 8, 3600, 10**12])
+    got = time_buckets(gaps_s * 1000, 24)
+    assert got.tolist() == [1, 1, 2, 2, 3, 4, 4, 12, 23]  # 1 + floor(log2(1 + s)), capped at 23
+    assert time_buckets(np.array([999]), 24).tolist() == [1]  # sub-second gaps share the first bucket
+
+
+def test_featurize_truncates_left_pads_and_maps_types():
+    rows = [(1, T0 + k * 1000, "click" if k % 2 else "view", 100 + k, 7 if k else None) for k in range(6)]
+    rows += [(2, T0, "teleport", 900, 1)]
+    seq = events_to_sequences(_events(rows))
+    as_of = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+    b = featurize(seq, CFG, as_of=as_of)
+    assert b.action.shape == (2, 4) and b.lengths.tolist() == [4, 1]
+    assert b.item_id[0].tolist() == [102, 103, 104, 105]  # the newest 4, oldest -> newest
+    assert b.item_id[1].tolist() == [-1, -1, -1, 900]  # left padding
+    assert b.valid.tolist() == [[True] * 4, [False, False, False, True]]
+    assert b.action[1, -1].item() == len(CFG.actions) + 1  # unknown type
+    assert b.action[0].tolist() == [CFG.actions.index(t) + 1 for t in ("view", "click", "view", "click")]
+    assert (b.attrs[1, :3] == 0).all() and (b.time_bucket[1, :3] == 0).all()
+    assert b.hour.tolist() == [5, 5] and b.weekday.tolist() == [3, 3]  # 05:00 on a Thursday
+    assert b.time_bucket[0, -1].item() == time_buckets(np.array([5 * 3600_000 - 5000]), 24)[0]
+    sel = b.select([1])
+    assert sel.action.shape == (1, 1) and sel.item_id.tolist() == [[900]]
+
+
+def test_featurize_null_attribute_is_bucket_zero():
+    seq = events_to_sequences(_events([(1, T0, "click", 5, None), (1, T0 + 1, "click", 6, 3)]))
+    b = featurize(seq, CFG)
+    assert (b.attrs[0, 0, 1] == 0).all() and (b.attrs[0, 1, 1] > 0).all()
+    assert (b.attrs[0, :, 2:] == 0).all()  # advertiser/campaign columns are null throughout
+
+
+def test_leave_last_out_and_chunks():
+    types = ["view", "click", "view", "click", "click", "view"]
+    rows = [(1, T0 + k, t, 10 + k, 1) for k, t in enumerate(types)] + [(2, T0, "click", 50, 1)]
+    seq = events_to_sequences(_events(rows))
+    split = leave_last_out(seq, ["click"], min_positives=3)
+    assert split.test_target.tolist() == [14] and split.valid_target.tolist() == [13]
+    assert split.test["item_id"].to_pylist() == [[10, 11, 12, 13]]
+    assert split.valid["item_id"].to_pylist() == [[10, 11, 12]]
+    assert split.train["item_id"].to_pylist() == [[10, 11, 12], [50]]  # user 2 trains only
+    assert split.test["as_of"].cast(pa.int64()).to_pylist() == [T0 + 3 + 1]  # just after its newest input
+    chunks = chunk_rows(seq, 4)
+    assert chunks["item_id"].to_pylist() == [[12, 13, 14, 15], [10, 11], [50]]
+    cat = item_catalogue(seq)
+    assert cat.ids.tolist() == [10, 11, 12, 13, 14, 15, 50]
+    assert cat.index(np.array([13, 99])).tolist() == [3, -1]
+
+
+def test_sasrec_file(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("1 5 6 7\n2 9 5\n\n3 4\n")
+    seq = read_sasrec(path)
+    assert seq["item_id"].to_pylist() == [[5, 6, 7], [9, 5], [4]]
+    assert seq.schema.metadata[b"soe.features"] == b"item_only"
+    (tmp_path / "bad.txt").write_text("1 a b\n")
+    with pytest.raises(ValueError, match="expected integers"):
+        read_sasrec(tmp_path / "bad.txt")
+
+
+def test_objective_targets():
+    pos = torch.tensor([[False, True, False, True, False]])
+    assert next_positive_targets(pos).tolist() == [[1, 3, 3, -1, -1]]
+    ts = torch.tensor([[0, 10, 20, 30, 40]])
+    seen = set()
+    for s in range(30):
+        tgt = future_window_targets(pos, ts, 25, torch.Generator().manual_seed(s))[0].tolist()
+        assert tgt[1:] == [3, 3, -1, -1]  # window 25: from t=1 only index 3 (ts 30 <= 35)
+        seen.add(tgt[0])
+    assert seen == {1}  # t=0, window (0, 25]: only index 1
+    wide = {future_window_targets(pos, ts, 100, torch.Generator().manual_seed(s))[0, 0].item() for s in range(40)}
+    assert wide == {1, 3}  # a random positive of the window, both drawn
+
+
+def test_sampled_softmax_and_logq():
+    torch.manual_seed(0)
+    user = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    item = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    ids = torch.tensor([3, 4, 3, 5, 6, 7])
+    item[2] = item[0]  # the same item has the same vector
+    log_q = torch.tensor([-1.0, -2.0, -1.0, -3.0, -2.5, -0.5])
+    got = sampled_softmax(user, item, ids, log_q, 0.1)
+    uniq = [0, 1, 3, 4, 5]  # first row of items 3, 4, 5, 6, 7
+    logits = user @ item[uniq].T / 0.1 - log_q[uniq]
+    want = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 2, 3, 4]))
+    assert torch.allclose(got, want, atol=1e-6)
+    # logQ from counts: log of the share among positives, unseen ids get the floor
+    lq = LogQ(np.array([3, 4, 5]), np.array([2, 1, 1]))
+    assert torch.allclose(lq(torch.tensor([3, 4, 99])), torch.log(torch.tensor([0.5, 0.25, 0.25])))
+    # the correction removes a pure popularity bias: scores = log q -> corrected logits are flat
+    counts = np.array([50, 20, 10, 5])
+    lq = LogQ(np.arange(4), counts)
+    ids = torch.arange(4)
+    q = lq(ids)
+    u = torch.ones(4, 1)
+    v = q[:, None]  # u . v / 1 = log q
+    flat = sampled_softmax(u, v, ids, q, 1.0)
+    assert torch.allclose(flat, torch.log(torch.tensor(4.0)), atol=1e-5)
+    assert sampled_softmax(u, v, ids, None, 1.0) > flat  # uncorrected: rare targets are penalised
