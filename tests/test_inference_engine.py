@@ -116,3 +116,19 @@ def test_model_flops_counts_only_real_tokens():
     assert one == layers * (24 * d * d + 2 * d * 2) + 2 * d * d
     assert model_flops(np.array([10, 10]), d, layers) == 2 * model_flops(np.array([10]), d, layers)
     assert model_flops(np.array([200]), d, layers) > 200 * (one - 2 * d * d)  # attention is superlinear
+
+
+def test_out_of_memory_splits_the_batch_and_lowers_the_budget(tiny, sequences, monkeypatch):
+    model, cfg = tiny
+    enc = engine(model, cfg, max_batch_tokens=100_000)
+    expected = enc.encode_table(sequences, AS_OF)
+    real = BatchEncoder.encode_batch
+
+    def small_memory(self, batch):
+        if len(batch) > 20:
+            raise torch.OutOfMemoryError("pretend the device is full")
+        return real(self, batch)
+
+    monkeypatch.setattr(BatchEncoder, "encode_batch", small_memory)
+    np.testing.assert_allclose(enc.encode_table(sequences, AS_OF), expected, atol=1e-5)
+    assert enc.max_batch_tokens < 100_000

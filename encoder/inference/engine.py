@@ -170,6 +170,26 @@ class BatchEncoder:
             vectors = self.forward(batch)  # (B, D)
         return torch.nn.functional.normalize(vectors.float(), dim=-1)
 
+    def encode_adaptive(self, batch) -> torch.Tensor:
+        """`encode_batch`, splitting the batch in halves (and lowering the token budget) when out of memory.
+
+        The budget from free memory is an estimate; allocator fragmentation or a neighbour process
+        can still exhaust a GPU. Halving costs a retry of one batch, and later batches are planned
+        with the lower budget, so a worker degrades instead of failing.
+        """
+        try:
+            return self.encode_batch(batch)
+        except torch.OutOfMemoryError:
+            if len(batch) <= 1:
+                raise
+            if self.choice.is_cuda:
+                torch.cuda.empty_cache()
+            self.max_batch_tokens = max(self.cfg.max_len, self.max_batch_tokens // 2)
+            log.warning("out of memory on a batch of %d users: splitting it, token budget now %d", len(batch), self.max_batch_tokens)
+            half = len(batch) // 2
+            first = self.encode_adaptive(batch.select(torch.arange(half)))
+            return torch.cat([first, self.encode_adaptive(batch.select(torch.arange(half, len(batch))))])
+
     @torch.inference_mode()
     def encode_windows(
         self, windows: Iterator[pa.Table], as_of: datetime, on_batch: Callable[[int], None] | None = None
@@ -179,7 +199,7 @@ class BatchEncoder:
         for kind, item in self._stream(windows, as_of):
             if kind == "batch":
                 rows, batch, batch_stats = item
-                done.append((torch.as_tensor(rows, device=self.device), self.encode_batch(batch)))  # (B,), (B, D)
+                done.append((torch.as_tensor(rows, device=self.device), self.encode_adaptive(batch)))  # (B,), (B, D)
                 stats.add(batch_stats)
                 if on_batch:
                     on_batch(batch_stats.users)
