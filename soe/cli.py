@@ -110,11 +110,12 @@ def _register_components() -> None:
     import encoder.cli
     import encoder.inference.cli
     import pipelines.cli
+    import pipelines.flows.cli
     import store.cli
     import store.graph.cli
     import store.service.cli
 
-    for module in (pipelines.cli, encoder.cli, encoder.inference.cli, store.cli, store.graph.cli, store.service.cli):
+    for module in (pipelines.cli, pipelines.flows.cli, encoder.cli, encoder.inference.cli, store.cli, store.graph.cli, store.service.cli):
         module.register(app)
 
 
