@@ -12,10 +12,12 @@ leaves a manifest (counts, as_of, model) in Redis: ``<ns>:manifests:<model>`` fi
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +57,50 @@ def _vectors(batch: pa.RecordBatch) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), d)  # (B, D)
 
 
+def read_batches(files: list[Path], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of embedding files, checked against the embedding contract."""
+    for f in files:
+        pf = pq.ParquetFile(f)
+        if pf.schema_arrow.get_field_index("vector") < 0:
+            raise ContractError(f"{f} has no 'vector' column: not an embedding file")
+        embedding_contract(pf.schema_arrow.field("vector").type.list_size).check_version(pf.schema_arrow)
+        yield from pf.iter_batches(batch_size=batch_size)
+
+
+def prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead (Parquet decoding releases the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def run():
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # a producer blocked on a full queue gives up within 0.1 s
+
+
 def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch, dtype: str, buckets: int) -> UpsertCounts:
     """Encode and upsert one record batch of the embedding contract."""
     models = set(batch.column("model_version").unique().to_pylist())
@@ -86,16 +132,11 @@ def publish_embeddings(settings, model_version: str, as_of, shard: int | None = 
     for d in shard_dirs(settings.layout(), model_version, as_of, shard):
         counts, n = UpsertCounts(), 0
         files = sorted(d.glob("*.parquet"))
-        for f in files:
-            pf = pq.ParquetFile(f)
-            if pf.schema_arrow.get_field_index("vector") < 0:
-                raise ContractError(f"{f} has no 'vector' column: not an embedding file")
-            embedding_contract(pf.schema_arrow.field("vector").type.list_size).check_version(pf.schema_arrow)
-            for batch in pf.iter_batches(batch_size=rs.publish_batch):
-                counts += publish_batch(store, model_version, batch, rs.dtype, rs.buckets)
-                n += batch.num_rows
-                if on_rows:
-                    on_rows(batch.num_rows)
+        for batch in prefetch(read_batches(files, rs.publish_batch)):  # the next batch is read meanwhile
+            counts += publish_batch(store, model_version, batch, rs.dtype, rs.buckets)
+            n += batch.num_rows
+            if on_rows:
+                on_rows(batch.num_rows)
         manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": d.name.split("=", 1)[1],
                     "rows": n, "files": len(files), **counts.as_dict(), "dtype": store_dtype(store, model_version, rs.dtype),
                     "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
@@ -28,6 +29,7 @@ from store.wire import hmget_many
 log = logging.getLogger("soe.store")
 
 MAX_PER_CALL = 1000  # users per Lua call (Lua's unpack() limit is ~8000 arguments)
+PIPELINE_CHUNK = 16  # Lua calls per pipeline round trip (~16k users); two round trips are in flight
 
 UPSERT_LUA = """
 -- KEYS: bucket hashes. ARGV[1] record length (one number) or one length per record;
@@ -165,6 +167,18 @@ def upsert_calls(user_ids: np.ndarray, buckets: int, by_tag: bool, max_users: in
     yield keys, counts, order[lo:]
 
 
+_POW10 = np.array([10**k for k in range(1, 19)], dtype=np.uint64)
+
+
+def joined_ids(ids: np.ndarray) -> tuple[str, list[int]]:
+    """("12 7 300", end offsets [2, 4, 8]): the ids in decimal, space separated, and where each ends."""
+    text = " ".join(map(str, ids.tolist()))
+    mag = np.abs(ids.astype(np.int64)).astype(np.uint64)  # |int64 min| wraps to itself as uint64: 19 digits
+    digits = 1 + np.searchsorted(_POW10, mag, side="right") + (ids < 0)  # exact, no float log10
+    ends = (np.cumsum(digits + 1) - 1).tolist()
+    return text, ends
+
+
 def newest_per_user(user_ids: np.ndarray, as_of: np.ndarray) -> np.ndarray:
     """Positions to keep when a batch holds a user twice: the newest as_of (the later row on a tie)."""
     o = np.lexsort((np.arange(len(user_ids)), as_of, user_ids))
@@ -193,21 +207,32 @@ class RedisVectorStore(VectorStore):
         return self._sha[src]
 
     def _run_calls(self, src: str, calls: list[tuple[list[str], tuple]]) -> list:
-        """EVALSHA the script once per (keys, args), pipelined; reload and retry once after NOSCRIPT."""
+        """EVALSHA the script once per (keys, args), pipelined; reload and retry once after NOSCRIPT.
+
+        Many calls go out as ``PIPELINE_CHUNK``-sized pipelines on two connections at once, so the
+        server always has the next chunk queued while the client reads replies of the previous one.
+        """
         import redis
 
         for attempt in range(2):
             sha = self._script(src)
-            pipe = self.r.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            chunks = [calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
             try:
-                return pipe.execute()
+                if len(chunks) == 1:
+                    return self._execute(sha, chunks[0])
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    return [reply for part in pool.map(lambda c: self._execute(sha, c), chunks) for reply in part]
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
                 self._sha.pop(src, None)  # a node restarted or was flushed: load again (the upsert is idempotent)
         raise AssertionError("unreachable")
+
+    def _execute(self, sha: str, calls: list[tuple[list[str], tuple]]) -> list:
+        pipe = self.r.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        return pipe.execute()
 
     # -- namespaces ---------------------------------------------------------------------------
     def ensure_model(self, model: str, dim: int, dtype: str, buckets: int) -> ModelMeta:
@@ -271,16 +296,25 @@ class RedisVectorStore(VectorStore):
             ids = ids[keep]
             values = values[keep] if isinstance(values, np.ndarray) else [values[i] for i in keep]
         meta = self._meta_or_raise(model)
-        id_text = [str(i) for i in ids.tolist()]
+        plan = list(upsert_calls(ids, meta.buckets, by_tag=self.cluster))
+        if not plan:
+            return counts
+        order = np.concatenate([pos for _, _, pos in plan])  # users in call order, key by key
+        text, ends = joined_ids(ids[order])  # one C-level join; ends[i] = end of id i in the text
+        bounds = np.cumsum([0] + [len(pos) for _, _, pos in plan]).tolist()
+        if fixed_len is not None:
+            buf = values[order].tobytes()  # values in call order: each call takes one slice
         calls = []
-        for keys_buckets, counts_k, pos in upsert_calls(ids, meta.buckets, by_tag=self.cluster):
+        for j, (keys_buckets, counts_k, pos) in enumerate(plan):
+            a, b = bounds[j], bounds[j + 1]
+            id_arg = text[(ends[a - 1] + 1 if a else 0):ends[b - 1]]
             if fixed_len is not None:
-                blob, lens = values[pos].tobytes(), str(fixed_len)  # rows of the batch, key by key
+                blob, lens = buf[a * fixed_len:b * fixed_len], str(fixed_len)
             else:
                 parts = [values[i] for i in pos]
                 blob, lens = b"".join(parts), " ".join(str(len(p)) for p in parts)
-            keys = [key_fn(model, b) for b in keys_buckets]
-            calls.append((keys, (lens, " ".join(map(str, counts_k)), " ".join(id_text[i] for i in pos), blob)))
+            keys = [key_fn(model, k) for k in keys_buckets]
+            calls.append((keys, (lens, " ".join(map(str, counts_k)), id_arg, blob)))
         for w, same, stale in self._run_calls(UPSERT_LUA, calls):
             counts.written += int(w)
             counts.unchanged += int(same)

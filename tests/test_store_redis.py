@@ -222,3 +222,28 @@ def test_fast_read_path_equals_redis_py_pipeline(redis_single):
     with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
         hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]), ("soe:none", ["1"])])
     assert store.get_raw("v", "m1", query) == fast  # ... leaves the pooled connection in sync
+
+
+def test_prefetch_keeps_order_and_raises_producer_errors():
+    from store.publish import prefetch
+
+    assert list(prefetch(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("bad file")
+
+    got = []
+    with pytest.raises(ValueError, match="bad file"):
+        for x in prefetch(broken()):
+            got.append(x)
+    assert got == [1]
+
+
+def test_joined_ids_offsets_are_exact_for_extreme_ids():
+    from store.redis_store import joined_ids
+
+    ids = np.array([0, 9, 10, 99, 100, -1, -10, 2**63 - 1, -(2**63), 999_999_999_999_999_999, 10**18])
+    text, ends = joined_ids(ids)
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    assert [text[a:b] for a, b in zip(starts, ends)] == [str(i) for i in ids.tolist()] and ends[-1] == len(text)
