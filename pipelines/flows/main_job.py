@@ -43,6 +43,7 @@ class DemoConfig:
     runs: int = 3  # consecutive hourly runs through `airflow dags test`
     start: str = "2026-01-01T00:00:00Z"  # first hour of the log
     epochs: int = 4  # training epochs of the small demo model
+    train_budget_s: float = 120.0  # stop training after this long (the machine may be busy)
     d_model: int = 64  # width of the demo model
     num_shards: int = 2  # K: active-user shards (mapped encode tasks) per hour
     airflow: bool = True  # False: run the hours with `soe refresh` logic in-process instead
@@ -57,6 +58,7 @@ def apply_demo(settings, demo: DemoConfig):
     """Demo-scale knobs on top of the loaded Settings (a copy; the caller's object is untouched)."""
     s = settings.model_copy(deep=True)
     s.train.epochs = demo.epochs
+    s.train.time_budget_s = demo.train_budget_s
     s.train.model = {"d_model": demo.d_model, "n_layers": 2, "n_heads": 2, **s.train.model}
     s.sequences.num_shards = demo.num_shards
     s.sequences.bootstrap_lookback_hours = max(s.sequences.bootstrap_lookback_hours, demo.bootstrap_hours)
