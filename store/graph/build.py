@@ -32,6 +32,7 @@ from soe.layout import HOUR, stamp, utc
 from store.graph.incremental import carry_over, repair_untouched, rescore, update_index
 from store.graph.index import IndexSpec, build_index, choose_device, choose_spec, num_gpus, on_device
 from store.graph.knn import sample_recall, search_neighbours
+from store.graph.tune import calibrate
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
 from store.graph.vectors import UserVectors, latest_vectors
 
@@ -55,11 +56,15 @@ def build_full(uv: UserVectors, cfg, on_batch=None) -> GraphResult:
     t0 = time.perf_counter()
     spec = choose_spec(len(uv), cfg)
     index = build_index(uv, spec, cfg)
+    tc = time.perf_counter()
+    spec, tried = calibrate(index, spec, uv, cfg.k, cfg.target_recall, cfg.calibration_sample, cfg.seed,
+                            cfg.max_nprobe)
     t1 = time.perf_counter()
     search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind))
     nbr, scores = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch)
     t2 = time.perf_counter()
-    stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": len(uv)}
+    stats = {"index_s": round(tc - t0, 3), "calibrate_s": round(t1 - tc, 3), "search_s": round(t2 - t1, 3),
+             "n_touched": len(uv), "calibration": tried}
     return GraphResult(uv, nbr, scores, index, spec, np.arange(len(uv)), stats)
 
 

@@ -13,7 +13,7 @@ class GraphSettings(Section):
     index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"  # auto = flat up to flat_max_users, else IVF
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
     ivf_nlist: int = 0  # IVF inverted lists; 0 = 4 * sqrt(N)
-    ivf_nprobe: int = 16  # IVF lists scanned per query (recall vs speed)
+    ivf_nprobe: int = 16  # IVF lists scanned per query when not calibrated (target_recall = 0)
     ivf_train_per_list: int = 40  # IVF k-means training sample = nlist * this (capped at N)
     hnsw_m: int = 32  # HNSW links per node
     hnsw_ef_construction: int = 80  # HNSW build beam width
@@ -22,6 +22,9 @@ class GraphSettings(Section):
     search_batch: int = 16_384  # queries per faiss search call
     seed: int = 0  # training sample / recall sample seed (reruns are identical)
     # -- quality and incremental refresh ------------------------------------------------------
+    target_recall: float = 0.95  # full builds calibrate nprobe / efSearch to reach this (0 = fixed values)
+    calibration_sample: int = 1_000  # users whose recall is measured per calibration step
+    max_nprobe: int = 256  # calibration ceiling (IVF nprobe / HNSW efSearch)
     recall_sample: int = 1_000  # users whose neighbours are checked against exact search per build
     min_recall: float = 0.93  # incremental build whose sampled recall@k falls below this -> full rebuild
     incremental: bool = True  # hourly builds update the previous graph when one exists

@@ -1,0 +1,47 @@
+"""Per-build calibration of the query-time knob (IVF ``nprobe``, HNSW ``efSearch``) to a recall target.
+
+How hard a kNN graph is depends on the data (cluster tightness, intrinsic dimension), which drifts
+with every model. Instead of a fixed ``nprobe``, each full build measures recall@k on a calibration
+sample of users against exact search for a ladder of settings (cheap: a few thousand queries against
+the millions of the graph) and keeps the smallest one that reaches ``graph.target_recall``. The
+build's reported recall is then measured on a *different* random sample, so it is not biased by
+the choice. ``target_recall = 0`` turns calibration off and uses the configured value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from store.graph.index import IndexSpec, set_search_params
+from store.graph.knn import exact_neighbours, recall_at_k, search_neighbours
+from store.graph.vectors import UserVectors
+
+LADDERS = {"ivf": ("nprobe", (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)),
+           "hnsw": ("ef_search", (32, 48, 64, 96, 128, 192, 256, 384, 512))}
+
+
+def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_sample: int, seed: int,
+              limit: int) -> tuple[IndexSpec, list[dict]]:
+    """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried); applied to ``index``."""
+    if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:
+        return spec, []
+    name, ladder = LADDERS[spec.kind]
+    cap = min(limit, spec.nlist) if spec.kind == "ivf" else limit
+    steps = [v for v in ladder if v <= cap] or [cap]
+    rng = np.random.default_rng(seed + 13)  # not the seed of the reported recall sample
+    rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
+    exact, _ = exact_neighbours(uv, rows, k)
+    tried = []
+    chosen = replace(spec, **{name: steps[-1]})
+    for value in steps:
+        candidate = replace(spec, **{name: value})
+        set_search_params(index, candidate)
+        recall = recall_at_k(search_neighbours(index, uv, rows, k)[0], exact)
+        tried.append({name: value, "recall": round(recall, 4)})
+        if recall >= target:
+            chosen = candidate
+            break
+    set_search_params(index, chosen)
+    return chosen, tried
