@@ -132,3 +132,23 @@ def test_out_of_memory_splits_the_batch_and_lowers_the_budget(tiny, sequences, m
     monkeypatch.setattr(BatchEncoder, "encode_batch", small_memory)
     np.testing.assert_allclose(enc.encode_table(sequences, AS_OF), expected, atol=1e-5)
     assert enc.max_batch_tokens < 100_000
+
+
+def test_newest_only_fast_path_equals_the_full_forward(tiny, sequences):
+    from encoder.features import featurize
+    from encoder.inference import fastpath
+
+    model, cfg = tiny
+    assert fastpath.supports(model)
+    batch = featurize(sequences, cfg, as_of=AS_OF)
+    with torch.inference_mode():
+        np.testing.assert_allclose(fastpath.forward_newest(model, batch).numpy(), model(batch).numpy(), atol=1e-5)
+    full = engine(model, cfg, newest_only=False)
+    assert not full.newest_only and engine(model, cfg).newest_only
+    np.testing.assert_allclose(full.encode_table(sequences, AS_OF), engine(model, cfg).encode_table(sequences, AS_OF), atol=1e-5)
+    assert model_flops(np.array([50]), 64, 2, newest_only=True) < 0.65 * model_flops(np.array([50]), 64, 2)
+    from dataclasses import replace
+
+    from encoder.model import UserEncoder
+
+    assert not fastpath.supports(UserEncoder(replace(cfg, pooling="attention")))  # falls back to model.forward

@@ -7,7 +7,8 @@ One worker (`encode_shard`) does, in bounded memory::
       -> featurize(rows)              hashed ids, action, time buckets; left-padded to the batch's
                                       longest user, pinned when on GPU             (encoder.features)
       -> model(batch)                 SDPA transformer under inference_mode (+ bf16/fp16 autocast on
-                                      GPU), non_blocking host->device copies      (BatchEncoder)
+                                      GPU), non_blocking host->device copies; the last block only at
+                                      the newest position (fastpath.py)            (BatchEncoder)
       -> ShardWriter                  float16 unit vectors, original row order, one row group per
                                       window, published atomically               (writer.py)
 
@@ -20,6 +21,7 @@ snapshot complete; a cluster runs `encode_shard` once per shard instead (one GPU
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -32,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from encoder.inference import fastpath
 from encoder.inference.batching import plan_batches
 from encoder.inference.device import (
     DeviceChoice,
@@ -88,12 +91,13 @@ class BatchEncoder:
         self.max_batch_tokens = batch_token_budget(
             settings.max_batch_tokens, self.device, per_token, settings.memory_fraction, min_tokens=cfg.max_len
         )
-        self.forward: Callable = model
+        self.newest_only = settings.newest_only and fastpath.supports(model)
+        self.forward: Callable = functools.partial(fastpath.forward_newest, model) if self.newest_only else model
         if settings.compile:
-            self.forward = torch.compile(model, dynamic=True)
+            self.forward = torch.compile(self.forward, dynamic=True)
         log.info(
-            "encoder on %s: autocast=%s threads=%d max_batch_tokens=%d compile=%s",
-            self.device, self.amp_dtype, self.threads, self.max_batch_tokens, settings.compile,
+            "encoder on %s: autocast=%s threads=%d max_batch_tokens=%d newest_only=%s compile=%s",
+            self.device, self.amp_dtype, self.threads, self.max_batch_tokens, self.newest_only, settings.compile,
         )
 
     @classmethod

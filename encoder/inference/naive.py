@@ -11,6 +11,8 @@ checks it) and the benchmark compares like with like.
 ``(8 + 4 r) d^2`` multiply-adds x2 per token for q/k/v, projection and the r-times-wide MLP, plus
 ``2 d L (L + 1)`` for causal attention (query i sees i + 1 keys: QK^T and AV, 2 d each), plus the
 ``2 d^2`` user head. Embedding lookups, norms and activations are memory-bound and not counted.
+With ``newest_only`` it counts what the engine's fast path needs (the last block at the newest
+position only), which is what ``achieved_gflops`` in bench.inference is measured against.
 """
 
 from __future__ import annotations
@@ -25,12 +27,20 @@ import torch.nn as nn
 from encoder.inference.batching import padded_fixed_batches
 
 
-def model_flops(lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int = 4) -> float:
-    """Useful FLOPs to encode users with these (non-padded) lengths."""
+def model_flops(lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int = 4, newest_only: bool = False) -> float:
+    """Useful FLOPs to encode users with these (non-padded) lengths.
+
+    ``newest_only``: the FLOPs the user vector actually needs (`encoder.inference.fastpath`): the
+    last block projects keys/values at every position (4 d^2 per token) and does the rest for the
+    newest position only (one query over L keys, projection, MLP).
+    """
     L = np.asarray(lengths, dtype=np.float64)
     d = float(d_model)
     per_layer = (8 + 4 * mlp_ratio) * d * d * L + 2 * d * L * (L + 1)  # (U,)
-    return float((n_layers * per_layer + 2 * d * d).sum())
+    if not newest_only:
+        return float((n_layers * per_layer + 2 * d * d).sum())
+    last = 4 * d * d * L + (4 + 4 * mlp_ratio) * d * d + 4 * d * L  # kv at every position; the newest's q, proj, MLP, attention
+    return float(((n_layers - 1) * per_layer + last + 2 * d * d).sum())
 
 
 class NaiveEncoder(nn.Module):

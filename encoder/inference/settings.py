@@ -14,6 +14,7 @@ class InferenceSettings(Section):
     prefetch_batches: int = 2  # featurised batches queued ahead of compute by the loader thread
     loader_thread: bool = True  # featurise in a background thread, overlapping the model's compute
     threads: int = 0  # CPU intra-op threads; 0 = the cores this process may run on
+    newest_only: bool = True  # last block computes only the newest position (pooling=last; see fastpath.py)
     compile: bool = False  # torch.compile the model (CPU and GPU); measured in bench.inference
     gpu_dtype: str = "auto"  # autocast dtype on GPU: "auto" (bf16 when supported, else fp16), "bf16", "fp16", "fp32"
     state_split: str = "auto"  # source=state: "hash" (user_id hash), "files" (file i::n), "auto" (files when enough)
