@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 
-# Connection and topology commands every client needs. CLIENT SETINFO exists from Redis 7.2 on:
-# `apply_acl` drops rules an older server does not know (OPTIONAL_RULES) instead of failing.
-OPTIONAL_RULES = {"+client|setinfo"}
-CLIENT_COMMANDS = ["+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+command",
+# Connection and topology commands every client needs. (redis-py's CLIENT SETINFO on connect is not
+# granted: it does not exist before Redis 7.2, and redis-py ignores its refusal.)
+CLIENT_COMMANDS = ["+ping", "+hello", "+auth", "+client|setname", "+command",
                    "+cluster|slots", "+cluster|shards", "+cluster|nodes", "+cluster|info", "+readonly"]
 
 
@@ -30,7 +29,7 @@ def reader_rules(namespace: str = "soe") -> list[str]:
 
 def writer_rules(namespace: str = "soe") -> list[str]:
     return ["resetkeys", "resetchannels", f"~{namespace}:*", "-@all", "+@read", "+@write", "-@dangerous",
-            "+evalsha", "+script|load", "+script|exists", *CLIENT_COMMANDS]
+            "-@scripting", "+evalsha", "+script|load", "+script|exists", *CLIENT_COMMANDS]
 
 
 def _secret(password) -> str:
@@ -70,11 +69,5 @@ def apply_acl(admin, users: dict[str, tuple[str, object]], namespace: str = "soe
         node = redis.Redis(host=host, port=port, username=admin.username, password=admin.secret(),
                            socket_timeout=admin.socket_timeout_s)
         for name, (role, password) in users.items():
-            rules = user_rules(role, password, namespace)
-            try:
-                node.execute_command("ACL", "SETUSER", name, *rules)
-            except redis.exceptions.ResponseError as exc:
-                if "Unknown command" not in str(exc):
-                    raise
-                node.execute_command("ACL", "SETUSER", name, *[r for r in rules if r not in OPTIONAL_RULES])
+            node.execute_command("ACL", "SETUSER", name, *user_rules(role, password, namespace))
     return [f"{h}:{p}" for h, p in nodes]

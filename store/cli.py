@@ -186,3 +186,28 @@ def redis_status(ctx: typer.Context) -> None:
     echo_json(st)
     if not st["running"]:
         raise typer.Exit(code=1)
+
+
+@redis_app.command("acl")
+@friendly_errors
+@redis_errors
+def redis_acl(
+    ctx: typer.Context,
+    writer: str = typer.Option("soe-writer", help="ACL user name of the pipeline (writer)."),
+    reader: str = typer.Option("soe-reader", help="ACL user name of the rankers (reader)."),
+    writer_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    reader_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    file: Optional[Path] = typer.Option(None, "--file", help="Write an aclfile (SHA-256 hashes) instead of applying."),
+) -> None:
+    """Create the writer and reader ACL users on every node (as the configured admin), or write an aclfile."""
+    from store.acl import acl_file, apply_acl
+
+    s = settings(ctx).redis
+    users = {writer: ("writer", writer_password), reader: ("reader", reader_password)}
+    if file is not None:
+        tmp = file.with_name(f".{file.name}.tmp")
+        tmp.write_text(acl_file(users, s.namespace))
+        tmp.replace(file)
+        echo_json({"aclfile": str(file), "users": [writer, reader]})
+        return
+    echo_json({"nodes": apply_acl(s, users, s.namespace), "users": [writer, reader]})

@@ -55,3 +55,19 @@ def test_redis_start_status_stop(settings):
     finally:
         assert run(env, "redis", "stop")["stopped"] == started["ports"]
     assert run(env, "redis", "status", code=1)["running"] is False
+
+
+def test_redis_acl_applies_users_and_writes_a_file_without_clear_passwords(settings, redis_single, tmp_path):
+    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_REDIS__PORT": str(redis_single.port)}
+    out = run(env, "redis", "acl", "--writer-password", "wpw-123", "--reader-password", "rpw-456")
+    assert out["users"] == ["soe-writer", "soe-reader"]
+    import pytest
+
+    from store.client import LookupClient
+
+    reader = redis_single.with_credentials("soe-reader", "rpw-456")
+    with pytest.raises(LookupError, match="no current model"):  # authenticated and allowed to read; no model yet
+        LookupClient(reader).get([1])
+    run(env, "redis", "acl", "--writer-password", "wpw-123", "--reader-password", "rpw-456", "--file", str(tmp_path / "u.acl"))
+    text = (tmp_path / "u.acl").read_text()
+    assert "user soe-reader on #" in text and "rpw-456" not in text and "wpw-123" not in text

@@ -105,3 +105,23 @@ def test_tls_settings_reach_the_connection(redis_single):
     pool = connect(s).connection_pool
     assert pool.connection_class.__name__ == "SSLConnection"
     assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ssl/ca.pem"
+
+
+def test_acl_file_loads_in_redis_server_and_writer_cannot_load_functions(tmp_path):
+    from store import local_server
+
+    acl = tmp_path / "users.acl"
+    acl.write_text(acl_file({"soe-writer": ("writer", WRITER_PW), "soe-reader": ("reader", READER_PW)}))
+    server = local_server.start_single(tmp_path / "r", extra_conf={"aclfile": str(acl)})
+    try:
+        writer = server.redis_settings().with_credentials("soe-writer", WRITER_PW)
+        fill(RedisVectorStore(writer), "m1", np.arange(10))
+        switch_current(RedisVectorStore(writer), "m1")
+        assert LookupClient(server.redis_settings().with_credentials("soe-reader", READER_PW)).get([3])[1].all()
+        w = connect(writer)
+        for cmd in [("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() return 1 end)"),
+                    ("FUNCTION", "FLUSH"), ("EVAL", "return 1", "0"), ("FCALL", "f", "0")]:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                w.execute_command(*cmd)
+    finally:
+        local_server.stop(tmp_path / "r")
