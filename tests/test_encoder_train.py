@@ -1,0 +1,142 @@
+"""Training end to end on small real data: resume after a crash, artifacts, metrics, CLI, promotion gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from encoder.artifact import list_models, load_model, model_version, save_model
+from encoder.data import events_to_sequences, item_catalogue, leave_last_out
+from encoder.evaluate import compare, evaluate_model
+from encoder.metrics import ranking_metrics, random_purity, purity
+from encoder.model import ModelConfig
+from encoder.train import fit, train_model
+from soe.datasets.synthetic import SyntheticConfig, generate
+
+torch.set_num_threads(1)  # shared test machine
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "max_len": 30, "item_buckets": 2**10, "attr_buckets": 2**8}
+POS = ["click", "conversion", "view"]
+
+
+@pytest.fixture(scope="module")
+def log():
+    return generate(SyntheticConfig(n_users=150, n_items=300, n_clusters=3, hours=12, base_events_per_user=40))
+
+
+def _settings(settings, **train):
+    train = {"epochs": 2, "batch_size": 32, "model": TINY, "positive_event_types": POS, "eval_users": 100, "threads": 1, **train}
+    return settings.model_copy(update={"train": settings.train.model_copy(update=train)})
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_checkpoint_resume_gives_the_same_model(settings, log, tmp_path):
+    s = _settings(settings, epochs=3, patience=10)
+    seq = events_to_sequences(log.events)
+    split = leave_last_out(seq, POS)
+    cat = item_catalogue(seq)
+    cfg = ModelConfig(**TINY)
+    straight = fit(cfg, s.train, split, cat, POS, tmp_path / "a" / "ckpt.pt", show_progress=False)
+
+    def crash(epoch, _):
+        if epoch == 1:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        fit(cfg, s.train, split, cat, POS, tmp_path / "b" / "ckpt.pt", show_progress=False, on_epoch_end=crash)
+    resumed = fit(cfg, s.train, split, cat, POS, tmp_path / "b" / "ckpt.pt", show_progress=False)
+    assert resumed.resumed_from_epoch == 1 and straight.resumed_from_epoch == -1
+    assert resumed.steps == straight.steps
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_train_model_publishes_an_evaluated_artifact(settings, log):
+    s = _settings(settings)
+    version = train_model(s, log.events, show_progress=False)
+    assert version == train_model(s, log.events, show_progress=False)  # same config + window -> same version
+    model, cfg, meta = load_model(s.layout(), version)
+    m = meta["metrics"]
+    for key in ("ndcg@10", "hr@50", "pop_ndcg@10", "bag_ndcg@10", "train_s", "best_valid_ndcg10"):
+        assert key in m
+    assert 0.0 <= m["ndcg@10"] <= 1.0 and m["test_users"] > 50
+    path = s.layout().model(version)
+    for name in ("config.json", "hashing.json", "weights.pt", "metrics.json", "MODEL_CARD.md", "_SUCCESS"):
+        assert (path / name).is_file(), name
+    assert json.loads((path / "hashing.json").read_text())["n_hashes"] == cfg.n_hashes
+    assert "Training window" in (path / "MODEL_CARD.md").read_text()
+    assert [x["version"] for x in list_models(s.layout())] == [version]
+    seq = events_to_sequences(log.events)
+    full = evaluate_model(s, version, seq, truth=log.users, save=True)
+    assert full["ndcg@10"] == pytest.approx(m["ndcg@10"], abs=1e-6)  # same split, same code
+    assert 0 <= full["purity20"] <= 1 and full["random_purity20"] < 0.6
+    assert "staleness_loss_pct" in full and full["staleness_targets"] > 0
+    assert "purity20" in load_model(s.layout(), version)[2]["metrics"]
+    with pytest.raises(FileNotFoundError, match="not published"):
+        load_model(s.layout(), "v-doesnotexist")
+
+
+def test_version_id_depends_on_config_and_window():
+    a = model_version(ModelConfig(**TINY), {"start": "x"})
+    assert a == model_version(ModelConfig(**TINY), {"start": "x"})
+    assert a != model_version(ModelConfig(**{**TINY, "d_model": 32}), {"start": "x"})
+    assert a != model_version(ModelConfig(**TINY), {"start": "y"})
+
+
+def test_ranking_metrics_by_hand():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    relevant = (np.array([0, 1, 3]), np.array([2, 0, 1]))  # user 0: item 2; user 1: items 0, 1
+    exclude = (np.array([0, 1, 1]), np.array([0]))  # user 0 saw item 0
+    m = ranking_metrics(lambda lo, hi: scores[lo:hi], relevant, exclude, 4, ks=(1, 2))
+    # user 0: item 0 excluded -> ranking 1, 2, 3: target at rank 2; user 1: ranking 3, 2, 1, 0: targets at 3, 4
+    assert m["hr@1"] == 0.0 and m["hr@2"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.0)
+    assert m["ndcg@2"] == pytest.approx(0.5 * (1 / np.log2(3)) + 0.0)
+    labels = np.array([0, 0, 1, 1])
+    vecs = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]]), dim=-1)
+    assert purity(vecs, labels, k=1) == 1.0
+    assert 0.2 < random_purity(np.repeat(np.arange(3), 200), k=20) < 0.46
+
+
+def test_compare_gate():
+    assert compare({"ndcg@10": 0.06}, {"ndcg@10": 0.05})[0]
+    assert not compare({"ndcg@10": 0.05}, {"ndcg@10": 0.05})[0]
+    assert not compare({"ndcg@10": 0.051}, {"ndcg@10": 0.05}, {"min_gain": 0.05})[0]
+    assert compare({"ndcg@10": 0.01}, None)[0]
+    ok, reason = compare({}, {"ndcg@10": 0.05})
+    assert not ok and "no ndcg@10" in reason
+
+
+def test_cli_train_eval_list_on_a_sasrec_file(settings, tmp_path, monkeypatch):
+    from soe.cli import app
+
+    rng = np.random.default_rng(0)
+    lines = [" ".join(map(str, [u, *rng.integers(1, 40, 12)])) for u in range(1, 60)]
+    path = tmp_path / "seq.txt"
+    path.write_text("\n".join(lines) + "\n")
+    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_TRAIN__EPOCHS": "1", "SOE_TRAIN__THREADS": "1",
+           "SOE_TRAIN__MODEL": json.dumps(TINY)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    runner = CliRunner()
+    out = runner.invoke(app, ["train", "--sasrec-file", str(path)])
+    assert out.exit_code == 0, out.output
+    trained = json.loads(out.stdout.strip().splitlines()[-1])
+    _, cfg, _ = load_model(settings.layout(), trained["version"])
+    assert not cfg.use_time and not cfg.use_action  # no timestamps / event types in the file
+    out = runner.invoke(app, ["eval", "--sasrec-file", str(path)])
+    assert out.exit_code == 0, out.output
+    evaluated = json.loads(out.stdout.strip().splitlines()[-1])
+    assert evaluated["version"] == trained["version"] and "ndcg@10" in evaluated and "staleness_loss_pct" not in evaluated
+    listed = json.loads(runner.invoke(app, ["models", "list"]).stdout)
+    assert listed[0]["version"] == trained["version"]
+    bad = runner.invoke(app, ["train", "--sasrec-file", str(tmp_path / "missing.txt")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
+    none = runner.invoke(app, ["train"])
+    assert none.exit_code == 2 and "exactly one data source" in none.output
