@@ -3,8 +3,8 @@
 * **writer** (publish, graph, forget, pointer, cleanup): read and write commands on ``<ns>:*`` keys
   only, scripts by EVALSHA/SCRIPT LOAD (the conditional upsert), nothing dangerous (no FLUSHALL,
   CONFIG, KEYS, DEBUG, SHUTDOWN, ACL ...).
-* **reader** (store.client): HGET/HMGET/HGETALL on the keys a lookup needs (vectors, neighbour lists,
-  namespace metadata, the pointer), read-only (``%R~``); no writes, deletes or scripts.
+* **reader** (store.client, the service): HGET/HMGET/HGETALL on the keys a lookup needs (vectors,
+  neighbour lists, recent positives, namespace metadata, the pointer), read-only (``%R~``); no writes, deletes or scripts.
 
 Both may run the connection and cluster-topology commands a client needs (HELLO, PING, COMMAND,
 CLUSTER SLOTS/SHARDS/NODES, READONLY). `apply_acl` installs the users on every node (ACLs are per
@@ -23,7 +23,7 @@ CLIENT_COMMANDS = ["+ping", "+hello", "+auth", "+client|setname", "+command",
 
 
 def reader_rules(namespace: str = "soe") -> list[str]:
-    keys = [f"%R~{namespace}:{p}" for p in ("v:*", "n:*", "meta:*", "pointer")]
+    keys = [f"%R~{namespace}:{p}" for p in ("v:*", "n:*", "p:*", "meta:*", "pointer")]
     return ["resetkeys", "resetchannels", *keys, "-@all", "+hget", "+hmget", "+hgetall", *CLIENT_COMMANDS]
 
 

@@ -1,7 +1,9 @@
-"""Forget users: remove their vectors from every model namespace and their neighbour lists.
+"""Forget users: remove their vectors from every model namespace, their neighbour lists and their
+recent positives.
 
 `forget_users` reads the namespaces from ``<ns>:models`` and deletes the users' fields from the
-vector hash and the neighbour-list hash of each (one HDEL per bucket, pipelined). Each removal is
+vector hash and the neighbour-list hash of each, and from the model-independent recent-positives
+hashes (one HDEL per bucket, pipelined). Each removal is
 logged with a count per namespace; ids are not logged. Forgetting is idempotent.
 
 Out of scope here: the Parquet sources (events, sequences, embeddings) are the pipelines' to purge,
@@ -50,5 +52,6 @@ def forget_users(settings, user_ids, *, store=None) -> dict:
     removed = store.delete_users(ids)
     for name, count in sorted(removed.items()):
         kind, model = name.split(":", 1)
-        log.info("forget: removed %d %s of model %s", count, "vectors" if kind == "v" else "neighbour lists", model)
+        what = {"v": "vectors", "n": "neighbour lists", "p": "recent-positive lists"}[kind]
+        log.info("forget: removed %d %s of %s", count, what, "the graph" if kind == "p" else f"model {model}")
     return {"users": int(len(ids)), "removed": removed, "total": int(sum(removed.values()))}

@@ -8,6 +8,7 @@ listpack-encoded in Redis, which costs ~20 bytes per user instead of ~90 for a k
 
     <ns>:v:<model>:{<tag>}<bucket>   hash  user_id -> vector value   (tag = bucket mod 1024)
     <ns>:n:<model>:{<tag>}<bucket>   hash  user_id -> neighbour list value
+    <ns>:p:{<tag>}<bucket>           hash  user_id -> recent positive items (model independent)
     <ns>:meta:<model>             hash  dim, dtype, buckets, format, created_at, last_as_of, ...
     <ns>:models                   set   every model namespace ever published (for forget/cleanup)
     <ns>:manifests:<model>        hash  "<as_of>/<shard>" -> JSON counts of one publish
@@ -74,6 +75,11 @@ class Keys:
     def neighbours(self, model: str, bucket: int) -> str:
         b = int(bucket)
         return f"{self.ns}:n:{model}:{{{b % SLOT_TAGS}}}{b}"
+
+    def positives(self, bucket: int) -> str:
+        """A user's recent positive items (model independent; written by the graph, `redis.buckets` buckets)."""
+        b = int(bucket)
+        return f"{self.ns}:p:{{{b % SLOT_TAGS}}}{b}"
 
     def meta(self, model: str) -> str:
         return f"{self.ns}:meta:{model}"

@@ -373,16 +373,17 @@ class RedisVectorStore(VectorStore):
     # -- forget -------------------------------------------------------------------------------
     def delete_users(self, user_ids) -> dict[str, int]:
         ids = _as_ids(user_ids)
-        out: dict[str, int] = {}
+        targets = [("p", "positives", self.settings.buckets, lambda _m, b: self.keys.positives(b))]
         for model in self.models():
             meta = self.model_meta(model)
-            if meta is None:
-                continue
-            for kind, key_fn in (("v", self.keys.vectors), ("n", self.keys.neighbours)):
-                pipe = self.r.pipeline(transaction=False)
-                for bucket, pos in bucket_groups(ids, meta.buckets):
-                    pipe.hdel(key_fn(model, bucket), *[str(i) for i in ids[pos].tolist()])
-                out[f"{kind}:{model}"] = sum(int(x) for x in pipe.execute()) if len(ids) else 0
+            if meta is not None:
+                targets += [("v", model, meta.buckets, self.keys.vectors), ("n", model, meta.buckets, self.keys.neighbours)]
+        out: dict[str, int] = {}
+        for kind, model, buckets, key_fn in targets:
+            pipe = self.r.pipeline(transaction=False)
+            for bucket, pos in bucket_groups(ids, buckets):
+                pipe.hdel(key_fn(model, bucket), *[str(i) for i in ids[pos].tolist()])
+            out[f"{kind}:{model}"] = sum(int(x) for x in pipe.execute()) if len(ids) else 0
         return out
 
     # -- pointer and manifests ----------------------------------------------------------------

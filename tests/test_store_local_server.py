@@ -52,3 +52,11 @@ def test_given_port_in_use_is_a_clear_error(tmp_path, redis_single):
         raise AssertionError("expected a clear error for a busy port")
     except ValueError as exc:
         assert str(redis_single.port) in str(exc)
+
+
+def test_deploy_memory_conf_matches_the_local_servers():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "deploy" / "redis" / "soe-memory.conf"
+    lines = [ln.split() for ln in conf.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert {k: v for k, v in lines} == local_server.MEMORY_CONF

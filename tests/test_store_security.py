@@ -12,6 +12,7 @@ from store import format as fmt
 from store.acl import acl_file, apply_acl
 from store.client import LookupClient
 from store.forget import forget_users, read_user_ids
+from store.keys import bucket_of
 from store.models import switch_current
 from store.redis_store import RedisVectorStore, connect
 
@@ -33,14 +34,18 @@ def test_forget_removes_vectors_in_every_namespace_and_neighbour_lists(redis_any
     ids = np.arange(100, 400)
     fill(store, "m1", ids)
     fill(store, "m2", ids[:200], neighbours=False)
+    b = int(bucket_of(150, redis_any.buckets)[0])
+    store.r.hset(store.keys.positives(b), "150", fmt.encode_neighbours([7], [1.0], 1, "positives"))
     users = tmp_path / "users.txt"
     users.write_text("# users who asked to be forgotten\n105\n150\n\n399  # last\n123456789\n")
     forgotten = read_user_ids(users)
     assert forgotten.tolist() == [105, 150, 399, 123456789]
     with caplog.at_level(logging.INFO, logger="soe.store.forget"):
         out = forget_users(redis_any, forgotten)
-    assert out["removed"] == {"v:m1": 3, "n:m1": 3, "v:m2": 2, "n:m2": 0} and out["total"] == 8
+    assert out["removed"] == {"v:m1": 3, "n:m1": 3, "v:m2": 2, "n:m2": 0, "p:positives": 1} and out["total"] == 9
     assert "removed 3 vectors of model m1" in caplog.text and "removed 2 vectors of model m2" in caplog.text
+    assert "removed 1 recent-positive lists of the graph" in caplog.text
+    assert store.r.hget(store.keys.positives(int(bucket_of(150, redis_any.buckets)[0])), "150") is None
     for model in ("m1", "m2"):
         got = store.get_vectors(model, [105, 150, 399, 106])
         assert got.found.tolist() == [False, False, False, True]
