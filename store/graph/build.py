@@ -46,6 +46,7 @@ class GraphResult:
     uv: UserVectors
     nbr_ids: np.ndarray  # (N, k) int64, -1 padded
     nbr_scores: np.ndarray  # (N, k) float32
+    next_scores: np.ndarray  # (N,) float32 (k+1)-th score of each list
     index: object  # CPU faiss index
     spec: IndexSpec
     changed_rows: np.ndarray  # rows whose lists changed (all rows on a full build)
@@ -61,11 +62,12 @@ def build_full(uv: UserVectors, cfg, on_batch=None) -> GraphResult:
                             cfg.max_nprobe)
     t1 = time.perf_counter()
     search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind))
-    nbr, scores = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch)
+    nbr, scores, nxt = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch,
+                                         with_next=True)
     t2 = time.perf_counter()
     stats = {"index_s": round(tc - t0, 3), "calibrate_s": round(t1 - tc, 3), "search_s": round(t2 - t1, 3),
              "n_touched": len(uv), "calibration": tried}
-    return GraphResult(uv, nbr, scores, index, spec, np.arange(len(uv)), stats)
+    return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
 
 
 def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg) -> GraphResult:
@@ -75,23 +77,25 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg) -> GraphResult
     index = prev.index()
     update_index(index, old, new)
     old_nbr, old_scores = prev.neighbours()
-    nbr, scores = carry_over(old.ids, old_nbr, old_scores, uv)
+    nbr, scores, nxt = carry_over(old.ids, old_nbr, old_scores, uv, prev.next_scores())
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
     search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind))
-    nbr[touched], scores[touched] = search_neighbours(search_index, uv, touched, cfg.k, cfg.search_batch)
+    nbr[touched], scores[touched], nxt[touched] = search_neighbours(search_index, uv, touched, cfg.k,
+                                                                    cfg.search_batch, with_next=True)
     dropped = np.zeros(0, np.int64)
-    if cfg.research_dropped:  # rows whose neighbour moved away: search them again
-        dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids), touched)
-        nbr[dropped], scores[dropped] = search_neighbours(search_index, uv, dropped, cfg.k, cfg.search_batch)
-    repaired = repair_untouched(uv, nbr, scores, touched, fixed=np.union1d(touched, dropped))
+    if cfg.research_dropped:  # rows a moved neighbour fell out of: search them again
+        dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids, nxt), touched)
+        nbr[dropped], scores[dropped], nxt[dropped] = search_neighbours(search_index, uv, dropped, cfg.k,
+                                                                        cfg.search_batch, with_next=True)
+    repaired = repair_untouched(uv, nbr, scores, touched, nxt, fixed=np.union1d(touched, dropped))
     t2 = time.perf_counter()
     changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
     changed = np.union1d(changed, touched)
     stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": int(len(touched)),
              "n_new_users": int(len(uv) - len(old)), "n_researched": int(len(dropped)),
              "n_repaired": int(repaired)}
-    return GraphResult(uv, nbr, scores, index, prev.spec, changed, stats)
+    return GraphResult(uv, nbr, scores, nxt, index, prev.spec, changed, stats)
 
 
 def full_reason(cfg, incremental: bool, prev: GraphSnapshot | None, as_of: datetime) -> str | None:
@@ -149,7 +153,8 @@ def build_graph(settings, model_version: str, as_of: datetime | str, *, incremen
         "contract": {"neighbours": NEIGHBOURS.version},
     }
     with publish_dir(layout.graph(model_version, as_of), manifest) as tmp:
-        write_snapshot(tmp, result.uv, result.nbr_ids, result.nbr_scores, result.index, model_version, as_of)
+        write_snapshot(tmp, result.uv, result.nbr_ids, result.nbr_scores, result.next_scores, result.index,
+                       model_version, as_of)
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
     if cfg.publish_redis if publish_redis is None else publish_redis:
         from store.graph.redis_io import write_neighbour_lists

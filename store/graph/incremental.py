@@ -11,11 +11,14 @@ N users; the incremental path touches only what changed:
 2. The touched users' neighbours are searched again (exactly what a full build would compute for them
    on the same index).
 3. The other users' lists are kept, with two repairs. `rescore`: entries that point at a touched user
-   get its new similarity; a row where such a neighbour moved *away* may now miss a better user, so
-   it is searched again (``graph.research_dropped``). `repair_untouched`: each touched user is inserted
-   into the lists of its new neighbours when it beats their current k-th score (inner product is
-   symmetric), and re-scored rows are re-sorted. What can remain stale: a touched user that moved
-   *closer* to v without v being among its own k nearest. Every build measures recall@k of the stored lists on a random sample against exact search,
+   get its new similarity. Every list stores its (k+1)-th score, the bar any user outside it had to
+   beat; a row whose moved neighbour now falls below that bar may miss a better user, so it is
+   searched again (``graph.research_dropped``), while a row whose moved neighbours stay above it is
+   still exact. `repair_untouched`: each touched user is inserted into the lists of its new neighbours
+   when it beats their current k-th score (inner product is symmetric), the evicted entry raising the
+   row's bar, and re-scored rows are re-sorted. What can remain stale: a touched user that moved
+   *closer* to v without v being among its own k nearest.
+   Every build measures recall@k of the stored lists on a random sample against exact search,
    and a drop below ``graph.min_recall`` triggers the full rebuild at once.
 """
 
@@ -39,38 +42,45 @@ def update_index(index, old: UserVectors, new: UserVectors) -> None:
     index.add_with_ids(new.vectors, new.ids)
 
 
-def carry_over(old_ids: np.ndarray, old_nbr: np.ndarray, old_scores: np.ndarray,
-               uv: UserVectors) -> tuple[np.ndarray, np.ndarray]:
-    """Previous neighbour rows re-aligned to the merged user set (new users get empty rows)."""
+def carry_over(old_ids: np.ndarray, old_nbr: np.ndarray, old_scores: np.ndarray, uv: UserVectors,
+               old_next: np.ndarray | None = None):
+    """Previous neighbour rows re-aligned to the merged user set (new users get empty rows).
+
+    With ``old_next`` also returns the re-aligned (k+1)-th scores (+inf for new users)."""
     k = old_nbr.shape[1]
     nbr = np.full((len(uv), k), PAD, dtype=np.int64)
     scores = np.full((len(uv), k), -np.inf, dtype=np.float32)
     rows = uv.positions(old_ids)
     nbr[rows], scores[rows] = old_nbr, old_scores
-    return nbr, scores
+    if old_next is None:
+        return nbr, scores
+    nxt = np.full(len(uv), np.inf, dtype=np.float32)
+    nxt[rows] = old_next
+    return nbr, scores, nxt
 
 
 def rescore(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, fixed: np.ndarray,
-            moved_ids: np.ndarray) -> np.ndarray:
+            moved_ids: np.ndarray, next_scores: np.ndarray) -> np.ndarray:
     """Re-score entries of rows not in ``fixed`` that point at a moved user; returns the rows that
-    *lost* similarity (a neighbour moved away: a better user may now be missing from their list)."""
+    must be searched again: a moved neighbour fell below the row's (k+1)-th score, so a user outside
+    the list may now belong in it. Rows whose moved neighbours stay above that bar remain exact."""
     n = len(nbr)
     is_fixed = np.zeros(n, bool)
     is_fixed[fixed] = True
     hit = np.isin(nbr, moved_ids) & ~is_fixed[:, None]  # (N, k)
     r, c = np.nonzero(hit)
     new = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
-    dropped = np.unique(r[new < scores[r, c] - 1e-6])
     scores[r, c] = new
-    return dropped
+    return np.unique(r[new < next_scores[r]])
 
 
 def repair_untouched(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, touched: np.ndarray,
-                     fixed: np.ndarray | None = None) -> int:
+                     next_scores: np.ndarray, fixed: np.ndarray | None = None) -> int:
     """Re-score entries pointing at touched users and insert touched users where they now belong.
 
-    ``nbr``/``scores`` (N, k) are modified in place; rows in ``fixed`` (default ``touched``: already
-    recomputed) are left alone. Returns the number of rows changed.
+    ``nbr``/``scores`` (N, k) and ``next_scores`` (N,) are modified in place (an evicted entry raises
+    its row's bar); rows in ``fixed`` (default ``touched``: already recomputed) are left alone.
+    Returns the number of rows changed.
     """
     n, k = nbr.shape
     fixed = touched if fixed is None else fixed
@@ -78,8 +88,10 @@ def repair_untouched(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, touch
     is_fixed[fixed] = True
     touched_ids = uv.ids[touched]
     # 1. re-score: entries of the other rows whose neighbour got a new vector
-    hit_rows = np.unique(np.nonzero(np.isin(nbr, touched_ids) & ~is_fixed[:, None])[0])
-    rescore(uv, nbr, scores, fixed, touched_ids)
+    hit = np.isin(nbr, touched_ids) & ~is_fixed[:, None]  # (N, k) entries re-scored by `rescore`
+    hit_rows = np.unique(np.nonzero(hit)[0])
+    r, c = np.nonzero(hit)
+    scores[r, c] = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
     # 2. reverse insertion candidates: (v <- u) for each touched u and each of its new neighbours v
     cand_rows = uv.positions(nbr[touched].ravel())  # (T*k,)
     cand_ids = np.repeat(touched_ids, k)
@@ -108,6 +120,8 @@ def repair_untouched(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, touch
     starts = np.searchsorted(all_rows, all_rows, side="left")
     rank = np.arange(len(all_rows)) - starts
     top = rank < k
+    evicted = ~top
+    np.maximum.at(next_scores, all_rows[evicted], all_scores[evicted])
     nbr[rows], scores[rows] = PAD, -np.inf
     nbr[all_rows[top], rank[top]] = all_ids[top]
     scores[all_rows[top], rank[top]] = all_scores[top]

@@ -38,17 +38,24 @@ def drop_self(query_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int
 
 
 def search_neighbours(index, uv: UserVectors, rows: np.ndarray, k: int, batch: int = 16_384,
-                      on_batch=None) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbours of the users at ``rows`` of ``uv`` by batched search of ``index`` (ids = user ids)."""
+                      on_batch=None, with_next: bool = False):
+    """Neighbours of the users at ``rows`` of ``uv`` by batched search of ``index`` (ids = user ids).
+
+    Returns (ids (n, k), scores (n, k)); with ``with_next`` also the (k+1)-th score (n,), the bar a
+    user outside the list must beat (the incremental build uses it to know which lists stay exact).
+    """
     rows = np.asarray(rows, dtype=np.int64)
-    out_ids = np.full((len(rows), k), PAD, dtype=np.int64)
-    out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    kk = k + 1 if with_next else k
+    out_ids = np.full((len(rows), kk), PAD, dtype=np.int64)
+    out_scores = np.full((len(rows), kk), -np.inf, dtype=np.float32)
     for lo in range(0, len(rows), batch):
         r = rows[lo:lo + batch]
-        scores, ids = index.search(uv.vectors[r], k + 1)  # (b, k+1)
-        out_ids[lo:lo + len(r)], out_scores[lo:lo + len(r)] = drop_self(uv.ids[r], ids, scores, k)
+        scores, ids = index.search(uv.vectors[r], kk + 1)  # (b, kk+1)
+        out_ids[lo:lo + len(r)], out_scores[lo:lo + len(r)] = drop_self(uv.ids[r], ids, scores, kk)
         if on_batch is not None:
             on_batch(len(r))
+    if with_next:
+        return out_ids[:, :k], out_scores[:, :k], out_scores[:, k].copy()
     return out_ids, out_scores
 
 

@@ -42,7 +42,8 @@ def seed_centroids(seeds: np.ndarray, n_centroids: int, seed: int = 0) -> np.nda
     c = max(1, min(n_centroids, len(seeds) // 4 or 1))
     if c == 1:
         return normalise(seeds.mean(axis=0, keepdims=True))
-    km = faiss.Kmeans(seeds.shape[1], c, niter=20, spherical=True, seed=seed + 1, verbose=False)
+    km = faiss.Kmeans(seeds.shape[1], c, niter=20, spherical=True, seed=seed + 1, verbose=False,
+                      min_points_per_centroid=1)
     km.train(np.ascontiguousarray(seeds, np.float32))
     return normalise(km.centroids)
 

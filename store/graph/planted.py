@@ -2,7 +2,8 @@
 
 Used by the tests and `bench.graph` in place of real encoder output (stated in docs/graph.md):
 
-* vectors: ``n_clusters`` random unit centroids in ``dim`` dims; a user is its cluster's centroid
+* vectors: ``n_clusters`` unit centroids in ``dim`` dims, in families of ``family_size`` siblings
+  (centroid = family direction + ``sibling_spread`` x a random direction); a user is its cluster's centroid
   plus a point of a per-cluster random ``rank``-dimensional subspace (scale ``spread``) plus isotropic
   noise (``noise`` per dim), L2-normalised. Real embeddings have a low intrinsic dimension; pure
   isotropic noise in 64 dims would make every neighbour nearly equidistant.
@@ -33,6 +34,8 @@ class PlantedConfig:
     n_users: int = 10_000  # users
     dim: int = 64  # vector dim
     n_clusters: int = 50  # planted clusters
+    family_size: int = 10  # clusters are grouped in families of this many siblings
+    sibling_spread: float = 1.0  # cluster centroid = family centroid + this x random direction (small = similar siblings)
     rank: int = 8  # intrinsic dim of the variation inside a cluster
     spread: float = 0.6  # scale of the in-cluster variation
     noise: float = 0.04  # isotropic noise per dim
@@ -53,7 +56,11 @@ class Planted:
 
 def planted_vectors(cfg: PlantedConfig) -> Planted:
     rng = np.random.default_rng(cfg.seed)
-    c = rng.standard_normal((cfg.n_clusters, cfg.dim)).astype(np.float32)
+    n_fam = -(-cfg.n_clusters // cfg.family_size)
+    fam = rng.standard_normal((n_fam, cfg.dim)).astype(np.float32)
+    fam /= np.linalg.norm(fam, axis=1, keepdims=True)
+    r = rng.standard_normal((cfg.n_clusters, cfg.dim)).astype(np.float32)
+    c = fam[np.arange(cfg.n_clusters) // cfg.family_size] + cfg.sibling_spread * r / np.linalg.norm(r, axis=1, keepdims=True)
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     basis = rng.standard_normal((cfg.n_clusters, cfg.rank, cfg.dim)).astype(np.float32) / np.sqrt(cfg.dim)
     cluster = rng.integers(0, cfg.n_clusters, cfg.n_users)

@@ -6,6 +6,7 @@
     ids.npy              (N,) int64 user ids, sorted: the users the graph covers
     vectors.npy          (N, D) float32 L2-normalised vectors those users had at this as_of
     index.faiss          the CPU form of the FAISS index (user ids inside), ready for incremental updates
+    next_scores.npy      (N,) float32 each list's (k+1)-th score: the bar an outsider must beat
     _SUCCESS             the manifest: N, k, index params, recall@k, build time, model, as_of, mode
 
 Keeping the vectors beside the index makes the snapshot self-contained: the next hourly build updates
@@ -33,14 +34,16 @@ NEIGHBOURS_FILE = "neighbours.parquet"
 IDS_FILE = "ids.npy"
 VECTORS_FILE = "vectors.npy"
 INDEX_FILE = "index.faiss"
+NEXT_FILE = "next_scores.npy"
 
 
-def write_snapshot(tmp: Path, uv: UserVectors, nbr_ids: np.ndarray, nbr_scores: np.ndarray, index,
-                   model_version: str, as_of: datetime) -> None:
+def write_snapshot(tmp: Path, uv: UserVectors, nbr_ids: np.ndarray, nbr_scores: np.ndarray, next_scores: np.ndarray,
+                   index, model_version: str, as_of: datetime) -> None:
     """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically)."""
     pq.write_table(neighbours_table(uv.ids, nbr_ids, nbr_scores, model_version, as_of), tmp / NEIGHBOURS_FILE)
     np.save(tmp / IDS_FILE, uv.ids)
     np.save(tmp / VECTORS_FILE, uv.vectors)
+    np.save(tmp / NEXT_FILE, next_scores.astype(np.float32))
     save_index(index, tmp / INDEX_FILE)
 
 
@@ -75,6 +78,11 @@ class GraphSnapshot:
     def index(self):
         """A fresh CPU copy of the saved index (callers may mutate it)."""
         return load_index(self.path / INDEX_FILE, self.spec)
+
+    def next_scores(self) -> np.ndarray:
+        """(N,) the (k+1)-th score of each list (+inf when unknown: every drop then forces a re-search)."""
+        path = self.path / NEXT_FILE
+        return np.load(path) if path.is_file() else np.full(len(self.vectors), np.inf, np.float32)
 
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """(nbr_ids (N, k), scores (N, k)) row-aligned with ``vectors.ids``."""
