@@ -24,7 +24,7 @@ from store.base import Lookup, ModelMeta, UpsertCounts, VectorStore
 from store.format import FormatError, decode_vectors
 from store.keys import SLOT_TAGS, Keys, bucket_of, check_name
 from store.settings import RedisSettings
-from store.wire import hmget_many
+from store.wire import Redirected, cluster_routes, hmget_by_node
 
 log = logging.getLogger("soe.store")
 
@@ -194,7 +194,7 @@ class RedisVectorStore(VectorStore):
         self.keys = Keys(settings.namespace)
         self.r = client if client is not None else connect(settings)
         self.cluster = settings.mode == "cluster"
-        self.fast_reads = True  # single node: batched reads via store.wire (False: redis-py pipeline)
+        self.fast_reads = True  # batched reads via store.wire (False: redis-py's pipeline, the reference)
         self._sha: dict[str, str] = {}  # script source -> sha, loaded lazily (readers never load)
 
     def __repr__(self) -> str:  # no password here, ever
@@ -345,13 +345,18 @@ class RedisVectorStore(VectorStore):
             return [self.r.hget(key_fn(model, int(bucket_of(ids, buckets)[0])), str(int(ids[0])))]
         groups = list(bucket_groups(ids, buckets))
         commands = [(key_fn(model, bucket), [str(i) for i in ids[pos].tolist()]) for bucket, pos in groups]
-        if self.cluster or not self.fast_reads:
-            pipe = self.r.pipeline(transaction=False)  # reference path; the cluster pipeline routes by slot
+        replies = None
+        if self.fast_reads:  # one packed buffer per node, all nodes at once (store.wire)
+            try:
+                routes = cluster_routes(self.r, [k for k, _ in commands]) if self.cluster else [(self.r, list(range(len(commands))))]
+                replies = hmget_by_node(routes, commands)
+            except Redirected:
+                log.info("cluster slot map changed during a read: refreshing and retrying via the cluster pipeline")
+        if replies is None:  # reference path; the cluster pipeline routes by slot and follows MOVED/ASK
+            pipe = self.r.pipeline(transaction=False)
             for key, fields in commands:
                 pipe.execute_command("HMGET", key, *fields)
             replies = pipe.execute()
-        else:
-            replies = hmget_many(self.r, commands)  # fast path: one packed buffer, one connection
         out: list[bytes | None] = [None] * len(ids)
         for (_, pos), vals in zip(groups, replies):
             for p, v in zip(pos.tolist(), vals):

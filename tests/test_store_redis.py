@@ -203,11 +203,11 @@ def test_buckets_larger_than_one_call_are_split_and_still_conditional(redis_any)
     np.testing.assert_allclose(got.vectors[1000:], x[1000:], atol=1e-3)
 
 
-def test_fast_read_path_equals_redis_py_pipeline(redis_single):
+def test_fast_read_path_equals_redis_py_pipeline(redis_any):
     from store.wire import pack_hmgets
 
     assert pack_hmgets([("k", ["1", "22"])]) == b"*4\r\n$5\r\nHMGET\r\n$1\r\nk\r\n$1\r\n1\r\n$2\r\n22\r\n"
-    store = RedisVectorStore(redis_single)
+    store = RedisVectorStore(redis_any)
     store.ensure_model("m1", 8, "float16", 256)
     ids = np.arange(0, 5000, 7)
     store.upsert_vectors("m1", ids, fmt.encode_vectors(unit(len(ids), 8), 1, "m1"), 1)
@@ -216,12 +216,13 @@ def test_fast_read_path_equals_redis_py_pipeline(redis_single):
     store.fast_reads = False
     assert store.get_raw("v", "m1", query) == fast and fast[-1] is None and fast[0] is not None
     store.fast_reads = True
-    from store.wire import hmget_many
+    if redis_any.mode == "single":
+        from store.wire import hmget_many
 
-    store.r.set("soe:not-a-hash", "x")  # an error reply in the middle of a batch ...
-    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-        hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]), ("soe:none", ["1"])])
-    assert store.get_raw("v", "m1", query) == fast  # ... leaves the pooled connection in sync
+        store.r.set("soe:not-a-hash", "x")  # an error reply in the middle of a batch ...
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]), ("soe:none", ["1"])])
+    assert store.get_raw("v", "m1", query) == fast  # ... leaves the pooled connection usable
 
 
 def test_prefetch_keeps_order_and_raises_producer_errors():
@@ -247,3 +248,20 @@ def test_joined_ids_offsets_are_exact_for_extreme_ids():
     text, ends = joined_ids(ids)
     starts = [0] + [e + 1 for e in ends[:-1]]
     assert [text[a:b] for a, b in zip(starts, ends)] == [str(i) for i in ids.tolist()] and ends[-1] == len(text)
+
+
+def test_cluster_fast_read_falls_back_when_the_slot_map_is_stale(redis_cluster):
+    store = RedisVectorStore(redis_cluster)
+    store.ensure_model("m1", 8, "float16", 64)
+    ids = np.arange(400)
+    x = unit(400, 8)
+    store.upsert_vectors("m1", ids, fmt.encode_vectors(x, 1, "m1"), 1)
+    key = store.keys.vectors("m1", int(bucket_of(7, 64)[0]))
+    slot = store.r.keyslot(key)
+    cache = store.r.nodes_manager.slots_cache
+    owner = cache[slot][0]
+    cache[slot] = [n for n in store.r.get_primaries() if n.name != owner.name][:1]  # as if resharded
+    got = store.get_vectors("m1", ids)  # the wrong node answers MOVED: redirect-following path
+    assert got.found.all()
+    np.testing.assert_allclose(got.vectors, x, atol=1e-3)
+    assert store.r.nodes_manager.slots_cache[slot][0].name == owner.name  # the slot map was refreshed
