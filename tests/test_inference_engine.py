@@ -73,13 +73,19 @@ def test_engine_matches_reference_path_within_float16(tiny, sequences):
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=2e-3)
 
 
-def test_vectors_do_not_depend_on_batch_or_window(tiny, sequences):
+@pytest.mark.parametrize(
+    "schedule",
+    [{"cpu_workers": 2}, {"cpu_workers": 2, "loader_thread": False}, {"cpu_workers": 1}, {"cpu_workers": 1, "loader_thread": False}],
+    ids=["parallel", "parallel-inline", "stream", "stream-inline"],
+)
+def test_vectors_do_not_depend_on_batch_window_or_schedule(tiny, sequences, schedule):
     model, cfg = tiny
-    a = engine(model, cfg, max_batch_tokens=MAX_LEN, window_users=7).encode_table(sequences, AS_OF)  # ~1 long user/batch
-    b = engine(model, cfg, max_batch_tokens=100_000, window_users=10_000).encode_table(sequences, AS_OF)  # one batch
-    c = engine(model, cfg, max_batch_tokens=300, loader_thread=False).encode_table(sequences, AS_OF)
-    np.testing.assert_allclose(a, b, atol=1e-5)
-    np.testing.assert_allclose(a, c, atol=1e-5)
+    one = engine(model, cfg, max_batch_tokens=100_000, window_users=10_000, cpu_workers=1)  # one batch
+    small = engine(model, cfg, max_batch_tokens=MAX_LEN, window_users=7, **schedule)  # ~1 long user per batch
+    mid = engine(model, cfg, max_batch_tokens=300, window_users=64, **schedule)
+    expected = one.encode_table(sequences, AS_OF)
+    np.testing.assert_allclose(small.encode_table(sequences, AS_OF), expected, atol=1e-5)
+    np.testing.assert_allclose(mid.encode_table(sequences, AS_OF), expected, atol=1e-5)
 
 
 def test_bucketing_cuts_padding_compared_with_padding_to_n(tiny, sequences):

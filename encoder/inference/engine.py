@@ -12,10 +12,11 @@ One worker (`encode_shard`) does, in bounded memory::
       -> ShardWriter                  float16 unit vectors, original row order, one row group per
                                       window, published atomically               (writer.py)
 
-Featurisation runs in a loader thread that stays ``prefetch_batches`` ahead of the model, so on a GPU
-the host work overlaps the device work (numpy and torch release the GIL in their kernels). On the CPU
-torch uses every available core; ``torch.compile`` is optional (off by default: measure it with
-``bench.inference``). `encode_all` runs every shard of a snapshot in one process and marks the
+On a GPU, featurisation runs in a loader thread (`loader.prefetch`) that stays ``prefetch_batches``
+ahead of the device, so host work overlaps device work (numpy, pyarrow and torch release the GIL in
+their kernels). On the CPU, one worker thread per available core featurises and encodes whole
+batches with one intra-op thread each (see `BatchEncoder`); ``torch.compile`` is optional (off by
+default: measured in ``bench.inference``). `encode_all` runs every shard of a snapshot in one process and marks the
 snapshot complete; a cluster runs `encode_shard` once per shard instead (one GPU each).
 """
 
@@ -23,29 +24,30 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from encoder.inference import fastpath
-from encoder.inference.batching import plan_batches
+from encoder.inference.batching import BatchPlan, plan_batches
 from encoder.inference.device import (
     DeviceChoice,
     activation_bytes_per_token,
     autocast,
     autocast_dtype,
+    available_cores,
     batch_token_budget,
     configure_threads,
     select_device,
 )
 from encoder.inference.embeddings import mark_snapshot
+from encoder.inference.loader import prefetch
 from encoder.inference.reader import open_source, source_num_shards
 from encoder.inference.settings import InferenceSettings
 from encoder.inference.writer import open_shard
@@ -61,6 +63,10 @@ class EncodeStats:
     padded_tokens: int = 0  # tokens actually computed, padding included
     batches: int = 0  # forward passes
 
+    @classmethod
+    def of(cls, plan: BatchPlan) -> "EncodeStats":
+        return cls(len(plan.rows), plan.tokens, len(plan.rows) * plan.padded_len, 1)
+
     def add(self, other: "EncodeStats") -> None:
         self.users += other.users
         self.tokens += other.tokens
@@ -68,16 +74,17 @@ class EncodeStats:
         self.batches += other.batches
 
 
-class _LoaderError:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-_DONE = object()
-
-
 class BatchEncoder:
-    """A loaded model on its device, encoding SEQUENCE windows in length-bucketed batches."""
+    """A loaded model on its device, encoding SEQUENCE windows in length-bucketed batches.
+
+    Two schedules, same vectors:
+
+    * **stream** (GPU, or ``cpu_workers=1``): one batch at a time on the device; a loader thread
+      featurises (and pins) the next batches meanwhile. On the CPU the batch uses ``threads`` cores.
+    * **batch-parallel** (CPU default): ``cpu_workers`` threads (one per core) each featurise and
+      encode whole batches with one intra-op thread. Small d = 64 ops split over cores spend their
+      time in OpenMP barriers, which collapse when the host is shared; independent batches do not.
+    """
 
     def __init__(self, model: torch.nn.Module, cfg, choice: DeviceChoice, settings: InferenceSettings):
         from encoder.features import featurize  # the encoder's featurisation, shared with training
@@ -85,19 +92,26 @@ class BatchEncoder:
         self.model, self.cfg, self.choice, self.settings = model.eval(), cfg, choice, settings
         self.device = choice.device
         self._featurize = featurize
-        self.threads = configure_threads(settings.threads) if not choice.is_cuda else torch.get_num_threads()
+        self.workers = 1 if choice.is_cuda else (settings.cpu_workers or available_cores())
+        if choice.is_cuda:
+            self.threads = torch.get_num_threads()
+        elif self.workers == 1:
+            self.threads = configure_threads(settings.threads)
+        else:
+            self.threads = 1  # per worker thread (OpenMP thread counts are per thread: see _batch_parallel)
         self.amp_dtype = autocast_dtype(self.device, settings.gpu_dtype)
         per_token = activation_bytes_per_token(cfg.d_model, cfg.n_heads, cfg.max_len, cfg.mlp_ratio)
         self.max_batch_tokens = batch_token_budget(
-            settings.max_batch_tokens, self.device, per_token, settings.memory_fraction, min_tokens=cfg.max_len
+            settings.max_batch_tokens, self.device, per_token, settings.memory_fraction / self.workers, min_tokens=cfg.max_len
         )
         self.newest_only = settings.newest_only and fastpath.supports(model)
         self.forward: Callable = functools.partial(fastpath.forward_newest, model) if self.newest_only else model
         if settings.compile:
             self.forward = torch.compile(self.forward, dynamic=True)
         log.info(
-            "encoder on %s: autocast=%s threads=%d max_batch_tokens=%d newest_only=%s compile=%s",
-            self.device, self.amp_dtype, self.threads, self.max_batch_tokens, self.newest_only, settings.compile,
+            "encoder on %s: workers=%d threads=%d autocast=%s max_batch_tokens=%d newest_only=%s compile=%s",
+            self.device, self.workers, self.threads, self.amp_dtype, self.max_batch_tokens, self.newest_only,
+            settings.compile,
         )
 
     @classmethod
@@ -107,64 +121,28 @@ class BatchEncoder:
 
         choice = select_device(settings.inference.device, strict=settings.inference.strict_device)
         model, cfg, _meta = load_model(settings.layout(), model_version, device=choice.device)
-        encoder = cls(model, cfg, choice, settings.inference)
-        encoder.model_version = model_version
-        return encoder
+        return cls(model, cfg, choice, settings.inference)
 
-    # -- host side (loader thread) ------------------------------------------------------------
+    # -- host side ----------------------------------------------------------------------------
     def lengths(self, window: pa.Table) -> np.ndarray:
         """(W,) events each user will keep (the sequence lists' lengths, capped at max_len)."""
         offsets = window["item_id"].combine_chunks().offsets.to_numpy()
         return np.minimum(np.diff(offsets), self.cfg.max_len)
 
-    def batches(self, window: pa.Table, as_of: datetime) -> Iterator[tuple[np.ndarray, object, EncodeStats]]:
-        """(rows, featurised batch, stats) of one window, shortest users first."""
-        for plan in plan_batches(self.lengths(window), self.max_batch_tokens):
-            batch = self._featurize(window.take(pa.array(plan.rows)), self.cfg, as_of=as_of)
-            if self.choice.is_cuda:
-                batch = batch.pin_memory()
-            stats = EncodeStats(len(plan.rows), plan.tokens, len(plan.rows) * plan.padded_len, 1)
-            yield plan.rows, batch, stats
+    def plan(self, window: pa.Table) -> list[BatchPlan]:
+        return plan_batches(self.lengths(window), self.max_batch_tokens)
 
-    def _produce(self, windows: Iterator[pa.Table], as_of: datetime, out: queue.Queue, stop: threading.Event) -> None:
-        try:
-            for window in windows:
-                for item in self.batches(window, as_of):
-                    if stop.is_set():
-                        return
-                    out.put(("batch", item))
-                out.put(("window", window))
-            out.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            out.put(_LoaderError(exc))
+    def featurize(self, window: pa.Table, plan: BatchPlan, as_of: datetime):
+        """The featurised batch of one plan (left-padded to its longest user; pinned for a GPU)."""
+        batch = self._featurize(window.take(pa.array(plan.rows)), self.cfg, as_of=as_of)
+        return batch.pin_memory() if self.choice.is_cuda else batch
 
-    def _stream(self, windows: Iterator[pa.Table], as_of: datetime) -> Iterator:
-        """Loader items in order: a background thread when ``loader_thread`` is set, else inline."""
-        if not self.settings.loader_thread:
-            for window in windows:
-                for item in self.batches(window, as_of):
-                    yield ("batch", item)
-                yield ("window", window)
-            return
-        q: queue.Queue = queue.Queue(maxsize=max(1, self.settings.prefetch_batches))
-        stop = threading.Event()
-        thread = threading.Thread(target=self._produce, args=(windows, as_of, q, stop), name="soe-loader", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, _LoaderError):
-                    raise item.exc
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+    def _stream_items(self, windows: Iterable[pa.Table], as_of: datetime) -> Iterator[tuple]:
+        """("batch", plan, featurised batch) for each batch of a window, then ("window", window)."""
+        for window in windows:
+            for plan in self.plan(window):
+                yield "batch", plan, self.featurize(window, plan, as_of)
+            yield "window", window, None
 
     # -- device side --------------------------------------------------------------------------
     def encode_batch(self, batch) -> torch.Tensor:
@@ -194,26 +172,54 @@ class BatchEncoder:
             first = self.encode_adaptive(batch.select(torch.arange(half)))
             return torch.cat([first, self.encode_adaptive(batch.select(torch.arange(half, len(batch))))])
 
-    @torch.inference_mode()
     def encode_windows(
-        self, windows: Iterator[pa.Table], as_of: datetime, on_batch: Callable[[int], None] | None = None
+        self, windows: Iterable[pa.Table], as_of: datetime, on_batch: Callable[[int], None] | None = None
     ) -> Iterator[tuple[pa.Table, np.ndarray, EncodeStats]]:
         """For each window: (window, (W, D) float32 vectors in the window's row order, stats)."""
+        if self.workers > 1:
+            return self._batch_parallel(windows, as_of, on_batch)
+        return self._stream(windows, as_of, on_batch)
+
+    @torch.inference_mode()
+    def _stream(self, windows, as_of, on_batch) -> Iterator[tuple[pa.Table, np.ndarray, EncodeStats]]:
+        items = self._stream_items(windows, as_of)
+        if self.settings.loader_thread:
+            items = prefetch(items, self.settings.prefetch_batches)
         done, stats = [], EncodeStats()  # the current window's (rows, vectors) so far
-        for kind, item in self._stream(windows, as_of):
+        for kind, item, batch in items:
             if kind == "batch":
-                rows, batch, batch_stats = item
-                done.append((torch.as_tensor(rows, device=self.device), self.encode_adaptive(batch)))  # (B,), (B, D)
-                stats.add(batch_stats)
+                done.append((torch.as_tensor(item.rows, device=self.device), self.encode_adaptive(batch)))  # (B,), (B, D)
+                stats.add(EncodeStats.of(item))
                 if on_batch:
-                    on_batch(batch_stats.users)
+                    on_batch(len(item.rows))
             else:  # the window is complete: restore its row order
-                window = item
-                result = torch.empty(window.num_rows, self.cfg.d_model, device=self.device)  # (W, D)
+                result = torch.empty(item.num_rows, self.cfg.d_model, device=self.device)  # (W, D)
                 for rows, vectors in done:
                     result[rows] = vectors
-                yield window, result.cpu().numpy(), stats
+                yield item, result.cpu().numpy(), stats
                 done, stats = [], EncodeStats()
+
+    def _batch_parallel(self, windows, as_of, on_batch) -> Iterator[tuple[pa.Table, np.ndarray, EncodeStats]]:
+        def one_thread() -> None:
+            torch.set_num_threads(1)
+
+        def job(window: pa.Table, plan: BatchPlan) -> tuple[BatchPlan, torch.Tensor]:
+            with torch.inference_mode():
+                return plan, self.encode_adaptive(self.featurize(window, plan, as_of))
+
+        if self.settings.loader_thread:
+            windows = prefetch(windows, 1)  # read the next window while this one is encoded
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="soe-encode", initializer=one_thread) as pool:
+            for window in windows:
+                plans = sorted(self.plan(window), key=lambda p: -len(p.rows) * p.padded_len)  # biggest first
+                result = np.empty((window.num_rows, self.cfg.d_model), dtype=np.float32)  # (W, D)
+                stats = EncodeStats()
+                for plan, vectors in pool.map(lambda p: job(window, p), plans):
+                    result[plan.rows] = vectors.numpy()
+                    stats.add(EncodeStats.of(plan))
+                    if on_batch:
+                        on_batch(len(plan.rows))
+                yield window, result, stats
 
     def encode_table(self, table: pa.Table, as_of: datetime, window_users: int | None = None) -> np.ndarray:
         """(R, D) float32 vectors of a whole in-memory SEQUENCE table, in row order (tests, benches)."""

@@ -12,8 +12,9 @@ class InferenceSettings(Section):
     memory_fraction: float = 0.25  # share of the free host/GPU memory one batch's activations may use
     window_users: int = 32768  # users read and length-sorted together (bounds host memory per worker)
     prefetch_batches: int = 2  # featurised batches queued ahead of compute by the loader thread
-    loader_thread: bool = True  # featurise in a background thread, overlapping the model's compute
-    threads: int = 0  # CPU intra-op threads; 0 = the cores this process may run on
+    loader_thread: bool = True  # read/featurise in a background thread, overlapping the model's compute
+    cpu_workers: int = 0  # CPU: batches encoded in parallel, 1 thread each; 0 = one per available core
+    threads: int = 0  # CPU intra-op threads when cpu_workers=1; 0 = the cores this process may run on
     newest_only: bool = True  # last block computes only the newest position (pooling=last; see fastpath.py)
     compile: bool = False  # torch.compile the model (CPU and GPU); measured in bench.inference
     gpu_dtype: str = "auto"  # autocast dtype on GPU: "auto" (bf16 when supported, else fp16), "bf16", "fp16", "fp32"
