@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.flows import stages
 from pipelines.flows.manifest import read_manifest
-from soe.layout import HOUR, stamp, utc
+from soe.layout import HOUR, utc
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -138,3 +138,27 @@ def test_failed_shard_leaves_readers_on_the_previous_state_and_a_retry_completes
     old = before["vectors"][np.searchsorted(before["ids"], active[known_before])]
     moved = ~np.isclose(vectors[known_before], old).all(axis=1)
     assert moved.mean() > 0.5  # the active users now read h4's vectors
+
+
+def test_a_worse_candidate_is_not_promoted_and_a_failed_backfill_keeps_the_old_model(world, monkeypatch):
+    from bench.refresh import random_model
+    from pipelines.flows import backfill, training
+
+    s = world["settings"]
+    current = stages.current_model(s)
+    candidate = random_model(s)  # untrained weights: must lose on the same split
+    evaluation = training.evaluate(s, candidate, str(s.layout().state(T0)), T0)
+    assert evaluation["current"] == current and evaluation["current_metrics"] is not None
+    decision = training.gate(s, evaluation)
+    assert not decision["promote"] and decision["candidate"] < decision["current"], decision
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("graph build crashed")
+
+    monkeypatch.setattr(stages, "build_graph", crash)
+    with pytest.raises(RuntimeError, match="graph build crashed"):
+        backfill.run_backfill(s, candidate)  # forced through: fails after encode + publish, before the switch
+    assert stages.current_model(s) == current
+    known = np.sort(stages.state_user_ids(s, T0))[:50]
+    model, _, found = stages.lookup(s, known)
+    assert model == current and found.all()  # readers still on the old model

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from pipelines.flows import hourly, stages
-from pipelines.flows.manifest import record_run, timed
+from pipelines.flows.manifest import timed
 from pipelines.flows.settings import flow_settings
 from soe.layout import stamp, utc
 

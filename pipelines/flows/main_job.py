@@ -95,7 +95,7 @@ def ensure_model(settings, demo: DemoConfig) -> dict[str, Any]:
         hourly.sequences(settings, as_of - HOUR, as_of)  # bootstrap: the state from the history
     models = stages.list_models(settings)
     if models:
-        out = backfill.run_backfill(settings, models[0]["version"], as_of)
+        backfill.run_backfill(settings, models[0]["version"], as_of)
         return {"model": models[0]["version"], "action": "backfilled the newest model on disk",
                 "seconds": round(time.perf_counter() - t0, 1)}
     out = training.run_training(settings, as_of)

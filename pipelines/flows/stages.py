@@ -199,21 +199,7 @@ def train_model(settings, trainset: Path) -> str:
 
 def evaluate_model(settings, model: str, trainset: Path) -> dict[str, Any]:
     """Leave-last-out metrics (``ndcg@10``, ...) of a published model on a trainset's split."""
-    try:
-        from encoder.evaluate import evaluate_model as run
-    except ImportError:
-        run = None
-    if run is not None:
-        return dict(run(settings, model, trainset))
-    from encoder.artifact import load_model
-    from encoder.data import item_catalogue, leave_last_out
-    from encoder.evaluate import leave_last_out_report
-    from encoder.train import as_sequences, pick_device, positive_types_of
+    from encoder.evaluate import evaluate_model as run
+    from encoder.train import as_sequences
 
-    device = pick_device(settings.train.device)
-    net, cfg, _ = load_model(settings.layout(), model, device=device)
-    sequences = as_sequences(str(trainset))
-    positive_types = positive_types_of(settings)
-    split = leave_last_out(sequences, positive_types, settings.train.min_positives)
-    catalogue = item_catalogue(sequences, cfg.attributes)
-    return dict(leave_last_out_report(net, cfg, split, catalogue, positive_types, device=device))
+    return dict(run(settings, model, as_sequences(str(trainset)), staleness=False))

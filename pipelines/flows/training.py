@@ -78,11 +78,11 @@ def gate(settings, evaluation: dict[str, Any]) -> dict[str, Any]:
     f = flow_settings(settings)
     if evaluation["current"] is not None and evaluation["current"] == evaluation["candidate"]:
         return {"stage": "gate", "promote": False, "reason": "the candidate is already the current model",
-                "candidate": evaluation["candidate"]}
+                "candidate_model": evaluation["candidate"]}
     d = decide(evaluation["candidate_metrics"], evaluation["current_metrics"], evaluation["current_age_hours"],
                f.min_ndcg_gain, f.max_staleness_hours, f.stale_tolerance)
     log.info("promotion gate for %s: %s", evaluation["candidate"], d.reason)
-    return {"stage": "gate", "candidate": evaluation["candidate"], **d.as_dict()}
+    return {"stage": "gate", "candidate_model": evaluation["candidate"], **d.as_dict()}
 
 
 def record(settings, as_of: datetime, results: list[dict[str, Any]]) -> str:
