@@ -32,44 +32,44 @@ MAX_PER_CALL = 1000  # users per Lua call (Lua's unpack() limit is ~8000 argumen
 PIPELINE_CHUNK = 16  # Lua calls per pipeline round trip (~16k users); two round trips are in flight
 
 UPSERT_LUA = """
--- KEYS: bucket hashes. ARGV[1] record length (one number) or one length per record;
--- ARGV[2] users per key; ARGV[3] user ids, space separated, key by key; ARGV[4] the values concatenated.
-local lens, counts, ids = {}, {}, {}
-for x in string.gmatch(ARGV[1], '%d+') do lens[#lens + 1] = tonumber(x) end
-for x in string.gmatch(ARGV[2], '%d+') do counts[#counts + 1] = tonumber(x) end
-for x in string.gmatch(ARGV[3], '%S+') do ids[#ids + 1] = x end
-local blob, n = ARGV[4], #ids
+-- KEYS: bucket hashes. ARGV[1]: users per key "c1 c2 ... cm"; then, key by key, user id / value pairs
+-- (exactly HSET's argument list). A value is written unless the stored one is equal or has a newer as_of.
+local counts, sum = {}, 0
+for x in string.gmatch(ARGV[1], '%d+') do counts[#counts + 1] = tonumber(x); sum = sum + counts[#counts] end
 if #counts ~= #KEYS then return redis.error_reply('ERR soe upsert: ' .. #KEYS .. ' keys but ' .. #counts .. ' counts') end
-local sum = 0
-for k = 1, #counts do sum = sum + counts[k] end
-if sum ~= n then return redis.error_reply('ERR soe upsert: counts add up to ' .. sum .. ', got ' .. n .. ' ids') end
-local fixed = nil
-if #lens == 1 then fixed = lens[1] elseif #lens ~= n then
-  return redis.error_reply('ERR soe upsert: ' .. n .. ' ids but ' .. #lens .. ' lengths') end
-local total = 0
-if fixed then total = fixed * n else for i = 1, n do total = total + lens[i] end end
-if total ~= #blob then return redis.error_reply('ERR soe upsert: values hold ' .. #blob .. ' bytes, lengths say ' .. total) end
+if 2 * sum ~= #ARGV - 1 then return redis.error_reply('ERR soe upsert: counts add up to ' .. sum .. ' users, got ' .. (#ARGV - 1) .. ' id/value arguments') end
+for i = 3, #ARGV, 2 do
+  if #ARGV[i] < 16 then return redis.error_reply('ERR soe upsert: value of user ' .. ARGV[i - 1] .. ' is shorter than the 16-byte header') end
+end
 local function as_of(v)
+  if #v < 16 then return nil end
   local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, 5, 12)
   return ((((((b8 * 256 + b7) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
 end
-local pos, idx, written, same, stale = 1, 0, 0, 0, 0
+local p, written, same, stale = 2, 0, 0, 0
 for k = 1, #KEYS do
   local c, kids = counts[k], {}
-  for j = 1, c do kids[j] = ids[idx + j] end
+  for j = 1, c do kids[j] = ARGV[p + 2 * j - 2] end
   local old = redis.call('HMGET', KEYS[k], unpack(kids))
-  local args = {}
+  local args = nil
   for j = 1, c do
-    local len = fixed or lens[idx + j]
-    local v = string.sub(blob, pos, pos + len - 1)
-    pos = pos + len
     local o = old[j]
-    if o and o == v then same = same + 1
-    elseif o and #o >= 12 and as_of(o) > as_of(v) then stale = stale + 1
-    else args[#args + 1] = kids[j]; args[#args + 1] = v; written = written + 1 end
+    if o then
+      if not args then args = {}; for i = 1, j - 1 do args[2 * i - 1] = kids[i]; args[2 * i] = ARGV[p + 2 * i - 1] end end
+      local v = ARGV[p + 2 * j - 1]
+      local t_new = as_of(v)
+      if o == v then same = same + 1
+      elseif (as_of(o) or -1) > t_new then stale = stale + 1
+      else args[#args + 1] = kids[j]; args[#args + 1] = v; written = written + 1 end
+    elseif args then
+      args[#args + 1] = kids[j]; args[#args + 1] = ARGV[p + 2 * j - 1]; written = written + 1
+    else
+      written = written + 1
+    end
   end
-  if #args > 0 then redis.call('HSET', KEYS[k], unpack(args)) end
-  idx = idx + c
+  if not args then redis.call('HSET', KEYS[k], unpack(ARGV, p, p + 2 * c - 1))
+  elseif #args > 0 then redis.call('HSET', KEYS[k], unpack(args)) end
+  p = p + 2 * c
 end
 return {written, same, stale}
 """
@@ -165,18 +165,6 @@ def upsert_calls(user_ids: np.ndarray, buckets: int, by_tag: bool, max_users: in
             counts.append(c_end - c)
             size += c_end - c
     yield keys, counts, order[lo:]
-
-
-_POW10 = np.array([10**k for k in range(1, 19)], dtype=np.uint64)
-
-
-def joined_ids(ids: np.ndarray) -> tuple[str, list[int]]:
-    """("12 7 300", end offsets [2, 4, 8]): the ids in decimal, space separated, and where each ends."""
-    text = " ".join(map(str, ids.tolist()))
-    mag = np.abs(ids.astype(np.int64)).astype(np.uint64)  # |int64 min| wraps to itself as uint64: 19 digits
-    digits = 1 + np.searchsorted(_POW10, mag, side="right") + (ids < 0)  # exact, no float log10
-    ends = (np.cumsum(digits + 1) - 1).tolist()
-    return text, ends
 
 
 def newest_per_user(user_ids: np.ndarray, as_of: np.ndarray) -> np.ndarray:
@@ -300,21 +288,19 @@ class RedisVectorStore(VectorStore):
         if not plan:
             return counts
         order = np.concatenate([pos for _, _, pos in plan])  # users in call order, key by key
-        text, ends = joined_ids(ids[order])  # one C-level join; ends[i] = end of id i in the text
-        bounds = np.cumsum([0] + [len(pos) for _, _, pos in plan]).tolist()
+        id_text = list(map(str, ids[order].tolist()))
         if fixed_len is not None:
-            buf = values[order].tobytes()  # values in call order: each call takes one slice
-        calls = []
-        for j, (keys_buckets, counts_k, pos) in enumerate(plan):
-            a, b = bounds[j], bounds[j + 1]
-            id_arg = text[(ends[a - 1] + 1 if a else 0):ends[b - 1]]
-            if fixed_len is not None:
-                blob, lens = buf[a * fixed_len:b * fixed_len], str(fixed_len)
-            else:
-                parts = [values[i] for i in pos]
-                blob, lens = b"".join(parts), " ".join(str(len(p)) for p in parts)
-            keys = [key_fn(model, k) for k in keys_buckets]
-            calls.append((keys, (lens, " ".join(map(str, counts_k)), id_arg, blob)))
+            buf = values[order].tobytes()  # values in call order, fixed size
+            vals = [buf[i:i + fixed_len] for i in range(0, len(buf), fixed_len)]
+        else:
+            vals = [values[i] for i in order.tolist()]
+        calls, a = [], 0
+        for keys_buckets, counts_k, pos in plan:
+            b = a + len(pos)
+            pairs = [None] * (2 * (b - a))
+            pairs[0::2], pairs[1::2] = id_text[a:b], vals[a:b]  # HSET's argument list: id, value, id, value ...
+            calls.append(([key_fn(model, k) for k in keys_buckets], (" ".join(map(str, counts_k)), *pairs)))
+            a = b
         for w, same, stale in self._run_calls(UPSERT_LUA, calls):
             counts.written += int(w)
             counts.unchanged += int(same)

@@ -241,27 +241,22 @@ def test_prefetch_keeps_order_and_raises_producer_errors():
     assert got == [1]
 
 
-def test_joined_ids_offsets_are_exact_for_extreme_ids():
-    from store.redis_store import joined_ids
 
-    ids = np.array([0, 9, 10, 99, 100, -1, -10, 2**63 - 1, -(2**63), 999_999_999_999_999_999, 10**18])
-    text, ends = joined_ids(ids)
-    starts = [0] + [e + 1 for e in ends[:-1]]
-    assert [text[a:b] for a, b in zip(starts, ends)] == [str(i) for i in ids.tolist()] and ends[-1] == len(text)
+def test_server_side_upsert_refuses_malformed_calls_before_writing(redis_any):
+    from store.redis_store import UPSERT_LUA
 
-
-def test_cluster_fast_read_falls_back_when_the_slot_map_is_stale(redis_cluster):
-    store = RedisVectorStore(redis_cluster)
-    store.ensure_model("m1", 8, "float16", 64)
-    ids = np.arange(400)
-    x = unit(400, 8)
-    store.upsert_vectors("m1", ids, fmt.encode_vectors(x, 1, "m1"), 1)
-    key = store.keys.vectors("m1", int(bucket_of(7, 64)[0]))
-    slot = store.r.keyslot(key)
-    cache = store.r.nodes_manager.slots_cache
-    owner = cache[slot][0]
-    cache[slot] = [n for n in store.r.get_primaries() if n.name != owner.name][:1]  # as if resharded
-    got = store.get_vectors("m1", ids)  # the wrong node answers MOVED: redirect-following path
-    assert got.found.all()
-    np.testing.assert_allclose(got.vectors, x, atol=1e-3)
-    assert store.r.nodes_manager.slots_cache[slot][0].name == owner.name  # the slot map was refreshed
+    store = RedisVectorStore(redis_any)
+    key = store.keys.vectors("m1", 5)
+    good = fmt.encode_vector(np.ones(4), 10, "m1")
+    sha = store._script(UPSERT_LUA)
+    bad_calls = [
+        ("1", "7", good, "8"),  # counts say 1 user, 2 pairs given
+        ("2", "7", good, "8", b"short"),  # a value shorter than the header
+        ("1 1", "7", good),  # two counts for one key
+    ]
+    for args in bad_calls:
+        with pytest.raises(redis.exceptions.ResponseError, match="soe upsert"):
+            store.r.execute_command("EVALSHA", sha, 1, key, *args)
+    assert store.r.exists(key) == 0  # nothing was written
+    assert store.r.execute_command("EVALSHA", sha, 1, key, "1", "7", good) == [1, 0, 0]
+    assert store.r.hget(key, "7") == good
