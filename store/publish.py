@@ -67,6 +67,26 @@ def read_batches(files: list[Path], batch_size: int) -> Iterator[pa.RecordBatch]
         yield from pf.iter_batches(batch_size=batch_size)
 
 
+def rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Concatenate consecutive record batches into batches of about ``rows`` rows (the last may be smaller)."""
+    buf, n = [], 0
+    for b in batches:
+        buf.append(b)
+        n += b.num_rows
+        if n >= rows:
+            yield _concat(buf)
+            buf, n = [], 0
+    if buf:
+        yield _concat(buf)
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    table = pa.Table.from_batches(batches).combine_chunks()
+    return table.to_batches(max_chunksize=table.num_rows)[0]
+
+
 def prefetch(items: Iterator, depth: int = 1) -> Iterator:
     """Iterate ``items`` in a background thread, ``depth`` items ahead (Parquet decoding releases the GIL)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -126,31 +146,28 @@ def publish_embeddings(settings, model_version: str, as_of, shard: int | None = 
     rs = settings.redis
     as_of = utc(as_of)
     store = store or RedisVectorStore(rs)
-    total, per_shard = UpsertCounts(), {}
-    rows = 0
+    dirs = shard_dirs(settings.layout(), model_version, as_of, shard)
+    files = [f for d in dirs for f in sorted(d.glob("*.parquet"))]
+    counts, rows = UpsertCounts(), 0
     t0 = time.perf_counter()
-    for d in shard_dirs(settings.layout(), model_version, as_of, shard):
-        counts, n = UpsertCounts(), 0
-        files = sorted(d.glob("*.parquet"))
-        for batch in prefetch(read_batches(files, rs.publish_batch)):  # the next batch is read meanwhile
-            counts += publish_batch(store, model_version, batch, rs.dtype, rs.buckets)
-            n += batch.num_rows
-            if on_rows:
-                on_rows(batch.num_rows)
-        manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": d.name.split("=", 1)[1],
-                    "rows": n, "files": len(files), **counts.as_dict(), "dtype": store_dtype(store, model_version, rs.dtype),
-                    "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        if n:
-            store.record_manifest(model_version, f"{stamp(as_of)}/{manifest['shard']}", manifest)
-        log.info("published %s as_of=%s %s: %d rows, %d written, %d unchanged, %d stale",
-                 model_version, stamp(as_of), d.name, n, counts.written, counts.unchanged, counts.stale)
-        per_shard[d.name] = counts.as_dict()
-        total += counts
-        rows += n
-    _advance_last_as_of(store, model_version, as_of)
+    # batches span shard boundaries: bigger batches put more users of one bucket into one call
+    for batch in prefetch(rebatch(read_batches(files, rs.publish_batch), rs.publish_batch)):
+        counts += publish_batch(store, model_version, batch, rs.dtype, rs.buckets)
+        rows += batch.num_rows
+        if on_rows:
+            on_rows(batch.num_rows)
     seconds = time.perf_counter() - t0
-    return {"model": model_version, "as_of": as_of.isoformat(), "shards": len(per_shard), "rows": rows,
-            **total.as_dict(), "seconds": round(seconds, 3), "vectors_per_s": round(rows / seconds, 1) if seconds else None}
+    part = f"{shard:05d}" if shard is not None else "all"
+    manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": part, "shards": [d.name for d in dirs],
+                "rows": rows, "files": len(files), **counts.as_dict(), "dtype": store_dtype(store, model_version, rs.dtype),
+                "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if rows:
+        store.record_manifest(model_version, f"{stamp(as_of)}/{part}", manifest)
+        _advance_last_as_of(store, model_version, as_of)
+    log.info("published %s as_of=%s shard %s: %d rows, %d written, %d unchanged, %d stale, %.1fs",
+             model_version, stamp(as_of), part, rows, counts.written, counts.unchanged, counts.stale, seconds)
+    return {"model": model_version, "as_of": as_of.isoformat(), "shards": len(dirs), "rows": rows,
+            **counts.as_dict(), "seconds": round(seconds, 3), "vectors_per_s": round(rows / seconds, 1) if seconds else None}
 
 
 def store_dtype(store: VectorStore, model_version: str, default: str) -> str:
