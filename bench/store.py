@@ -71,15 +71,18 @@ def used_memory(r) -> int:
     return int(r.info("memory")["used_memory"])
 
 
-def redis_benchmark_set(port: int, n: int, value_size: int) -> float:
-    """SETs per second measured by the real redis-benchmark binary (pipelined, random keys)."""
+def redis_benchmark(port: int, test: str, n: int, value_size: int, pipeline: int = 1, clients: int = 50) -> dict:
+    """One row of the real redis-benchmark binary's CSV output: rps and latency percentiles (ms)."""
     binary = shutil.which("redis-benchmark")
     if binary is None:
         raise FileNotFoundError("redis-benchmark not found (apt install redis-tools)")
-    out = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), "-t", "set", "-n", str(n), "-d", str(value_size),
-                          "-P", "16", "-r", str(n), "-q", "--csv"], capture_output=True, text=True, check=True).stdout
-    row = [line for line in out.splitlines() if line.startswith('"SET"')][0]
-    return float(row.split(",")[1].strip('"'))
+    cmd = [binary, "-h", "127.0.0.1", "-p", str(port), "-t", test, "-n", str(n), "-d", str(value_size),
+           "-P", str(pipeline), "-c", str(clients), "-r", str(n), "-q", "--csv"]
+    lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    header = [h.strip('"') for h in lines[0].split(",")]
+    row = [line for line in lines if line.startswith(f'"{test.upper()}"')][0]
+    values = [v.strip('"') for v in row.split(",")]
+    return {k: (float(v) if k != "test" else v) for k, v in zip(header, values)}
 
 
 def latencies(fn, batches) -> tuple[float, float, float, float]:
@@ -175,9 +178,12 @@ def measure(settings, server, n: int, lookups: int, with_baselines: bool) -> dic
         out["plain_keys_memory_ratio"] = round((used_memory(r) - base) / (n * D * 2), 3)
         r.flushall()
         r.config_resetstat()
-        out["redis_benchmark_set_per_s"] = redis_benchmark_set(rs.port, n, value_size("float16", D))
+        out["redis_benchmark_set_per_s"] = redis_benchmark(rs.port, "set", n, value_size("float16", D), pipeline=16)["rps"]
         out["redis_benchmark_server_us_per_set"] = round(r.info("commandstats")["cmdstat_set"]["usec_per_call"], 2)
         out["publish_vs_redis_benchmark"] = round(out["publish_vectors_per_s"] / out["redis_benchmark_set_per_s"], 3)
+        # the latency floor of this machine right now: redis-benchmark's own single-GET round trip, 1 client
+        get = redis_benchmark(rs.port, "get", lookups, value_size("float16", D), pipeline=1, clients=1)
+        out["redis_benchmark_get_p50_ms"], out["redis_benchmark_get_p99_ms"] = get["p50_latency_ms"], get["p99_latency_ms"]
         r.flushall()
     return out
 
