@@ -61,7 +61,7 @@ def soe_hourly():
     sequences_submit = SparkSubmitOperator(
         task_id="sequences_submit",
         application=SPARK_SUBMIT_APP,
-        application_args=["--interval", "{{ data_interval_start.isoformat() }}/{{ data_interval_end.isoformat() }}"],
+        application_args=["sequences", "--interval", "{{ data_interval_start.isoformat() }}/{{ data_interval_end.isoformat() }}"],
         conn_id=flows.spark_conn_id,
         name="soe-sequences-{{ ts_nodash }}",
         pool=flows.spark_pool,

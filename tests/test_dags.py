@@ -79,7 +79,7 @@ def test_hourly_dag_shape(dagbag):
     assert t["validate"]["upstream"] == ["graph", "plan"]
     assert "validate" in t["record"]["upstream"] and t["retention"]["upstream"] == ["record"]
     assert Path(dagbag["submit"]["application"]).is_file()
-    assert "data_interval_start" in dagbag["submit"]["args"][1]
+    assert dagbag["submit"]["args"][0] == "sequences" and "data_interval_start" in dagbag["submit"]["args"][2]
 
 
 def test_training_and_backfill_dag_shape(dagbag):

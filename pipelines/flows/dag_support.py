@@ -22,7 +22,8 @@ from typing import Any
 from soe.layout import HOUR, floor_hour, utc
 
 log = logging.getLogger("soe.flows")
-SPARK_SUBMIT_APP = str(Path(__file__).with_name("spark_submit.py"))  # the application of SparkSubmitOperator
+# the application of SparkSubmitOperator: the pipelines' spark-submit entry point (same functions as `soe sequences`)
+SPARK_SUBMIT_APP = str(Path(__file__).resolve().parents[1] / "submit.py")
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ def missing_partitions(settings, start: datetime, end: datetime) -> list[str]:
 
 
 def sequences(settings, start: datetime, end: datetime) -> dict[str, Any]:
-    """Spark step (the local launcher calls this in-process; spark-submit runs pipelines.flows.spark_submit)."""
+    """Spark step: the local launcher calls this in-process; spark-submit runs pipelines/submit.py, which calls
+    the same pipelines.hourly.update_sequences on the cluster."""
     start, end = check_interval(start, end)
     with timed({"stage": "sequences"}) as out:
         out.update(stages.update_sequences(settings, start, end))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = DemoConfig(users=args.users, runs=args.runs, bootstrap_hours=args.bootstrap_hours, epochs=args.epochs,
                       airflow=not args.no_airflow)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below (stop redis) on kill
     from soe.config import load_settings
     from store import local_server
 
