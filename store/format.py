@@ -20,6 +20,7 @@ only bytes 5-12 (1-based) of a value: the as_of.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class FormatError(ValueError):
     """A value that is not a valid SoE value (wrong version, kind, or length)."""
 
 
+@functools.lru_cache(maxsize=256)
 def model_id(model_version: str) -> int:
     """The 4-byte id of a model version stored in every value header."""
     return int.from_bytes(hashlib.sha256(model_version.encode()).digest()[:4], "little")
@@ -125,6 +127,7 @@ def _check_len(value: bytes, h: Header, got: int) -> None:
 
 
 # -- vectors: the batch fast path -------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
 def record_dtype(dtype: str, dim: int) -> np.dtype:
     """The numpy record layout of one encoded vector (header fields + payload), packed."""
     kind = KINDS[dtype]

@@ -22,7 +22,7 @@ import numpy as np
 
 from store.base import Lookup, ModelMeta, UpsertCounts, VectorStore
 from store.format import FormatError, decode_vectors
-from store.keys import SLOT_TAGS, Keys, bucket_of, check_name
+from store.keys import SLOT_TAGS, Keys, bucket_of, bucket_of_one, check_name
 from store.settings import RedisSettings
 from store.wire import Redirected, cluster_routes, hmget_by_node
 
@@ -328,7 +328,8 @@ class RedisVectorStore(VectorStore):
     def get_raw_with(self, key_fn, model: str, buckets: int, ids: np.ndarray) -> list[bytes | None]:
         """Values of ``ids`` (int64 (n,)) in ``buckets`` hashes, one HMGET per bucket, pipelined."""
         if len(ids) == 1:  # the ranker's single lookup: one command, no pipeline
-            return [self.r.hget(key_fn(model, int(bucket_of(ids, buckets)[0])), str(int(ids[0])))]
+            uid = int(ids[0])
+            return [self.r.hget(key_fn(model, bucket_of_one(uid, buckets)), str(uid))]
         groups = list(bucket_groups(ids, buckets))
         commands = [(key_fn(model, bucket), [str(i) for i in ids[pos].tolist()]) for bucket, pos in groups]
         replies = None

@@ -94,6 +94,10 @@ def test_bucket_function_is_splitmix64_as_documented():
     counts = np.bincount(b, minlength=1024)
     assert b.min() >= 0 and b.max() < 1024 and counts.min() > 50 and counts.max() < 150  # even spread
     assert bucket_of(-5, 1024)[0] == int(splitmix64(np.array([-5]))[0] % 1024)
+    from store.keys import bucket_of_one
+
+    some = np.r_[np.arange(-50, 50), [2**63 - 1, -(2**63), 10**15 + 7]]
+    assert [bucket_of_one(i, 1000) for i in some.tolist()] == bucket_of(some, 1000).tolist()
 
 
 def test_keys_share_the_bucket_hash_tag_and_names_are_checked():
