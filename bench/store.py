@@ -119,72 +119,112 @@ def recall_at_10(n: int = 20_000, queries: int = 500) -> dict:
     return out
 
 
-def measure(settings, server, n: int, lookups: int, with_baselines: bool) -> dict:
-    from store.client import LookupClient
-    from store.format import encode_vectors, value_size
-    from store.models import switch_current
+def flush(rs) -> None:
+    import redis
+
+    for host, port in rs.nodes():
+        redis.Redis(host=host, port=port).flushall()
+
+
+def measure_publish(s, store, r, n: int, repeats: int, with_baselines: bool) -> dict:
+    """Publish into an empty server ``repeats`` times, each right after a redis-benchmark SET run
+    (same server, same value size, pipelined), so both see the same machine load; medians."""
+    from store.format import value_size
     from store.publish import publish_embeddings
-    from store.redis_store import RedisVectorStore, connect
+    from store.redis_store import UPSERT_LUA
 
-    rs = server.redis_settings(buckets=max(64, n // 64))
-    s = settings.model_copy(update={"redis": rs})
-    r = connect(rs)
-    out: dict = {}
-    for node in rs.nodes():  # start empty; scripts loaded before the baseline memory reading
-        import redis
-
-        redis.Redis(host=node[0], port=node[1]).flushall()
-    store = RedisVectorStore(rs)
-    store._script(__import__("store.redis_store", fromlist=["UPSERT_LUA"]).UPSERT_LUA)
-    base = used_memory(r) if rs.mode == "single" else 0
-    if rs.mode == "single":
-        r.config_resetstat()
-    c0 = time.process_time()
-    res = publish_embeddings(s, "bench", AS_OF, store=store)
-    out["publish_vectors_per_s"] = round(res["rows"] / res["seconds"], 1)
-    out["publish_client_cpu_s"] = round(time.process_time() - c0, 2)
-    if rs.mode == "single":
-        out["publish_server_us_per_vector"] = round(r.info("commandstats")["cmdstat_evalsha"]["usec"] / n, 2)
-        delta = used_memory(r) - base
-        out["memory_per_user_bytes"] = round(delta / n, 2)
-        out["memory_ratio_vs_payload"] = round(delta / (n * D * 2), 3)
+    rs, single = s.redis, s.redis.mode == "single"
+    runs: dict[str, list] = {k: [] for k in ("pub", "cpu", "server_us", "mem", "set", "set_us", "get50", "get99")}
+    for _ in range(repeats):
+        if with_baselines:
+            flush(rs)
+            r.config_resetstat()
+            runs["set"].append(redis_benchmark(rs.port, "set", n, value_size("float16", D), pipeline=16)["rps"])
+            runs["set_us"].append(r.info("commandstats")["cmdstat_set"]["usec_per_call"])
+            # the latency floor of this machine right now: redis-benchmark's own GET round trip, 1 client
+            get = redis_benchmark(rs.port, "get", 5000, value_size("float16", D), pipeline=1, clients=1)
+            runs["get50"].append(get["p50_latency_ms"])
+            runs["get99"].append(get["p99_latency_ms"])
+        flush(rs)
+        store._sha.clear()
+        store._script(UPSERT_LUA)  # loaded before the baseline memory reading
+        base = used_memory(r) if single else 0
+        if single:
+            r.config_resetstat()
+        c0 = time.process_time()
+        res = publish_embeddings(s, "bench", AS_OF, store=store)
+        runs["pub"].append(res["rows"] / res["seconds"])
+        runs["cpu"].append(time.process_time() - c0)
+        if single:
+            runs["server_us"].append(r.info("commandstats")["cmdstat_evalsha"]["usec"] / n)
+            runs["mem"].append(used_memory(r) - base)
+    med = {k: float(np.median(v)) for k, v in runs.items() if v}
+    out = {"publish_vectors_per_s": round(med["pub"], 1), "publish_runs_per_s": [round(x) for x in runs["pub"]],
+           "publish_client_cpu_s": round(med["cpu"], 2)}
+    if single:
+        out |= {"publish_server_us_per_vector": round(med["server_us"], 2),
+                "memory_per_user_bytes": round(med["mem"] / n, 2),
+                "memory_ratio_vs_payload": round(med["mem"] / (n * D * 2), 3)}
+    if with_baselines:
+        out |= {"redis_benchmark_set_per_s": round(med["set"], 1), "redis_benchmark_runs_per_s": [round(x) for x in runs["set"]],
+                "redis_benchmark_server_us_per_set": round(med["set_us"], 2),
+                "publish_vs_redis_benchmark": round(med["pub"] / med["set"], 3),
+                "publish_vs_redis_benchmark_runs": [round(p / b, 3) for p, b in zip(runs["pub"], runs["set"])],
+                "redis_benchmark_get_p50_ms": med["get50"], "redis_benchmark_get_p99_ms": med["get99"]}
     t0 = time.perf_counter()
     again = publish_embeddings(s, "bench", AS_OF, store=store)
     out["republish_unchanged_per_s"] = round(again["unchanged"] / (time.perf_counter() - t0), 1)
     assert again["written"] == 0 and again["unchanged"] == n, again
+    return out
+
+
+def measure_lookups(store, rs, n: int, lookups: int) -> dict:
+    from store.client import LookupClient
+    from store.models import switch_current
 
     switch_current(store, "bench")
     client = LookupClient(rs)
     rng = np.random.default_rng(1)
     client.get([1, 2, 3])  # warm the pointer/meta caches and the connection
+    out = {}
     p50, p99, _, cpu = latencies(client.get, rng.integers(0, n, lookups)[:, None])
     out["get1_p50_ms"], out["get1_p99_ms"], out["get1_client_cpu_ms"] = round(p50, 3), round(p99, 3), round(cpu, 3)
     batches = rng.integers(0, n, (max(lookups // 10, 50), 100))
     p50, p99, total, cpu = latencies(client.get, batches)
     out["get100_p50_ms"], out["get100_p99_ms"], out["get100_client_cpu_ms"] = round(p50, 3), round(p99, 3), round(cpu, 3)
     out["lookups_per_s"] = round(batches.size / total, 1)
-    _, found = client.get(batches[0])
-    assert found.all()
+    assert client.get(batches[0])[1].all()
+    return out
 
+
+def measure_plain_keys(store, r, n: int) -> dict:
+    """The memory baseline: the same values as one plain key per user (SET)."""
+    from store.format import encode_vectors
+
+    r.flushall()
+    rows = encode_vectors(unit(n, D), AS_OF, "bench")
+    base = used_memory(r)
+    for lo in range(0, n, 50_000):
+        pipe = r.pipeline(transaction=False)
+        for i in range(lo, min(n, lo + 50_000)):
+            pipe.set(store.keys.plain("bench", i), rows[i].tobytes())
+        pipe.execute()
+    out = {"plain_keys_memory_ratio": round((used_memory(r) - base) / (n * D * 2), 3)}
+    r.flushall()
+    return out
+
+
+def measure(settings, server, n: int, lookups: int, repeats: int, with_baselines: bool) -> dict:
+    from store.redis_store import RedisVectorStore, connect
+
+    rs = server.redis_settings(buckets=max(64, n // 64))
+    s = settings.model_copy(update={"redis": rs})
+    r = connect(rs)
+    store = RedisVectorStore(rs)
+    out = measure_publish(s, store, r, n, repeats, with_baselines)
+    out |= measure_lookups(store, rs, n, lookups)
     if with_baselines:
-        r.flushall()
-        rows = encode_vectors(unit(n, D), AS_OF, "bench")
-        base = used_memory(r)
-        for lo in range(0, n, 50_000):
-            pipe = r.pipeline(transaction=False)
-            for i in range(lo, min(n, lo + 50_000)):
-                pipe.set(store.keys.plain("bench", i), rows[i].tobytes())
-            pipe.execute()
-        out["plain_keys_memory_ratio"] = round((used_memory(r) - base) / (n * D * 2), 3)
-        r.flushall()
-        r.config_resetstat()
-        out["redis_benchmark_set_per_s"] = redis_benchmark(rs.port, "set", n, value_size("float16", D), pipeline=16)["rps"]
-        out["redis_benchmark_server_us_per_set"] = round(r.info("commandstats")["cmdstat_set"]["usec_per_call"], 2)
-        out["publish_vs_redis_benchmark"] = round(out["publish_vectors_per_s"] / out["redis_benchmark_set_per_s"], 3)
-        # the latency floor of this machine right now: redis-benchmark's own single-GET round trip, 1 client
-        get = redis_benchmark(rs.port, "get", lookups, value_size("float16", D), pipeline=1, clients=1)
-        out["redis_benchmark_get_p50_ms"], out["redis_benchmark_get_p99_ms"] = get["p50_latency_ms"], get["p99_latency_ms"]
-        r.flushall()
+        out |= measure_plain_keys(store, r, n)
     return out
 
 
@@ -197,13 +237,14 @@ def main() -> None:
     n = args.users or (100_000 if args.quick else 1_000_000)
     n_cluster = min(n, 100_000 if args.quick else 300_000)
     lookups = 2_000 if args.quick else 10_000
+    repeats = args.repeats or (1 if args.quick else 3)
 
     from soe.config import load_settings
     from store import local_server
 
     work = Path(tempfile.mkdtemp(prefix="bench-store-"))
     settings = load_settings(environ={"SOE_DATA__ROOT": str(work / "data")})
-    result: dict = {"bench": "store", "users": n, "dim": D, "dtype": "float16", "machine": machine(),
+    result: dict = {"bench": "store", "users": n, "dim": D, "dtype": "float16", "repeats": repeats, "machine": machine(),
                     "load_avg_1m_at_start": round(__import__("os").getloadavg()[0], 2)}
     try:
         t0 = time.perf_counter()
@@ -211,7 +252,7 @@ def main() -> None:
         result["write_parquet_s"] = round(time.perf_counter() - t0, 2)
         single = local_server.start_single(work / "single")
         try:
-            result |= measure(settings, single, n, lookups, with_baselines=True)
+            result |= measure(settings, single, n, lookups, repeats, with_baselines=True)
         finally:
             local_server.stop(work / "single")
         result |= recall_at_10()
@@ -220,7 +261,7 @@ def main() -> None:
             write_shards(cs, n_cluster, shards=4)
             cluster = local_server.start_cluster(work / "cluster")
             try:
-                c = measure(cs, cluster, n_cluster, lookups // 4, with_baselines=False)
+                c = measure(cs, cluster, n_cluster, lookups // 4, 1, with_baselines=False)
             finally:
                 local_server.stop(work / "cluster")
             result["cluster_users"] = n_cluster
