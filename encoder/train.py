@@ -39,6 +39,12 @@ from encoder.objectives import LogQ, future_window_targets, next_positive_target
 from encoder.settings import TrainSettings
 
 OBJECTIVES = ("next_positive", "future_window")
+RUNTIME_ONLY = ("threads", "device", "resume")  # train settings that do not change the result
+
+
+def result_settings(ts: TrainSettings) -> dict:
+    """The train settings that determine the trained weights (version id, checkpoint key)."""
+    return {k: v for k, v in ts.model_dump().items() if k not in RUNTIME_ONLY}
 NO_DECAY = ("tables", "action", "time", "pos", "hour", "weekday", "ln", "bias")
 
 
@@ -263,7 +269,7 @@ def train_window(sequences: pa.Table) -> dict:
 
 
 def checkpoint_path(layout, cfg: ModelConfig, ts: TrainSettings, window: dict) -> Path:
-    key = hashlib.sha256(json.dumps([cfg.to_dict(), ts.model_dump(), window], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([cfg.to_dict(), result_settings(ts), window], sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(layout.cache) / "train" / key / "checkpoint.pt"
 
 
@@ -285,6 +291,6 @@ def train_model(settings, source, *, overrides: dict | None = None, show_progres
     metrics = leave_last_out_report(result.model, cfg, split, catalogue, positive_types, device=pick_device(settings.train.device))
     metrics.update(train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10)
     version = save_model(settings.layout(), result.model, cfg, train_window=window, metrics=metrics,
-                         card=card, train_settings=settings.train.model_dump())
+                         card=card, train_settings=result_settings(settings.train))
     ckpt.unlink(missing_ok=True)
     return version
