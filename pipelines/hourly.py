@@ -110,9 +110,19 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             .unionByName(ev.as_quarantine(repeats, "duplicate"))
             .unionByName(ev.as_quarantine(seq.repeat_rows(merged), "duplicate"))
         )
+        phases: dict[str, float] = {}
+        tick = time.perf_counter()
+
+        def phase(name: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            phases[name] = round(now - tick, 3)
+            tick = now
+
         reasons = {r["reason"]: int(r["count"]) for r in quarantine.groupBy("reason").count().collect()}
         totals = merged.agg(F.sum("fresh").alias("events"), F.sum((F.col("fresh") > 0).cast("long")).alias("users"))
         added = totals.collect()[0]
+        phase("validate_merge")
         manifest: dict[str, Any] = {
             "as_of": as_of.isoformat(),
             "interval": [start.isoformat(), end.isoformat()],
@@ -130,16 +140,20 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
         }
         with publish_dir(layout.quarantine(as_of), {**manifest, "counts": manifest["reasons"]}) as tmp:
             write_parquet(quarantine.coalesce(1), tmp)
+        phase("quarantine")
 
         state = untouched.unionByName(seq.to_sequence(merged, "events", as_of)).coalesce(cfg.state_files)
         with publish_dir(layout.state(as_of), manifest) as tmp:
             write_parquet(state, tmp)
             manifest["state_users"] = _rows(tmp)
+        phase("state")
 
         active = seq.to_sequence(merged.where(F.col("fresh") > 0), "events", as_of)
         with publish_dir(layout.active(as_of), manifest) as tmp:
             buckets = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
             manifest["shard_sizes"] = write_shards(active, tmp, cfg.num_shards, buckets)
+            phase("active")
+            manifest["phase_seconds"] = phases
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
     finally:
         for df in cached:

@@ -1,0 +1,184 @@
+"""Sequence pipeline: hourly incremental update vs full rebuild vs DuckDB, on the same Parquet log.
+
+    python -m bench.sequences [--quick] [--repeats R]
+
+The synthetic log (full: >= 20M events, 48 hours; quick: ~0.2M, 24 hours) is generated once and
+kept under ``data/bench/sequences/<size>/`` so reruns do not regenerate it. Then, in one run:
+
+* **setup** (untimed): `rebuild_state` publishes the state as of the start of the last hour;
+* **incremental_s**: `update_sequences` for the last hour (validate via mapInArrow, dedup, merge
+  into the previous state, write the state, K active shards and the quarantine);
+* **full_rebuild_s**: `rebuild_state` of the same as_of from the whole history (validate every
+  event, dedup, last N per user, write the state); its content is checked equal to the incremental
+  state (count, events and a hash over every list);
+* **duckdb_full_s**: the same last-N build in DuckDB SQL on the same Parquet files (contract
+  filters in SQL, DISTINCT, row_number() <= N, ordered list() per user, COPY to Parquet), the peer
+  a single-machine user would pick;
+* **spark_core_full_s**: Spark doing exactly DuckDB's work (SQL filters instead of the Python
+  validator), to separate the engine from the validator.
+
+Ratios: ``incremental_vs_full`` = incremental / full rebuild (target <= 0.2), ``spark_vs_duckdb`` =
+Spark full rebuild / DuckDB (target <= 2.0). The machine is shared: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from bench.common import emit, machine, median_seconds, parse_args
+from soe.config import load_settings
+from soe.contracts import ATTRIBUTE_COLUMNS
+from soe.datasets.events import published_partitions
+from soe.datasets.synthetic import SyntheticConfig, generate, write_log
+from soe.layout import HOUR, utc
+
+ROOT = Path("data/bench/sequences")
+SIZES = {  # name -> generator config
+    "quick": SyntheticConfig(n_users=5_000, n_items=20_000, hours=24, base_events_per_user=40.0, seed=1),
+    "full": SyntheticConfig(n_users=200_000, n_items=500_000, n_clusters=50, hours=48, base_events_per_user=105.0, seed=1),
+}
+FIELDS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
+
+
+def ensure_log(settings, cfg: SyntheticConfig) -> int:
+    """Generate and write the log once; returns its number of events."""
+    layout = settings.layout()
+    done = layout.ground_truth / "manifest.json"
+    if done.is_file() and published_partitions(layout):
+        import json
+
+        return json.loads(done.read_text())["n_events"]
+    shutil.rmtree(layout.root, ignore_errors=True)
+    t0 = time.perf_counter()
+    log = generate(cfg)
+    write_log(log, layout)
+    print(f"  generated {log.events.num_rows:,} events in {time.perf_counter() - t0:.1f}s -> {layout.root}")
+    return log.events.num_rows
+
+
+def duckdb_last_n(settings, as_of, out: Path, threads: int) -> None:
+    import duckdb
+
+    n = settings.sequences.max_len
+    types = ", ".join(f"'{t}'" for t in settings.events.event_types)
+    order = ", ".join(f"{c} NULLS FIRST" for c in FIELDS)
+    desc = ", ".join(f"{c} DESC NULLS LAST" for c in FIELDS)
+    lists = ", ".join(f"list({c} ORDER BY {order}) AS {c}" for c in FIELDS)
+    glob = str(settings.layout().events / "dt=*" / "hour=*" / "*.parquet")
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    con.execute(f"""
+        COPY (
+          WITH ev AS (
+            SELECT DISTINCT user_id, ts, event_type, item_id, {", ".join(ATTRIBUTE_COLUMNS)}
+            FROM read_parquet('{glob}')
+            WHERE user_id IS NOT NULL AND user_id >= 0 AND ts IS NOT NULL AND item_id IS NOT NULL
+              AND event_type IN ({types}) AND ts < TIMESTAMPTZ '{as_of.isoformat()}'
+          ), ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY {desc}) AS rn FROM ev
+          )
+          SELECT user_id, TIMESTAMPTZ '{as_of.isoformat()}' AS as_of, count(*)::INTEGER AS n_events, {lists}
+          FROM ranked WHERE rn <= {n} GROUP BY user_id
+        ) TO '{out}' (FORMAT parquet)
+    """)
+    con.close()
+
+
+def spark_core_last_n(spark, settings, as_of, out: Path) -> None:
+    """DuckDB's exact work in Spark: SQL filters, distinct, last N per user, write."""
+    from pyspark.sql import functions as F
+
+    from pipelines import sequences as seq
+
+    layout = settings.layout()
+    df = spark.read.option("basePath", str(layout.events)).parquet(*[str(p) for p in published_partitions(layout)])
+    ok = (F.col("user_id").isNotNull() & (F.col("user_id") >= 0) & F.col("ts").isNotNull() & F.col("item_id").isNotNull()
+          & F.col("event_type").isin(list(settings.events.event_types)) & (F.col("ts") < F.lit(as_of).cast("timestamp")))
+    kept = df.where(ok).repartition("user_id").dropDuplicates(["user_id", *FIELDS])
+    seq.build_state(kept, as_of, settings.sequences.max_len).write.mode("overwrite").parquet(str(out))
+
+
+def fingerprint(path: Path) -> dict:
+    """Users, events and an order-sensitive hash of every list: equal fingerprints, equal states."""
+    import duckdb
+
+    cols = ", ".join(["user_id", "n_events", "ts::TIMESTAMP[]", *FIELDS[1:]])
+    row = duckdb.sql(f"""SELECT count(*), sum(n_events), sum(hash({cols}) % 1000000007)
+                         FROM read_parquet('{path}/*.parquet')""").fetchall()[0]
+    return {"users": int(row[0]), "events": int(row[1] or 0), "hash": int(row[2] or 0)}
+
+
+def main() -> None:
+    args = parse_args("Spark sequence pipeline: incremental vs full rebuild vs DuckDB")
+    size = "quick" if args.quick else "full"
+    repeats = args.repeats or 1
+    cfg = SIZES[size]
+    root = (ROOT / size).resolve()
+    settings = load_settings(environ={
+        "SOE_DATA__ROOT": str(root), "SOE_SPARK__MASTER": "local[*]", "SOE_SPARK__DRIVER_MEMORY": "6g",
+        "SOE_SPARK__SHUFFLE_PARTITIONS": "8" if args.quick else "16", "SOE_SEQUENCES__NUM_SHARDS": "4",
+        "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": str(cfg.hours),
+    })
+    n_events = ensure_log(settings, cfg)
+    layout = settings.layout()
+    first = utc(cfg.start)
+    as_of = first + timedelta(hours=cfg.hours)
+    last_hour = as_of - HOUR
+    work = root / "_bench"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+
+    from pipelines.hourly import rebuild_state, update_sequences
+    from pipelines.spark import spark_session
+
+    t0 = time.perf_counter()
+    spark = spark_session(settings.spark)
+    spark_start_s = time.perf_counter() - t0
+    for old in (layout.state_root, layout.active(as_of).parent, layout.quarantine(as_of).parent):
+        shutil.rmtree(old, ignore_errors=True)
+    t0 = time.perf_counter()
+    rebuild_state(settings, last_hour, lookback_hours=cfg.hours - 1, spark=spark)  # setup: state before the last hour
+    setup_s = time.perf_counter() - t0
+
+    result: dict = {}
+    # one untimed run first: the setup warmed the rebuild's code paths, this warms the update's
+    incremental_s, inc_t = median_seconds(
+        lambda: result.update(update_sequences(settings, last_hour, as_of, spark=spark)), repeats, warmup=1)
+    full_rebuild_s, full_t = median_seconds(
+        lambda: rebuild_state(settings, as_of, lookback_hours=cfg.hours, spark=spark, out=work / "full"), repeats)
+    duckdb_s, duck_t = median_seconds(lambda: duckdb_last_n(settings, as_of, work / "duck.parquet", 2), repeats)
+    core_s, core_t = (median_seconds(lambda: spark_core_last_n(spark, settings, as_of, work / "core"), repeats)
+                      if not args.quick else (float("nan"), []))  # quick: skipped to stay within 2 minutes
+
+    inc_fp, full_fp = fingerprint(layout.state(as_of)), fingerprint(work / "full")
+    import duckdb
+
+    duck_users, duck_events = duckdb.sql(f"SELECT count(*), sum(n_events) FROM '{work / 'duck.parquet'}'").fetchall()[0]
+    hour_events = result["valid_events"] + result["quarantined"]
+    emit({
+        "bench": "sequences", "size": size, "events": n_events, "users": cfg.n_users, "hours": cfg.hours,
+        "max_len": settings.sequences.max_len, "hour_events": hour_events,
+        "hour_share": round(hour_events / max(1, n_events), 4),
+        "active_users": result["active_users"], "state_users": result["state_users"],
+        "incremental_s": round(incremental_s, 2), "full_rebuild_s": round(full_rebuild_s, 2),
+        "incremental_vs_full": round(incremental_s / full_rebuild_s, 3),
+        "duckdb_full_s": round(duckdb_s, 2), "spark_vs_duckdb": round(full_rebuild_s / duckdb_s, 3),
+        "spark_core_full_s": None if core_s != core_s else round(core_s, 2),
+        "spark_core_vs_duckdb": None if core_s != core_s else round(core_s / duckdb_s, 3),
+        "incremental_phases": result.get("phase_seconds"),
+        "events_per_s": round(n_events / full_rebuild_s),
+        "incremental_events_per_s": round(hour_events / incremental_s),
+        "states_equal": inc_fp == full_fp, "duckdb_equal_counts": (duck_users, duck_events) == (full_fp["users"], full_fp["events"]),
+        "fingerprint": full_fp, "setup_rebuild_s": round(setup_s, 2), "spark_start_s": round(spark_start_s, 2),
+        "timings": {"incremental": inc_t, "full": full_t, "duckdb": duck_t, "spark_core": core_t},
+        "targets": {"incremental_vs_full": 0.2, "spark_vs_duckdb": 2.0, "min_events_full": 20_000_000},
+        "machine": machine(),
+    })
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
