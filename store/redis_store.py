@@ -2,13 +2,13 @@
 
 Layout (store.keys, docs/format.md): per model namespace, users are spread over small hashes
 ("buckets") that stay listpack-encoded. Writes go through a server-side Lua script, `UPSERT_LUA`:
-one call takes up to ~1000 users spread over several buckets and writes a value only when the
-stored one is absent or not newer (as_of at bytes 5-12 of every value). In a cluster the buckets of
+one call takes up to ~1000 users spread over several buckets and writes each value unless the stored
+one has a newer as_of (bytes 5-12 of every value). In a cluster the buckets of
 one call share a hash tag (one slot); a pipeline holds many calls, and redis-py's cluster pipeline
 groups them by node, so a batch costs one round trip per node.
 
-Reads group the requested users by bucket, one HMGET per bucket, pipelined; a single user is one
-HGET. The pointer switch and rollback are one-key Lua scripts (atomic). Nothing here logs secrets.
+Reads group the requested users by bucket, one HMGET per bucket, packed into one buffer per node
+(store.wire; redis-py's pipeline is the reference path); a single user is one HGET. The pointer switch and rollback are one-key Lua scripts (atomic). Nothing here logs secrets.
 """
 
 from __future__ import annotations
