@@ -149,6 +149,16 @@ def test_state_source_splits_every_user_exactly_once(setup, split):
     assert all(m["users"] > 0 for m in manifests)
 
 
+def test_a_marked_snapshot_ignores_leftover_shards_of_an_earlier_sharding(setup):
+    settings, version, *_rest, table = setup
+    layout = settings.layout()
+    write_state_snapshot(layout, AS_OF, table, num_files=4)
+    encode_all(settings, version, AS_OF, source="state", num_shards=4)
+    encode_all(settings, version, AS_OF, source="state", num_shards=2)  # shards 2, 3 are now stale
+    users = read_embeddings(layout, version, AS_OF)["user_id"].to_pylist()
+    assert sorted(users) == sorted(table["user_id"].to_pylist())
+
+
 def test_latest_embeddings_keeps_each_users_newest_vector(setup):
     settings, version, *_rest, table = setup
     layout = settings.layout()

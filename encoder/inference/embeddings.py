@@ -33,11 +33,20 @@ def model_root(layout: Layout, model_version: str) -> Path:
 
 
 def shard_dirs(layout: Layout, model_version: str, as_of: datetime) -> list[Path]:
-    """The published shard directories of one snapshot, in shard order."""
+    """The published shard directories of one snapshot, in shard order.
+
+    Once the snapshot is marked complete, only its shards ``0..num_shards-1`` count: a leftover shard
+    of an earlier run with more shards is ignored rather than read twice.
+    """
     root = layout.embeddings(model_version, as_of)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("shard=*") if p.is_dir() and is_complete(p))
+    dirs = sorted(p for p in root.glob("shard=*") if p.is_dir() and is_complete(p))
+    if is_complete(root):
+        n = read_marker(root).get("num_shards")
+        if n is not None:
+            dirs = [p for p in dirs if int(p.name[len("shard="):]) < int(n)]
+    return dirs
 
 
 def snapshot_times(layout: Layout, model_version: str) -> list[datetime]:
