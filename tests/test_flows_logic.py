@@ -169,3 +169,18 @@ def test_run_manifests_count_attempts_and_find_the_previous_done_run(settings):
     assert done_times(layout, "soe_hourly") == [T0 - HOUR * 2, T0 - HOUR]
     assert previous_done(layout, "soe_hourly", T0)["as_of"] == "20260101T1100Z"
     assert previous_done(layout, "soe_hourly", T0, model_version="v-b") is None
+
+
+def test_dag_interval_from_airflow_context_is_plain_utc():
+    import pendulum
+
+    from pipelines.flows.dag_support import interval
+
+    start, end = interval({"data_interval_start": pendulum.datetime(2026, 1, 2, 1, tz="UTC"),
+                           "data_interval_end": pendulum.datetime(2026, 1, 2, 2, tz="UTC")})
+    assert (start, end) == (datetime(2026, 1, 2, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, 2, tzinfo=timezone.utc))
+    assert (end - timedelta(hours=48)).tzinfo is not None  # pendulum arithmetic would drop the zone
+    # a manual trigger's empty interval means the whole hour ending at it
+    start, end = interval({"data_interval_start": pendulum.datetime(2026, 1, 2, 2, 30, tz="UTC"),
+                           "data_interval_end": pendulum.datetime(2026, 1, 2, 2, 30, tz="UTC")})
+    assert (start, end) == (datetime(2026, 1, 2, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, 2, tzinfo=timezone.utc))

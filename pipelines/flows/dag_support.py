@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,12 @@ def interval(context: dict[str, Any]) -> tuple[datetime, datetime]:
 
 
 def normalise_interval(start, end) -> tuple[datetime, datetime]:
-    """[start, end) as UTC; an empty interval (start >= end) becomes the hour ending at ``end``."""
-    start, end = utc(start), utc(end)
+    """[start, end) as plain UTC datetimes; an empty interval (start >= end) becomes the hour ending at ``end``.
+
+    Airflow hands out pendulum DateTimes, whose arithmetic can drop the zone (``utc(x) - timedelta``
+    comes back naive); they are converted to stdlib datetimes first.
+    """
+    start, end = (datetime.fromtimestamp(utc(x).timestamp(), tz=timezone.utc) for x in (start, end))
     if start >= end:
         end = floor_hour(end)
         start = end - HOUR
