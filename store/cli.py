@@ -29,6 +29,8 @@ def redis_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             msg = f"Redis refused the credentials or the command ({exc}); check SOE_REDIS__USERNAME/PASSWORD"
         except redis.exceptions.RedisClusterException as exc:
             msg = f"Redis Cluster error ({exc}); check redis.mode and redis.startup_nodes"
+        except redis.exceptions.ResponseError as exc:  # e.g. OOM: nothing half-done is visible, rerun is idempotent
+            msg = f"Redis refused a command ({exc}); fix the cause and rerun (publishing is idempotent)"
         typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
 

@@ -265,6 +265,8 @@ class RedisVectorStore(VectorStore):
 
     def get_raw_with(self, key_fn, model: str, buckets: int, ids: np.ndarray) -> list[bytes | None]:
         """Values of ``ids`` (int64 (n,)) in ``buckets`` hashes, one HMGET per bucket, pipelined."""
+        import redis
+
         if len(ids) == 1:  # the ranker's single lookup: one command, no pipeline
             uid = int(ids[0])
             return [self.r.hget(key_fn(model, bucket_of_one(uid, buckets)), str(uid))]
@@ -275,8 +277,9 @@ class RedisVectorStore(VectorStore):
             try:
                 routes = cluster_routes(self.r, [k for k, _ in commands]) if self.cluster else [(self.r, list(range(len(commands))))]
                 replies = hmget_by_node(routes, commands)
-            except Redirected:
-                log.info("cluster slot map changed during a read: refreshing and retrying via the cluster pipeline")
+            except (Redirected, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                # resharding, failover or a dropped connection: redis-py's pipeline retries, refreshes the slot map
+                log.info("fast read failed (%s); retrying via the redis-py pipeline", type(exc).__name__)
         if replies is None:  # reference path; the cluster pipeline routes by slot and follows MOVED/ASK
             pipe = self.r.pipeline(transaction=False)
             for key, fields in commands:

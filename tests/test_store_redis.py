@@ -260,3 +260,16 @@ def test_server_side_upsert_refuses_malformed_calls_before_writing(redis_any):
     assert store.r.exists(key) == 0  # nothing was written
     assert store.r.execute_command("EVALSHA", sha, 1, key, "1", "7", good) == [1, 0, 0]
     assert store.r.hget(key, "7") == good
+
+
+def test_fast_read_recovers_from_a_dropped_connection(redis_single):
+    store = RedisVectorStore(redis_single)
+    store.ensure_model("m1", 8, "float16", 64)
+    ids = np.arange(300)
+    store.upsert_vectors("m1", ids, fmt.encode_vectors(unit(300, 8), 1, "m1"), 1)
+    before = store.get_vectors("m1", ids)
+    admin = redis.Redis(host=redis_single.host, port=redis_single.port)
+    admin.client_kill_filter(_type="normal", skipme=True)  # drop every client connection of the store
+    after = store.get_vectors("m1", ids)
+    assert after.found.all()
+    np.testing.assert_array_equal(after.vectors, before.vectors)
