@@ -126,7 +126,9 @@ def main() -> None:
         purity = float((cluster_of[uv.positions(nbr[nbr >= 0])] == np.repeat(cluster_of, (nbr >= 0).sum(1))).mean())
         exact_purity = float((cluster_of[uv.positions(exact_ids)] == cluster_of[sample][:, None]).mean())
 
-        index = snap.index()
+        from store.graph.index import searcher
+
+        index = searcher(snap.index(), snap.spec, uv)
         look = lookalike_eval(uv, cluster_of, pcfg.n_clusters, index, rng)
         cands = candidates_eval(uv, nbr, scores, cluster_of, pcfg, 2000 if args.quick else 5000, rng)
 

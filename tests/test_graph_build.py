@@ -12,8 +12,8 @@ from soe.atomic import is_complete, read_marker
 from soe.contracts import NEIGHBOURS
 from soe.layout import utc
 from store.graph.build import build_graph
-from store.graph.index import build_index
-from store.graph.knn import PAD, reference_neighbours, search_neighbours
+from store.graph.index import build_index, searcher
+from store.graph.knn import PAD, recall_at_k, reference_neighbours, search_neighbours
 from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot
 from store.graph.vectors import UserVectors, latest_vectors, normalise
@@ -81,7 +81,7 @@ def test_full_build_publishes_snapshot_and_manifest(settings, planted):
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_pq"])
 def test_incremental_equals_rebuild_for_touched_users(settings, planted, kind):
     s = _settings(settings, index=kind, min_recall=0.0)
     layout = s.layout()
@@ -99,8 +99,11 @@ def test_incremental_equals_rebuild_for_touched_users(settings, planted, kind):
     index = prev.index()
     index.reset()
     index.add_with_ids(uv.vectors, uv.ids)
-    fresh, _ = search_neighbours(index, uv, rows, 8)
-    np.testing.assert_array_equal(nbr[rows], fresh)
+    fresh, _ = search_neighbours(searcher(index, prev.spec, uv), uv, rows, 8)
+    if kind == "ivf_pq":  # fast-scan ranks by 16-bit quantised distances: ties at the re-rank cut-off
+        assert recall_at_k(nbr[rows], fresh) > 0.95  # fall by list layout, which remove+add changes
+    else:
+        np.testing.assert_array_equal(nbr[rows], fresh)
     if kind == "flat":  # and for the exact index: equal to brute force over the merged vectors
         ref, _ = reference_neighbours(uv, rows, 8)
         assert (nbr[rows] == ref).mean() > 0.999

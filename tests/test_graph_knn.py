@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.graph.index import build_index, choose_device, choose_spec
+from store.graph.index import build_index, choose_device, choose_spec, searcher
 from store.graph.knn import (PAD, drop_self, exact_neighbours, recall_at_k, reference_neighbours,
                              search_neighbours)
 from store.graph.planted import PlantedConfig, planted_vectors
@@ -27,11 +27,11 @@ def test_faiss_exact_equals_numpy_reference(uv):
     assert recall_at_k(ids, ref_ids) > 0.999  # equal up to float ties
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_pq", "hnsw"])
 def test_index_agrees_with_exact_search(uv, kind):
     cfg = GraphSettings(index=kind, ivf_nprobe=8, k=10)
     spec = choose_spec(len(uv), cfg)
-    index = build_index(uv, spec, cfg)
+    index = searcher(build_index(uv, spec, cfg), spec, uv)
     rows = np.arange(0, len(uv), 11)
     approx, approx_scores = search_neighbours(index, uv, rows, 10, batch=97)  # several batches
     exact, exact_scores = reference_neighbours(uv, rows, 10)
@@ -42,16 +42,20 @@ def test_index_agrees_with_exact_search(uv, kind):
     else:
         assert recall >= 0.9, recall
     assert (np.diff(approx_scores, axis=1) <= 1e-6).all()  # best first
+    if kind == "ivf_pq":  # re-ranked scores are exact similarities, not PQ approximations
+        r, c = np.nonzero(approx != PAD)
+        true = np.einsum("nd,nd->n", uv.vectors[rows[r]], uv.vectors[uv.positions(approx[r, c])])
+        np.testing.assert_allclose(approx_scores[r, c], true, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_pq"])
 def test_self_is_never_a_neighbour_even_with_duplicate_vectors(uv, kind):
     vecs = uv.vectors.copy()
     vecs[1] = vecs[0]  # two users with the same vector: each must list the other, never itself
     dup = UserVectors(uv.ids, vecs)
     cfg = GraphSettings(index=kind, k=5)
-    index = build_index(dup, choose_spec(len(dup), cfg), cfg)
-    ids, _ = search_neighbours(index, dup, np.arange(len(dup)), 5)
+    spec = choose_spec(len(dup), cfg)
+    ids, _ = search_neighbours(searcher(build_index(dup, spec, cfg), spec, dup), dup, np.arange(len(dup)), 5)
     assert not (ids == dup.ids[:, None]).any()
     assert dup.ids[1] in ids[0] and dup.ids[0] in ids[1]
     assert (ids != PAD).all()
@@ -76,10 +80,11 @@ def test_fewer_users_than_k_pads_lists():
 
 
 def test_auto_spec_is_flat_for_small_and_ivf_for_large():
-    cfg = GraphSettings(flat_max_users=1000)
+    cfg = GraphSettings(flat_max_users=1000, ivf_max_users=100_000)
     assert choose_spec(1000, cfg).kind == "flat"
-    spec = choose_spec(1_000_000, cfg)
-    assert spec.kind == "ivf" and spec.nlist == 4000 and spec.nprobe == cfg.ivf_nprobe
+    assert choose_spec(100_000, cfg).kind == "ivf"
+    spec = choose_spec(1_000_000, cfg, dim=64)
+    assert spec.kind == "ivf_pq" and spec.nlist == 4000 and spec.nprobe == cfg.ivf_nprobe and spec.pq_m == 32
     assert choose_spec(500, GraphSettings(index="hnsw")).params()["hnsw_m"] == 32
 
 
@@ -87,6 +92,7 @@ def test_device_choice_falls_back_to_cpu_without_gpu():
     assert choose_device("auto", 0, "ivf") == "cpu"
     assert choose_device("auto", 2, "ivf") == "gpu"
     assert choose_device("auto", 2, "hnsw") == "cpu"  # faiss has no GPU HNSW
+    assert choose_device("auto", 2, "ivf_pq") == "cpu"  # nor GPU fast-scan PQ
     assert choose_device("never", 2, "flat") == "cpu"
     with pytest.raises(ValueError, match="no GPU"):
         choose_device("always", 0, "flat")

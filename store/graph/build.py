@@ -30,7 +30,7 @@ from soe.atomic import publish_dir
 from soe.contracts import NEIGHBOURS
 from soe.layout import HOUR, stamp, utc
 from store.graph.incremental import carry_over, repair_untouched, rescore, update_index
-from store.graph.index import IndexSpec, build_index, choose_device, choose_spec, num_gpus, on_device
+from store.graph.index import IndexSpec, build_index, choose_device, choose_spec, num_gpus, on_device, searcher
 from store.graph.knn import sample_recall, search_neighbours
 from store.graph.tune import calibrate
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
@@ -55,13 +55,13 @@ class GraphResult:
 
 def build_full(uv: UserVectors, cfg, on_batch=None) -> GraphResult:
     t0 = time.perf_counter()
-    spec = choose_spec(len(uv), cfg)
+    spec = choose_spec(len(uv), cfg, uv.dim)
     index = build_index(uv, spec, cfg)
     tc = time.perf_counter()
     spec, tried = calibrate(index, spec, uv, cfg.k, cfg.target_recall, cfg.calibration_sample, cfg.seed,
                             cfg.max_nprobe)
     t1 = time.perf_counter()
-    search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind))
+    search_index = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind)), spec, uv)
     nbr, scores, nxt = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch,
                                          with_next=True)
     t2 = time.perf_counter()
@@ -80,7 +80,7 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg) -> GraphResult
     nbr, scores, nxt = carry_over(old.ids, old_nbr, old_scores, uv, prev.next_scores())
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
-    search_index = on_device(index, choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind))
+    search_index = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind)), prev.spec, uv)
     nbr[touched], scores[touched], nxt[touched] = search_neighbours(search_index, uv, touched, cfg.k,
                                                                     cfg.search_batch, with_next=True)
     dropped = np.zeros(0, np.int64)

@@ -9,6 +9,10 @@ Which index (``graph.index``, default ``auto``):
 * ``ivf``   IVF-Flat: k-means coarse quantiser with ``nlist`` (default 4·sqrt(N)) lists, ``nprobe``
   lists scanned per query. Chosen by ``auto`` above ``flat_max_users``. Supports ``remove_ids`` (one
   pass over every list per call, so the incremental build removes all touched users in *one* call).
+* ``ivf_pq`` the same IVF lists holding 4-bit product-quantised codes scanned with SIMD ("fast scan",
+  16 bytes per user at d=64), then the ``k_factor`` x k best candidates re-ranked exactly against the
+  stored float vectors (`Searcher`). ~2.5x less CPU per query than IVF-Flat at equal recall here, and
+  16x less index memory. Chosen by ``auto`` above ``graph.ivf_max_users``. Supports ``remove_ids``.
 * ``hnsw``  graph index, fastest queries, slow build, and it cannot remove vectors; an incremental
   build on HNSW therefore always falls back to a full rebuild (see store.graph.build).
 
@@ -31,28 +35,34 @@ from store.graph.vectors import UserVectors
 
 @dataclass(frozen=True)
 class IndexSpec:
-    kind: str  # "flat" | "ivf" | "hnsw"
-    nlist: int = 0  # ivf: inverted lists
-    nprobe: int = 0  # ivf: lists scanned per query
+    kind: str  # "flat" | "ivf" | "ivf_pq" | "hnsw"
+    nlist: int = 0  # ivf, ivf_pq: inverted lists
+    nprobe: int = 0  # ivf, ivf_pq: lists scanned per query
+    pq_m: int = 0  # ivf_pq: sub-quantisers (4 bits each)
+    k_factor: int = 0  # ivf_pq: candidates re-ranked exactly = k_factor x k
     hnsw_m: int = 0  # hnsw: links per node
     ef_construction: int = 0  # hnsw: build beam
     ef_search: int = 0  # hnsw: search beam
 
     def params(self) -> dict:
         """The parameters that matter for this kind (for the manifest)."""
-        keep = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("hnsw_m", "ef_construction", "ef_search")}
+        keep = {"flat": (), "ivf": ("nlist", "nprobe"), "ivf_pq": ("nlist", "nprobe", "pq_m", "k_factor"),
+                "hnsw": ("hnsw_m", "ef_construction", "ef_search")}
         return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k in keep[self.kind]}}
 
 
-def choose_spec(n_users: int, cfg: GraphSettings) -> IndexSpec:
-    """The index for ``n_users`` under the config (``auto``: flat when small, IVF when large)."""
+def choose_spec(n_users: int, cfg: GraphSettings, dim: int = 64) -> IndexSpec:
+    """The index for ``n_users`` under the config (``auto``: flat when small, IVF, then IVF-PQ when large)."""
     kind = cfg.index
     if kind == "auto":
-        kind = "flat" if n_users <= cfg.flat_max_users else "ivf"
-    if kind == "ivf":
+        kind = "flat" if n_users <= cfg.flat_max_users else "ivf" if n_users <= cfg.ivf_max_users else "ivf_pq"
+    if kind in ("ivf", "ivf_pq"):
         nlist = cfg.ivf_nlist or int(4 * math.sqrt(max(n_users, 1)))
         nlist = max(1, min(nlist, n_users // 39 or 1))  # faiss k-means wants >= 39 training points per list
-        return IndexSpec("ivf", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist))
+        if kind == "ivf":
+            return IndexSpec("ivf", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist))
+        pq_m = max(m for m in range(1, dim // 2 + 1) if dim % m == 0)  # 2 dims per 4-bit code
+        return IndexSpec("ivf_pq", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist), pq_m=pq_m, k_factor=cfg.pq_k_factor)
     if kind == "hnsw":
         return IndexSpec("hnsw", hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction,
                          ef_search=cfg.hnsw_ef_search)
@@ -67,6 +77,10 @@ def empty_index(spec: IndexSpec, dim: int):
         index = faiss.index_factory(dim, f"IVF{spec.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
         index.nprobe = spec.nprobe
         return index
+    if spec.kind == "ivf_pq":
+        index = faiss.index_factory(dim, f"IVF{spec.nlist},PQ{spec.pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).nprobe = spec.nprobe
+        return index
     if spec.kind == "hnsw":
         index = faiss.index_factory(dim, f"IDMap2,HNSW{spec.hnsw_m},Flat", faiss.METRIC_INNER_PRODUCT)
         hnsw = faiss.downcast_index(index.index).hnsw
@@ -78,12 +92,16 @@ def empty_index(spec: IndexSpec, dim: int):
 
 def build_index(uv: UserVectors, spec: IndexSpec, cfg: GraphSettings):
     """Train (IVF: k-means on a seeded sample) and fill a CPU index with every user's vector."""
+    import faiss
+
     index = empty_index(spec, uv.dim)
-    if spec.kind == "ivf":
+    if spec.kind in ("ivf", "ivf_pq"):
         rng = np.random.default_rng(cfg.seed)
         n_train = min(len(uv), spec.nlist * cfg.ivf_train_per_list)
         sample = np.sort(rng.choice(len(uv), n_train, replace=False))
-        index.cp.seed = cfg.seed + 1234
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = cfg.seed + 1234
+        ivf.cp.min_points_per_centroid = 1  # the sample size is our choice (ivf_train_per_list): no warning
         index.train(uv.vectors[sample])
     if len(uv):
         index.add_with_ids(uv.vectors, uv.ids)
@@ -94,7 +112,7 @@ def set_search_params(index, spec: IndexSpec) -> None:
     """Apply the query-time knobs (nprobe / efSearch) to a CPU index read back from disk."""
     import faiss
 
-    if spec.kind == "ivf":
+    if spec.kind in ("ivf", "ivf_pq"):
         faiss.extract_index_ivf(index).nprobe = spec.nprobe
     elif spec.kind == "hnsw":
         faiss.downcast_index(index.index).hnsw.efSearch = spec.ef_search
@@ -106,7 +124,7 @@ def choose_device(use_gpu: str, num_gpus: int, kind: str) -> str:
         raise ValueError(f"graph.use_gpu must be auto, never or always, got {use_gpu!r}")
     if use_gpu == "always" and num_gpus < 1:
         raise ValueError("graph.use_gpu=always but faiss sees no GPU (faiss-cpu installed, or no device)")
-    if use_gpu == "never" or num_gpus < 1 or kind == "hnsw":  # faiss has no GPU HNSW
+    if use_gpu == "never" or num_gpus < 1 or kind in ("hnsw", "ivf_pq"):  # no GPU HNSW / fast-scan PQ
         return "cpu"
     return "gpu"
 
@@ -118,6 +136,34 @@ def on_device(index, device: str):
     import faiss
 
     return faiss.index_cpu_to_all_gpus(index)
+
+
+class Searcher:
+    """``index.search`` with exact re-ranking: the ``k_factor`` x k best approximate candidates are
+    re-scored against the float vectors of ``uv`` (ids in the index are user ids). Same call shape
+    as a faiss index, so every caller (kNN, calibration, lookalike) takes either."""
+
+    def __init__(self, index, uv: UserVectors, k_factor: int, chunk: int = 2048):
+        self.index, self.uv, self.k_factor, self.chunk = index, uv, k_factor, chunk
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        out_d = np.full((len(x), k), -np.inf, np.float32)
+        out_i = np.full((len(x), k), -1, np.int64)
+        for lo in range(0, len(x), self.chunk):
+            q = x[lo:lo + self.chunk]
+            _, cand = self.index.search(q, k * self.k_factor)  # (b, m) approximate
+            pos = self.uv.positions(cand)  # -1 for padding / unknown
+            exact = np.einsum("bd,bmd->bm", q, self.uv.vectors[np.maximum(pos, 0)])  # (b, m)
+            exact[pos < 0] = -np.inf
+            top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            out_d[lo:lo + len(q)] = np.take_along_axis(exact, top, axis=1)
+            out_i[lo:lo + len(q)] = np.where(np.isfinite(out_d[lo:lo + len(q)]), np.take_along_axis(cand, top, axis=1), -1)
+        return out_d, out_i
+
+
+def searcher(index, spec: IndexSpec, uv: UserVectors):
+    """What to call ``.search`` on: the index itself, or a re-ranking `Searcher` for ``ivf_pq``."""
+    return Searcher(index, uv, spec.k_factor) if spec.kind == "ivf_pq" else index
 
 
 def num_gpus() -> int:

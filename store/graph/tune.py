@@ -14,11 +14,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from store.graph.index import IndexSpec, set_search_params
+from store.graph.index import IndexSpec, searcher, set_search_params
 from store.graph.knn import exact_neighbours, recall_at_k, search_neighbours
 from store.graph.vectors import UserVectors
 
-LADDERS = {"ivf": ("nprobe", (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)),
+_NPROBE = ("nprobe", (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256))
+LADDERS = {"ivf": _NPROBE, "ivf_pq": _NPROBE,
            "hnsw": ("ef_search", (32, 48, 64, 96, 128, 192, 256, 384, 512))}
 
 
@@ -28,7 +29,7 @@ def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_
     if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:
         return spec, []
     name, ladder = LADDERS[spec.kind]
-    cap = min(limit, spec.nlist) if spec.kind == "ivf" else limit
+    cap = min(limit, spec.nlist) if name == "nprobe" else limit
     steps = [v for v in ladder if v <= cap] or [cap]
     rng = np.random.default_rng(seed + 13)  # not the seed of the reported recall sample
     rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
@@ -38,7 +39,7 @@ def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_
     for value in steps:
         candidate = replace(spec, **{name: value})
         set_search_params(index, candidate)
-        recall = recall_at_k(search_neighbours(index, uv, rows, k)[0], exact)
+        recall = recall_at_k(search_neighbours(searcher(index, candidate, uv), uv, rows, k)[0], exact)
         tried.append({name: value, "recall": round(recall, 4)})
         if recall >= target:
             chosen = candidate

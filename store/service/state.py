@@ -39,7 +39,9 @@ class LoadedGraph:
     def index(self):
         with self._lock:
             if self._index is None:
-                self._index = self.snap.index()
+                from store.graph.index import searcher
+
+                self._index = searcher(self.snap.index(), self.snap.spec, self.uv)
             return self._index
 
     def neighbour_source(self) -> NeighbourSource:
