@@ -140,3 +140,18 @@ def test_cli_train_eval_list_on_a_sasrec_file(settings, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "does not exist" in bad.output
     none = runner.invoke(app, ["train"])
     assert none.exit_code == 2 and "exactly one data source" in none.output
+
+
+def test_sources_read_the_validated_event_log(settings, log):
+    from soe.datasets.synthetic import write_log
+    from encoder.sources import load_source
+
+    write_log(log, settings.layout())
+    name, seq = load_source(settings, events=True)
+    assert name == "events:all" and seq.num_rows == len(set(log.events["user_id"].to_pylist()))
+    assert sum(seq["n_events"].to_pylist()) == log.events.num_rows
+    _, window = load_source(settings, events=True, interval="2026-01-01T00:00Z/2026-01-01T03:00Z")
+    latest = max(max(ts) for ts in window["ts"].to_pylist())
+    assert latest.hour < 3 and sum(window["n_events"].to_pylist()) < log.events.num_rows
+    with pytest.raises(ValueError, match="exactly one"):
+        load_source(settings, events=True, ml100k=True)
