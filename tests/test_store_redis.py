@@ -130,6 +130,8 @@ def test_cross_slot_batched_get_reports_missing(redis_any):
     assert not got.vectors[-3:].any()
     single = store.get_vectors("m1", [ids[5]])  # one id: one HGET
     np.testing.assert_array_equal(single.vectors[0], x[5])
+    empty = store.get_vectors("m1", [])
+    assert empty.vectors.shape == (0, 8) and empty.found.shape == (0,)
 
 
 def test_namespace_shape_is_fixed_and_bad_input_is_clear(settings, redis_single):
