@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
 from datetime import datetime, timezone
 
 import numpy as np
@@ -133,21 +135,31 @@ class RedisVectorStore(VectorStore):
         return self._sha[src]
 
     def _run_calls(self, src: str, calls: list[tuple[list[str], tuple]]) -> list:
-        """EVALSHA the script once per (keys, args), pipelined; reload and retry once after NOSCRIPT.
+        """EVALSHA the script once per (keys, args), pipelined (see `_run_chunks`)."""
+        return self._run_chunks(src, lambda: (calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)))
 
-        Many calls go out as ``PIPELINE_CHUNK``-sized pipelines on two connections at once, so the
-        server always has the next chunk queued while the client reads replies of the previous one.
+    def _run_chunks(self, src: str, make_chunks: Callable[[], Iterator[list]]) -> list:
+        """EVALSHA every call of every chunk; reload the script and rerun once after NOSCRIPT.
+
+        Each chunk (``PIPELINE_CHUNK`` calls) is one pipeline round trip; two are in flight on two
+        connections while the caller's generator builds the next, so the server always has work
+        queued and the client holds the Python objects of only ~3 chunks at a time.
         """
         import redis
 
         for attempt in range(2):
             sha = self._script(src)
-            chunks = [calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
             try:
-                if len(chunks) == 1:
-                    return self._execute(sha, chunks[0])
+                replies: list = []
                 with ThreadPoolExecutor(max_workers=2) as pool:
-                    return [reply for part in pool.map(lambda c: self._execute(sha, c), chunks) for reply in part]
+                    inflight: deque = deque()
+                    for chunk in make_chunks():
+                        inflight.append(pool.submit(self._execute, sha, chunk))
+                        if len(inflight) > 2:
+                            replies.extend(inflight.popleft().result())
+                    while inflight:
+                        replies.extend(inflight.popleft().result())
+                return replies
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
@@ -226,20 +238,30 @@ class RedisVectorStore(VectorStore):
         if not plan:
             return counts
         order = np.concatenate([pos for _, _, pos in plan])  # users in call order, key by key
-        id_text = list(map(str, ids[order].tolist()))
-        if fixed_len is not None:
-            buf = values[order].tobytes()  # values in call order, fixed size
-            vals = [buf[i:i + fixed_len] for i in range(0, len(buf), fixed_len)]
-        else:
-            vals = [values[i] for i in order.tolist()]
-        calls, a = [], 0
-        for keys_buckets, counts_k, pos in plan:
-            b = a + len(pos)
-            pairs = [None] * (2 * (b - a))
-            pairs[0::2], pairs[1::2] = id_text[a:b], vals[a:b]  # HSET's argument list: id, value, id, value ...
-            calls.append(([key_fn(model, k) for k in keys_buckets], (" ".join(map(str, counts_k)), *pairs)))
-            a = b
-        for w, same, stale in self._run_calls(UPSERT_LUA, calls):
+        sorted_ids = ids[order]
+        rows = values[order] if fixed_len is not None else None  # (n, value_size) in call order
+        bounds = np.cumsum([0] + [len(pos) for _, _, pos in plan]).tolist()
+
+        def make_chunks():  # Python objects are built one chunk at a time
+            for c0 in range(0, len(plan), PIPELINE_CHUNK):
+                part = plan[c0:c0 + PIPELINE_CHUNK]
+                a, b = bounds[c0], bounds[c0 + len(part)]
+                id_text = list(map(str, sorted_ids[a:b].tolist()))
+                if rows is not None:
+                    buf = rows[a:b].tobytes()
+                    vals = [buf[i:i + fixed_len] for i in range(0, len(buf), fixed_len)]
+                else:
+                    vals = [values[i] for i in order[a:b].tolist()]
+                calls, off = [], 0
+                for keys_buckets, counts_k, pos in part:
+                    m = len(pos)
+                    pairs = [None] * (2 * m)  # HSET's argument list: id, value, id, value ...
+                    pairs[0::2], pairs[1::2] = id_text[off:off + m], vals[off:off + m]
+                    calls.append(([key_fn(model, k) for k in keys_buckets], (" ".join(map(str, counts_k)), *pairs)))
+                    off += m
+                yield calls
+
+        for w, same, stale in self._run_chunks(UPSERT_LUA, make_chunks):
             counts.written += int(w)
             counts.unchanged += int(same)
             counts.stale += int(stale)
