@@ -7,10 +7,11 @@ planted clusters; see docs/graph.md for the numbers):
   when the seeds form one blob, poor when they mix interests (the mean lands between them).
 * ``multi_centroid``  spherical k-means of the seeds into up to ``lookalike_centroids`` centroids;
   score(u) = max over centroids <x_u, c>. Keeps several interests apart; exact over all users at
-  O(N·C·D), so 1M users x 16 centroids is ~1 GFLOP. The default.
+  O(N·C·D), so 1M users x 16 centroids is ~1 GFLOP.
 * ``max_seed``        score(u) = max over seeds <x_u, x_s>, restricted to each seed's
   ``lookalike_seed_k`` nearest users (more when the audience needs it) found through the FAISS index (exact max over 100k seeds x N users
-  is out of reach). Most local; noisy seeds pull in their own neighbourhoods.
+  is out of reach). Most local; noisy seeds pull in their own neighbourhoods. The default: the most
+  precise of the three on planted clusters (bench.graph, docs/graph.md).
 
 Seeds without a vector are reported, not an error, unless none has one. Seeds are excluded from the
 audience unless ``exclude_seeds=False``.
@@ -68,7 +69,7 @@ def max_seed_scores(uv: UserVectors, seed_rows: np.ndarray, index, seed_k: int) 
 
 
 def lookalike(uv: UserVectors, seed_user_ids, size: int, exclude_seeds: bool = True,
-              method: str = "multi_centroid", n_centroids: int = 16, index=None, seed_k: int = 100,
+              method: str = "max_seed", n_centroids: int = 16, index=None, seed_k: int = 100,
               seed: int = 0) -> Audience:
     """The ``size`` users most similar to the seed set under ``method`` (see module docstring)."""
     if method not in METHODS:

@@ -35,7 +35,7 @@ class GraphSettings(Section):
     max_incremental_fraction: float = 0.3  # more touched users than this share -> full rebuild is cheaper
     publish_redis: bool = True  # write neighbour lists to Redis (off for offline builds / benchmarks)
     # -- lookalike / candidates -------------------------------------------------------------
-    lookalike_method: Literal["centroid", "multi_centroid", "max_seed"] = "multi_centroid"  # seed scoring
+    lookalike_method: Literal["centroid", "multi_centroid", "max_seed"] = "max_seed"  # seed scoring (bench.graph: best)
     lookalike_centroids: int = 16  # multi_centroid: k-means centroids over the seed vectors
     lookalike_seed_k: int = 100  # max_seed: neighbours searched per seed
     max_seeds: int = 100_000  # largest seed set accepted
