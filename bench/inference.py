@@ -58,8 +58,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, cold: tuple[s
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument("--users", type=int, default=None))
-    users = args.users or (1500 if args.quick else 20000)
-    rounds = args.repeats or 3
+    users = args.users or (800 if args.quick else 10000)
+    rounds = args.repeats or (2 if args.quick else 3)
 
     from encoder.features import featurize
     from encoder.inference.batching import plan_batches
