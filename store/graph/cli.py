@@ -102,9 +102,13 @@ def register(app: typer.Typer) -> None:
         """Items the user's neighbours engaged with recently (from Redis), similarity weighted."""
         from store.graph.candidates import RedisNeighbours, RedisPositives, candidates
 
+        from store.graph.snapshot import latest_snapshot
+
         s = settings(ctx)
+        snap = latest_snapshot(s.layout(), model)  # positives are aged at the graph's as_of
         items, scores = candidates(user, k, RedisNeighbours(s.redis, model),
-                                   RedisPositives(s.redis, s.graph.positives_window_hours))
+                                   RedisPositives(s.redis, s.graph.positives_window_hours,
+                                                  now=snap.as_of if snap is not None else None))
         echo_json({"user_id": user, "items": items.tolist(), "scores": [round(float(x), 5) for x in scores]})
 
     @app.command("positives")

@@ -131,8 +131,13 @@ class ServiceState:
         return self._sources[model]
 
     def positives(self) -> PositivesSource:
-        if self._positives is None:
-            self._positives = RedisPositives(self.settings.redis, self.settings.graph.positives_window_hours)
+        """Recent positives, aged at the served graph's as_of (data time, not the wall clock)."""
+        try:
+            now = self.graph().snap.as_of
+        except NotReady:
+            now = None  # no graph: ages as of each value's own publication
+        if self._positives is None or self._positives.now != now:
+            self._positives = RedisPositives(self.settings.redis, self.settings.graph.positives_window_hours, now=now)
         return self._positives
 
     def redis_ok(self) -> bool:
