@@ -209,7 +209,8 @@ class BatchEncoder:
 
         if self.settings.loader_thread:
             windows = prefetch(windows, 1)  # read the next window while this one is encoded
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="soe-encode", initializer=one_thread) as pool:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="soe-encode", initializer=one_thread)
+        try:
             for window in windows:
                 plans = sorted(self.plan(window), key=lambda p: -len(p.rows) * p.padded_len)  # biggest first
                 result = np.empty((window.num_rows, self.cfg.d_model), dtype=np.float32)  # (W, D)
@@ -220,6 +221,8 @@ class BatchEncoder:
                     if on_batch:
                         on_batch(len(plan.rows))
                 yield window, result, stats
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on an error, drop the window's queued batches
 
     def encode_table(self, table: pa.Table, as_of: datetime, window_users: int | None = None) -> np.ndarray:
         """(R, D) float32 vectors of a whole in-memory SEQUENCE table, in row order (tests, benches)."""
