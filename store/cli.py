@@ -162,10 +162,13 @@ def redis_start(
 
     port = settings(ctx).redis.port if port is None else port
     work = _work_dir(ctx)
-    if cluster:
-        server = local_server.start_cluster(work, [port, port + 1, port + 2] if port else None, persist=persist)
-    else:
-        server = local_server.start_single(work, port or None, persist=persist)
+    try:
+        if cluster:
+            server = local_server.start_cluster(work, [port, port + 1, port + 2] if port else None, persist=persist)
+        else:
+            server = local_server.start_single(work, port or None, persist=persist)
+    except RuntimeError as exc:  # did not come up: the message carries the server log's tail
+        raise ValueError(str(exc)) from None
     echo_json({"mode": server.mode, "ports": server.ports, "pids": server.pids, "work_dir": str(work)})
 
 

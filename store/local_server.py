@@ -240,14 +240,17 @@ def _create_cluster(server: LocalRedis, timeout: float) -> None:
     import redis
 
     nodes = [redis.Redis(host=server.host, port=p, socket_timeout=5) for p in server.ports]
-    if nodes[0].cluster("info").get("cluster_state") == "ok":  # restarted persistent cluster
-        return
     n = len(nodes)
-    for i, node in enumerate(nodes):
-        lo, hi = i * 16384 // n, (i + 1) * 16384 // n - 1
-        node.execute_command("CLUSTER ADDSLOTSRANGE", lo, hi)
-    for node in nodes[1:]:
-        node.execute_command("CLUSTER MEET", server.host, server.ports[0])
+    assigned = [int(node.cluster("info").get("cluster_slots_assigned", 0)) for node in nodes]
+    if any(assigned) and not all(assigned):
+        raise ValueError(f"{server.work_dir} holds cluster state (nodes.conf) for other ports than {server.ports}: "
+                         "start with the same ports as before, or remove the node-* directories")
+    if not any(assigned):  # a new cluster (a restarted persistent one keeps its nodes.conf)
+        for i, node in enumerate(nodes):
+            lo, hi = i * 16384 // n, (i + 1) * 16384 // n - 1
+            node.execute_command("CLUSTER ADDSLOTSRANGE", lo, hi)
+        for node in nodes[1:]:
+            node.execute_command("CLUSTER MEET", server.host, server.ports[0])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         infos = [node.cluster("info") for node in nodes]
