@@ -60,3 +60,17 @@ def test_deploy_memory_conf_matches_the_local_servers():
     conf = Path(__file__).resolve().parents[1] / "deploy" / "redis" / "soe-memory.conf"
     lines = [ln.split() for ln in conf.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert {k: v for k, v in lines} == local_server.MEMORY_CONF
+
+
+def test_persistent_single_node_keeps_data_across_restart(tmp_path):
+    server = local_server.start_single(tmp_path / "r", persist=True)
+    port = server.ports[0]
+    try:
+        redis.Redis(port=port).set("soe:pointer-test", "m1")
+    finally:
+        local_server.stop(tmp_path / "r")  # SIGTERM: redis-server saves its RDB before exiting
+    again = local_server.start_single(tmp_path / "r", port=port, persist=True)
+    try:
+        assert redis.Redis(port=again.ports[0]).get("soe:pointer-test") == b"m1"
+    finally:
+        local_server.stop(tmp_path / "r")
