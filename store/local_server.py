@@ -71,6 +71,7 @@ class LocalRedis:
 # -- ports ----------------------------------------------------------------------------------------
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server does: TIME_WAIT is no conflict
         try:
             s.bind((host, port))
         except OSError:
