@@ -1,7 +1,7 @@
 """The fast read path: many HMGETs packed into one RESP buffer per node and sent on one connection.
 
-redis-py's pipeline spends ~20 µs of Python per command (argument encoding, packing, bookkeeping);
-a 100-user lookup is ~100 HMGETs (one per bucket), so that alone would cost ~2 ms. Here the
+redis-py's pipeline spends ~10-20 µs of Python per command (encoding, packing, bookkeeping, parsing);
+a 100-user lookup is ~100 HMGETs (one per bucket), so that alone costs 1-2 ms. Here the
 request bytes are built directly (``*N $5 HMGET $len key $len field ...``, the RESP protocol), sent
 with one ``sendall`` per node, and the replies are read with redis-py's own parser (hiredis when
 installed). On a cluster the commands are split by the node that owns each key's slot; every node
