@@ -17,6 +17,7 @@ import json
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import Callable, Iterator
 from datetime import datetime, timezone
 
@@ -292,8 +293,12 @@ class RedisVectorStore(VectorStore):
         if len(ids) == 1:  # the ranker's single lookup: one command, no pipeline
             uid = int(ids[0])
             return [self.r.hget(key_fn(model, bucket_of_one(uid, buckets)), str(uid))]
-        groups = list(bucket_groups(ids, buckets))
-        commands = [(key_fn(model, bucket), [str(i) for i in ids[pos].tolist()]) for bucket, pos in groups]
+        b = bucket_of(ids, buckets)
+        order = np.argsort(b, kind="stable")  # users grouped by bucket
+        uniq, starts = np.unique(b[order], return_index=True)
+        bounds = starts.tolist() + [len(ids)]
+        fields = list(map(str, ids[order].tolist()))
+        commands = [(key_fn(model, k), fields[bounds[j]:bounds[j + 1]]) for j, k in enumerate(uniq.tolist())]
         replies = None
         if self.fast_reads:  # one packed buffer per node, all nodes at once (store.wire)
             try:
@@ -308,9 +313,8 @@ class RedisVectorStore(VectorStore):
                 pipe.execute_command("HMGET", key, *fields)
             replies = pipe.execute()
         out: list[bytes | None] = [None] * len(ids)
-        for (_, pos), vals in zip(groups, replies):
-            for p, v in zip(pos.tolist(), vals):
-                out[p] = v
+        for p, v in zip(order.tolist(), chain.from_iterable(replies)):
+            out[p] = v
         return out
 
     def get_vectors(self, model: str, user_ids) -> Lookup:
