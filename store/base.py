@@ -92,6 +92,14 @@ class VectorStore(ABC):
     def get_vectors(self, model: str, user_ids: np.ndarray) -> Lookup: ...
 
     @abstractmethod
+    def lookup_with(self, meta: ModelMeta, user_ids: np.ndarray) -> Lookup:
+        """`get_vectors` with the namespace's metadata already known (the lookup client caches it)."""
+
+    @abstractmethod
+    def raw_with(self, kind: str, meta: ModelMeta, user_ids: np.ndarray) -> list[bytes | None]:
+        """`get_raw` with the namespace's metadata already known."""
+
+    @abstractmethod
     def get_raw(self, kind: str, model: str, user_ids: np.ndarray) -> list[bytes | None]:
         """Stored values ("v" vectors or "n" neighbour lists), None where missing."""
 
@@ -100,6 +108,10 @@ class VectorStore(ABC):
         """Remove the users from every namespace; returns removals per "<kind>:<model>"."""
 
     # -- pointer and manifests ----------------------------------------------------------------
+    @abstractmethod
+    def current(self) -> str | None:
+        """The current model (one read; the lookup client caches it)."""
+
     @abstractmethod
     def pointer(self) -> dict[str, str]:
         """{"current": ..., "previous": ..., "switched_at": ...} (empty when never set)."""

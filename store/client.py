@@ -70,5 +70,5 @@ class LookupClient:
         """Each user's (neighbour ids, scores), best first, or None when the graph has no list for them."""
         meta = self._model_meta()
         ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
-        raw = self.store.get_raw_with(self.store.keys.neighbours, meta.model, meta.buckets, ids)
+        raw = self.store.raw_with("n", meta, ids)
         return [None if v is None else decode_neighbours(v)[:2] for v in raw]

@@ -279,12 +279,15 @@ class RedisVectorStore(VectorStore):
 
     # -- reads --------------------------------------------------------------------------------
     def get_raw(self, kind: str, model: str, user_ids) -> list[bytes | None]:
-        key_fn = {"v": self.keys.vectors, "n": self.keys.neighbours}[kind]
         ids = _as_ids(user_ids)
         meta = self.model_meta(model)
         if meta is None:
             return [None] * len(ids)
-        return self.get_raw_with(key_fn, model, meta.buckets, ids)
+        return self.raw_with(kind, meta, ids)
+
+    def raw_with(self, kind: str, meta: ModelMeta, user_ids) -> list[bytes | None]:
+        key_fn = {"v": self.keys.vectors, "n": self.keys.neighbours}[kind]
+        return self.get_raw_with(key_fn, meta.model, meta.buckets, _as_ids(user_ids))
 
     def get_raw_with(self, key_fn, model: str, buckets: int, ids: np.ndarray) -> list[bytes | None]:
         """Values of ``ids`` (int64 (n,)) in ``buckets`` hashes, one HMGET per bucket, pipelined."""
