@@ -108,3 +108,16 @@ def test_keys_share_the_bucket_hash_tag_and_names_are_checked():
     for bad in ("", "a b", "x{y}", "m:1", "-m"):
         with pytest.raises(ValueError):
             check_name("model version", bad)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
+def test_single_value_fast_path_equals_batch_path(dtype):
+    x = unit(3, 16, seed=3)
+    values = [fmt.encode_vector(v, AS_OF + i, "m-2", dtype) for i, v in enumerate(x)]
+    batch = fmt.decode_vectors(values)
+    for i, v in enumerate(values):
+        one = fmt.decode_vectors([v], dim=16)
+        for a, b in zip(one, batch):
+            np.testing.assert_array_equal(a[0], b[i])
+    with pytest.raises(fmt.FormatError, match="expected 8"):
+        fmt.decode_vectors([values[0]], dim=8)
