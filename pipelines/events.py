@@ -101,7 +101,8 @@ def _validate_batches(event_types: tuple[str, ...], max_attribute_id: int, max_l
             arrival = table["arrival_hour"].to_numpy()
             raw = table.drop_columns(["arrival_hour"])
             for hour in np.unique(arrival):
-                sub = raw if len(arrival) and arrival[0] == arrival[-1] == hour else raw.filter(pa.array(arrival == hour))
+                mine = arrival == hour
+                sub = raw if mine.all() else raw.filter(pa.array(mine))  # a task may read several partitions
                 start = datetime.fromtimestamp(int(hour) * 3600, tz=timezone.utc)
                 rules = ValidationRules(
                     event_types=event_types, max_attribute_id=max_attribute_id, interval_start=start,

@@ -151,7 +151,7 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
         active = seq.to_sequence(merged.where(F.col("fresh") > 0), "events", as_of)
         with publish_dir(layout.active(as_of), manifest) as tmp:
             buckets = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
-            manifest["shard_sizes"] = write_shards(active, tmp, cfg.num_shards, buckets)
+            manifest["shard_sizes"] = write_shards(active, tmp, cfg.num_shards, buckets, cfg.broadcast_active_ids)
             phase("active")
             manifest["phase_seconds"] = phases
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
