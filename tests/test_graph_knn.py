@@ -100,3 +100,15 @@ def test_device_choice_falls_back_to_cpu_without_gpu():
 
     from store.graph.index import num_gpus
     assert num_gpus() == faiss.get_num_gpus()
+
+
+@pytest.mark.parametrize("spread", [3, 10**12])  # compact ids (dense table) and sparse ids (binary search)
+def test_positions_paths_agree(spread):
+    rng = np.random.default_rng(4)
+    ids = rng.choice(1000 * spread, 1000, replace=False).astype(np.int64) - 500
+    uv = UserVectors.from_arrays(ids, rng.standard_normal((1000, 4)))
+    ask = np.concatenate([ids[:300], rng.integers(-2000, 1000 * spread, 300), [-(2**63), 2**63 - 1]])
+    got = uv.positions(ask.reshape(2, -1)).ravel()
+    np.testing.assert_array_equal(got, uv.positions_by_search(ask))
+    assert (uv.ids[got[:300]] == ids[:300]).all()
+    assert (uv._table() is not None) == (spread == 3)
