@@ -123,6 +123,21 @@ def test_crash_mid_shard_publishes_nothing_and_keeps_the_previous_shard(setup, m
     assert [p.name for p in root.iterdir()] == ["shard=00000"]
 
 
+def test_resume_keeps_published_shards_and_encodes_the_rest(setup, monkeypatch):
+    settings, version, *_rest, table = setup
+    layout = settings.layout()
+    write_state_snapshot(layout, AS_OF, table, num_files=3)
+    first = encode_shard(settings, version, AS_OF, 0, num_shards=3, source="state")  # then the run "crashed"
+    encoded = []
+    real = engine_mod.encode_with
+    monkeypatch.setattr(engine_mod, "encode_with", lambda *a, **k: encoded.append(a[4]) or real(*a, **k))
+    manifests = encode_all(settings, version, AS_OF, source="state", num_shards=3, resume=True)
+    assert encoded == [1, 2] and manifests[0]["seconds"] == first["seconds"]
+    assert read_embeddings(layout, version, AS_OF).num_rows == 120
+    encode_all(settings, version, AS_OF, source="state", num_shards=3)  # without resume: everything again
+    assert encoded == [1, 2, 0, 1, 2]
+
+
 def test_loader_errors_surface_in_the_worker(setup, monkeypatch):
     settings, version, *_rest, table = setup
     write_active_snapshot(settings.layout(), AS_OF, table, num_shards=1)

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
             None, "--num-shards", help="shard count (active: checked against the pipeline's; state: how to split)"
         ),
         source: str = typer.Option("active", "--source", help="active (the hour's active users) or state (every user)"),
+        resume: bool = typer.Option(False, "--resume", help="all shards: keep shards an earlier run already published"),
     ) -> None:
         """Encode sequence shards into embedding shards (atomic, idempotent per model/as_of/shard)."""
         from encoder.inference.engine import encode_all, encode_shard
@@ -31,6 +32,6 @@ def register(app: typer.Typer) -> None:
         cfg = settings(ctx)
         t = utc(as_of)
         if shard is None:
-            echo_json(encode_all(cfg, model, t, source=source, num_shards=num_shards, progress=True))
+            echo_json(encode_all(cfg, model, t, source=source, num_shards=num_shards, progress=True, resume=resume))
         else:
             echo_json(encode_shard(cfg, model, t, shard, num_shards=num_shards, source=source, progress=True))

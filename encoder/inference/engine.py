@@ -50,7 +50,8 @@ from encoder.inference.embeddings import mark_snapshot
 from encoder.inference.loader import prefetch
 from encoder.inference.reader import open_source, source_num_shards
 from encoder.inference.settings import InferenceSettings
-from encoder.inference.writer import open_shard
+from encoder.inference.writer import open_shard, shard_dir
+from soe.atomic import is_complete, read_marker
 from soe.layout import utc
 
 log = logging.getLogger("soe.inference")
@@ -303,15 +304,29 @@ def encode_shard(
 
 def encode_all(
     settings, model_version: str, as_of: datetime, *, source: str = "active", num_shards: int | None = None,
-    progress: bool = False,
+    progress: bool = False, resume: bool = False,
 ) -> list[dict]:
-    """Every shard of (model, as_of) in this process (model loaded once), then the snapshot marker."""
+    """Every shard of (model, as_of) in this process (model loaded once), then the snapshot marker.
+
+    ``resume``: keep shards already published by an earlier run of the same (model, as_of, source,
+    shard count), e.g. after a crash half-way through a backfill, and encode only the others.
+    """
     as_of = utc(as_of)
-    n = source_num_shards(settings.layout(), as_of, source, num_shards)
+    layout = settings.layout()
+    n = source_num_shards(layout, as_of, source, num_shards)
     encoder = BatchEncoder.load(settings, model_version)
-    manifests = [
-        encode_with(encoder, settings, model_version, as_of, i, num_shards=n, source=source, progress=progress)
-        for i in range(n)
-    ]
-    mark_snapshot(settings.layout(), model_version, as_of, n)
+    manifests = []
+    for i in range(n):
+        done = _published_manifest(layout, model_version, as_of, i) if resume else None
+        if done is not None and done.get("source", {}).get("source") == source and done["source"].get("num_shards") == n:
+            log.info("shard %d of %s at %s already published: kept (resume)", i, model_version, as_of)
+            manifests.append(done)
+            continue
+        manifests.append(encode_with(encoder, settings, model_version, as_of, i, num_shards=n, source=source, progress=progress))
+    mark_snapshot(layout, model_version, as_of, n)
     return manifests
+
+
+def _published_manifest(layout, model_version: str, as_of: datetime, shard: int) -> dict | None:
+    path = shard_dir(layout, model_version, as_of, shard)
+    return read_marker(path) if is_complete(path) else None
