@@ -49,7 +49,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], extra=lambda p: (
         p.add_argument("--users", type=int, default=None),
         p.add_argument("--no-airflow", action="store_true", help="skip the airflow dags test rerun")))
-    users = args.users or (20_000 if args.quick else 1_000_000)
+    users = args.users or (10_000 if args.quick else 1_000_000)
 
     from pipelines.flows import hourly
     from pipelines.flows.airflow_run import AirflowHome
