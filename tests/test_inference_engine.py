@@ -75,8 +75,14 @@ def test_engine_matches_reference_path_within_float16(tiny, sequences):
 
 @pytest.mark.parametrize(
     "schedule",
-    [{"cpu_workers": 2}, {"cpu_workers": 2, "loader_thread": False}, {"cpu_workers": 1}, {"cpu_workers": 1, "loader_thread": False}],
-    ids=["parallel", "parallel-inline", "stream", "stream-inline"],
+    [
+        {"cpu_workers": 2},
+        {"cpu_workers": 2, "loader_thread": False},
+        {"cpu_workers": 1},
+        {"cpu_workers": 1, "loader_thread": False},
+        {"cpu_workers": 1, "loader_workers": 3},
+    ],
+    ids=["parallel", "parallel-inline", "stream", "stream-inline", "stream-3-loaders"],
 )
 def test_vectors_do_not_depend_on_batch_window_or_schedule(tiny, sequences, schedule):
     model, cfg = tiny

@@ -139,11 +139,25 @@ class BatchEncoder:
         return batch.pin_memory() if self.choice.is_cuda else batch
 
     def _stream_items(self, windows: Iterable[pa.Table], as_of: datetime) -> Iterator[tuple]:
-        """("batch", plan, featurised batch) for each batch of a window, then ("window", window)."""
-        for window in windows:
-            for plan in self.plan(window):
-                yield "batch", plan, self.featurize(window, plan, as_of)
-            yield "window", window, None
+        """("batch", plan, featurised batch) for each batch of a window, then ("window", window).
+
+        With ``loader_workers > 1`` the batches of a window are featurised by that many threads
+        (in order): one thread featurises ~30k users/s, less than a GPU encodes.
+        """
+        pool = ThreadPoolExecutor(self.settings.loader_workers) if self.settings.loader_workers > 1 else None
+        try:
+            for window in windows:
+                plans = self.plan(window)
+                if pool is None:
+                    batches = (self.featurize(window, plan, as_of) for plan in plans)
+                else:
+                    batches = pool.map(lambda plan: self.featurize(window, plan, as_of), plans)
+                for plan, batch in zip(plans, batches):
+                    yield "batch", plan, batch
+                yield "window", window, None
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     # -- device side --------------------------------------------------------------------------
     def encode_batch(self, batch) -> torch.Tensor:

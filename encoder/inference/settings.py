@@ -13,6 +13,7 @@ class InferenceSettings(Section):
     window_users: int = 32768  # users read and length-sorted together (bounds host memory per worker)
     prefetch_batches: int = 2  # featurised batches queued ahead of compute by the loader thread
     loader_thread: bool = True  # read/featurise in a background thread, overlapping the model's compute
+    loader_workers: int = 1  # stream schedule (GPU): threads featurising a window's batches in parallel
     cpu_workers: int = 0  # CPU: batches encoded in parallel, 1 thread each; 0 = one per available core
     threads: int = 0  # CPU intra-op threads when cpu_workers=1; 0 = the cores this process may run on
     newest_only: bool = True  # last block computes only the newest position (pooling=last; see fastpath.py)
