@@ -151,8 +151,8 @@ class BatchEncoder:
                 if pool is None:
                     batches = (self.featurize(window, plan, as_of) for plan in plans)
                 else:
-                    batches = pool.map(lambda plan: self.featurize(window, plan, as_of), plans)
-                for plan, batch in zip(plans, batches):
+                    batches = pool.map(functools.partial(self.featurize, window, as_of=as_of), plans)
+                for plan, batch in zip(plans, batches, strict=True):
                     yield "batch", plan, batch
                 yield "window", window, None
         finally:
@@ -218,7 +218,7 @@ class BatchEncoder:
         def one_thread() -> None:
             torch.set_num_threads(1)
 
-        def job(window: pa.Table, plan: BatchPlan) -> tuple[BatchPlan, torch.Tensor]:
+        def job(window: pa.Table, plan: BatchPlan) -> tuple[BatchPlan, torch.Tensor]:  # in a worker thread
             with torch.inference_mode():
                 return plan, self.encode_adaptive(self.featurize(window, plan, as_of))
 
@@ -230,7 +230,7 @@ class BatchEncoder:
                 plans = sorted(self.plan(window), key=lambda p: -len(p.rows) * p.padded_len)  # biggest first
                 result = np.empty((window.num_rows, self.cfg.d_model), dtype=np.float32)  # (W, D)
                 stats = EncodeStats()
-                for plan, vectors in pool.map(lambda p: job(window, p), plans):
+                for plan, vectors in pool.map(functools.partial(job, window), plans):
                     result[plan.rows] = vectors.numpy()
                     stats.add(EncodeStats.of(plan))
                     if on_batch:

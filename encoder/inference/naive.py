@@ -58,7 +58,7 @@ class NaiveEncoder(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         with torch.no_grad():
-            for ours, theirs in zip(model.blocks, self.encoder.layers):
+            for ours, theirs in zip(model.blocks, self.encoder.layers, strict=True):
                 theirs.self_attn.in_proj_weight.copy_(ours.attn.qkv.weight)  # (3D, D): q, k, v rows
                 theirs.self_attn.in_proj_bias.copy_(ours.attn.qkv.bias)
                 theirs.self_attn.out_proj.load_state_dict(ours.attn.proj.state_dict())

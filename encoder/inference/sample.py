@@ -41,8 +41,8 @@ def random_sequences(
     n, total = len(lengths), int(lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     end_ms = int(utc(as_of).timestamp() * 1000)
-    ts = np.sort(end_ms - rng.integers(1, 30 * 86_400_000, size=total))  # sorted globally ...
-    ts = np.concatenate([np.sort(ts[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]) if n else ts  # ... and per user
+    ts = end_ms - rng.integers(1, 30 * 86_400_000, size=total)  # (E,)
+    ts = ts[np.lexsort((ts, np.repeat(np.arange(n), lengths)))]  # oldest -> newest within each user
     columns = {
         "user_id": pa.array(np.arange(first_user, first_user + n, dtype=np.int64)),
         "as_of": pa.array(np.full(n, end_ms, dtype="datetime64[ms]"), TS),
