@@ -117,9 +117,12 @@ def free_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    import psutil
+    try:
+        import psutil
 
-    return int(psutil.virtual_memory().available)
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # POSIX fallback: free physical pages (ignores reclaimable cache, so conservative)
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def activation_bytes_per_token(d_model: int, n_heads: int, max_len: int, ff_mult: int = 4, bytes_per: int = 4) -> int:
