@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from soe.contracts import ATTRIBUTE_COLUMNS, TS, list_of
+from soe.contracts import ATTRIBUTE_COLUMNS, TS
 
 LIST_COLUMNS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
 

@@ -14,14 +14,13 @@ baselines (`encoder.baselines`) are scored by the very same functions on the sam
 
 from __future__ import annotations
 
-from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from encoder.data import Catalogue, Split, events_to_sequences, truncate
+from encoder.data import Catalogue, Split, truncate
 from encoder.features import featurize, hash_items
 from encoder.metrics import KS, csr, purity, random_purity, ranking_metrics
 from encoder.model import ModelConfig, UserEncoder

@@ -27,7 +27,7 @@ position) or "attention" (a learned query attending over the outputs, causally p
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

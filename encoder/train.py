@@ -27,9 +27,8 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import torch
-
 import pyarrow.compute as pc
+import torch
 
 from encoder.data import Catalogue, Split, chunk_rows, events_to_sequences, item_catalogue, leave_last_out, positive_counts
 from encoder.evaluate import model_leave_last_out
