@@ -58,6 +58,18 @@ def test_latest_vectors_newest_snapshot_wins(settings, planted):
         latest_vectors(layout, "other", T2)
 
 
+def test_stale_shards_of_a_marked_snapshot_are_ignored(settings, planted):
+    """The encoder's rule: once a snapshot is marked with num_shards, extra leftover shards do not count."""
+    from encoder.inference.embeddings import mark_snapshot
+
+    layout = settings.layout()
+    write_embeddings(layout, "m1", T1, planted.user_ids[:1000], planted.vectors[:1000], shard=0)
+    write_embeddings(layout, "m1", T1, planted.user_ids[1000:1200], planted.vectors[1000:1200], shard=1)
+    assert len(latest_vectors(layout, "m1", T1)) == 1200
+    mark_snapshot(layout, "m1", utc(T1), num_shards=1)  # a rerun with one shard; shard 1 is a leftover
+    assert len(latest_vectors(layout, "m1", T1)) == 1000
+
+
 def test_full_build_publishes_snapshot_and_manifest(settings, planted):
     s = _settings(settings, index="ivf")
     layout = s.layout()

@@ -77,9 +77,7 @@ def register(app: typer.Typer) -> None:
         if snap is None:
             raise FileNotFoundError(f"no published graph for model {model!r}: run `soe graph --model {model} --as-of T`")
         method = method or s.graph.lookalike_method
-        from store.graph.index import searcher
-
-        index = searcher(snap.index(), snap.spec, snap.vectors) if method == "max_seed" else None
+        index = snap.searcher() if method == "max_seed" else None
         aud = lookalike(snap.vectors, ids, size, exclude_seeds=not include_seeds, method=method,
                         n_centroids=s.graph.lookalike_centroids, index=index, seed_k=s.graph.lookalike_seed_k)
         if out is not None:

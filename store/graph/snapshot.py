@@ -84,6 +84,12 @@ class GraphSnapshot:
         path = self.path / NEXT_FILE
         return np.load(path) if path.is_file() else np.full(len(self.vectors), np.inf, np.float32)
 
+    def searcher(self):
+        """What to call ``.search(x, k)`` on for exact-scored results: the index, re-ranked for ivf_pq."""
+        from store.graph.index import searcher
+
+        return searcher(self.index(), self.spec, self.vectors)
+
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """(nbr_ids (N, k), scores (N, k)) row-aligned with ``vectors.ids``."""
         table = pq.read_table(self.path / NEIGHBOURS_FILE)

@@ -5,7 +5,9 @@ holding only that hour's *active* users. A user's current vector is therefore th
 snapshot that contains the user. `latest_vectors` merges the snapshots in ``(after, as_of]`` (full
 build: every snapshot up to ``as_of``; incremental build: only those newer than the previous graph).
 
-Only published data is read: a snapshot directory, or a shard directory, with a ``_SUCCESS`` marker.
+Only published data is read: shard directories with a ``_SUCCESS`` marker, chosen by the encoder's own
+`encoder.inference.embeddings.shard_dirs` (its ``latest_embeddings`` has no upper as_of bound, which
+a rebuild of a past hour needs, so the merge is done here).
 The result is a `UserVectors`: user ids sorted ascending and their float32 L2-normalised vectors, the
 layout the rest of the graph code works in.
 """
@@ -20,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import is_complete
 from soe.layout import Layout, utc
 
 
@@ -111,17 +112,13 @@ def vectors_from_table(table: pa.Table) -> np.ndarray:
     return flat.reshape(len(col), dim).astype(np.float32)
 
 
-def snapshot_files(snapshot: Path) -> list[Path]:
-    """Parquet files of one published embedding snapshot (the whole dir or per-shard markers)."""
-    if not snapshot.is_dir():
-        return []
-    if is_complete(snapshot):
-        return sorted(p for p in snapshot.rglob("*.parquet") if not any(s.startswith(".") for s in p.parts))
-    files: list[Path] = []
-    for shard in sorted(snapshot.iterdir()):
-        if shard.is_dir() and not shard.name.startswith(".") and is_complete(shard):
-            files.extend(sorted(shard.rglob("*.parquet")))
-    return files
+def snapshot_files(layout: Layout, model_version: str, as_of: datetime) -> list[Path]:
+    """Parquet files of one published embedding snapshot: the encoder's own rule of which shard
+    directories count (`encoder.inference.embeddings.shard_dirs`: published shards, and once the
+    snapshot is marked complete only its ``num_shards`` first ones)."""
+    from encoder.inference.embeddings import shard_dirs
+
+    return [f for d in shard_dirs(layout, model_version, as_of) for f in sorted(d.glob("*.parquet"))]
 
 
 def snapshot_times(layout: Layout, model_version: str, after: datetime | None, as_of: datetime) -> list[datetime]:
@@ -134,7 +131,7 @@ def snapshot_times(layout: Layout, model_version: str, after: datetime | None, a
         if not child.name.startswith("as_of="):
             continue
         t = utc(child.name[len("as_of="):])
-        if t <= utc(as_of) and (after is None or t > utc(after)) and snapshot_files(child):
+        if t <= utc(as_of) and (after is None or t > utc(after)) and snapshot_files(layout, model_version, t):
             out.append(t)
     return sorted(out)
 
@@ -153,7 +150,7 @@ def latest_vectors(layout: Layout, model_version: str, as_of: datetime, after: d
         )
     ids, vecs = [], []
     for t in times:  # oldest first: UserVectors.from_arrays keeps the last duplicate = newest snapshot
-        for f in snapshot_files(layout.embeddings(model_version, t)):
+        for f in snapshot_files(layout, model_version, t):
             table = pq.read_table(f, columns=["user_id", "vector"])
             ids.append(table.column("user_id").to_numpy())
             vecs.append(vectors_from_table(table))

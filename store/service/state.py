@@ -39,9 +39,7 @@ class LoadedGraph:
     def index(self):
         with self._lock:
             if self._index is None:
-                from store.graph.index import searcher
-
-                self._index = searcher(self.snap.index(), self.snap.spec, self.uv)
+                self._index = self.snap.searcher()
             return self._index
 
     def neighbour_source(self) -> NeighbourSource:
