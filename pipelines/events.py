@@ -49,6 +49,11 @@ VALIDATED = pa.schema(
     + [pa.field("arrival_hour", pa.int64()), pa.field("reason", pa.string())]
     + [pa.field(c, pa.string()) for c in Q_COLUMNS]
 )
+# The same without the raw text and the context columns: for history reads (bootstrap, rebuild,
+# training sets) that keep only valid rows. Fewer columns through the JVM <-> Python Arrow bridge,
+# which is what the validator's cost is made of.
+SLIM = pa.schema([f for f in VALIDATED if not f.name.startswith("q_")])
+CONTEXT_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in SEQ_KEY)
 
 
 def event_partitions(layout: Layout, start: datetime, end: datetime) -> list[Path]:
@@ -68,17 +73,21 @@ def _files_by_schema(partitions: list[Path]) -> list[list[Path]]:
     return list(groups.values())
 
 
-def _validate_batches(event_types: tuple[str, ...], max_attribute_id: int, max_lateness_hours: int):
+def _validate_batches(event_types: tuple[str, ...], max_attribute_id: int, max_lateness_hours: int,
+                      keep_raw: bool = True):
     """The function ``mapInArrow`` runs in the executors: foundation rules per arrival hour."""
     from datetime import timezone
 
-    out_schema = VALIDATED
+    out_schema = VALIDATED if keep_raw else SLIM
 
     def to_output(typed: pa.Table, hour: int, reasons: np.ndarray, raw: pa.Table) -> Iterator[pa.RecordBatch]:
         ok = reasons == None  # noqa: E711 (elementwise on an object array)
         n = typed.num_rows
         cols = [typed[c].cast(out_schema.field(c).type) for c in EVENT_COLUMNS]
         cols += [pa.array(np.full(n, hour, dtype=np.int64)), pa.array(reasons.tolist(), pa.string())]
+        if not keep_raw:
+            yield from pa.Table.from_arrays(cols, schema=out_schema).to_batches()
+            return
         bad = np.flatnonzero(~ok)
         if len(bad):
             from soe.validation import quarantine_table
@@ -114,30 +123,35 @@ def _validate_batches(event_types: tuple[str, ...], max_attribute_id: int, max_l
     return run
 
 
-def empty_validated(spark: "SparkSession") -> "DataFrame":
+def empty_validated(spark: "SparkSession", keep_raw: bool = True) -> "DataFrame":
     from pipelines.spark import spark_schema
 
-    return spark.createDataFrame([], spark_schema(VALIDATED))
+    return spark.createDataFrame([], spark_schema(VALIDATED if keep_raw else SLIM))
 
 
-def read_validated(spark: "SparkSession", layout: Layout, partitions: list[Path], events_settings) -> "DataFrame":
-    """Every row of these partitions, validated (schema `VALIDATED`); lazy, nothing on the driver."""
+def read_validated(spark: "SparkSession", layout: Layout, partitions: list[Path], events_settings,
+                   keep_raw: bool = True) -> "DataFrame":
+    """Every row of these partitions, validated (schema `VALIDATED`, or `SLIM` without ``keep_raw``).
+
+    Lazy; nothing reaches the driver. ``keep_raw=False`` is for reads that keep only the valid rows'
+    sequence columns: the context columns are not sent to the validator and no raw text comes back.
+    """
     from pyspark.sql import functions as F
 
     from pipelines.spark import spark_schema
 
     validate = _validate_batches(
         tuple(events_settings.event_types), int(events_settings.max_attribute_id),
-        int(events_settings.max_lateness_hours),
+        int(events_settings.max_lateness_hours), keep_raw,
     )
     out = None
     for files in _files_by_schema(partitions):
         raw = spark.read.option("basePath", str(layout.events)).parquet(*[str(f) for f in files])
         raw = raw.withColumn("arrival_hour", F.unix_date(F.col("dt")).cast("long") * 24 + F.col("hour").cast("long"))
-        raw = raw.drop("dt", "hour")
-        part = raw.mapInArrow(validate, spark_schema(VALIDATED))
+        raw = raw.drop("dt", "hour", *([] if keep_raw else CONTEXT_COLUMNS))
+        part = raw.mapInArrow(validate, spark_schema(VALIDATED if keep_raw else SLIM))
         out = part if out is None else out.unionByName(part)
-    return out if out is not None else empty_validated(spark)
+    return out if out is not None else empty_validated(spark, keep_raw)
 
 
 def valid_events(validated: "DataFrame") -> "DataFrame":

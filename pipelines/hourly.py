@@ -68,7 +68,7 @@ def _history_state(spark: "SparkSession", settings, start: datetime, end: dateti
     parts = ev.event_partitions(layout, start, end)
     if not parts:
         return seq.empty_state(spark)
-    valid = ev.valid_events(ev.read_validated(spark, layout, parts, settings.events))
+    valid = ev.valid_events(ev.read_validated(spark, layout, parts, settings.events, keep_raw=False))
     kept = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY))  # same shuffle serves the grouping
     return seq.build_state(kept, as_of, settings.sequences.max_len)
 

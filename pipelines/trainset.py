@@ -95,7 +95,7 @@ def build_trainset(settings, kind: str, *, split_time: datetime | None = None, w
     if not parts:
         raise FileNotFoundError(f"no published event partitions under {layout.events}: run `soe generate` first")
     spark = spark or spark_session(settings.spark)
-    valid = ev.valid_events(ev.read_validated(spark, layout, parts, settings.events))
+    valid = ev.valid_events(ev.read_validated(spark, layout, parts, settings.events, keep_raw=False))
     events = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY)).drop("arrival_hour")
     positives = list(settings.events.positive_event_types)
     max_len = settings.sequences.max_len
