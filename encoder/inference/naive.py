@@ -74,12 +74,12 @@ class NaiveEncoder(nn.Module):
         pad = T - batch.lengths  # (B,)
         # The textbook layout is right padding with a causal mask plus a key-padding mask:
         # shift each row left by its padding (positions are already relative to the oldest event).
-        idx = (torch.arange(T)[None, :] + pad[:, None]) % T  # (B, T)
+        idx = (torch.arange(T, device=x.device)[None, :] + pad[:, None]) % T  # (B, T)
         x = torch.gather(x, 1, idx[..., None].expand_as(x))  # (B, T, D) right-padded
-        causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # (T, T) True = a future key, masked
-        key_padding = torch.arange(T)[None, :] >= batch.lengths[:, None]  # (B, T) True = padding
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T) True = a future key, masked
+        key_padding = torch.arange(T, device=x.device)[None, :] >= batch.lengths[:, None]  # (B, T) True = padding
         h = self.encoder(x, mask=causal, src_key_padding_mask=key_padding, is_causal=True)  # (B, T, D)
-        h = self.model.ln_f(h[torch.arange(B), batch.lengths - 1])  # (B, D) newest event
+        h = self.model.ln_f(h[torch.arange(B, device=x.device), batch.lengths - 1])  # (B, D) newest event
         return self.model._head(h, batch.hour, batch.weekday)  # (B, D) unit vectors
 
 
