@@ -136,7 +136,7 @@ def summary(settings, demo: DemoConfig, runs: list[dict[str, Any]]) -> dict[str,
         m = read_manifest(layout, "soe_hourly", utc(r["as_of"])) or {}
         st = m.get("stages", {})
         rows.append({"as_of": r["as_of"], "airflow_s": r["seconds"], **{k: st.get(k, {}).get("seconds") for k in
-                     ("sequences", "encode", "publish", "graph", "validate", "retention")},
+                     ("sequences", "encode", "publish", "graph", "validate")},
                      "active": st.get("sequences", {}).get("active_users"), "encoded": st.get("encode", {}).get("users"),
                      "recall": st.get("graph", {}).get("recall_at_k")})
     last = utc(runs[-1]["as_of"])
@@ -177,7 +177,7 @@ def print_summary(out: dict[str, Any], timings: dict[str, float]) -> None:
     for k, v in timings.items():
         p(f"  {k:<28} {v:8.1f} s")
     p("\nhourly runs (airflow dags test soe_hourly), seconds per stage:")
-    cols = ["as_of", "airflow_s", "sequences", "encode", "publish", "graph", "validate", "retention", "active", "encoded", "recall"]
+    cols = ["as_of", "airflow_s", "sequences", "encode", "publish", "graph", "validate", "active", "encoded", "recall"]
     p("  " + " ".join(f"{c:>10}" for c in cols))
     for r in out["hours"]:
         p("  " + " ".join(f"{(r.get(c) if r.get(c) is not None else '-'):>10}" if not isinstance(r.get(c), float)
