@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -12,11 +10,11 @@ from soe.atomic import is_complete, read_marker
 from soe.contracts import NEIGHBOURS
 from soe.layout import utc
 from store.graph.build import build_graph
-from store.graph.index import build_index, searcher
+from store.graph.index import searcher
 from store.graph.knn import PAD, recall_at_k, reference_neighbours, search_neighbours
 from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot
-from store.graph.vectors import UserVectors, latest_vectors, normalise
+from store.graph.vectors import latest_vectors, normalise
 
 T1, T2, T3 = "2026-01-01T01:00Z", "2026-01-01T02:00Z", "2026-01-01T03:00Z"
 
