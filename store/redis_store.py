@@ -293,9 +293,16 @@ class RedisVectorStore(VectorStore):
         """Values of ``ids`` (int64 (n,)) in ``buckets`` hashes, one HMGET per bucket, pipelined."""
         import redis
 
-        if len(ids) == 1:  # the ranker's single lookup: one command, no pipeline
+        if len(ids) == 1:  # the ranker's single lookup: one key, no numpy grouping
             uid = int(ids[0])
-            return [self.r.hget(key_fn(model, bucket_of_one(uid, buckets)), str(uid))]
+            key, fields = key_fn(model, bucket_of_one(uid, buckets)), [str(uid)]
+            if self.fast_reads:
+                try:
+                    route = cluster_routes(self.r, [key]) if self.cluster else [(self.r, [0])]
+                    return hmget_by_node(route, [(key, fields)])[0]
+                except (Redirected, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    pass  # the reference path below retries, follows redirects
+            return [self.r.hget(key, fields[0])]
         b = bucket_of(ids, buckets)
         order = np.argsort(b, kind="stable")  # users grouped by bucket
         uniq, starts = np.unique(b[order], return_index=True)
