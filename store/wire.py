@@ -73,11 +73,25 @@ class HeldConnections:
     def get(self, client):
         local = self._local
         if getattr(local, "pid", None) != os.getpid():  # a forked child must not share sockets
-            local.pid, local.conns = os.getpid(), weakref.WeakKeyDictionary()
-        conn = local.conns.get(client)
+            local.pid, local.held = os.getpid(), _Held()
+        conn = local.held.conns.get(client)
         if conn is None:
-            conn = local.conns[client] = client.connection_pool.get_connection()
+            conn = local.held.conns[client] = client.connection_pool.get_connection()
         return conn
+
+
+class _Held:
+    """A thread's held connections; handed back to their pools when the thread ends."""
+
+    def __init__(self):
+        self.conns = weakref.WeakKeyDictionary()  # client -> connection
+
+    def __del__(self):
+        for client, conn in list(self.conns.items()):
+            try:
+                client.connection_pool.release(conn)
+            except Exception:  # noqa: BLE001 - interpreter shutdown or a closed pool: nothing to return
+                pass
 
 
 HELD = HeldConnections()

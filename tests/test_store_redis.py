@@ -275,3 +275,48 @@ def test_fast_read_recovers_from_a_dropped_connection(redis_single):
     after = store.get_vectors("m1", ids)
     assert after.found.all()
     np.testing.assert_array_equal(after.vectors, before.vectors)
+
+
+def test_held_connections_are_per_thread_and_reads_agree_across_threads(redis_single):
+    import threading
+
+    from store.wire import HELD
+
+    store = RedisVectorStore(redis_single)
+    store.ensure_model("m1", 8, "float16", 64)
+    ids = np.arange(500)
+    x = unit(500, 8)
+    store.upsert_vectors("m1", ids, fmt.encode_vectors(x, 1, "m1"), 1)
+    seen, errors = {}, []
+
+    def reader(k):
+        try:
+            for i in range(50):
+                got = store.get_vectors("m1", ids[(i * 7 + k) % 450:][:50])
+                assert got.found.all()
+            single = store.get_vectors("m1", [k])
+            np.testing.assert_allclose(single.vectors[0], x[k], atol=1e-3)
+            seen[k] = id(HELD.get(store.r))
+        except Exception as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(seen.values())) == 4  # one connection per thread, no interleaved replies
+
+
+def test_short_lived_threads_hand_their_connections_back(redis_single):
+    import threading
+
+    store = RedisVectorStore(redis_single.model_copy(update={"max_connections": 4}))
+    store.ensure_model("m1", 8, "float16", 16)
+    store.upsert_vectors("m1", np.arange(10), fmt.encode_vectors(unit(10, 8), 1, "m1"), 1)
+    found = []
+    for k in range(12):  # more threads over time than the pool has connections
+        t = threading.Thread(target=lambda: found.append(bool(store.get_vectors("m1", [1, 2]).found.all())))
+        t.start()
+        t.join()
+    assert found == [True] * 12
