@@ -38,29 +38,29 @@ def soe_training():
         return run(run_settings(), interval(get_current_context())[1])
 
     @task
-    def train(ts: dict) -> dict:
+    def train(built: dict) -> dict:
         from pipelines.flows.training import train as run
 
-        return run(run_settings(), ts["path"])
+        return run(run_settings(), built["path"])
 
     @task
-    def evaluate(ts: dict, trained: dict) -> dict:
+    def evaluate(built: dict, trained: dict) -> dict:
         from pipelines.flows.training import evaluate as run
 
-        return run(run_settings(), trained["model"], ts["path"], interval(get_current_context())[1])
+        return run(run_settings(), trained["model"], built["path"], interval(get_current_context())[1])
 
     @task.short_circuit
-    def gate(ts: dict, trained: dict, evaluation: dict) -> dict | bool:
+    def gate(built: dict, trained: dict, evaluation: dict) -> dict | bool:
         from pipelines.flows.training import gate as run, record
 
         s = run_settings()
         decision = run(s, evaluation)
-        record(s, interval(get_current_context())[1], [ts, trained, evaluation, decision])
+        record(s, interval(get_current_context())[1], [built, trained, evaluation, decision])
         return decision if decision["promote"] else False
 
-    ts = trainset()
-    trained = train(ts)
-    decision = gate(ts, trained, evaluate(ts, trained))
+    built = trainset()
+    trained = train(built)
+    decision = gate(built, trained, evaluate(built, trained))
     decision >> TriggerDagRunOperator(
         task_id="trigger_backfill",
         trigger_dag_id="soe_backfill",
