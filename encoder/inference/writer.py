@@ -67,7 +67,10 @@ class ShardWriter:
         self.dim, self.model_version, self.as_of = dim, model_version, as_of
         self.schema = embedding_contract(dim).schema
         self.rows = 0
-        self._writer = pq.ParquetWriter(Path(directory) / PART, self.schema, compression="zstd", use_dictionary=["model_version"])  # no dictionary on the vectors: 3x faster reads
+        # Dictionary-encode only model_version: float16 vector lists read ~3x faster without one.
+        self._writer = pq.ParquetWriter(
+            Path(directory) / PART, self.schema, compression="zstd", use_dictionary=["model_version"]
+        )
 
     def write(self, user_ids: np.ndarray, vectors: np.ndarray, n_events: np.ndarray) -> None:
         if vectors.shape[1:] != (self.dim,):
