@@ -21,6 +21,7 @@ from pydantic import Field
 
 from encoder.inference.settings import InferenceSettings
 from encoder.settings import TrainSettings
+from pipelines.flows.settings import FlowSettings
 from pipelines.settings import SequenceSettings, SparkSettings
 from soe.section import Section
 from store.graph.settings import GraphSettings
@@ -65,6 +66,7 @@ class Settings(Section):
     graph: GraphSettings = Field(default_factory=GraphSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
+    flows: FlowSettings = Field(default_factory=FlowSettings)
 
     def layout(self):
         """The on-disk layout of this configuration's data root."""

@@ -116,6 +116,7 @@ def graph(settings, model: str, as_of: datetime, num_shards: int) -> dict[str, A
         stages.mark_embeddings(settings, model, as_of, num_shards)
         m = stages.build_graph(settings, model, as_of)
         out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
+        out["positives_users"] = stages.publish_recent_positives(settings, as_of).get("users")
     return out
 
 

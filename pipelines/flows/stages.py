@@ -162,7 +162,7 @@ def lookalike(settings, model: str, seed_ids: np.ndarray, size: int) -> tuple[np
     snap = latest_snapshot(settings.layout(), model)
     if snap is None:
         raise FileNotFoundError(f"no published graph of model {model!r}")
-    index = snap.index() if g.lookalike_method == "max_seed" else None
+    index = snap.searcher() if g.lookalike_method == "max_seed" else None  # exact re-ranked scores
     aud = run(snap.vectors, seed_ids, size, method=g.lookalike_method, n_centroids=g.lookalike_centroids,
               index=index, seed_k=g.lookalike_seed_k)
     return aud.user_ids, aud.scores
@@ -172,6 +172,13 @@ def build_graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
     from store.graph.build import build_graph as run
 
     return dict(run(settings, model, utc(as_of)))
+
+
+def publish_recent_positives(settings, as_of: datetime) -> dict[str, Any]:
+    """The active users' recent positives to Redis, where `candidates` reads its neighbours' ones."""
+    from store.graph.positives import publish_recent_positives as run
+
+    return dict(run(settings, utc(as_of)))
 
 
 def graph_manifest(settings, model: str, as_of: datetime) -> dict[str, Any] | None:
