@@ -17,25 +17,13 @@ import pyarrow.compute as pc
 
 from encoder.data import events_to_sequences, read_sasrec, read_sequences
 from soe.contracts import EVENT, TS
+from soe.layout import parse_interval
 
 
 def _events_of_log(settings, interval: str | None) -> pa.Table:
-    from soe.datasets.events import partition_hour, published_partitions, read_partition
-    from soe.layout import HOUR, parse_interval
-    from soe.validation import ValidationRules, validate_events
+    from soe.datasets.events import validated_partitions
 
-    layout = settings.layout()
-    parts = published_partitions(layout)
-    if interval:
-        start, end = parse_interval(interval)
-        parts = [p for p in parts if start <= partition_hour(p) < end]
-    if not parts:
-        raise FileNotFoundError(f"no published event partitions under {layout.events} (interval {interval}): run `soe generate`")
-    tables = []
-    for part in parts:
-        hour = partition_hour(part)
-        rules = ValidationRules.from_settings(settings.events, hour, hour + HOUR)
-        tables.append(validate_events(read_partition(part), rules).valid)
+    tables = [result.valid for _, result in validated_partitions(settings, interval)]
     events = pa.concat_tables(tables, promote_options="permissive")
     if interval:  # training windows are on event time
         start, end = parse_interval(interval)

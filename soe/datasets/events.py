@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soe.atomic import is_complete, publish_dir
 from soe.layout import HOUR, Layout, parse_interval, utc
-from soe.validation import ValidationRules, validate_events
+from soe.validation import ValidationResult, ValidationRules, validate_events
 
 
 def partition_hour(path: Path) -> datetime:
@@ -32,20 +32,28 @@ def read_partition(path: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
 
 
-def validate_partitions(settings, interval: str | None, write_quarantine: bool = False) -> dict[str, Any]:
-    """Validate each published partition (its arrival hour is the interval); sum the counts."""
+def validated_partitions(settings, interval: str | None) -> Iterator[tuple[datetime, ValidationResult]]:
+    """(arrival hour, validation result) of each published partition, each hour with its own rules."""
     layout = settings.layout()
     parts = published_partitions(layout)
     if interval:
         start, end = parse_interval(interval)
         parts = [p for p in parts if start <= partition_hour(p) < end]
     if not parts:
-        raise FileNotFoundError(f"no published event partitions under {layout.events}: run `soe generate` first")
-    totals: dict[str, Any] = {"partitions": len(parts), "valid": 0, "quarantined": 0, "reasons": {}}
+        where = f" in interval {interval}" if interval else ""
+        raise FileNotFoundError(f"no published event partitions under {layout.events}{where}: run `soe generate` first")
     for part in parts:
         hour = partition_hour(part)
         rules = ValidationRules.from_settings(settings.events, hour, hour + HOUR)
-        result = validate_events(read_partition(part), rules)
+        yield hour, validate_events(read_partition(part), rules)
+
+
+def validate_partitions(settings, interval: str | None, write_quarantine: bool = False) -> dict[str, Any]:
+    """Validate each published partition (its arrival hour is the interval); sum the counts."""
+    layout = settings.layout()
+    totals: dict[str, Any] = {"partitions": 0, "valid": 0, "quarantined": 0, "reasons": {}}
+    for hour, result in validated_partitions(settings, interval):
+        totals["partitions"] += 1
         totals["valid"] += result.n_valid
         totals["quarantined"] += result.n_quarantined
         for reason, n in result.counts.items():
@@ -55,5 +63,3 @@ def validate_partitions(settings, interval: str | None, write_quarantine: bool =
                 pq.write_table(result.quarantine, tmp / "part-00000.parquet")
     totals["quarantined_share"] = round(totals["quarantined"] / max(1, totals["valid"] + totals["quarantined"]), 6)
     return totals
-
-
