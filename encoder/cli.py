@@ -12,9 +12,7 @@ from typing import Optional
 
 import typer
 
-from soe.cli_support import echo_json, friendly_errors, settings
-
-models_app = typer.Typer(help="Published model artifacts.", no_args_is_help=True)
+from soe.cli_support import echo_json, friendly_errors, models_app, settings
 
 ML100K = typer.Option(False, "--ml100k", help="MovieLens-100K (downloaded once into the cache).")
 SASREC = typer.Option(None, "--sasrec-file", help="SASRec text file: 'user item item ...' per line.")
@@ -28,24 +26,8 @@ def _headline(metrics: dict) -> dict:
     return {k: round(metrics[k], 5) if isinstance(metrics[k], float) else metrics[k] for k in keys if k in metrics}
 
 
-def _models_group(app: typer.Typer) -> typer.Typer:
-    """The one `soe models` group: the store owns it (current/switch/rollback); `list` joins it.
-
-    Two groups of the same name would shadow each other, so we add to the store's group when it
-    exists and only create our own otherwise.
-    """
-    try:
-        from store.cli import models_app as store_models
-
-        return store_models
-    except ImportError:
-        app.add_typer(models_app, name="models")
-        return models_app
-
-
 def register(app: typer.Typer) -> None:
     """Add this component's commands to the `soe` app."""
-    group = _models_group(app)
 
     @app.command("train")
     @friendly_errors
@@ -110,7 +92,7 @@ def register(app: typer.Typer) -> None:
         metrics = evaluate_model(cfg, model, seqs, truth=pq.read_table(truth) if truth else None, save=save)
         echo_json({"version": model, "source": name, **metrics})
 
-    @group.command("list")
+    @models_app.command("list")
     @friendly_errors
     def list_cmd(ctx: typer.Context) -> None:
         """Published models, newest first, with headline metrics."""

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from soe.cli_support import echo_json, friendly_errors, progress, settings
+from soe.cli_support import echo_json, friendly_errors, models_app, progress, settings
 from soe.config import load_settings
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="Public datasets converted to the event contract.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
 
 
 @app.callback()

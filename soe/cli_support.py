@@ -14,6 +14,11 @@ from soe.config import Settings, load_settings
 
 log = logging.getLogger("soe")
 
+# The one `soe models` group, shared by the components that manage models: the store adds the
+# current-model pointer commands (current/switch/rollback/cleanup), the encoder adds `list`.
+models_app = typer.Typer(help="Models: published artifacts and the current-model pointer readers use.",
+                         no_args_is_help=True)
+
 # Errors that are the user's to fix: shown as one clear line and exit code 2, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, LookupError)
 

@@ -8,9 +8,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from soe.cli_support import echo_json, friendly_errors, progress, settings
+from soe.cli_support import echo_json, friendly_errors, models_app, progress, settings
 
-models_app = typer.Typer(help="The current-model pointer: which model namespace readers use.", no_args_is_help=True)
 redis_app = typer.Typer(help="A local redis-server (or a 3-master cluster) under <data root>/redis/.", no_args_is_help=True)
 
 
@@ -42,7 +41,6 @@ def register(app: typer.Typer) -> None:
     app.command("publish")(publish_cmd)
     app.command("lookup")(lookup_cmd)
     app.command("forget")(forget_cmd)
-    app.add_typer(models_app, name="models")
     app.add_typer(redis_app, name="redis")
 
 
