@@ -5,25 +5,33 @@
 The synthetic log (full: >= 20M events, 48 hours; quick: ~0.2M, 24 hours) is generated once and
 kept under ``data/bench/sequences/<size>/`` so reruns do not regenerate it. Then, in one run:
 
-* **setup** (untimed): `rebuild_state` publishes the state as of the start of the last hour;
-* **incremental_s**: `update_sequences` for the last hour (validate via mapInArrow, dedup, merge
-  into the previous state, write the state, K active shards and the quarantine);
+* **setup** (untimed): `rebuild_state` publishes the state (one base layer) as of ``CHAIN`` hours
+  before the end;
+* **the chain**: `update_sequences` for each of the last ``CHAIN`` hours in order, with the default
+  compaction policy (validate via mapInArrow, dedup, merge into the layered state, write K active
+  shards, the quarantine, and the state: a linked delta layer, or a compaction when due).
+  ``incremental_s`` is the median hour of the chain (each hour holds ~1.3 % of the history);
+  ``incremental_mean_s`` the mean, compactions included (the amortised cost);
+* **compaction_s**: the last hour re-run with a forced compaction (a new base layer: what an hour
+  costs when the policy says compact);
 * **full_rebuild_s**: `rebuild_state` of the same as_of from the whole history (validate every
-  event, dedup, last N per user, write the state); its content is checked equal to the incremental
-  state (count, events and a hash over every list);
+  event, dedup, last N per user, write the state); its content is checked equal to the state the
+  chain ended with (count, events and a hash over every list);
 * **duckdb_full_s**: the same last-N build in DuckDB SQL on the same Parquet files (contract
   filters in SQL, DISTINCT, row_number() <= N, ordered list() per user, COPY to Parquet), the peer
   a single-machine user would pick;
 * **spark_core_full_s**: Spark doing exactly DuckDB's work (SQL filters instead of the Python
   validator), to separate the engine from the validator.
 
-Ratios: ``incremental_vs_full`` = incremental / full rebuild (target <= 0.2), ``spark_vs_duckdb`` =
+Ratios: ``incremental_vs_full`` = incremental / full rebuild (target <= 0.2; ``amortised_vs_full``
+and ``compaction_vs_full`` beside it), ``spark_vs_duckdb`` =
 Spark full rebuild / DuckDB (target <= 2.0). The machine is shared: compare ratios from one run.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -40,6 +48,7 @@ SIZES = {  # name -> generator config
     "quick": SyntheticConfig(n_users=5_000, n_items=20_000, hours=24, base_events_per_user=40.0, seed=1),
     "full": SyntheticConfig(n_users=200_000, n_items=500_000, n_clusters=50, hours=48, base_events_per_user=105.0, seed=1),
 }
+CHAIN = {"quick": 3, "full": 6}  # hourly updates timed in a row, ending at the last hour
 FIELDS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
 
 
@@ -105,9 +114,11 @@ def fingerprint(path: Path) -> dict:
     """Users, events and an order-sensitive hash of every list: equal fingerprints, equal states."""
     import duckdb
 
+    from soe.sequence_state import read_state
+
+    state = read_state(path).select(["user_id", "n_events", *FIELDS])  # noqa: F841 (scanned by DuckDB)
     cols = ", ".join(["user_id", "n_events", "ts::TIMESTAMP[]", *FIELDS[1:]])
-    row = duckdb.sql(f"""SELECT count(*), sum(n_events), sum(hash({cols}) % 1000000007)
-                         FROM read_parquet('{path}/*.parquet')""").fetchall()[0]
+    row = duckdb.sql(f"SELECT count(*), sum(n_events), sum(hash({cols}) % 1000000007) FROM state").fetchall()[0]
     return {"users": int(row[0]), "events": int(row[1] or 0), "hash": int(row[2] or 0)}
 
 
@@ -117,11 +128,12 @@ def main() -> None:
     repeats = args.repeats or 1
     cfg = SIZES[size]
     root = (ROOT / size).resolve()
-    settings = load_settings(environ={
+    env = {
         "SOE_DATA__ROOT": str(root), "SOE_SPARK__MASTER": "local[*]", "SOE_SPARK__DRIVER_MEMORY": "6g",
         "SOE_SPARK__SHUFFLE_PARTITIONS": "8" if args.quick else "16", "SOE_SEQUENCES__NUM_SHARDS": "4",
         "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": str(cfg.hours),
-    })
+    }
+    settings = load_settings(environ=env)
     n_events = ensure_log(settings, cfg)
     layout = settings.layout()
     first = utc(cfg.start)
@@ -139,21 +151,30 @@ def main() -> None:
     spark_start_s = time.perf_counter() - t0
     for old in (layout.state_root, layout.active(as_of).parent, layout.quarantine(as_of).parent):
         shutil.rmtree(old, ignore_errors=True)
+    chain = CHAIN[size]
+    first_hour = as_of - chain * HOUR
     t0 = time.perf_counter()
-    rebuild_state(settings, last_hour, lookback_hours=cfg.hours - 1, spark=spark)  # setup: state before the last hour
+    rebuild_state(settings, first_hour, lookback_hours=cfg.hours - chain, spark=spark)  # setup: the base
     setup_s = time.perf_counter() - t0
 
-    result: dict = {}
-    # one untimed run first: the setup warmed the rebuild's code paths, this warms the update's
-    incremental_s, inc_t = median_seconds(
-        lambda: result.update(update_sequences(settings, last_hour, as_of, spark=spark)), repeats, warmup=1)
+    runs: list[dict] = []
+    for k in range(chain):
+        start = first_hour + k * HOUR
+        runs.append(update_sequences(settings, start, start + HOUR, spark=spark))
+    hour_s = [r["seconds"] for r in runs]
+    incremental_s, incremental_mean_s = statistics.median(hour_s), statistics.mean(hour_s)
+    result = runs[-1]
+    final_fp = fingerprint(layout.state(as_of))
+    forced = load_settings(environ={**env, "SOE_SEQUENCES__COMPACT_MAX_LAYERS": "0"})
+    compaction = update_sequences(forced, last_hour, as_of, spark=spark)  # same content, written as a base
+    compaction_s = compaction["seconds"]
     full_rebuild_s, full_t = median_seconds(
         lambda: rebuild_state(settings, as_of, lookback_hours=cfg.hours, spark=spark, out=work / "full"), repeats)
     duckdb_s, duck_t = median_seconds(lambda: duckdb_last_n(settings, as_of, work / "duck.parquet", 2), repeats)
     core_s, core_t = (median_seconds(lambda: spark_core_last_n(spark, settings, as_of, work / "core"), repeats)
                       if not args.quick else (float("nan"), []))  # quick: skipped to stay within 2 minutes
 
-    inc_fp, full_fp = fingerprint(layout.state(as_of)), fingerprint(work / "full")
+    inc_fp, full_fp, compacted_fp = final_fp, fingerprint(work / "full"), fingerprint(layout.state(as_of))
     import duckdb
 
     duck_users, duck_events = duckdb.sql(f"SELECT count(*), sum(n_events) FROM '{work / 'duck.parquet'}'").fetchall()[0]
@@ -165,15 +186,20 @@ def main() -> None:
         "active_users": result["active_users"], "state_users": result["state_users"],
         "incremental_s": round(incremental_s, 2), "full_rebuild_s": round(full_rebuild_s, 2),
         "incremental_vs_full": round(incremental_s / full_rebuild_s, 3),
+        "incremental_mean_s": round(incremental_mean_s, 2), "amortised_vs_full": round(incremental_mean_s / full_rebuild_s, 3),
+        "compaction_s": round(compaction_s, 2), "compaction_vs_full": round(compaction_s / full_rebuild_s, 3),
+        "chain": [{"as_of": r["as_of"], "seconds": r["seconds"], "active_users": r["active_users"],
+                   "valid_events": r["valid_events"], "compacted": r["compacted"], "state_layers": r["state_layers"],
+                   "phases": r["phase_seconds"]} for r in runs],
         "duckdb_full_s": round(duckdb_s, 2), "spark_vs_duckdb": round(full_rebuild_s / duckdb_s, 3),
         "spark_core_full_s": None if core_s != core_s else round(core_s, 2),
         "spark_core_vs_duckdb": None if core_s != core_s else round(core_s / duckdb_s, 3),
         "incremental_phases": result.get("phase_seconds"),
         "events_per_s": round(n_events / full_rebuild_s),
         "incremental_events_per_s": round(hour_events / incremental_s),
-        "states_equal": inc_fp == full_fp, "duckdb_equal_counts": (duck_users, duck_events) == (full_fp["users"], full_fp["events"]),
+        "states_equal": inc_fp == full_fp == compacted_fp, "duckdb_equal_counts": (duck_users, duck_events) == (full_fp["users"], full_fp["events"]),
         "fingerprint": full_fp, "setup_rebuild_s": round(setup_s, 2), "spark_start_s": round(spark_start_s, 2),
-        "timings": {"incremental": inc_t, "full": full_t, "duckdb": duck_t, "spark_core": core_t},
+        "timings": {"incremental": hour_s, "full": full_t, "duckdb": duck_t, "spark_core": core_t},
         "targets": {"incremental_vs_full": 0.2, "spark_vs_duckdb": 2.0, "min_events_full": 20_000_000},
         "machine": machine(),
     })

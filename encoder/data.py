@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from soe.contracts import ATTRIBUTE_COLUMNS, TS
 
@@ -90,8 +89,10 @@ def read_sasrec(path: str | Path) -> pa.Table:
 
 
 def read_sequences(path: str | Path) -> pa.Table:
-    """A Parquet file or directory of sequence rows (e.g. a pipeline trainset or state snapshot)."""
-    return pq.read_table(path)
+    """A Parquet file or directory of sequence rows (e.g. a pipeline trainset or a layered state snapshot)."""
+    from soe.sequence_state import read_state
+
+    return read_state(path)
 
 
 def is_positive(event_type: pa.Array, positive_types) -> np.ndarray:

@@ -4,9 +4,15 @@ One run covers the data interval [start, end) and writes three directories for `
 each published atomically with a ``_SUCCESS`` manifest (soe.atomic), in this order:
 
 1. ``quarantine(as_of)``: every rejected row as it arrived, with its reason (QUARANTINE_SCHEMA);
-2. ``state(as_of)``: one row per known user, the last N events (sequence contract);
+2. ``state(as_of)``: every known user's last N events, as layers (`soe.sequence_state`): normally
+   the previous snapshot's layers, hard-linked, plus one delta layer holding this interval's active
+   shards (hard links too); when the deltas have grown past ``sequences.compact_*``, one new base;
 3. ``active(as_of)``: the users with >= 1 new valid event, as K balanced shards
    ``shard=00000.parquet`` ... (sequence contract). Its marker is the commit of the run.
+
+**Cost.** Only the interval's events are validated, deduplicated and grouped; the state is scanned
+map-only to pick the active users' previous rows (`pipelines.state.current_rows_of`) and is never
+shuffled or rewritten except by a compaction. What an hour writes is the active users' sequences.
 
 **Which previous state.** The newest *published* state strictly older than ``as_of``. The run then
 merges every arrival hour from that state's time up to ``as_of``, so a skipped hour is caught up
@@ -35,9 +41,11 @@ import pyarrow.parquet as pq
 
 from pipelines import events as ev
 from pipelines import sequences as seq
+from pipelines import state as st
 from pipelines.shards import write_shards
 from pipelines.spark import parquet_files, spark_session, write_parquet
 from soe.atomic import publish_dir
+from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, layer_name, link_files
 from soe.layout import HOUR, floor_hour, hours, snapshot_times, stamp, utc
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,22 +96,26 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
     layout, cfg, as_of = settings.layout(), settings.sequences, end
     prev_t = previous_state_time(layout, as_of)
     cached: list["DataFrame"] = []
+    previous: StateSnapshot | None = None
     if prev_t is not None:
         mode, merge_from = "incremental", prev_t
-        previous = spark.read.parquet(str(layout.state(prev_t)))
+        previous = StateSnapshot(layout.state(prev_t))
+        layers = st.layer_frames(spark, previous)
     else:
         mode, merge_from = "bootstrap", start
         lookback_start = end - timedelta(hours=cfg.bootstrap_lookback_hours)
-        previous = _history_state(spark, settings, lookback_start, start, start).persist(StorageLevel.MEMORY_AND_DISK)
-        cached.append(previous)
+        history = _history_state(spark, settings, lookback_start, start, start).persist(StorageLevel.MEMORY_AND_DISK)
+        cached.append(history)
+        layers = [history]
 
     parts = ev.event_partitions(layout, merge_from, as_of)
     validated = ev.read_validated(spark, layout, parts, settings.events).persist(StorageLevel.MEMORY_AND_DISK)
     kept, repeats = ev.dedup_keep_first(ev.valid_events(validated))
-    kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
-    untouched, merged = seq.merge_state(previous, kept, as_of, cfg.max_len, cfg.broadcast_active_ids)
-    merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
-    cached += [validated, kept, merged]
+    new = seq.group_new_events(kept)
+    ids = new.select("user_id")  # users with new events this interval
+    old = st.current_rows_of(layers, ids, cfg.broadcast_active_ids)  # their previous rows, nobody else's
+    merged = seq.merge_state(old, new, cfg.max_len).persist(StorageLevel.MEMORY_AND_DISK)
+    cached += [validated, merged]
     try:
         quarantine = (
             ev.rejected_rows(validated)
@@ -120,8 +132,13 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             tick = now
 
         reasons = {r["reason"]: int(r["count"]) for r in quarantine.groupBy("reason").count().collect()}
-        totals = merged.agg(F.sum("fresh").alias("events"), F.sum((F.col("fresh") > 0).cast("long")).alias("users"))
-        added = totals.collect()[0]
+        active_flag = F.col("fresh") > 0
+        added = merged.agg(
+            F.sum("fresh").alias("events"),
+            F.sum(active_flag.cast("long")).alias("users"),
+            F.sum((active_flag & ~F.col("known")).cast("long")).alias("new_users"),
+        ).collect()[0]
+        active_users, new_users = int(added["users"] or 0), int(added["new_users"] or 0)
         phase("validate_merge")
         manifest: dict[str, Any] = {
             "as_of": as_of.isoformat(),
@@ -133,7 +150,7 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             "valid_events": int(added["events"] or 0),
             "quarantined": sum(reasons.values()),
             "reasons": dict(sorted(reasons.items())),
-            "active_users": int(added["users"] or 0),
+            "active_users": active_users,
             "max_len": cfg.max_len,
             "num_shards": cfg.num_shards,
             "contract": "sequence/1",
@@ -142,23 +159,39 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             write_parquet(quarantine.coalesce(1), tmp)
         phase("quarantine")
 
-        state = untouched.unionByName(seq.to_sequence(merged, "events", as_of)).coalesce(cfg.state_files)
-        with publish_dir(layout.state(as_of), manifest) as tmp:
-            write_parquet(state, tmp)
-            manifest["state_users"] = _rows(tmp)
-        phase("state")
-
-        active = seq.to_sequence(merged.where(F.col("fresh") > 0), "events", as_of)
-        with publish_dir(layout.active(as_of), manifest) as tmp:
+        compact = st.should_compact(previous, active_users, cfg.compact_max_layers, cfg.compact_delta_ratio)
+        active = seq.to_sequence(merged.where(active_flag), "events", as_of)
+        with publish_dir(layout.active(as_of), manifest) as active_tmp:
             buckets = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
-            manifest["shard_sizes"] = write_shards(active, tmp, cfg.num_shards, buckets, cfg.broadcast_active_ids)
+            manifest["shard_sizes"] = write_shards(active, active_tmp, cfg.num_shards, buckets, cfg.broadcast_active_ids)
             phase("active")
+            state_manifest: dict[str, Any] = {}
+            with publish_dir(layout.state(as_of), state_manifest) as state_tmp:
+                if compact:  # a new base: every user's current row, the merged users replaced
+                    ids_join = F.broadcast(ids) if cfg.broadcast_active_ids else ids
+                    untouched = st.current_rows(layers).join(ids_join, "user_id", "left_anti")
+                    base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(*seq.SEQUENCE_COLUMNS)
+                    base = base.unionByName(seq.to_sequence(merged, "events", as_of)).coalesce(cfg.state_files)
+                    write_parquet(base, state_tmp / layer_name(as_of))
+                    state_users = _rows(state_tmp / layer_name(as_of))
+                    out_layers = [Layer(layer_name(as_of), BASE, as_of, state_users)]
+                else:  # the previous layers, linked, plus this hour's active shards as a delta layer
+                    out_layers = list(previous.layers)
+                    for layer in out_layers:
+                        link_files(previous.layer_files(layer), state_tmp / layer.name)
+                    if active_users:
+                        link_files(data_files(active_tmp), state_tmp / layer_name(as_of))
+                        out_layers.append(Layer(layer_name(as_of), DELTA, as_of, active_users))
+                    state_users = previous.num_users + new_users
+                manifest.update(state_users=state_users, state_layers=len(out_layers), compacted=compact)
+                state_manifest.update(manifest, layout=LAYOUT, layers=[layer.to_json() for layer in out_layers])
+            phase("state")
             manifest["phase_seconds"] = phases
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
     finally:
         for df in cached:
             df.unpersist()
-    log.info("sequences %s: %s", stamp(as_of), {k: manifest[k] for k in ("mode", "valid_events", "active_users")})
+    log.info("sequences %s: %s", stamp(as_of), {k: manifest[k] for k in ("mode", "valid_events", "active_users", "compacted")})
     return manifest
 
 
@@ -185,9 +218,10 @@ def rebuild_state(settings, as_of: datetime, *, lookback_hours: int | None = Non
     lookback = settings.sequences.bootstrap_lookback_hours if lookback_hours is None else lookback_hours
     state = _history_state(spark, settings, as_of - timedelta(hours=lookback), as_of, as_of)
     manifest: dict[str, Any] = {"as_of": as_of.isoformat(), "mode": "rebuild", "lookback_hours": lookback,
-                                "max_len": settings.sequences.max_len, "contract": "sequence/1"}
+                                "max_len": settings.sequences.max_len, "contract": "sequence/1", "layout": LAYOUT}
     with publish_dir(out or layout.state(as_of), manifest) as tmp:
-        write_parquet(state.coalesce(settings.sequences.state_files), tmp)
-        manifest["state_users"] = _rows(tmp)
+        write_parquet(state.coalesce(settings.sequences.state_files), tmp / layer_name(as_of))
+        manifest["state_users"] = _rows(tmp / layer_name(as_of))
+        manifest["layers"] = [Layer(layer_name(as_of), BASE, as_of, manifest["state_users"]).to_json()]
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
     return manifest

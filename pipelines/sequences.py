@@ -6,16 +6,15 @@ oldest -> newest by ``ts``, and ties on ``ts`` are broken by the remaining field
 which events survive the cut to N) is deterministic and independent of partitioning. The sequence
 contract stores the same thing column-wise: one list per field, oldest -> newest.
 
-Two ways to a state:
+Two ways to sequences:
 
-* `build_state` (bootstrap, full rebuild): group all valid events by user, ``array_sort``,
-  keep the last N. One shuffle of the whole history.
-* `merge_state` (the hourly update): only the interval's new events are shuffled. The previous
-  state is read twice, map-only, against the broadcast set of active user ids: a semi join picks
-  the active users' old rows, an anti join passes every other row through untouched (only
-  ``as_of`` changes). New events already present in a user's old sequence are duplicates; the
-  rest are merged, sorted and cut to N. Cost: shuffle/sort work ~ new events + active users; the
-  untouched state is streamed through once, never shuffled or sorted.
+* `build_state` (bootstrap, full rebuild, compaction source): group all valid events by user,
+  ``array_sort``, keep the last N. One shuffle of the whole history.
+* `merge_state` (the hourly update): only the interval's new events are shuffled (grouped per
+  user). They meet the active users' *previous* rows only (`pipelines.state.current_rows_of`
+  picks those from the layered state, map-only). New events already present in a user's old
+  sequence are duplicates; the rest are merged, sorted and cut to N. Cost: new events + active
+  users. The state itself is written by `pipelines.hourly` as a delta layer (or a compaction).
 """
 
 from __future__ import annotations
@@ -84,42 +83,40 @@ def build_state(events: "DataFrame", as_of: datetime, max_len: int) -> "DataFram
     return to_sequence(grouped.select("user_id", last_n(F.col("events"), max_len).alias("events")), "events", as_of)
 
 
-def merge_state(
-    previous: "DataFrame", new_events: "DataFrame", as_of: datetime, max_len: int, broadcast_ids: bool = True
-) -> tuple["DataFrame", "DataFrame"]:
-    """Merge new (deduplicated) events into the previous state.
+def group_new_events(new_events: "DataFrame") -> "DataFrame":
+    """(user_id, new): each user's new events as event structs, with their context (for the quarantine)."""
+    from pyspark.sql import functions as F
 
-    Returns ``(untouched, merged)``:
+    return new_events.groupBy("user_id").agg(
+        F.collect_list(F.struct(ev_struct().alias("ev"), *[F.col(c) for c in CONTEXT])).alias("new")
+    )
 
-    * ``untouched``: the previous rows of users without new events, ``as_of`` updated (contract columns);
-    * ``merged``: one row per user with new events: ``user_id``, ``events`` (the merged last N as an
-      array of event structs), ``fresh`` (how many new events were added) and ``repeats`` (the new
-      events already in the old sequence, with their context, for the quarantine).
 
-    The new state is ``untouched`` + ``to_sequence(merged)``; the active users are the merged rows with
-    ``fresh > 0``.
+def merge_state(previous: "DataFrame", new: "DataFrame", max_len: int) -> "DataFrame":
+    """Merge each user's new events (`group_new_events`) into the user's previous sequence.
+
+    ``previous``: sequence-contract rows, at most one per user (the current rows of the active users,
+    or any superset). Returns one row per user of ``new``: ``user_id``, ``events`` (the merged last N
+    as event structs), ``fresh`` (new events added), ``known`` (the user had a previous sequence) and
+    ``repeats`` (new events already in the old sequence, with their context, for the quarantine).
+    The active users are the rows with ``fresh > 0``.
     """
     from pyspark.sql import functions as F
 
-    new = new_events.groupBy("user_id").agg(
-        F.collect_list(F.struct(ev_struct().alias("ev"), *[F.col(c) for c in CONTEXT])).alias("new")
-    )
-    ids = new.select("user_id")
-    ids = F.broadcast(ids) if broadcast_ids else ids
-    untouched = previous.join(ids, "user_id", "left_anti").withColumn("as_of", F.lit(as_of).cast("timestamp"))
-    old = previous.join(ids, "user_id", "left_semi").select("user_id", sequence_events(previous).alias("old"))
-    joined = new.join(old, "user_id", "left").withColumn(
-        "old", F.coalesce(F.col("old"), F.array().cast(f"array<{EV_TYPE}>"))
+    old = previous.select("user_id", sequence_events(previous).alias("old"))
+    joined = new.join(old, "user_id", "left").select(
+        "user_id", "new", F.col("old").isNotNull().alias("known"),
+        F.coalesce(F.col("old"), F.array().cast(f"array<{EV_TYPE}>")).alias("old"),
     )
     seen = lambda x: F.exists(F.col("old"), lambda o: o.eqNullSafe(x.getField("ev")))  # noqa: E731
     fresh = F.transform(F.filter(F.col("new"), lambda x: ~seen(x)), lambda x: x.getField("ev"))
-    merged = joined.select(
+    return joined.select(
         "user_id",
         last_n(F.concat(F.col("old"), fresh), max_len).alias("events"),
         F.size(fresh).alias("fresh"),
+        "known",
         F.filter(F.col("new"), seen).alias("repeats"),
     )
-    return untouched.select(*SEQUENCE_COLUMNS), merged
 
 
 def repeat_rows(merged: "DataFrame") -> "DataFrame":

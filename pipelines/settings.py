@@ -19,6 +19,8 @@ class SequenceSettings(Section):
     max_len: int = 200  # N: events kept per user, newest wins
     num_shards: int = 4  # K: balanced Parquet shards of active users, one encoder worker each
     bootstrap_lookback_hours: int = 24 * 7  # first run without a previous state: history read back this far
-    state_files: int = 8  # Parquet files per state snapshot (the hourly pass coalesces to this, no shuffle)
+    state_files: int = 8  # Parquet files of a state base layer (a rebuild or compaction coalesces to this)
+    compact_max_layers: int = 24  # a state holds at most this many hourly delta layers before a compaction
+    compact_delta_ratio: float = 1.0  # ... and compacts earlier when delta rows exceed this x the base rows
     broadcast_active_ids: bool = True  # broadcast the interval's active user ids: the state is read map-only;
     # turn off when one interval's active ids no longer fit in executor memory (Spark then shuffles the state)

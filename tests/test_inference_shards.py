@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -162,6 +163,31 @@ def test_state_source_splits_every_user_exactly_once(setup, split):
     users = read_embeddings(layout, version, AS_OF)["user_id"].to_pylist()
     assert sorted(users) == sorted(table["user_id"].to_pylist())
     assert all(m["users"] > 0 for m in manifests)
+
+
+@pytest.mark.parametrize("split", ["hash", "files"])
+def test_state_source_encodes_the_newest_layer_of_each_user_as_of_the_snapshot(setup, split):
+    """A layered state (base + two hourly deltas): each user once, from its newest layer, at the snapshot's as_of."""
+    settings, version, model, cfg, table = setup
+    layout = settings.layout()
+    rng = np.random.default_rng(3)
+    d1 = random_sequences(rng.integers(1, MAX_LEN, 30), AS_OF - timedelta(hours=1), seed=7, first_user=11)  # users 11..40
+    d2 = random_sequences(rng.integers(1, MAX_LEN, 10), AS_OF, seed=8, first_user=115)  # 115..120 + 4 new users
+    write_state_snapshot(layout, AS_OF, table, num_files=4, deltas=[d1, d2])
+    settings.inference.state_split = split
+    manifests = encode_all(settings, version, AS_OF, source="state", num_shards=3)
+    assert sum(m["users"] for m in manifests) == 124
+    out = read_embeddings(layout, version, AS_OF)
+    got = dict(zip(out["user_id"].to_pylist(), vectors(out)))
+    assert sorted(got) == sorted(set(table["user_id"].to_pylist()) | set(d2["user_id"].to_pylist()))
+    layers = (table, d1, d2)
+    newest = {u: k for k, layer in enumerate(layers) for u in layer["user_id"].to_pylist()}  # later layers win
+    current = pa.concat_tables([layer.take([i for i, u in enumerate(layer["user_id"].to_pylist()) if newest[u] == k])
+                                for k, layer in enumerate(layers)])
+    want = reference(model, cfg, current)  # the plain reference path, featurised as of AS_OF
+    for u, w in zip(current["user_id"].to_pylist(), want):
+        np.testing.assert_allclose(got[u], w, atol=2e-3)
+    assert int(pc.sum(pc.equal(out["as_of"], AS_OF)).as_py()) == 124
 
 
 def test_a_marked_snapshot_ignores_leftover_shards_of_an_earlier_sharding(setup):

@@ -7,6 +7,7 @@ published hour. The chain of hourly runs is computed once per module and checked
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from soe.config import load_settings
 from soe.contracts import EVENT, SEQUENCE, TS, conform
 from soe.datasets.synthetic import GeneratedLog, SyntheticConfig, generate, write_log
 from soe.layout import HOUR, utc
+from soe.sequence_state import StateSnapshot
 from soe.validation import QUARANTINE_SCHEMA
 from tests.test_pipelines_reference import Reference, read_sequences
 
@@ -34,7 +36,9 @@ SHARDS = 3
 def make_settings(root, **extra):
     env = {"SOE_DATA__ROOT": str(root), "SOE_SEQUENCES__MAX_LEN": str(MAX_LEN),
            "SOE_SEQUENCES__NUM_SHARDS": str(SHARDS), "SOE_SEQUENCES__STATE_FILES": "2",
-           "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "3", **extra}
+           "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "3",
+           # at most 2 delta layers, whatever their size: the chain writes deltas and compacts once
+           "SOE_SEQUENCES__COMPACT_MAX_LAYERS": "2", "SOE_SEQUENCES__COMPACT_DELTA_RATIO": "100", **extra}
     return load_settings(environ=env)
 
 
@@ -102,6 +106,33 @@ def test_every_hour_matches_the_reference(chain):
     assert first["mode"] == "bootstrap" and all(m["mode"] == "incremental" for m, _, _ in runs[1:])
 
 
+def test_the_state_is_a_base_plus_linked_deltas_until_a_compaction(chain):
+    settings, runs = chain
+    layout = settings.layout()
+    times = [utc(m["as_of"]) for m, _, _ in runs]
+    kinds = [[layer.kind for layer in StateSnapshot(layout.state(t)).layers] for t in times]
+    # h0 bootstrap: a base; h1, h2: one delta each; h3 would make 3 > 2 deltas: compaction; h4 is empty
+    assert kinds == [["base"], ["base", "delta"], ["base", "delta", "delta"], ["base"], ["base"]]
+    assert [m["compacted"] for m, _, _ in runs] == [True, False, False, True, False]
+    assert [m["state_layers"] for m, _, _ in runs] == [len(k) for k in kinds]
+    # the delta of h2 *is* its active shards, and the older layers are the previous snapshot's files
+    snap = StateSnapshot(layout.state(times[2]))
+    inode = lambda p: os.stat(p).st_ino  # noqa: E731
+    assert sorted(inode(f) for f in snap.layer_files(snap.layers[-1])) == sorted(
+        inode(layout.active_shard(times[2], i)) for i in range(SHARDS))
+    before = StateSnapshot(layout.state(times[1]))
+    for layer in before.layers:
+        assert [inode(f) for f in before.layer_files(layer)] == [inode(snap.path / layer.name / f.name)
+                                                                for f in before.layer_files(layer)]
+    # a user in two layers is read from the newer one (the chain test checks every value)
+    base_ids = set(pq.read_table(snap.layer_files(snap.layers[0])[0], columns=["user_id"])["user_id"].to_pylist())
+    assert base_ids & set(runs[2][1]["active"]), "some active users of h2 are superseded in the base"
+    # the empty hour links the base and adds no layer
+    last = StateSnapshot(layout.state(times[4]))
+    assert [inode(f) for f in last.layer_files(last.layers[0])] == [
+        inode(f) for f in StateSnapshot(layout.state(times[3])).layer_files(StateSnapshot(layout.state(times[3])).layers[0])]
+
+
 def test_the_messy_cases_really_occur(chain):
     """Guard against a test that passes because the data was too clean."""
     settings, runs = chain
@@ -131,14 +162,17 @@ def test_outputs_keep_the_contracts(chain):
     settings, runs = chain
     layout = settings.layout()
     as_of = utc(runs[2][0]["as_of"])
-    for path in [layout.state(as_of), layout.active_shard(as_of, 0)]:
-        table = pq.read_table(path)
+    state = StateSnapshot(layout.state(as_of))
+    raw_layers = [pq.read_table(f) for f in state.layer_files(state.layers[-1])]
+    for table in [state.read_table(), pq.read_table(layout.active_shard(as_of, 0)), *raw_layers]:
         assert table.schema.field("as_of").type == TS
         assert table.schema.field("ts").type.value_type == TS  # Spark wrote milliseconds, UTC
         conformed = conform(table, SEQUENCE)
         assert conformed.schema.equals(SEQUENCE.schema)
         assert pc.all(pc.equal(conformed["n_events"], pc.list_value_length(conformed["item_id"]))).as_py()
-        assert set(conformed["as_of"].to_pylist()) == {as_of}
+        assert set(conformed["as_of"].to_pylist()) <= {as_of, *[layer.as_of for layer in state.layers]}
+    assert set(state.read_table()["as_of"].to_pylist()) == {as_of}  # read as of the snapshot
+    assert set(pq.read_table(layout.active_shard(as_of, 0))["as_of"].to_pylist()) == {as_of}
     q = pq.read_table(layout.quarantine(as_of))
     assert q.schema.names == QUARANTINE_SCHEMA.names and q.num_rows == runs[2][0]["quarantined"]
 
@@ -159,7 +193,7 @@ def test_rerun_of_an_older_interval_is_identical_and_leaves_newer_states_alone(c
     settings, runs = chain
     layout = settings.layout()
     h2 = START + timedelta(hours=2)
-    newer = {p: p.read_bytes() for t in (4, 5) for p in layout.state(START + timedelta(hours=t)).iterdir()}
+    newer = {p: p.read_bytes() for t in (4, 5) for p in layout.state(START + timedelta(hours=t)).rglob("*") if p.is_file()}
     # the rerun also takes the other join strategy (no broadcast): same content
     other = make_settings(settings.data.root, SOE_SEQUENCES__BROADCAST_ACTIVE_IDS="false")
     again = update_sequences(other, h2, h2 + HOUR, spark=spark)
@@ -189,6 +223,33 @@ def test_bootstrap_reads_the_lookback_and_matches_the_chain(spark, tmp_path):
     assert read_sequences(layout.state(h3 + HOUR)) == ref.state
     assert active_sequences(layout, h3 + HOUR) == expected["active"]
     assert manifest["reasons"] == expected["reasons"]
+
+
+def test_a_skipped_hour_is_caught_up_and_older_snapshots_can_be_deleted(spark, tmp_path):
+    """Hour 1 never ran: the run for hour 2 merges arrival hours 1 and 2. Then retention deletes the
+    older snapshot; the newer one (hard links, not references) still reads, and the next hour runs."""
+    settings = make_settings(tmp_path / "data")
+    layout = settings.layout()
+    write_messy_log(layout)
+    h1, h2, h3 = (START + timedelta(hours=h) for h in (1, 2, 3))
+    update_sequences(settings, START, h1, spark=spark)
+    manifest = update_sequences(settings, h2, h3, spark=spark)
+
+    ref = Reference(settings.events, MAX_LEN)
+    ref.run(layout, START, h1)
+    expected = ref.run(layout, h1, h3)
+    assert manifest["previous_state"] == h1.isoformat() and manifest["merged_from"] == h1.isoformat()
+    assert len(manifest["partitions"]) == 2 and manifest["mode"] == "incremental"
+    assert read_sequences(layout.state(h3)) == ref.state
+    assert active_sequences(layout, h3) == expected["active"]
+    assert manifest["reasons"] == expected["reasons"] and manifest["valid_events"] == expected["valid_events"]
+
+    shutil.rmtree(layout.state(h1))
+    assert read_sequences(layout.state(h3)) == ref.state
+    update_sequences(settings, h3, h3 + HOUR, spark=spark)
+    expected = ref.run(layout, h3, h3 + HOUR)
+    assert read_sequences(layout.state(h3 + HOUR)) == ref.state
+    assert active_sequences(layout, h3 + HOUR) == expected["active"]
 
 
 def test_a_crash_before_publishing_leaves_nothing_that_looks_complete(spark, tmp_path, monkeypatch):

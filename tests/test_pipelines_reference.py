@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from soe.atomic import is_complete
 from soe.contracts import ATTRIBUTE_COLUMNS
 from soe.datasets.events import read_partition
 from soe.layout import Layout, hours
+from soe.sequence_state import read_state
 from soe.validation import ValidationRules, validate_events
 
 FIELDS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
@@ -80,8 +80,8 @@ class Reference:
 
 
 def read_sequences(path: Path) -> dict[int, list[tuple]]:
-    """user_id -> event tuples of a published sequence directory or file, as written by Spark."""
-    table = pq.read_table(path)
+    """user_id -> event tuples of a published sequence file, directory or layered state snapshot."""
+    table = read_state(path)
     out = {}
     ts = [[None if t is None else t for t in row] for row in table["ts"].cast(pa.list_(pa.int64())).to_pylist()]
     lists = {c: table[c].to_pylist() for c in FIELDS if c != "ts"}

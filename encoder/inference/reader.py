@@ -8,11 +8,12 @@ Two sources, one small interface (`SequenceSource`: ``windows(n)``, ``num_rows``
 
 * ``active``: the hourly path. The pipeline publishes ``active/as_of=T/`` (``_SUCCESS`` manifest with
   ``num_shards``) holding K balanced files ``shard=iiiii.parquet``; worker i reads file i.
-* ``state``: the backfill path (a new model encodes every known user). ``state/as_of=T/`` holds
-  Spark's ``*.parquet`` part files, which are split over ``num_shards`` workers either by file
-  (worker i reads files i, i+n, ... : each byte read once, balanced when there are many files) or by
-  a hash of ``user_id`` (balanced for any file count, but every worker scans every file).
-  ``state_split=auto`` picks files when there are at least as many files as workers.
+* ``state``: the backfill path (a new model encodes every known user). ``state/as_of=T/`` is a
+  layered snapshot (`soe.sequence_state`: a base plus hourly deltas, the newest layer holding a user
+  wins; superseded rows are dropped while reading). Its files are split over ``num_shards`` workers
+  either by file (worker i reads files i, i+n, ... : each byte read once, balanced when there are
+  many files) or by a hash of ``user_id`` (balanced for any file count, but every worker scans every
+  file). ``state_split=auto`` picks files when there are at least as many files as workers.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 from soe.atomic import is_complete, read_marker
 from soe.contracts import SEQUENCE, ContractError, conform
 from soe.layout import Layout
+from soe.sequence_state import StateSnapshot
 
 log = logging.getLogger("soe.inference")
 
@@ -110,17 +112,21 @@ class ParquetSequenceSource(SequenceSource):
         total = sum(pf.metadata.num_rows for pf in self._parquet)
         return total if self.hash_shard is None else -(-total // self.hash_shard[1])
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
+    def _file_batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row of the files, in Parquet batches."""
         for pf in self._parquet:
             columns = [c for c in SEQUENCE.schema.names if c in pf.schema_arrow.names]
-            for batch in pf.iter_batches(batch_size=self.read_batch_rows, columns=columns):
-                if self.hash_shard is not None:
-                    shard, n = self.hash_shard
-                    uid = batch.column("user_id").to_numpy(zero_copy_only=False)
-                    keep = (user_hash(uid) % np.uint64(n)) == np.uint64(shard)
-                    batch = batch.filter(pa.array(keep))
-                if batch.num_rows:
-                    yield batch
+            yield from pf.iter_batches(batch_size=self.read_batch_rows, columns=columns)
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        for batch in self._file_batches():
+            if self.hash_shard is not None:
+                shard, n = self.hash_shard
+                uid = batch.column("user_id").to_numpy(zero_copy_only=False)
+                keep = (user_hash(uid) % np.uint64(n)) == np.uint64(shard)
+                batch = batch.filter(pa.array(keep))
+            if batch.num_rows:
+                yield batch
 
     def windows(self, window_users: int) -> Iterator[pa.Table]:
         if window_users <= 0:
@@ -130,6 +136,19 @@ class ParquetSequenceSource(SequenceSource):
 
     def describe(self) -> dict:
         return {"files": [str(f) for f in self.files], "hash_shard": self.hash_shard, **self.info}
+
+
+@dataclass
+class StateSequenceSource(ParquetSequenceSource):
+    """Some files of a layered state snapshot: rows superseded by a newer layer are skipped and every
+    row's ``as_of`` is the snapshot's time. ``num_rows`` counts superseded rows too (an upper bound)."""
+
+    snapshot: StateSnapshot | None = None
+    layer_of: dict[Path, int] = field(default_factory=dict)  # file -> index of its layer
+
+    def _file_batches(self) -> Iterator[pa.RecordBatch]:
+        for path in self.files:
+            yield from self.snapshot.iter_file(self.layer_of[path], path, self.read_batch_rows)
 
 
 def _published(path: Path, what: str) -> dict:
@@ -158,14 +177,6 @@ def active_source(layout: Layout, as_of: datetime, shard: int, num_shards: int |
     return ParquetSequenceSource([path], info={"source": "active", "num_shards": published})
 
 
-def state_files(root: Path) -> list[Path]:
-    """The data files of a Spark-written snapshot (hidden, ``_``-prefixed and temp files excluded)."""
-    return sorted(
-        p for p in root.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
-    )
-
-
 def state_source(
     layout: Layout, as_of: datetime, shard: int, num_shards: int | None = None, split: str = "auto"
 ) -> SequenceSource:
@@ -175,17 +186,17 @@ def state_source(
     n = 1 if num_shards is None else int(num_shards)
     if n <= 0 or not 0 <= shard < n:
         raise ValueError(f"shard {shard} is out of range for --num-shards {n}")
-    files = state_files(root)
+    snapshot = StateSnapshot(root)
+    layer_of = {path: i for i, path in snapshot.files()}
+    files = list(layer_of)
     if split not in ("auto", "files", "hash"):
         raise ValueError(f"inference.state_split {split!r}: use auto, files or hash")
     if split == "auto":
         split = "files" if len(files) >= n else "hash"
-    info = {"source": "state", "num_shards": n, "split": split}
-    if n == 1:
-        return ParquetSequenceSource(files, info=info)
-    if split == "files":
-        return ParquetSequenceSource(files[shard::n], info=info)
-    return ParquetSequenceSource(files, hash_shard=(shard, n), info=info)
+    info = {"source": "state", "num_shards": n, "split": split, "layers": len(snapshot.layers)}
+    if n == 1 or split == "files":
+        return StateSequenceSource(files[shard::n], info=info, snapshot=snapshot, layer_of=layer_of)
+    return StateSequenceSource(files, hash_shard=(shard, n), info=info, snapshot=snapshot, layer_of=layer_of)
 
 
 def open_source(

@@ -1,4 +1,4 @@
-"""Random SEQUENCE-contract tables (and snapshots laid out as the pipeline publishes them) with a realistic, heavy-tailed length distribution (tests, benchmarks).
+"""Random SEQUENCE-contract tables (and snapshots laid out as the pipeline publishes them), with a realistic, heavy-tailed length distribution (tests, benchmarks).
 
 Activity in feeds and ads is heavy-tailed: most users have a handful of events, a few have
 hundreds. `heavy_tailed_lengths` draws log-normal event counts (median ``median``, log-sd ``sigma``)
@@ -8,7 +8,8 @@ events, 90% of users have fewer than 55 and about 1.6% hit the cap of N.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 from soe.atomic import publish_dir
 from soe.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
 from soe.layout import Layout, utc
+from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, layer_name
 
 EVENT_TYPES = ("impression", "click", "conversion", "view", "search")
 
@@ -69,9 +71,24 @@ def write_active_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_
     return list(np.diff(bounds))
 
 
-def write_state_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_files: int) -> None:
-    """Publish ``table`` as a Spark-like state snapshot: ``state/as_of=T/part-0000i.parquet``."""
-    bounds = np.linspace(0, table.num_rows, num_files + 1).astype(int)
-    with publish_dir(layout.state(as_of), {"users": table.num_rows}) as tmp:
+def write_state_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_files: int,
+                         deltas: Sequence[pa.Table] = ()) -> None:
+    """Publish a layered state snapshot as the pipeline does (`soe.sequence_state`): ``table`` as the
+    base layer in ``num_files`` part files, then each of ``deltas`` as one hourly delta layer (a user
+    in a delta supersedes its older rows). The base is written ``len(deltas)`` hours before ``as_of``."""
+    base_t = utc(as_of) - timedelta(hours=len(deltas))
+    layers, manifest = [], {}
+    with publish_dir(layout.state(as_of), manifest) as tmp:
+        bounds = np.linspace(0, table.num_rows, num_files + 1).astype(int)
+        (tmp / layer_name(base_t)).mkdir()
         for i in range(num_files):
-            pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), tmp / f"part-{i:05d}.parquet")
+            pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), tmp / layer_name(base_t) / f"part-{i:05d}.parquet")
+        layers.append(Layer(layer_name(base_t), BASE, base_t, table.num_rows))
+        for k, delta in enumerate(deltas, start=1):
+            t = base_t + timedelta(hours=k)
+            (tmp / layer_name(t)).mkdir()
+            pq.write_table(delta, tmp / layer_name(t) / "shard=00000.parquet")
+            layers.append(Layer(layer_name(t), DELTA, t, delta.num_rows))
+        users = pa.concat_tables([table.select(["user_id"]), *[d.select(["user_id"]) for d in deltas]])
+        manifest.update(as_of=utc(as_of).isoformat(), layout=LAYOUT, layers=[layer.to_json() for layer in layers],
+                        state_users=len(set(users["user_id"].to_pylist())))

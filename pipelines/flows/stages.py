@@ -54,9 +54,9 @@ def newest_state(settings, at_or_before: datetime | None = None) -> datetime:
 
 def state_user_ids(settings, as_of: datetime) -> np.ndarray:
     """Every user id in the published state snapshot ``as_of`` (every known user)."""
-    files = sorted(settings.layout().state(as_of).glob("*.parquet"))
-    ids = [pq.read_table(f, columns=["user_id"]).column("user_id").to_numpy() for f in files]
-    return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    from soe.sequence_state import StateSnapshot
+
+    return StateSnapshot(settings.layout().state(as_of)).user_ids()
 
 
 # -- encoder --------------------------------------------------------------------------------------
