@@ -4,7 +4,7 @@
 
     <root>/events/dt=YYYY-MM-DD/hour=HH/part-*.parquet  + _SUCCESS   raw event log (arrival hour)
     <root>/quarantine/as_of=<T>/                                     rejected rows, with a reason
-    <root>/state/as_of=<T>/                                          last N events of every known user
+    <root>/state/as_of=<T>/layer=<T'>/                               last N events of every known user (layers)
     <root>/active/as_of=<T>/shard=<iiiii>.parquet                    active users of the interval, K shards
     <root>/trainsets/<name>/                                         training sets
     <root>/models/<version>/                                         model artifacts
