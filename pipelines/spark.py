@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection
 
 import pyarrow as pa
 
@@ -38,22 +38,38 @@ BASE_CONF: dict[str, str] = {
     "spark.hadoop.parquet.enable.summary-metadata": "false",
     "spark.sql.sources.partitionColumnTypeInference.enabled": "true",
     "spark.sql.adaptive.enabled": "true",
-}
-# Only when we start the JVM ourselves (local launcher): no web UI, local fs without .crc files.
-LOCAL_CONF: dict[str, str] = {
-    "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
+    # the data root is a posix path (local disk or a shared mount): no .crc files, no listing job
     "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1000000",
 }
+# Only when we start the JVM ourselves (local launcher): no web UI. Under spark-submit the UI is the
+# submitter's business (whatever `spark.master` says: that key is ignored there).
+LOCAL_CONF: dict[str, str] = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+}
 
 
-def spark_conf(spark: SparkSettings) -> dict[str, str]:
-    """Every spark.* setting this configuration asks for (the settings object is the only input)."""
+# The SoE settings that size the job. Under spark-submit a value the submitter set (``--conf``, its
+# properties file, the cluster's spark-defaults.conf) wins over SoE's *default*; a value set in the SoE
+# configuration (YAML / ``SOE_SPARK__*``) still wins over the submitter's.
+SIZING: dict[str, str] = {
+    "shuffle_partitions": "spark.sql.shuffle.partitions",
+    "arrow_batch_rows": "spark.sql.execution.arrow.maxRecordsPerBatch",
+}
+
+
+def spark_conf(spark: SparkSettings, submitted: Collection[str] = ()) -> dict[str, str]:
+    """Every spark.* setting this configuration asks for.
+
+    ``submitted``: the spark.* keys the spark-submit caller already set; a `SIZING` key among them is
+    left to the submitter unless the SoE configuration sets that field explicitly.
+    """
     conf = dict(BASE_CONF)
-    conf["spark.sql.shuffle.partitions"] = str(spark.shuffle_partitions)
-    conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(spark.arrow_batch_rows)
-    if spark.launcher == "local" or spark.master.startswith("local"):
+    for field, key in SIZING.items():
+        if key not in submitted or field in spark.model_fields_set:
+            conf[key] = str(getattr(spark, field))
+    if spark.launcher == "local":
         conf.update(LOCAL_CONF)
         conf["spark.driver.memory"] = spark.driver_memory
     conf.update(spark.conf)
@@ -64,22 +80,25 @@ def spark_session(spark: SparkSettings) -> "SparkSession":
     """getOrCreate a SparkSession for these settings (the same code runs under spark-submit)."""
     from pyspark.sql import SparkSession
 
-    conf = spark_conf(spark)
+    local = spark.launcher == "local"
     active = SparkSession.getActiveSession()
     if active is None:
         builder = SparkSession.builder.appName(spark.app_name)
-        if spark.launcher == "local":  # under spark-submit the master comes from the submitter
+        if local:  # under spark-submit the master comes from the submitter
             builder = builder.master(spark.master)
             # PySpark picks the worker interpreter from this variable only (the conf key is ignored
             # in-process): workers must run our interpreter, which has pyarrow and soe.
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        for key, value in conf.items():
+        # under spark-submit the sizing keys are decided below, once the submitter's conf is known
+        for key, value in spark_conf(spark, submitted=() if local else SIZING.values()).items():
             builder = builder.config(key, value)
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("WARN")
     else:
         session = active
-    for key, value in conf.items():  # runtime SQL settings also on a reused session
+    submitter = session.sparkContext.getConf()
+    submitted = () if local else [key for key in SIZING.values() if submitter.contains(key)]
+    for key, value in spark_conf(spark, submitted).items():  # runtime SQL settings also on a reused session
         if key.startswith("spark.sql.") and not key.startswith("spark.sql.sources.parallel"):
             try:
                 session.conf.set(key, value)
