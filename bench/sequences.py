@@ -1,9 +1,12 @@
 """Sequence pipeline: hourly incremental update vs full rebuild vs DuckDB, on the same Parquet log.
 
-    python -m bench.sequences [--quick] [--repeats R]
+    python -m bench.sequences [--quick | --size full|dense] [--repeats R]
 
-The synthetic log (full: >= 20M events, 48 hours; quick: ~0.2M, 24 hours) is generated once and
-kept under ``data/bench/sequences/<size>/`` so reruns do not regenerate it. Then, in one run:
+The synthetic log is generated once and kept under ``data/bench/sequences/<size>/`` so reruns do
+not regenerate it. Sizes (`SIZES`): ``full`` (the target size: ~21M events, a week, 2M users, an
+hour holding ~0.6 % of the events and ~1 % of the users), ``dense`` (~21.7M events, 48 hours, 200k
+users who are all active every few hours: an hour holds 1.3 % of the events but 13 % of the users,
+the worst case for an incremental update) and ``quick`` (~0.2M events). Then, in one run:
 
 * **setup** (untimed): `rebuild_state` publishes the state (one base layer) as of ``CHAIN`` hours
   before the end;
@@ -46,9 +49,14 @@ from soe.layout import HOUR, utc
 ROOT = Path("data/bench/sequences")
 SIZES = {  # name -> generator config
     "quick": SyntheticConfig(n_users=5_000, n_items=20_000, hours=24, base_events_per_user=40.0, seed=1),
-    "full": SyntheticConfig(n_users=200_000, n_items=500_000, n_clusters=50, hours=48, base_events_per_user=105.0, seed=1),
+    # the target size: a week of history, 2M known users, most of them active in a few hours of it
+    # (an hour holds ~0.6 % of the events and ~1 % of the users), as on an ads/feed platform
+    "full": SyntheticConfig(n_users=2_000_000, n_items=1_000_000, n_clusters=50, hours=168, base_events_per_user=10.0, seed=1),
+    # the worst case for an incremental update: 200k users who are all active every few hours
+    # (an hour holds 1.3 % of the events but 13 % of the users, and the heaviest ones)
+    "dense": SyntheticConfig(n_users=200_000, n_items=500_000, n_clusters=50, hours=48, base_events_per_user=105.0, seed=1),
 }
-CHAIN = {"quick": 3, "full": 6}  # hourly updates timed in a row, ending at the last hour
+CHAIN = {"quick": 3, "full": 6, "dense": 6}  # hourly updates timed in a row, ending at the last hour
 FIELDS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
 
 
@@ -123,14 +131,15 @@ def fingerprint(path: Path) -> dict:
 
 
 def main() -> None:
-    args = parse_args("Spark sequence pipeline: incremental vs full rebuild vs DuckDB")
-    size = "quick" if args.quick else "full"
+    args = parse_args("Spark sequence pipeline: incremental vs full rebuild vs DuckDB", lambda p: p.add_argument(
+        "--size", choices=sorted(SIZES), default=None, help="data shape (default: full; quick with --quick)"))
+    size = args.size or ("quick" if args.quick else "full")
     repeats = args.repeats or 1
     cfg = SIZES[size]
     root = (ROOT / size).resolve()
     env = {
         "SOE_DATA__ROOT": str(root), "SOE_SPARK__MASTER": "local[*]", "SOE_SPARK__DRIVER_MEMORY": "6g",
-        "SOE_SPARK__SHUFFLE_PARTITIONS": "8" if args.quick else "16", "SOE_SEQUENCES__NUM_SHARDS": "4",
+        "SOE_SPARK__SHUFFLE_PARTITIONS": "8" if size == "quick" else "16", "SOE_SEQUENCES__NUM_SHARDS": "4",
         "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": str(cfg.hours),
     }
     settings = load_settings(environ=env)
@@ -172,7 +181,7 @@ def main() -> None:
         lambda: rebuild_state(settings, as_of, lookback_hours=cfg.hours, spark=spark, out=work / "full"), repeats)
     duckdb_s, duck_t = median_seconds(lambda: duckdb_last_n(settings, as_of, work / "duck.parquet", 2), repeats)
     core_s, core_t = (median_seconds(lambda: spark_core_last_n(spark, settings, as_of, work / "core"), repeats)
-                      if not args.quick else (float("nan"), []))  # quick: skipped to stay within 2 minutes
+                      if size != "quick" else (float("nan"), []))  # quick: skipped to stay within 2 minutes
 
     inc_fp, full_fp, compacted_fp = final_fp, fingerprint(work / "full"), fingerprint(layout.state(as_of))
     import duckdb

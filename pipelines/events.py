@@ -199,3 +199,15 @@ def dedup_keep_first(valid: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
     kept = ranked.where(F.col("_copy") == 1).drop("_copy")
     repeats = ranked.where(F.col("_copy") > 1).drop("_copy")
     return kept, repeats
+
+
+def reason_counts(quarantine_dir: Path) -> dict[str, int]:
+    """reason -> rows of a written quarantine directory (read back with pyarrow: it is small)."""
+    from collections import Counter
+
+    from pipelines.spark import parquet_files
+
+    counts: Counter = Counter()
+    for f in parquet_files(quarantine_dir):
+        counts.update(pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
+    return dict(sorted(counts.items()))

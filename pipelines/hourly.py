@@ -110,12 +110,13 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
 
     parts = ev.event_partitions(layout, merge_from, as_of)
     validated = ev.read_validated(spark, layout, parts, settings.events).persist(StorageLevel.MEMORY_AND_DISK)
-    kept, repeats = ev.dedup_keep_first(ev.valid_events(validated))
-    new = seq.group_new_events(kept)
+    # one shuffle by user serves the dedup window (keyed by user first) and the grouping
+    kept, repeats = ev.dedup_keep_first(ev.valid_events(validated).repartition("user_id"))
+    new = seq.group_new_events(kept).persist(StorageLevel.MEMORY_AND_DISK)
     ids = new.select("user_id")  # users with new events this interval
-    old = st.current_rows_of(layers, ids, cfg.broadcast_active_ids)  # their previous rows, nobody else's
+    old = st.fetch_current_rows(spark, previous, ids) if previous is not None else layers[0]
     merged = seq.merge_state(old, new, cfg.max_len).persist(StorageLevel.MEMORY_AND_DISK)
-    cached += [validated, merged]
+    cached += [validated, new, merged]
     try:
         quarantine = (
             ev.rejected_rows(validated)
@@ -123,7 +124,7 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             .unionByName(ev.as_quarantine(seq.repeat_rows(merged), "duplicate"))
         )
         phases: dict[str, float] = {}
-        tick = time.perf_counter()
+        tick = t0  # the first phase includes reading, validating, deduplicating and fetching old rows
 
         def phase(name: str) -> None:
             nonlocal tick
@@ -131,7 +132,6 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             phases[name] = round(now - tick, 3)
             tick = now
 
-        reasons = {r["reason"]: int(r["count"]) for r in quarantine.groupBy("reason").count().collect()}
         active_flag = F.col("fresh") > 0
         added = merged.agg(
             F.sum("fresh").alias("events"),
@@ -148,19 +148,21 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             "merged_from": merge_from.isoformat(),
             "partitions": [f"{p.parent.name}/{p.name}" for p in parts],
             "valid_events": int(added["events"] or 0),
-            "quarantined": sum(reasons.values()),
-            "reasons": dict(sorted(reasons.items())),
             "active_users": active_users,
             "max_len": cfg.max_len,
             "num_shards": cfg.num_shards,
             "contract": "sequence/1",
         }
-        with publish_dir(layout.quarantine(as_of), {**manifest, "counts": manifest["reasons"]}) as tmp:
+        quarantine_manifest: dict[str, Any] = {}
+        with publish_dir(layout.quarantine(as_of), quarantine_manifest) as tmp:
             write_parquet(quarantine.coalesce(1), tmp)
+            reasons = ev.reason_counts(tmp)  # counted from the written file: no second Spark job
+            manifest.update(quarantined=sum(reasons.values()), reasons=reasons)
+            quarantine_manifest.update(manifest, counts=reasons)
         phase("quarantine")
 
         compact = st.should_compact(previous, active_users, cfg.compact_max_layers, cfg.compact_delta_ratio)
-        active = seq.to_sequence(merged.where(active_flag), "events", as_of)
+        active = seq.as_sequence(merged.where(active_flag), as_of)
         with publish_dir(layout.active(as_of), manifest) as active_tmp:
             buckets = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
             manifest["shard_sizes"] = write_shards(active, active_tmp, cfg.num_shards, buckets, cfg.broadcast_active_ids)
@@ -169,9 +171,10 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             with publish_dir(layout.state(as_of), state_manifest) as state_tmp:
                 if compact:  # a new base: every user's current row, the merged users replaced
                     ids_join = F.broadcast(ids) if cfg.broadcast_active_ids else ids
-                    untouched = st.current_rows(layers).join(ids_join, "user_id", "left_anti")
+                    small = previous is None or previous.base_rows + previous.delta_rows <= cfg.broadcast_max_users
+                    untouched = st.current_rows(layers, small).join(ids_join, "user_id", "left_anti")
                     base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(*seq.SEQUENCE_COLUMNS)
-                    base = base.unionByName(seq.to_sequence(merged, "events", as_of)).coalesce(cfg.state_files)
+                    base = base.unionByName(seq.as_sequence(merged, as_of)).coalesce(cfg.state_files)
                     write_parquet(base, state_tmp / layer_name(as_of))
                     state_users = _rows(state_tmp / layer_name(as_of))
                     out_layers = [Layer(layer_name(as_of), BASE, as_of, state_users)]

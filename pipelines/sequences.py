@@ -9,10 +9,10 @@ contract stores the same thing column-wise: one list per field, oldest -> newest
 Two ways to sequences:
 
 * `build_state` (bootstrap, full rebuild, compaction source): group all valid events by user,
-  ``array_sort``, keep the last N. One shuffle of the whole history.
+  ``sort_array``, keep the last N. One shuffle of the whole history.
 * `merge_state` (the hourly update): only the interval's new events are shuffled (grouped per
-  user). They meet the active users' *previous* rows only (`pipelines.state.current_rows_of`
-  picks those from the layered state, map-only). New events already present in a user's old
+  user). They meet the active users' *previous* rows only (`pipelines.state.fetch_current_rows`
+  picks those from the layered state). New events already present in a user's old
   sequence are duplicates; the rest are merged, sorted and cut to N. Cost: new events + active
   users. The state itself is written by `pipelines.hourly` as a delta layer (or a compaction).
 """
@@ -42,11 +42,12 @@ def ev_struct() -> "Column":
     return F.struct(*[F.col(c) for c in EV_FIELDS]).cast(EV_TYPE)
 
 
-def last_n(events: "Column", max_len: int) -> "Column":
-    """Sort an array of event structs oldest -> newest and keep the newest ``max_len``."""
+def last_n(ordered: "Column", max_len: int) -> "Column":
+    """The newest ``max_len`` of an array of event structs already sorted oldest -> newest.
+
+    (Sort in the projection before this one: a sort inside would be evaluated twice.)"""
     from pyspark.sql import functions as F
 
-    ordered = F.array_sort(events)
     return F.slice(ordered, F.greatest(F.size(ordered) - max_len + 1, F.lit(1)), F.lit(max_len))
 
 
@@ -62,13 +63,6 @@ def to_sequence(df: "DataFrame", events: str, as_of: datetime) -> "DataFrame":
     )
 
 
-def sequence_events(state: "DataFrame") -> "Column":
-    """A state row's list columns zipped back into an array of event structs."""
-    from pyspark.sql import functions as F
-
-    return F.arrays_zip(*[F.col(c) for c in EV_FIELDS]).cast(f"array<{EV_TYPE}>")
-
-
 def empty_state(spark: "SparkSession") -> "DataFrame":
     from pipelines.spark import spark_schema
 
@@ -79,7 +73,7 @@ def build_state(events: "DataFrame", as_of: datetime, max_len: int) -> "DataFram
     """Sequences from deduplicated valid events (one row per user), as of ``as_of``."""
     from pyspark.sql import functions as F
 
-    grouped = events.groupBy("user_id").agg(F.collect_list(ev_struct()).alias("events"))
+    grouped = events.groupBy("user_id").agg(F.sort_array(F.collect_list(ev_struct())).alias("events"))
     return to_sequence(grouped.select("user_id", last_n(F.col("events"), max_len).alias("events")), "events", as_of)
 
 
@@ -92,31 +86,91 @@ def group_new_events(new_events: "DataFrame") -> "DataFrame":
     )
 
 
-def merge_state(previous: "DataFrame", new: "DataFrame", max_len: int) -> "DataFrame":
-    """Merge each user's new events (`group_new_events`) into the user's previous sequence.
+def merge_rows(df: "DataFrame", max_len: int) -> "DataFrame":
+    """Merge each user's new events into the old sequence, row by row (no shuffle).
 
-    ``previous``: sequence-contract rows, at most one per user (the current rows of the active users,
-    or any superset). Returns one row per user of ``new``: ``user_id``, ``events`` (the merged last N
-    as event structs), ``fresh`` (new events added), ``known`` (the user had a previous sequence) and
-    ``repeats`` (new events already in the old sequence, with their context, for the quarantine).
-    The active users are the rows with ``fresh > 0``.
+    ``df``: ``user_id``, ``known``, the old sequence as the contract's sorted lists (`EV_FIELDS`,
+    possibly empty) and ``new`` (array of (ev, context) from `group_new_events`). Returns
+    ``user_id``, ``known``, ``n_events`` and the merged lists (old + fresh, sorted, the newest
+    ``max_len``), plus
+
+    * ``fresh``: how many new events were not already in the old sequence;
+    * ``repeats``: the new events that were (re-deliveries), with their context, for the quarantine.
+
+    Fast path: new events newer than the user's newest old event cannot repeat an old event and sort
+    after all of it, so they are sorted among themselves and appended list by list; the old lists
+    are never unpacked. Slow path, only for users with other new events (late events,
+    re-deliveries: ts <= the newest old ts): the old lists are zipped into event structs, compared
+    (``array_except``: struct equality, a null field equal to a null field, as in the sequence key)
+    and re-sorted. Each step is its own projection so every array is computed once (Spark does not
+    collapse projections that would repeat an expensive expression).
     """
     from pyspark.sql import functions as F
 
-    old = previous.select("user_id", sequence_events(previous).alias("old"))
-    joined = new.join(old, "user_id", "left").select(
-        "user_id", "new", F.col("old").isNotNull().alias("known"),
-        F.coalesce(F.col("old"), F.array().cast(f"array<{EV_TYPE}>")).alias("old"),
+    lists = [F.col(c) for c in EV_FIELDS]
+    keep = ["user_id", "known", *EV_FIELDS]
+    step = df.select(*keep, "new", F.try_element_at("ts", F.lit(-1)).alias("_last"))
+    is_ahead = lambda x: F.coalesce(x.getField("ev").getField("ts") > F.col("_last"), F.lit(True))  # noqa: E731
+    step = step.select(*keep, F.sort_array(F.filter("new", is_ahead).getField("ev")).alias("_ahead"),
+                       F.filter("new", lambda x: ~is_ahead(x)).alias("_behind"))
+    slow = F.size("_behind") > 0
+    step = step.select(*keep, "_ahead", "_behind",
+                       F.when(slow, F.arrays_zip(*lists).cast(f"array<{EV_TYPE}>")).alias("_old"))
+    step = step.select(*keep, "_ahead", "_behind", "_old",
+                       F.when(slow, F.array_except(F.col("_behind").getField("ev"), F.col("_old"))).alias("_late"))
+    step = step.select(*keep, "_ahead", "_behind", "_old", "_late",
+                       F.when(slow, F.sort_array(F.concat("_old", "_ahead", "_late"))).alias("_sorted"))
+    n_merged = F.when(slow, F.size("_sorted")).otherwise(F.size("ts") + F.size("_ahead"))
+    step = step.select("*", F.greatest(n_merged - max_len + 1, F.lit(1)).alias("_from"),
+                       F.least(n_merged, F.lit(max_len)).alias("_n"))
+    merged = {c: F.when(slow, F.col("_sorted").getField(c)).otherwise(F.concat(F.col(c), F.col("_ahead").getField(c)))
+              for c in EV_FIELDS}
+    seen = lambda x: F.exists("_old", lambda o: o.eqNullSafe(x.getField("ev")))  # noqa: E731
+    late = F.coalesce(F.size("_late"), F.lit(0))
+    return step.select(
+        "user_id", "known",
+        (F.size("_ahead") + late).alias("fresh"),
+        F.when(F.size("_behind") > late, F.filter("_behind", seen)).otherwise(F.array().cast(new_type())).alias("repeats"),
+        F.col("_n").cast("int").alias("n_events"),
+        *[F.slice(merged[c], F.col("_from"), F.col("_n")).alias(c) for c in EV_FIELDS],
     )
-    seen = lambda x: F.exists(F.col("old"), lambda o: o.eqNullSafe(x.getField("ev")))  # noqa: E731
-    fresh = F.transform(F.filter(F.col("new"), lambda x: ~seen(x)), lambda x: x.getField("ev"))
-    return joined.select(
-        "user_id",
-        last_n(F.concat(F.col("old"), fresh), max_len).alias("events"),
-        F.size(fresh).alias("fresh"),
-        "known",
-        F.filter(F.col("new"), seen).alias("repeats"),
-    )
+
+
+def as_sequence(df: "DataFrame", as_of: datetime) -> "DataFrame":
+    """Rows with ``user_id``, ``n_events`` and the lists (e.g. `merge_rows`) -> the sequence contract."""
+    from pyspark.sql import functions as F
+
+    return df.select("user_id", F.lit(as_of).cast("timestamp").alias("as_of"), F.col("n_events").cast("int"), *EV_FIELDS)
+
+
+def empty_lists() -> list["Column"]:
+    """The list columns of an empty sequence (a user the state does not know yet)."""
+    from pyspark.sql import functions as F
+
+    types = {"ts": "timestamp", "event_type": "string"}
+    return [F.array().cast(f"array<{types.get(c, 'bigint')}>").alias(c) for c in EV_FIELDS]
+
+
+def new_type() -> str:
+    """The Spark type of `group_new_events`'s ``new`` column."""
+    return f"array<struct<ev:{EV_TYPE},{','.join(f'{c}:string' for c in CONTEXT)}>>"
+
+
+def merge_state(previous: "DataFrame", new: "DataFrame", max_len: int) -> "DataFrame":
+    """Merge each user's new events (`group_new_events`) into the user's previous sequence (a join).
+
+    ``previous``: sequence-contract rows, at most one per user. Returns one row per user of ``new``
+    with the columns of `merge_rows`; ``known``: the user had a previous sequence. The active users
+    are the rows with ``fresh > 0``. In the hourly update ``previous`` holds only the active users'
+    rows (`pipelines.state.fetch_current_rows`), so both sides of the join are small.
+    """
+    from pyspark.sql import functions as F
+
+    joined = new.join(previous.select("user_id", *EV_FIELDS), "user_id", "left")
+    known = F.col("ts").isNotNull()
+    return merge_rows(joined.select("user_id", "new", known.alias("known"),
+                                    *[F.when(known, F.col(c)).otherwise(e).alias(c) for c, e in zip(EV_FIELDS, empty_lists())]),
+                      max_len)
 
 
 def repeat_rows(merged: "DataFrame") -> "DataFrame":

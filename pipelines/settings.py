@@ -22,5 +22,6 @@ class SequenceSettings(Section):
     state_files: int = 8  # Parquet files of a state base layer (a rebuild or compaction coalesces to this)
     compact_max_layers: int = 24  # a state holds at most this many hourly delta layers before a compaction
     compact_delta_ratio: float = 1.0  # ... and compacts earlier when delta rows exceed this x the base rows
+    broadcast_max_users: int = 20_000_000  # a compaction broadcasts per-layer user-id sets up to this size
     broadcast_active_ids: bool = True  # broadcast the interval's active user ids: the state is read map-only;
     # turn off when one interval's active ids no longer fit in executor memory (Spark then shuffles the state)

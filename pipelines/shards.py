@@ -59,7 +59,7 @@ def write_shards(df: "DataFrame", out_dir: Path, num_shards: int, buckets: int =
     sharded = balanced_shards(df, num_shards, buckets, broadcast_map)
     (
         sharded.repartition(num_shards, "shard")
-        .sortWithinPartitions("user_id")
+        .sortWithinPartitions("shard", "user_id")  # the writer needs shard order first, or it re-sorts
         .write.mode("overwrite")
         .partitionBy("shard")
         .parquet(str(staging))

@@ -4,12 +4,11 @@ See `soe.sequence_state` for the on-disk layout (a base layer plus hourly delta 
 layer holding a user wins). This module is its Spark side:
 
 * `layer_frames`: one DataFrame per layer of a published snapshot, oldest first;
-* `current_rows_of`: the current row of each user in ``ids`` (the interval's active users): each
-  layer is semi-joined with the (broadcast) ids map-only, and only those few rows are grouped to
-  pick the newest layer. The cost follows the active users; the state is only scanned, never
-  shuffled or rewritten;
-* `current_rows`: every user's current row (for a compaction): each layer anti-joined with the ids
-  of the newer layers, so the base is streamed once and never shuffled;
+* `newest_layer`: which layer holds each user's current row (reads only ``user_id`` columns);
+* `fetch_current_rows`: the current rows of the interval's active users, read in the executors
+  with pyarrow (one task per layer file), filtered there, so only the active users' rows ever
+  become Spark rows. The state is only scanned, never shuffled or rewritten;
+* `current_rows`: every user's current row (for a compaction), sequences never shuffled;
 * `should_compact`: the policy (`sequences.compact_max_layers`, `sequences.compact_delta_ratio`).
 """
 
@@ -22,7 +21,7 @@ from soe.contracts import SEQUENCE
 from soe.sequence_state import DELTA, StateSnapshot
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 
 def layer_frames(spark: "SparkSession", snapshot: StateSnapshot) -> list["DataFrame"]:
@@ -38,32 +37,89 @@ def layer_frames(spark: "SparkSession", snapshot: StateSnapshot) -> list["DataFr
     return frames
 
 
-def current_rows_of(layers: list["DataFrame"], ids: "DataFrame", broadcast: bool = True) -> "DataFrame":
-    """The current (newest-layer) row of every user in ``ids`` that the state knows."""
+def _maybe_broadcast(df: "DataFrame", broadcast: bool) -> "DataFrame":
     from pyspark.sql import functions as F
 
-    ids = F.broadcast(ids) if broadcast else ids
-    picked = [df.join(ids, "user_id", "left_semi") for df in layers]
-    if len(picked) == 1:
-        return picked[0]
-    tagged = picked[0].withColumn("_layer", F.lit(0))
-    for i, df in enumerate(picked[1:], start=1):
-        tagged = tagged.unionByName(df.withColumn("_layer", F.lit(i)))
-    row = F.struct(*[F.col(c) for c in SEQUENCE_COLUMNS if c != "user_id"])
-    newest = tagged.groupBy("user_id").agg(F.max_by(row, F.col("_layer")).alias("_row"))
-    return newest.select("user_id", *[F.col("_row").getField(c).alias(c) for c in SEQUENCE_COLUMNS if c != "user_id"])
+    return F.broadcast(df) if broadcast else df
 
 
-def current_rows(layers: list["DataFrame"]) -> "DataFrame":
-    """Every user's current row: layer i minus the users of layers i+1.. (Spark's adaptive execution
-    broadcasts the newer ids when they are small, which keeps the base map-only)."""
-    out = None
-    newer_ids = None
-    for df in reversed(layers):
-        kept = df if newer_ids is None else df.join(newer_ids, "user_id", "left_anti")
-        out = kept if out is None else out.unionByName(kept)
-        ids = df.select("user_id")
-        newer_ids = ids if newer_ids is None else newer_ids.unionByName(ids)
+def newest_layer(layers: list["DataFrame"], ids: "DataFrame | None" = None, broadcast: bool = True) -> "DataFrame":
+    """(user_id, _layer): the index of the newest layer holding each user (of ``ids``, if given).
+
+    Reads only the ``user_id`` column of every layer; the grouping shuffles integers, never sequences.
+    """
+    from pyspark.sql import functions as F
+
+    tagged = None
+    for i, df in enumerate(layers):
+        part = df.select("user_id", F.lit(i).alias("_layer"))
+        if ids is not None:
+            part = part.join(_maybe_broadcast(ids, broadcast), "user_id", "left_semi")
+        tagged = part if tagged is None else tagged.unionByName(part)
+    return tagged.groupBy("user_id").agg(F.max("_layer").alias("_layer"))
+
+
+def fetch_current_rows(spark: "SparkSession", snapshot: StateSnapshot, ids: "DataFrame") -> "DataFrame":
+    """The current rows (sequence-contract lists, no ``as_of``) of the users in ``ids`` (few).
+
+    One Spark task per layer file reads the file with pyarrow in the executor and keeps only the rows
+    of the wanted users (``is_in`` against the broadcast ids), so the JVM never decodes the other
+    users' sequences; the few rows found are grouped to keep each user's newest layer. The scan is
+    columnar and vectorised, but it still reads every layer file: this is the part of an hourly
+    update that grows with the number of known users (see docs/pipelines.md).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from pipelines.sequences import EV_FIELDS
+    from pipelines.spark import spark_schema
+
+    wanted = ids.select("user_id").toArrow().column("user_id").to_numpy(zero_copy_only=False)
+    shared = spark.sparkContext.broadcast(np.unique(wanted.astype(np.int64)))  # 8 bytes per active user
+    # microseconds inside lists: Spark's Arrow bridge takes timestamp[ms] only at the top level
+    us = pa.list_(pa.field("element", pa.timestamp("us", tz="UTC")))
+    out = pa.schema([pa.field("user_id", pa.int64(), nullable=False), pa.field("_layer", pa.int32(), nullable=False),
+                     *[SEQUENCE.schema.field(c).with_type(us) if c == "ts" else SEQUENCE.schema.field(c) for c in EV_FIELDS]])
+    columns = ["user_id", *EV_FIELDS]
+
+    def fetch(batches):
+        value_set = pa.array(shared.value)
+        for batch in batches:
+            for layer, path in zip(batch.column("layer").to_pylist(), batch.column("path").to_pylist()):
+                for part in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
+                    hit = part.filter(pc.is_in(part.column("user_id"), value_set=value_set))
+                    if hit.num_rows:
+                        arrays = [hit.column("user_id"), pa.array(np.full(hit.num_rows, layer, np.int32))]
+                        arrays += [hit.column(c).cast(out.field(c).type) for c in EV_FIELDS]
+                        yield pa.RecordBatch.from_arrays(arrays, schema=out)
+
+    files = [(i, str(path)) for i, path in snapshot.files()]
+    if not files:
+        return spark.createDataFrame([], spark_schema(out)).drop("_layer")
+    paths = spark.sparkContext.parallelize(files, len(files)).toDF("layer int, path string")
+    rows = paths.mapInArrow(fetch, spark_schema(out))
+    if len(snapshot.layers) == 1:
+        return rows.drop("_layer")
+    newest = rows.groupBy("user_id").agg(F.max_by(F.struct(*EV_FIELDS), F.col("_layer")).alias("_row"))
+    return newest.select("user_id", *[F.col("_row").getField(c).alias(c) for c in EV_FIELDS])
+
+
+def current_rows(layers: list["DataFrame"], broadcast: bool) -> "DataFrame":
+    """Every user's current row (for a compaction): each layer semi-joined with the users whose newest
+    layer it is. Only integers are shuffled; ``broadcast`` when the state's user count allows it."""
+    from pyspark.sql import functions as F
+
+    if len(layers) == 1:
+        return layers[0]
+    where = newest_layer(layers)
+    picks = [df.join(_maybe_broadcast(where.where(F.col("_layer") == i).select("user_id"), broadcast), "user_id", "left_semi")
+             for i, df in enumerate(layers)]
+    out = picks[0]
+    for df in picks[1:]:
+        out = out.unionByName(df)
     return out
 
 

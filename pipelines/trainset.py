@@ -59,17 +59,17 @@ def _time_split(events: "DataFrame", split: datetime, window_hours: int, positiv
     t, t_end = F.lit(split).cast("timestamp"), F.lit(split + timedelta(hours=window_hours)).cast("timestamp")
     is_target = (F.col("ts") > t) & (F.col("ts") <= t_end) & F.col("event_type").isin(positives)
     grouped = events.groupBy("user_id").agg(
-        F.collect_list(F.when(F.col("ts") <= t, seq.ev_struct())).alias("inp"),
+        F.sort_array(F.collect_list(F.when(F.col("ts") <= t, seq.ev_struct()))).alias("inp"),
         F.collect_list(F.when(is_target, seq.ev_struct())).alias("tgt"),
     ).where((F.size("inp") > 0) & (F.size("tgt") > 0))
-    rows = grouped.select("user_id", seq.last_n(F.col("inp"), max_len).alias("inp"), F.array_sort("tgt").alias("tgt"))
+    rows = grouped.select("user_id", seq.last_n(F.col("inp"), max_len).alias("inp"), F.sort_array("tgt").alias("tgt"))
     return rows.select(*_inputs(F.col("inp"), t), *_targets(F.col("tgt")))
 
 
 def _leave_last_out(events: "DataFrame", positives: list[str], max_len: int):
     from pyspark.sql import functions as F
 
-    grouped = events.groupBy("user_id").agg(F.array_sort(F.collect_list(seq.ev_struct())).alias("all"))
+    grouped = events.groupBy("user_id").agg(F.sort_array(F.collect_list(seq.ev_struct())).alias("all"))
     pos = F.filter(F.col("all"), lambda x: x.getField("event_type").isin(positives))
     with_target = grouped.select("user_id", "all", F.try_element_at(pos, F.lit(-1)).alias("target")).where(F.col("target").isNotNull())
     idx = F.array_position(F.col("all"), F.col("target"))  # 1-based; events are distinct after dedup

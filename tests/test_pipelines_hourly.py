@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -133,6 +133,40 @@ def test_the_state_is_a_base_plus_linked_deltas_until_a_compaction(chain):
         inode(f) for f in StateSnapshot(layout.state(times[3])).layer_files(StateSnapshot(layout.state(times[3])).layers[0])]
 
 
+def test_fetching_current_rows_in_the_executors_equals_the_plain_spark_reading(chain, spark):
+    """HSTU-style: the fast path (pyarrow in the executors, filtered before Spark sees a row) against
+    the plain Spark path (semi-join the layers' newest rows) and the pyarrow reader, on a 3-layer state
+    and the users of the next hour."""
+    from pyspark.sql import functions as F
+
+    from pipelines import sequences as seq
+    from pipelines import state as st
+
+    settings, runs = chain
+    layout = settings.layout()
+    snap = StateSnapshot(layout.state(utc(runs[2][0]["as_of"])))
+    assert [layer.kind for layer in snap.layers] == ["base", "delta", "delta"]
+    users = sorted(set(runs[3][1]["active"]) | {10**9})  # the next hour's active users, plus an unknown one
+    ids = spark.createDataFrame([(u,) for u in users], "user_id long")
+
+    def norm(values):  # timestamps as epoch ms (Spark gives naive UTC datetimes, pyarrow aware ones)
+        return tuple(round(v.replace(tzinfo=v.tzinfo or timezone.utc).timestamp() * 1000) if isinstance(v, datetime) else v
+                     for v in values)
+
+    def rows(df):
+        return {r["user_id"]: tuple(norm(r[c]) for c in seq.EV_FIELDS) for r in df.collect()}
+
+    fast = rows(st.fetch_current_rows(spark, snap, ids))
+    plain = rows(st.current_rows(st.layer_frames(spark, snap), broadcast=True).join(F.broadcast(ids), "user_id", "left_semi"))
+    table = snap.read_table()
+    reader = {u: tuple(norm(table[c][i].as_py()) for c in seq.EV_FIELDS)
+              for i, u in enumerate(table["user_id"].to_pylist()) if u in set(users)}
+    assert fast == plain == reader
+    assert 10**9 not in fast and len(fast) >= 5
+    base = set(pq.read_table(snap.layer_files(snap.layers[0])[0], columns=["user_id"])["user_id"].to_pylist())
+    assert base & set(runs[2][1]["active"]) & set(fast), "some fetched users have an older row in the base"
+
+
 def test_the_messy_cases_really_occur(chain):
     """Guard against a test that passes because the data was too clean."""
     settings, runs = chain
@@ -187,6 +221,9 @@ def test_shards_are_balanced_and_named(chain):
         assert marker["num_shards"] == SHARDS and marker["shard_sizes"] == sizes
         names = sorted(p.name for p in layout.active(utc(manifest["as_of"])).iterdir())
         assert names == ["_SUCCESS"] + [f"shard={i:05d}.parquet" for i in range(SHARDS)]
+        for i in range(SHARDS):
+            users = pq.read_table(layout.active_shard(utc(manifest["as_of"]), i))["user_id"].to_pylist()
+            assert users == sorted(users), "shard rows are sorted by user_id"
 
 
 def test_rerun_of_an_older_interval_is_identical_and_leaves_newer_states_alone(chain, spark):
