@@ -10,9 +10,10 @@ each published atomically with a ``_SUCCESS`` manifest (soe.atomic), in this ord
 3. ``active(as_of)``: the users with >= 1 new valid event, as K balanced shards
    ``shard=00000.parquet`` ... (sequence contract). Its marker is the commit of the run.
 
-**Cost.** Only the interval's events are validated, deduplicated and grouped; the state is scanned
-map-only to pick the active users' previous rows (`pipelines.state.current_rows_of`) and is never
-shuffled or rewritten except by a compaction. What an hour writes is the active users' sequences.
+**Cost.** Only the interval's events are validated, deduplicated and grouped. The state is scanned
+by one task per layer file that keeps only the active users' previous rows
+(`pipelines.state.fetch_current_rows`); it is never shuffled, and rewritten only by a compaction.
+What an hour writes is the active users' sequences.
 
 **Which previous state.** The newest *published* state strictly older than ``as_of``. The run then
 merges every arrival hour from that state's time up to ``as_of``, so a skipped hour is caught up
