@@ -162,10 +162,13 @@ class StateSnapshot:
         pf = pq.ParquetFile(path)
         wanted = columns or [c for c in SEQUENCE.schema.names if c in pf.schema_arrow.names]
         read = wanted if "user_id" in wanted else ["user_id", *wanted]
+        # one schema for every file (Spark and pyarrow writers differ in nullability), so batches concatenate
+        schema = pa.schema([SEQUENCE.schema.field(c) if c in SEQUENCE.schema.names else pf.schema_arrow.field(c)
+                            for c in wanted])
         for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
             batch = self.with_as_of(self.current_rows(batch, layer_index))
             if batch.num_rows:
-                yield batch.select(wanted)
+                yield pa.RecordBatch.from_arrays([batch.column(c).cast(schema.field(c).type) for c in wanted], schema=schema)
 
     def iter_batches(self, batch_rows: int = 8192, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         for i, path in self.files():

@@ -45,6 +45,17 @@ def test_the_newest_layer_holding_a_user_wins(layered):
     assert rows_by_user(streamed) == expected
 
 
+def test_files_of_different_writers_stream_with_one_schema(settings):
+    """Spark writes n_events nullable, pyarrow (the active shards) not null: batches must still concatenate."""
+    layout = settings.layout()
+    base = random_sequences(np.full(5, 3), AS_OF - timedelta(hours=1), seed=1)
+    loose = pa.schema([f.with_nullable(True) for f in base.schema])
+    delta = random_sequences(np.full(3, 2), AS_OF, seed=2, first_user=50)
+    write_state_snapshot(layout, AS_OF, base.cast(loose), num_files=2, deltas=[delta])
+    batches = list(StateSnapshot(layout.state(AS_OF)).iter_batches())
+    assert len({b.schema for b in batches}) == 1 and pa.Table.from_batches(batches).num_rows == 8
+
+
 def test_every_row_is_read_as_of_the_snapshot(layered):
     snap, _ = layered
     raw = pq.read_table(snap.layer_files(snap.layers[0])[0])

@@ -89,6 +89,6 @@ def write_state_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_f
             (tmp / layer_name(t)).mkdir()
             pq.write_table(delta, tmp / layer_name(t) / "shard=00000.parquet")
             layers.append(Layer(layer_name(t), DELTA, t, delta.num_rows))
-        users = pa.concat_tables([table.select(["user_id"]), *[d.select(["user_id"]) for d in deltas]])
+        users = pa.concat_tables([table.select(["user_id"]), *[d.select(["user_id"]) for d in deltas]], promote_options="permissive")
         manifest.update(as_of=utc(as_of).isoformat(), layout=LAYOUT, layers=[layer.to_json() for layer in layers],
                         state_users=len(set(users["user_id"].to_pylist())))
