@@ -21,7 +21,7 @@ from soe.contracts import SEQUENCE
 from soe.sequence_state import DELTA, StateSnapshot
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def layer_frames(spark: "SparkSession", snapshot: StateSnapshot) -> list["DataFrame"]:
@@ -43,8 +43,8 @@ def _maybe_broadcast(df: "DataFrame", broadcast: bool) -> "DataFrame":
     return F.broadcast(df) if broadcast else df
 
 
-def newest_layer(layers: list["DataFrame"], ids: "DataFrame | None" = None, broadcast: bool = True) -> "DataFrame":
-    """(user_id, _layer): the index of the newest layer holding each user (of ``ids``, if given).
+def newest_layer(layers: list["DataFrame"]) -> "DataFrame":
+    """(user_id, _layer): the index of the newest layer holding each user.
 
     Reads only the ``user_id`` column of every layer; the grouping shuffles integers, never sequences.
     """
@@ -53,8 +53,6 @@ def newest_layer(layers: list["DataFrame"], ids: "DataFrame | None" = None, broa
     tagged = None
     for i, df in enumerate(layers):
         part = df.select("user_id", F.lit(i).alias("_layer"))
-        if ids is not None:
-            part = part.join(_maybe_broadcast(ids, broadcast), "user_id", "left_semi")
         tagged = part if tagged is None else tagged.unionByName(part)
     return tagged.groupBy("user_id").agg(F.max("_layer").alias("_layer"))
 
