@@ -205,9 +205,9 @@ def reason_counts(quarantine_dir: Path) -> dict[str, int]:
     """reason -> rows of a written quarantine directory (read back with pyarrow: it is small)."""
     from collections import Counter
 
-    from pipelines.spark import parquet_files
+    from soe.sequence_state import data_files
 
     counts: Counter = Counter()
-    for f in parquet_files(quarantine_dir):
+    for f in data_files(quarantine_dir):
         counts.update(pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
     return dict(sorted(counts.items()))

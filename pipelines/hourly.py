@@ -38,15 +38,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
 
 from pipelines import events as ev
 from pipelines import sequences as seq
 from pipelines import state as st
 from pipelines.shards import write_shards
-from pipelines.spark import parquet_files, spark_session, write_parquet
+from pipelines.spark import spark_session, write_parquet
 from soe.atomic import publish_dir
-from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, layer_name, link_files
+from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, data_rows, layer_name, link_files
 from soe.layout import HOUR, floor_hour, hours, snapshot_times, stamp, utc
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,10 +79,6 @@ def _history_state(spark: "SparkSession", settings, start: datetime, end: dateti
     valid = ev.valid_events(ev.read_validated(spark, layout, parts, settings.events, keep_raw=False))
     kept = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY))  # same shuffle serves the grouping
     return seq.build_state(kept, as_of, settings.sequences.max_len)
-
-
-def _rows(directory: Path) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(directory))
 
 
 def update_sequences(settings, start: datetime, end: datetime, spark=None) -> dict[str, Any]:
@@ -177,7 +172,7 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
                     base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(*seq.SEQUENCE_COLUMNS)
                     base = base.unionByName(seq.as_sequence(merged, as_of)).coalesce(cfg.state_files)
                     write_parquet(base, state_tmp / layer_name(as_of))
-                    state_users = _rows(state_tmp / layer_name(as_of))
+                    state_users = data_rows(state_tmp / layer_name(as_of))
                     out_layers = [Layer(layer_name(as_of), BASE, as_of, state_users)]
                 else:  # the previous layers, linked, plus this hour's active shards as a delta layer
                     out_layers = list(previous.layers)
@@ -225,7 +220,7 @@ def rebuild_state(settings, as_of: datetime, *, lookback_hours: int | None = Non
                                 "max_len": settings.sequences.max_len, "contract": "sequence/1", "layout": LAYOUT}
     with publish_dir(out or layout.state(as_of), manifest) as tmp:
         write_parquet(state.coalesce(settings.sequences.state_files), tmp / layer_name(as_of))
-        manifest["state_users"] = _rows(tmp / layer_name(as_of))
+        manifest["state_users"] = data_rows(tmp / layer_name(as_of))
         manifest["layers"] = [Layer(layer_name(as_of), BASE, as_of, manifest["state_users"]).to_json()]
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
     return manifest

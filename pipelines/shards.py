@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from pipelines.spark import parquet_files
 from soe.contracts import SEQUENCE
+from soe.sequence_state import data_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
@@ -66,7 +66,7 @@ def write_shards(df: "DataFrame", out_dir: Path, num_shards: int, buckets: int =
     )
     sizes = []
     for i in range(num_shards):
-        files = parquet_files(staging / f"shard={i}")
+        files = data_files(staging / f"shard={i}")
         target = shard_file(out_dir, i)
         if not files:
             pq.write_table(SEQUENCE.schema.empty_table(), target)

@@ -117,8 +117,3 @@ def spark_schema(schema: pa.Schema) -> "StructType":
 def write_parquet(df: "DataFrame", path: Path) -> None:
     """Write ``df`` as Parquet files into ``path`` (an unpublished temp dir of soe.atomic.publish_dir)."""
     df.write.mode("overwrite").option("compression", "snappy").parquet(str(path))
-
-
-def parquet_files(path: Path) -> list[Path]:
-    """The data files of a Spark-written directory (ignores markers and hidden files)."""
-    return sorted(p for p in Path(path).glob("*.parquet") if not p.name.startswith((".", "_")))

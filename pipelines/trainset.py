@@ -24,14 +24,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
 
 from pipelines import events as ev
 from pipelines import sequences as seq
-from pipelines.spark import parquet_files, spark_session, write_parquet
+from pipelines.spark import spark_session, write_parquet
 from soe.atomic import publish_dir
 from soe.datasets.events import published_partitions
 from soe.layout import floor_hour, stamp, utc
+from soe.sequence_state import data_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame
@@ -117,6 +117,6 @@ def build_trainset(settings, kind: str, *, split_time: datetime | None = None, w
     target = layout.trainset(name)
     with publish_dir(target, manifest) as tmp:
         write_parquet(rows.coalesce(max(1, settings.sequences.state_files)), tmp)
-        manifest["users"] = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(tmp))
+        manifest["users"] = data_rows(tmp)
         manifest["name"] = name
     return target

@@ -61,6 +61,11 @@ def data_files(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("*.parquet") if not p.name.startswith((".", "_")))
 
 
+def data_rows(directory: Path) -> int:
+    """Rows in the data files of ``directory`` (Parquet footers only)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in data_files(directory))
+
+
 @dataclass(frozen=True)
 class Layer:
     name: str  # directory inside the snapshot ("." for a plain, unlayered directory)

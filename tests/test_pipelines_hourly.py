@@ -300,7 +300,7 @@ def test_a_crash_before_publishing_leaves_nothing_that_looks_complete(spark, tmp
         assert list(directory.glob("*.parquet"))
         raise RuntimeError("executor lost")
 
-    monkeypatch.setattr(hourly, "_rows", crash)
+    monkeypatch.setattr(hourly, "data_rows", crash)
     as_of = START + HOUR
     with pytest.raises(RuntimeError):
         update_sequences(settings, START, as_of, spark=spark)
