@@ -38,15 +38,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from pipelines import events as ev
 from pipelines import sequences as seq
 from pipelines import state as st
 from pipelines.shards import write_shards
 from pipelines.spark import spark_session, write_parquet
 from soe.atomic import publish_dir
-from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, data_rows, layer_name, link_files
 from soe.layout import HOUR, floor_hour, hours, snapshot_times, stamp, utc
+from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, data_rows, layer_name, link_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -93,16 +92,15 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
     prev_t = previous_state_time(layout, as_of)
     cached: list["DataFrame"] = []
     previous: StateSnapshot | None = None
+    history: "DataFrame | None" = None  # bootstrap only: the state before `start`, built from the log
     if prev_t is not None:
         mode, merge_from = "incremental", prev_t
         previous = StateSnapshot(layout.state(prev_t))
-        layers = st.layer_frames(spark, previous)
     else:
         mode, merge_from = "bootstrap", start
         lookback_start = end - timedelta(hours=cfg.bootstrap_lookback_hours)
         history = _history_state(spark, settings, lookback_start, start, start).persist(StorageLevel.MEMORY_AND_DISK)
         cached.append(history)
-        layers = [history]
 
     parts = ev.event_partitions(layout, merge_from, as_of)
     validated = ev.read_validated(spark, layout, parts, settings.events).persist(StorageLevel.MEMORY_AND_DISK)
@@ -110,7 +108,7 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
     kept, repeats = ev.dedup_keep_first(ev.valid_events(validated).repartition("user_id"))
     new = seq.group_new_events(kept).persist(StorageLevel.MEMORY_AND_DISK)
     ids = new.select("user_id")  # users with new events this interval
-    old = st.fetch_current_rows(spark, previous, ids) if previous is not None else layers[0]
+    old = st.fetch_current_rows(spark, previous, ids) if previous is not None else history
     merged = seq.merge_state(old, new, cfg.max_len).persist(StorageLevel.MEMORY_AND_DISK)
     cached += [validated, new, merged]
     try:
@@ -167,8 +165,12 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             with publish_dir(layout.state(as_of), state_manifest) as state_tmp:
                 if compact:  # a new base: every user's current row, the merged users replaced
                     ids_join = F.broadcast(ids) if cfg.broadcast_active_ids else ids
-                    small = previous is None or previous.base_rows + previous.delta_rows <= cfg.broadcast_max_users
-                    untouched = st.current_rows(layers, small).join(ids_join, "user_id", "left_anti")
+                    if previous is None:
+                        current = history
+                    else:
+                        small = previous.base_rows + previous.delta_rows <= cfg.broadcast_max_users
+                        current = st.current_rows(st.layer_frames(spark, previous), small)
+                    untouched = current.join(ids_join, "user_id", "left_anti")
                     base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(*seq.SEQUENCE_COLUMNS)
                     base = base.unionByName(seq.as_sequence(merged, as_of)).coalesce(cfg.state_files)
                     write_parquet(base, state_tmp / layer_name(as_of))
