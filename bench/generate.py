@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from bench.common import emit, machine, median_seconds, parse_args
-from soe.datasets.synthetic import SyntheticConfig, generate, write_log
-from soe.layout import Layout
+from core.datasets.synthetic import SyntheticConfig, generate, write_log
+from core.layout import Layout
 
 
 def naive_events_per_s(out: Path, n_events: int = 200_000) -> float:
@@ -30,7 +30,7 @@ def naive_events_per_s(out: Path, n_events: int = 200_000) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from soe.contracts import EVENT
+    from core.contracts import EVENT
 
     rng = random.Random(0)
     n_items, n_clusters = 200_000, 50

@@ -97,7 +97,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument("--users", type=int, default=None))
     n_users = args.users or (100_000 if args.quick else 1_000_000)
     from soe.config import load_settings
-    from soe.layout import utc
+    from core.layout import utc
     from store.graph.build import build_graph
     from store.graph.knn import exact_neighbours
     from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings

@@ -7,7 +7,7 @@
    one before; max_len 50). Our model (last-position pooling), the same with attention pooling, the
    plain-SASRec ablation (item ids only), popularity and bag-of-items, all on the same split with the
    same metric code (`encoder.metrics.ranking_metrics`).
-2. **Synthetic 2-day log** (`soe.datasets.synthetic`, planted clusters), one model trained only on
+2. **Synthetic 2-day log** (`core.datasets.synthetic`, planted clusters), one model trained only on
    the first day (events <= T):
    * planted structure: purity@20 of each user's nearest neighbours (cosine, exact) at T against
      the planted primary cluster, random neighbours beside;
@@ -34,8 +34,9 @@ from encoder.evaluate import leave_last_out_report, planted_purity, staleness_me
 from encoder.model import ModelConfig
 from encoder.train import fit
 from soe.config import load_settings
-from soe.contracts import ATTRIBUTE_COLUMNS
-from soe.datasets.synthetic import SyntheticConfig, generate
+from core.contracts import ATTRIBUTE_COLUMNS
+from core.layout import HOUR_MS
+from core.datasets.synthetic import SyntheticConfig, generate
 
 ML_MODEL = {"max_len": 50}  # RecBole's GRU4Rec reference also uses max length 50
 SYN_POSITIVES = ["click", "conversion", "view", "search"]  # every engagement with an item shows interest
@@ -62,7 +63,7 @@ def _fit(settings, seq, positive_types, overrides, train_update, split=None):
 
 
 def ml100k(settings, quick: bool, train: dict) -> dict:
-    from soe.datasets.movielens import load_ml100k_events
+    from core.datasets.movielens import load_ml100k_events
 
     positive_types = list(settings.events.positive_event_types)
     seq = events_to_sequences(load_ml100k_events(settings.layout().cache))
@@ -94,7 +95,7 @@ def synthetic(settings, quick: bool, train: dict) -> dict:
     cfg = SyntheticConfig(n_users=n_users, n_items=10_000, n_clusters=20, hours=48, base_events_per_user=120.0)
     log = generate(cfg)
     seq = events_to_sequences(log.events)
-    T = int(np.datetime64(cfg.start.replace("Z", ""), "ms").astype(np.int64)) + 24 * 3_600_000
+    T = int(np.datetime64(cfg.start.replace("Z", ""), "ms").astype(np.int64)) + 24 * HOUR_MS
     known = prefix_until(seq, T)
     model, mcfg, report, _ = _fit(settings, known, SYN_POSITIVES, {}, train)
     p = planted_purity(model, mcfg, known, log.users, k=20)

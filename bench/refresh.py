@@ -6,7 +6,7 @@ The world: a synthetic log of U users over one hour (so every user is active in 
 interval, ~10 events each), a randomly initialised encoder (d = 64, 2 layers, 2 heads: the weights
 do not change the work), a local redis-server on a free port, Spark ``local[*]``, faiss-cpu.
 
-* **in-process** (the baseline): `pipelines.flows.hourly.run_interval`, what `soe refresh` runs:
+* **in-process** (the baseline): `soe.flows.hourly.run_interval`, what `soe refresh` runs:
   sequences (Spark, bootstrap of the first state) -> encode every shard -> publish every shard ->
   graph -> validate -> record -> retention. Per-stage seconds come from the run manifest.
 * **airflow**: the same interval again through ``airflow dags test soe_hourly`` (an idempotent rerun:
@@ -51,13 +51,13 @@ def main() -> None:
         p.add_argument("--no-airflow", action="store_true", help="skip the airflow dags test rerun")))
     users = args.users or (10_000 if args.quick else 1_000_000)
 
-    from pipelines.flows import hourly
-    from pipelines.flows.airflow_run import AirflowHome
-    from pipelines.flows.checks import GenerationRejected
-    from pipelines.flows.manifest import read_manifest
+    from soe.flows import hourly
+    from soe.flows.airflow_run import AirflowHome
+    from soe.flows.checks import GenerationRejected
+    from soe.flows.manifest import read_manifest
     from soe.config import load_settings
-    from soe.datasets.synthetic import SyntheticConfig, generate, write_log
-    from soe.layout import HOUR, utc
+    from core.datasets.synthetic import SyntheticConfig, generate, write_log
+    from core.layout import HOUR, utc
     from store import local_server
 
     work = Path(tempfile.mkdtemp(prefix="soe-bench-refresh-"))
@@ -65,7 +65,7 @@ def main() -> None:
     try:
         s = load_settings(environ={"SOE_DATA__ROOT": str(work / "data")})
         s.redis = server.redis_settings(buckets=max(64, users // 64))
-        s.refresh.min_drift_cosine = -1.0  # a first hour has no previous generation anyway
+        s.orchestration.min_drift_cosine = -1.0  # a first hour has no previous generation anyway
         start = utc("2026-01-01T00:00Z")
         t0 = time.perf_counter()
         log = generate(SyntheticConfig(n_users=users, n_items=max(10_000, users // 5), n_clusters=50, hours=1,

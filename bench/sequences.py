@@ -41,10 +41,10 @@ from pathlib import Path
 
 from bench.common import emit, machine, median_seconds, parse_args
 from soe.config import load_settings
-from soe.contracts import ATTRIBUTE_COLUMNS
-from soe.datasets.events import published_partitions
-from soe.datasets.synthetic import SyntheticConfig, generate, write_log
-from soe.layout import HOUR, utc
+from core.contracts import ATTRIBUTE_COLUMNS
+from core.datasets.events import published_partitions
+from core.datasets.synthetic import SyntheticConfig, generate, write_log
+from core.layout import HOUR, utc
 
 ROOT = Path("data/bench/sequences")
 SIZES = {  # name -> generator config
@@ -122,7 +122,7 @@ def fingerprint(path: Path) -> dict:
     """Users, events and an order-sensitive hash of every list: equal fingerprints, equal states."""
     import duckdb
 
-    from soe.sequence_state import read_state
+    from core.sequence_state import read_state
 
     state = read_state(path).select(["user_id", "n_events", *FIELDS])  # noqa: F841 (scanned by DuckDB)
     cols = ", ".join(["user_id", "n_events", "ts::TIMESTAMP[]", *FIELDS[1:]])

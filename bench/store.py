@@ -47,8 +47,8 @@ def write_shards(settings, n: int, shards: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from soe.atomic import publish_dir
-    from soe.contracts import embedding_contract
+    from core.atomic import publish_dir
+    from core.contracts import embedding_contract
 
     contract = embedding_contract(D)
     bounds = np.linspace(0, n, shards + 1).astype(int)

@@ -2,7 +2,7 @@
 
     plan -> encode[shard] (state source, encoder pool/queue) -> publish[shard] -> graph -> validate -> switch
 
-Wiring only; the steps are pipelines.flows.backfill. The pointer switch is the last task: any
+Wiring only; every task body is in soe.flows.tasks. The pointer switch is the last task: any
 failure before it leaves the old model serving.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, task
 
-from pipelines.flows.dag_support import dag_shape, run_settings
+from soe.flows.dag_support import dag_shape, run_task
 
 DAG_ID = "soe_backfill"
 shape = dag_shape()
-flows = shape.flows
+o = shape.orchestration
 
 
 @dag(
@@ -36,44 +36,27 @@ flows = shape.flows
 def soe_backfill():
     @task
     def plan() -> list[dict]:
-        from pipelines.flows.backfill import plan as run
+        return run_task("plan_backfill")
 
-        params = get_current_context()["params"]
-        if not params.get("model"):
-            raise ValueError('soe_backfill needs conf {"model": "<version>"}')
-        p = run(run_settings(), params["model"], params.get("as_of"))
-        return [{"model": p["model"], "as_of": p["as_of"], "shard": i, "num_shards": p["num_shards"]} for i in p["shards"]]
-
-    @task(pool=flows.encode_pool, queue=flows.encode_queue)
+    @task(pool=o.encode_pool, queue=o.encode_queue)
     def encode(job: dict) -> dict:
-        from pipelines.flows.backfill import encode as run
-
-        return {**run(run_settings(), job["model"], job["as_of"], job["shard"], job["num_shards"]), **job}
+        return run_task("encode_backfill", job)
 
     @task
     def publish(encoded: dict) -> dict:
-        from pipelines.flows.hourly import publish as run
-
-        return run(run_settings(), encoded["model"], encoded["as_of"], encoded["shard"])
+        return run_task("publish_backfill", encoded)
 
     @task
     def graph(jobs: list, published: list) -> dict:
-        from pipelines.flows.hourly import graph as run
-
-        return run(run_settings(), jobs[0]["model"], jobs[0]["as_of"], jobs[0]["num_shards"])
+        return run_task("graph_backfill", jobs)
 
     @task
     def validate(jobs: list, graphed: dict) -> dict:
-        from pipelines.flows.backfill import validate as run
-
-        return run(run_settings(), jobs[0]["model"], jobs[0]["as_of"])
+        return run_task("validate_backfill", jobs)
 
     @task
     def switch(jobs: list, encoded: list, published: list, graphed: dict, validated: dict) -> dict:
-        from pipelines.flows.backfill import switch as run
-
-        results = [{k: v for k, v in r.items() if k not in ("model", "as_of", "num_shards")} for r in encoded]
-        return run(run_settings(), jobs[0]["model"], jobs[0]["as_of"], [*results, *published, graphed, validated])
+        return run_task("switch", jobs, encoded, [*published, graphed, validated])
 
     jobs = plan()
     encoded = encode.expand(job=jobs)

@@ -1,4 +1,4 @@
-"""The training DAG (daily, or triggered by hand): wiring only; the steps are pipelines.flows.training.
+"""The training DAG (daily, or triggered by hand): wiring only; every task body is in soe.flows.tasks.
 
     trainset -> train -> evaluate (candidate and current model on the same split) -> gate
       -> trigger soe_backfill with the candidate (only when the gate promotes it)
@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
-from pipelines.flows.dag_support import dag_shape, interval, run_settings
+from soe.flows.dag_support import dag_shape, run_task
 
 DAG_ID = "soe_training"
 shape = dag_shape()
@@ -22,7 +22,7 @@ shape = dag_shape()
 
 @dag(
     dag_id=DAG_ID,
-    schedule=shape.flows.training_schedule,
+    schedule=shape.orchestration.training_schedule,
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
@@ -33,30 +33,19 @@ shape = dag_shape()
 def soe_training():
     @task
     def trainset() -> dict:
-        from pipelines.flows.training import trainset as run
-
-        return run(run_settings(), interval(get_current_context())[1])
+        return run_task("trainset")
 
     @task
     def train(built: dict) -> dict:
-        from pipelines.flows.training import train as run
-
-        return run(run_settings(), built["path"])
+        return run_task("train", built)
 
     @task
     def evaluate(built: dict, trained: dict) -> dict:
-        from pipelines.flows.training import evaluate as run
-
-        return run(run_settings(), trained["model"], built["path"], interval(get_current_context())[1])
+        return run_task("evaluate", built, trained)
 
     @task.short_circuit
     def gate(built: dict, trained: dict, evaluation: dict) -> dict | bool:
-        from pipelines.flows.training import gate as run, record
-
-        s = run_settings()
-        decision = run(s, evaluation)
-        record(s, interval(get_current_context())[1], [built, trained, evaluation, decision])
-        return decision if decision["promote"] else False
+        return run_task("gate", built, trained, evaluation)
 
     built = trainset()
     trained = train(built)

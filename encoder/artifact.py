@@ -1,4 +1,4 @@
-"""Model artifacts: ``<root>/models/<version>/``, published atomically (soe.atomic).
+"""Model artifacts: ``<root>/models/<version>/``, published atomically (core.atomic).
 
 Contents::
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from encoder.model import ModelConfig, UserEncoder
-from soe.atomic import is_complete, publish_dir, read_marker, write_json_atomic
+from core.atomic import is_complete, publish_dir, read_marker, write_json_atomic
 
 HASH_FUNCTION = "splitmix64(id + salt(table, seed) + golden*(h+1)) % (buckets-1) + 1"
 

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soe.contracts import ATTRIBUTE_COLUMNS, TS
+from core.contracts import ATTRIBUTE_COLUMNS, TS
 
 LIST_COLUMNS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
 
@@ -45,7 +45,7 @@ def events_to_sequences(events: pa.Table, as_of=None) -> pa.Table:
 
 
 def _ms(t) -> int:
-    from soe.layout import utc
+    from core.layout import utc
 
     return int(utc(t).timestamp() * 1000) if not isinstance(t, (int, np.integer)) else int(t)
 
@@ -90,7 +90,7 @@ def read_sasrec(path: str | Path) -> pa.Table:
 
 def read_sequences(path: str | Path) -> pa.Table:
     """A Parquet file or directory of sequence rows (e.g. a pipeline trainset or a layered state snapshot)."""
-    from soe.sequence_state import read_state
+    from core.sequence_state import read_state
 
     return read_state(path)
 

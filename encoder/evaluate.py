@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from core.layout import HOUR_MS
 from encoder.data import Catalogue, Split, truncate
 from encoder.features import featurize, hash_items
 from encoder.metrics import KS, csr, purity, random_purity, ranking_metrics
 from encoder.model import ModelConfig, UserEncoder
 
-HOUR_MS = 3_600_000
 
 
 @torch.no_grad()

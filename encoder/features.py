@@ -29,11 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from core.hashing import GOLDEN, as_uint64, mix64
+from core.layout import DAY_MS, HOUR_MS
 from encoder.model import ModelConfig
 
-MS_PER_HOUR = 3_600_000
-MS_PER_DAY = 86_400_000
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass
@@ -79,18 +78,12 @@ def _salt(table: str, seed: int) -> np.uint64:
     return np.uint64((zlib.crc32(table.encode()) << 32 | (seed & 0xFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF)
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
 def hash_ids(ids: np.ndarray, present: np.ndarray | None, table: str, cfg: ModelConfig) -> np.ndarray:
     """(N,) int64 raw ids -> (N, H) int64 buckets in [1, buckets-1]; 0 where ``present`` is False."""
-    x = np.asarray(ids, dtype=np.int64).view(np.uint64)
+    x = as_uint64(ids)
     salt, buckets = _salt(table, cfg.hash_seed), np.uint64(cfg.buckets(table) - 1)
     with np.errstate(over="ignore"):
-        cols = [_splitmix64(x + salt + _GOLDEN * np.uint64(h + 1)) % buckets for h in range(cfg.n_hashes)]
+        cols = [mix64(x + salt + np.uint64(GOLDEN) * np.uint64(h + 1)) % buckets for h in range(cfg.n_hashes)]
     out = np.stack(cols, axis=1).astype(np.int64) + 1  # (N, H)
     if present is not None:
         out[~np.asarray(present, dtype=bool)] = 0
@@ -205,6 +198,6 @@ def featurize(table: pa.Table, cfg: ModelConfig, as_of=None, pad_to: int | None 
         time_bucket=torch.from_numpy(scatter(tb_flat, 0)),
         ts=torch.from_numpy(scatter(ts_flat, 0)),
         item_id=torch.from_numpy(scatter(item_raw, -1)),
-        hour=torch.from_numpy((as_of_ms // MS_PER_HOUR) % 24),
-        weekday=torch.from_numpy((as_of_ms // MS_PER_DAY + 3) % 7),  # 1970-01-01 was a Thursday
+        hour=torch.from_numpy((as_of_ms // HOUR_MS) % 24),
+        weekday=torch.from_numpy((as_of_ms // DAY_MS + 3) % 7),  # 1970-01-01 was a Thursday
     )

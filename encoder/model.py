@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from soe.contracts import ATTRIBUTE_COLUMNS
+from core.contracts import ATTRIBUTE_COLUMNS
 
 DEFAULT_ACTIONS = ("impression", "click", "conversion", "view", "search")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from soe.section import Section
+from core.section import Section
 
 
 class TrainSettings(Section):

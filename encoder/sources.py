@@ -1,9 +1,9 @@
 """Where training and evaluation data come from, all turned into sequence rows (see encoder.data).
 
-* ``ml100k``: MovieLens-100K via `soe.datasets.movielens` (cached under the data root).
+* ``ml100k``: MovieLens-100K via `core.datasets.movielens` (cached under the data root).
 * ``sasrec``: a SASRec text file (item ids only: no time, no event types).
 * ``events``: the published event log under the data root (optionally one ``START/END`` interval);
-  every partition is validated with `soe.validation` and bad rows are left out.
+  every partition is validated with `core.validation` and bad rows are left out.
 * ``sequences``: a Parquet file/dir of sequence rows, e.g. a pipeline training set
   (``trainsets/<name>``) or a state snapshot.
 """
@@ -16,14 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from encoder.data import events_to_sequences, read_sasrec, read_sequences
-from soe.contracts import EVENT, TS
-from soe.layout import parse_interval
+from core.contracts import EVENT, TS
+from core.layout import parse_interval
 
 
 def _events_of_log(settings, interval: str | None) -> pa.Table:
-    from soe.datasets.events import validated_partitions
+    from core.datasets.events import validated_partitions
 
-    tables = [result.valid for _, result in validated_partitions(settings, interval)]
+    tables = [result.valid for _, result in validated_partitions(settings.layout(), settings.events, interval)]
     events = pa.concat_tables(tables, promote_options="permissive")
     if interval:  # training windows are on event time
         start, end = parse_interval(interval)
@@ -46,7 +46,7 @@ def load_source(
     if len(chosen) != 1:
         raise ValueError("choose exactly one data source: --ml100k, --sasrec-file PATH, --events [--interval S/E] or --sequences PATH")
     if ml100k:
-        from soe.datasets.movielens import load_ml100k_events
+        from core.datasets.movielens import load_ml100k_events
 
         return "ml-100k", events_to_sequences(load_ml100k_events(settings.layout().cache))
     if sasrec_file:

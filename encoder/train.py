@@ -32,7 +32,8 @@ import torch
 
 from encoder.data import Catalogue, Split, chunk_rows, events_to_sequences, item_catalogue, leave_last_out, positive_counts
 from encoder.evaluate import model_leave_last_out
-from encoder.features import MS_PER_DAY, MS_PER_HOUR, featurize
+from core.layout import DAY_MS, HOUR_MS
+from encoder.features import featurize
 from encoder.model import ModelConfig, UserEncoder
 from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
 from encoder.settings import TrainSettings
@@ -86,15 +87,15 @@ class FitResult:
 
 def _batch_loss(model, batch, cfg: ModelConfig, ts: TrainSettings, positive_idx, logq, rng, gen, device) -> torch.Tensor:
     positive = torch.isin(batch.action, positive_idx) & batch.valid  # (B, T)
-    hour = (batch.ts // MS_PER_HOUR) % 24  # (B, T) context of each position's query time
-    weekday = (batch.ts // MS_PER_DAY + 3) % 7
+    hour = (batch.ts // HOUR_MS) % 24  # (B, T) context of each position's query time
+    weekday = (batch.ts // DAY_MS + 3) % 7
     user = model.encode_positions(batch, hour, weekday)  # (B, T, D)
     loss = torch.zeros((), device=device)
     for name, weight in ts.objectives.items():
         if name == "next_positive":
             target = next_positive_targets(positive)
         else:
-            target = future_window_targets(positive, batch.ts, int(ts.window_hours * MS_PER_HOUR), gen)
+            target = future_window_targets(positive, batch.ts, int(ts.window_hours * HOUR_MS), gen)
         b, t = torch.nonzero((target >= 0) & batch.valid, as_tuple=True)
         if len(b) == 0:
             continue
@@ -171,7 +172,7 @@ def fit(
     t0 = time.perf_counter() - state["elapsed"]
     bar = None
     if show_progress:
-        from soe.cli_support import progress
+        from core.progress import progress
 
         bar = progress(total, "train", "step")
         bar.update(state["step"])

@@ -3,7 +3,7 @@
 The event log is partitioned by **arrival hour** (``events/dt=D/hour=H``); a partition counts only
 once it holds a ``_SUCCESS`` marker. `read_validated` reads the published partitions of a range of
 arrival hours and validates every row in the executors with the foundation validator:
-``mapInArrow`` hands each Arrow batch to `soe.validation.row_reasons` with the rules of the row's
+``mapInArrow`` hands each Arrow batch to `core.validation.row_reasons` with the rules of the row's
 arrival hour (interval ``[H, H+1h)``, the same rules as ``soe validate``). No rule is re-implemented
 here. The result is one DataFrame (`VALIDATED`): the typed event columns, ``arrival_hour``, and for
 rejected rows a ``reason`` plus the row as it arrived, as text (the quarantine columns).
@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import is_complete
-from soe.contracts import ATTRIBUTE_COLUMNS, EVENT
-from soe.layout import Layout, hours
-from soe.validation import QUARANTINE_SCHEMA, ValidationRules, check_required_columns, row_reasons
+from core.atomic import is_complete
+from core.contracts import ATTRIBUTE_COLUMNS, EVENT
+from core.layout import HOUR_MS, Layout, hours
+from core.validation import QUARANTINE_SCHEMA, ValidationRules, check_required_columns, row_reasons
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 EVENT_COLUMNS = tuple(f.name for f in EVENT.schema)
 SEQ_KEY = ("user_id", "ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)  # what a sequence keeps of an event
 Q_COLUMNS = tuple(f"q_{f.name}" for f in QUARANTINE_SCHEMA if f.name != "reason")  # raw row as text
-HOUR_MS = 3_600_000
 
 # Output of the validator: typed event columns (null where a rejected value could not be typed),
 # the arrival hour (epoch hours), the reason (null = valid) and the raw row as text (rejected rows).
@@ -90,7 +89,7 @@ def _validate_batches(event_types: tuple[str, ...], max_attribute_id: int, max_l
             return
         bad = np.flatnonzero(~ok)
         if len(bad):
-            from soe.validation import quarantine_table
+            from core.validation import quarantine_table
 
             q = quarantine_table(raw.take(pa.array(bad)), reasons[bad])
             full = pa.Table.from_arrays(cols + [pa.nulls(n, pa.string())] * len(Q_COLUMNS), schema=out_schema)
@@ -205,7 +204,7 @@ def reason_counts(quarantine_dir: Path) -> dict[str, int]:
     """reason -> rows of a written quarantine directory (read back with pyarrow: it is small)."""
     from collections import Counter
 
-    from soe.sequence_state import data_files
+    from core.sequence_state import data_files
 
     counts: Counter = Counter()
     for f in data_files(quarantine_dir):

@@ -1,10 +1,10 @@
 """The hourly sequence update: validate the new events, merge them into the state, shard the active users.
 
 One run covers the data interval [start, end) and writes three directories for ``as_of = end``,
-each published atomically with a ``_SUCCESS`` manifest (soe.atomic), in this order:
+each published atomically with a ``_SUCCESS`` manifest (core.atomic), in this order:
 
 1. ``quarantine(as_of)``: every rejected row as it arrived, with its reason (QUARANTINE_SCHEMA);
-2. ``state(as_of)``: every known user's last N events, as layers (`soe.sequence_state`): normally
+2. ``state(as_of)``: every known user's last N events, as layers (`core.sequence_state`): normally
    the previous snapshot's layers, hard-linked, plus one delta layer holding this interval's active
    shards (hard links too); when the deltas have grown past ``sequences.compact_*``, one new base;
 3. ``active(as_of)``: the users with >= 1 new valid event, as K balanced shards
@@ -43,24 +43,14 @@ from pipelines import sequences as seq
 from pipelines import state as st
 from pipelines.shards import write_shards
 from pipelines.spark import spark_session, write_parquet
-from soe.atomic import publish_dir
-from soe.layout import HOUR, floor_hour, hours, snapshot_times, stamp, utc
-from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, data_rows, layer_name, link_files
+from core.atomic import publish_dir
+from core.layout import HOUR, check_interval, floor_hour, hours, snapshot_times, stamp, utc
+from core.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, data_rows, layer_name, link_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("soe.pipelines")
-
-
-def check_interval(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """UTC, hour-aligned, non-empty: the only intervals the hourly partitions can answer."""
-    start, end = utc(start), utc(end)
-    if floor_hour(start) != start or floor_hour(end) != end:
-        raise ValueError(f"interval {start.isoformat()}/{end.isoformat()} must start and end on whole hours (UTC)")
-    if end <= start:
-        raise ValueError(f"interval {start.isoformat()}/{end.isoformat()}: END must be after START")
-    return start, end
 
 
 def previous_state_time(layout, as_of: datetime) -> datetime | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from soe.contracts import ATTRIBUTE_COLUMNS, SEQUENCE
+from core.contracts import ATTRIBUTE_COLUMNS, SEQUENCE
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession

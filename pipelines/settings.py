@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from soe.section import Section
+from core.section import Section
 
 
 class SparkSettings(Section):

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from soe.contracts import SEQUENCE
-from soe.sequence_state import data_files
+from core.contracts import SEQUENCE
+from core.sequence_state import data_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
 
 def shard_file(directory: Path, shard: int) -> Path:
-    """Same spelling as `soe.layout.Layout.active_shard`, inside any directory."""
+    """Same spelling as `core.layout.Layout.active_shard`, inside any directory."""
     return Path(directory) / f"shard={shard:05d}.parquet"
 
 

@@ -9,7 +9,7 @@ Settings that matter for the data contracts, always applied:
 * ``spark.sql.session.timeZone=UTC``: timestamps are UTC everywhere (contract ``TS``);
 * ``spark.sql.parquet.outputTimestampType=TIMESTAMP_MILLIS``: Spark writes micros by default, the
   contracts say milliseconds; with this the files read back in pyarrow as ``timestamp[ms, UTC]``;
-* no Hadoop ``_SUCCESS`` / ``.crc`` files: our own ``_SUCCESS`` marker (soe.atomic) is the only one.
+* no Hadoop ``_SUCCESS`` / ``.crc`` files: our own ``_SUCCESS`` marker (core.atomic) is the only one.
 
 `spark_schema` converts an Arrow contract schema to a Spark schema in one place.
 """
@@ -115,5 +115,5 @@ def spark_schema(schema: pa.Schema) -> "StructType":
 
 
 def write_parquet(df: "DataFrame", path: Path) -> None:
-    """Write ``df`` as Parquet files into ``path`` (an unpublished temp dir of soe.atomic.publish_dir)."""
+    """Write ``df`` as Parquet files into ``path`` (an unpublished temp dir of core.atomic.publish_dir)."""
     df.write.mode("overwrite").option("compression", "snappy").parquet(str(path))

@@ -1,6 +1,6 @@
 """The layered sequence state in Spark: read the layers, pick users' current rows, decide compaction.
 
-See `soe.sequence_state` for the on-disk layout (a base layer plus hourly delta layers; the newest
+See `core.sequence_state` for the on-disk layout (a base layer plus hourly delta layers; the newest
 layer holding a user wins). This module is its Spark side:
 
 * `layer_frames`: one DataFrame per layer of a published snapshot, oldest first;
@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipelines.sequences import SEQUENCE_COLUMNS
-from soe.contracts import SEQUENCE
-from soe.sequence_state import DELTA, StateSnapshot
+from core.contracts import SEQUENCE
+from core.sequence_state import DELTA, StateSnapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession

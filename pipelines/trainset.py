@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from pipelines import events as ev
 from pipelines import sequences as seq
 from pipelines.spark import spark_session, write_parquet
-from soe.atomic import publish_dir
-from soe.datasets.events import published_partitions
-from soe.layout import floor_hour, stamp, utc
-from soe.sequence_state import data_rows
+from core.atomic import publish_dir
+from core.datasets.events import published_partitions
+from core.layout import floor_hour, stamp, utc
+from core.sequence_state import data_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export SOE_DATA__ROOT="${SOE_DATA__ROOT:-$PWD/data/demo}"
-exec .venv/bin/python -m pipelines.flows.main_job "$@"
+exec .venv/bin/python -m soe.flows.main_job "$@"

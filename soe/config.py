@@ -4,7 +4,7 @@ The configuration is read in exactly one place, `load_settings`: a YAML file (op
 environment overrides named ``SOE_<SECTION>__<FIELD>`` (nested with ``__``), e.g.
 ``SOE_REDIS__PORT=6380`` or ``SOE_SEQUENCES__MAX_LEN=100``. Values are parsed as YAML scalars, so
 ``SOE_EVENTS__EVENT_TYPES='[click, view]'`` works. Components receive their own section
-(``settings.redis``, ``settings.encoder`` ...) and never read the environment themselves.
+(``settings.redis``, ``settings.train`` ...) and never read the environment themselves.
 
 The defaults are the embedded single-machine setup: local paths under one data root, Spark
 ``local[*]``, one Redis on 127.0.0.1, device ``auto``.
@@ -19,11 +19,13 @@ from typing import Any, Mapping
 import yaml
 from pydantic import Field
 
+from core.layout import Layout
+from core.section import Section
+from core.settings import DataSettings, EventSettings
 from encoder.inference.settings import InferenceSettings
 from encoder.settings import TrainSettings
-from pipelines.flows.settings import FlowSettings
 from pipelines.settings import SequenceSettings, SparkSettings
-from soe.section import Section
+from soe.flows.settings import OrchestrationSettings
 from store.graph.settings import GraphSettings
 from store.service.settings import ServeSettings
 from store.settings import RedisSettings
@@ -32,47 +34,23 @@ ENV_PREFIX = "SOE_"
 CONFIG_ENV = "SOE_CONFIG"  # path of the YAML file, when --config is not given
 
 
-class DataSettings(Section):
-    root: Path = Path("data")  # every local path lives under this one root (see soe.layout)
-
-
-class EventSettings(Section):
-    event_types: list[str] = ["impression", "click", "conversion", "view", "search"]  # the vocabulary
-    positive_event_types: list[str] = ["click", "conversion"]  # engagements that count as positives
-    max_lateness_hours: int = 72  # events older than interval start minus this are quarantined
-    max_attribute_id: int = 2**62  # ids above this (or negative) are "absurd" and quarantined
-
-
-class RefreshSettings(Section):
-    """The hourly refresh as a whole (used by `soe refresh` and the Airflow DAGs)."""
-
-    hours_to_keep: int = 48  # retention: state/active/embedding snapshots older than this are removed
-    min_coverage: float = 0.999  # validation gate: share of active users that must get a vector
-    min_drift_cosine: float = 0.2  # gate: mean cosine of the same users' old vs new vector
-    min_graph_recall: float = 0.9  # gate: graph recall@k against exact search
-    retries: int = 2  # Airflow task retries (exponential backoff)
-    retry_delay_s: int = 30  # first retry delay
-    max_active_runs: int = 2  # concurrent hourly runs
-
-
 class Settings(Section):
-    data: DataSettings = Field(default_factory=DataSettings)
-    events: EventSettings = Field(default_factory=EventSettings)
-    spark: SparkSettings = Field(default_factory=SparkSettings)
-    sequences: SequenceSettings = Field(default_factory=SequenceSettings)
-    inference: InferenceSettings = Field(default_factory=InferenceSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    redis: RedisSettings = Field(default_factory=RedisSettings)
-    graph: GraphSettings = Field(default_factory=GraphSettings)
-    serve: ServeSettings = Field(default_factory=ServeSettings)
-    refresh: RefreshSettings = Field(default_factory=RefreshSettings)
-    flows: FlowSettings = Field(default_factory=FlowSettings)
+    """Every section, composed at the top. Each component's entry points take only their own sections."""
 
-    def layout(self):
+    data: DataSettings = Field(default_factory=DataSettings)  # core: the data root
+    events: EventSettings = Field(default_factory=EventSettings)  # core: the event vocabulary and limits
+    spark: SparkSettings = Field(default_factory=SparkSettings)  # pipelines: the Spark session
+    sequences: SequenceSettings = Field(default_factory=SequenceSettings)  # pipelines: last-N state, shards
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)  # encoder: batch inference
+    train: TrainSettings = Field(default_factory=TrainSettings)  # encoder: training
+    redis: RedisSettings = Field(default_factory=RedisSettings)  # store: the Redis vector store
+    graph: GraphSettings = Field(default_factory=GraphSettings)  # store: the FAISS user graph
+    serve: ServeSettings = Field(default_factory=ServeSettings)  # store: the query service
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)  # soe.flows, dags
+
+    def layout(self) -> Layout:
         """The on-disk layout of this configuration's data root."""
-        from soe.layout import Layout
-
-        return Layout(self.data.root)
+        return self.data.layout()
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

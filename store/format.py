@@ -52,7 +52,7 @@ def model_id(model_version: str) -> int:
 def as_of_ms(as_of) -> int:
     """datetime (naive = UTC) or int ms -> int ms since the epoch."""
     if isinstance(as_of, datetime):
-        from soe.layout import utc
+        from core.layout import utc
 
         return int(round(utc(as_of).timestamp() * 1000))
     return int(as_of)

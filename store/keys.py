@@ -30,13 +30,10 @@ import re
 
 import numpy as np
 
+from core.hashing import splitmix64, splitmix64_one
+
 SLOT_TAGS = 1024  # cluster hash tags per namespace (part of format version 1)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
 
 def check_name(kind: str, value: str) -> str:
     """Model versions and the namespace go into keys: letters, digits, '.', '_', '-' only."""
@@ -46,25 +43,9 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def splitmix64(user_ids: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser of the ids as uint64 (two's complement for negative ids)."""
-    z = np.asarray(user_ids, dtype=np.int64).astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        z += _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-_MASK = (1 << 64) - 1
-
-
 def bucket_of_one(user_id: int, buckets: int) -> int:
     """`bucket_of` for one id in plain Python integers (faster than numpy for a single lookup)."""
-    z = (int(user_id) + 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return (z ^ (z >> 31)) % buckets
+    return splitmix64_one(user_id) % buckets
 
 
 def bucket_of(user_ids, buckets: int) -> np.ndarray:

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import is_complete
-from soe.contracts import ContractError, embedding_contract
-from soe.layout import stamp, utc
+from core.atomic import is_complete
+from core.contracts import ContractError, embedding_contract
+from core.layout import stamp, utc
 from store.base import UpsertCounts, VectorStore
 from store.format import as_of_ms, encode_vectors
 

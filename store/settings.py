@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr, field_validator
 
-from soe.section import Section
+from core.section import Section
 
 
 class RedisSettings(Section):

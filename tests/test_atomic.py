@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from soe.atomic import clean_temp, is_complete, publish_dir, read_marker
+from core.atomic import clean_temp, is_complete, publish_dir, read_marker
 
 
 def test_publish_writes_marker_last_and_renames(tmp_path):

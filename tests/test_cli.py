@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from soe.cli import app
+from soe.cli.app import app
 
 runner = CliRunner()
 

@@ -46,7 +46,7 @@ def test_unknown_keys_and_bad_types_are_errors(tmp_path):
 
 def test_layout_paths_live_under_one_root(tmp_path):
     s = load_settings(environ={"SOE_DATA__ROOT": str(tmp_path)})
-    from soe.layout import utc
+    from core.layout import utc
 
     lay = s.layout()
     t = utc("2026-01-01T05:00Z")

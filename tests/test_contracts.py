@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from soe.contracts import EVENT, NEIGHBOURS, SEQUENCE, ContractError, conform, embedding_contract
+from core.contracts import EVENT, NEIGHBOURS, SEQUENCE, ContractError, conform, embedding_contract
 
 T = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
 

@@ -48,7 +48,7 @@ def dagbag(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow-dagbag")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SOE_"))}
     env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
-               SOE_REFRESH__RETRIES="3", SOE_REFRESH__MAX_ACTIVE_RUNS="1", SOE_DATA__ROOT=str(home / "no-such-root"))
+               SOE_ORCHESTRATION__RETRIES="3", SOE_ORCHESTRATION__MAX_ACTIVE_RUNS="1", SOE_DATA__ROOT=str(home / "no-such-root"))
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", PROBE, str(REPO / "dags")], env=env,
                           capture_output=True, text=True, timeout=300, cwd=home)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_every_dag_imports_without_errors_or_heavy_work(dagbag):
 def test_hourly_dag_shape(dagbag):
     d = dagbag["dags"]["soe_hourly"]
     t = d["tasks"]
-    assert d["max_active_runs"] == 1  # from SOE_REFRESH__MAX_ACTIVE_RUNS, read when the file is parsed
+    assert d["max_active_runs"] == 1  # from SOE_ORCHESTRATION__MAX_ACTIVE_RUNS, read when the file is parsed
     assert d["timetable"] == "CronDataIntervalTimetable"  # a real [start, end) data interval per run
     for task in t.values():  # retries with exponential backoff and the alert callback on every task
         assert task["retries"] == 3 and task["backoff"] and task["callback"], task

@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.flows import stages
-from pipelines.flows.manifest import read_manifest
-from soe.layout import HOUR, utc
+from soe.flows import stages
+from soe.flows.manifest import read_manifest
+from core.layout import HOUR, utc
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -32,15 +32,15 @@ def tiny_settings(root, redis):
     s.train.epochs, s.train.model = 2, {"d_model": 32, "n_layers": 1, "n_heads": 2}
     s.sequences.num_shards, s.sequences.bootstrap_lookback_hours = 2, BOOT + 1
     s.spark.master, s.spark.shuffle_partitions, s.spark.driver_memory = "local[2]", 2, "1g"
-    s.refresh.min_drift_cosine = 0.05  # a 2-epoch d=32 model moves active users' vectors a lot
+    s.orchestration.min_drift_cosine = 0.05  # a 2-epoch d=32 model moves active users' vectors a lot
     return s
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, redis_single_server):
-    from pipelines.flows import hourly, training
-    from pipelines.flows.airflow_run import AirflowHome
-    from soe.datasets.synthetic import SyntheticConfig, generate, write_log
+    from soe.flows import hourly, training
+    from soe.flows.airflow_run import AirflowHome
+    from core.datasets.synthetic import SyntheticConfig, generate, write_log
 
     tmp = tmp_path_factory.mktemp("e2e")
     redis = redis_single_server.redis_settings(buckets=32)
@@ -121,7 +121,7 @@ def test_rerun_of_an_earlier_hour_changes_nothing(world):
 def test_failed_shard_leaves_readers_on_the_previous_state_and_a_retry_completes(world):
     s, home = world["settings"], world["home"]
     before = snapshot(s)
-    r = home.dags_test("soe_hourly", H[3], conf={"drill_fail_shards": [1]}, extra_env={"SOE_REFRESH__RETRIES": "0"})
+    r = home.dags_test("soe_hourly", H[3], conf={"drill_fail_shards": [1]}, extra_env={"SOE_ORCHESTRATION__RETRIES": "0"})
     assert not r.ok and r.state == "failed"
     assert read_manifest(s.layout(), "soe_hourly", H[3]) is None  # not marked done
     alert = json.loads(s.layout().manifest("soe_hourly_alerts", H[3]).read_text())
@@ -142,7 +142,7 @@ def test_failed_shard_leaves_readers_on_the_previous_state_and_a_retry_completes
 
 def test_an_untrained_candidate_is_not_promoted_and_a_failed_backfill_keeps_the_old_model(world, monkeypatch):
     from bench.refresh import random_model
-    from pipelines.flows import backfill, training
+    from soe.flows import backfill, training
 
     s = world["settings"]
     current = stages.current_model(s)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.flows import stages
-from pipelines.flows.manifest import read_manifest
+from soe.flows import stages
+from soe.flows.manifest import read_manifest
 from tests.test_e2e_airflow import BOOT, HOUR, START, T0, tiny_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -19,9 +19,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 def test_training_dag_promotes_and_backfill_dag_switches(tmp_path, redis_single_server):
     import redis as redis_py
 
-    from pipelines.flows import hourly
-    from pipelines.flows.airflow_run import AirflowHome
-    from soe.datasets.synthetic import SyntheticConfig, generate, write_log
+    from soe.flows import hourly
+    from soe.flows.airflow_run import AirflowHome
+    from core.datasets.synthetic import SyntheticConfig, generate, write_log
 
     redis = redis_single_server.redis_settings(buckets=32)
     redis_py.Redis(host=redis.host, port=redis.port).flushall()

@@ -13,7 +13,7 @@ from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_
 from encoder.features import featurize, hash_ids, hash_items, time_buckets
 from encoder.model import ModelConfig, UserEncoder
 from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
-from soe.contracts import EVENT, TS, conform
+from core.contracts import EVENT, TS, conform
 
 torch.set_num_threads(1)  # shared test machine
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=4, item_buckets=2**12, attr_buckets=2**8)

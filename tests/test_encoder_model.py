@@ -8,7 +8,7 @@ import torch
 from encoder.data import events_to_sequences
 from encoder.features import featurize
 from encoder.model import ModelConfig, UserEncoder
-from soe.datasets.synthetic import SyntheticConfig, generate
+from core.datasets.synthetic import SyntheticConfig, generate
 
 torch.set_num_threads(1)  # the test machine is shared: one thread avoids oversubscription
 

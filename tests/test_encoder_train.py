@@ -15,7 +15,7 @@ from encoder.evaluate import compare, evaluate_model
 from encoder.metrics import ranking_metrics, random_purity, purity
 from encoder.model import ModelConfig
 from encoder.train import fit, train_model
-from soe.datasets.synthetic import SyntheticConfig, generate
+from core.datasets.synthetic import SyntheticConfig, generate
 
 torch.set_num_threads(1)  # shared test machine
 TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "max_len": 30, "item_buckets": 2**10, "attr_buckets": 2**8}
@@ -114,7 +114,7 @@ def test_compare_gate():
 
 
 def test_cli_train_eval_list_on_a_sasrec_file(settings, tmp_path, monkeypatch):
-    from soe.cli import app
+    from soe.cli.app import app
 
     rng = np.random.default_rng(0)
     lines = [" ".join(map(str, [u, *rng.integers(1, 40, 12)])) for u in range(1, 60)]
@@ -143,7 +143,7 @@ def test_cli_train_eval_list_on_a_sasrec_file(settings, tmp_path, monkeypatch):
 
 
 def test_sources_read_the_validated_event_log(settings, log):
-    from soe.datasets.synthetic import write_log
+    from core.datasets.synthetic import write_log
     from encoder.sources import load_source
 
     write_log(log, settings.layout())

@@ -7,16 +7,16 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from pipelines.flows.checks import GenerationRejected, Thresholds, coverage, drift, judge, norm_stats
-from pipelines.flows.gate import decide
-from pipelines.flows.manifest import done_times, previous_done, read_manifest, record_run
-from pipelines.flows.retention import apply_retention
-from pipelines.flows.training import model_age_hours
+from soe.flows.checks import GenerationRejected, Thresholds, coverage, drift, judge, norm_stats
+from soe.flows.gate import decide
+from soe.flows.manifest import done_times, previous_done, read_manifest, record_run
+from soe.flows.retention import apply_retention
+from soe.flows.training import model_age_hours
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import publish_dir
-from soe.layout import HOUR
+from core.atomic import publish_dir
+from core.layout import HOUR
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
 THRESH = Thresholds(min_coverage=0.999, min_drift_cosine=0.2, min_graph_recall=0.9, min_drift_users=3, norm_tolerance=0.02)
@@ -174,7 +174,7 @@ def test_run_manifests_count_attempts_and_find_the_previous_done_run(settings):
 def test_dag_interval_from_airflow_context_is_plain_utc():
     import pendulum
 
-    from pipelines.flows.dag_support import interval
+    from soe.flows.dag_support import interval
 
     start, end = interval({"data_interval_start": pendulum.datetime(2026, 1, 2, 1, tz="UTC"),
                            "data_interval_end": pendulum.datetime(2026, 1, 2, 2, tz="UTC")})

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from soe.atomic import is_complete, read_marker
-from soe.contracts import NEIGHBOURS
-from soe.layout import utc
+from core.atomic import is_complete, read_marker
+from core.contracts import NEIGHBOURS
+from core.layout import utc
 from store.graph.build import build_graph
 from store.graph.index import searcher
 from store.graph.knn import PAD, recall_at_k, reference_neighbours, search_neighbours
@@ -58,7 +58,7 @@ def test_latest_vectors_newest_snapshot_wins(settings, planted):
 
 def test_stale_shards_of_a_marked_snapshot_are_ignored(settings, planted):
     """The encoder's rule: once a snapshot is marked with num_shards, extra leftover shards do not count."""
-    from encoder.inference.embeddings import mark_snapshot
+    from core.embeddings import mark_snapshot
 
     layout = settings.layout()
     write_embeddings(layout, "m1", T1, planted.user_ids[:1000], planted.vectors[:1000], shard=0)

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from soe.atomic import publish_dir
-from soe.contracts import SEQUENCE, conform
-from soe.layout import utc
+from core.atomic import publish_dir
+from core.contracts import SEQUENCE, conform
+from core.layout import utc
 from store.graph.candidates import (ArrayNeighbours, DictPositives, RedisNeighbours, RedisPositives, candidates,
                                     score_items)
 from store.graph.positives import publish_recent_positives, recent_positives

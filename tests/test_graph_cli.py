@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from soe.cli import app
+from soe.cli.app import app
 from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from encoder.inference import engine as engine_mod
-from encoder.inference.embeddings import latest_embeddings, read_embeddings, snapshot_times
+from core.embeddings import latest_embeddings, read_embeddings, snapshot_times
 from encoder.inference.engine import encode_all, encode_shard
 from encoder.inference.sample import AS_OF, random_sequences, write_active_snapshot, write_state_snapshot
 from encoder.inference.writer import shard_dir
-from soe.atomic import is_complete, read_marker
-from soe.contracts import embedding_contract
+from core.atomic import is_complete, read_marker
+from core.contracts import embedding_contract
 
 MAX_LEN = 30
 
@@ -242,7 +242,7 @@ def test_cli_encode_with_cuda_requested_falls_back_to_cpu_clearly(setup, monkeyp
 
     from typer.testing import CliRunner
 
-    from soe.cli import app
+    from soe.cli.app import app
 
     settings, version, *_rest, table = setup
     write_active_snapshot(settings.layout(), AS_OF, table, num_shards=2)

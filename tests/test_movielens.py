@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from soe.contracts import EVENT
-from soe.datasets.movielens import POSITIVE_MIN_RATING, load_ml100k_events
+from core.contracts import EVENT
+from core.datasets.movielens import POSITIVE_MIN_RATING, load_ml100k_events
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache"  # shared with the benchmarks; gitignored
 

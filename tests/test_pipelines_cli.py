@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from soe.cli import app
+from soe.cli.app import app
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, message):
 
 
 def test_submit_entry_rejects_a_bad_interval(tmp_path, monkeypatch):
-    from pipelines.submit import main
+    from soe.flows.spark_submit import main
 
     monkeypatch.setenv("SOE_DATA__ROOT", str(tmp_path))
     with pytest.raises(ValueError, match="whole hours"):

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.hourly import backfill_sequences, previous_state_time, update_sequences
-from soe.atomic import is_complete, publish_dir, read_marker
+from core.atomic import is_complete, publish_dir, read_marker
 from soe.config import load_settings
-from soe.contracts import EVENT, SEQUENCE, TS, conform
-from soe.datasets.synthetic import GeneratedLog, SyntheticConfig, generate, write_log
-from soe.layout import HOUR, utc
-from soe.sequence_state import StateSnapshot
-from soe.validation import QUARANTINE_SCHEMA
+from core.contracts import EVENT, SEQUENCE, TS, conform
+from core.datasets.synthetic import GeneratedLog, SyntheticConfig, generate, write_log
+from core.layout import HOUR, utc
+from core.sequence_state import StateSnapshot
+from core.validation import QUARANTINE_SCHEMA
 from tests.test_pipelines_reference import Reference, read_sequences
 
 START = utc("2026-01-01T00:00Z")

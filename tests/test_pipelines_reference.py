@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from soe.atomic import is_complete
-from soe.contracts import ATTRIBUTE_COLUMNS
-from soe.datasets.events import read_partition
-from soe.layout import Layout, hours
-from soe.sequence_state import read_state
-from soe.validation import ValidationRules, validate_events
+from core.atomic import is_complete
+from core.contracts import ATTRIBUTE_COLUMNS
+from core.datasets.events import read_partition
+from core.layout import Layout, hours
+from core.sequence_state import read_state
+from core.validation import ValidationRules, validate_events
 
 FIELDS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
 

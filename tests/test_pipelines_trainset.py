@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.trainset import build_trainset
-from soe.atomic import read_marker
+from core.atomic import read_marker
 from soe.config import load_settings
-from soe.datasets.events import partition_hour, published_partitions, read_partition
-from soe.datasets.synthetic import SyntheticConfig, generate, write_log
-from soe.layout import HOUR, utc
-from soe.validation import ValidationRules, validate_events
+from core.datasets.events import partition_hour, published_partitions, read_partition
+from core.datasets.synthetic import SyntheticConfig, generate, write_log
+from core.layout import HOUR, utc
+from core.validation import ValidationRules, validate_events
 from tests.test_pipelines_reference import FIELDS, sort_key, table_events
 
 MAX_LEN = 5

@@ -1,4 +1,4 @@
-"""The layered state snapshot (soe.sequence_state): newest layer wins, as_of of the snapshot, links, policy."""
+"""The layered state snapshot (core.sequence_state): newest layer wins, as_of of the snapshot, links, policy."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from encoder.inference.sample import AS_OF, random_sequences, write_state_snapshot
 from pipelines.state import should_compact
-from soe.atomic import publish_dir
-from soe.sequence_state import StateSnapshot, link_files, read_state
+from core.atomic import publish_dir
+from core.sequence_state import StateSnapshot, link_files, read_state
 
 
 def rows_by_user(table: pa.Table) -> dict[int, list]:

@@ -1,6 +1,6 @@
 """`spark-submit` of the sequence pipeline to a real Spark standalone cluster, with only a config change.
 
-The real command line (`spark-submit --master spark://127.0.0.1:<port> ... pipelines/submit.py
+The real command line (`spark-submit --master spark://127.0.0.1:<port> ... soe/flows/spark_submit.py
 sequences --interval S/E`, with ``SOE_SPARK__LAUNCHER=spark-submit``) runs a bootstrap hour and the
 next hour against a master + worker on loopback (`tests/fixtures/spark_standalone.py`). The same two
 hours of the same messy log are run in-process on the embedded default (local Spark, the `spark`
@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from soe.config import load_settings
-from soe.datasets.synthetic import GeneratedLog, SyntheticConfig, generate, write_log
-from soe.layout import HOUR, utc
+from core.datasets.synthetic import GeneratedLog, SyntheticConfig, generate, write_log
+from core.layout import HOUR, utc
 
 REPO = Path(__file__).resolve().parents[1]
-SUBMIT_APP = REPO / "pipelines" / "submit.py"
+SUBMIT_APP = REPO / "soe" / "flows" / "spark_submit.py"
 START = utc("2026-01-01T00:00Z")
 # hour 0 is bootstrap history, hour 1 the bootstrap run, hour 2 the incremental run (late events
 # of hours 0-2 arrive up to 3 hours later; only the partitions a run reads matter)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from soe.cli import app
+from soe.cli.app import app
 from tests.test_store_redis import T0, unit, write_shard
 
 

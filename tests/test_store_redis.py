@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from soe.atomic import publish_dir
-from soe.contracts import embedding_contract
+from core.atomic import publish_dir
+from core.contracts import embedding_contract
 from store import format as fmt
 from store.keys import bucket_of
 from store.publish import publish_embeddings

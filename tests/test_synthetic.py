@@ -9,10 +9,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from soe.contracts import EVENT
-from soe.datasets.events import published_partitions
-from soe.datasets.synthetic import ITEM_ID_BASE, USER_ID_BASE, SyntheticConfig, generate, write_log
-from soe.layout import Layout
+from core.contracts import EVENT
+from core.datasets.events import published_partitions
+from core.datasets.synthetic import ITEM_ID_BASE, USER_ID_BASE, SyntheticConfig, generate, write_log
+from core.layout import HOUR_MS, Layout
 
 SMALL = SyntheticConfig(n_users=2000, n_items=5000, n_clusters=10, hours=6, seed=7)
 
@@ -91,6 +91,6 @@ def test_sessions_are_bursty(log):
 
 
 def test_late_arrivals_land_in_a_later_partition(log):
-    event_hour = log.events["ts"].cast("int64").to_numpy() // 3_600_000
+    event_hour = log.events["ts"].cast("int64").to_numpy() // HOUR_MS
     late = log.arrival_hour > event_hour
     assert 0.002 < late.mean() < 0.03

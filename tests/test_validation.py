@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from soe.contracts import EVENT, ContractError
-from soe.validation import QUARANTINE_SCHEMA, ValidationRules, validate_events
+from core.contracts import EVENT, ContractError
+from core.validation import QUARANTINE_SCHEMA, ValidationRules, validate_events
 
 START = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
 END = datetime(2026, 1, 1, 6, tzinfo=timezone.utc)
@@ -120,7 +120,7 @@ def test_optional_columns_may_be_absent():
 
 
 def test_counts_match_the_generators_injected_malformed_rows():
-    from soe.datasets.synthetic import SyntheticConfig, generate
+    from core.datasets.synthetic import SyntheticConfig, generate
 
     log = generate(SyntheticConfig(n_users=300, n_items=2000, hours=4, malformed_fraction=0.05, seed=3))
     rules = ValidationRules(event_types=RULES.event_types, interval_start=datetime(2026, 1, 1, tzinfo=timezone.utc),

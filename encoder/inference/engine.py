@@ -46,13 +46,13 @@ from encoder.inference.device import (
     configure_threads,
     select_device,
 )
-from encoder.inference.embeddings import mark_snapshot
+from core.embeddings import mark_snapshot
 from encoder.inference.loader import prefetch
 from encoder.inference.reader import open_source, source_num_shards
 from encoder.inference.settings import InferenceSettings
 from encoder.inference.writer import open_shard, shard_dir
-from soe.atomic import is_complete, read_marker
-from soe.layout import utc
+from core.atomic import is_complete, read_marker
+from core.layout import utc
 
 log = logging.getLogger("soe.inference")
 
@@ -274,7 +274,7 @@ def encode_with(
     }
     bar = None
     if progress:
-        from soe.cli_support import progress as progress_bar
+        from core.progress import progress as progress_bar
 
         bar = progress_bar(src.num_rows, f"encode shard {shard}", unit="user")
     try:

@@ -9,7 +9,7 @@ Two sources, one small interface (`SequenceSource`: ``windows(n)``, ``num_rows``
 * ``active``: the hourly path. The pipeline publishes ``active/as_of=T/`` (``_SUCCESS`` manifest with
   ``num_shards``) holding K balanced files ``shard=iiiii.parquet``; worker i reads file i.
 * ``state``: the backfill path (a new model encodes every known user). ``state/as_of=T/`` is a
-  layered snapshot (`soe.sequence_state`: a base plus hourly deltas, the newest layer holding a user
+  layered snapshot (`core.sequence_state`: a base plus hourly deltas, the newest layer holding a user
   wins; superseded rows are dropped while reading). Its files are split over ``num_shards`` workers
   either by file (worker i reads files i, i+n, ... : each byte read once, balanced when there are
   many files) or by a hash of ``user_id`` (balanced for any file count, but every worker scans every
@@ -29,10 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import is_complete, read_marker
-from soe.contracts import SEQUENCE, ContractError, conform
-from soe.layout import Layout
-from soe.sequence_state import StateSnapshot
+from core.hashing import splitmix64
+from core.atomic import is_complete, read_marker
+from core.contracts import SEQUENCE, ContractError, conform
+from core.layout import Layout
+from core.sequence_state import StateSnapshot
 
 log = logging.getLogger("soe.inference")
 
@@ -40,13 +41,8 @@ SOURCES = ("active", "state")
 
 
 def user_hash(user_ids: np.ndarray) -> np.ndarray:
-    """A stable 64-bit mix (splitmix64 finaliser) of int64 user ids: the shard of a user is hash % n."""
-    x = user_ids.astype(np.int64, copy=False).view(np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return x
+    """A stable 64-bit hash of int64 user ids (`core.hashing.splitmix64`): the shard of a user is hash % n."""
+    return splitmix64(user_ids)
 
 
 class SequenceSource(ABC):

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import publish_dir
-from soe.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
-from soe.layout import Layout, utc
-from soe.sequence_state import BASE, DELTA, LAYOUT, Layer, layer_name
+from core.atomic import publish_dir
+from core.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
+from core.layout import Layout, utc
+from core.sequence_state import BASE, DELTA, LAYOUT, Layer, layer_name
 
 EVENT_TYPES = ("impression", "click", "conversion", "view", "search")
 
@@ -73,7 +73,7 @@ def write_active_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_
 
 def write_state_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_files: int,
                          deltas: Sequence[pa.Table] = ()) -> None:
-    """Publish a layered state snapshot as the pipeline does (`soe.sequence_state`): ``table`` as the
+    """Publish a layered state snapshot as the pipeline does (`core.sequence_state`): ``table`` as the
     base layer in ``num_files`` part files, then each of ``deltas`` as one hourly delta layer (a user
     in a delta supersedes its older rows). The base is written ``len(deltas)`` hours before ``as_of``."""
     base_t = utc(as_of) - timedelta(hours=len(deltas))

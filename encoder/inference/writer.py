@@ -4,7 +4,7 @@ One worker's output is one directory ``embeddings/<model>/as_of=<T>/shard=<iiiii
 ``part-00000.parquet`` (row groups appended window by window, so memory stays bounded) and a
 ``_SUCCESS`` marker whose JSON manifest says what was written (users, dim, model_version, as_of,
 seconds, device, ...). It is built in a hidden temp directory and renamed into place by
-`soe.atomic.publish_dir`: a crash leaves no published shard, and a rerun for the same (model, as_of,
+`core.atomic.publish_dir`: a crash leaves no published shard, and a rerun for the same (model, as_of,
 shard) replaces the previous one with identical content, so retries are safe.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import publish_dir
-from soe.contracts import TS, embedding_contract
-from soe.layout import Layout, utc
+from core.atomic import publish_dir
+from core.contracts import TS, embedding_contract
+from core.layout import Layout, utc
 
 PART = "part-00000.parquet"
 

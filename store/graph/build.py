@@ -26,9 +26,9 @@ from datetime import datetime
 
 import numpy as np
 
-from soe.atomic import publish_dir
-from soe.contracts import NEIGHBOURS
-from soe.layout import HOUR, stamp, utc
+from core.atomic import publish_dir
+from core.contracts import NEIGHBOURS
+from core.layout import HOUR, stamp, utc
 from store.graph.incremental import carry_over, repair_untouched, rescore, update_index
 from store.graph.index import IndexSpec, build_index, choose_device, choose_spec, num_gpus, on_device, searcher
 from store.graph.knn import sample_recall, search_neighbours

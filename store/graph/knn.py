@@ -19,7 +19,7 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 
-from soe.contracts import NEIGHBOURS, TS
+from core.contracts import NEIGHBOURS, TS
 from store.graph.vectors import UserVectors
 
 PAD = -1

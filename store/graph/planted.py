@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.atomic import publish_dir
-from soe.contracts import TS, embedding_contract
-from soe.layout import Layout, utc
+from core.atomic import publish_dir
+from core.contracts import TS, embedding_contract
+from core.layout import Layout, utc
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from soe.atomic import is_complete
-from soe.contracts import SEQUENCE
-from soe.layout import HOUR, utc
+from core.atomic import is_complete
+from core.contracts import SEQUENCE
+from core.layout import HOUR, HOUR_MS, utc
 
 
 def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime, window_hours: float,
@@ -37,7 +37,7 @@ def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime
     items = pc.list_flatten(table.column("item_id").combine_chunks()).to_numpy()
     ts = pc.list_flatten(table.column("ts").combine_chunks()).cast(pa.int64()).to_numpy()
     as_of_ms = int(utc(as_of).timestamp() * 1000)
-    cutoff = as_of_ms - int(window_hours * 3_600_000)
+    cutoff = as_of_ms - int(window_hours * HOUR_MS)
     keep = pc.is_in(types, pa.array(positive_types)).to_numpy(zero_copy_only=False)
     keep &= (ts >= cutoff) & (ts < as_of_ms)
     parent, items, ts = parent[keep], items[keep], ts[keep]
@@ -54,7 +54,7 @@ def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime
     top = (np.arange(len(parent)) - starts) < per_user
     parent, items, ts = parent[top], items[top], ts[top]
     bounds = np.searchsorted(parent, np.arange(len(user_ids) + 1))
-    ages = ((as_of_ms - ts) / 3_600_000.0).astype(np.float32)
+    ages = ((as_of_ms - ts) / float(HOUR_MS)).astype(np.float32)
     return (user_ids, [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
             [ages[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
 

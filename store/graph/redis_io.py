@@ -19,7 +19,7 @@ from datetime import datetime
 
 import numpy as np
 
-from soe.layout import utc
+from core.layout import HOUR_MS, utc
 from store.format import as_of_ms, decode_neighbours, encode_neighbours
 from store.keys import Keys
 
@@ -105,6 +105,6 @@ def read_positives(redis_settings, user_ids, window_hours: float, now: datetime 
             continue
         items, ages, header = decode_neighbours(v)
         if now is not None:
-            ages = ages + (as_of_ms(utc(now)) - header.as_of) / 3_600_000.0
+            ages = ages + (as_of_ms(utc(now)) - header.as_of) / float(HOUR_MS)
         out.append(items[ages < window_hours])
     return out

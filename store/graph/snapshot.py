@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from soe.atomic import is_complete, read_marker
-from soe.contracts import NEIGHBOURS
-from soe.layout import Layout, utc
+from core.atomic import is_complete, read_marker
+from core.contracts import NEIGHBOURS
+from core.layout import Layout, utc
 from store.graph.index import IndexSpec, load_index, save_index
 from store.graph.knn import neighbours_from_table, neighbours_table
 from store.graph.vectors import UserVectors
@@ -102,7 +102,7 @@ class GraphSnapshot:
 
 def graph_times(layout: Layout, model_version: str) -> list[datetime]:
     """as_of times of the model's published graphs, oldest first."""
-    from soe.layout import snapshot_times
+    from core.layout import snapshot_times
 
     return snapshot_times(layout.graph(model_version, utc("2000-01-01T00:00Z")).parent)
 

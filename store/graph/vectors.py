@@ -6,7 +6,7 @@ snapshot that contains the user. `latest_vectors` merges the snapshots in ``(aft
 build: every snapshot up to ``as_of``; incremental build: only those newer than the previous graph).
 
 Only published data is read: shard directories with a ``_SUCCESS`` marker, chosen by the encoder's own
-`encoder.inference.embeddings.shard_dirs` (its ``latest_embeddings`` has no upper as_of bound, which
+`core.embeddings.shard_dirs` (its ``latest_embeddings`` has no upper as_of bound, which
 a rebuild of a past hour needs, so the merge is done here).
 The result is a `UserVectors`: user ids sorted ascending and their float32 L2-normalised vectors, the
 layout the rest of the graph code works in.
@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soe.layout import Layout, utc
+from core.layout import Layout, utc
 
 
 @dataclass
@@ -114,9 +114,9 @@ def vectors_from_table(table: pa.Table) -> np.ndarray:
 
 def snapshot_files(layout: Layout, model_version: str, as_of: datetime) -> list[Path]:
     """Parquet files of one published embedding snapshot: the encoder's own rule of which shard
-    directories count (`encoder.inference.embeddings.shard_dirs`: published shards, and once the
+    directories count (`core.embeddings.shard_dirs`: published shards, and once the
     snapshot is marked complete only its ``num_shards`` first ones)."""
-    from encoder.inference.embeddings import shard_dirs
+    from core.embeddings import shard_dirs
 
     return [f for d in shard_dirs(layout, model_version, as_of) for f in sorted(d.glob("*.parquet"))]
 

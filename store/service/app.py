@@ -108,7 +108,7 @@ def create_app(settings, state: "ServiceState | None" = None) -> FastAPI:
             g = state.graph()
             checks["graph"] = True
             metrics["graph_users"].set(len(g.uv))
-            from soe.layout import utc
+            from core.layout import utc
 
             metrics["graph_as_of"].set(utc(g.snap.manifest["as_of"]).timestamp())
         except (NotReady, OSError, ValueError) as exc:

@@ -1,0 +1,201 @@
+"""The hourly refresh as steps: one function per Airflow task, and `run_hourly` that loops them.
+
+For the data interval ``[start, end)`` (``as_of = end``)::
+
+    partitions_ready  every hour's event partition has its _SUCCESS marker   (sensor)
+    sequences         Spark: state(as_of) + K active shards                   (one task; local or spark-submit)
+    plan              the model to encode with (the current pointer, read once) and the shard list
+    encode[i]         one task per shard: embeddings/<model>/as_of=T/shard=i  (dynamic task mapping)
+    publish[i]        one task per shard: upsert into Redis, never over a newer as_of
+    graph             mark the embedding snapshot complete, rebuild the user-similarity graph
+    validate          coverage, norms/NaN, drift, recall, lookup sample; raises GenerationRejected
+    record            the run manifest: the done mark, written only after validate passed
+    retention         remove snapshots older than refresh.hours_to_keep
+
+Every step is idempotent for its interval: it republishes the same outputs atomically, and the
+store never lets an older as_of overwrite a newer vector. `publish` runs only after *every* shard
+is encoded (in Airflow it expands over the encode results), so a failing shard leaves Redis on the
+previous complete state; a rerun of the interval repairs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Callable
+
+import numpy as np
+
+from soe.flows import stages
+from soe.flows.checks import Thresholds, judge
+from soe.flows.manifest import previous_done, record_run, timed
+from soe.flows.retention import apply_retention
+from core.atomic import is_complete
+from core.layout import HOUR, check_interval, floor_hour, hours, stamp, utc
+
+log = logging.getLogger("soe.flows")
+DAG_ID = "soe_hourly"
+GENERATIONS = (DAG_ID, "soe_backfill")  # the done runs whose vectors a new hour's drift is measured against
+SUMMED = ("users", "rows", "written", "unchanged", "stale", "duplicates")  # per-shard counts that add up
+
+
+def missing_partitions(settings, start: datetime, end: datetime) -> list[str]:
+    """The event partitions of [start, end) that are not published yet (empty = ready)."""
+    layout = settings.layout()
+    return [str(layout.event_partition(h)) for h in hours(start, end) if not is_complete(layout.event_partition(h))]
+
+
+def sequences(settings, start: datetime, end: datetime) -> dict[str, Any]:
+    """Spark step: the local launcher calls this in-process; spark-submit runs soe/flows/spark_submit.py, which calls
+    the same pipelines.hourly.update_sequences on the cluster."""
+    start, end = check_interval(start, end)
+    with timed({"stage": "sequences"}) as out:
+        out.update(stages.update_sequences(settings, start, end))
+    return out
+
+
+def resolve_model(settings, requested: str | None = None) -> str:
+    """The model of this run: the requested one, else the store's current pointer."""
+    model = requested or stages.current_model(settings)
+    if not model:
+        raise LookupError("no current model in the store: train and promote one first "
+                          "(the soe_training DAG, or `soe demo` which trains a small one)")
+    return model
+
+
+def submitted_sequences(settings, as_of: datetime) -> dict[str, Any]:
+    """The sequences step's result when spark-submit ran it (no XCom): its published manifest."""
+    out = {"stage": "sequences", "seconds": None, "launcher": "spark-submit"}
+    m = stages.active_manifest(settings, as_of)
+    out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str))})
+    return out
+
+
+def plan(settings, as_of: datetime, model: str | None = None) -> dict[str, Any]:
+    """Which model encodes this as_of, and the shard list read from the published active manifest."""
+    manifest = stages.active_manifest(settings, as_of)
+    n = int(manifest["num_shards"])
+    return {"model": resolve_model(settings, model), "num_shards": n, "shards": list(range(n)),
+            "active_users": int(manifest.get("active_users", -1))}
+
+
+class DrillFailure(RuntimeError):
+    """Raised on purpose by a failure drill (the DAG param ``drill_fail_shards``)."""
+
+
+def encode(settings, model: str, as_of: datetime, shard: int, num_shards: int | None = None,
+           source: str = "active", drill_fail: bool = False) -> dict[str, Any]:
+    if drill_fail:
+        raise DrillFailure(f"failure drill: encoder shard {shard} of {model} as_of={stamp(as_of)} fails on purpose")
+    with timed({"stage": "encode", "shard": int(shard)}) as out:
+        m = stages.encode_shard(settings, model, as_of, shard, num_shards=num_shards, source=source)
+        out["users"] = int(m.get("users", 0))
+    return out
+
+
+def publish(settings, model: str, as_of: datetime, shard: int) -> dict[str, Any]:
+    with timed({"stage": "publish", "shard": int(shard)}) as out:
+        m = stages.publish_shard(settings, model, as_of, shard)
+        out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
+    return out
+
+
+def graph(settings, model: str, as_of: datetime, num_shards: int) -> dict[str, Any]:
+    with timed({"stage": "graph"}) as out:
+        stages.mark_embeddings(settings, model, as_of, num_shards)
+        m = stages.build_graph(settings, model, as_of)
+        out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
+        out["positives_users"] = stages.publish_recent_positives(settings, as_of).get("users")
+    return out
+
+
+def validate(settings, model: str, as_of: datetime, expected_ids: np.ndarray | None = None,
+             drift_against: tuple[str, ...] | None = GENERATIONS) -> dict[str, Any]:
+    """Judge the (model, as_of) generation; raise GenerationRejected when a check fails.
+
+    ``expected_ids`` defaults to the interval's active users; a backfill passes every known user
+    and ``drift_against=None`` (a new model's vectors live in another space: no drift check).
+    """
+    with timed({"stage": "validate"}) as out:
+        layout = settings.layout()
+        expected = stages.active_user_ids(settings, as_of) if expected_ids is None else expected_ids
+        ids, vecs = stages.read_vectors(settings, model, as_of)
+        previous = None
+        prev = previous_done(layout, drift_against, as_of, model) if drift_against else None
+        if prev is not None:
+            try:
+                previous = stages.read_vectors(settings, model, utc(prev["as_of"]))
+            except FileNotFoundError:  # expired by retention
+                previous = None
+        gm = stages.graph_manifest(settings, model, as_of) or {}
+        sample_n = min(settings.orchestration.lookup_sample, len(expected))
+        rng = np.random.default_rng(int(utc(as_of).timestamp()))
+        sample = rng.choice(np.unique(expected), size=sample_n, replace=False) if sample_n else expected[:0]
+        found = stages.lookup_found(settings, model, sample) if sample_n else None
+        recall = gm.get("recall_at_k", gm.get("recall"))
+        report = judge(Thresholds.from_settings(settings), expected, ids, vecs, previous, recall, found)
+        out.update(report.as_dict())
+        out["vectors"] = int(len(ids))
+    report.raise_if_failed(f"generation {model} as_of={stamp(as_of)}")
+    return out
+
+
+def record(settings, as_of: datetime, start: datetime, model: str, results: list[dict[str, Any]],
+           dag: str = DAG_ID) -> str:
+    """Write the run manifest from the step results (per-stage seconds summed over shards)."""
+    stages_out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        s = stages_out.setdefault(r["stage"], {"seconds": 0.0})
+        s["seconds"] = round(s["seconds"] + float(r.get("seconds") or 0.0), 3)
+        for k, v in r.items():
+            if k in ("stage", "seconds", "shard"):
+                continue
+            if k in SUMMED and isinstance(v, (int, float)):
+                s[k] = s.get(k, 0) + v  # per-shard counts add up
+            elif isinstance(v, (int, float, str, bool)) or k == "checks":
+                s[k] = v
+    payload = {"interval": [stamp(start), stamp(as_of)], "model_version": model, "stages": stages_out}
+    return str(record_run(settings.layout(), dag, as_of, payload))
+
+
+def retention(settings, as_of: datetime) -> dict[str, Any]:
+    with timed({"stage": "retention"}) as out:
+        out.update(apply_retention(settings.layout(), as_of, settings.orchestration.hours_to_keep))
+    return out
+
+
+def run_interval(settings, start: datetime, end: datetime, model: str | None = None,
+                 on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """All steps of one data interval in this process (what the DAG runs, minus Airflow)."""
+    start, end = check_interval(start, end)
+    as_of = end
+    missing = missing_partitions(settings, start, end)
+    if missing:
+        raise FileNotFoundError(f"event partitions not published yet: {missing}")
+    results: list[dict[str, Any]] = []
+
+    def step(result: dict[str, Any]) -> dict[str, Any]:
+        results.append(result)
+        if on_stage:
+            on_stage(result)
+        return result
+
+    step(sequences(settings, start, end))
+    p = plan(settings, as_of, model)
+    for shard in p["shards"]:  # every shard encoded before any is published
+        step(encode(settings, p["model"], as_of, shard, p["num_shards"]))
+    for shard in p["shards"]:
+        step(publish(settings, p["model"], as_of, shard))
+    step(graph(settings, p["model"], as_of, p["num_shards"]))
+    step(validate(settings, p["model"], as_of))
+    path = record(settings, as_of, start, p["model"], results)
+    step(retention(settings, as_of))
+    return {"as_of": stamp(as_of), "model": p["model"], "manifest": path, "active_users": p["active_users"],
+            "stages": {r["stage"]: r.get("seconds") for r in results}}
+
+
+def run_hourly(settings, start: datetime, end: datetime, model: str | None = None,
+               on_stage: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """`soe refresh --interval START/END`: each whole hour of [start, end) in turn, oldest first."""
+    start, end = check_interval(start, end)
+    return [run_interval(settings, h, h + HOUR, model, on_stage) for h in hours(start, end)]

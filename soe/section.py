@@ -1,9 +1,0 @@
-"""Base class of every configuration section (kept apart from soe.config to avoid import cycles)."""
-
-from pydantic import BaseModel, ConfigDict
-
-
-class Section(BaseModel):
-    """A config section: unknown keys are an error, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
