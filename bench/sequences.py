@@ -163,22 +163,22 @@ def main() -> None:
     chain = CHAIN[size]
     first_hour = as_of - chain * HOUR
     t0 = time.perf_counter()
-    rebuild_state(settings, first_hour, lookback_hours=cfg.hours - chain, spark=spark)  # setup: the base
+    rebuild_state(settings.pipeline(), first_hour, lookback_hours=cfg.hours - chain, spark=spark)  # setup: the base
     setup_s = time.perf_counter() - t0
 
     runs: list[dict] = []
     for k in range(chain):
         start = first_hour + k * HOUR
-        runs.append(update_sequences(settings, start, start + HOUR, spark=spark))
+        runs.append(update_sequences(settings.pipeline(), start, start + HOUR, spark=spark))
     hour_s = [r["seconds"] for r in runs]
     incremental_s, incremental_mean_s = statistics.median(hour_s), statistics.mean(hour_s)
     result = runs[-1]
     final_fp = fingerprint(layout.state(as_of))
     forced = load_settings(environ={**env, "SOE_SEQUENCES__COMPACT_MAX_LAYERS": "0"})
-    compaction = update_sequences(forced, last_hour, as_of, spark=spark)  # same content, written as a base
+    compaction = update_sequences(forced.pipeline(), last_hour, as_of, spark=spark)  # same content, written as a base
     compaction_s = compaction["seconds"]
     full_rebuild_s, full_t = median_seconds(
-        lambda: rebuild_state(settings, as_of, lookback_hours=cfg.hours, spark=spark, out=work / "full"), repeats)
+        lambda: rebuild_state(settings.pipeline(), as_of, lookback_hours=cfg.hours, spark=spark, out=work / "full"), repeats)
     duckdb_s, duck_t = median_seconds(lambda: duckdb_last_n(settings, as_of, work / "duck.parquet", 2), repeats)
     core_s, core_t = (median_seconds(lambda: spark_core_last_n(spark, settings, as_of, work / "core"), repeats)
                       if size != "quick" else (float("nan"), []))  # quick: skipped to stay within 2 minutes

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,14 +91,33 @@ def replace_dir(src: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def clean_temp(parent: Path) -> int:
-    """Remove temp/old leftovers of crashed writers below ``parent``; returns how many."""
-    parent = Path(parent)
-    if not parent.is_dir():
+def is_leftover(name: str) -> bool:
+    """A hidden temp or replaced-aside entry of a writer (``.<name>.tmp-<id>``, ``.<name>.old-<id>``)."""
+    return name.startswith(".") and (".tmp-" in name or ".old-" in name)
+
+
+def clean_temp(root: Path, older_than_s: float = 0.0, now: float | None = None) -> int:
+    """Remove leftovers of crashed writers anywhere below ``root``; returns how many.
+
+    Only entries older than ``older_than_s`` (by mtime) go: a writer that is still running (a
+    concurrent run of the same hour) keeps its young temp directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
         return 0
+    now = time.time() if now is None else now
     n = 0
-    for child in parent.iterdir():
-        if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            if not is_leftover(name):
+                continue
+            path = Path(dirpath) / name
+            try:
+                if now - path.stat().st_mtime < older_than_s:
+                    continue
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             n += 1
+        dirnames[:] = [d for d in dirnames if not is_leftover(d)]  # never descend into a leftover
     return n

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from core.atomic import is_complete
+from core.names import check_name
+
 HOUR = timedelta(hours=1)
 HOUR_MS = 3_600_000  # one hour in epoch milliseconds (the unit of every ts column)
 DAY_MS = 24 * HOUR_MS
@@ -117,7 +120,7 @@ class Layout:
         return self.active(as_of) / f"shard={shard:05d}.parquet"
 
     def trainset(self, name: str) -> Path:
-        return Path(self.root) / "trainsets" / name
+        return Path(self.root) / "trainsets" / check_name("training set name", name)
 
     # -- encoder ----------------------------------------------------------------------------
     @property
@@ -125,17 +128,25 @@ class Layout:
         return Path(self.root) / "models"
 
     def model(self, version: str) -> Path:
-        return self.models / version
+        return self.models / check_name("model version", version)
+
+    def model_embeddings(self, model_version: str) -> Path:
+        """Every embedding snapshot of one model."""
+        return Path(self.root) / "embeddings" / check_name("model version", model_version)
 
     def embeddings(self, model_version: str, as_of: datetime) -> Path:
-        return Path(self.root) / "embeddings" / model_version / f"as_of={stamp(as_of)}"
+        return self.model_embeddings(model_version) / f"as_of={stamp(as_of)}"
 
     # -- graph / runs -----------------------------------------------------------------------
+    def model_graphs(self, model_version: str) -> Path:
+        """Every graph snapshot of one model."""
+        return Path(self.root) / "graph" / check_name("model version", model_version)
+
     def graph(self, model_version: str, as_of: datetime) -> Path:
-        return Path(self.root) / "graph" / model_version / f"as_of={stamp(as_of)}"
+        return self.model_graphs(model_version) / f"as_of={stamp(as_of)}"
 
     def manifest(self, dag: str, as_of: datetime) -> Path:
-        return Path(self.root) / "manifests" / dag / f"as_of={stamp(as_of)}.json"
+        return Path(self.root) / "manifests" / check_name("run name", dag) / f"as_of={stamp(as_of)}.json"
 
     @property
     def ground_truth(self) -> Path:
@@ -148,8 +159,6 @@ class Layout:
 
 def snapshot_times(parent: Path) -> list[datetime]:
     """The ``as_of=<T>`` children of ``parent`` that are published (hold _SUCCESS), oldest first."""
-    from core.atomic import is_complete
-
     if not parent.is_dir():
         return []
     out = []

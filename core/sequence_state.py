@@ -70,11 +70,11 @@ def data_rows(directory: Path) -> int:
 class Layer:
     name: str  # directory inside the snapshot ("." for a plain, unlayered directory)
     kind: str  # BASE | DELTA
-    as_of: datetime  # when the layer was written (the as_of of its rows)
+    as_of: datetime | None  # when the layer was written (the as_of of its rows); None: a plain directory
     rows: int  # users in the layer
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "as_of": self.as_of.isoformat(), "rows": self.rows}
+        return {"name": self.name, "kind": self.kind, "as_of": self.as_of.isoformat() if self.as_of else None, "rows": self.rows}
 
     @classmethod
     def from_json(cls, d: dict) -> "Layer":
@@ -94,7 +94,7 @@ class StateSnapshot:
             self.manifest = {}
         if self.manifest.get("layout") == LAYOUT:
             self.layers = [Layer.from_json(d) for d in self.manifest["layers"]]
-            self.as_of = utc(self.manifest["as_of"])
+            self.as_of: datetime | None = utc(self.manifest["as_of"])
         else:  # a plain directory of sequence files: one base layer
             files = data_files(self.path)
             rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -155,7 +155,7 @@ class StateSnapshot:
         """``batch`` with ``as_of`` set to the snapshot's time (every sequence is complete as of T).
 
         Only for layered snapshots; a plain directory (e.g. a training set) keeps each row's own as_of."""
-        if not self.layered or "as_of" not in batch.schema.names:  # plain dirs keep their rows' as_of
+        if not self.layered or self.as_of is None or "as_of" not in batch.schema.names:  # plain dirs keep theirs
             return batch
         i = batch.schema.get_field_index("as_of")
         column = pa.array(np.full(batch.num_rows, int(self.as_of.timestamp() * 1000), dtype=np.int64)).cast(TS)

@@ -42,6 +42,7 @@ from pipelines import events as ev
 from pipelines import sequences as seq
 from pipelines import state as st
 from pipelines.shards import write_shards
+from pipelines.settings import PipelineConfig
 from pipelines.spark import spark_session, write_parquet
 from core.atomic import publish_dir
 from core.layout import HOUR, check_interval, floor_hour, hours, snapshot_times, stamp, utc
@@ -59,26 +60,26 @@ def previous_state_time(layout, as_of: datetime) -> datetime | None:
     return older[-1] if older else None
 
 
-def _history_state(spark: "SparkSession", settings, start: datetime, end: datetime, as_of: datetime) -> "DataFrame":
+def _history_state(spark: "SparkSession", cfg: PipelineConfig, start: datetime, end: datetime, as_of: datetime) -> "DataFrame":
     """State built from the valid, deduplicated events of arrival hours [start, end)."""
-    layout = settings.layout()
+    layout = cfg.layout()
     parts = ev.event_partitions(layout, start, end)
     if not parts:
         return seq.empty_state(spark)
-    valid = ev.valid_events(ev.read_validated(spark, layout, parts, settings.events, keep_raw=False))
+    valid = ev.valid_events(ev.read_validated(spark, layout, parts, cfg.events, keep_raw=False))
     kept = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY))  # same shuffle serves the grouping
-    return seq.build_state(kept, as_of, settings.sequences.max_len)
+    return seq.build_state(kept, as_of, cfg.sequences.max_len)
 
 
-def update_sequences(settings, start: datetime, end: datetime, spark=None) -> dict[str, Any]:
+def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=None) -> dict[str, Any]:
     """One hourly update for the data interval [start, end) (as_of = end). Returns the run manifest."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
     start, end = check_interval(start, end)
-    spark = spark or spark_session(settings.spark)
-    layout, cfg, as_of = settings.layout(), settings.sequences, end
+    spark = spark or spark_session(cfg.spark)
+    layout, seqs, as_of = cfg.layout(), cfg.sequences, end
     prev_t = previous_state_time(layout, as_of)
     cached: list["DataFrame"] = []
     previous: StateSnapshot | None = None
@@ -88,18 +89,18 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
         previous = StateSnapshot(layout.state(prev_t))
     else:
         mode, merge_from = "bootstrap", start
-        lookback_start = end - timedelta(hours=cfg.bootstrap_lookback_hours)
-        history = _history_state(spark, settings, lookback_start, start, start).persist(StorageLevel.MEMORY_AND_DISK)
+        lookback_start = end - timedelta(hours=seqs.bootstrap_lookback_hours)
+        history = _history_state(spark, cfg, lookback_start, start, start).persist(StorageLevel.MEMORY_AND_DISK)
         cached.append(history)
 
     parts = ev.event_partitions(layout, merge_from, as_of)
-    validated = ev.read_validated(spark, layout, parts, settings.events).persist(StorageLevel.MEMORY_AND_DISK)
+    validated = ev.read_validated(spark, layout, parts, cfg.events).persist(StorageLevel.MEMORY_AND_DISK)
     # one shuffle by user serves the dedup window (keyed by user first) and the grouping
     kept, repeats = ev.dedup_keep_first(ev.valid_events(validated).repartition("user_id"))
     new = seq.group_new_events(kept).persist(StorageLevel.MEMORY_AND_DISK)
     ids = new.select("user_id")  # users with new events this interval
     old = st.fetch_current_rows(spark, previous, ids) if previous is not None else history
-    merged = seq.merge_state(old, new, cfg.max_len).persist(StorageLevel.MEMORY_AND_DISK)
+    merged = seq.merge_state(old, new, seqs.max_len).persist(StorageLevel.MEMORY_AND_DISK)
     cached += [validated, new, merged]
     try:
         quarantine = (
@@ -133,8 +134,8 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             "partitions": [f"{p.parent.name}/{p.name}" for p in parts],
             "valid_events": int(added["events"] or 0),
             "active_users": active_users,
-            "max_len": cfg.max_len,
-            "num_shards": cfg.num_shards,
+            "max_len": seqs.max_len,
+            "num_shards": seqs.num_shards,
             "contract": "sequence/1",
         }
         quarantine_manifest: dict[str, Any] = {}
@@ -145,24 +146,24 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
             quarantine_manifest.update(manifest, counts=reasons)
         phase("quarantine")
 
-        compact = st.should_compact(previous, active_users, cfg.compact_max_layers, cfg.compact_delta_ratio)
+        compact = st.should_compact(previous, active_users, seqs.compact_max_layers, seqs.compact_delta_ratio)
         active = seq.as_sequence(merged.where(active_flag), as_of)
         with publish_dir(layout.active(as_of), manifest) as active_tmp:
             buckets = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
-            manifest["shard_sizes"] = write_shards(active, active_tmp, cfg.num_shards, buckets, cfg.broadcast_active_ids)
+            manifest["shard_sizes"] = write_shards(active, active_tmp, seqs.num_shards, buckets, seqs.broadcast_active_ids)
             phase("active")
             state_manifest: dict[str, Any] = {}
             with publish_dir(layout.state(as_of), state_manifest) as state_tmp:
                 if compact:  # a new base: every user's current row, the merged users replaced
-                    ids_join = F.broadcast(ids) if cfg.broadcast_active_ids else ids
+                    ids_join = F.broadcast(ids) if seqs.broadcast_active_ids else ids
                     if previous is None:
                         current = history
                     else:
-                        small = previous.base_rows + previous.delta_rows <= cfg.broadcast_max_users
+                        small = previous.base_rows + previous.delta_rows <= seqs.broadcast_max_users
                         current = st.current_rows(st.layer_frames(spark, previous), small)
                     untouched = current.join(ids_join, "user_id", "left_anti")
                     base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(*seq.SEQUENCE_COLUMNS)
-                    base = base.unionByName(seq.as_sequence(merged, as_of)).coalesce(cfg.state_files)
+                    base = base.unionByName(seq.as_sequence(merged, as_of)).coalesce(seqs.state_files)
                     write_parquet(base, state_tmp / layer_name(as_of))
                     state_users = data_rows(state_tmp / layer_name(as_of))
                     out_layers = [Layer(layer_name(as_of), BASE, as_of, state_users)]
@@ -186,14 +187,14 @@ def update_sequences(settings, start: datetime, end: datetime, spark=None) -> di
     return manifest
 
 
-def backfill_sequences(settings, start: datetime, end: datetime, spark=None) -> list[dict[str, Any]]:
+def backfill_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=None) -> list[dict[str, Any]]:
     """Hourly updates for every hour of [start, end), in order, in one Spark application."""
     start, end = check_interval(start, end)
-    spark = spark or spark_session(settings.spark)
-    return [update_sequences(settings, h, h + HOUR, spark=spark) for h in hours(start, end)]
+    spark = spark or spark_session(cfg.spark)
+    return [update_sequences(cfg, h, h + HOUR, spark=spark) for h in hours(start, end)]
 
 
-def rebuild_state(settings, as_of: datetime, *, lookback_hours: int | None = None, spark=None,
+def rebuild_state(cfg: PipelineConfig, as_of: datetime, *, lookback_hours: int | None = None, spark=None,
                   out: Path | None = None) -> dict[str, Any]:
     """Build the state as of ``as_of`` from the history alone (no previous state), in one shuffle.
 
@@ -204,14 +205,14 @@ def rebuild_state(settings, as_of: datetime, *, lookback_hours: int | None = Non
     """
     t0 = time.perf_counter()
     as_of = check_interval(utc(as_of) - HOUR, as_of)[1]
-    spark = spark or spark_session(settings.spark)
-    layout = settings.layout()
-    lookback = settings.sequences.bootstrap_lookback_hours if lookback_hours is None else lookback_hours
-    state = _history_state(spark, settings, as_of - timedelta(hours=lookback), as_of, as_of)
+    spark = spark or spark_session(cfg.spark)
+    layout = cfg.layout()
+    lookback = cfg.sequences.bootstrap_lookback_hours if lookback_hours is None else lookback_hours
+    state = _history_state(spark, cfg, as_of - timedelta(hours=lookback), as_of, as_of)
     manifest: dict[str, Any] = {"as_of": as_of.isoformat(), "mode": "rebuild", "lookback_hours": lookback,
-                                "max_len": settings.sequences.max_len, "contract": "sequence/1", "layout": LAYOUT}
+                                "max_len": cfg.sequences.max_len, "contract": "sequence/1", "layout": LAYOUT}
     with publish_dir(out or layout.state(as_of), manifest) as tmp:
-        write_parquet(state.coalesce(settings.sequences.state_files), tmp / layer_name(as_of))
+        write_parquet(state.coalesce(cfg.sequences.state_files), tmp / layer_name(as_of))
         manifest["state_users"] = data_rows(tmp / layer_name(as_of))
         manifest["layers"] = [Layer(layer_name(as_of), BASE, as_of, manifest["state_users"]).to_json()]
         manifest["seconds"] = round(time.perf_counter() - t0, 3)

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from core.contracts import ATTRIBUTE_COLUMNS, SEQUENCE
+from pipelines.spark import spark_schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -64,8 +65,6 @@ def to_sequence(df: "DataFrame", events: str, as_of: datetime) -> "DataFrame":
 
 
 def empty_state(spark: "SparkSession") -> "DataFrame":
-    from pipelines.spark import spark_schema
-
     return spark.createDataFrame([], spark_schema(SEQUENCE.schema))
 
 

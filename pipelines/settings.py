@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+from core.layout import Layout
 from core.section import Section
+from core.settings import DataSettings, EventSettings
 
 
 class SparkSettings(Section):
     master: str = "local[*]"  # "local[*]" embedded; "yarn", "k8s://...", "spark://..." on a cluster
-    launcher: str = "local"  # "local": in-process PySpark; "spark-submit": SparkSubmitOperator / spark-submit
+    launcher: Literal["local", "spark-submit"] = "local"  # local: in-process PySpark; spark-submit: SparkSubmitOperator
     app_name: str = "soe"  # Spark application name
     driver_memory: str = "4g"  # only used when the driver JVM is started by us (local launcher)
     shuffle_partitions: int = 8  # spark.sql.shuffle.partitions; raise it on a cluster
@@ -25,3 +30,16 @@ class SequenceSettings(Section):
     broadcast_max_users: int = 20_000_000  # a compaction broadcasts per-layer user-id sets up to this size
     broadcast_active_ids: bool = True  # broadcast the interval's active user ids: the state is read map-only;
     # turn off when one interval's active ids no longer fit in executor memory (Spark then shuffles the state)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the Spark stage reads: its own sections and the base ones it shares (composed in soe.config)."""
+
+    data: DataSettings  # where the event log, state and shards live
+    events: EventSettings  # the event vocabulary and validation limits
+    spark: SparkSettings  # the Spark session
+    sequences: SequenceSettings  # last-N state and active shards
+
+    def layout(self) -> Layout:
+        return self.data.layout()

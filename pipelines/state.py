@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from pipelines.sequences import SEQUENCE_COLUMNS
 from core.contracts import SEQUENCE
 from core.sequence_state import DELTA, StateSnapshot
+from pipelines.sequences import EV_FIELDS
+from pipelines.spark import spark_schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -26,8 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def layer_frames(spark: "SparkSession", snapshot: StateSnapshot) -> list["DataFrame"]:
     """One DataFrame of sequence-contract rows per layer, oldest first (an empty layer reads empty)."""
-    from pipelines.spark import spark_schema
-
     schema = spark_schema(SEQUENCE.schema)
     frames = []
     for layer in snapshot.layers:
@@ -72,8 +72,6 @@ def fetch_current_rows(spark: "SparkSession", snapshot: StateSnapshot, ids: "Dat
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
-    from pipelines.sequences import EV_FIELDS
-    from pipelines.spark import spark_schema
 
     wanted = ids.select("user_id").toArrow().column("user_id").to_numpy(zero_copy_only=False)
     shared = spark.sparkContext.broadcast(np.unique(wanted.astype(np.int64)))  # 8 bytes per active user

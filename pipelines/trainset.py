@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import events as ev
 from pipelines import sequences as seq
+from pipelines.settings import PipelineConfig
 from pipelines.spark import spark_session, write_parquet
 from core.atomic import publish_dir
 from core.datasets.events import published_partitions
@@ -81,7 +82,7 @@ def _leave_last_out(events: "DataFrame", positives: list[str], max_len: int):
     return rows.select(*_inputs(F.col("inp"), F.try_element_at(F.col("inp"), F.lit(-1)).getField("ts")), *_targets(F.col("tgt")))
 
 
-def build_trainset(settings, kind: str, *, split_time: datetime | None = None, window_hours: int = 24,
+def build_trainset(cfg: PipelineConfig, kind: str, *, split_time: datetime | None = None, window_hours: int = 24,
                    name: str | None = None, spark=None) -> Path:
     """Build a training set of ``kind`` (see module doc) and publish it under ``trainsets/<name>``."""
     from pyspark.sql import functions as F
@@ -90,15 +91,15 @@ def build_trainset(settings, kind: str, *, split_time: datetime | None = None, w
         raise ValueError(f"unknown training-set kind {kind!r}; choose one of {list(KINDS)}")
     if window_hours <= 0:
         raise ValueError(f"window_hours must be positive, got {window_hours}")
-    layout = settings.layout()
+    layout = cfg.layout()
     parts = published_partitions(layout)
     if not parts:
         raise FileNotFoundError(f"no published event partitions under {layout.events}: run `soe generate` first")
-    spark = spark or spark_session(settings.spark)
-    valid = ev.valid_events(ev.read_validated(spark, layout, parts, settings.events, keep_raw=False))
+    spark = spark or spark_session(cfg.spark)
+    valid = ev.valid_events(ev.read_validated(spark, layout, parts, cfg.events, keep_raw=False))
     events = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY)).drop("arrival_hour")
-    positives = list(settings.events.positive_event_types)
-    max_len = settings.sequences.max_len
+    positives = list(cfg.events.positive_event_types)
+    max_len = cfg.sequences.max_len
     manifest: dict[str, Any] = {"kind": kind, "max_len": max_len, "positive_event_types": positives,
                                 "partitions": len(parts), "contract": "sequence/1+targets"}
     if kind == "time_split":
@@ -116,7 +117,7 @@ def build_trainset(settings, kind: str, *, split_time: datetime | None = None, w
         name = name or "leave_last_out"
     target = layout.trainset(name)
     with publish_dir(target, manifest) as tmp:
-        write_parquet(rows.coalesce(max(1, settings.sequences.state_files)), tmp)
+        write_parquet(rows.coalesce(max(1, cfg.sequences.state_files)), tmp)
         manifest["users"] = data_rows(tmp)
         manifest["name"] = name
     return target

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from core.layout import Layout
 from core.section import Section
 from core.settings import DataSettings, EventSettings
 from encoder.inference.settings import InferenceSettings
 from encoder.settings import TrainSettings
-from pipelines.settings import SequenceSettings, SparkSettings
+from pipelines.settings import PipelineConfig, SequenceSettings, SparkSettings
 from soe.flows.settings import OrchestrationSettings
 from store.graph.settings import GraphSettings
 from store.service.settings import ServeSettings
@@ -51,6 +51,10 @@ class Settings(Section):
     def layout(self) -> Layout:
         """The on-disk layout of this configuration's data root."""
         return self.data.layout()
+
+    def pipeline(self) -> PipelineConfig:
+        """The sections the Spark stage (pipelines/) receives."""
+        return PipelineConfig(self.data, self.events, self.spark, self.sequences)
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -96,4 +100,24 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         if not isinstance(tree, dict):
             raise ValueError(f"config file {p} must hold a mapping of sections, got {type(tree).__name__}")
     tree = _merge(tree, env_overrides(environ))
-    return Settings.model_validate(tree)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message names each field path and never a value."""
+
+
+def describe(exc: ValidationError) -> str:
+    """``redis.port: Input should be a valid integer; ...``: field paths and reasons, no input values.
+
+    Pydantic's own message quotes the offending input, which may be a secret (a password that YAML
+    read as a number); this one never does.
+    """
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

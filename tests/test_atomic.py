@@ -42,3 +42,24 @@ def test_clean_temp_removes_leftovers_of_killed_writers(tmp_path):
     (tmp_path / "out").mkdir()
     assert clean_temp(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_clean_temp_finds_nested_leftovers_but_spares_young_ones(tmp_path):
+    """A killed encoder leaves ``embeddings/<m>/as_of=T/.shard=00001.tmp-<id>``; a live writer's temp is young."""
+    import os
+    import time
+
+    snap = tmp_path / "embeddings" / "m" / "as_of=20260101T0100Z"
+    old = snap / ".shard=00001.tmp-dead"
+    (old / "sub").mkdir(parents=True)
+    young = snap / ".shard=00002.tmp-live"
+    young.mkdir()
+    aside = tmp_path / "state" / ".as_of=20260101T0000Z.old-x"
+    aside.mkdir(parents=True)
+    (snap / "shard=00000").mkdir()
+    hour_ago = time.time() - 3600
+    for p in (old, aside):
+        os.utime(p, (hour_ago, hour_ago))
+    assert clean_temp(tmp_path, older_than_s=600) == 2
+    assert not old.exists() and not aside.exists()
+    assert young.exists() and (snap / "shard=00000").exists()

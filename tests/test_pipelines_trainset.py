@@ -56,7 +56,7 @@ def rows_of(path) -> dict[int, dict]:
 
 
 def test_time_split_matches_reference_and_never_leaks(spark, log_settings):
-    path = build_trainset(log_settings, "time_split", window_hours=1, spark=spark)
+    path = build_trainset(log_settings.pipeline(), "time_split", window_hours=1, spark=spark)
     marker = read_marker(path)
     split = utc(marker["split_time"])
     split_ms, end_ms = int(split.timestamp() * 1000), int((split + timedelta(hours=1)).timestamp() * 1000)
@@ -77,7 +77,7 @@ def test_time_split_matches_reference_and_never_leaks(spark, log_settings):
 
 
 def test_leave_last_out_matches_reference_and_never_leaks(spark, log_settings):
-    path = build_trainset(log_settings, "leave_last_out", name="llo", spark=spark)
+    path = build_trainset(log_settings.pipeline(), "leave_last_out", name="llo", spark=spark)
     positives = set(log_settings.events.positive_event_types)
     expected = {}
     for user, events in reference_events(log_settings).items():
@@ -95,4 +95,4 @@ def test_leave_last_out_matches_reference_and_never_leaks(spark, log_settings):
 
 def test_unknown_kind_is_a_clear_error(log_settings):
     with pytest.raises(ValueError, match="time_split"):
-        build_trainset(log_settings, "random", spark=object())
+        build_trainset(log_settings.pipeline(), "random", spark=object())

@@ -129,7 +129,7 @@ def embedded(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("embedded") / "data"
     write_messy_log(root)
     settings = load_settings(environ=soe_env(root))
-    manifests = [update_sequences(settings, s, e, spark=spark) for s, e in INTERVALS]
+    manifests = [update_sequences(settings.pipeline(), s, e, spark=spark) for s, e in INTERVALS]
     return root, manifests, spark.conf.get("spark.sql.shuffle.partitions")
 
 

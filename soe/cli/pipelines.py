@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
 
         start, end = parse_interval(interval)
         if not backfill:
-            echo_json(update_sequences(settings(ctx), start, end))
+            echo_json(update_sequences(settings(ctx).pipeline(), start, end))
             return
-        runs = backfill_sequences(settings(ctx), start, end)
+        runs = backfill_sequences(settings(ctx).pipeline(), start, end)
         keys = ("as_of", "mode", "valid_events", "quarantined", "active_users", "state_users")
         echo_json({"hours": len(runs), "runs": [{k: r.get(k) for k in keys} for r in runs]})
 
@@ -55,6 +55,6 @@ def register(app: typer.Typer) -> None:
         from core.atomic import read_marker
         from core.layout import utc
 
-        path = build_trainset(settings(ctx), kind, split_time=utc(split_time) if split_time else None,
+        path = build_trainset(settings(ctx).pipeline(), kind, split_time=utc(split_time) if split_time else None,
                               window_hours=window_hours, name=name)
         echo_json({"path": str(path), **read_marker(path)})

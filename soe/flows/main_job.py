@@ -28,9 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from soe.flows import stages
-from soe.flows.manifest import read_manifest
+from core.datasets.events import published_partitions
+from core.datasets.synthetic import SyntheticConfig, generate, write_log
 from core.layout import HOUR, stamp, utc
+from soe.config import load_settings
+from soe.flows import backfill, hourly, stages, training
+from soe.flows.airflow_run import AirflowHome
+from soe.flows.manifest import read_manifest
+from store import local_server
 
 log = logging.getLogger("soe.main_job")
 
@@ -69,9 +74,6 @@ def apply_demo(settings, demo: DemoConfig):
 
 
 def ensure_events(settings, demo: DemoConfig) -> dict[str, Any]:
-    from core.datasets.events import published_partitions
-    from core.datasets.synthetic import SyntheticConfig, generate, write_log
-
     layout = settings.layout()
     parts = published_partitions(layout)
     if parts:
@@ -85,8 +87,6 @@ def ensure_events(settings, demo: DemoConfig) -> dict[str, Any]:
 
 def ensure_model(settings, demo: DemoConfig) -> dict[str, Any]:
     """A current model in Redis: reuse it, backfill the newest one on disk, or train one."""
-    from soe.flows import backfill, hourly, training
-
     current = stages.current_model(settings)
     if current:
         return {"model": current, "action": "reused the current model"}
@@ -107,9 +107,6 @@ def ensure_model(settings, demo: DemoConfig) -> dict[str, Any]:
 
 
 def run_hours(settings, demo: DemoConfig, work: Path) -> list[dict[str, Any]]:
-    from soe.flows import hourly
-    from soe.flows.airflow_run import AirflowHome
-
     as_ofs = [demo.first_as_of + HOUR * (i + 1) for i in range(demo.runs)]
     out = []
     if not demo.airflow:
@@ -208,9 +205,6 @@ def main(argv: list[str] | None = None) -> int:
                       airflow=not args.no_airflow)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below (stop redis) on kill
-    from soe.config import load_settings
-    from store import local_server
-
     settings = apply_demo(load_settings(), demo)
     root = Path(settings.data.root).resolve()
     settings.data.root = root

@@ -1,4 +1,4 @@
-"""Retention: remove snapshots older than ``refresh.hours_to_keep`` before the run's as_of.
+"""Retention: remove snapshots older than ``orchestration.hours_to_keep`` before the run's as_of.
 
 Snapshots are the ``as_of=<T>`` children of ``state/``, ``active/``, ``quarantine/``,
 ``embeddings/<model>/`` and ``graph/<model>/``. Rules, so a reader or the next run never loses what
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from core.atomic import is_complete
+from core.atomic import clean_temp, is_complete
 from core.layout import Layout, stamp, utc
 
 
@@ -72,10 +71,9 @@ def _remove(path: Path) -> None:
 def apply_retention(layout: Layout, as_of: datetime, hours_to_keep: int, stale_temp_hours: float = 6.0) -> dict[str, Any]:
     """Remove expired snapshots (see module docstring); returns what was removed and kept."""
     if hours_to_keep < 1:
-        raise ValueError(f"refresh.hours_to_keep must be >= 1, got {hours_to_keep}")
+        raise ValueError(f"orchestration.hours_to_keep must be >= 1, got {hours_to_keep}")
     cutoff = utc(as_of) - timedelta(hours=hours_to_keep)
-    removed, kept, temps = [], 0, 0
-    now = time.time()
+    removed, kept = [], 0
     embeddings = Path(layout.root) / "embeddings"
     for parent in snapshot_parents(layout):
         snaps = _snapshots(parent)
@@ -91,9 +89,5 @@ def apply_retention(layout: Layout, as_of: datetime, hours_to_keep: int, stale_t
             kept += 1
             if per_user:
                 covered = np.union1d(covered, ids)
-        for child in parent.iterdir():
-            hidden_leftover = child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name)
-            if hidden_leftover and now - child.stat().st_mtime > stale_temp_hours * 3600:
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-                temps += 1
+    temps = clean_temp(Path(layout.root), older_than_s=stale_temp_hours * 3600)  # crash leftovers, at any depth
     return {"cutoff": stamp(cutoff), "removed": removed, "n_removed": len(removed), "kept": kept, "stale_temps": temps}

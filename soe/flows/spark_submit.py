@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     if args.command == "trainset":
         split = utc(args.split_time) if args.split_time else None
-        result = {"path": str(build_trainset(settings, args.kind, split_time=split, window_hours=args.window_hours,
+        result = {"path": str(build_trainset(settings.pipeline(), args.kind, split_time=split, window_hours=args.window_hours,
                                              name=args.name))}
     else:
         start, end = parse_interval(args.interval)
-        result = update_sequences(settings, start, end) if args.command == "sequences" else {
-            "runs": backfill_sequences(settings, start, end)}
+        result = update_sequences(settings.pipeline(), start, end) if args.command == "sequences" else {
+            "runs": backfill_sequences(settings.pipeline(), start, end)}
     print(json.dumps(result, sort_keys=True, default=str), flush=True)
     return 0
 

@@ -29,7 +29,7 @@ def update_sequences(settings, start: datetime, end: datetime) -> dict[str, Any]
     """Merge the interval's events into the state; publish state(as_of) and the K active shards."""
     from pipelines.hourly import update_sequences as run
 
-    return dict(run(settings, utc(start), utc(end)))
+    return dict(run(settings.pipeline(), utc(start), utc(end)))
 
 
 def active_manifest(settings, as_of: datetime) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def build_trainset(settings, kind: str, split_time: datetime, window_hours: int,
         return settings.layout().state(newest_state(settings, split_time))
     from pipelines.trainset import build_trainset as run
 
-    return Path(run(settings, kind, split_time=utc(split_time), window_hours=window_hours, name=name))
+    return Path(run(settings.pipeline(), kind, split_time=utc(split_time), window_hours=window_hours, name=name))
 
 
 def train_model(settings, trainset: Path) -> str:

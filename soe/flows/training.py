@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from soe.flows import stages
+from soe.flows.backfill import run_backfill
 from soe.flows.gate import decide
 from soe.flows.manifest import record_run, timed
 from core.layout import parse_interval, stamp, utc
@@ -93,8 +94,6 @@ def record(settings, as_of: datetime, results: list[dict[str, Any]]) -> str:
 
 def run_training(settings, as_of: datetime, backfill: bool = True) -> dict[str, Any]:
     """All training steps in this process; on promotion, the backfill flow (which switches the pointer)."""
-    from soe.flows.backfill import run_backfill
-
     as_of = utc(as_of)
     ts = trainset(settings, as_of)
     tr = train(settings, ts["path"])
