@@ -1,9 +1,13 @@
-"""SoE: nearline batch user embeddings from sequences of events.
+"""SoE: nearline batch user embeddings from sequences of events — the composition layer.
 
-The core package holds what every stage shares: the typed configuration (`soe.config`), the
-versioned data contracts (`core.contracts`), the event validator (`core.validation`), the on-disk
-layout of one data root (`core.layout`), atomic publication of outputs (`core.atomic`), the data
-sources (`core.datasets`) and the `soe` command line (`soe.cli`).
+`soe` composes the components (pipelines/, encoder/, store/) over the shared base (core/): the one
+typed configuration (`soe.config`), the `soe` command line (`soe.cli`) and the flows that the Airflow
+DAGs, `soe refresh` and the main job run (`soe.flows`). See docs/architecture.md, "Layers".
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("soe")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

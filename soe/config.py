@@ -96,7 +96,12 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file {p} does not exist (from --config or ${CONFIG_ENV})")
-        tree = yaml.safe_load(p.read_text()) or {}
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config file {p} is not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
         if not isinstance(tree, dict):
             raise ValueError(f"config file {p} must hold a mapping of sections, got {type(tree).__name__}")
     tree = _merge(tree, env_overrides(environ))

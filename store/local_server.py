@@ -27,6 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 # The server settings the bucketed layout needs (kept equal to deploy/redis/soe-memory.conf).
 MEMORY_CONF: dict[str, str] = {
@@ -41,7 +42,7 @@ class LocalRedis:
     """A running local deployment: its mode, node ports and pids."""
 
     work_dir: Path  # where configs, pid files and logs live
-    mode: str  # "single" or "cluster"
+    mode: Literal["single", "cluster"]
     ports: list[int]  # one port (single) or one per master (cluster)
     pids: list[int] = field(default_factory=list)  # redis-server pids, same order as ports
     host: str = "127.0.0.1"  # loopback only
@@ -60,7 +61,7 @@ class LocalRedis:
         os.replace(tmp, self.work_dir / STATE_FILE)
 
     @classmethod
-    def load(cls, work_dir: Path) -> "LocalRedis | None":
+    def load(cls, work_dir: Path) -> LocalRedis | None:
         path = Path(work_dir) / STATE_FILE
         if not path.is_file():
             return None
@@ -103,7 +104,10 @@ def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool, extra: 
         "pidfile": str(node_dir / "redis.pid"),
         "logfile": str(node_dir / "redis.log"),
         "daemonize": "no",
-        "appendonly": "no",
+        # persist: the append-only file, fsynced every second (a kill -9 loses at most ~1 s of writes,
+        # and the hourly reconcile republishes them from the embedding shards), plus RDB snapshots
+        "appendonly": "yes" if persist else "no",
+        "appendfsync": "everysec",
         "save": '"3600 1 300 100 60 10000"' if persist else '""',
         **MEMORY_CONF,
     }
@@ -137,7 +141,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _ping(host: str, port: int, timeout: float = 0.5) -> bool:
+def ping(host: str, port: int, timeout: float = 0.5) -> bool:
     import redis
 
     try:
@@ -153,7 +157,7 @@ def _ping(host: str, port: int, timeout: float = 0.5) -> bool:
 def _wait_ready(node_dir: Path, pid: int, host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _ping(host, port):
+        if ping(host, port):
             return
         if not _alive(pid):
             break
@@ -255,10 +259,10 @@ def _create_cluster(server: LocalRedis, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         infos = [node.cluster("info") for node in nodes]
-        if all(i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == n for i in infos):
-            # every node must also agree on the slot map before clients use it
-            if all(len(node.execute_command("CLUSTER SLOTS")) == n for node in nodes):
-                return
+        # every node must know the others and agree on the slot map before clients use it
+        if (all(i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == n for i in infos)
+                and all(len(node.execute_command("CLUSTER SLOTS")) == n for node in nodes)):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"local Redis Cluster on ports {server.ports} did not reach state ok within {timeout}s")
 
@@ -305,6 +309,6 @@ def status(work_dir: Path) -> dict:
     server = LocalRedis.load(Path(work_dir))
     if server is None:
         return {"running": False, "work_dir": str(work_dir)}
-    nodes = [{"port": p, "pid": pid, "alive": _alive(pid), "ping": _ping(server.host, p)}
+    nodes = [{"port": p, "pid": pid, "alive": _alive(pid), "ping": ping(server.host, p)}
              for p, pid in zip(server.ports, server.pids)]
     return {"running": all(n["ping"] for n in nodes), "mode": server.mode, "work_dir": str(work_dir), "nodes": nodes}

@@ -10,6 +10,7 @@ import typer
 
 from core.progress import progress
 from soe.cli.support import echo_json, friendly_errors, models_app, settings
+from soe import __version__
 from soe.config import load_settings
 
 app = typer.Typer(
@@ -23,13 +24,21 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 
 
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"soe {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(
+def callback(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="YAML config file (default: $SOE_CONFIG, else built-in defaults)."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=show_version,
+                                 help="Print the SoE version and exit."),
 ) -> None:
     """Load the configuration once; every command receives its own section of it."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -22,6 +22,11 @@ models_app = typer.Typer(help="Models: published artifacts and the current-model
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, LookupError)
 
 
+# Every output is published atomically (temp dir, marker, rename), so an interrupted command leaves nothing
+# half-published: one line says so, exit code 130, no traceback.
+INTERRUPTED = "interrupted: nothing was half-published; rerun the same command to resume"
+
+
 def settings(ctx: typer.Context) -> Settings:
     """The settings loaded by the `soe` callback (from --config / $SOE_CONFIG and SOE_* overrides)."""
     root = ctx.find_root()
@@ -40,6 +45,9 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except USER_ERRORS as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            typer.secho(INTERRUPTED, err=True)
+            raise typer.Exit(code=130) from None
 
     return wrapper
 

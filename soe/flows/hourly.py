@@ -194,8 +194,44 @@ def run_interval(settings, start: datetime, end: datetime, model: str | None = N
             "stages": {r["stage"]: r.get("seconds") for r in results}}
 
 
+class PreconditionFailed(LookupError):
+    """A refresh cannot start; the message says, per problem, what to do (no Spark was started)."""
+
+
+def preflight(settings, start: datetime, end: datetime, model: str | None = None) -> str:
+    """Check what a refresh needs before starting Spark: events, Redis, a current (or given) model.
+
+    Returns the model the refresh will encode with; raises PreconditionFailed listing every problem.
+    """
+    problems = []
+    missing = missing_partitions(settings, start, end)
+    if missing:
+        problems.append(f"{len(missing)} hour(s) of the interval have no published events (first: {missing[0]}): "
+                        "land them, or `soe generate` demo events")
+    chosen = model
+    try:
+        chosen = model or stages.current_model(settings)
+    except Exception as exc:  # any client error means the same thing to the user: Redis is not usable
+        r = settings.redis
+        problems.append(f"Redis {r.host}:{r.port} is not reachable ({type(exc).__name__}): "
+                        "start it (`soe redis start`) or fix redis.host / redis.port")
+    else:
+        if not chosen:
+            problems.append("no current model: train one and make it current with `soe train --promote` "
+                            "(or `soe backfill --model VERSION` for a model that `soe models list` shows)")
+        elif model and not any(m.get("version") == model for m in stages.list_models(settings)):
+            problems.append(f"model {model!r} is not published under {settings.layout().models}: see `soe models list`")
+    if problems:
+        raise PreconditionFailed("cannot refresh: " + "; ".join(problems))
+    return str(chosen)
+
+
 def run_hourly(settings, start: datetime, end: datetime, model: str | None = None,
                on_stage: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """`soe refresh --interval START/END`: each whole hour of [start, end) in turn, oldest first."""
+    """`soe refresh --interval START/END`: each whole hour of [start, end) in turn, oldest first.
+
+    The preconditions are checked first, so a missing model or Redis is one clear line, not a
+    failure after a minute of Spark."""
     start, end = check_interval(start, end)
+    preflight(settings, start, end, model)
     return [run_interval(settings, h, h + HOUR, model, on_stage) for h in hours(start, end)]

@@ -73,6 +73,25 @@ def apply_demo(settings, demo: DemoConfig):
     return s
 
 
+def ensure_redis(settings, work_dir: Path) -> local_server.LocalRedis | None:
+    """Use the configured Redis when it answers; else start a persistent one on the configured port.
+
+    Returns the server this run started (to stop at the end), or None when it uses one it found: a
+    server the user started (`soe redis start`) is never stopped, and a started one keeps its data
+    (append-only file under ``work_dir``), so the next demo run finds the vectors and the model again.
+    """
+    r = settings.redis
+    if r.mode == "memory" or local_server.ping(r.host, r.port):
+        print(f"redis: using the configured server {r.host}:{r.port} ({r.mode})", flush=True)
+        return None
+    if r.mode != "single" or r.host not in ("127.0.0.1", "localhost"):
+        raise ConnectionError(f"the configured Redis {r.host}:{r.port} ({r.mode}) does not answer; start it first")
+    server = local_server.start_single(work_dir, port=r.port, persist=True)
+    settings.redis = server.redis_settings(buckets=r.buckets, namespace=r.namespace)
+    print(f"redis: started a local server on port {r.port} (data kept in {work_dir})", flush=True)
+    return server
+
+
 def ensure_events(settings, demo: DemoConfig) -> dict[str, Any]:
     layout = settings.layout()
     parts = published_partitions(layout)
@@ -211,12 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SoE main job: data root {root}; demo {asdict(demo)}", flush=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    redis_dir = root / "redis"
-    if local_server.LocalRedis.load(redis_dir):  # a server left by an earlier run with --keep-redis
-        local_server.stop(redis_dir)
     t0 = time.perf_counter()
-    server = local_server.start_single(redis_dir)
-    settings.redis = server.redis_settings(buckets=settings.redis.buckets)
+    started = ensure_redis(settings, root / "redis")
     timings["start redis"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
@@ -232,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         timings["total"] = time.perf_counter() - t_all
         print_summary(out, timings)
     finally:
-        if not args.keep_redis:
-            local_server.stop(redis_dir)
-        else:
-            print(f"redis left running on port {server.ports[0]} (stop: soe redis stop)")
+        if started is not None and not args.keep_redis:  # only a server this run started; its data stays on disk
+            local_server.stop(started.work_dir)
+        elif started is not None:
+            print(f"redis left running on port {started.ports[0]} (stop: soe redis stop)")
     return 0
 
 
