@@ -114,7 +114,7 @@ def main() -> None:
         as_of = utc("2026-01-01T00:00Z")
         write_embeddings(s.layout(), "bench", as_of, planted.user_ids, planted.vectors)
         c0 = time.process_time()  # CPU seconds of every thread: a contention-free cost of the build
-        m = build_graph(s, "bench", as_of, incremental=False)
+        m = build_graph(s.graph, s.redis, s.layout(), "bench", as_of, incremental=False)
         build_cpu_s = time.process_time() - c0
         snap = latest_snapshot(s.layout(), "bench")
         uv = snap.vectors
@@ -141,7 +141,7 @@ def main() -> None:
         moved = rng.choice(len(uv), len(uv) // 50, replace=False)
         drift = uv.vectors[moved] + 0.05 * rng.standard_normal((len(moved), uv.dim)).astype(np.float32)
         write_embeddings(s.layout(), "bench", utc("2026-01-01T01:00Z"), uv.ids[moved], drift)
-        inc = build_graph(s, "bench", utc("2026-01-01T01:00Z"))
+        inc = build_graph(s.graph, s.redis, s.layout(), "bench", utc("2026-01-01T01:00Z"))
 
     default = s.graph.lookalike_method
     result = {

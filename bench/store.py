@@ -132,7 +132,6 @@ def measure_publish(s, store, r, n: int, repeats: int, with_baselines: bool) -> 
     (same server, same value size, pipelined), so both see the same machine load; medians."""
     from store.format import value_size
     from store.publish import publish_embeddings
-    from store.redis_store import UPSERT_LUA
 
     rs, single = s.redis, s.redis.mode == "single"
     runs: dict[str, list] = {k: [] for k in ("pub", "cpu", "server_us", "mem", "set", "set_us", "get50", "get99")}
@@ -147,13 +146,12 @@ def measure_publish(s, store, r, n: int, repeats: int, with_baselines: bool) -> 
             runs["get50"].append(get["p50_latency_ms"])
             runs["get99"].append(get["p99_latency_ms"])
         flush(rs)
-        store._sha.clear()
-        store._script(UPSERT_LUA)  # loaded before the baseline memory reading
+        store.load_scripts()  # loaded again (the flush dropped them) before the baseline memory reading
         base = used_memory(r) if single else 0
         if single:
             r.config_resetstat()
         c0 = time.process_time()
-        res = publish_embeddings(s, "bench", AS_OF, store=store)
+        res = publish_embeddings(rs, s.layout(), "bench", AS_OF, store=store)
         runs["pub"].append(res["rows"] / res["seconds"])
         runs["cpu"].append(time.process_time() - c0)
         if single:
@@ -175,7 +173,7 @@ def measure_publish(s, store, r, n: int, repeats: int, with_baselines: bool) -> 
                 "publish_vs_redis_benchmark_of_medians": round(med["pub"] / med["set"], 3),
                 "redis_benchmark_get_p50_ms": med["get50"], "redis_benchmark_get_p99_ms": med["get99"]}
     t0 = time.perf_counter()
-    again = publish_embeddings(s, "bench", AS_OF, store=store)
+    again = publish_embeddings(rs, s.layout(), "bench", AS_OF, store=store)
     out["republish_unchanged_per_s"] = round(again["unchanged"] / (time.perf_counter() - t0), 1)
     assert again["written"] == 0 and again["unchanged"] == n, again
     return out
@@ -203,14 +201,16 @@ def measure_lookups(store, rs, n: int, lookups: int) -> dict:
 def measure_plain_keys(store, r, n: int) -> dict:
     """The memory baseline: the same values as one plain key per user (SET)."""
     from store.format import encode_vectors
+    from store.keys import Keys
 
+    keys = Keys(store.settings.namespace)
     r.flushall()
     rows = encode_vectors(unit(n, D), AS_OF, "bench")
     base = used_memory(r)
     for lo in range(0, n, 50_000):
         pipe = r.pipeline(transaction=False)
         for i in range(lo, min(n, lo + 50_000)):
-            pipe.set(store.keys.plain("bench", i), rows[i].tobytes())
+            pipe.set(keys.plain("bench", i), rows[i].tobytes())
         pipe.execute()
     out = {"plain_keys_memory_ratio": round((used_memory(r) - base) / (n * D * 2), 3)}
     r.flushall()
@@ -218,12 +218,14 @@ def measure_plain_keys(store, r, n: int) -> dict:
 
 
 def measure(settings, server, n: int, lookups: int, repeats: int, with_baselines: bool) -> dict:
-    from store.redis_store import RedisVectorStore, connect
+    from store.backends import open_store
+    from store.backends.redis import RedisVectorStore, connect
 
     rs = server.redis_settings(buckets=max(64, n // 64))
     s = settings.model_copy(update={"redis": rs})
     r = connect(rs)
-    store = RedisVectorStore(rs)
+    store = open_store(rs)
+    assert isinstance(store, RedisVectorStore), "bench.store measures the Redis backend"
     out = measure_publish(s, store, r, n, repeats, with_baselines)
     out |= measure_lookups(store, rs, n, lookups)
     if with_baselines:

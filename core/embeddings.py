@@ -10,8 +10,9 @@ invisible. The snapshot-level marker is written by `mark_snapshot` once all K sh
 engine's `encode_all` does it; a distributed run calls it after its K workers).
 
 * `read_embeddings(layout, model, as_of)`: every published shard of one snapshot.
-* `latest_embeddings(layout, model)`: every user's newest vector across snapshots (newest as_of wins),
-  the input of the user-similarity graph.
+* `latest_embeddings(layout, model, after=, until=)`: every user's newest vector across the snapshots
+  of a window (newest as_of wins), the input of the user-similarity graph.
+* `vector_array(column)`: the one converter of the ``vector`` column to a numpy (N, D) array.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.atomic import is_complete, read_marker, write_marker
-from core.contracts import embedding_contract
+from core.contracts import ContractError, embedding_contract
 from core.layout import Layout, utc
 
 
@@ -49,23 +50,46 @@ def shard_dirs(layout: Layout, model_version: str, as_of: datetime) -> list[Path
     return dirs
 
 
-def snapshot_times(layout: Layout, model_version: str) -> list[datetime]:
-    """The as_of times of this model that have at least one published shard, oldest first."""
+def snapshot_times(layout: Layout, model_version: str, *, after: datetime | None = None,
+                   until: datetime | None = None) -> list[datetime]:
+    """The as_of times of this model with at least one published shard, in ``(after, until]``, oldest first."""
     root = model_root(layout, model_version)
     if not root.is_dir():
         return []
+    lo, hi = (utc(after) if after is not None else None), (utc(until) if until is not None else None)
     times = [utc(p.name[len("as_of="):]) for p in root.glob("as_of=*") if p.is_dir()]
+    times = [t for t in times if (lo is None or t > lo) and (hi is None or t <= hi)]
     return sorted(t for t in times if shard_dirs(layout, model_version, t))
 
 
-def _read_shards(dirs: list[Path]) -> pa.Table:
-    tables = [pq.read_table(f) for d in dirs for f in sorted(d.glob("*.parquet"))]
+def vector_array(column: pa.Array | pa.ChunkedArray, dtype: np.dtype | type | None = np.float32) -> np.ndarray:
+    """The embedding ``vector`` column (fixed_size_list<float>[D], no nulls) as an (N, D) array.
+
+    ``dtype``: the result's dtype (float32 by default); None keeps the stored one (float16 in the
+    contract), which saves a conversion when the values are re-encoded anyway.
+    """
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_fixed_size_list(col.type):
+        raise ContractError(f"embedding column 'vector' must be fixed_size_list<float16>[dim], got {col.type}")
+    if col.null_count:
+        raise ContractError(f"{col.null_count} null vectors in an embedding table (the contract forbids them)")
+    dim = col.type.list_size
+    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+    out = flat.reshape(len(col), dim)  # (N, D)
+    return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _read_shards(dirs: list[Path], columns: list[str] | None = None) -> pa.Table:
+    """The shards' Parquet files as one table in the embedding contract (only ``columns`` when given)."""
+    tables = [pq.read_table(f, columns=columns) for d in dirs for f in sorted(d.glob("*.parquet"))]
     if not tables:
         raise FileNotFoundError(f"published embedding shards hold no Parquet file: {dirs}")
-    dims = {t.schema.field("vector").type.list_size for t in tables}
+    dims = {t.schema.field("vector").type.list_size for t in tables if "vector" in t.column_names}
     if len(dims) > 1:
         raise ValueError(f"embedding shards disagree on the vector dim {sorted(dims)}: {dirs}")
-    schema = embedding_contract(dims.pop()).schema
+    schema = embedding_contract(dims.pop() if dims else 1).schema
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
 
@@ -80,12 +104,21 @@ def read_embeddings(layout: Layout, model_version: str, as_of: datetime) -> pa.T
     return _read_shards(dirs)
 
 
-def latest_embeddings(layout: Layout, model_version: str) -> pa.Table:
-    """Every user's newest vector of this model across all snapshots (newest as_of wins), by user_id."""
-    times = snapshot_times(layout, model_version)
+def latest_embeddings(layout: Layout, model_version: str, *, after: datetime | None = None,
+                      until: datetime | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Every user's newest vector of this model across the snapshots in ``(after, until]`` (all by
+    default): for each user the row of the newest as_of wins; rows sorted by user_id.
+
+    ``columns``: read only these (they must include ``user_id``). Raises FileNotFoundError when no
+    snapshot is published in the window.
+    """
+    times = snapshot_times(layout, model_version, after=after, until=until)
     if not times:
-        raise FileNotFoundError(f"no published embeddings of model {model_version} under {model_root(layout, model_version)}")
-    table = _read_shards([d for t in reversed(times) for d in shard_dirs(layout, model_version, t)])  # newest first
+        raise FileNotFoundError(
+            f"no published embeddings for model {model_version!r} in ({after}, {until}] under "
+            f"{model_root(layout, model_version)}; run the encoder first (soe encode)")
+    dirs = [d for t in reversed(times) for d in shard_dirs(layout, model_version, t)]  # newest first
+    table = _read_shards(dirs, columns)
     uid = table.column("user_id").to_numpy()  # (R,)
     order = np.argsort(uid, kind="stable")  # equal ids keep newest-first order
     first = np.ones(len(order), dtype=bool)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 
+from store.settings import RedisSettings
+
 # Connection and topology commands every client needs. (redis-py's CLIENT SETINFO on connect is not
 # granted: it does not exist before Redis 7.2, and redis-py ignores its refusal.)
 CLIENT_COMMANDS = ["+ping", "+hello", "+auth", "+client|setname", "+command",
@@ -57,11 +59,11 @@ def acl_file(users: dict[str, tuple[str, object]], namespace: str = "soe", defau
     return "\n".join(lines) + "\n"
 
 
-def apply_acl(admin, users: dict[str, tuple[str, object]], namespace: str = "soe") -> list[str]:
+def apply_acl(admin: RedisSettings, users: dict[str, tuple[str, object]], namespace: str = "soe") -> list[str]:
     """Create/replace the users on every node of the deployment ``admin`` (RedisSettings with admin rights)."""
     import redis
 
-    from store.redis_store import connect
+    from store.backends.redis import connect
 
     client = connect(admin)
     nodes = ([(n.host, n.port) for n in client.get_nodes()] if admin.mode == "cluster" else [(admin.host, admin.port)])

@@ -4,9 +4,10 @@
     vectors, found = client.get([42, 7, 1234])       # (3, d) float32, (3,) bool
     lists = client.neighbours([42])                  # [(neighbour ids, scores)] or [None]
 
-Each call resolves the current-model pointer once (cached for ``redis.pointer_ttl_s``) and reads
-the whole batch from that one model namespace, so a batch never mixes two models, even while the
-pointer switches. A single id is one HGET; a batch is one HMGET per bucket, pipelined, which the
+The store is `store.backends.open_store(settings)` (Redis, or the in-memory backend). Each call
+resolves the current-model pointer once (cached for ``redis.pointer_ttl_s``) and reads the whole
+batch from that one model namespace, so a batch never mixes two models, even while the pointer
+switches. A single id is one HGET; a batch is one HMGET per bucket, pipelined, which the
 cluster client sends as one round trip per node. Missing users come back with found=False and a
 zero vector: reported, not raised. The client only reads, so it runs with the reader ACL user.
 """
@@ -17,17 +18,16 @@ import time
 
 import numpy as np
 
-from store.base import Lookup, ModelMeta
+from store.backends import open_store
+from store.base import Lookup, ModelMeta, VectorStore, as_ids
 from store.format import decode_neighbours
 from store.settings import RedisSettings
 
 
 class LookupClient:
     def __init__(self, redis_settings: RedisSettings, *, model: str | None = None,
-                 pointer_ttl_s: float | None = None, store=None):
-        from store.redis_store import RedisVectorStore
-
-        self.store = store or RedisVectorStore(redis_settings)
+                 pointer_ttl_s: float | None = None, store: VectorStore | None = None):
+        self.store = store if store is not None else open_store(redis_settings)
         self.pinned = model  # read this model instead of following the pointer
         self.ttl = redis_settings.pointer_ttl_s if pointer_ttl_s is None else pointer_ttl_s
         self._pointer: tuple[float | None, str | None] = (None, None)  # (fetched at, model)
@@ -58,8 +58,7 @@ class LookupClient:
 
     def lookup(self, user_ids) -> Lookup:
         """Vectors, found, as_of and the model of one batch (or one id)."""
-        ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
-        return self.store.lookup_with(self._model_meta(), ids)
+        return self.store.lookup_with(self._model_meta(), as_ids(user_ids))
 
     def get(self, user_ids) -> tuple[np.ndarray, np.ndarray]:
         """(vectors float32 (n, d), found bool (n,)) for one id or a batch."""
@@ -69,6 +68,5 @@ class LookupClient:
     def neighbours(self, user_ids) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Each user's (neighbour ids, scores), best first, or None when the graph has no list for them."""
         meta = self._model_meta()
-        ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
-        raw = self.store.raw_with("n", meta, ids)
+        raw = self.store.get("neighbours", meta.model, as_ids(user_ids), meta=meta)
         return [None if v is None else decode_neighbours(v)[:2] for v in raw]

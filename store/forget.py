@@ -1,9 +1,9 @@
 """Forget users: remove their vectors from every model namespace, their neighbour lists and their
 recent positives.
 
-`forget_users` reads the namespaces from ``<ns>:models`` and deletes the users' fields from the
-vector hash and the neighbour-list hash of each, and from the model-independent recent-positives
-hashes (one HDEL per bucket, pipelined). Each removal is
+`forget_users` deletes the users' records of every kind through `VectorStore.delete_users`: vectors
+and neighbour lists of every model namespace, and the model-independent recent positives (in Redis:
+one HDEL per bucket hash, pipelined). Each removal is
 logged with a count per namespace; ids are not logged. Forgetting is idempotent.
 
 Out of scope here: the Parquet sources (events, sequences, embeddings) are the pipelines' to purge,
@@ -17,6 +17,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
+from store.backends import open_store
+from store.base import VectorStore
+from store.settings import RedisSettings
 
 log = logging.getLogger("soe.store.forget")
 
@@ -43,15 +47,13 @@ def read_user_ids(path: str | Path) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def forget_users(settings, user_ids, *, store=None) -> dict:
-    """Remove the users from every namespace (vectors and neighbour lists); returns counts."""
-    from store.redis_store import RedisVectorStore
-
+def forget_users(redis: RedisSettings, user_ids, *, store: VectorStore | None = None) -> dict:
+    """Remove the users from every namespace (vectors and neighbour lists) and their positives; returns counts."""
     ids = np.unique(np.asarray(user_ids, dtype=np.int64))
-    store = store or RedisVectorStore(getattr(settings, "redis", settings))
+    store = store if store is not None else open_store(redis)
     removed = store.delete_users(ids)
     for name, count in sorted(removed.items()):
         kind, model = name.split(":", 1)
         what = {"v": "vectors", "n": "neighbour lists", "p": "recent-positive lists"}[kind]
         log.info("forget: removed %d %s of %s", count, what, "the graph" if kind == "p" else f"model {model}")
-    return {"users": int(len(ids)), "removed": removed, "total": int(sum(removed.values()))}
+    return {"users": len(ids), "removed": removed, "total": int(sum(removed.values()))}

@@ -14,8 +14,8 @@ then the payload: ``n`` float16 / float32 values; or a float32 scale and ``n`` i
 
 Two paths encode vectors: `encode_vector` (plain, one value with `struct`, the reference) and
 `encode_vectors` (a numpy record array for a whole batch, the fast path used by publish); tests
-check they produce identical bytes. The server-side conditional upsert (store.redis_store) reads
-only bytes 5-12 (1-based) of a value: the as_of.
+check they produce identical bytes. The conditional upsert of every backend (in Redis the Lua script
+of store.scripts) reads only bytes 5-12 (1-based) of a value: the as_of.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ AS_OF_OFFSET = 4  # byte offset of as_of (the Lua upsert reads it)
 
 KINDS = {"float16": 1, "float32": 2, "int8": 3}  # vector payload dtypes
 NEIGHBOURS = 16
-_DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("i1")}
+_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("i1")}
 
 
 class FormatError(ValueError):
@@ -54,7 +55,7 @@ def as_of_ms(as_of) -> int:
     if isinstance(as_of, datetime):
         from core.layout import utc
 
-        return int(round(utc(as_of).timestamp() * 1000))
+        return round(utc(as_of).timestamp() * 1000)
     return int(as_of)
 
 
@@ -131,7 +132,7 @@ def _check_len(value: bytes, h: Header, got: int) -> None:
 def record_dtype(dtype: str, dim: int) -> np.dtype:
     """The numpy record layout of one encoded vector (header fields + payload), packed."""
     kind = KINDS[dtype]
-    fields = [("version", "u1"), ("kind", "u1"), ("n", "<u2"), ("as_of", "<i8"), ("model_id", "<u4")]
+    fields: list[tuple[Any, ...]] = [("version", "u1"), ("kind", "u1"), ("n", "<u2"), ("as_of", "<i8"), ("model_id", "<u4")]
     if kind == 3:
         fields.append(("scale", "<f4"))
     fields.append(("payload", _DTYPES[kind], (dim,)))

@@ -6,7 +6,8 @@ is one Redis hash (current, previous, switched_at) updated by one script. `rollb
 and previous. `cleanup` drops other namespaces, never the current or the previous one, and by
 default not one created after the last switch either (that is likely a backfill in progress).
 
-Every function takes a `RedisSettings` section or an open `VectorStore`.
+Every function takes a `RedisSettings` section (the store is `store.backends.open_store` of it) or
+an open `VectorStore`.
 """
 
 from __future__ import annotations
@@ -14,25 +15,25 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from store.backends import open_store
 from store.base import VectorStore
 from store.keys import check_name
+from store.settings import RedisSettings
+
+Target = RedisSettings | VectorStore
 
 log = logging.getLogger("soe.store.models")
 
 
-def _store(target) -> VectorStore:
-    if isinstance(target, VectorStore):
-        return target
-    from store.redis_store import RedisVectorStore
-
-    return RedisVectorStore(getattr(target, "redis", target))
+def _store(target: Target) -> VectorStore:
+    return target if isinstance(target, VectorStore) else open_store(target)
 
 
-def current_model(target) -> str | None:
+def current_model(target: Target) -> str | None:
     return _store(target).pointer().get("current")
 
 
-def switch_current(target, version: str) -> dict:
+def switch_current(target: Target, version: str) -> dict:
     """Point every reader at ``version`` (which must have been published); the old one becomes previous."""
     store = _store(target)
     check_name("model version", version)
@@ -47,7 +48,7 @@ def switch_current(target, version: str) -> dict:
     return pointer
 
 
-def rollback(target) -> dict:
+def rollback(target: Target) -> dict:
     """Swap current and previous; raises LookupError when there is no previous model."""
     store = _store(target)
     previous = store.pointer().get("previous")
@@ -58,14 +59,15 @@ def rollback(target) -> dict:
     return pointer
 
 
-def cleanup(target, *, dry_run: bool = False, include_pending: bool = False) -> dict:
+def cleanup(target: Target, *, dry_run: bool = False, include_pending: bool = False) -> dict:
     """Drop every namespace except current and previous (and, unless ``include_pending``, those
     created after the last switch). Returns what was (or would be) removed."""
     store = _store(target)
     pointer = store.pointer()
-    protected = {pointer.get("current"), pointer.get("previous")} - {None}
+    protected = {m for m in (pointer.get("current"), pointer.get("previous")) if m is not None}
     switched = pointer.get("switched_at")
-    removed, kept = {}, sorted(protected)
+    removed: dict[str, int] = {}
+    kept = sorted(protected)
     for model in store.models():
         if model in protected:
             continue
@@ -79,7 +81,7 @@ def cleanup(target, *, dry_run: bool = False, include_pending: bool = False) -> 
     return {"removed": removed, "kept": sorted(kept), "dry_run": dry_run}
 
 
-def list_models(target) -> list[dict]:
+def list_models(target: Target) -> list[dict]:
     """Every namespace with its shape, last as_of and role (current / previous / other)."""
     store = _store(target)
     pointer = store.pointer()

@@ -1,12 +1,12 @@
-"""Publish a model's embeddings for one as_of from Parquet (the source of truth) into Redis.
+"""Publish a model's embeddings for one as_of from Parquet (the source of truth) into the store.
 
 The inference engine writes one directory per shard, ``layout.embeddings(model, as_of)/shard=<i>``,
 each published atomically (it holds ``_SUCCESS``) with Parquet files in the embedding contract.
 `publish_embeddings` streams those files in batches of ``redis.publish_batch`` rows, encodes each
-batch in one numpy pass (store.format), and upserts it: one Lua call per bucket, many calls per
-pipeline, grouped by cluster node. The upsert is conditional on as_of server-side, so publishing
+batch in one numpy pass (store.format), and upserts it (`VectorStore.upsert`; in Redis one Lua call
+per few buckets, many calls per pipeline, grouped by cluster node). The upsert is conditional on as_of server-side, so publishing
 is idempotent and a late rerun of an older hour cannot overwrite newer vectors. Each published shard
-leaves a manifest (counts, as_of, model) in Redis: ``<ns>:manifests:<model>`` field ``<as_of>/<shard>``.
+leaves a manifest (counts, as_of, model) in the store: ``<ns>:manifests:<model>`` field ``<as_of>/<shard>``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,36 +25,29 @@ import pyarrow.parquet as pq
 
 from core.atomic import is_complete
 from core.contracts import ContractError, embedding_contract
-from core.layout import stamp, utc
+from core.embeddings import shard_dirs as embedding_shard_dirs
+from core.embeddings import vector_array
+from core.layout import Layout, stamp, utc
+from store.backends import open_store
 from store.base import UpsertCounts, VectorStore
 from store.format import as_of_ms, encode_vectors
+from store.settings import RedisSettings
 
 log = logging.getLogger("soe.store.publish")
 
 
-def shard_dirs(layout, model_version: str, as_of: datetime, shard: int | None = None) -> list[Path]:
-    """The published shard directories of (model, as_of): all of them, or just ``shard``."""
-    root = layout.embeddings(model_version, as_of)
+def shard_dirs(layout: Layout, model_version: str, as_of: datetime, shard: int | None = None) -> list[Path]:
+    """The published shard directories of (model, as_of): all of them (`core.embeddings.shard_dirs`), or just ``shard``."""
     if shard is not None:
-        d = root / f"shard={shard:05d}"
+        d = layout.embeddings(model_version, as_of) / f"shard={shard:05d}"
         if not is_complete(d):
             raise FileNotFoundError(f"embedding shard {d} is not published (no _SUCCESS): run inference first")
         return [d]
-    dirs = sorted(d for d in root.glob("shard=*") if d.is_dir() and is_complete(d)) if root.is_dir() else []
+    dirs = embedding_shard_dirs(layout, model_version, as_of)
     if not dirs:
-        raise FileNotFoundError(f"no published embedding shards under {root}: run inference for model "
-                                f"{model_version!r} at as_of {stamp(as_of)} first")
+        raise FileNotFoundError(f"no published embedding shards under {layout.embeddings(model_version, as_of)}: "
+                                f"run inference for model {model_version!r} at as_of {stamp(as_of)} first")
     return dirs
-
-
-def _vectors(batch: pa.RecordBatch) -> np.ndarray:
-    col = batch.column("vector")
-    if not pa.types.is_fixed_size_list(col.type):
-        raise ContractError(f"embedding column 'vector' must be fixed_size_list<float16>[dim], got {col.type}")
-    if col.null_count:
-        raise ContractError(f"{col.null_count} null vectors in an embedding file (the contract forbids them)")
-    d = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), d)  # (B, D)
 
 
 def read_batches(files: list[Path], batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -108,7 +101,7 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
                 if not put(item):
                     return
             put(done)
-        except BaseException as exc:  # handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and raised there
             put(exc)
 
     threading.Thread(target=run, daemon=True).start()
@@ -126,7 +119,7 @@ def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch,
     models = set(batch.column("model_version").unique().to_pylist())
     if models - {model_version}:
         raise ContractError(f"embedding file holds model_version {sorted(models)}, expected {model_version!r}")
-    x = _vectors(batch)  # (B, D)
+    x = vector_array(batch.column("vector"), dtype=None)  # (B, D) as stored (float16)
     ids = batch.column("user_id").to_numpy().astype(np.int64)  # (B,)
     as_of = batch.column("as_of").cast(pa.int64()).to_numpy()  # (B,) ms UTC
     store.ensure_model(model_version, x.shape[1], dtype, buckets)
@@ -134,33 +127,31 @@ def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch,
     return store.upsert_vectors(model_version, ids, rows, as_of)
 
 
-def publish_embeddings(settings, model_version: str, as_of, shard: int | None = None, *,
-                       store: VectorStore | None = None, on_rows: Callable[[int], None] | None = None) -> dict:
-    """Upsert the (model, as_of) embeddings, one shard or all, into Redis; returns the counts.
+def publish_embeddings(redis: RedisSettings, layout: Layout, model_version: str, as_of: datetime | str,
+                       shard: int | None = None, *, store: VectorStore | None = None,
+                       on_rows: Callable[[int], object] | None = None) -> dict:
+    """Upsert the (model, as_of) embeddings, one shard or all, into the store; returns the counts.
 
-    ``settings`` is the full Settings (layout + redis section). Raises FileNotFoundError when the
-    shards are not published yet, ContractError for files that break the embedding contract.
+    Raises FileNotFoundError when the shards are not published yet, ContractError for files that
+    break the embedding contract.
     """
-    from store.redis_store import RedisVectorStore
-
-    rs = settings.redis
     as_of = utc(as_of)
-    store = store or RedisVectorStore(rs)
-    dirs = shard_dirs(settings.layout(), model_version, as_of, shard)
+    store = store if store is not None else open_store(redis)
+    dirs = shard_dirs(layout, model_version, as_of, shard)
     files = [f for d in dirs for f in sorted(d.glob("*.parquet"))]
     counts, rows = UpsertCounts(), 0
     t0 = time.perf_counter()
     # batches span shard boundaries: bigger batches put more users of one bucket into one call
-    for batch in prefetch(rebatch(read_batches(files, rs.publish_batch), rs.publish_batch)):
-        counts += publish_batch(store, model_version, batch, rs.dtype, rs.buckets)
+    for batch in prefetch(rebatch(read_batches(files, redis.publish_batch), redis.publish_batch)):
+        counts += publish_batch(store, model_version, batch, redis.dtype, redis.buckets)
         rows += batch.num_rows
         if on_rows:
             on_rows(batch.num_rows)
     seconds = time.perf_counter() - t0
     part = f"{shard:05d}" if shard is not None else "all"
     manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": part, "shards": [d.name for d in dirs],
-                "rows": rows, "files": len(files), **counts.as_dict(), "dtype": store_dtype(store, model_version, rs.dtype),
-                "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "rows": rows, "files": len(files), **counts.as_dict(), "dtype": store_dtype(store, model_version, redis.dtype),
+                "published_at": datetime.now(UTC).isoformat(timespec="seconds")}
     if rows:
         store.record_manifest(model_version, f"{stamp(as_of)}/{part}", manifest)
         _advance_last_as_of(store, model_version, as_of)

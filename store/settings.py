@@ -1,4 +1,8 @@
-"""Config section of the Redis vector store (composed in soe.config as `redis`).
+"""Config section of the vector store (composed in soe.config as `redis`).
+
+``mode`` chooses the backend (`store.backends.open_store`): ``single`` (one redis-server),
+``cluster`` (Redis Cluster) or ``memory`` (an in-process store with the same rules and value bytes,
+for tests and offline runs; every `open_store` of one process and namespace shares it).
 
 The pipeline (writer) and the rankers (reader) use the same section with different credentials:
 set ``SOE_REDIS__USERNAME`` / ``SOE_REDIS__PASSWORD`` per deployment. The password is a
@@ -7,16 +11,23 @@ set ``SOE_REDIS__USERNAME`` / ``SOE_REDIS__PASSWORD`` per deployment. The passwo
 
 from __future__ import annotations
 
-from pydantic import SecretStr, field_validator
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr
 
 from core.section import Section
 
+StoreMode = Literal["single", "cluster", "memory"]
+VectorDtype = Literal["float16", "float32", "int8"]
+ReadPath = Literal["packed", "pipeline"]
+
 
 class RedisSettings(Section):
-    mode: str = "single"  # "single" (one redis-server) or "cluster" (Redis Cluster)
+    mode: StoreMode = "single"  # backend: one redis-server, Redis Cluster, or in-process memory
     host: str = "127.0.0.1"  # single node host, or any cluster node
     port: int = 6379  # single node port, or any cluster node's port
-    startup_nodes: list[str] = []  # cluster: "host:port" seeds; empty = host:port
+    startup_nodes: list[str] = Field(default_factory=list)  # cluster: "host:port" seeds; empty = host:port
     username: str | None = None  # ACL user (writer for the pipeline, reader for rankers)
     password: SecretStr | None = None  # never logged; prefer SOE_REDIS__PASSWORD to the YAML file
     tls: bool = False  # TLS to Redis
@@ -24,44 +35,28 @@ class RedisSettings(Section):
     tls_cert: str | None = None  # client certificate, when the server requires mutual TLS
     tls_key: str | None = None  # client key for tls_cert
     namespace: str = "soe"  # key prefix of everything SoE writes
-    buckets: int = 16384  # hash buckets per model namespace, ~ expected users / 64; fixed when a namespace is created
-    dtype: str = "float16"  # stored vector dtype: float16 | float32 | int8 (per-vector scale)
+    # hash buckets per model namespace, ~ expected users / 64; fixed when a namespace is created
+    buckets: Annotated[int, Field(ge=1, le=2**24)] = 16384
+    dtype: VectorDtype = "float16"  # stored vector dtype (int8: per-vector scale)
     publish_batch: int = 262144  # vectors read, encoded and sent per pipeline round trip
     pointer_ttl_s: float = 1.0  # lookup client: how long the current-model pointer is cached
     socket_timeout_s: float = 5.0  # per command
     max_connections: int = 32  # connection pool size per node
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, v: str) -> str:
-        if v not in ("single", "cluster"):
-            raise ValueError(f"redis.mode must be 'single' or 'cluster', got {v!r}")
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v not in ("float16", "float32", "int8"):
-            raise ValueError(f"redis.dtype must be float16, float32 or int8, got {v!r}")
-        return v
-
-    @field_validator("buckets")
-    @classmethod
-    def _buckets(cls, v: int) -> int:
-        if not 1 <= v <= 2**24:
-            raise ValueError(f"redis.buckets must be within [1, 2^24], got {v}")
-        return v
+    # batched reads: "packed" = HMGETs packed into one RESP buffer per node (store.wire, the fast path);
+    # "pipeline" = redis-py's pipeline (the reference path; also the fallback of "packed" on MOVED/ASK
+    # or a dropped connection). Both return the same bytes (tests/test_store_read_paths.py).
+    read_path: ReadPath = "packed"
 
     def secret(self) -> str | None:
         """The password in clear, for the connection only (never log the result)."""
         pw = self.password
         return pw.get_secret_value() if isinstance(pw, SecretStr) else pw
 
-    def with_credentials(self, username: str | None, password: str | None) -> "RedisSettings":
+    def with_credentials(self, username: str | None, password: str | None) -> RedisSettings:
         """A validated copy for another ACL user (``model_copy(update=...)`` would skip the SecretStr)."""
         return self.model_validate({**self.model_dump(), "username": username, "password": password})
 
-    def __repr_args__(self):
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             yield name, ("**********" if name == "password" and value is not None else value)
 

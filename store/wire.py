@@ -7,8 +7,8 @@ with one ``sendall`` per node on a connection each thread holds (`HeldConnection
 are read with redis-py's own parser (hiredis when installed). On a cluster the commands are split by the node that owns each key's slot; every node
 gets its buffer before any reply is read, so the nodes work in parallel. A MOVED/ASK reply (the
 cluster is resharding) raises `Redirected`, and the caller falls back to redis-py's cluster
-pipeline, which follows redirects. `store.redis_store` keeps that pipeline as the reference path;
-tests compare both.
+pipeline, which follows redirects. `store.backends.redis` keeps that pipeline as the reference
+path; ``redis.read_path`` chooses between them and tests/test_store_read_paths.py compares both.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _HMGET = b"$5\r\nHMGET\r\n"
 
@@ -39,7 +40,8 @@ def _read(conn, n: int) -> list:
     """n replies; every reply is read even after an error reply, so the connection stays in sync."""
     from redis.exceptions import AskError, MovedError, ResponseError
 
-    replies, error = [], None
+    replies: list = []
+    error: Exception | None = None
     for _ in range(n):
         try:
             replies.append(conn.read_response())
@@ -84,13 +86,13 @@ class _Held:
     """A thread's held connections; handed back to their pools when the thread ends."""
 
     def __init__(self):
-        self.conns = weakref.WeakKeyDictionary()  # client -> connection
+        self.conns: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # client -> connection
 
     def __del__(self):
         for client, conn in list(self.conns.items()):
-            try:
+            try:  # (no contextlib here: at interpreter shutdown module globals may already be None)
                 client.connection_pool.release(conn)
-            except Exception:  # noqa: BLE001 - interpreter shutdown or a closed pool: nothing to return
+            except Exception:  # noqa: BLE001, S110 - interpreter shutdown or a closed pool: nothing to return
                 pass
 
 

@@ -12,6 +12,25 @@ pytest_plugins = [
 
 
 @pytest.fixture
+def redis_memory():
+    """RedisSettings (mode "memory") of a fresh in-process store: its own namespace, discarded after the test."""
+    import uuid
+
+    from store.backends.memory import MemoryVectorStore
+    from store.settings import RedisSettings
+
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    yield RedisSettings(mode="memory", namespace=namespace)
+    MemoryVectorStore.discard(namespace)
+
+
+@pytest.fixture(params=["memory", "single", "cluster"])
+def store_any(request):
+    """Every store backend in turn (RedisSettings): in-memory, a real single node, a real 3-master cluster."""
+    return request.getfixturevalue(f"redis_{request.param}")
+
+
+@pytest.fixture
 def settings(tmp_path):
     """Default settings with the data root in a fresh temp dir."""
     from soe.config import load_settings

@@ -72,7 +72,7 @@ def test_full_build_publishes_snapshot_and_manifest(settings, planted):
     s = _settings(settings, index="ivf")
     layout = s.layout()
     write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
-    m = build_graph(s, "m1", T1)
+    m = build_graph(s.graph, s.redis, s.layout(), "m1", T1)
     path = layout.graph("m1", utc(T1))
     assert is_complete(path) and read_marker(path)["recall_at_k"] == m["recall_at_k"]
     for key in ("n_users", "k", "index", "recall_at_k", "build_s", "model_version", "as_of"):
@@ -86,7 +86,7 @@ def test_full_build_publishes_snapshot_and_manifest(settings, planted):
     assert all(len(x) == 8 and u not in x for u, x in zip(uids, lists))
     # idempotent rerun: same neighbours, one published directory
     first = table.column("neighbor_ids").to_pylist()
-    build_graph(s, "m1", T1, incremental=False)
+    build_graph(s.graph, s.redis, s.layout(), "m1", T1, incremental=False)
     assert pq.read_table(path / "neighbours.parquet").column("neighbor_ids").to_pylist() == first
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
@@ -96,10 +96,10 @@ def test_incremental_equals_rebuild_for_touched_users(settings, planted, kind):
     s = _settings(settings, index=kind, min_recall=0.0)
     layout = s.layout()
     write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
-    build_graph(s, "m1", T1)
+    build_graph(s.graph, s.redis, s.layout(), "m1", T1)
     prev = latest_snapshot(layout, "m1")
     touched = _touch(planted, layout, T2)
-    m = build_graph(s, "m1", T2)
+    m = build_graph(s.graph, s.redis, s.layout(), "m1", T2)
     assert m["mode"] == "incremental" and m["n_touched"] == len(touched) and m["n_new_users"] == 20
     snap = GraphSnapshot(layout.graph("m1", utc(T2)))
     nbr, _ = snap.neighbours()
@@ -124,9 +124,9 @@ def test_incremental_repairs_untouched_lists(settings, planted):
     s = _settings(settings, index="flat", min_recall=0.0)
     layout = s.layout()
     write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
-    build_graph(s, "m1", T1)
+    build_graph(s.graph, s.redis, s.layout(), "m1", T1)
     _touch(planted, layout, T2, n=300)
-    build_graph(s, "m1", T2)
+    build_graph(s.graph, s.redis, s.layout(), "m1", T2)
     snap = GraphSnapshot(layout.graph("m1", utc(T2)))
     nbr, scores = snap.neighbours()
     uv = snap.vectors
@@ -157,19 +157,19 @@ def test_full_rebuild_triggers(settings, planted, overrides, reason):
     s = _settings(settings, **overrides)
     layout = s.layout()
     write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
-    build_graph(s, "m1", T1)
+    build_graph(s.graph, s.redis, s.layout(), "m1", T1)
     _touch(planted, layout, T2)
-    m = build_graph(s, "m1", T2)
+    m = build_graph(s.graph, s.redis, s.layout(), "m1", T2)
     assert m["mode"] == "full" and reason in m["full_reason"]
     assert m["last_full_as_of"] == "20260101T0200Z"
 
 
-def test_neighbour_lists_in_redis_match_parquet(settings, planted, redis_single):
+def test_neighbour_lists_in_the_store_match_parquet(settings, planted, redis_memory):
     s = _settings(settings, index="flat", publish_redis=True)
-    s = s.model_copy(update={"redis": redis_single})
+    s = s.model_copy(update={"redis": redis_memory})
     layout = s.layout()
     write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
-    m = build_graph(s, "m1", T1)
+    m = build_graph(s.graph, s.redis, s.layout(), "m1", T1)
     assert m["redis_lists"]["written"] == 3000
     from store.graph.redis_io import read_neighbour_lists
 
@@ -183,5 +183,5 @@ def test_neighbour_lists_in_redis_match_parquet(settings, planted, redis_single)
         np.testing.assert_allclose(got[i][1], scores[i])
     # incremental: only changed lists are written again
     _touch(planted, layout, T2)
-    m2 = build_graph(s, "m1", T2)
+    m2 = build_graph(s.graph, s.redis, s.layout(), "m1", T2)
     assert m2["mode"] == "incremental" and m2["redis_lists"]["written"] == m2["n_changed_lists"] < 3020

@@ -12,8 +12,14 @@ import pytest
 from core.atomic import publish_dir
 from core.contracts import SEQUENCE, conform
 from core.layout import utc
-from store.graph.candidates import (ArrayNeighbours, DictPositives, RedisNeighbours, RedisPositives, candidates,
-                                    score_items)
+from store.graph.candidates import (
+    ArrayNeighbours,
+    DictPositives,
+    StoreNeighbours,
+    StorePositives,
+    candidates,
+    score_items,
+)
 from store.graph.positives import publish_recent_positives, recent_positives
 
 AS_OF = utc("2026-01-02T00:00Z")
@@ -63,24 +69,43 @@ def test_recent_positives_window_dedupe_order_and_cap():
     assert items[2].tolist() == [31, 32, 33, 34, 35]  # capped at the 5 newest
 
 
-def test_publish_positives_and_candidates_through_redis(settings, redis_single):
+def test_publish_positives_and_candidates_through_the_store(settings, redis_memory):
     from store.graph.redis_io import write_neighbour_lists
 
-    s = settings.model_copy(update={"redis": redis_single})
+    s = settings.model_copy(update={"redis": redis_memory})
     layout = s.layout()
     table = _sequences([(1, [(1, "click", 103)]), (2, [(2, "click", 100), (3, "click", 101)]),
                         (3, [(1, "conversion", 100), (4, "click", 102), (500, "click", 104)])])
     with publish_dir(layout.active(AS_OF)) as tmp:
         pq.write_table(table, tmp / "shard=00000.parquet")
-    out = publish_recent_positives(s, AS_OF)
+    out = publish_recent_positives(s.graph, s.events, s.redis, s.layout(), AS_OF)
     assert out["users"] == 3 and out["users_with_positives"] == 3
     write_neighbour_lists(s.redis, "m1", 8, np.array([1, 2, 3]), np.array([[2, 3], [1, 3], [1, 2]]),
                           np.array([[0.9, 0.5], [0.9, 0.2], [0.5, 0.2]], np.float32), AS_OF)
-    items, scores = candidates(1, 10, RedisNeighbours(s.redis, "m1"), RedisPositives(s.redis, 168))
+    items, scores = candidates(1, 10, StoreNeighbours(s.redis, "m1"), StorePositives(s.redis, 168))
     assert items.tolist() == [100, 101, 102]  # 104 is outside the window, 103 is the user's own
     np.testing.assert_allclose(scores, [1.4, 0.9, 0.5], rtol=1e-6)
     # the window is applied at read time too: a day later, a 24h window keeps nothing
-    later = RedisPositives(s.redis, 24, now=AS_OF + timedelta(hours=24))
+    later = StorePositives(s.redis, 24, now=AS_OF + timedelta(hours=24))
     assert all(p.size == 0 for p in later.positives([1, 2, 3]))
     with pytest.raises(FileNotFoundError, match="active-user sequences"):
-        publish_recent_positives(s, AS_OF + timedelta(hours=1))
+        publish_recent_positives(s.graph, s.events, s.redis, s.layout(), AS_OF + timedelta(hours=1))
+
+
+def test_positives_of_an_older_hour_never_replace_newer_ones(settings, store_any):
+    s = settings.model_copy(update={"redis": store_any})
+    layout = s.layout()
+    earlier = AS_OF - timedelta(hours=1)
+    for as_of, item in [(AS_OF, 103), (earlier, 999)]:
+        hours = 1 if as_of == AS_OF else 2  # hours before AS_OF: inside each hour's own window
+        table = _sequences([(1, [(hours, "click", item)]), (2, [(hours, "click", item + 1)])])
+        with publish_dir(layout.active(as_of)) as tmp:
+            pq.write_table(table.set_column(1, "as_of", pa.array([as_of] * 2, table.schema.field("as_of").type)),
+                           tmp / "shard=00000.parquet")
+    first = publish_recent_positives(s.graph, s.events, s.redis, layout, AS_OF)
+    assert (first["written"], first["stale"]) == (2, 0)
+    assert publish_recent_positives(s.graph, s.events, s.redis, layout, AS_OF)["unchanged"] == 2  # rerun
+    late = publish_recent_positives(s.graph, s.events, s.redis, layout, earlier)  # a late rerun of an older hour
+    assert (late["users_with_positives"], late["written"], late["stale"]) == (2, 0, 2)
+    got = StorePositives(s.redis, 168).positives([1, 2])
+    assert [p.tolist() for p in got] == [[103], [104]]

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from store.graph.index import build_index, choose_device, choose_spec, searcher
-from store.graph.knn import (PAD, drop_self, exact_neighbours, recall_at_k, reference_neighbours,
-                             search_neighbours)
+from store.graph.knn import (
+    PAD,
+    drop_self,
+    exact_neighbours,
+    recall_at_k,
+    reference_neighbours,
+    search_neighbours,
+)
 from store.graph.planted import PlantedConfig, planted_vectors
 from store.graph.settings import GraphSettings
 from store.graph.vectors import UserVectors

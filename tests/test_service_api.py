@@ -16,6 +16,11 @@ from store.graph.snapshot import latest_snapshot
 from store.service.app import create_app, openapi_spec
 
 AS_OF = "2026-01-01T05:00Z"
+
+
+def app_of(s):
+    """The app over the sections of a full Settings (what `soe serve` passes)."""
+    return create_app(s.serve, s.graph, s.redis, s.layout())
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,14 +45,14 @@ def served(tmp_path_factory, redis_single_server, planted):
     })
     _flush(s.redis)
     write_embeddings(s.layout(), "m1", AS_OF, planted.user_ids, planted.vectors)
-    publish_embeddings(s, "m1", AS_OF)
-    build_graph(s, "m1", AS_OF)
+    publish_embeddings(s.redis, s.layout(), "m1", AS_OF)
+    build_graph(s.graph, s.redis, s.layout(), "m1", AS_OF)
     return s
 
 
 @pytest.fixture(scope="module")
 def client(served):
-    return TestClient(create_app(served))
+    return TestClient(app_of(served))
 
 
 def test_health_ready_and_metrics(client):
@@ -62,7 +67,7 @@ def test_health_ready_and_metrics(client):
 
 def test_not_ready_without_graph(settings):
     s = settings.model_copy(update={"serve": settings.serve.model_copy(update={"vector_source": "graph"})})
-    c = TestClient(create_app(s))
+    c = TestClient(app_of(s))
     r = c.get("/ready")
     assert r.status_code == 503 and r.json()["ready"] is False
     assert c.post("/v1/lookalike", json={"seed_user_ids": [1]}).status_code == 503
@@ -82,7 +87,7 @@ def test_vectors(client, planted):
 
 def test_neighbours_match_the_graph(client, served, planted):
     snap = latest_snapshot(served.layout(), "m1")
-    nbr, scores = snap.neighbours()
+    nbr, _ = snap.neighbours()
     uid = int(snap.vectors.ids[7])
     r = client.get(f"/v1/users/{uid}/neighbours", params={"k": 4})
     body = r.json()
@@ -152,7 +157,7 @@ def test_bad_requests_get_clear_4xx(client, method, path, kwargs, status):
 
 def test_store_down_is_503_not_500(served):
     s = served.model_copy(update={"redis": served.redis.model_copy(update={"port": 1, "socket_timeout_s": 0.5})})
-    c = TestClient(create_app(s), raise_server_exceptions=False)
+    c = TestClient(app_of(s), raise_server_exceptions=False)
     r = c.get("/v1/users/1/vector")
     assert r.status_code == 503 and "unavailable" in r.json()["detail"]
     assert c.get("/ready").json()["checks"]["redis"] is False
@@ -161,3 +166,23 @@ def test_store_down_is_503_not_500(served):
 def test_committed_openapi_spec_is_current():
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert committed == json.loads(json.dumps(openapi_spec())), "regenerate: soe serve --openapi docs/openapi.json"
+
+
+def test_service_over_the_in_memory_store(settings, redis_memory, planted):
+    """``redis.mode: memory``: publish, graph and service share one in-process store, no server."""
+    from store.publish import publish_embeddings
+
+    s = settings.model_copy(update={"redis": redis_memory,
+                                    "graph": settings.graph.model_copy(update={"k": 5, "recall_sample": 100}),
+                                    "serve": settings.serve.model_copy(update={"model_version": "m1"})})
+    ids, vectors = planted.user_ids[:300], planted.vectors[:300]
+    write_embeddings(s.layout(), "m1", AS_OF, ids, vectors)
+    assert publish_embeddings(s.redis, s.layout(), "m1", AS_OF)["written"] == 300
+    build_graph(s.graph, s.redis, s.layout(), "m1", AS_OF)
+    c = TestClient(app_of(s))
+    assert c.get("/ready").json()["checks"] == {"redis": True, "graph": True}
+    body = c.post("/v1/vectors", json={"user_ids": [int(ids[3]), -1]}).json()
+    np.testing.assert_allclose(body["vectors"][0], vectors[3], atol=2e-3)
+    assert body["missing"] == [-1] and body["vectors"][1] is None
+    r = c.get(f"/v1/users/{int(ids[3])}/neighbours", params={"k": 3})
+    assert r.status_code == 200 and len(r.json()["neighbours"]) == 3

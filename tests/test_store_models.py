@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from store import format as fmt
+from store.backends import open_store
 from store.client import LookupClient
 from store.models import cleanup, current_model, list_models, rollback, switch_current
-from store.redis_store import RedisVectorStore
 
 USERS = np.arange(1, 301)
 
@@ -24,8 +24,8 @@ def publish_model(store, model, seed, as_of=1_000):
     return x
 
 
-def test_switch_rollback_cleanup(redis_any):
-    store = RedisVectorStore(redis_any)
+def test_switch_rollback_cleanup(store_any):
+    store = open_store(store_any)
     for i, m in enumerate(["m1", "m2", "m3", "m4"]):
         publish_model(store, m, i)
     with pytest.raises(LookupError, match="publish it first"):
@@ -33,9 +33,9 @@ def test_switch_rollback_cleanup(redis_any):
     switch_current(store, "m1")
     with pytest.raises(LookupError, match="no previous"):
         rollback(store)
-    assert switch_current(redis_any, "m2")["previous"] == "m1"
-    assert current_model(redis_any) == "m2"
-    assert rollback(redis_any)["current"] == "m1" and current_model(store) == "m1"
+    assert switch_current(store_any, "m2")["previous"] == "m1"
+    assert current_model(store_any) == "m2"
+    assert rollback(store_any)["current"] == "m1" and current_model(store) == "m1"
     assert rollback(store)["current"] == "m2"  # rollback of a rollback goes forward again
     switch_current(store, "m3")  # current m3, previous m2
     dry = cleanup(store, dry_run=True, include_pending=True)
@@ -48,32 +48,31 @@ def test_switch_rollback_cleanup(redis_any):
     assert store.get_vectors("m2", USERS).found.all() and store.get_vectors("m3", USERS).found.all()
 
 
-def test_cleanup_spares_a_backfill_created_after_the_switch(redis_single):
-    store = RedisVectorStore(redis_single)
+def test_cleanup_spares_a_backfill_created_after_the_switch(store_any):
+    store = open_store(store_any)
     publish_model(store, "m1", 0)
     switch_current(store, "m1")
-    store.r.hset(store.keys.pointer(), "switched_at", "2000-01-01T00:00:00+00:00")
-    publish_model(store, "next", 1)  # being backfilled, not switched to yet
+    publish_model(store, "next", 1)  # being backfilled, not switched to yet (created after the switch)
     assert cleanup(store)["kept"] == ["m1", "next"]
     assert cleanup(store, include_pending=True)["removed"].keys() == {"next"}
 
 
-def test_reader_during_switch_never_sees_a_mix(redis_any):
-    store = RedisVectorStore(redis_any)
+def test_reader_during_switch_never_sees_a_mix(store_any):
+    store = open_store(store_any)
     expected = {"a": publish_model(store, "a", 10), "b": publish_model(store, "b", 20)}
     switch_current(store, "a")
     stop = threading.Event()
     switches = []
 
     def switcher():
-        writer = RedisVectorStore(redis_any)
+        writer = open_store(store_any)
         target = "b"
         while not stop.is_set():
             writer.switch_pointer(target)
             switches.append(target)
             target = "a" if target == "b" else "b"
 
-    client = LookupClient(redis_any, pointer_ttl_s=0.0)  # refetch the pointer on every batch
+    client = LookupClient(store_any, pointer_ttl_s=0.0)  # refetch the pointer on every batch
     seen = {"a": 0, "b": 0}
     t = threading.Thread(target=switcher)
     t.start()
@@ -91,20 +90,20 @@ def test_reader_during_switch_never_sees_a_mix(redis_any):
     assert len(switches) > 10 and seen["a"] > 0 and seen["b"] > 0
 
 
-def test_client_pointer_cache_ttl_and_missing_model(redis_single):
-    store = RedisVectorStore(redis_single)
-    client = LookupClient(redis_single, pointer_ttl_s=3600)
+def test_client_pointer_cache_ttl_and_missing_model(redis_memory):
+    store = open_store(redis_memory)
+    client = LookupClient(redis_memory, pointer_ttl_s=3600)
     with pytest.raises(LookupError, match="no current model"):
         client.get([1])
     xa = publish_model(store, "a", 1)
     xb = publish_model(store, "b", 2)
     switch_current(store, "a")
-    client = LookupClient(redis_single, pointer_ttl_s=3600)
+    client = LookupClient(redis_memory, pointer_ttl_s=3600)
     np.testing.assert_array_equal(client.get([5])[0][0], xa[4])
     switch_current(store, "b")
     assert client.current_model() == "a"  # cached for the TTL
-    fresh = LookupClient(redis_single, pointer_ttl_s=0)
+    fresh = LookupClient(redis_memory, pointer_ttl_s=0)
     np.testing.assert_array_equal(fresh.get(5)[0][0], xb[4])
-    pinned = LookupClient(redis_single, model="a")
+    pinned = LookupClient(redis_memory, model="a")
     vec, found = pinned.get([5, 10**9])
     assert found.tolist() == [True, False] and not vec[1].any()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -14,11 +14,12 @@ import redis
 from core.atomic import publish_dir
 from core.contracts import embedding_contract
 from store import format as fmt
+from store.backends import open_store
+from store.backends.redis import connect
 from store.keys import bucket_of
 from store.publish import publish_embeddings
-from store.redis_store import RedisVectorStore, connect
 
-T0 = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 5, tzinfo=UTC)
 
 
 def unit(n, d, seed=0):
@@ -51,7 +52,7 @@ def test_publish_then_redis_cli_value_decodes_per_spec(settings, redis_any):
     ids, x = np.arange(1000, 1300), unit(300, 16)
     write_shard(s.layout(), "m1", T0, 0, ids[:150], x[:150])
     write_shard(s.layout(), "m1", T0, 1, ids[150:], x[150:])
-    out = publish_embeddings(s, "m1", T0)
+    out = publish_embeddings(s.redis, s.layout(), "m1", T0)
     assert (out["rows"], out["written"], out["shards"]) == (300, 300, 2)
     # plain redis-cli, not our client: the key is built by hand from docs/format.md
     user = 1234
@@ -74,7 +75,7 @@ def test_publish_then_redis_cli_value_decodes_per_spec(settings, redis_any):
 
 
 def test_conditional_upsert_rejects_older_as_of_server_side(redis_any):
-    store = RedisVectorStore(redis_any.model_copy(update={"buckets": 32}))
+    store = open_store(redis_any.model_copy(update={"buckets": 32}))
     store.ensure_model("m1", 8, "float16", 32)
     ids = np.arange(200)
     new, old = unit(200, 8, 1), unit(200, 8, 2)
@@ -100,10 +101,10 @@ def test_republish_is_idempotent_and_manifest_recorded(settings, redis_any):
     s = with_redis(settings, redis_any, buckets=32)
     ids, x = np.arange(500), unit(500, 8)
     write_shard(s.layout(), "m1", T0, 0, ids, x)
-    first = publish_embeddings(s, "m1", T0, shard=0)
-    store = RedisVectorStore(s.redis)
+    first = publish_embeddings(s.redis, s.layout(), "m1", T0, shard=0)
+    store = open_store(s.redis)
     keys_before = sorted(store.r.keys("soe:*")) if redis_any.mode == "single" else None
-    second = publish_embeddings(s, "m1", T0, shard=0)
+    second = publish_embeddings(s.redis, s.layout(), "m1", T0, shard=0)
     assert (first["written"], second["written"], second["unchanged"], second["stale"]) == (500, 0, 500, 0)
     if keys_before is not None:
         assert sorted(store.r.keys("soe:*")) == keys_before
@@ -114,7 +115,7 @@ def test_republish_is_idempotent_and_manifest_recorded(settings, redis_any):
 
 
 def test_cross_slot_batched_get_reports_missing(redis_any):
-    store = RedisVectorStore(redis_any)
+    store = open_store(redis_any)
     store.ensure_model("m1", 8, "float32", 4096)
     ids = np.arange(0, 3000, 3)
     x = unit(len(ids), 8)
@@ -135,7 +136,7 @@ def test_cross_slot_batched_get_reports_missing(redis_any):
 
 
 def test_namespace_shape_is_fixed_and_bad_input_is_clear(settings, redis_single):
-    store = RedisVectorStore(redis_single)
+    store = open_store(redis_single)
     store.ensure_model("m1", 8, "float16", 16)
     with pytest.raises(ValueError, match="refusing"):
         store.ensure_model("m1", 16, "float16", 16)
@@ -143,20 +144,20 @@ def test_namespace_shape_is_fixed_and_bad_input_is_clear(settings, redis_single)
         store.upsert_vectors("nope", [1], fmt.encode_vectors(np.ones((1, 8)), 1, "nope"), 1)
     s = with_redis(settings, redis_single)
     with pytest.raises(FileNotFoundError, match="run inference"):
-        publish_embeddings(s, "m1", T0)
+        publish_embeddings(s.redis, s.layout(), "m1", T0)
     write_shard(s.layout(), "other", T0, 0, [1], np.ones((1, 8)))  # rows of another model in m1's dir
     dst = s.layout().embeddings("m1", T0)
     dst.parent.mkdir(parents=True, exist_ok=True)
     s.layout().embeddings("other", T0).rename(dst)
     with pytest.raises(ValueError, match="model_version"):
-        publish_embeddings(s, "m1", T0)
+        publish_embeddings(s.redis, s.layout(), "m1", T0)
 
 
 def test_buckets_stay_listpack_and_memory_beats_plain_keys(redis_single):
     """The memory layout: 40k users d=64 float16 cost <= 1.4x the payload (plain keys ~1.7x)."""
     r = connect(redis_single)
     n, d = 40_000, 64
-    store = RedisVectorStore(redis_single)
+    store = open_store(redis_single)
     store.ensure_model("m1", d, "float16", 512)  # ~78 users per bucket
     rows = fmt.encode_vectors(unit(n, d), 1, "m1")
     base = r.info("memory")["used_memory"]
@@ -176,8 +177,8 @@ def test_buckets_stay_listpack_and_memory_beats_plain_keys(redis_single):
 
 @pytest.mark.parametrize("by_tag", [False, True])
 def test_upsert_call_plan_covers_every_user_once_within_limits(by_tag):
+    from store.backends.redis import upsert_calls
     from store.keys import SLOT_TAGS
-    from store.redis_store import upsert_calls
 
     ids = np.r_[np.arange(20_000), np.arange(10**9, 10**9 + 50)]
     seen = []
@@ -192,7 +193,7 @@ def test_upsert_call_plan_covers_every_user_once_within_limits(by_tag):
 
 
 def test_buckets_larger_than_one_call_are_split_and_still_conditional(redis_any):
-    store = RedisVectorStore(redis_any)
+    store = open_store(redis_any)
     store.ensure_model("m1", 4, "float16", 2)  # 2 buckets of ~1500 users: more than one call each
     ids = np.arange(3000)
     x = unit(3000, 4)
@@ -209,22 +210,22 @@ def test_fast_read_path_equals_redis_py_pipeline(redis_any):
     from store.wire import pack_hmgets
 
     assert pack_hmgets([("k", ["1", "22"])]) == b"*4\r\n$5\r\nHMGET\r\n$1\r\nk\r\n$1\r\n1\r\n$2\r\n22\r\n"
-    store = RedisVectorStore(redis_any)
+    store = open_store(redis_any)
     store.ensure_model("m1", 8, "float16", 256)
     ids = np.arange(0, 5000, 7)
     store.upsert_vectors("m1", ids, fmt.encode_vectors(unit(len(ids), 8), 1, "m1"), 1)
     query = np.r_[ids[::3], [3, 10**10]]
-    fast = store.get_raw("v", "m1", query)
-    store.fast_reads = False
-    assert store.get_raw("v", "m1", query) == fast and fast[-1] is None and fast[0] is not None
-    store.fast_reads = True
+    fast = store.get("vectors", "m1", query)
+    reference = open_store(redis_any.model_copy(update={"read_path": "pipeline"}))
+    assert reference.read_path == "pipeline" and store.read_path == "packed"
+    assert reference.get("vectors", "m1", query) == fast and fast[-1] is None and fast[0] is not None
     if redis_any.mode == "single":
         from store.wire import hmget_many
 
         store.r.set("soe:not-a-hash", "x")  # an error reply in the middle of a batch ...
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
             hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]), ("soe:none", ["1"])])
-    assert store.get_raw("v", "m1", query) == fast  # ... leaves the pooled connection usable
+    assert store.get("vectors", "m1", query) == fast  # ... leaves the pooled connection usable
 
 
 def test_prefetch_keeps_order_and_raises_producer_errors():
@@ -238,16 +239,15 @@ def test_prefetch_keeps_order_and_raises_producer_errors():
 
     got = []
     with pytest.raises(ValueError, match="bad file"):
-        for x in prefetch(broken()):
-            got.append(x)
+        got.extend(prefetch(broken()))
     assert got == [1]
 
 
 
 def test_server_side_upsert_refuses_malformed_calls_before_writing(redis_any):
-    from store.redis_store import UPSERT_LUA
+    from store.scripts import UPSERT_LUA
 
-    store = RedisVectorStore(redis_any)
+    store = open_store(redis_any)
     key = store.keys.vectors("m1", 5)
     good = fmt.encode_vector(np.ones(4), 10, "m1")
     sha = store._script(UPSERT_LUA)
@@ -265,7 +265,7 @@ def test_server_side_upsert_refuses_malformed_calls_before_writing(redis_any):
 
 
 def test_fast_read_recovers_from_a_dropped_connection(redis_single):
-    store = RedisVectorStore(redis_single)
+    store = open_store(redis_single)
     store.ensure_model("m1", 8, "float16", 64)
     ids = np.arange(300)
     store.upsert_vectors("m1", ids, fmt.encode_vectors(unit(300, 8), 1, "m1"), 1)
@@ -282,7 +282,7 @@ def test_held_connections_are_per_thread_and_reads_agree_across_threads(redis_si
 
     from store.wire import HELD
 
-    store = RedisVectorStore(redis_single)
+    store = open_store(redis_single)
     store.ensure_model("m1", 8, "float16", 64)
     ids = np.arange(500)
     x = unit(500, 8)
@@ -311,7 +311,7 @@ def test_held_connections_are_per_thread_and_reads_agree_across_threads(redis_si
 def test_short_lived_threads_hand_their_connections_back(redis_single):
     import threading
 
-    store = RedisVectorStore(redis_single.model_copy(update={"max_connections": 4}))
+    store = open_store(redis_single.model_copy(update={"max_connections": 4}))
     store.ensure_model("m1", 8, "float16", 16)
     store.upsert_vectors("m1", np.arange(10), fmt.encode_vectors(unit(10, 8), 1, "m1"), 1)
     found = []

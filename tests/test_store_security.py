@@ -10,11 +10,11 @@ import redis
 
 from store import format as fmt
 from store.acl import acl_file, apply_acl
+from store.backends import open_store
+from store.backends.redis import connect
 from store.client import LookupClient
 from store.forget import forget_users, read_user_ids
-from store.keys import bucket_of
 from store.models import switch_current
-from store.redis_store import RedisVectorStore, connect
 
 WRITER_PW, READER_PW = "w-Secret-4711", "r-Secret-0815"
 
@@ -29,30 +29,29 @@ def fill(store, model, ids, as_of=1_000, neighbours=True):
     store.record_manifest(model, "x/00000", {"rows": len(ids)})
 
 
-def test_forget_removes_vectors_in_every_namespace_and_neighbour_lists(redis_any, tmp_path, caplog):
-    store = RedisVectorStore(redis_any)
+def test_forget_removes_vectors_in_every_namespace_and_neighbour_lists(store_any, tmp_path, caplog):
+    store = open_store(store_any)
     ids = np.arange(100, 400)
     fill(store, "m1", ids)
     fill(store, "m2", ids[:200], neighbours=False)
-    b = int(bucket_of(150, redis_any.buckets)[0])
-    store.r.hset(store.keys.positives(b), "150", fmt.encode_neighbours([7], [1.0], 1, "positives"))
+    store.upsert("positives", None, [150], [fmt.encode_neighbours([7], [1.0], 1, "positives")], 1)
     users = tmp_path / "users.txt"
     users.write_text("# users who asked to be forgotten\n105\n150\n\n399  # last\n123456789\n")
     forgotten = read_user_ids(users)
     assert forgotten.tolist() == [105, 150, 399, 123456789]
     with caplog.at_level(logging.INFO, logger="soe.store.forget"):
-        out = forget_users(redis_any, forgotten)
+        out = forget_users(store_any, forgotten)
     assert out["removed"] == {"v:m1": 3, "n:m1": 3, "v:m2": 2, "n:m2": 0, "p:positives": 1} and out["total"] == 9
     assert "removed 3 vectors of model m1" in caplog.text and "removed 2 vectors of model m2" in caplog.text
     assert "removed 1 recent-positive lists of the graph" in caplog.text
-    assert store.r.hget(store.keys.positives(int(bucket_of(150, redis_any.buckets)[0])), "150") is None
+    assert store.get("positives", None, [150]) == [None]
     for model in ("m1", "m2"):
         got = store.get_vectors(model, [105, 150, 399, 106])
         assert got.found.tolist() == [False, False, False, True]
     switch_current(store, "m1")
-    lists = LookupClient(redis_any).neighbours([105, 106])
+    lists = LookupClient(store_any).neighbours([105, 106])
     assert lists[0] is None and lists[1][0].tolist() == [107, 108]
-    assert forget_users(redis_any, forgotten)["total"] == 0  # idempotent
+    assert forget_users(store_any, forgotten)["total"] == 0  # idempotent
     with pytest.raises(ValueError, match="not an integer"):
         (tmp_path / "bad.txt").write_text("12\nabc\n")
         read_user_ids(tmp_path / "bad.txt")
@@ -62,11 +61,11 @@ def test_acl_reader_reads_but_cannot_write_delete_or_script(redis_any):
     apply_acl(redis_any, {"soe-writer": ("writer", WRITER_PW), "soe-reader": ("reader", READER_PW)})
     writer = redis_any.with_credentials("soe-writer", WRITER_PW)
     reader = redis_any.with_credentials("soe-reader", READER_PW)
-    wstore = RedisVectorStore(writer)  # the whole write path runs as the writer
+    wstore = open_store(writer)  # the whole write path runs as the writer
     fill(wstore, "m1", np.arange(50))
     switch_current(wstore, "m1")
     client = LookupClient(reader)
-    vec, found = client.get([1, 2, 999])
+    _, found = client.get([1, 2, 999])
     assert found.tolist() == [True, True, False] and client.neighbours([1])[0][0].tolist() == [2, 3]
 
     r = connect(reader)
@@ -93,7 +92,7 @@ def test_secrets_never_reach_reprs_logs_or_acl_files(redis_single, caplog):
     apply_acl(redis_single, {"soe-writer": ("writer", WRITER_PW)})
     writer = redis_single.with_credentials("soe-writer", WRITER_PW)
     with caplog.at_level(logging.DEBUG):
-        store = RedisVectorStore(writer)
+        store = open_store(writer)
         fill(store, "m1", np.arange(20))
         switch_current(store, "m1")
         forget_users(writer, [1])
@@ -120,8 +119,8 @@ def test_acl_file_loads_in_redis_server_and_writer_cannot_load_functions(tmp_pat
     server = local_server.start_single(tmp_path / "r", extra_conf={"aclfile": str(acl)})
     try:
         writer = server.redis_settings().with_credentials("soe-writer", WRITER_PW)
-        fill(RedisVectorStore(writer), "m1", np.arange(10))
-        switch_current(RedisVectorStore(writer), "m1")
+        fill(open_store(writer), "m1", np.arange(10))
+        switch_current(open_store(writer), "m1")
         assert LookupClient(server.redis_settings().with_credentials("soe-reader", READER_PW)).get([3])[1].all()
         w = connect(writer)
         for cmd in [("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() return 1 end)"),

@@ -48,8 +48,8 @@ def register(app: typer.Typer) -> None:
 
         s = settings(ctx)
         with progress(None, "searching neighbours", "user") as bar:
-            manifest = build_graph(s, model, as_of, incremental=False if full else None, publish_redis=redis,
-                                   on_batch=bar.update)
+            manifest = build_graph(s.graph, s.redis, s.layout(), model, as_of, incremental=False if full else None,
+                                   publish_redis=redis, on_batch=bar.update)
         echo_json(manifest)
 
     @app.command("lookalike")
@@ -99,14 +99,14 @@ def register(app: typer.Typer) -> None:
         k: int = typer.Option(50, help="Candidates to return."),
     ) -> None:
         """Items the user's neighbours engaged with recently (from Redis), similarity weighted."""
-        from store.graph.candidates import RedisNeighbours, RedisPositives, candidates
+        from store.graph.candidates import StoreNeighbours, StorePositives, candidates
 
         from store.graph.snapshot import latest_snapshot
 
         s = settings(ctx)
         snap = latest_snapshot(s.layout(), model)  # positives are aged at the graph's as_of
-        items, scores = candidates(user, k, RedisNeighbours(s.redis, model),
-                                   RedisPositives(s.redis, s.graph.positives_window_hours,
+        items, scores = candidates(user, k, StoreNeighbours(s.redis, model),
+                                   StorePositives(s.redis, s.graph.positives_window_hours,
                                                   now=snap.as_of if snap is not None else None))
         echo_json({"user_id": user, "items": items.tolist(), "scores": [round(float(x), 5) for x in scores]})
 
@@ -119,4 +119,5 @@ def register(app: typer.Typer) -> None:
         """Publish the active users' recent positive items (clicks, conversions) to Redis for candidates."""
         from store.graph.positives import publish_recent_positives
 
-        echo_json(publish_recent_positives(settings(ctx), as_of))
+        s = settings(ctx)
+        echo_json(publish_recent_positives(s.graph, s.events, s.redis, s.layout(), as_of))

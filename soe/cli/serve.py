@@ -27,9 +27,9 @@ def register(app: typer.Typer) -> None:
 
         s = settings(ctx)
         if openapi is not None:
-            openapi.write_text(json.dumps(openapi_spec(), indent=2, sort_keys=True) + "\n")
+            openapi.write_text(json.dumps(openapi_spec(s.serve, s.graph), indent=2, sort_keys=True) + "\n")
             typer.echo(f"wrote {openapi}")
             return
         import uvicorn
 
-        uvicorn.run(create_app(s), host=host or s.serve.host, port=port or s.serve.port, log_level="info")
+        uvicorn.run(create_app(s.serve, s.graph, s.redis, s.layout()), host=host or s.serve.host, port=port or s.serve.port, log_level="info")

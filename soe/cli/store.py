@@ -57,7 +57,8 @@ def publish_cmd(
     from store.publish import publish_embeddings
 
     with progress(None, "publishing", "vec") as bar:
-        echo_json(publish_embeddings(settings(ctx), model, as_of, shard, on_rows=bar.update))
+        s = settings(ctx)
+        echo_json(publish_embeddings(s.redis, s.layout(), model, as_of, shard, on_rows=bar.update))
 
 
 @friendly_errors
@@ -95,7 +96,7 @@ def forget_cmd(
     """Remove users' vectors from every model namespace and their neighbour lists."""
     from store.forget import forget_users, read_user_ids
 
-    echo_json(forget_users(settings(ctx), read_user_ids(users)))
+    echo_json(forget_users(settings(ctx).redis, read_user_ids(users)))
 
 
 @models_app.command("current")
@@ -103,10 +104,10 @@ def forget_cmd(
 @redis_errors
 def models_current(ctx: typer.Context) -> None:
     """Print the pointer (current, previous, switched_at) and every namespace."""
+    from store.backends import open_store
     from store.models import list_models
-    from store.redis_store import RedisVectorStore
 
-    store = RedisVectorStore(settings(ctx).redis)
+    store = open_store(settings(ctx).redis)
     echo_json({"pointer": store.pointer(), "models": list_models(store)})
 
 

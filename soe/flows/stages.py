@@ -117,7 +117,7 @@ def switch_current(settings, model: str) -> Any:
 def publish_shard(settings, model: str, as_of: datetime, shard: int | None) -> dict[str, Any]:
     from store.publish import publish_embeddings
 
-    return dict(publish_embeddings(settings, model, utc(as_of), shard=shard))
+    return dict(publish_embeddings(settings.redis, settings.layout(), model, utc(as_of), shard=shard))
 
 
 def lookup_found(settings, model: str, user_ids: np.ndarray) -> tuple[int, int]:
@@ -171,14 +171,14 @@ def lookalike(settings, model: str, seed_ids: np.ndarray, size: int) -> tuple[np
 def build_graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
     from store.graph.build import build_graph as run
 
-    return dict(run(settings, model, utc(as_of)))
+    return dict(run(settings.graph, settings.redis, settings.layout(), model, utc(as_of)))
 
 
 def publish_recent_positives(settings, as_of: datetime) -> dict[str, Any]:
     """The active users' recent positives to Redis, where `candidates` reads its neighbours' ones."""
     from store.graph.positives import publish_recent_positives as run
 
-    return dict(run(settings, utc(as_of)))
+    return dict(run(settings.graph, settings.events, settings.redis, settings.layout(), utc(as_of)))
 
 
 def graph_manifest(settings, model: str, as_of: datetime) -> dict[str, Any] | None:

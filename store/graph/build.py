@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,13 +29,25 @@ import numpy as np
 
 from core.atomic import publish_dir
 from core.contracts import NEIGHBOURS
-from core.layout import HOUR, stamp, utc
+from core.embeddings import snapshot_times
+from core.layout import HOUR, Layout, stamp, utc
 from store.graph.incremental import carry_over, repair_untouched, rescore, update_index
-from store.graph.index import IndexSpec, build_index, choose_device, choose_spec, num_gpus, on_device, searcher
+from store.graph.index import (
+    IndexSpec,
+    build_index,
+    choose_device,
+    choose_spec,
+    num_gpus,
+    on_device,
+    searcher,
+)
 from store.graph.knn import sample_recall, search_neighbours
-from store.graph.tune import calibrate
+from store.graph.settings import GraphSettings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
+from store.graph.tune import calibrate
 from store.graph.vectors import UserVectors, latest_vectors
+from store.keys import check_name
+from store.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +66,7 @@ class GraphResult:
     stats: dict = field(default_factory=dict)
 
 
-def build_full(uv: UserVectors, cfg, on_batch=None) -> GraphResult:
+def build_full(uv: UserVectors, cfg: GraphSettings, on_batch: Callable[[int], object] | None = None) -> GraphResult:
     t0 = time.perf_counter()
     spec = choose_spec(len(uv), cfg, uv.dim)
     index = build_index(uv, spec, cfg)
@@ -70,7 +83,7 @@ def build_full(uv: UserVectors, cfg, on_batch=None) -> GraphResult:
     return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
 
 
-def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg) -> GraphResult:
+def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings) -> GraphResult:
     t0 = time.perf_counter()
     old = prev.vectors
     uv = old.merged(new)
@@ -92,13 +105,13 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg) -> GraphResult
     t2 = time.perf_counter()
     changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
     changed = np.union1d(changed, touched)
-    stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": int(len(touched)),
-             "n_new_users": int(len(uv) - len(old)), "n_researched": int(len(dropped)),
+    stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": len(touched),
+             "n_new_users": int(len(uv) - len(old)), "n_researched": len(dropped),
              "n_repaired": int(repaired)}
     return GraphResult(uv, nbr, scores, nxt, index, prev.spec, changed, stats)
 
 
-def full_reason(cfg, incremental: bool, prev: GraphSnapshot | None, as_of: datetime) -> str | None:
+def full_reason(cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | None, as_of: datetime) -> str | None:
     """Why this build must be a full one (None: incremental is allowed)."""
     if not incremental:
         return "full build requested"
@@ -114,20 +127,21 @@ def full_reason(cfg, incremental: bool, prev: GraphSnapshot | None, as_of: datet
     return None
 
 
-def build_graph(settings, model_version: str, as_of: datetime | str, *, incremental: bool | None = None,
-                publish_redis: bool | None = None, on_batch=None) -> dict:
-    """Build (full or incremental) and publish the graph of ``model_version`` at ``as_of``; returns the manifest."""
-    from store.keys import check_name
+def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_version: str, as_of: datetime | str,
+                *, incremental: bool | None = None, publish_redis: bool | None = None,
+                on_batch: Callable[[int], object] | None = None) -> dict:
+    """Build (full or incremental) and publish the graph of ``model_version`` at ``as_of``; returns the manifest.
 
-    cfg, layout = settings.graph, settings.layout()
+    ``redis`` is the store the neighbour lists go to (when ``graph.publish_redis`` or ``publish_redis``).
+    """
     check_name("model version", model_version)
     as_of = utc(as_of)
     t0 = time.perf_counter()
     incremental = cfg.incremental if incremental is None else incremental
     prev = latest_snapshot(layout, model_version, before=as_of)
     reason = full_reason(cfg, incremental, prev, as_of)
-    result = None
-    if reason is None:
+    result: GraphResult | None = None
+    if reason is None and prev is not None:  # full_reason is None only when there is a previous graph
         new = newer_vectors(layout, model_version, prev, as_of)
         reason = incremental_blocker(cfg, prev, new)
         if reason is None:
@@ -143,12 +157,13 @@ def build_graph(settings, model_version: str, as_of: datetime | str, *, incremen
         recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
                                          neighbours=(result.nbr_ids, result.nbr_scores))
     device = choose_device(cfg.use_gpu, num_gpus(), result.spec.kind)
+    last_full = stamp(as_of) if mode == "full" or prev is None else prev.manifest.get("last_full_as_of", prev.manifest["as_of"])
     manifest = {
         "model_version": model_version, "as_of": stamp(as_of), "mode": mode, "full_reason": reason,
         "n_users": len(result.uv), "dim": result.uv.dim, "k": cfg.k, "index": result.spec.params(),
         "device": device, "recall_at_k": round(recall, 5), "recall_sample": n_sample,
-        "n_changed_lists": int(len(result.changed_rows)), **result.stats,
-        "last_full_as_of": stamp(as_of) if mode == "full" else prev.manifest.get("last_full_as_of", prev.manifest["as_of"]),
+        "n_changed_lists": len(result.changed_rows), **result.stats,
+        "last_full_as_of": last_full,
         "previous_as_of": stamp(prev.as_of) if prev is not None else None,
         "contract": {"neighbours": NEIGHBOURS.version},
     }
@@ -161,7 +176,7 @@ def build_graph(settings, model_version: str, as_of: datetime | str, *, incremen
 
         rows = result.changed_rows
         t1 = time.perf_counter()
-        manifest["redis_lists"] = write_neighbour_lists(settings.redis, model_version, result.uv.dim,
+        manifest["redis_lists"] = write_neighbour_lists(redis, model_version, result.uv.dim,
                                                         result.uv.ids[rows], result.nbr_ids[rows],
                                                         result.nbr_scores[rows], as_of)
         manifest["redis_s"] = round(time.perf_counter() - t1, 3)
@@ -170,16 +185,14 @@ def build_graph(settings, model_version: str, as_of: datetime | str, *, incremen
     return manifest
 
 
-def newer_vectors(layout, model_version: str, prev: GraphSnapshot, as_of: datetime) -> UserVectors:
+def newer_vectors(layout: Layout, model_version: str, prev: GraphSnapshot, as_of: datetime) -> UserVectors:
     """The vectors of the embedding snapshots published after ``prev`` (empty when there are none)."""
-    from store.graph.vectors import snapshot_times
-
-    if not snapshot_times(layout, model_version, prev.as_of, as_of):
+    if not snapshot_times(layout, model_version, after=prev.as_of, until=as_of):
         return UserVectors(np.zeros(0, np.int64), np.zeros((0, prev.vectors.dim), np.float32))
     return latest_vectors(layout, model_version, as_of, after=prev.as_of)
 
 
-def incremental_blocker(cfg, prev: GraphSnapshot, new: UserVectors) -> str | None:
+def incremental_blocker(cfg: GraphSettings, prev: GraphSnapshot, new: UserVectors) -> str | None:
     """Why the new vectors cannot be applied incrementally (None: they can)."""
     if len(new) and new.dim != prev.vectors.dim:
         return f"vector dim changed from {prev.vectors.dim} to {new.dim}"

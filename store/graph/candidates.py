@@ -18,6 +18,9 @@ from datetime import datetime
 
 import numpy as np
 
+from store.base import VectorStore
+from store.settings import RedisSettings
+
 
 class NeighbourSource(ABC):
     @abstractmethod
@@ -37,10 +40,10 @@ class ArrayNeighbours(NeighbourSource):
     def __init__(self, user_ids: np.ndarray, nbr_ids: np.ndarray, scores: np.ndarray):
         self.ids, self.nbr, self.scores = user_ids, nbr_ids, scores
 
-    def neighbours(self, user_ids):
+    def neighbours(self, user_ids) -> list[tuple[np.ndarray, np.ndarray] | None]:
         user_ids = np.asarray(user_ids, np.int64)
         pos = np.minimum(np.searchsorted(self.ids, user_ids), len(self.ids) - 1)
-        out = []
+        out: list[tuple[np.ndarray, np.ndarray] | None] = []
         for uid, p in zip(user_ids, pos):
             if self.ids[p] != uid:
                 out.append(None)
@@ -54,36 +57,41 @@ class DictPositives(PositivesSource):
     def __init__(self, by_user: dict[int, np.ndarray]):
         self.by_user = by_user
 
-    def positives(self, user_ids):
+    def positives(self, user_ids) -> list[np.ndarray]:
         empty = np.zeros(0, np.int64)
         return [np.asarray(self.by_user.get(int(u), empty), np.int64) for u in user_ids]
 
 
-class RedisNeighbours(NeighbourSource):
-    """The model's neighbour lists in Redis (store.client.LookupClient pinned to the model)."""
+class StoreNeighbours(NeighbourSource):
+    """The model's neighbour lists in the store (store.client.LookupClient pinned to the model)."""
 
-    def __init__(self, redis_settings, model_version: str):
+    def __init__(self, redis_settings: RedisSettings, model_version: str, store: VectorStore | None = None):
         from store.client import LookupClient
 
         self.rs, self.model = redis_settings, model_version
-        self.client = LookupClient(redis_settings, model=model_version)
+        self.client = LookupClient(redis_settings, model=model_version, store=store)
 
-    def neighbours(self, user_ids):
+    def neighbours(self, user_ids) -> list[tuple[np.ndarray, np.ndarray] | None]:
         from store.graph.redis_io import read_neighbour_lists
 
         return read_neighbour_lists(self.rs, self.model, user_ids, client=self.client)
 
 
-class RedisPositives(PositivesSource):
-    """Recent positives in Redis (store.graph.redis_io), those younger than the window."""
+class StorePositives(PositivesSource):
+    """Recent positives in the store (store.graph.redis_io), those younger than the window at ``now``."""
 
-    def __init__(self, redis_settings, window_hours: float, now: datetime | None = None, store=None):
-        self.rs, self.window, self.now, self.store = redis_settings, window_hours, now, store
+    def __init__(self, redis_settings: RedisSettings, window_hours: float, now: datetime | None = None,
+                 store: VectorStore | None = None):
+        from store.backends import open_store
 
-    def positives(self, user_ids):
+        self.rs, self.window, self.now = redis_settings, window_hours, now
+        self.store = store if store is not None else open_store(redis_settings)
+
+    def positives(self, user_ids) -> list[np.ndarray]:
         from store.graph.redis_io import read_positives
 
         return read_positives(self.rs, user_ids, self.window, self.now, store=self.store)
+
 
 
 def score_items(nbr_ids: np.ndarray, nbr_scores: np.ndarray, nbr_positives: list[np.ndarray],

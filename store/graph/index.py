@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,9 +74,10 @@ def empty_index(spec: IndexSpec, dim: int):
     """An untrained, empty CPU index of this spec that accepts ``add_with_ids``."""
     import faiss
 
+    index: Any  # faiss's SWIG proxies: index_factory returns the concrete subclass at run time
     if spec.kind == "ivf":
         index = faiss.index_factory(dim, f"IVF{spec.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = spec.nprobe
+        faiss.extract_index_ivf(index).nprobe = spec.nprobe
         return index
     if spec.kind == "ivf_pq":
         index = faiss.index_factory(dim, f"IVF{spec.nlist},PQ{spec.pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
@@ -83,7 +85,7 @@ def empty_index(spec: IndexSpec, dim: int):
         return index
     if spec.kind == "hnsw":
         index = faiss.index_factory(dim, f"IDMap2,HNSW{spec.hnsw_m},Flat", faiss.METRIC_INNER_PRODUCT)
-        hnsw = faiss.downcast_index(index.index).hnsw
+        hnsw = _hnsw(index)
         hnsw.efConstruction = spec.ef_construction
         hnsw.efSearch = spec.ef_search
         return index
@@ -115,7 +117,15 @@ def set_search_params(index, spec: IndexSpec) -> None:
     if spec.kind in ("ivf", "ivf_pq"):
         faiss.extract_index_ivf(index).nprobe = spec.nprobe
     elif spec.kind == "hnsw":
-        faiss.downcast_index(index.index).hnsw.efSearch = spec.ef_search
+        _hnsw(index).efSearch = spec.ef_search
+
+
+def _hnsw(index: Any) -> Any:
+    """The HNSW graph inside an ``IDMap2,HNSW..`` index (its ``.index`` is the IndexHNSW)."""
+    import faiss
+
+    inner: Any = faiss.downcast_index(index.index)  # IndexHNSWFlat at run time
+    return inner.hnsw
 
 
 def choose_device(use_gpu: str, num_gpus: int, kind: str) -> str:

@@ -46,6 +46,8 @@ def seed_centroids(seeds: np.ndarray, n_centroids: int, seed: int = 0) -> np.nda
     km = faiss.Kmeans(seeds.shape[1], c, niter=20, spherical=True, seed=seed + 1, verbose=False,
                       min_points_per_centroid=1)
     km.train(np.ascontiguousarray(seeds, np.float32))
+    if km.centroids is None:  # faiss sets them in train()
+        raise RuntimeError("faiss k-means produced no centroids")
     return normalise(km.centroids)
 
 

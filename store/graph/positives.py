@@ -3,17 +3,19 @@
 Source: the hour's active-user sequences, ``active/as_of=<T>/shard=*.parquet`` (sequence contract).
 A sequence holds the user's last N events, so for an active user it is the whole truth about the
 recent window: `recent_positives` keeps the events whose type is in
-``settings.events.positive_event_types`` and whose ts lies in ``[as_of - window, as_of)``, newest
+``events.positive_event_types`` and whose ts lies in ``[as_of - window, as_of)``, newest
 first, one entry per distinct item, at most ``graph.positives_per_user``.
 
-`publish_recent_positives` writes them to Redis (store.graph.redis_io: one small value per user, read
-with one HMGET per bucket), replacing the user's previous value; users not active this hour keep
-theirs, and readers drop entries that have aged out of the window.
+`publish_recent_positives` writes them to the store (store.graph.redis_io: one small ``positives``
+record per user, read with one HMGET per bucket in Redis), replacing the user's previous value unless
+that one is newer; users not active this hour keep theirs, and readers drop entries that have aged out
+of the window.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,12 @@ import pyarrow.parquet as pq
 
 from core.atomic import is_complete
 from core.contracts import SEQUENCE
-from core.layout import HOUR, HOUR_MS, utc
+from core.layout import HOUR, HOUR_MS, Layout, utc
+from core.settings import EventSettings
+from store.backends import open_store
+from store.base import UpsertCounts, VectorStore
+from store.graph.settings import GraphSettings
+from store.settings import RedisSettings
 
 
 def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime, window_hours: float,
@@ -55,8 +62,8 @@ def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime
     parent, items, ts = parent[top], items[top], ts[top]
     bounds = np.searchsorted(parent, np.arange(len(user_ids) + 1))
     ages = ((as_of_ms - ts) / float(HOUR_MS)).astype(np.float32)
-    return (user_ids, [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-            [ages[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    spans = list(pairwise(bounds.tolist()))
+    return user_ids, [items[a:b] for a, b in spans], [ages[a:b] for a, b in spans]
 
 
 def active_shards(active_dir: Path) -> list[Path]:
@@ -67,20 +74,26 @@ def active_shards(active_dir: Path) -> list[Path]:
     return sorted(active_dir.glob("shard=*.parquet"))
 
 
-def publish_recent_positives(settings, as_of: datetime | str, *, window_hours: float | None = None) -> dict:
-    """Write every active user's recent positive items at ``as_of`` to Redis; returns counts."""
+def publish_recent_positives(cfg: GraphSettings, events: EventSettings, redis: RedisSettings, layout: Layout,
+                             as_of: datetime | str, *, window_hours: float | None = None,
+                             store: VectorStore | None = None) -> dict:
+    """Write every active user's recent positive items at ``as_of`` to the store; returns counts.
+
+    The upsert keeps the newest as_of per user, so rerunning an older hour never replaces newer positives.
+    """
     from store.graph.redis_io import write_positives
 
     as_of = utc(as_of)
-    cfg = settings.graph
     window = cfg.positives_window_hours if window_hours is None else window_hours
+    store = store if store is not None else open_store(redis)
     users = with_positives = 0
-    for shard in active_shards(settings.layout().active(as_of)):
+    counts = UpsertCounts()
+    for shard in active_shards(layout.active(as_of)):
         table = pq.read_table(shard, columns=list(SEQUENCE.required))
-        ids, items, ages = recent_positives(table, settings.events.positive_event_types, as_of, window,
-                                            cfg.positives_per_user)
-        write_positives(settings.redis, ids, items, ages, as_of, ttl_s=int(window * HOUR.total_seconds()))
+        ids, items, ages = recent_positives(table, events.positive_event_types, as_of, window, cfg.positives_per_user)
+        c = write_positives(redis, ids, items, ages, as_of, ttl_s=window * HOUR.total_seconds(), store=store)
+        counts += UpsertCounts(**c)
         users += len(ids)
         with_positives += sum(1 for i in items if len(i))
     return {"as_of": as_of.isoformat(), "users": users, "users_with_positives": with_positives,
-            "window_hours": window}
+            "window_hours": window, **counts.as_dict()}

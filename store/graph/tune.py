@@ -23,6 +23,11 @@ LADDERS = {"ivf": _NPROBE, "ivf_pq": _NPROBE,
            "hnsw": ("ef_search", (32, 48, 64, 96, 128, 192, 256, 384, 512))}
 
 
+def _with_knob(spec: IndexSpec, name: str, value: int) -> IndexSpec:
+    """``spec`` with its query-time knob (``nprobe`` or ``ef_search``) set to ``value``."""
+    return replace(spec, nprobe=value) if name == "nprobe" else replace(spec, ef_search=value)
+
+
 def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_sample: int, seed: int,
               limit: int) -> tuple[IndexSpec, list[dict]]:
     """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried); applied to ``index``."""
@@ -35,9 +40,9 @@ def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_
     rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
     exact, _ = exact_neighbours(uv, rows, k)
     tried = []
-    chosen = replace(spec, **{name: steps[-1]})
+    chosen = _with_knob(spec, name, steps[-1])
     for value in steps:
-        candidate = replace(spec, **{name: value})
+        candidate = _with_knob(spec, name, value)
         set_search_params(index, candidate)
         recall = recall_at_k(search_neighbours(searcher(index, candidate, uv), uv, rows, k)[0], exact)
         tried.append({name: value, "recall": round(recall, 4)})

@@ -2,27 +2,23 @@
 
 The encoder writes one snapshot per hourly refresh, ``embeddings/<model>/as_of=<T>/shard=<i>/*.parquet``,
 holding only that hour's *active* users. A user's current vector is therefore the one in the newest
-snapshot that contains the user. `latest_vectors` merges the snapshots in ``(after, as_of]`` (full
+snapshot that contains the user. `latest_vectors` takes the snapshots in ``(after, as_of]`` (full
 build: every snapshot up to ``as_of``; incremental build: only those newer than the previous graph).
 
-Only published data is read: shard directories with a ``_SUCCESS`` marker, chosen by the encoder's own
-`core.embeddings.shard_dirs` (its ``latest_embeddings`` has no upper as_of bound, which
-a rebuild of a past hour needs, so the merge is done here).
-The result is a `UserVectors`: user ids sorted ascending and their float32 L2-normalised vectors, the
-layout the rest of the graph code works in.
+Snapshots are read only through `core.embeddings` (which shards are published, the newest-wins merge,
+the vector column as numpy). The result is a `UserVectors`: user ids sorted ascending and their
+float32 L2-normalised vectors, the layout the rest of the graph code works in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from core.layout import Layout, utc
+from core.embeddings import latest_embeddings, vector_array
+from core.layout import Layout
 
 
 @dataclass
@@ -72,7 +68,7 @@ class UserVectors:
         return table
 
     @classmethod
-    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray) -> "UserVectors":
+    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray) -> UserVectors:
         """Sort by id, drop duplicate ids (last wins), normalise rows."""
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -84,7 +80,7 @@ class UserVectors:
         last[:-1] = ids[1:] != ids[:-1]
         return cls(ids[last], normalise(vectors[last]))
 
-    def merged(self, newer: "UserVectors") -> "UserVectors":
+    def merged(self, newer: UserVectors) -> UserVectors:
         """These vectors with ``newer``'s replacing/adding users (newer wins)."""
         if len(self) and len(newer) and self.dim != newer.dim:
             raise ValueError(f"vector dim changed from {self.dim} to {newer.dim}: a new model needs a full build")
@@ -100,60 +96,10 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def vectors_from_table(table: pa.Table) -> np.ndarray:
-    """The ``vector`` column (fixed_size_list<float16|float32>[D]) as a (N, D) float32 array."""
-    col = table.column("vector").combine_chunks()
-    if not pa.types.is_fixed_size_list(col.type):
-        raise ValueError(f"embedding column 'vector' must be a fixed-size list, got {col.type}")
-    dim = col.type.list_size
-    if col.null_count:
-        raise ValueError("embedding table holds null vectors")
-    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
-    return flat.reshape(len(col), dim).astype(np.float32)
-
-
-def snapshot_files(layout: Layout, model_version: str, as_of: datetime) -> list[Path]:
-    """Parquet files of one published embedding snapshot: the encoder's own rule of which shard
-    directories count (`core.embeddings.shard_dirs`: published shards, and once the
-    snapshot is marked complete only its ``num_shards`` first ones)."""
-    from core.embeddings import shard_dirs
-
-    return [f for d in shard_dirs(layout, model_version, as_of) for f in sorted(d.glob("*.parquet"))]
-
-
-def snapshot_times(layout: Layout, model_version: str, after: datetime | None, as_of: datetime) -> list[datetime]:
-    """as_of times of the model's published embedding snapshots in ``(after, as_of]``, oldest first."""
-    parent = layout.embeddings(model_version, as_of).parent
-    if not parent.is_dir():
-        return []
-    out = []
-    for child in parent.iterdir():
-        if not child.name.startswith("as_of="):
-            continue
-        t = utc(child.name[len("as_of="):])
-        if t <= utc(as_of) and (after is None or t > utc(after)) and snapshot_files(layout, model_version, t):
-            out.append(t)
-    return sorted(out)
-
-
 def latest_vectors(layout: Layout, model_version: str, as_of: datetime, after: datetime | None = None) -> UserVectors:
-    """Merge the model's snapshots in ``(after, as_of]``; for each user the newest snapshot wins.
+    """Every user's latest vector from the model's snapshots in ``(after, as_of]`` (newest snapshot wins).
 
     Raises FileNotFoundError when no published snapshot exists in the window.
     """
-    times = snapshot_times(layout, model_version, after, as_of)
-    if not times:
-        where = layout.embeddings(model_version, as_of).parent
-        raise FileNotFoundError(
-            f"no published embeddings for model {model_version!r} in ({after}, {as_of}] under {where}; "
-            "run the encoder first (soe infer)"
-        )
-    ids, vecs = [], []
-    for t in times:  # oldest first: UserVectors.from_arrays keeps the last duplicate = newest snapshot
-        for f in snapshot_files(layout, model_version, t):
-            table = pq.read_table(f, columns=["user_id", "vector"])
-            ids.append(table.column("user_id").to_numpy())
-            vecs.append(vectors_from_table(table))
-    if not ids:
-        raise FileNotFoundError(f"embedding snapshots of {model_version!r} hold no Parquet files")
-    return UserVectors.from_arrays(np.concatenate(ids), np.concatenate(vecs))
+    table = latest_embeddings(layout, model_version, after=after, until=as_of, columns=["user_id", "vector"])
+    return UserVectors.from_arrays(table.column("user_id").to_numpy(), vector_array(table.column("vector")))

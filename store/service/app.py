@@ -20,19 +20,49 @@ not block the event loop.
 
 
 import time
-from typing import Annotated
+from collections.abc import Callable
+from pathlib import Path as FsPath
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from store.service.schemas import (INT64_MAX, INT64_MIN, Candidate, CandidatesResponse, LookalikeResponse,
-                                   Neighbour, NeighboursResponse, Problem, VectorResponse, VectorsResponse,
-                                   request_models)
+from core.layout import Layout
+from store.graph.settings import GraphSettings
+from store.service.schemas import (
+    INT64_MAX,
+    INT64_MIN,
+    Candidate,
+    CandidatesResponse,
+    LookalikeRequest,
+    LookalikeResponse,
+    Neighbour,
+    NeighboursResponse,
+    Problem,
+    VectorResponse,
+    VectorsRequest,
+    VectorsResponse,
+    request_models,
+)
+from store.service.settings import ServeSettings
 from store.service.state import NotReady, ServiceState
+from store.settings import RedisSettings
 
 UserPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="int64 user id")]
-ERRORS = {404: {"model": Problem}, 413: {"model": Problem}, 503: {"model": Problem}}
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 413: {"model": Problem}, 503: {"model": Problem}}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_body(model: type) -> Callable[[F], F]:
+    """Give a handler's ``body`` parameter the app's request model (a subclass whose limits come from
+    the settings); the handler is annotated with the static base class."""
+
+    def set_body(fn: F) -> F:
+        fn.__annotations__["body"] = model
+        return fn
+
+    return set_body
 
 
 def _metrics(registry):
@@ -46,12 +76,12 @@ def _metrics(registry):
     }
 
 
-def create_app(settings, state: "ServiceState | None" = None) -> FastAPI:
-    """The FastAPI app over ``settings`` (``serve``, ``graph``, ``redis`` sections)."""
+def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, layout: Layout,
+               state: ServiceState | None = None) -> FastAPI:
+    """The FastAPI app over the ``serve``, ``graph`` and ``redis`` sections and the data layout."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    serve, gcfg = settings.serve, settings.graph
-    state = state or ServiceState(settings)
+    state = state or ServiceState(serve, gcfg, redis, layout)
     req = request_models(serve, gcfg)
     registry = CollectorRegistry()  # one per app: tests create many apps in one process
     metrics = _metrics(registry)
@@ -86,7 +116,8 @@ def create_app(settings, state: "ServiceState | None" = None) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     try:
-        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeout
 
         @app.exception_handler(RedisConnectionError)
         @app.exception_handler(RedisTimeout)
@@ -101,9 +132,9 @@ def create_app(settings, state: "ServiceState | None" = None) -> FastAPI:
 
     @app.get("/ready", tags=["ops"], responses={503: {"description": "not ready"}})
     def ready():
-        checks = {}
+        checks: dict[str, bool | str] = {}
         if serve.vector_source == "redis":
-            checks["redis"] = state.redis_ok()
+            checks["redis"] = state.store_ok()
         try:
             g = state.graph()
             checks["graph"] = True
@@ -122,7 +153,8 @@ def create_app(settings, state: "ServiceState | None" = None) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/vectors", response_model=VectorsResponse, responses=ERRORS, tags=["vectors"])
-    def vectors(body: req.vectors):
+    @with_body(req.vectors)
+    def vectors(body: VectorsRequest):
         ids = np.asarray(body.user_ids, dtype=np.int64)
         vecs, found, model = state.vectors(ids)
         out = [v.tolist() if f else None for v, f in zip(vecs, found)]
@@ -154,7 +186,8 @@ def create_app(settings, state: "ServiceState | None" = None) -> FastAPI:
                                   candidates=[Candidate(item_id=int(i), score=float(s)) for i, s in zip(items, scores)])
 
     @app.post("/v1/lookalike", response_model=LookalikeResponse, responses=ERRORS, tags=["graph"])
-    def lookalike(body: req.lookalike):
+    @with_body(req.lookalike)
+    def lookalike(body: LookalikeRequest):
         from store.graph.lookalike import lookalike as expand
 
         g = state.graph()
@@ -170,8 +203,11 @@ def create_app(settings, state: "ServiceState | None" = None) -> FastAPI:
     return app
 
 
-def openapi_spec(settings=None) -> dict:
-    """The OpenAPI document of the app under default (or given) settings: docs/openapi.json."""
-    from soe.config import load_settings
+def openapi_spec(serve: ServeSettings | None = None, gcfg: GraphSettings | None = None) -> dict:
+    """The OpenAPI document of the app under the given (default) sections: docs/openapi.json.
 
-    return create_app(settings or load_settings(environ={})).openapi()
+    Only ``serve`` and ``graph`` shape the spec (limits, defaults); the store and the data root do not.
+    """
+    app = create_app(serve or ServeSettings(), gcfg or GraphSettings(), RedisSettings(mode="memory"),
+                     Layout(FsPath("data")))
+    return app.openapi()

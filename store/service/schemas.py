@@ -8,9 +8,12 @@ strict JSON integers within int64: ``"42"``, ``4.2``, ``true`` or 2**70 are type
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
+
+from store.graph.settings import GraphSettings
+from store.service.settings import ServeSettings
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UserId = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX, description="int64 user id")]
@@ -39,7 +42,7 @@ class VectorResponse(BaseModel):
 
 class VectorsResponse(BaseModel):
     model_version: str
-    vectors: list[Optional[list[float]]] = Field(description="aligned with user_ids; null when unknown")
+    vectors: list[list[float] | None] = Field(description="aligned with user_ids; null when unknown")
     missing: list[int] = Field(description="requested ids without a vector")
 
 
@@ -68,25 +71,38 @@ class Problem(BaseModel):
     detail: str
 
 
+class VectorsRequest(Strict):
+    """POST /v1/vectors (the app's subclass adds the ``serve.max_batch`` limit)."""
+
+    user_ids: list[UserId]
+
+
+class LookalikeRequest(Strict):
+    """POST /v1/lookalike (the app's subclass adds the seed and audience limits)."""
+
+    seed_user_ids: list[UserId]
+    size: StrictInt = 1000
+    exclude_seeds: bool = True
+    method: Literal["centroid", "multi_centroid", "max_seed"] | None = Field(
+        default=None, description="seed scoring; default graph.lookalike_method")
+
+
 @dataclass(frozen=True)
 class Requests:
     """The request models built for one set of limits."""
 
-    vectors: type[BaseModel]
-    lookalike: type[BaseModel]
+    vectors: type[VectorsRequest]
+    lookalike: type[LookalikeRequest]
 
 
-def request_models(serve, graph) -> Requests:
+def request_models(serve: ServeSettings, graph: GraphSettings) -> Requests:
     """Request bodies whose limits come from the settings (one class per app)."""
 
-    class VectorsRequest(Strict):
-        user_ids: list[UserId] = Field(min_length=1, max_length=serve.max_batch)
-
-    class LookalikeRequest(Strict):
-        seed_user_ids: list[UserId] = Field(min_length=1, max_length=min(serve.max_seeds, graph.max_seeds))
-        size: StrictInt = Field(default=1000, ge=1, le=min(serve.max_audience, graph.max_audience))
-        exclude_seeds: bool = True
-        method: Optional[Literal["centroid", "multi_centroid", "max_seed"]] = Field(
-            default=None, description="seed scoring; default graph.lookalike_method")
-
-    return Requests(VectorsRequest, LookalikeRequest)
+    vectors = create_model(
+        "VectorsRequest", __base__=VectorsRequest,
+        user_ids=(list[UserId], Field(min_length=1, max_length=serve.max_batch)))
+    lookalike = create_model(
+        "LookalikeRequest", __base__=LookalikeRequest,
+        seed_user_ids=(list[UserId], Field(min_length=1, max_length=min(serve.max_seeds, graph.max_seeds))),
+        size=(StrictInt, Field(default=1000, ge=1, le=min(serve.max_audience, graph.max_audience))))
+    return Requests(vectors, lookalike)

@@ -2,7 +2,8 @@
 
 * the **model**: ``serve.model_version``, else the Redis current-model pointer, else the model of
   the newest graph on disk;
-* **vectors**: the store's `LookupClient` pinned to that model (``serve.vector_source=redis``), or
+* **vectors**: the store's `LookupClient` pinned to that model (``serve.vector_source=redis``; the
+  store is `store.backends.open_store(redis)`, so ``redis.mode: memory`` serves an in-process store), or
   the graph snapshot (``graph``; for offline use without Redis);
 * **neighbours** and **candidates**: Redis neighbour lists and recent positives
   (store.graph.candidates sources) when vectors come from Redis, else the snapshot's lists;
@@ -15,11 +16,20 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 
-from store.graph.candidates import ArrayNeighbours, NeighbourSource, PositivesSource, RedisNeighbours, RedisPositives
+from core.layout import Layout
+from store.backends import open_store
+from store.base import VectorStore
+from store.client import LookupClient
+from store.graph.candidates import ArrayNeighbours, NeighbourSource, StoreNeighbours, StorePositives
+from store.graph.settings import GraphSettings
 from store.graph.snapshot import GraphSnapshot, latest_any_model, latest_snapshot
+from store.service.settings import ServeSettings
+from store.settings import RedisSettings
 
 
 class NotReady(RuntimeError):
@@ -33,10 +43,10 @@ class LoadedGraph:
         self.snap = snap
         self.uv = snap.vectors
         self.nbr_ids, self.nbr_scores = snap.neighbours()
-        self._index = None
+        self._index: Any = None
         self._lock = threading.Lock()
 
-    def index(self):
+    def index(self) -> Any:
         with self._lock:
             if self._index is None:
                 self._index = self.snap.searcher()
@@ -47,29 +57,36 @@ class LoadedGraph:
 
 
 class ServiceState:
-    def __init__(self, settings):
-        self.settings = settings
+    """The service's sections, its store and the loaded graph (see the module docstring)."""
+
+    def __init__(self, serve: ServeSettings, graph: GraphSettings, redis: RedisSettings, layout: Layout):
+        self.serve, self.graph_cfg, self.redis, self.layout = serve, graph, redis, layout
         self._graph: LoadedGraph | None = None
         self._checked = -1e9
         self._lock = threading.Lock()
-        self._lookup = None
-        self._lookup_model = None
-        self._store = None
+        self._lookup: LookupClient | None = None
+        self._lookup_model: str | None = None
+        self._store: VectorStore | None = None
         self._pointer: tuple[float, str | None] = (-1e9, None)
         self._sources: dict[str, NeighbourSource] = {}
-        self._positives: PositivesSource | None = None
+        self._positives: StorePositives | None = None
+
+    def store(self) -> VectorStore:
+        """The store (`open_store(redis)`), opened on first use."""
+        if self._store is None:
+            self._store = open_store(self.redis)
+        return self._store
 
     # -- model and graph ----------------------------------------------------------------------
     def model(self) -> str:
-        serve = self.settings.serve
-        if serve.model_version:
-            return serve.model_version
+        if self.serve.model_version:
+            return self.serve.model_version
         now = time.monotonic()
         fetched, model = self._pointer
-        if model is None or now - fetched >= self.settings.redis.pointer_ttl_s:
-            model = self._current_from_redis() if serve.vector_source == "redis" else None
+        if model is None or now - fetched >= self.redis.pointer_ttl_s:
+            model = self.store().current() if self.serve.vector_source == "redis" else None
             if model is None:
-                snap = latest_any_model(self.settings.layout())
+                snap = latest_any_model(self.layout)
                 if snap is None:
                     raise NotReady("no model to serve: set serve.model_version, switch the Redis pointer, "
                                    "or build a graph")
@@ -77,20 +94,13 @@ class ServiceState:
             self._pointer = (now, model)
         return model
 
-    def _current_from_redis(self) -> str | None:
-        if self._store is None:
-            from store.redis_store import RedisVectorStore
-
-            self._store = RedisVectorStore(self.settings.redis)
-        return self._store.current()
-
     def graph(self) -> LoadedGraph:
         """The newest graph of the served model (reloaded when a newer one is published)."""
         now = time.monotonic()
         with self._lock:
-            if self._graph is None or now - self._checked >= self.settings.serve.graph_reload_s:
+            if self._graph is None or now - self._checked >= self.serve.graph_reload_s:
                 self._checked = now
-                snap = latest_snapshot(self.settings.layout(), self.model())
+                snap = latest_snapshot(self.layout, self.model())
                 if snap is not None and (self._graph is None or snap.path != self._graph.snap.path):
                     self._graph = LoadedGraph(snap)
             if self._graph is None:
@@ -98,50 +108,50 @@ class ServiceState:
             return self._graph
 
     # -- vectors / neighbours / positives -----------------------------------------------------
-    def _client(self):
-        from store.client import LookupClient
-
+    def _client(self) -> tuple[LookupClient, str]:
+        """The lookup client pinned to the served model, and that model."""
         model = self.model()
         if self._lookup is None or self._lookup_model != model:
-            self._lookup, self._lookup_model = LookupClient(self.settings.redis, model=model), model
-        return self._lookup
+            self._lookup, self._lookup_model = LookupClient(self.redis, model=model, store=self.store()), model
+        return self._lookup, model
 
     def vectors(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """(vectors (n, d) float32, found (n,) bool, model)."""
-        if self.settings.serve.vector_source == "graph":
+        if self.serve.vector_source == "graph":
             g = self.graph()
             pos = g.uv.positions(user_ids)
             vecs = np.where((pos >= 0)[:, None], g.uv.vectors[np.maximum(pos, 0)], 0.0).astype(np.float32)
             return vecs, pos >= 0, g.snap.model_version
-        client = self._client()
+        client, model = self._client()
         try:
             vecs, found = client.get(user_ids)
-        except LookupError:  # the model namespace is not in Redis: nobody is found
-            return np.zeros((len(user_ids), 0), np.float32), np.zeros(len(user_ids), bool), self._lookup_model
-        return vecs, found, self._lookup_model
+        except LookupError:  # the model namespace is not in the store: nobody is found
+            return np.zeros((len(user_ids), 0), np.float32), np.zeros(len(user_ids), bool), model
+        return vecs, found, model
 
     def neighbours(self) -> NeighbourSource:
-        if self.settings.serve.vector_source == "graph":
+        if self.serve.vector_source == "graph":
             return self.graph().neighbour_source()
         model = self.model()
         if model not in self._sources:
-            self._sources[model] = RedisNeighbours(self.settings.redis, model)
+            self._sources[model] = StoreNeighbours(self.redis, model, store=self.store())
         return self._sources[model]
 
-    def positives(self) -> PositivesSource:
+    def positives(self) -> StorePositives:
         """Recent positives, aged at the served graph's as_of (data time, not the wall clock)."""
+        now: datetime | None
         try:
             now = self.graph().snap.as_of
         except NotReady:
             now = None  # no graph: ages as of each value's own publication
         if self._positives is None or self._positives.now != now:
-            self._positives = RedisPositives(self.settings.redis, self.settings.graph.positives_window_hours, now=now)
+            self._positives = StorePositives(self.redis, self.graph_cfg.positives_window_hours, now=now,
+                                             store=self.store())
         return self._positives
 
-    def redis_ok(self) -> bool:
-        from store.redis_store import connect
-
+    def store_ok(self) -> bool:
+        """Whether the store answers (/ready)."""
         try:
-            return bool(connect(self.settings.redis).ping())
-        except Exception:  # any connection failure means "not ready", reported by /ready
+            return self.store().ping()
+        except Exception:  # noqa: BLE001 - any failure to answer means "not ready", reported by /ready
             return False
