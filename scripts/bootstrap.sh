@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what SoE needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - redis-server (+ redis-tools) and a Java runtime for Spark, from Debian packages when missing;
-#   - a virtualenv at .venv in the repo root with SoE and its pinned dependencies (".[dev]").
+#   - a virtualenv at .venv in the repo root with SoE and its pinned dependencies (".[dev]", or $SOE_EXTRAS).
 # Re-running is cheap: pip is skipped while pyproject.toml is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +26,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   "$PY" -m venv .venv
 fi
+# Which extras of pyproject.toml to install: "dev" here (tests, lint, Airflow); deploy/Dockerfile sets
+# SOE_EXTRAS to "" (runtime only) or e.g. "airflow,gpu", so the image installs through this same step.
+extras=${SOE_EXTRAS-dev}
+spec="."
 stamp=".venv/.soe-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -n "$extras" ]; then spec=".[$extras]"; fi
+if [ "$extras" != "dev" ]; then stamp="$stamp-extras-${extras:-none}"; stamp=${stamp//,/_}; fi
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: pip install -e '.[dev]' (torch pinned to the CPU wheel 2.13.0; Airflow takes a few minutes)" >&2
+  echo "bootstrap: pip install -e '$spec' (torch pinned to 2.13.0; Airflow takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e "$spec"
   # The Airflow Spark provider pulls `pyspark-client`, whose files overwrite pyspark's own (then every
   # mapInArrow/UDF fails with a Py4J error). Put the full pyspark back over it, same version, no deps.
   spark_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pyspark"))')
