@@ -11,7 +11,7 @@ randomly initialised model (d = 64, 2 layers, 2 heads, MLP 4d):
 * **naive**: the same weights through eager ``nn.TransformerEncoder`` in fp32, every batch padded to
   N, fixed batches in file order (`encoder.inference.naive`); its vectors equal the engine's.
 * **gemm_peak_gflops**: a 4096^3 fp32 matmul in this run. ``achieved_gflops`` = the FLOPs the engine
-  needs on real tokens (`model_flops(newest_only=True)`) / engine seconds; ``fraction_of_peak`` =
+  needs on real tokens (`model_flops(path="newest_only")`) / engine seconds; ``fraction_of_peak`` =
   achieved / peak. ``full_forward_*`` is the engine running every position of the last block, with
   the full model's FLOPs counted.
 * **e2e**: `encode_shard` on a Parquet shard: load the model, read, featurise, encode, write, publish.
@@ -61,14 +61,17 @@ def main() -> None:
     users = args.users or (800 if args.quick else 10000)
     rounds = args.repeats or (2 if args.quick else 3)
 
+    from encoder.config import ModelConfig
+    from encoder.device import select_device
     from encoder.features import featurize
     from encoder.inference.batching import plan_batches
-    from encoder.inference.device import available_cores, configure_threads, select_device
+    from encoder.inference.device import available_cores, configure_threads
     from encoder.inference.engine import BatchEncoder
     from encoder.inference.naive import NaiveEncoder, model_flops, naive_encode
+    from encoder.inference.paths import resolve_path
     from encoder.inference.sample import AS_OF, heavy_tailed_lengths, random_sequences
     from encoder.inference.settings import InferenceSettings
-    from encoder.model import ModelConfig, UserEncoder
+    from encoder.model import UserEncoder
 
     threads = configure_threads(0)
     torch.manual_seed(0)
@@ -77,7 +80,8 @@ def main() -> None:
     lengths = heavy_tailed_lengths(users, N, seed=1)
     table = random_sequences(lengths, AS_OF, seed=1)
     base = InferenceSettings()
-    flops = model_flops(lengths, D, LAYERS, cfg.mlp_ratio, newest_only=base.newest_only)
+    path = resolve_path(cfg, base.path)
+    flops = model_flops(lengths, D, LAYERS, cfg.mlp_ratio, path=path)
     flops_full = model_flops(lengths, D, LAYERS, cfg.mlp_ratio)
     print(f"{users} users, {int(lengths.sum())} events (mean {lengths.mean():.1f}, p50 {np.median(lengths):.0f}, "
           f"p99 {np.percentile(lengths, 99):.0f}, {100 * (lengths == N).mean():.1f}% at N), "
@@ -86,13 +90,13 @@ def main() -> None:
     cpu = select_device("cpu")
 
     def engine(**overrides) -> BatchEncoder:
-        return BatchEncoder(model, cfg, cpu, base.model_copy(update=overrides))
+        return BatchEncoder(model, cpu, base.model_copy(update=overrides))
 
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
     encoders = {
         "engine": engine(),
         "intra_op": engine(cpu_workers=1),  # one batch at a time, every op split over the cores
-        "full_forward": engine(newest_only=False),  # every position of the last block, like model.forward
+        "full_forward": engine(path="full"),  # every position of the last block, like model.forward
     }
     if not args.quick:
         encoders["inline_loader"] = engine(loader_thread=False)
@@ -144,7 +148,7 @@ def main() -> None:
         "achieved_gflops": round(achieved, 2),
         "gemm_peak_gflops": round(peak, 2),
         "fraction_of_peak": round(achieved / peak, 3),
-        "flops_counted": "needed on real tokens by the newest-only engine" if base.newest_only else "full model, real tokens",
+        "flops_counted": "needed on real tokens by the newest-only engine" if path == "newest_only" else "full model, real tokens",
         "full_forward_gflops": round(flops_full / sec["full_forward"] / 1e9, 2),
         "full_forward_fraction_of_peak": round(flops_full / sec["full_forward"] / 1e9 / peak, 3),
         "newest_only_speedup": round(sec["full_forward"] / engine_s, 3),
@@ -175,7 +179,7 @@ def end_to_end_fn(model, cfg, table: pa.Table, tmp: Path) -> Callable[[], object
     settings = load_settings(environ={"SOE_DATA__ROOT": str(tmp / "data")})
     version = save_model(settings.layout(), model, cfg, train_window="bench", metrics={})
     write_active_snapshot(settings.layout(), AS_OF, table, num_shards=1)
-    return lambda: encode_shard(settings, version, AS_OF, 0)
+    return lambda: encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)
 
 
 if __name__ == "__main__":

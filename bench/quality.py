@@ -28,15 +28,15 @@ import pyarrow.compute as pc
 import torch
 
 from bench.common import emit, machine, parse_args
+from core.contracts import ATTRIBUTE_COLUMNS
+from core.datasets.synthetic import SyntheticConfig, generate
+from core.layout import HOUR_MS
 from encoder.baselines import plain_sasrec_overrides
+from encoder.config import ModelConfig
 from encoder.data import events_to_sequences, item_catalogue, leave_last_out, truncate
 from encoder.evaluate import leave_last_out_report, planted_purity, staleness_metrics
-from encoder.model import ModelConfig
 from encoder.train import fit
 from soe.config import load_settings
-from core.contracts import ATTRIBUTE_COLUMNS
-from core.layout import HOUR_MS
-from core.datasets.synthetic import SyntheticConfig, generate
 
 ML_MODEL = {"max_len": 50}  # RecBole's GRU4Rec reference also uses max length 50
 SYN_POSITIVES = ["click", "conversion", "view", "search"]  # every engagement with an item shows interest

@@ -4,7 +4,8 @@ Contents::
 
     config.json     ModelConfig (architecture + hashing parameters) and the training settings
     hashing.json    the hashing parameters alone (function, seed, buckets per table, hashes per id)
-    weights.pt      state_dict of UserEncoder (CPU tensors)
+    weights.pt      state_dict of UserEncoder (CPU tensors; read with weights_only=True; tables keyed by name,
+                    older positional keys ``tables.<i>`` are renamed on load)
     metrics.json    evaluation metrics (leave-last-out, baselines, staleness, purity ...)
     MODEL_CARD.md   data window, metrics, intended use
     _SUCCESS        marker with a small manifest (version, created_at)
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from encoder.model import ModelConfig, UserEncoder
 from core.atomic import is_complete, publish_dir, read_marker, write_json_atomic
+from encoder.config import ModelConfig
+from encoder.model import UserEncoder
 
 HASH_FUNCTION = "splitmix64(id + salt(table, seed) + golden*(h+1)) % (buckets-1) + 1"
 
@@ -45,7 +47,7 @@ def hashing_params(cfg: ModelConfig) -> dict:
         "function": HASH_FUNCTION,
         "seed": cfg.hash_seed,
         "n_hashes": cfg.n_hashes,
-        "buckets": {t: cfg.buckets(t) for t in cfg.tables},
+        "buckets": {t.feature: t.num_embeddings for t in cfg.tables},
         "padding_bucket": 0,
     }
 
@@ -54,14 +56,19 @@ def _card(version: str, cfg: ModelConfig, train_window: Any, metrics: dict, card
     lines = [
         f"# Model card: {version}",
         "",
-        "**Model**: SoE user-action-as-token encoder (causal pre-norm transformer, "
-        f"d={cfg.d_model}, layers={cfg.n_layers}, heads={cfg.n_heads}, max_len={cfg.max_len}, pooling={cfg.pooling}; "
-        f"features: action={cfg.use_action}, time={cfg.use_time}, attributes={cfg.use_attributes}, context={cfg.use_context}).",
+        (
+            "**Model**: SoE user-action-as-token encoder (causal pre-norm transformer, "
+            f"d={cfg.d_model}, layers={cfg.n_layers}, heads={cfg.n_heads}, max_len={cfg.max_len}, pooling={cfg.pooling}; "
+            f"features: action={cfg.use_action}, time={cfg.use_time}, attributes={cfg.use_attributes}, "
+            f"context={cfg.use_context})."
+        ),
         f"**Training window**: {train_window}",
         "",
-        "**Intended use**: nearline user vectors for ranking features, lookalike audiences and similar-user "
-        "candidate generation. Vectors are L2-normalised; compare them by dot product. Not for decisions about "
-        "individuals outside advertising/recommendation relevance.",
+        (
+            "**Intended use**: nearline user vectors for ranking features, lookalike audiences and similar-user "
+            "candidate generation. Vectors are L2-normalised; compare them by dot product. Not for decisions about "
+            "individuals outside advertising/recommendation relevance."
+        ),
         "",
         "## Metrics",
         "",
@@ -85,7 +92,7 @@ def save_model(
 ) -> str:
     """Publish ``models/<version>/`` atomically and return the version id."""
     version = model_version(cfg, train_window, train_settings)
-    manifest = {"version": version, "created_at": datetime.now(timezone.utc).isoformat()}
+    manifest = {"version": version, "created_at": datetime.now(UTC).isoformat()}
     with publish_dir(layout.model(version), manifest) as tmp:
         config = {"version": version, "model": cfg.to_dict(), "train": train_settings or {}, "train_window": train_window}
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))

@@ -1,4 +1,4 @@
-"""Baselines scored by the same metric code on the same split (see encoder.evaluate).
+"""Baselines scored by the same metric code on the same split (`encoder.evaluate` scores them).
 
 * `popularity_scores`: every user gets the catalogue ranked by training-positive counts.
 * `bag_of_items_scores`: a user vector = mean of the *learned* item vectors of the user's history
@@ -14,8 +14,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from encoder.data import Catalogue, positive_counts
-from encoder.evaluate import history_items
+from encoder.data import Catalogue, history_items, positive_counts
 
 PLAIN_SASREC = {"use_action": False, "use_time": False, "use_attributes": False, "use_context": False}
 

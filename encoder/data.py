@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.contracts import ATTRIBUTE_COLUMNS, TS
+from core.layout import utc
+from core.sequence_state import read_state
 
 LIST_COLUMNS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
 
@@ -35,7 +37,7 @@ def events_to_sequences(events: pa.Table, as_of=None) -> pa.Table:
     offsets = pa.array(np.r_[starts, len(user)].astype(np.int32))
     cols = {"user_id": pa.array(user_sorted[starts], pa.int64())}
     last_ts = ts[order][np.r_[starts[1:], len(user)] - 1] if len(user) else np.array([], np.int64)
-    as_of_ms = last_ts + 1 if as_of is None else np.full(len(starts), _ms(as_of), dtype=np.int64)
+    as_of_ms = last_ts + 1 if as_of is None else np.full(len(starts), epoch_ms(as_of), dtype=np.int64)
     cols["as_of"] = pa.array(as_of_ms, pa.int64()).cast(TS)
     cols["n_events"] = pa.array(np.diff(np.r_[starts, len(user)]).astype(np.int32))
     for name in LIST_COLUMNS:
@@ -44,10 +46,11 @@ def events_to_sequences(events: pa.Table, as_of=None) -> pa.Table:
     return pa.table(cols)
 
 
-def _ms(t) -> int:
-    from core.layout import utc
-
-    return int(utc(t).timestamp() * 1000) if not isinstance(t, (int, np.integer)) else int(t)
+def epoch_ms(t) -> int:
+    """A time (aware or naive-UTC datetime, ISO string, or already epoch ms) -> epoch milliseconds (int)."""
+    if isinstance(t, (int, np.integer)):
+        return int(t)
+    return round(utc(t).timestamp() * 1000)
 
 
 def read_sasrec(path: str | Path) -> pa.Table:
@@ -90,9 +93,18 @@ def read_sasrec(path: str | Path) -> pa.Table:
 
 def read_sequences(path: str | Path) -> pa.Table:
     """A Parquet file or directory of sequence rows (e.g. a pipeline trainset or a layered state snapshot)."""
-    from core.sequence_state import read_state
-
     return read_state(path)
+
+
+def as_sequences(source: pa.Table | str | Path) -> pa.Table:
+    """Events (event contract), sequence rows (list columns) or a Parquet path of them -> sequence rows."""
+    if isinstance(source, (str, Path)):
+        source = read_sequences(source)
+    if not isinstance(source, pa.Table):
+        raise TypeError(f"training input must be a pyarrow Table or a Parquet path, got {type(source).__name__}")
+    if "item_id" not in source.column_names:
+        raise ValueError("training input has no item_id column (need events or sequence rows)")
+    return source if pa.types.is_list(source.schema.field("item_id").type) else events_to_sequences(source)
 
 
 def is_positive(event_type: pa.Array, positive_types) -> np.ndarray:
@@ -163,6 +175,17 @@ class Catalogue:
         item_ids = np.asarray(item_ids, dtype=np.int64)
         pos = np.clip(np.searchsorted(self.ids, item_ids), 0, max(len(self.ids) - 1, 0))
         return np.where((len(self.ids) > 0) & (self.ids[pos] == item_ids), pos, -1)
+
+
+def history_items(sequences: pa.Table, catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (offsets, catalogue positions) of every row's history items (for exclusion from rankings)."""
+    items = sequences["item_id"].combine_chunks()
+    flat = catalogue.index(pc.fill_null(items.flatten(), -1).to_numpy())
+    lengths = pc.list_value_length(items).to_numpy().astype(np.int64)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    keep = flat >= 0
+    counts = np.bincount(row[keep], minlength=len(lengths))
+    return np.r_[0, np.cumsum(counts)], flat[keep]
 
 
 def _flat(sequences: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,23 +9,37 @@ baselines (`encoder.baselines`) are scored by the very same functions on the sam
   recomputed just before each target event score that one event. Loss = 1 - stale/fresh, in %.
 * `planted_purity`: purity@20 of each user's nearest neighbours against the planted clusters, with
   the random-neighbour level beside it.
-* `compare`: the promotion gate of the training DAG.
+
+The promotion decision itself is not here: it is `soe.flows.gate.decide`, on metrics from
+`evaluate_model`.
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from core.layout import HOUR_MS
-from encoder.data import Catalogue, Split, truncate
+from core.layout import HOUR_MS, Layout
+from core.settings import EventSettings
+from encoder.artifact import load_model, update_metrics
+from encoder.baselines import bag_of_items_scores, popularity_scores
+from encoder.config import ModelConfig
+from encoder.data import (
+    Catalogue,
+    Split,
+    history_items,
+    is_positive,
+    item_catalogue,
+    leave_last_out,
+    truncate,
+)
+from encoder.device import select_device
 from encoder.features import featurize, hash_items
 from encoder.metrics import KS, csr, purity, random_purity, ranking_metrics
-from encoder.model import ModelConfig, UserEncoder
-
+from encoder.model import UserEncoder
+from encoder.settings import TrainSettings
 
 
 @torch.no_grad()
@@ -54,17 +68,6 @@ def item_matrix(model: UserEncoder, cfg: ModelConfig, catalogue: Catalogue, devi
     return torch.cat([model.item_vectors(idx[lo : lo + 65536].to(device)).float().cpu() for lo in range(0, len(idx), 65536)])
 
 
-def history_items(sequences: pa.Table, catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (offsets, catalogue positions) of every row's history items (for exclusion)."""
-    items = sequences["item_id"].combine_chunks()
-    flat = catalogue.index(pc.fill_null(items.flatten(), -1).to_numpy())
-    lengths = pc.list_value_length(items).to_numpy().astype(np.int64)
-    row = np.repeat(np.arange(len(lengths)), lengths)
-    keep = flat >= 0
-    counts = np.bincount(row[keep], minlength=len(lengths))
-    return np.r_[0, np.cumsum(counts)], flat[keep]
-
-
 def _targets_csr(targets: np.ndarray, catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     pos = catalogue.index(targets)
     counts = (pos >= 0).astype(np.int64)
@@ -89,8 +92,6 @@ def model_leave_last_out(model, cfg, inputs: pa.Table, targets: np.ndarray, cata
 
 # -- time split / staleness ---------------------------------------------------------------------
 def _positive_flat(sequences: pa.Table, positive_types):
-    from encoder.data import is_positive
-
     ts = pc.fill_null(sequences["ts"].combine_chunks().flatten().cast(pa.int64()), 0).to_numpy()
     lengths = pc.list_value_length(sequences["ts"]).to_numpy().astype(np.int64)
     row = np.repeat(np.arange(len(lengths)), lengths)
@@ -137,14 +138,14 @@ def staleness_metrics(model, cfg, sequences: pa.Table, catalogue: Catalogue, T_m
         f"stale_recall{k}": stale[f"hr@{k}"], f"stale_ndcg{k}": stale[f"ndcg@{k}"],
         f"stale_event_recall{k}": stale_ev[f"hr@{k}"], f"fresh_event_recall{k}": fresh[f"hr@{k}"],
         f"fresh_event_ndcg{k}": fresh[f"ndcg@{k}"], f"stale_event_ndcg{k}": stale_ev[f"ndcg@{k}"],
-        "staleness_loss_pct": loss, "staleness_users": int(len(users)), "staleness_targets": int(kept.sum()),
+        "staleness_loss_pct": loss, "staleness_users": len(users), "staleness_targets": int(kept.sum()),
         "staleness_T_ms": int(T_ms), "staleness_horizon_h": horizon_h,
     }
 
 
 def busiest_time(sequences: pa.Table, positive_types, horizon_h: float = 24.0, quantile: float = 0.7) -> int:
     """A split time T (hour-aligned, ms) after ``quantile`` of the events with many positives after it."""
-    ts, row, _, _, pos = _positive_flat(sequences, positive_types)
+    ts, _row, _, _, pos = _positive_flat(sequences, positive_types)
     lo = int(np.quantile(ts, quantile)) // HOUR_MS * HOUR_MS
     hi = int(np.quantile(ts, min(quantile + 0.2, 0.99))) // HOUR_MS * HOUR_MS
     candidates = np.arange(lo, hi + 1, HOUR_MS * 6) if hi > lo else np.array([lo])
@@ -170,34 +171,11 @@ def planted_purity(model, cfg, sequences: pa.Table, truth: pa.Table, k: int = 20
     }
 
 
-# -- promotion ----------------------------------------------------------------------------------
-def compare(candidate: dict, current: dict | None, gate: dict | None = None) -> tuple[bool, str]:
-    """Promote the candidate when its ``gate["metric"]`` beats the current one by ``min_gain`` (relative).
-
-    gate defaults: metric "ndcg@10", min_gain 0.0. A candidate without the metric is never promoted;
-    with no current model any candidate with the metric is.
-    """
-    gate = {"metric": "ndcg@10", "min_gain": 0.0, **(gate or {})}
-    metric, gain = gate["metric"], float(gate["min_gain"])
-    cand = candidate.get(metric)
-    if not isinstance(cand, (int, float)) or np.isnan(cand):
-        return False, f"candidate has no {metric}"
-    if not current or not isinstance(current.get(metric), (int, float)):
-        return True, f"no current model with {metric}; candidate {metric}={cand:.4f}"
-    cur = float(current[metric])
-    need = cur * (1.0 + gain)
-    if cand > need or (cur == 0 and cand > 0):
-        return True, f"{metric} {cand:.4f} > {need:.4f} (current {cur:.4f}, min gain {gain:.1%})"
-    return False, f"{metric} {cand:.4f} does not beat {need:.4f} (current {cur:.4f}, min gain {gain:.1%})"
-
-
 def leave_last_out_report(model, cfg, split: Split, catalogue: Catalogue, positive_types, device="cpu", ks=KS) -> dict:
     """The model and the popularity / bag-of-items baselines on the test split, one metric code.
 
     Keys: ``hr@K``/``ndcg@K`` (model), ``pop_...`` and ``bag_...`` (baselines), ``test_users``.
     """
-    from encoder.baselines import bag_of_items_scores, popularity_scores
-
     users = encode_users(model, cfg, split.test, device=device)
     items = item_matrix(model, cfg, catalogue, device=device)
     scorers = {
@@ -213,17 +191,16 @@ def leave_last_out_report(model, cfg, split: Split, catalogue: Catalogue, positi
     return out
 
 
-def evaluate_model(settings, version: str, sequences: pa.Table, *, truth: pa.Table | None = None,
-                   staleness: bool = True, save: bool = False) -> dict:
-    """Every metric family of a published model on ``sequences`` (leave-last-out test split)."""
-    from encoder.artifact import load_model, update_metrics
-    from encoder.data import item_catalogue, leave_last_out
-    from encoder.train import pick_device, positive_types_of
+def evaluate_model(layout: Layout, train: TrainSettings, events: EventSettings, version: str, sequences: pa.Table, *,
+                   truth: pa.Table | None = None, staleness: bool = True, save: bool = False) -> dict:
+    """Every metric family of a published model on ``sequences`` (leave-last-out test split).
 
-    device = pick_device(settings.train.device)
-    model, cfg, _ = load_model(settings.layout(), version, device=device)
-    positive_types = positive_types_of(settings)
-    split = leave_last_out(sequences, positive_types, settings.train.min_positives)
+    ``train`` gives the device, the positives and ``min_positives``; ``events`` the default positives.
+    """
+    device = select_device(train.device, strict=train.strict_device, purpose="train").device
+    model, cfg, _ = load_model(layout, version, device=device)
+    positive_types = train.positive_types(events)
+    split = leave_last_out(sequences, positive_types, train.min_positives)
     catalogue = item_catalogue(sequences, cfg.attributes)
     metrics = leave_last_out_report(model, cfg, split, catalogue, positive_types, device=device)
     timed = (sequences.schema.metadata or {}).get(b"soe.features") != b"item_only"
@@ -233,5 +210,5 @@ def evaluate_model(settings, version: str, sequences: pa.Table, *, truth: pa.Tab
     if truth is not None:
         metrics.update(planted_purity(model, cfg, sequences, truth, device=device))
     if save:
-        update_metrics(settings.layout(), version, metrics)
+        update_metrics(layout, version, metrics)
     return metrics

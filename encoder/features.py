@@ -31,8 +31,8 @@ import torch
 
 from core.hashing import GOLDEN, as_uint64, mix64
 from core.layout import DAY_MS, HOUR_MS
-from encoder.model import ModelConfig
-
+from encoder.config import ModelConfig
+from encoder.data import epoch_ms
 
 
 @dataclass
@@ -57,16 +57,16 @@ class SequenceBatch:
     def __len__(self) -> int:
         return self.user_id.shape[0]
 
-    def _map(self, fn) -> "SequenceBatch":
+    def _map(self, fn) -> SequenceBatch:
         return SequenceBatch(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
-    def to(self, device, non_blocking: bool = False) -> "SequenceBatch":
+    def to(self, device, non_blocking: bool = False) -> SequenceBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "SequenceBatch":
+    def pin_memory(self) -> SequenceBatch:
         return self._map(lambda t: t.pin_memory())
 
-    def select(self, idx) -> "SequenceBatch":
+    def select(self, idx) -> SequenceBatch:
         """Rows ``idx``, with the left padding trimmed to the longest selected row."""
         out = self._map(lambda t: t[idx])
         T = max(int(out.lengths.max()) if len(out) else 1, 1)
@@ -127,8 +127,8 @@ def _as_of_ms(table: pa.Table, as_of) -> np.ndarray:
         if "as_of" not in table.column_names:
             raise ValueError("featurize: the table has no as_of column; pass as_of=")
         return _to_ms(table["as_of"].combine_chunks().cast(pa.timestamp("ms", tz="UTC")))
-    if isinstance(as_of, datetime):
-        return np.full(n, int(as_of.timestamp() * 1000), dtype=np.int64)
+    if isinstance(as_of, (datetime, str)):
+        return np.full(n, epoch_ms(as_of), dtype=np.int64)
     return np.broadcast_to(np.asarray(as_of, dtype=np.int64), (n,)).copy()
 
 

@@ -8,8 +8,11 @@ Token embedding (sum of parts, each switchable for the plain-SASRec ablation)::
           + E_pos[index from the oldest kept event]
 
 Hashing is done by `encoder.features` (numpy, no vocabulary); this module only sees bucket indexes
-``(B, T, A, H)``: A attribute tables (item first), H hash functions whose rows are *summed*. Bucket 0
-of every table is the padding / missing-value row and stays zero.
+``(B, T, A, H)``: A hashed tables (item first), H hash functions whose rows are *summed*. Bucket 0
+of every table is the padding / missing-value row and stays zero. The tables are an
+``nn.ModuleDict`` keyed by table name (``tables.item``, ``tables.category`` ...; one
+`encoder.config.TableConfig` each); weights saved under the older positional keys (``tables.0`` ...)
+are renamed on load.
 
 **Padding is on the left**: the newest event is always at position ``T-1``. Positions count from the
 oldest *kept* event, so a user gets the same positions whatever padded length its batch has. The
@@ -17,9 +20,11 @@ attention mask lets a real query see only real keys at or before it; a padding q
 itself (so no softmax row is empty and nothing leaks into real positions). The vector of a user is
 therefore the same (up to float rounding) in any batch, which the inference engineer relies on.
 
-The blocks are causal pre-norm transformer blocks using `F.scaled_dot_product_attention` (the fast
-path); `forward_reference` runs the same weights through an explicit matmul-softmax attention (the
-plain path); tests compare both. Context (hour of day, weekday of ``as_of``) is added *beside* the
+The blocks are causal pre-norm transformer blocks. **One switch selects the attention kernel** of
+every block (HSTU style): ``UserEncoder(cfg, attention="sdpa")`` (default, the fused
+`F.scaled_dot_product_attention`) or ``"reference"`` (explicit matmul-softmax, the plain path tests
+compare against); `UserEncoder.set_attention` changes it on a built model. The kernel is a runtime
+choice, not part of the artifact: the same weights run under either. Context (hour of day, weekday of ``as_of``) is added *beside* the
 sequence, to the pooled output, never as a token. Pooling is "last" (the output at the newest
 position) or "attention" (a learned query attending over the outputs, causally per position).
 """
@@ -27,64 +32,17 @@ position) or "attention" (a learned query attending over the outputs, causally p
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from core.contracts import ATTRIBUTE_COLUMNS
+from encoder.config import ModelConfig
 
-DEFAULT_ACTIONS = ("impression", "click", "conversion", "view", "search")
-
-
-@dataclass
-class ModelConfig:
-    d_model: int = 64  # token / user vector width D
-    n_layers: int = 2  # transformer blocks
-    n_heads: int = 2  # attention heads (d_model % n_heads == 0)
-    max_len: int = 200  # newest events kept per user (T upper bound)
-    dropout: float = 0.1  # dropout on tokens, residual branches and MLP (training only)
-    attn_dropout: float = 0.0  # dropout on attention weights (costly on CPU; off by default)
-    mlp_ratio: int = 4  # hidden width of the block MLP = mlp_ratio * d_model
-    item_buckets: int = 2**18  # rows of the item hash table (2 hashes -> ~2^36 distinct pairs, fine for 1e8+ ids)
-    attr_buckets: int = 2**14  # rows of each attribute hash table (category, advertiser, campaign)
-    n_hashes: int = 2  # hash functions per id; their rows are summed (hash embedding)
-    hash_seed: int = 0x5EED  # seed of the hash functions (part of the artifact: changing it changes every id)
-    attributes: tuple[str, ...] = ATTRIBUTE_COLUMNS  # attribute tables besides item_id, in this order
-    actions: tuple[str, ...] = DEFAULT_ACTIONS  # action vocabulary; 0 = padding, len+1 = unknown type
-    n_time_buckets: int = 24  # log2 time-gap buckets of (as_of - ts) in seconds; 0 = padding
-    use_action: bool = True  # add the action-type embedding
-    use_time: bool = True  # add the time-gap bucket embedding
-    use_attributes: bool = True  # add the attribute tables (False: item id only, plain SASRec)
-    use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
-    pooling: str = "last"  # "last" (newest position) or "attention" (learned-query pooling)
-
-    def __post_init__(self):
-        self.attributes = tuple(self.attributes)
-        self.actions = tuple(self.actions)
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.pooling not in ("last", "attention"):
-            raise ValueError(f"pooling must be 'last' or 'attention', got {self.pooling!r}")
-        if min(self.item_buckets, self.attr_buckets) < 2 or self.n_hashes < 1 or self.n_time_buckets < 2:
-            raise ValueError("hash tables need >= 2 buckets, >= 1 hash function, >= 2 time buckets")
-
-    @property
-    def tables(self) -> tuple[str, ...]:
-        """The hashed tables, item first: ("item_id", *attributes)."""
-        return ("item_id", *self.attributes)
-
-    def buckets(self, table: str) -> int:
-        return self.item_buckets if table == "item_id" else self.attr_buckets
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+Attention = Literal["sdpa", "reference"]  # the attention kernel: fused SDPA (default) or explicit matmul-softmax
+DECAY_MODULES = (nn.Linear,)  # weights of these get weight decay
+NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm)  # weights of these do not; no bias ever does
 
 
 def attention_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -98,41 +56,56 @@ def attention_mask(valid: torch.Tensor) -> torch.Tensor:
     return (causal & valid[:, None, :]) | eye  # (B, T, T)
 
 
-def reference_attention(q, k, v, mask, dropout_p: float = 0.0):
-    """Plain attention: softmax(q k^T / sqrt(d) masked) v. q, k, v (B, h, T, d); mask (B, 1, T, T)."""
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, h, T, T)
+def attend(q, k, v, mask, dropout_p: float = 0.0, kernel: Attention = "sdpa") -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) masked) v by ``kernel``. q (B, h, Tq, d), k/v (B, h, T, d), mask (B, 1, Tq, T).
+
+    ``"sdpa"``: `F.scaled_dot_product_attention` (fused where the backend has it). ``"reference"``:
+    the explicit matmul-softmax, every intermediate materialised.
+    """
+    if kernel == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, h, Tq, d)
+    if kernel != "reference":
+        raise ValueError(f"attention kernel must be one of {get_args(Attention)}, got {kernel!r}")
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, h, Tq, T)
     att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     att = F.dropout(att, p=dropout_p)
-    return att @ v  # (B, h, T, d)
+    return att @ v  # (B, h, Tq, d)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, kernel: Attention = "sdpa"):
         super().__init__()
         self.n_heads, self.dropout, self.attn_dropout = cfg.n_heads, cfg.dropout, cfg.attn_dropout
+        self.kernel: Attention = kernel  # set by UserEncoder.set_attention
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x, mask, reference: bool = False):
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, T, D)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d)
+    def heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, h, T, d)."""
+        B, T, D = t.shape
+        return t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+
+    def attend(self, q, k, v, mask) -> torch.Tensor:
+        """Heads (B, h, Tq, d) x (B, h, T, d) -> (B, Tq, D) projected output, with this layer's kernel and dropout."""
         p, pa = (self.dropout, self.attn_dropout) if self.training else (0.0, 0.0)
-        if reference:
-            y = reference_attention(q, k, v, mask, pa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=pa)  # (B, h, T, d)
-        y = y.transpose(1, 2).contiguous().view(B, T, D)
+        y = attend(q, k, v, mask, pa, self.kernel)  # (B, h, Tq, d)
+        B, h, Tq, d = y.shape
+        y = y.transpose(1, 2).reshape(B, Tq, h * d)  # (B, Tq, D)
         return F.dropout(self.proj(y), p=p)
+
+    def forward(self, x, mask):
+        D = x.shape[-1]
+        q, k, v = (self.heads(t) for t in self.qkv(x).split(D, dim=2))  # 3 x (B, h, T, d)
+        return self.attend(q, k, v, mask)  # (B, T, D)
 
 
 class Block(nn.Module):
     """Pre-norm block: x + attn(ln(x)); x + mlp(ln(x))."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, kernel: Attention = "sdpa"):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, kernel)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model),
             nn.GELU(),
@@ -140,17 +113,17 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x, mask, reference: bool = False):
-        x = x + self.attn(self.ln1(x), mask, reference)
+    def forward(self, x, mask):
+        x = x + self.attn(self.ln1(x), mask)  # (B, T, D)
         return x + self.mlp(self.ln2(x))
 
 
 class UserEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, attention: Attention = "sdpa"):
         super().__init__()
         self.cfg = cfg
         D = cfg.d_model
-        self.tables = nn.ModuleList(nn.Embedding(cfg.buckets(t), D, padding_idx=0) for t in cfg.tables)
+        self.tables = nn.ModuleDict({t.name: nn.Embedding(t.num_embeddings, D, padding_idx=0) for t in cfg.tables})
         self.action = nn.Embedding(len(cfg.actions) + 2, D, padding_idx=0)  # 0 pad, 1..n types, n+1 unknown
         self.time = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
         self.pos = nn.Embedding(cfg.max_len, D)
@@ -162,6 +135,8 @@ class UserEncoder(nn.Module):
         self.pool_query = nn.Linear(D, 1, bias=False)  # attention pooling score w . h_k
         self.head = nn.Linear(D, D)  # user vector head (after pooling + context)
         self.apply(self._init)
+        self.set_attention(attention)
+        self.register_load_state_dict_pre_hook(UserEncoder._rename_positional_tables)
 
     @staticmethod
     def _init(m):
@@ -175,15 +150,65 @@ class UserEncoder(nn.Module):
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
 
+    # -- switches and loading -------------------------------------------------------------------
+    @property
+    def attention(self) -> Attention:
+        """The attention kernel of every block (one switch for the whole model)."""
+        return self.blocks[0].attn.kernel if len(self.blocks) else "sdpa"
+
+    def set_attention(self, kernel: Attention) -> UserEncoder:
+        """Run every block's attention with ``kernel`` ("sdpa" or "reference"); returns the model."""
+        if kernel not in get_args(Attention):
+            raise ValueError(f"attention kernel must be one of {get_args(Attention)}, got {kernel!r}")
+        for block in self.blocks:
+            block.attn.kernel = kernel
+        return self
+
+    @staticmethod
+    def _rename_positional_tables(module: UserEncoder, state_dict, prefix, *_args) -> None:
+        """Weights saved before the tables were named (``tables.0.weight`` ...) load under their names."""
+        for i, table in enumerate(module.cfg.tables):
+            old = f"{prefix}tables.{i}.weight"
+            if old in state_dict:
+                state_dict[f"{prefix}tables.{table.name}.weight"] = state_dict.pop(old)
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups chosen by module type (nanoGPT style): Linear weights decay; embedding and
+        LayerNorm weights and every bias do not. A parameter of any other module type is an error, so a
+        new layer must be classified here before it can be trained."""
+        decay: dict[str, nn.Parameter] = {}
+        no_decay: dict[str, nn.Parameter] = {}
+        for mn, m in self.named_modules():
+            for pn, p in m.named_parameters(recurse=False):
+                name = f"{mn}.{pn}" if mn else pn
+                if pn.endswith("bias") or (pn.endswith("weight") and isinstance(m, NO_DECAY_MODULES)):
+                    no_decay[name] = p
+                elif pn.endswith("weight") and isinstance(m, DECAY_MODULES):
+                    decay[name] = p
+                else:
+                    raise TypeError(f"parameter {name} of a {type(m).__name__}: classify it in param_groups")
+        return [
+            {"params": list(decay.values()), "names": list(decay), "weight_decay": weight_decay},
+            {"params": list(no_decay.values()), "names": list(no_decay), "weight_decay": 0.0},
+        ]
+
+    def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.98)) -> torch.optim.AdamW:
+        """AdamW over `param_groups`."""
+        groups = [{k: v for k, v in g.items() if k != "names"} for g in self.param_groups(weight_decay)]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
     # -- embeddings -----------------------------------------------------------------------------
-    def _n_tables(self) -> int:
-        return len(self.tables) if self.cfg.use_attributes else 1
+    def _used_tables(self) -> list[nn.Embedding]:
+        """The tables summed into a token, in feature order: all of them, or the item table alone."""
+        tables = list(self.tables.values())
+        return tables if self.cfg.use_attributes else tables[:1]
 
     def attribute_embedding(self, idx: torch.Tensor) -> torch.Tensor:
         """(..., A, H) hashed bucket indexes -> (..., D): Σ over used tables and hash functions."""
         out = 0
-        for a in range(self._n_tables()):
-            out = out + self.tables[a](idx[..., a, :]).sum(dim=-2)  # (..., H, D) -> (..., D)
+        for a, table in enumerate(self._used_tables()):
+            out = out + table(idx[..., a, :]).sum(dim=-2)  # (..., H, D) -> (..., D)
         return out
 
     def item_vectors(self, idx: torch.Tensor) -> torch.Tensor:
@@ -203,7 +228,7 @@ class UserEncoder(nn.Module):
         T = valid.shape[1]
         pos = torch.arange(T, device=valid.device)[None, :] - (T - batch.lengths)[:, None]  # (B, T)
         x = x + self.pos(pos.clamp(0, self.cfg.max_len - 1))
-        return x * valid[..., None]  # padding tokens are exactly zero
+        return x * valid[..., None]  # (B, T, D) padding tokens are exactly zero
 
     def context(self, hour: torch.Tensor, weekday: torch.Tensor) -> torch.Tensor:
         """(B,) or (B, T) hour / weekday -> (..., D), or 0 when context is off."""
@@ -212,12 +237,12 @@ class UserEncoder(nn.Module):
         return self.hour(hour) + self.weekday(weekday)
 
     # -- encoder --------------------------------------------------------------------------------
-    def _hidden(self, batch, reference: bool) -> torch.Tensor:
+    def _hidden(self, batch) -> torch.Tensor:
         valid = batch.valid  # (B, T)
         mask = attention_mask(valid)[:, None]  # (B, 1, T, T)
         x = self.drop(self.token_embedding(batch))  # (B, T, D)
         for block in self.blocks:
-            x = block(x, mask, reference)
+            x = block(x, mask)  # (B, T, D)
         h = self.ln_f(x)  # (B, T, D)
         if self.cfg.pooling == "attention":
             s = self.pool_query(h).squeeze(-1)  # (B, T) score of each output
@@ -225,26 +250,22 @@ class UserEncoder(nn.Module):
             h = att.softmax(dim=-1) @ h  # (B, T, D) causal pooled output per position
         return h
 
-    def _head(self, h, hour, weekday):
+    def user_head(self, h, hour, weekday) -> torch.Tensor:
+        """Pooled hidden (..., D) + context -> (..., D) L2-normalised user vectors."""
         ctx = self.context(hour, weekday)
         return F.normalize(self.head(h + ctx), dim=-1)
 
-    def encode_positions(self, batch, hour=None, weekday=None, reference: bool = False) -> torch.Tensor:
+    def encode_positions(self, batch, hour=None, weekday=None) -> torch.Tensor:
         """(B, T, D) L2-normalised vector after every position (training: each predicts the future).
 
         ``hour``/``weekday`` (B, T) are the context of each position's query time (default: as_of's).
         """
-        h = self._hidden(batch, reference)  # (B, T, D)
+        h = self._hidden(batch)  # (B, T, D)
         hour = batch.hour[:, None] if hour is None else hour  # (B, 1) or (B, T)
         weekday = batch.weekday[:, None] if weekday is None else weekday
-        return self._head(h, hour, weekday)
+        return self.user_head(h, hour, weekday)
 
     def forward(self, batch) -> torch.Tensor:
         """(B, D) L2-normalised user vectors: the output at the newest position (left padding)."""
-        h = self._hidden(batch, reference=False)[:, -1]  # (B, D)
-        return self._head(h, batch.hour, batch.weekday)
-
-    def forward_reference(self, batch) -> torch.Tensor:
-        """Same weights, explicit matmul-softmax attention: the plain path tests compare against."""
-        h = self._hidden(batch, reference=True)[:, -1]  # (B, D)
-        return self._head(h, batch.hour, batch.weekday)
+        h = self._hidden(batch)[:, -1]  # (B, D)
+        return self.user_head(h, batch.hour, batch.weekday)

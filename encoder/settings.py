@@ -1,10 +1,38 @@
-"""Config sections of model training (owned by the encoder, composed in soe.config)."""
+"""Config sections of model training (owned by the encoder, composed in soe.config). No torch here.
+
+Every closed choice is a ``Literal`` and every section forbids unknown keys, so a typo fails when
+the configuration is loaded, with the field's path (``train.model.d_modle: Extra inputs are not
+permitted``), not as a traceback in the middle of training.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import fields
+from typing import Annotated, Any, Literal, get_args, get_type_hints
+
+from pydantic import Field, StringConstraints, create_model, field_validator
 
 from core.section import Section
+from core.settings import EventSettings
+from encoder.config import ModelConfig
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+DeviceName = Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]  # "auto", "cpu", "cuda", "cuda:<i>"
+GpuDtype = Literal["auto", "bf16", "fp16", "fp32"]  # autocast dtype on a GPU; "auto": bf16 when supported, else fp16
+Objective = Literal["next_positive", "future_window"]  # see encoder.objectives
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+
+
+def _model_overrides() -> type[Section]:
+    """A section with every `ModelConfig` field, each optional (None = keep the default), same types."""
+    hints = get_type_hints(ModelConfig)
+    spec: dict[str, Any] = {f.name: (hints[f.name] | None, None) for f in fields(ModelConfig)}
+    model = create_model("ModelOverrides", __base__=Section, __module__=__name__, **spec)
+    model.__doc__ = "Overrides of encoder.config.ModelConfig fields (None: the default); unknown keys are errors."
+    return model
+
+
+ModelOverrides = _model_overrides()
 
 
 class TrainSettings(Section):
@@ -12,19 +40,37 @@ class TrainSettings(Section):
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # users per step
     lr: float = 1e-3  # AdamW peak learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (not on embeddings / norms)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (Linear weights only; see UserEncoder.param_groups)
     warmup_frac: float = 0.05  # share of all steps spent in linear warmup, then cosine decay to 0
     temperature: float = 0.05  # softmax temperature on cosine scores
-    objectives: dict[str, float] = {"next_positive": 1.0, "future_window": 1.0}  # objective -> loss weight
+    objectives: dict[Objective, float] = Field(  # objective -> loss weight
+        default_factory=lambda: {"next_positive": 1.0, "future_window": 1.0}
+    )
     window_hours: float = 24.0 * 7  # future_window: targets are positives within this many hours after a position
     targets_per_batch: int = 4096  # positions sampled per objective and step (bounds the (N, M) logits)
     logq: bool = True  # subtract log(sampling probability) of in-batch negatives (popularity correction)
-    positive_event_types: list[str] | None = None  # None: settings.events.positive_event_types
+    positive_event_types: list[str] | None = None  # None: events.positive_event_types
     min_positives: int = 3  # leave-last-out: users with fewer positives only train
     patience: int = 3  # early stopping: epochs without validation NDCG@10 improvement
     eval_users: int = 2000  # validation users scored per epoch (a fixed sample)
     threads: int = 0  # torch CPU threads (0: leave torch's default)
-    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
+    device: DeviceName = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
+    strict_device: bool = False  # True: a requested GPU that is absent is an error, not a CPU fallback
     time_budget_s: float = 0.0  # stop after this many seconds of training (0: no limit)
     resume: bool = True  # resume from the run's checkpoint after a crash
-    model: dict[str, Any] = {}  # overrides of encoder.model.ModelConfig fields, e.g. {"d_model": 128}
+    model: ModelOverrides = Field(default_factory=ModelOverrides)  # type: ignore[valid-type]  # e.g. {"d_model": 128}
+
+    @field_validator("objectives")
+    @classmethod
+    def _some_objective(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError(f"name at least one objective of {OBJECTIVES}")
+        return v
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The `ModelConfig` fields set in ``train.model`` (unset ones keep their defaults)."""
+        return self.model.model_dump(exclude_none=True)
+
+    def positive_types(self, events: EventSettings) -> list[str]:
+        """The event types that count as positives: ``positive_event_types``, else the events section's."""
+        return list(self.positive_event_types or events.positive_event_types)

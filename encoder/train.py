@@ -3,55 +3,70 @@
 The loop, per step: featurise a batch of users, encode every position causally, pick each
 position's target(s) (`encoder.objectives`: next positive and/or a random positive of the future
 window), sample at most ``targets_per_batch`` positions per objective, and minimise the in-batch
-sampled softmax with logQ correction. AdamW (no decay on embeddings, norms, biases), linear warmup
-then cosine decay. bf16 autocast on CUDA, fp32 on CPU.
+sampled softmax with logQ correction. AdamW with weight decay on Linear weights only (groups chosen
+by module type: `UserEncoder.param_groups`), linear warmup then cosine decay. The device comes from
+`encoder.device.select_device` (``train.device``, ``train.strict_device``); bf16 autocast on CUDA,
+fp32 on CPU.
 
 Determinism and crash-resume: the epoch permutation and every step's randomness (dropout, target
 sampling) derive from (seed, epoch, step), not from a running RNG. A checkpoint (model, optimiser,
 scheduler, early-stopping state) is written atomically after each epoch; a rerun of the same run
-resumes from it and ends with the same weights as an uninterrupted run. Early stopping watches
-validation NDCG@10 (leave-last-out) and keeps the best weights.
+resumes from it and ends with the same weights as an uninterrupted run. The checkpoint holds only
+tensors and plain values and is read with ``weights_only=True``: a pickle planted in its place is
+refused (`CheckpointError`), never executed. Early stopping watches validation NDCG@10
+(leave-last-out) and keeps the best weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
+import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from encoder.data import Catalogue, Split, chunk_rows, events_to_sequences, item_catalogue, leave_last_out, positive_counts
-from encoder.evaluate import model_leave_last_out
-from core.layout import DAY_MS, HOUR_MS
+from core.layout import DAY_MS, HOUR_MS, Layout
+from core.progress import progress
+from core.settings import EventSettings
+from encoder.artifact import save_model
+from encoder.config import ModelConfig
+from encoder.data import (
+    Catalogue,
+    Split,
+    as_sequences,
+    chunk_rows,
+    item_catalogue,
+    leave_last_out,
+    positive_counts,
+)
+from encoder.device import autocast, autocast_dtype, select_device
+from encoder.evaluate import leave_last_out_report, model_leave_last_out
 from encoder.features import featurize
-from encoder.model import ModelConfig, UserEncoder
+from encoder.model import UserEncoder
 from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
 from encoder.settings import TrainSettings
 
-OBJECTIVES = ("next_positive", "future_window")
-RUNTIME_ONLY = ("threads", "device", "resume")  # train settings that do not change the result
+RUNTIME_ONLY = ("threads", "device", "strict_device", "resume")  # train settings that do not change the result
+
+
+class CheckpointError(RuntimeError):
+    """A training checkpoint that is not plain tensors and values (refused unread: it could run code)."""
 
 
 def result_settings(ts: TrainSettings) -> dict:
     """The train settings that determine the trained weights (version id, checkpoint key)."""
-    return {k: v for k, v in ts.model_dump().items() if k not in RUNTIME_ONLY}
-NO_DECAY = ("tables", "action", "time", "pos", "hour", "weekday", "ln", "bias")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    out = ts.model_dump(exclude=set(RUNTIME_ONLY) | {"model"})
+    out["model"] = ts.model_overrides()  # only the fields set: ids stay those of the untyped overrides
+    return out
 
 
 def _seed(*parts: int) -> int:
@@ -66,14 +81,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(model: UserEncoder, ts: TrainSettings) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if any(part in name.split(".")[0] or part in name for part in NO_DECAY) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": ts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=ts.lr, betas=(0.9, 0.98))
-
-
 @dataclass
 class FitResult:
     model: UserEncoder
@@ -83,6 +90,7 @@ class FitResult:
     train_s: float
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int = -1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where it was trained
 
 
 def _batch_loss(model, batch, cfg: ModelConfig, ts: TrainSettings, positive_idx, logq, rng, gen, device) -> torch.Tensor:
@@ -123,10 +131,23 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically write a checkpoint of tensors and plain values only (loadable with weights_only=True)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint written by `_save_checkpoint`. Only tensors and plain values are unpickled
+    (``weights_only=True``): a planted pickle under cache/train/ is refused, never executed."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} holds more than tensors and plain values; refusing to unpickle it (it could run "
+            "code). Delete it to train from scratch."
+        ) from exc
 
 
 def fit(
@@ -140,15 +161,12 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
     """Train a UserEncoder on ``split.train`` with early stopping on ``split.valid``."""
-    unknown = set(ts.objectives) - set(OBJECTIVES)
-    if unknown or not ts.objectives:
-        raise ValueError(f"train.objectives must be a non-empty subset of {OBJECTIVES}, got {sorted(ts.objectives)}")
     if ts.threads:
         torch.set_num_threads(ts.threads)
-    device = pick_device(ts.device)
+    device = select_device(ts.device, strict=ts.strict_device, purpose="train").device
     torch.manual_seed(_seed(ts.seed, 0))
     model = UserEncoder(cfg).to(device)
-    opt = make_optimizer(model, ts)
+    opt = model.configure_optimizer(ts.lr, ts.weight_decay)
     train = chunk_rows(split.train, cfg.max_len)  # long histories become several training rows
     lengths = pc.list_value_length(train["item_id"]).to_numpy()
     steps_per_epoch = max(math.ceil(train.num_rows / ts.batch_size), 1)
@@ -158,12 +176,12 @@ def fit(
     logq = LogQ(*positive_counts(train, positive_types)) if ts.logq else None
     vsel = np.random.default_rng(_seed(ts.seed, 1)).permutation(split.valid.num_rows)[: ts.eval_users]
     valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    amp_dtype = autocast_dtype(device, "bf16")  # bf16 on a GPU, plain fp32 on the CPU
 
     state = {"epoch": -1, "best": -1.0, "best_state": None, "bad": 0, "history": [], "elapsed": 0.0, "step": 0}
     resumed = -1
     if checkpoint is not None and ts.resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        saved = load_checkpoint(checkpoint, device)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
@@ -172,8 +190,6 @@ def fit(
     t0 = time.perf_counter() - state["elapsed"]
     bar = None
     if show_progress:
-        from core.progress import progress
-
         bar = progress(total, "train", "step")
         bar.update(state["step"])
     for epoch in range(state["epoch"] + 1, ts.epochs):
@@ -188,7 +204,7 @@ def fit(
             rng = np.random.default_rng(_seed(ts.seed, 4, epoch, step))  # target subsampling
             gen = torch.Generator().manual_seed(_seed(ts.seed, 5, epoch, step))  # future-window draws
             batch = featurize(train.take(pa.array(idx)), cfg).to(device)
-            with autocast:
+            with autocast(device, amp_dtype):
                 loss = _batch_loss(model, batch, cfg, ts, positive_idx, logq, rng, gen, device)
             opt.zero_grad(set_to_none=True)
             if loss.requires_grad:
@@ -223,31 +239,21 @@ def fit(
         bar.close()
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
-    return FitResult(model.eval(), state["best"], state["epoch"] + 1, state["step"], state["elapsed"], state["history"], resumed)
+    return FitResult(model.eval(), state["best"], state["epoch"] + 1, state["step"], state["elapsed"], state["history"],
+                     resumed, device)
 
 
 # -- from data to an artifact -------------------------------------------------------------------
-def as_sequences(source) -> pa.Table:
-    """Events (event contract) or sequence rows (list columns) -> sequence rows, one per user."""
-    if isinstance(source, (str, Path)):
-        from encoder.data import read_sequences
+def model_config(train: TrainSettings, events: EventSettings, sequences: pa.Table, *, max_len: int,
+                 overrides: dict | None = None) -> ModelConfig:
+    """ModelConfig from ``train.model`` + ``overrides``; the action vocabulary from ``events``.
 
-        source = read_sequences(source)
-    if not isinstance(source, pa.Table):
-        raise ValueError(f"training input must be a pyarrow Table or a Parquet path, got {type(source).__name__}")
-    if "item_id" not in source.column_names:
-        raise ValueError("training input has no item_id column (need events or sequence rows)")
-    return source if pa.types.is_list(source.schema.field("item_id").type) else events_to_sequences(source)
-
-
-def model_config(settings, sequences: pa.Table, overrides: dict | None = None) -> ModelConfig:
-    """ModelConfig from settings.train.model + ``overrides``; event types from settings.events.
-
-    SASRec text files carry no time or event types (schema metadata ``soe.features=item_only``): the
-    action, time and context features are switched off for them.
+    ``max_len`` is the sequences' N (the pipeline's ``sequences.max_len``), unless ``train.model``
+    or ``overrides`` set it. SASRec text files carry no time or event types (schema metadata
+    ``soe.features=item_only``): the action, time and context features are switched off for them.
     """
-    fields = {"actions": tuple(settings.events.event_types), "max_len": settings.sequences.max_len}
-    fields.update(settings.train.model)
+    fields = {"actions": tuple(events.event_types), "max_len": max_len}
+    fields.update(train.model_overrides())
     fields.update(overrides or {})
     meta = sequences.schema.metadata or {}
     if meta.get(b"soe.features") == b"item_only":
@@ -255,42 +261,37 @@ def model_config(settings, sequences: pa.Table, overrides: dict | None = None) -
     return ModelConfig(**fields)
 
 
-def positive_types_of(settings) -> list[str]:
-    return list(settings.train.positive_event_types or settings.events.positive_event_types)
-
-
 def train_window(sequences: pa.Table) -> dict:
-    import pyarrow.compute as pc
-
     flat = sequences["ts"].combine_chunks().flatten()
     lo, hi = pc.min(flat).as_py(), pc.max(flat).as_py()
     return {"start": str(lo), "end": str(hi), "users": sequences.num_rows,
             "events": int(pc.sum(pc.list_value_length(sequences["item_id"])).as_py() or 0)}
 
 
-def checkpoint_path(layout, cfg: ModelConfig, ts: TrainSettings, window: dict) -> Path:
+def checkpoint_path(layout: Layout, cfg: ModelConfig, ts: TrainSettings, window: dict) -> Path:
     key = hashlib.sha256(json.dumps([cfg.to_dict(), result_settings(ts), window], sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(layout.cache) / "train" / key / "checkpoint.pt"
 
 
-def train_model(settings, source, *, overrides: dict | None = None, show_progress: bool = True, card: str | None = None) -> str:
-    """Events / sequences / trainset path -> trained, evaluated, published model version."""
-    from encoder.artifact import save_model
-    from encoder.evaluate import leave_last_out_report
+def train_model(layout: Layout, train: TrainSettings, events: EventSettings, source, *, max_len: int,
+                overrides: dict | None = None, show_progress: bool = True, card: str | None = None) -> str:
+    """Events / sequences / trainset path -> trained, evaluated model version published under ``layout``.
 
+    ``max_len``: the sequences' N (see `model_config`).
+    """
     sequences = as_sequences(source)
-    positive_types = positive_types_of(settings)
-    cfg = model_config(settings, sequences, overrides)
-    split = leave_last_out(sequences, positive_types, settings.train.min_positives)
+    positive_types = train.positive_types(events)
+    cfg = model_config(train, events, sequences, max_len=max_len, overrides=overrides)
+    split = leave_last_out(sequences, positive_types, train.min_positives)
     if split.valid.num_rows == 0:
-        raise ValueError(f"no user has {settings.train.min_positives}+ positive events ({positive_types}): nothing to validate on")
+        raise ValueError(f"no user has {train.min_positives}+ positive events ({positive_types}): nothing to validate on")
     catalogue = item_catalogue(sequences, cfg.attributes)
     window = train_window(split.train)
-    ckpt = checkpoint_path(settings.layout(), cfg, settings.train, window)
-    result = fit(cfg, settings.train, split, catalogue, positive_types, ckpt, show_progress)
-    metrics = leave_last_out_report(result.model, cfg, split, catalogue, positive_types, device=pick_device(settings.train.device))
+    ckpt = checkpoint_path(layout, cfg, train, window)
+    result = fit(cfg, train, split, catalogue, positive_types, ckpt, show_progress)
+    metrics = leave_last_out_report(result.model, cfg, split, catalogue, positive_types, device=result.device)
     metrics.update(train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10)
-    version = save_model(settings.layout(), result.model, cfg, train_window=window, metrics=metrics,
-                         card=card, train_settings=result_settings(settings.train))
+    version = save_model(layout, result.model, cfg, train_window=window, metrics=metrics,
+                         card=card, train_settings=result_settings(train))
     ckpt.unlink(missing_ok=True)
     return version

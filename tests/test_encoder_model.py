@@ -1,14 +1,17 @@
-"""UserEncoder: shapes, fast vs reference path, exact padding masking, causality, feature switches."""
+"""UserEncoder: shapes, attention kernels, exact padding masking, causality, feature switches,
+named tables (and loading positional ones), weight-decay groups by module type."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+from core.datasets.synthetic import SyntheticConfig, generate
+from encoder.config import ModelConfig
 from encoder.data import events_to_sequences
 from encoder.features import featurize
-from encoder.model import ModelConfig, UserEncoder
-from core.datasets.synthetic import SyntheticConfig, generate
+from encoder.model import UserEncoder
 
 torch.set_num_threads(1)  # the test machine is shared: one thread avoids oversubscription
 
@@ -42,12 +45,18 @@ def test_shapes_and_unit_norm(sequences, pooling):
 
 
 @pytest.mark.parametrize("pooling", ["last", "attention"])
-def test_sdpa_matches_reference_path(sequences, pooling):
+def test_sdpa_kernel_matches_reference_kernel(sequences, pooling):
     model = _model(pooling=pooling)
     batch = featurize(sequences.slice(0, 32), model.cfg)
+    assert model.attention == "sdpa"
     with torch.no_grad():
-        assert torch.allclose(model(batch), model.forward_reference(batch), atol=1e-5)
-        assert torch.allclose(model.encode_positions(batch), model.encode_positions(batch, reference=True), atol=1e-5)
+        fast, fast_pos = model(batch), model.encode_positions(batch)
+        model.set_attention("reference")
+        assert all(b.attn.kernel == "reference" for b in model.blocks)
+        ref, ref_pos = model(batch), model.encode_positions(batch)
+    assert torch.allclose(fast, ref, atol=1e-5) and torch.allclose(fast_pos, ref_pos, atol=1e-5)
+    with pytest.raises(ValueError, match="attention kernel"):
+        model.set_attention("flash")
 
 
 @pytest.mark.parametrize("pooling", ["last", "attention"])
@@ -104,3 +113,51 @@ def test_config_rejects_bad_values():
         ModelConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError):
         ModelConfig(pooling="mean")
+
+
+def test_tables_are_named_one_config_each():
+    cfg = ModelConfig(**SMALL)
+    assert [(t.name, t.feature) for t in cfg.tables] == [
+        ("item", "item_id"), ("category", "category_id"), ("advertiser", "advertiser_id"), ("campaign", "campaign_id")]
+    model = UserEncoder(cfg)
+    assert list(model.tables) == ["item", "category", "advertiser", "campaign"]
+    assert model.tables["item"].num_embeddings == SMALL["item_buckets"]
+    assert model.tables["campaign"].num_embeddings == SMALL["attr_buckets"]
+    assert "tables.item.weight" in model.state_dict() and "tables.0.weight" not in model.state_dict()
+    with pytest.raises(ValueError, match="distinct table names"):
+        ModelConfig(attributes=("category_id", "category"))
+
+
+def test_weights_saved_with_positional_table_keys_still_load(sequences):
+    model = _model()
+    old = {k.replace("tables.item.", "tables.0.").replace("tables.category.", "tables.1.")
+            .replace("tables.advertiser.", "tables.2.").replace("tables.campaign.", "tables.3."): v
+           for k, v in model.state_dict().items()}
+    assert "tables.0.weight" in old and "tables.item.weight" not in old  # the layout of older artifacts
+    fresh = UserEncoder(model.cfg).eval()
+    fresh.load_state_dict(old)  # strict: every key must find its place
+    batch = featurize(sequences.slice(0, 8), model.cfg)
+    with torch.no_grad():
+        assert torch.equal(fresh(batch), model(batch))
+
+
+def test_weight_decay_groups_by_module_type():
+    model = _model(pooling="attention")
+    decay, no_decay = model.param_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    modules = dict(model.named_modules())
+    for name in decay["names"]:
+        assert name.endswith(".weight") and isinstance(modules[name.rsplit(".", 1)[0]], nn.Linear), name
+    for name in no_decay["names"]:
+        owner = modules[name.rsplit(".", 1)[0]]
+        assert name.endswith(".bias") or isinstance(owner, (nn.Embedding, nn.LayerNorm)), name
+    assert "head.weight" in decay["names"] and "pool_query.weight" in decay["names"]
+    assert {"tables.item.weight", "pos.weight", "ln_f.weight", "head.bias", "blocks.0.attn.qkv.bias"} <= set(no_decay["names"])
+    every = {n for n, _ in model.named_parameters()}
+    assert set(decay["names"]) | set(no_decay["names"]) == every  # each parameter in exactly one group
+    assert not set(decay["names"]) & set(no_decay["names"])
+    opt = model.configure_optimizer(1e-3, 0.1)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    model.extra = nn.Conv1d(2, 2, 1)  # an unclassified module type must be classified, not guessed
+    with pytest.raises(TypeError, match="classify"):
+        model.param_groups(0.1)

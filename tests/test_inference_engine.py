@@ -1,4 +1,5 @@
-"""Batch inference engine: same vectors as the model's reference path, in any batch; the naive baseline agrees."""
+"""Batch inference engine: same vectors as the model's reference kernel, in any batch, along every
+inference path (newest-only, full, naive). Randomized equivalence: tests/test_encoder_equivalence.py."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import pyarrow as pa
 import pytest
 import torch
 
+from encoder.config import ModelConfig
+from encoder.device import select_device
+from encoder.features import featurize
 from encoder.inference.batching import plan_batches
-from encoder.inference.device import select_device
 from encoder.inference.engine import BatchEncoder
+from encoder.inference.fastpath import forward_newest
 from encoder.inference.naive import NaiveEncoder, model_flops, naive_encode
+from encoder.inference.paths import resolve_path
 from encoder.inference.sample import AS_OF, random_sequences
 from encoder.inference.settings import InferenceSettings
 from encoder.inference.writer import l2_normalise_f16
+from encoder.model import UserEncoder
 
 MAX_LEN = 40
 F16_ATOL = 2e-3  # a unit vector's components rounded to float16 (2^-11 relative) plus fp32 noise
@@ -31,8 +37,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny randomly initialised model (eval mode) and its config."""
-    from encoder.model import ModelConfig, UserEncoder
-
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=4096, attr_buckets=256, dropout=0.0)
     return UserEncoder(cfg).eval(), cfg
@@ -47,17 +51,16 @@ def sequences():
 
 
 def reference(model, cfg, table: pa.Table) -> np.ndarray:
-    """The model's plain path, one user at a time (no padding at all)."""
-    from encoder.features import featurize
-
+    """The model's full forward with the reference attention kernel, one user at a time (no padding at all)."""
+    ref = UserEncoder(cfg, attention="reference").eval()
+    ref.load_state_dict(model.state_dict())
     with torch.inference_mode():
-        return np.concatenate(
-            [model.forward_reference(featurize(table.slice(i, 1), cfg, as_of=AS_OF)).numpy() for i in range(table.num_rows)]
-        )
+        return np.concatenate([ref(featurize(table.slice(i, 1), cfg, as_of=AS_OF)).numpy() for i in range(table.num_rows)])
 
 
 def engine(model, cfg, **overrides) -> BatchEncoder:
-    return BatchEncoder(model, cfg, select_device("cpu"), InferenceSettings(**{"threads": 1, **overrides}))
+    assert model.cfg is cfg
+    return BatchEncoder(model, select_device("cpu"), InferenceSettings(**{"threads": 1, **overrides}))
 
 
 def test_engine_matches_reference_path_within_float16(tiny, sequences):
@@ -128,6 +131,8 @@ def test_model_flops_counts_only_real_tokens():
     assert one == layers * (24 * d * d + 2 * d * 2) + 2 * d * d
     assert model_flops(np.array([10, 10]), d, layers) == 2 * model_flops(np.array([10]), d, layers)
     assert model_flops(np.array([200]), d, layers) > 200 * (one - 2 * d * d)  # attention is superlinear
+    assert model_flops(np.array([50]), d, layers, path="newest_only") < 0.65 * model_flops(np.array([50]), d, layers)
+    assert model_flops(np.array([50]), d, layers, path="naive") == model_flops(np.array([50]), d, layers)
 
 
 def test_out_of_memory_splits_the_batch_and_lowers_the_budget(tiny, sequences, monkeypatch):
@@ -146,21 +151,25 @@ def test_out_of_memory_splits_the_batch_and_lowers_the_budget(tiny, sequences, m
     assert enc.max_batch_tokens < 100_000
 
 
-def test_newest_only_fast_path_equals_the_full_forward(tiny, sequences):
-    from encoder.features import featurize
-    from encoder.inference import fastpath
-
+@pytest.mark.parametrize("path", ["newest_only", "full", "naive"])
+def test_every_inference_path_gives_the_same_vectors(tiny, sequences, path):
     model, cfg = tiny
-    assert fastpath.supports(model)
+    enc = engine(model, cfg, path=path, max_batch_tokens=300, window_users=64)
+    assert enc.path == path
+    np.testing.assert_allclose(enc.encode_table(sequences, AS_OF), reference(model, cfg, sequences), atol=1e-5)
+
+
+def test_path_switch_is_explicit(tiny, sequences):
+    model, cfg = tiny
+    assert engine(model, cfg).path == "newest_only"  # auto with pooling="last"
     batch = featurize(sequences, cfg, as_of=AS_OF)
     with torch.inference_mode():
-        np.testing.assert_allclose(fastpath.forward_newest(model, batch).numpy(), model(batch).numpy(), atol=1e-5)
-    full = engine(model, cfg, newest_only=False)
-    assert not full.newest_only and engine(model, cfg).newest_only
-    np.testing.assert_allclose(full.encode_table(sequences, AS_OF), engine(model, cfg).encode_table(sequences, AS_OF), atol=1e-5)
-    assert model_flops(np.array([50]), 64, 2, newest_only=True) < 0.65 * model_flops(np.array([50]), 64, 2)
-    from dataclasses import replace
-
-    from encoder.model import UserEncoder
-
-    assert not fastpath.supports(UserEncoder(replace(cfg, pooling="attention")))  # falls back to model.forward
+        np.testing.assert_allclose(forward_newest(model, batch).numpy(), model(batch).numpy(), atol=1e-5)
+    attention = ModelConfig(**{**cfg.to_dict(), "pooling": "attention"})
+    assert resolve_path(attention, "auto") == "full"  # auto never picks a path the model cannot take
+    assert resolve_path(attention, "full") == "full"
+    for path in ("newest_only", "naive"):  # asked for explicitly: an error, never a silent fallback
+        with pytest.raises(ValueError, match="needs pooling='last'"):
+            engine(UserEncoder(attention).eval(), attention, path=path)
+    with pytest.raises(ValueError, match="pooling='last'"):
+        forward_newest(UserEncoder(attention).eval(), batch)

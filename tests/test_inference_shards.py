@@ -11,13 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from core.atomic import is_complete, read_marker
+from core.contracts import embedding_contract
+from core.embeddings import latest_embeddings, read_embeddings, snapshot_times, vector_array
+from encoder.artifact import save_model
+from encoder.config import ModelConfig
+from encoder.features import featurize
 from encoder.inference import engine as engine_mod
-from core.embeddings import latest_embeddings, read_embeddings, snapshot_times
 from encoder.inference.engine import encode_all, encode_shard
 from encoder.inference.sample import AS_OF, random_sequences, write_active_snapshot, write_state_snapshot
 from encoder.inference.writer import shard_dir
-from core.atomic import is_complete, read_marker
-from core.contracts import embedding_contract
+from encoder.model import UserEncoder
 
 MAX_LEN = 30
 
@@ -33,9 +37,6 @@ def one_thread():
 @pytest.fixture
 def setup(settings):
     """Settings (1 CPU thread, small batches), a tiny saved model, and 120 users' sequences."""
-    from encoder.artifact import save_model
-    from encoder.model import ModelConfig, UserEncoder
-
     torch.manual_seed(1)
     cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=1024, attr_buckets=64, dropout=0.0)
     model = UserEncoder(cfg).eval()
@@ -48,23 +49,24 @@ def setup(settings):
     return settings, version, model, cfg, table
 
 
+def vectors(table: pa.Table) -> np.ndarray:
+    """(N, D) float32 of an embedding table (`core.embeddings.vector_array`, the one converter)."""
+    return vector_array(table["vector"])
+
+
 def reference(model, cfg, table):
-    from encoder.features import featurize
-
+    """The full forward with the reference attention kernel (the plain path)."""
+    ref = UserEncoder(cfg, attention="reference").eval()
+    ref.load_state_dict(model.state_dict())
     with torch.inference_mode():
-        return model.forward_reference(featurize(table, cfg, as_of=AS_OF)).numpy()
-
-
-def vectors(table):
-    dim = table.schema.field("vector").type.list_size
-    return table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+        return ref(featurize(table, cfg, as_of=AS_OF)).numpy()
 
 
 def test_encode_all_publishes_every_active_user_in_the_embedding_contract(setup):
     settings, version, model, cfg, table = setup
     layout = settings.layout()
     write_active_snapshot(layout, AS_OF, table, num_shards=3)
-    manifests = encode_all(settings, version, AS_OF)
+    manifests = encode_all(settings.layout(), settings.inference, version, AS_OF)
     assert [m["users"] for m in manifests] == [40, 40, 40]
     assert all(m["device"] == "cpu" and m["dim"] == 16 and m["model_version"] == version for m in manifests)
     assert is_complete(layout.embeddings(version, AS_OF)) and read_marker(layout.embeddings(version, AS_OF))["users"] == 120
@@ -84,9 +86,9 @@ def test_rerun_is_idempotent_and_leaves_no_temp(setup):
     settings, version, *_rest, table = setup
     layout = settings.layout()
     write_active_snapshot(layout, AS_OF, table, num_shards=2)
-    first = encode_shard(settings, version, AS_OF, 1)
+    first = encode_shard(settings.layout(), settings.inference, version, AS_OF, 1)
     before = pq.read_table(shard_dir(layout, version, AS_OF, 1))
-    second = encode_shard(settings, version, AS_OF, 1, num_shards=2)
+    second = encode_shard(settings.layout(), settings.inference, version, AS_OF, 1, num_shards=2)
     after = pq.read_table(shard_dir(layout, version, AS_OF, 1))
     assert after.equals(before) and first["users"] == second["users"] == 60
     assert [p.name for p in layout.embeddings(version, AS_OF).iterdir()] == ["shard=00001"]
@@ -107,19 +109,19 @@ def test_crash_mid_shard_publishes_nothing_and_keeps_the_previous_shard(setup, m
 
     monkeypatch.setattr(engine_mod.BatchEncoder, "encode_batch", flaky)
     with pytest.raises(RuntimeError, match="worker died"):
-        encode_shard(settings, version, AS_OF, 0)
+        encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)
     root = layout.embeddings(version, AS_OF)
     assert not shard_dir(layout, version, AS_OF, 0).exists() and list(root.iterdir()) == []
     with pytest.raises(FileNotFoundError):
         read_embeddings(layout, version, AS_OF)
 
     monkeypatch.setattr(engine_mod.BatchEncoder, "encode_batch", real)
-    good = encode_shard(settings, version, AS_OF, 0)
+    good = encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)
     published = pq.read_table(shard_dir(layout, version, AS_OF, 0))
     calls["n"] = 0
     monkeypatch.setattr(engine_mod.BatchEncoder, "encode_batch", flaky)
     with pytest.raises(RuntimeError):
-        encode_shard(settings, version, AS_OF, 0)  # a failed retry must not damage the published shard
+        encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)  # a failed retry must not damage the published shard
     assert pq.read_table(shard_dir(layout, version, AS_OF, 0)).equals(published) and good["users"] == 120
     assert [p.name for p in root.iterdir()] == ["shard=00000"]
 
@@ -128,14 +130,14 @@ def test_resume_keeps_published_shards_and_encodes_the_rest(setup, monkeypatch):
     settings, version, *_rest, table = setup
     layout = settings.layout()
     write_state_snapshot(layout, AS_OF, table, num_files=3)
-    first = encode_shard(settings, version, AS_OF, 0, num_shards=3, source="state")  # then the run "crashed"
+    first = encode_shard(settings.layout(), settings.inference, version, AS_OF, 0, num_shards=3, source="state")  # then the run "crashed"
     encoded = []
     real = engine_mod.encode_with
     monkeypatch.setattr(engine_mod, "encode_with", lambda *a, **k: encoded.append(a[4]) or real(*a, **k))
-    manifests = encode_all(settings, version, AS_OF, source="state", num_shards=3, resume=True)
+    manifests = encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3, resume=True)
     assert encoded == [1, 2] and manifests[0]["seconds"] == first["seconds"]
     assert read_embeddings(layout, version, AS_OF).num_rows == 120
-    encode_all(settings, version, AS_OF, source="state", num_shards=3)  # without resume: everything again
+    encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3)  # without resume: everything again
     assert encoded == [1, 2, 0, 1, 2]
 
 
@@ -146,9 +148,9 @@ def test_loader_errors_surface_in_the_worker(setup, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("bad sequence row")
 
-    monkeypatch.setattr("encoder.features.featurize", broken)
+    monkeypatch.setattr("encoder.inference.engine.featurize", broken)
     with pytest.raises(ValueError, match="bad sequence row"):
-        encode_shard(settings, version, AS_OF, 0)
+        encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)
     assert not shard_dir(settings.layout(), version, AS_OF, 0).exists()
 
 
@@ -158,7 +160,7 @@ def test_state_source_splits_every_user_exactly_once(setup, split):
     layout = settings.layout()
     write_state_snapshot(layout, AS_OF, table, num_files=5)
     settings.inference.state_split = split
-    manifests = encode_all(settings, version, AS_OF, source="state", num_shards=3)
+    manifests = encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3)
     assert sum(m["users"] for m in manifests) == 120
     users = read_embeddings(layout, version, AS_OF)["user_id"].to_pylist()
     assert sorted(users) == sorted(table["user_id"].to_pylist())
@@ -175,7 +177,7 @@ def test_state_source_encodes_the_newest_layer_of_each_user_as_of_the_snapshot(s
     d2 = random_sequences(rng.integers(1, MAX_LEN, 10), AS_OF, seed=8, first_user=115)  # 115..120 + 4 new users
     write_state_snapshot(layout, AS_OF, table, num_files=4, deltas=[d1, d2])
     settings.inference.state_split = split
-    manifests = encode_all(settings, version, AS_OF, source="state", num_shards=3)
+    manifests = encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3)
     assert sum(m["users"] for m in manifests) == 124
     out = read_embeddings(layout, version, AS_OF)
     got = dict(zip(out["user_id"].to_pylist(), vectors(out)))
@@ -194,8 +196,8 @@ def test_a_marked_snapshot_ignores_leftover_shards_of_an_earlier_sharding(setup)
     settings, version, *_rest, table = setup
     layout = settings.layout()
     write_state_snapshot(layout, AS_OF, table, num_files=4)
-    encode_all(settings, version, AS_OF, source="state", num_shards=4)
-    encode_all(settings, version, AS_OF, source="state", num_shards=2)  # shards 2, 3 are now stale
+    encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=4)
+    encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=2)  # shards 2, 3 are now stale
     users = read_embeddings(layout, version, AS_OF)["user_id"].to_pylist()
     assert sorted(users) == sorted(table["user_id"].to_pylist())
 
@@ -206,8 +208,8 @@ def test_latest_embeddings_keeps_each_users_newest_vector(setup):
     later = AS_OF + timedelta(hours=1)
     write_active_snapshot(layout, AS_OF, table.slice(0, 80), num_shards=1)
     write_active_snapshot(layout, later, table.slice(40, 80), num_shards=2)
-    encode_all(settings, version, AS_OF)
-    encode_all(settings, version, later)
+    encode_all(settings.layout(), settings.inference, version, AS_OF)
+    encode_all(settings.layout(), settings.inference, version, later)
     assert snapshot_times(layout, version) == [AS_OF, later]
     latest = latest_embeddings(layout, version)
     assert latest["user_id"].to_pylist() == sorted(table["user_id"].to_pylist())
@@ -218,22 +220,22 @@ def test_latest_embeddings_keeps_each_users_newest_vector(setup):
 def test_clear_errors_for_missing_or_mismatched_inputs(setup):
     settings, version, *_rest, table = setup
     with pytest.raises(FileNotFoundError, match="run the sequence pipeline"):
-        encode_shard(settings, version, AS_OF, 0)
+        encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)
     write_active_snapshot(settings.layout(), AS_OF, table, num_shards=2)
     with pytest.raises(ValueError, match="out of range"):
-        encode_shard(settings, version, AS_OF, 2)
+        encode_shard(settings.layout(), settings.inference, version, AS_OF, 2)
     with pytest.raises(ValueError, match="does not match"):
-        encode_shard(settings, version, AS_OF, 0, num_shards=4)
+        encode_shard(settings.layout(), settings.inference, version, AS_OF, 0, num_shards=4)
     with pytest.raises(ValueError, match="source"):
-        encode_shard(settings, version, AS_OF, 0, source="everything")
+        encode_shard(settings.layout(), settings.inference, version, AS_OF, 0, source="everything")
     with pytest.raises(FileNotFoundError, match="not published"):
-        encode_shard(settings, "v-doesnotexist", AS_OF, 0)
+        encode_shard(settings.layout(), settings.inference, "v-doesnotexist", AS_OF, 0)
 
 
 def test_empty_shard_publishes_an_empty_valid_shard(setup):
     settings, version, *_rest, table = setup
     write_active_snapshot(settings.layout(), AS_OF, table.slice(0, 0), num_shards=1)
-    assert encode_shard(settings, version, AS_OF, 0)["users"] == 0
+    assert encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)["users"] == 0
     assert read_embeddings(settings.layout(), version, AS_OF).num_rows == 0
 
 

@@ -6,9 +6,10 @@ One worker (`encode_shard`) does, in bounded memory::
       -> plan_batches(lengths)        sort the window by length, cut by token budget (batching.py)
       -> featurize(rows)              hashed ids, action, time buckets; left-padded to the batch's
                                       longest user, pinned when on GPU             (encoder.features)
-      -> model(batch)                 SDPA transformer under inference_mode (+ bf16/fp16 autocast on
-                                      GPU), non_blocking host->device copies; the last block only at
-                                      the newest position (fastpath.py)            (BatchEncoder)
+      -> forward(batch)               the transformer along ``inference.path`` (paths.py; default: the
+                                      last block only at the newest position, fastpath.py) under
+                                      inference_mode (+ bf16/fp16 autocast on GPU), non_blocking
+                                      host->device copies                          (BatchEncoder)
       -> ShardWriter                  float16 unit vectors, original row order, one row group per
                                       window, published atomically               (writer.py)
 
@@ -25,34 +26,35 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from encoder.inference import fastpath
+from core.atomic import is_complete, read_marker
+from core.embeddings import mark_snapshot
+from core.layout import Layout, utc
+from core.progress import progress as progress_bar
+from encoder.artifact import load_model
+from encoder.device import DeviceChoice, autocast, autocast_dtype, select_device
+from encoder.features import featurize
 from encoder.inference.batching import BatchPlan, plan_batches
 from encoder.inference.device import (
-    DeviceChoice,
     activation_bytes_per_token,
-    autocast,
-    autocast_dtype,
     available_cores,
     batch_token_budget,
     configure_threads,
-    select_device,
 )
-from core.embeddings import mark_snapshot
 from encoder.inference.loader import prefetch
+from encoder.inference.paths import forward_for, resolve_path
 from encoder.inference.reader import open_source, source_num_shards
-from encoder.inference.settings import InferenceSettings
+from encoder.inference.settings import InferenceSettings, Source
 from encoder.inference.writer import open_shard, shard_dir
-from core.atomic import is_complete, read_marker
-from core.layout import utc
+from encoder.model import UserEncoder
 
 log = logging.getLogger("soe.inference")
 
@@ -65,10 +67,10 @@ class EncodeStats:
     batches: int = 0  # forward passes
 
     @classmethod
-    def of(cls, plan: BatchPlan) -> "EncodeStats":
+    def of(cls, plan: BatchPlan) -> EncodeStats:
         return cls(len(plan.rows), plan.tokens, len(plan.rows) * plan.padded_len, 1)
 
-    def add(self, other: "EncodeStats") -> None:
+    def add(self, other: EncodeStats) -> None:
         self.users += other.users
         self.tokens += other.tokens
         self.padded_tokens += other.padded_tokens
@@ -87,12 +89,10 @@ class BatchEncoder:
       time in OpenMP barriers, which collapse when the host is shared; independent batches do not.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg, choice: DeviceChoice, settings: InferenceSettings):
-        from encoder.features import featurize  # the encoder's featurisation, shared with training
-
-        self.model, self.cfg, self.choice, self.settings = model.eval(), cfg, choice, settings
+    def __init__(self, model: UserEncoder, choice: DeviceChoice, settings: InferenceSettings):
+        self.model, self.cfg, self.choice, self.settings = model.eval(), model.cfg, choice, settings
+        cfg = model.cfg
         self.device = choice.device
-        self._featurize = featurize
         self.workers = 1 if choice.is_cuda else (settings.cpu_workers or available_cores())
         if choice.is_cuda:
             self.threads = torch.get_num_threads()
@@ -105,24 +105,22 @@ class BatchEncoder:
         self.max_batch_tokens = batch_token_budget(
             settings.max_batch_tokens, self.device, per_token, settings.memory_fraction / self.workers, min_tokens=cfg.max_len
         )
-        self.newest_only = settings.newest_only and fastpath.supports(model)
-        self.forward: Callable = functools.partial(fastpath.forward_newest, model) if self.newest_only else model
+        self.path = resolve_path(cfg, settings.path)  # the one switch between the inference paths
+        self.forward: Callable = forward_for(model, self.path)
         if settings.compile:
             self.forward = torch.compile(self.forward, dynamic=True)
         log.info(
-            "encoder on %s: workers=%d threads=%d autocast=%s max_batch_tokens=%d newest_only=%s compile=%s",
-            self.device, self.workers, self.threads, self.amp_dtype, self.max_batch_tokens, self.newest_only,
-            settings.compile,
+            "encoder on %s: workers=%d threads=%d autocast=%s max_batch_tokens=%d path=%s attention=%s compile=%s",
+            self.device, self.workers, self.threads, self.amp_dtype, self.max_batch_tokens, self.path,
+            model.attention, settings.compile,
         )
 
     @classmethod
-    def load(cls, settings, model_version: str) -> "BatchEncoder":
-        """Load a published model for inference under ``settings`` (the full Settings)."""
-        from encoder.artifact import load_model
-
-        choice = select_device(settings.inference.device, strict=settings.inference.strict_device)
-        model, cfg, _meta = load_model(settings.layout(), model_version, device=choice.device)
-        return cls(model, cfg, choice, settings.inference)
+    def load(cls, layout: Layout, inference: InferenceSettings, model_version: str) -> BatchEncoder:
+        """Load a published model of ``layout`` for inference under the ``inference`` section."""
+        choice = select_device(inference.device, strict=inference.strict_device, purpose="inference")
+        model, _cfg, _meta = load_model(layout, model_version, device=choice.device)
+        return cls(model, choice, inference)
 
     # -- host side ----------------------------------------------------------------------------
     def lengths(self, window: pa.Table) -> np.ndarray:
@@ -135,7 +133,7 @@ class BatchEncoder:
 
     def featurize(self, window: pa.Table, plan: BatchPlan, as_of: datetime):
         """The featurised batch of one plan (left-padded to its longest user; pinned for a GPU)."""
-        batch = self._featurize(window.take(pa.array(plan.rows)), self.cfg, as_of=as_of)
+        batch = featurize(window.take(pa.array(plan.rows)), self.cfg, as_of=as_of)
         return batch.pin_memory() if self.choice.is_cuda else batch
 
     def _stream_items(self, windows: Iterable[pa.Table], as_of: datetime) -> Iterator[tuple]:
@@ -253,33 +251,30 @@ def _n_events(window: pa.Table) -> np.ndarray:
 
 def encode_with(
     encoder: BatchEncoder,
-    settings,
+    layout: Layout,
     model_version: str,
     as_of: datetime,
     shard: int,
     *,
     num_shards: int | None = None,
-    source: str = "active",
+    source: Source = "active",
     progress: bool = False,
 ) -> dict:
     """`encode_shard` with an already loaded encoder (so `encode_all` loads the model once)."""
     as_of = utc(as_of)
-    layout, cfg = settings.layout(), encoder.cfg
-    src = open_source(layout, as_of, shard, num_shards=num_shards, source=source, split=settings.inference.state_split)
+    cfg, inference = encoder.cfg, encoder.settings
+    src = open_source(layout, as_of, shard, num_shards=num_shards, source=source, split=inference.state_split)
     t0 = time.perf_counter()
     total = EncodeStats()
     manifest = {
         "model_version": model_version, "as_of": as_of.isoformat(), "shard": shard, "dim": cfg.d_model,
-        "device": str(encoder.device), "device_reason": encoder.choice.reason, "source": src.describe(),
+        "device": str(encoder.device), "device_reason": encoder.choice.reason, "path": encoder.path,
+        "source": src.describe(),
     }
-    bar = None
-    if progress:
-        from core.progress import progress as progress_bar
-
-        bar = progress_bar(src.num_rows, f"encode shard {shard}", unit="user")
+    bar = progress_bar(src.num_rows, f"encode shard {shard}", unit="user") if progress else None
     try:
         with open_shard(layout, model_version, as_of, shard, cfg.d_model, manifest) as writer:
-            windows = src.windows(settings.inference.window_users)
+            windows = src.windows(inference.window_users)
             on_batch = bar.update if bar is not None else None
             for window, vectors, stats in encoder.encode_windows(windows, as_of, on_batch=on_batch):
                 writer.write(window["user_id"].to_numpy(), vectors, _n_events(window))
@@ -297,13 +292,14 @@ def encode_with(
 
 
 def encode_shard(
-    settings,
+    layout: Layout,
+    inference: InferenceSettings,
     model_version: str,
     as_of: datetime,
     shard: int,
     *,
     num_shards: int | None = None,
-    source: str = "active",
+    source: Source = "active",
     progress: bool = False,
 ) -> dict:
     """Encode one shard of (model, as_of) and publish ``embeddings/<model>/as_of=T/shard=i``; returns its manifest.
@@ -312,13 +308,13 @@ def encode_shard(
     ``num_shards`` of the full state snapshot (backfill of a new model). Idempotent: a rerun replaces
     the shard with the same vectors; a crash publishes nothing.
     """
-    encoder = BatchEncoder.load(settings, model_version)
-    return encode_with(encoder, settings, model_version, as_of, shard, num_shards=num_shards, source=source, progress=progress)
+    encoder = BatchEncoder.load(layout, inference, model_version)
+    return encode_with(encoder, layout, model_version, as_of, shard, num_shards=num_shards, source=source, progress=progress)
 
 
 def encode_all(
-    settings, model_version: str, as_of: datetime, *, source: str = "active", num_shards: int | None = None,
-    progress: bool = False, resume: bool = False,
+    layout: Layout, inference: InferenceSettings, model_version: str, as_of: datetime, *, source: Source = "active",
+    num_shards: int | None = None, progress: bool = False, resume: bool = False,
 ) -> list[dict]:
     """Every shard of (model, as_of) in this process (model loaded once), then the snapshot marker.
 
@@ -326,9 +322,8 @@ def encode_all(
     shard count), e.g. after a crash half-way through a backfill, and encode only the others.
     """
     as_of = utc(as_of)
-    layout = settings.layout()
     n = source_num_shards(layout, as_of, source, num_shards)
-    encoder = BatchEncoder.load(settings, model_version)
+    encoder = BatchEncoder.load(layout, inference, model_version)
     manifests = []
     for i in range(n):
         done = _published_manifest(layout, model_version, as_of, i) if resume else None
@@ -336,7 +331,7 @@ def encode_all(
             log.info("shard %d of %s at %s already published: kept (resume)", i, model_version, as_of)
             manifests.append(done)
             continue
-        manifests.append(encode_with(encoder, settings, model_version, as_of, i, num_shards=n, source=source, progress=progress))
+        manifests.append(encode_with(encoder, layout, model_version, as_of, i, num_shards=n, source=source, progress=progress))
     mark_snapshot(layout, model_version, as_of, n)
     return manifests
 

@@ -1,8 +1,9 @@
 """The naive baseline the engine is measured against, and the FLOP count both are judged by.
 
 `NaiveEncoder` is what one writes first: the model's token embedding, then PyTorch's eager
-``nn.TransformerEncoder`` in fp32, every batch padded to N = ``max_len`` whatever its users'
-lengths, fixed-size batches in file order, no bucketing. It runs the *same weights* as the model
+``nn.TransformerEncoder`` in fp32; `naive_encode` pads every batch to N = ``max_len`` whatever its
+users' lengths, fixed-size batches in file order, no bucketing. The engine can also run it as
+``inference.path=naive`` (see `encoder.inference.paths`), on its own length-bucketed batches. It runs the *same weights* as the model
 (the q/k/v, projection, MLP and norms of each `encoder.model.Block` are copied into the matching
 ``nn.TransformerEncoderLayer``), so on the same sequences its vectors equal the engine's (a test
 checks it) and the benchmark compares like with like.
@@ -11,7 +12,7 @@ checks it) and the benchmark compares like with like.
 ``(8 + 4 r) d^2`` multiply-adds x2 per token for q/k/v, projection and the r-times-wide MLP, plus
 ``2 d L (L + 1)`` for causal attention (query i sees i + 1 keys: QK^T and AV, 2 d each), plus the
 ``2 d^2`` user head. Embedding lookups, norms and activations are memory-bound and not counted.
-With ``newest_only`` it counts what the engine's fast path needs (the last block at the newest
+With ``path="newest_only"`` it counts what the engine's fast path needs (the last block at the newest
 position only), which is what ``achieved_gflops`` in bench.inference is measured against.
 """
 
@@ -22,22 +23,24 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn as nn
+from torch import nn
 
+from encoder.features import featurize
 from encoder.inference.batching import padded_fixed_batches
+from encoder.model import UserEncoder
 
 
-def model_flops(lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int = 4, newest_only: bool = False) -> float:
+def model_flops(lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int = 4, path: str = "full") -> float:
     """Useful FLOPs to encode users with these (non-padded) lengths.
 
-    ``newest_only``: the FLOPs the user vector actually needs (`encoder.inference.fastpath`): the
+    ``path="newest_only"``: the FLOPs the user vector actually needs (`encoder.inference.fastpath`): the
     last block projects keys/values at every position (4 d^2 per token) and does the rest for the
     newest position only (one query over L keys, projection, MLP).
     """
     L = np.asarray(lengths, dtype=np.float64)
     d = float(d_model)
     per_layer = (8 + 4 * mlp_ratio) * d * d * L + 2 * d * L * (L + 1)  # (U,)
-    if not newest_only:
+    if path != "newest_only":  # full and naive compute every position of every block
         return float((n_layers * per_layer + 2 * d * d).sum())
     last = 4 * d * d * L + (4 + 4 * mlp_ratio) * d * d + 4 * d * L  # kv at every position; the newest's q, proj, MLP, attention
     return float(((n_layers - 1) * per_layer + last + 2 * d * d).sum())
@@ -46,7 +49,7 @@ def model_flops(lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int
 class NaiveEncoder(nn.Module):
     """The model's weights through eager ``nn.TransformerEncoder`` (fp32, no fused/packed tricks)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: UserEncoder):
         super().__init__()
         cfg = model.cfg
         if cfg.pooling != "last":
@@ -80,13 +83,11 @@ class NaiveEncoder(nn.Module):
         key_padding = torch.arange(T, device=x.device)[None, :] >= batch.lengths[:, None]  # (B, T) True = padding
         h = self.encoder(x, mask=causal, src_key_padding_mask=key_padding, is_causal=True)  # (B, T, D)
         h = self.model.ln_f(h[torch.arange(B, device=x.device), batch.lengths - 1])  # (B, D) newest event
-        return self.model._head(h, batch.hour, batch.weekday)  # (B, D) unit vectors
+        return self.model.user_head(h, batch.hour, batch.weekday)  # (B, D) unit vectors
 
 
 def naive_encode(naive: NaiveEncoder, table: pa.Table, as_of: datetime, batch_rows: int = 64) -> np.ndarray:
     """(R, D) vectors of a SEQUENCE table: batches of ``batch_rows`` users in file order, padded to N."""
-    from encoder.features import featurize
-
     cfg = naive.model.cfg
     parts = []
     with torch.no_grad():

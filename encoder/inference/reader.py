@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.hashing import splitmix64
 from core.atomic import is_complete, read_marker
 from core.contracts import SEQUENCE, ContractError, conform
+from core.hashing import splitmix64
 from core.layout import Layout
 from core.sequence_state import StateSnapshot
 

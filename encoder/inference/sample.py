@@ -8,8 +8,8 @@ events, 90% of users have fewer than 55 and about 1.6% hit the cap of N.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ from core.atomic import publish_dir
 from core.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
 from core.layout import Layout, utc
 from core.sequence_state import BASE, DELTA, LAYOUT, Layer, layer_name
+from encoder.data import epoch_ms
 
 EVENT_TYPES = ("impression", "click", "conversion", "view", "search")
 
@@ -42,7 +43,7 @@ def random_sequences(
     lengths = np.asarray(lengths, dtype=np.int64)
     n, total = len(lengths), int(lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    end_ms = int(utc(as_of).timestamp() * 1000)
+    end_ms = epoch_ms(as_of)
     ts = end_ms - rng.integers(1, 30 * 86_400_000, size=total)  # (E,)
     ts = ts[np.lexsort((ts, np.repeat(np.arange(n), lengths)))]  # oldest -> newest within each user
     columns = {

@@ -10,10 +10,10 @@ shard) replaces the previous one with identical content, so retries are safe.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from core.atomic import publish_dir
 from core.contracts import TS, embedding_contract
-from core.layout import Layout, utc
+from core.layout import Layout
+from encoder.data import epoch_ms
 
 PART = "part-00000.parquet"
 
@@ -29,10 +30,6 @@ PART = "part-00000.parquet"
 def shard_dir(layout: Layout, model_version: str, as_of: datetime, shard: int) -> Path:
     """Where worker ``shard``'s vectors for (model, as_of) are published."""
     return layout.embeddings(model_version, as_of) / f"shard={shard:05d}"
-
-
-def _ms(t: datetime) -> int:
-    return int(round(utc(t).timestamp() * 1000))
 
 
 def l2_normalise_f16(vectors: np.ndarray) -> np.ndarray:
@@ -54,7 +51,7 @@ def embedding_table(
         pa.array(np.asarray(user_ids, dtype=np.int64)),
         pa.FixedSizeListArray.from_arrays(flat, type=contract.schema.field("vector").type),
         pa.array([model_version] * n, type=pa.string()),
-        pa.array(np.full(n, _ms(as_of), dtype="datetime64[ms]"), type=TS),
+        pa.array(np.full(n, epoch_ms(as_of), dtype="datetime64[ms]"), type=TS),
         pa.array(np.asarray(n_events, dtype=np.int32)),
     ]
     return pa.Table.from_arrays(columns, schema=contract.schema)

@@ -50,11 +50,13 @@ def register(app: typer.Typer) -> None:
         cfg = settings(ctx)
         if epochs is not None:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-        name, seqs = load_source(cfg, ml100k=ml100k, sasrec_file=sasrec_file, events=events, interval=interval, sequences=sequences)
+        name, seqs = load_source(cfg.layout(), cfg.events, ml100k=ml100k, sasrec_file=sasrec_file, events=events,
+                                 interval=interval, sequences=sequences)
         overrides = {"pooling": pooling} if pooling else {}
         if plain:
             overrides = plain_sasrec_overrides(overrides)
-        version = train_model(cfg, seqs, overrides=overrides, card=f"data source: {name}")
+        version = train_model(cfg.layout(), cfg.train, cfg.events, seqs, max_len=cfg.sequences.max_len,
+                              overrides=overrides, card=f"data source: {name}")
         from encoder.artifact import load_model
 
         _, _, meta = load_model(cfg.layout(), version)
@@ -86,10 +88,12 @@ def register(app: typer.Typer) -> None:
             if not known:
                 raise FileNotFoundError(f"no published model under {cfg.layout().models}: run `soe train` first")
             model = known[0]["version"]
-        name, seqs = load_source(cfg, ml100k=ml100k, sasrec_file=sasrec_file, events=events, interval=interval, sequences=sequences)
+        name, seqs = load_source(cfg.layout(), cfg.events, ml100k=ml100k, sasrec_file=sasrec_file, events=events,
+                                 interval=interval, sequences=sequences)
         if truth is None and events and (cfg.layout().ground_truth / "users.parquet").is_file():
             truth = cfg.layout().ground_truth / "users.parquet"
-        metrics = evaluate_model(cfg, model, seqs, truth=pq.read_table(truth) if truth else None, save=save)
+        metrics = evaluate_model(cfg.layout(), cfg.train, cfg.events, model, seqs,
+                                 truth=pq.read_table(truth) if truth else None, save=save)
         echo_json({"version": model, "source": name, **metrics})
 
     @models_app.command("list")

@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         cfg = settings(ctx)
         t = utc(as_of)
         if shard is None:
-            echo_json(encode_all(cfg, model, t, source=source, num_shards=num_shards, progress=True, resume=resume))
+            echo_json(encode_all(cfg.layout(), cfg.inference, model, t, source=source, num_shards=num_shards,
+                                 progress=True, resume=resume))
         else:
-            echo_json(encode_shard(cfg, model, t, shard, num_shards=num_shards, source=source, progress=True))
+            echo_json(encode_shard(cfg.layout(), cfg.inference, model, t, shard, num_shards=num_shards, source=source,
+                                   progress=True))

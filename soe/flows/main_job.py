@@ -65,7 +65,7 @@ def apply_demo(settings, demo: DemoConfig):
     s = settings.model_copy(deep=True)
     s.train.epochs = demo.epochs
     s.train.time_budget_s = demo.train_budget_s
-    s.train.model = {"d_model": demo.d_model, "n_layers": 2, "n_heads": 2, **s.train.model}
+    s.train.model = {"d_model": demo.d_model, "n_layers": 2, "n_heads": 2, **s.train.model_overrides()}
     s.sequences.num_shards = demo.num_shards
     s.sequences.bootstrap_lookback_hours = max(s.sequences.bootstrap_lookback_hours, demo.bootstrap_hours)
     s.spark.shuffle_partitions = min(s.spark.shuffle_partitions, 4)

@@ -1,0 +1,94 @@
+"""The encoder's architecture config: `ModelConfig` and its named embedding tables (torch-free).
+
+This module imports no torch, so the config section that overrides it (`encoder.settings`) loads
+in milliseconds with the rest of the configuration. `encoder.model` builds the network from it.
+
+Embedding tables are named and configured one per table, torchrec style (`TableConfig`: a name,
+the feature it embeds, its rows): ``item`` (the ``item_id`` feature) first, then one table per
+attribute column (``category``, ``advertiser``, ``campaign``). The model keys its tables by name,
+and the hash functions are salted by the feature name, so a table's rows never depend on its
+position in the list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, get_args
+
+from core.contracts import ATTRIBUTE_COLUMNS
+
+DEFAULT_ACTIONS = ("impression", "click", "conversion", "view", "search")
+ITEM_FEATURE = "item_id"
+
+Pooling = Literal["last", "attention"]  # the user vector: the newest position, or learned-query attention pooling
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One hashed embedding table: ``name`` (module key), the ``feature`` column it embeds, its rows."""
+
+    name: str  # key of the table in UserEncoder.tables, e.g. "item", "category"
+    feature: str  # the SEQUENCE list column it embeds (and the hash salt), e.g. "item_id"
+    num_embeddings: int  # hash buckets; row 0 is the padding / missing-value row
+
+
+def table_name(feature: str) -> str:
+    """``item_id`` -> ``item``, ``category_id`` -> ``category``: the table's name from its feature."""
+    return feature.removesuffix("_id")
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64  # token / user vector width D
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads (d_model % n_heads == 0)
+    max_len: int = 200  # newest events kept per user (T upper bound)
+    dropout: float = 0.1  # dropout on tokens, residual branches and MLP (training only)
+    attn_dropout: float = 0.0  # dropout on attention weights (costly on CPU; off by default)
+    mlp_ratio: int = 4  # hidden width of the block MLP = mlp_ratio * d_model
+    item_buckets: int = 2**18  # rows of the item hash table (2 hashes -> ~2^36 distinct pairs, fine for 1e8+ ids)
+    attr_buckets: int = 2**14  # rows of each attribute hash table (category, advertiser, campaign)
+    n_hashes: int = 2  # hash functions per id; their rows are summed (hash embedding)
+    hash_seed: int = 0x5EED  # seed of the hash functions (part of the artifact: changing it changes every id)
+    attributes: tuple[str, ...] = ATTRIBUTE_COLUMNS  # attribute features besides item_id, one table each, in this order
+    actions: tuple[str, ...] = DEFAULT_ACTIONS  # action vocabulary; 0 = padding, len+1 = unknown type
+    n_time_buckets: int = 24  # log2 time-gap buckets of (as_of - ts) in seconds; 0 = padding
+    use_action: bool = True  # add the action-type embedding
+    use_time: bool = True  # add the time-gap bucket embedding
+    use_attributes: bool = True  # add the attribute tables (False: item id only, plain SASRec)
+    use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
+    pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)
+
+    def __post_init__(self):
+        self.attributes = tuple(self.attributes)
+        self.actions = tuple(self.actions)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.pooling not in get_args(Pooling):
+            raise ValueError(f"pooling must be one of {get_args(Pooling)}, got {self.pooling!r}")
+        if min(self.item_buckets, self.attr_buckets) < 2 or self.n_hashes < 1 or self.n_time_buckets < 2:
+            raise ValueError("hash tables need >= 2 buckets, >= 1 hash function, >= 2 time buckets")
+        names = [table_name(f) for f in self.features]
+        if len(set(names)) != len(names) or any("." in n or not n for n in names):
+            raise ValueError(f"attribute features must give distinct table names without dots, got {self.attributes}")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The hashed features, item first: ("item_id", *attributes) (the order of the A axis of a batch)."""
+        return (ITEM_FEATURE, *self.attributes)
+
+    @property
+    def tables(self) -> tuple[TableConfig, ...]:
+        """One config per embedding table, in feature order (item first)."""
+        return tuple(TableConfig(table_name(f), f, self.buckets(f)) for f in self.features)
+
+    def buckets(self, feature: str) -> int:
+        return self.item_buckets if feature == ITEM_FEATURE else self.attr_buckets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
