@@ -35,7 +35,7 @@ BASE_CONF: dict[str, str] = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MILLIS",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
-    "spark.hadoop.parquet.enable.summary-metadata": "false",
+    "spark.hadoop.parquet.summary.metadata.level": "NONE",  # no _metadata/_common_metadata summary files
     "spark.sql.sources.partitionColumnTypeInference.enabled": "true",
     "spark.sql.adaptive.enabled": "true",
     # the data root is a posix path (local disk or a shared mount): no .crc files, no listing job
@@ -44,9 +44,11 @@ BASE_CONF: dict[str, str] = {
 }
 # Only when we start the JVM ourselves (local launcher): no web UI. Under spark-submit the UI is the
 # submitter's business (whatever `spark.master` says: that key is ignored there).
+LOG4J2 = Path(__file__).with_name("log4j2.properties")  # WARN and above, one line each, on stderr
 LOCAL_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
+    "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}",
 }
 
 

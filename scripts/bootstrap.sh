@@ -37,10 +37,6 @@ if [ ! -f "$stamp" ]; then
   echo "bootstrap: pip install -e '$spec' (torch pinned to 2.13.0; Airflow takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e "$spec"
-  # The Airflow Spark provider pulls `pyspark-client`, whose files overwrite pyspark's own (then every
-  # mapInArrow/UDF fails with a Py4J error). Put the full pyspark back over it, same version, no deps.
-  spark_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pyspark"))')
-  .venv/bin/python -m pip install -q --no-deps --force-reinstall "pyspark==${spark_version}"
   rm -f .venv/.soe-installed-*
   touch "$stamp"
 fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,21 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 
 
+# Libraries that log at INFO on every run; they speak at WARNING unless -vv asks for everything.
+QUIET_LOGGERS = ("py4j", "faiss", "urllib3", "httpx", "httpcore", "asyncio", "numexpr", "filelock", "airflow",
+                 "uvicorn.access", "torch", "fsspec")
+
+
+def configure_logging(verbose: int) -> None:
+    """Default: warnings only (results go to stdout, one summary per run); -v adds SoE's progress."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    if verbose < 2:
+        warnings.filterwarnings("ignore", category=FutureWarning)  # third-party deprecation chatter
+
+
 def show_version(value: bool) -> None:
     if value:
         typer.echo(f"soe {__version__}")
@@ -36,12 +52,12 @@ def callback(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="YAML config file (default: $SOE_CONFIG, else built-in defaults)."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v: progress logs (INFO); -vv: DEBUG."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=show_version,
                                  help="Print the SoE version and exit."),
 ) -> None:
     """Load the configuration once; every command receives its own section of it."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
     try:
         ctx.obj = load_settings(config)
     except (ValueError, FileNotFoundError) as exc:
@@ -102,9 +118,13 @@ def validate_cmd(
 ) -> None:
     """Validate event partitions against the event contract and print counts per reason."""
     from core.datasets.events import validate_partitions
+    from core.event_files import FileProblem
 
     s = settings(ctx)
     summary = validate_partitions(s.layout(), s.events, interval, write_quarantine=write_quarantine)
+    for f in summary["quarantined_files"]:  # one line per file that could not be used, then the counts
+        typer.secho(f"warning: {FileProblem(f['file'], f['reason'], f['detail'], f['rows']).message()}",
+                    fg=typer.colors.YELLOW, err=True)
     echo_json(summary)
 
 
@@ -125,8 +145,10 @@ def _register_components() -> None:
     import soe.cli.store
     import soe.cli.graph
     import soe.cli.serve
+    import soe.cli.report
 
-    for module in (soe.cli.pipelines, soe.cli.flows, soe.cli.encoder, soe.cli.inference, soe.cli.store, soe.cli.graph, soe.cli.serve):
+    for module in (soe.cli.pipelines, soe.cli.flows, soe.cli.encoder, soe.cli.inference, soe.cli.store, soe.cli.graph,
+                   soe.cli.serve, soe.cli.report):
         module.register(app)
 
 

@@ -15,6 +15,19 @@ import typer
 from soe.cli.support import echo_json, friendly_errors, settings
 
 
+def refresh_summary(result: dict) -> str:
+    """One human line per refreshed hour: verdict, per-stage seconds (summed over shards), counts, manifest."""
+    st = result["stages"]
+    parts = []
+    for name, stage in st.items():
+        shards = f" x{stage['shards']}" if stage.get("shards", 1) > 1 else ""
+        parts.append(f"{name} {stage.get('seconds', 0.0):.1f}s{shards}")
+    users = st.get("encode", {}).get("users", result.get("active_users"))
+    verdict = "validated" if st.get("validate", {}).get("ok") else "REJECTED"
+    return (f"{result['as_of']} {result['model']}: {verdict}, {users} users encoded, "
+            f"{st.get('publish', {}).get('written', 0)} vectors written | {' | '.join(parts)} | manifest {result['manifest']}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the flow commands to the `soe` app."""
 
@@ -26,12 +39,12 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, help="Encode with this model instead of the current one."),
     ) -> None:
         """Run the hourly refresh (sequences -> encode -> publish -> graph -> validate -> manifest -> retention)."""
-        from soe.flows.hourly import run_hourly
         from core.layout import parse_interval
+        from soe.flows.hourly import run_hourly
 
         start, end = parse_interval(interval)
-        for result in run_hourly(settings(ctx), start, end, model,
-                                 on_stage=lambda r: typer.echo(f"  {r['stage']:<10} {r.get('seconds', 0):8.2f} s", err=True)):
+        for result in run_hourly(settings(ctx), start, end, model):
+            typer.echo(refresh_summary(result), err=True)
             echo_json(result)
 
     @app.command("retrain")

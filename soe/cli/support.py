@@ -10,6 +10,7 @@ from typing import Any, Callable
 import typer
 
 from soe.config import Settings, load_settings
+from soe.flows.checks import GenerationRejected
 
 log = logging.getLogger("soe")
 
@@ -45,6 +46,9 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except USER_ERRORS as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
+        except GenerationRejected as exc:  # the run's output failed its checks: nothing was published
+            typer.secho(f"rejected: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=3) from None
         except KeyboardInterrupt:
             typer.secho(INTERRUPTED, err=True)
             raise typer.Exit(code=130) from None

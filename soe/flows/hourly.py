@@ -143,19 +143,26 @@ def validate(settings, model: str, as_of: datetime, expected_ids: np.ndarray | N
 def record(settings, as_of: datetime, start: datetime, model: str, results: list[dict[str, Any]],
            dag: str = DAG_ID) -> str:
     """Write the run manifest from the step results (per-stage seconds summed over shards)."""
+    payload = {"interval": [stamp(start), stamp(as_of)], "model_version": model, "stages": summarise(results)}
+    return str(record_run(settings.layout(), dag, as_of, payload))
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Step results -> one entry per stage: seconds and counts summed over shards, other values kept."""
     stages_out: dict[str, dict[str, Any]] = {}
     for r in results:
         s = stages_out.setdefault(r["stage"], {"seconds": 0.0})
         s["seconds"] = round(s["seconds"] + float(r.get("seconds") or 0.0), 3)
         for k, v in r.items():
-            if k in ("stage", "seconds", "shard"):
+            if k in ("stage", "seconds", "shard", "shards"):  # shards are counted below
                 continue
             if k in SUMMED and isinstance(v, (int, float)):
                 s[k] = s.get(k, 0) + v  # per-shard counts add up
             elif isinstance(v, (int, float, str, bool)) or k == "checks":
                 s[k] = v
-    payload = {"interval": [stamp(start), stamp(as_of)], "model_version": model, "stages": stages_out}
-    return str(record_run(settings.layout(), dag, as_of, payload))
+        if "shard" in r:
+            s["shards"] = s.get("shards", 0) + 1
+    return stages_out
 
 
 def retention(settings, as_of: datetime) -> dict[str, Any]:
@@ -191,7 +198,7 @@ def run_interval(settings, start: datetime, end: datetime, model: str | None = N
     path = record(settings, as_of, start, p["model"], results)
     step(retention(settings, as_of))
     return {"as_of": stamp(as_of), "model": p["model"], "manifest": path, "active_users": p["active_users"],
-            "stages": {r["stage"]: r.get("seconds") for r in results}}
+            "stages": summarise(results)}
 
 
 class PreconditionFailed(LookupError):
