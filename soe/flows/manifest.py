@@ -8,6 +8,9 @@ Re-running an interval rewrites it with the same counts (``attempt`` tells the r
 An alert (``<root>/manifests/<dag>_alerts/as_of=<T>.json``) is written by the failure callback when
 a task fails for good; it is what an on-call pager or a dashboard would watch, and it is never the
 done mark.
+
+Both also write the flow's Prometheus textfile (``soe.flows.metrics``), after the JSON and never
+failing the run: what the dashboards and alert rules in ``deploy/monitoring/`` read.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from core.atomic import write_json_atomic
 from core.layout import Layout, stamp, utc
@@ -61,8 +65,10 @@ def previous_done(layout: Layout, dags: str | tuple[str, ...], as_of: datetime,
     return None
 
 
-def record_run(layout: Layout, dag: str, as_of: datetime, payload: dict[str, Any]) -> Path:
-    """Write the run manifest (the done mark), keeping an attempt counter across reruns."""
+def record_run(layout: Layout, dag: str, as_of: datetime, payload: dict[str, Any],
+               metrics_dir: Path | None = None) -> Path:
+    """Write the run manifest (the done mark), keeping an attempt counter across reruns; then the run's
+    Prometheus textfile (soe.flows.metrics; ``metrics_dir`` = orchestration.metrics_dir)."""
     previous = read_manifest(layout, dag, as_of)
     stages = payload.get("stages", {})
     manifest = {
@@ -77,13 +83,21 @@ def record_run(layout: Layout, dag: str, as_of: datetime, payload: dict[str, Any
     path = layout.manifest(dag, as_of)
     write_json_atomic(path, manifest)
     log.info("%s as_of=%s done: %s", dag, stamp(as_of), path)
+    from soe.flows import metrics
+
+    metrics.safe_export(metrics.export_run, layout, manifest, metrics_dir)
     return path
 
 
-def alert(layout: Layout, dag: str, as_of: datetime, task: str, error: str) -> Path:
-    """Record (and log at ERROR) that ``task`` of ``dag`` failed for ``as_of``."""
+def alert(layout: Layout, dag: str, as_of: datetime, task: str, error: str,
+          metrics_dir: Path | None = None) -> Path:
+    """Record (and log at ERROR) that ``task`` of ``dag`` failed for ``as_of``; then the run's Prometheus
+    textfile, marking the run failed (and its generation rejected when a check failed)."""
     path = layout.manifest(f"{dag}_alerts", as_of)
     write_json_atomic(path, {"dag": dag, "as_of": stamp(as_of), "task": task, "error": error,
                              "at": datetime.now().astimezone().isoformat(timespec="seconds")})
     log.error("ALERT %s as_of=%s task %s failed: %s (%s)", dag, stamp(as_of), task, error, path)
+    from soe.flows import metrics
+
+    metrics.safe_export(metrics.export_failure, layout, dag, as_of, task, error, metrics_dir)
     return path

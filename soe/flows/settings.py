@@ -6,6 +6,7 @@ the generation checks, retention and the promotion gate are read when a task run
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from core.section import Section
@@ -43,3 +44,5 @@ class OrchestrationSettings(Section):
     max_staleness_hours: int = 7 * 24  # a current model older than this is stale: a not-worse candidate wins
     stale_tolerance: float = 0.005  # "not worse" for a stale current model: NDCG@10 >= current - this
     backfill_shards: int = 4  # shards of the full re-encode of all known users
+    # -- observability --
+    metrics_dir: Path | None = None  # textfile-collector dir of soe_<flow>.prom; None = <data root>/metrics
