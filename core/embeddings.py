@@ -52,7 +52,7 @@ def shard_dirs(layout: Layout, model_version: str, as_of: datetime) -> list[Path
 
 def snapshot_times(layout: Layout, model_version: str, *, after: datetime | None = None,
                    until: datetime | None = None) -> list[datetime]:
-    """The as_of times of this model with at least one published shard, in ``(after, until]``, oldest first."""
+    """The as_of times of this model with a published shard in ``(after, until]``, oldest first."""
     root = model_root(layout, model_version)
     if not root.is_dir():
         return []
@@ -62,7 +62,8 @@ def snapshot_times(layout: Layout, model_version: str, *, after: datetime | None
     return sorted(t for t in times if shard_dirs(layout, model_version, t))
 
 
-def vector_array(column: pa.Array | pa.ChunkedArray, dtype: np.dtype | type | None = np.float32) -> np.ndarray:
+def vector_array(column: pa.Array | pa.ChunkedArray,
+                 dtype: np.dtype | type | None = np.float32) -> np.ndarray:
     """The embedding ``vector`` column (fixed_size_list<float>[D], no nulls) as an (N, D) array.
 
     ``dtype``: the result's dtype (float32 by default); None keeps the stored one (float16 in the
@@ -70,9 +71,9 @@ def vector_array(column: pa.Array | pa.ChunkedArray, dtype: np.dtype | type | No
     """
     col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if not pa.types.is_fixed_size_list(col.type):
-        raise ContractError(f"embedding column 'vector' must be fixed_size_list<float16>[dim], got {col.type}")
+        raise ContractError(f"embedding column 'vector' must be fixed_size_list<float>[dim], got {col.type}")
     if col.null_count:
-        raise ContractError(f"{col.null_count} null vectors in an embedding table (the contract forbids them)")
+        raise ContractError(f"{col.null_count} null vectors in an embedding table (the contract has none)")
     dim = col.type.list_size
     flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
     out = flat.reshape(len(col), dim)  # (N, D)

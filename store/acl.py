@@ -4,7 +4,8 @@
   only, scripts by EVALSHA/SCRIPT LOAD (the conditional upsert), nothing dangerous (no FLUSHALL,
   CONFIG, KEYS, DEBUG, SHUTDOWN, ACL ...).
 * **reader** (store.client, the service): HGET/HMGET/HGETALL on the keys a lookup needs (vectors,
-  neighbour lists, recent positives, namespace metadata, the pointer), read-only (``%R~``); no writes, deletes or scripts.
+  neighbour lists, recent positives, namespace metadata, the pointer), read-only (``%R~``); no writes,
+  deletes or scripts.
 
 Both may run the connection and cluster-topology commands a client needs (HELLO, PING, COMMAND,
 CLUSTER SLOTS/SHARDS/NODES, READONLY). `apply_acl` installs the users on every node (ACLs are per
@@ -59,14 +60,16 @@ def acl_file(users: dict[str, tuple[str, object]], namespace: str = "soe", defau
     return "\n".join(lines) + "\n"
 
 
-def apply_acl(admin: RedisSettings, users: dict[str, tuple[str, object]], namespace: str = "soe") -> list[str]:
-    """Create/replace the users on every node of the deployment ``admin`` (RedisSettings with admin rights)."""
+def apply_acl(admin: RedisSettings, users: dict[str, tuple[str, object]],
+              namespace: str = "soe") -> list[str]:
+    """Create/replace the users on every node of the deployment ``admin`` (settings with admin rights)."""
     import redis
 
     from store.backends.redis import connect
 
     client = connect(admin)
-    nodes = ([(n.host, n.port) for n in client.get_nodes()] if admin.mode == "cluster" else [(admin.host, admin.port)])
+    nodes = ([(n.host, n.port) for n in client.get_nodes()] if admin.mode == "cluster"
+             else [(admin.host, admin.port)])
     for host, port in nodes:
         node = redis.Redis(host=host, port=port, username=admin.username, password=admin.secret(),
                            socket_timeout=admin.socket_timeout_s)

@@ -63,7 +63,8 @@ class UpsertCounts:
         return self
 
     def as_dict(self) -> dict[str, int]:
-        return {"written": self.written, "unchanged": self.unchanged, "stale": self.stale, "duplicates": self.duplicates}
+        return {"written": self.written, "unchanged": self.unchanged, "stale": self.stale,
+                "duplicates": self.duplicates}
 
 
 @dataclass
@@ -173,7 +174,8 @@ class VectorStore(ABC):
         """
 
     @abstractmethod
-    def get(self, kind: Kind, model: str | None, user_ids, *, meta: ModelMeta | None = None) -> list[bytes | None]:
+    def get(self, kind: Kind, model: str | None, user_ids, *,
+            meta: ModelMeta | None = None) -> list[bytes | None]:
         """The stored values, aligned with ``user_ids`` (duplicates allowed), None where missing.
 
         A namespace that does not exist has no records. ``meta``: the namespace's metadata when the
@@ -248,7 +250,8 @@ class VectorStore(ABC):
                                     "created_at": now_text()}, if_absent=True)
             meta = self.model_meta(model)
             if meta is None:
-                raise LookupError(f"model namespace {model!r} vanished while it was created (dropped concurrently?)")
+                raise LookupError(f"model namespace {model!r} vanished while it was created "
+                                  "(dropped concurrently?)")
         if (meta.dim, meta.dtype) != (dim, dtype):
             raise ValueError(f"model namespace {model!r} holds {meta.dtype} vectors of dim {meta.dim}; "
                              f"refusing to write {dtype} of dim {dim} (use a new model version)")
@@ -261,7 +264,8 @@ class VectorStore(ABC):
     def meta_or_raise(self, model: str) -> ModelMeta:
         meta = self.model_meta(model)
         if meta is None:
-            raise LookupError(f"model namespace {model!r} does not exist in the store (published models: {self.models()})")
+            raise LookupError(f"model namespace {model!r} does not exist in the store "
+                              f"(published models: {self.models()})")
         return meta
 
     def upsert_vectors(self, model: str, user_ids, values: np.ndarray, as_of) -> UpsertCounts:
@@ -283,5 +287,6 @@ class VectorStore(ABC):
         ids = as_ids(user_ids)
         meta = self.model_meta(model)
         if meta is None:
-            return Lookup(np.zeros((len(ids), 0), np.float32), np.zeros(len(ids), bool), np.zeros(len(ids), np.int64), model)
+            n = len(ids)
+            return Lookup(np.zeros((n, 0), np.float32), np.zeros(n, bool), np.zeros(n, np.int64), model)
         return self.lookup_with(meta, ids)

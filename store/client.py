@@ -47,12 +47,14 @@ class LookupClient:
     def _model_meta(self) -> ModelMeta:
         model = self.current_model()
         if model is None:
-            raise LookupError("no current model in Redis: publish a model and run `soe models switch VERSION`")
+            raise LookupError("no current model in the store: publish a model and run "
+                              "`soe models switch VERSION`")
         meta = self._meta.get(model)
         if meta is None:
             meta = self.store.model_meta(model)
             if meta is None:
-                raise LookupError(f"the current model {model!r} has no namespace in Redis (was it cleaned up?)")
+                raise LookupError(f"the current model {model!r} has no namespace in the store "
+                                  "(was it cleaned up?)")
             self._meta[model] = meta
         return meta
 

@@ -48,7 +48,7 @@ def read_user_ids(path: str | Path) -> np.ndarray:
 
 
 def forget_users(redis: RedisSettings, user_ids, *, store: VectorStore | None = None) -> dict:
-    """Remove the users from every namespace (vectors and neighbour lists) and their positives; returns counts."""
+    """Remove the users' vectors and neighbour lists from every namespace, and their positives; counts."""
     ids = np.unique(np.asarray(user_ids, dtype=np.int64))
     store = store if store is not None else open_store(redis)
     removed = store.delete_users(ids)

@@ -70,7 +70,7 @@ class Keys:
         return f"{self.ns}:n:{model}:{{{b % SLOT_TAGS}}}{b}"
 
     def positives(self, bucket: int) -> str:
-        """A user's recent positive items (model independent; written by the graph, `redis.buckets` buckets)."""
+        """Recent positive items (model independent, `redis.buckets` buckets; written by the graph)."""
         b = int(bucket)
         return f"{self.ns}:p:{{{b % SLOT_TAGS}}}{b}"
 

@@ -31,8 +31,10 @@ from typing import Literal
 
 # The server settings the bucketed layout needs (kept equal to deploy/redis/soe-memory.conf).
 MEMORY_CONF: dict[str, str] = {
-    "hash-max-listpack-entries": "1024",  # a bucket holds ~64-512 users; above this Redis converts to a hashtable
-    "hash-max-listpack-value": "1024",  # header (16 B) + payload: d<=504 float16, d<=252 float32, k<=84 neighbours
+    # a bucket holds ~64-512 users; above this Redis converts it to a hashtable
+    "hash-max-listpack-entries": "1024",
+    # header (16 B) + payload: d<=504 float16, d<=252 float32, k<=84 neighbours
+    "hash-max-listpack-value": "1024",
 }
 STATE_FILE = "servers.json"
 
@@ -52,7 +54,8 @@ class LocalRedis:
         from store.settings import RedisSettings
 
         seeds = [f"{self.host}:{p}" for p in self.ports] if self.mode == "cluster" else []
-        return RedisSettings(mode=self.mode, host=self.host, port=self.ports[0], startup_nodes=seeds, **overrides)
+        return RedisSettings(mode=self.mode, host=self.host, port=self.ports[0], startup_nodes=seeds,
+                             **overrides)
 
     def save(self) -> None:
         state = {"mode": self.mode, "host": self.host, "ports": self.ports, "pids": self.pids}
@@ -72,7 +75,7 @@ class LocalRedis:
 # -- ports ----------------------------------------------------------------------------------------
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server does: TIME_WAIT is no conflict
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server: TIME_WAIT is no conflict
         try:
             s.bind((host, port))
         except OSError:
@@ -96,7 +99,8 @@ def free_ports(n: int, cluster_bus: bool = False, host: str = "127.0.0.1") -> li
 
 
 # -- one node -------------------------------------------------------------------------------------
-def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool, extra: dict[str, str] | None) -> Path:
+def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool,
+                extra: dict[str, str] | None) -> Path:
     conf = {
         "bind": "127.0.0.1",
         "port": str(port),
@@ -112,7 +116,8 @@ def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool, extra: 
         **MEMORY_CONF,
     }
     if cluster:
-        conf |= {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf", "cluster-node-timeout": "5000"}
+        conf |= {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
+                 "cluster-node-timeout": "5000"}
     conf |= extra or {}
     path = node_dir / "redis.conf"
     path.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
@@ -122,9 +127,11 @@ def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool, extra: 
 def _spawn(node_dir: Path, conf: Path, server_bin: str) -> int:
     binary = shutil.which(server_bin) or server_bin
     if not Path(binary).exists():
-        raise FileNotFoundError(f"redis-server binary {server_bin!r} not found: install redis-server (apt install redis-server)")
+        raise FileNotFoundError(f"redis-server binary {server_bin!r} not found: install redis-server "
+                                "(apt install redis-server)")
     with open(node_dir / "stdout.log", "ab") as out:
-        proc = subprocess.Popen([binary, str(conf)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([binary, str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     return proc.pid
 
 
@@ -145,7 +152,8 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
     import redis
 
     try:
-        return bool(redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
+        client = redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return bool(client.ping())
     except redis.exceptions.AuthenticationError:
         return True  # up, but protected by a password
     except redis.exceptions.ResponseError as exc:  # NOAUTH etc: it answers, so it is up
@@ -167,7 +175,8 @@ def _wait_ready(node_dir: Path, pid: int, host: str, port: int, timeout: float) 
         f = node_dir / name
         if f.is_file():
             tail += f.read_text(errors="replace")[-800:]
-    raise RuntimeError(f"redis-server on port {port} did not become ready within {timeout}s; log tail:\n{tail}")
+    raise RuntimeError(f"redis-server on port {port} did not become ready within {timeout}s; "
+                       f"log tail:\n{tail}")
 
 
 def _start_nodes(work_dir: Path, ports: list[int], cluster: bool, persist: bool, server_bin: str,
@@ -190,8 +199,9 @@ def _start_nodes(work_dir: Path, ports: list[int], cluster: bool, persist: bool,
 
 
 # -- public API -----------------------------------------------------------------------------------
-def start_single(work_dir: Path, port: int | None = None, *, persist: bool = False, server_bin: str = "redis-server",
-                 extra_conf: dict[str, str] | None = None, timeout: float = 15.0) -> LocalRedis:
+def start_single(work_dir: Path, port: int | None = None, *, persist: bool = False,
+                 server_bin: str = "redis-server", extra_conf: dict[str, str] | None = None,
+                 timeout: float = 15.0) -> LocalRedis:
     """Start one redis-server on 127.0.0.1 (a free port when ``port`` is None) and wait until it answers."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +209,8 @@ def start_single(work_dir: Path, port: int | None = None, *, persist: bool = Fal
     for attempt in range(3):
         ports = [port] if port else free_ports(1)
         if port and not _port_free(port):
-            raise ValueError(f"port {port} on 127.0.0.1 is already in use (is another redis-server running? `soe redis status`)")
+            raise ValueError(f"port {port} on 127.0.0.1 is already in use "
+                             "(is another redis-server running? `soe redis status`)")
         try:
             pids = _start_nodes(work_dir, ports, False, persist, server_bin, extra_conf, timeout)
             break
@@ -214,7 +225,8 @@ def start_single(work_dir: Path, port: int | None = None, *, persist: bool = Fal
 def start_cluster(work_dir: Path, ports: list[int] | None = None, *, masters: int = 3, persist: bool = False,
                   server_bin: str = "redis-server", extra_conf: dict[str, str] | None = None,
                   timeout: float = 30.0) -> LocalRedis:
-    """Start ``masters`` cluster-enabled nodes, join them into one cluster (no replicas), wait for state ok."""
+    """Start ``masters`` cluster-enabled nodes, join them into one cluster (no replicas), wait for
+    state ok."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     _refuse_running(work_dir)
@@ -248,8 +260,9 @@ def _create_cluster(server: LocalRedis, timeout: float) -> None:
     n = len(nodes)
     assigned = [int(node.cluster("info").get("cluster_slots_assigned", 0)) for node in nodes]
     if any(assigned) and not all(assigned):
-        raise ValueError(f"{server.work_dir} holds cluster state (nodes.conf) for other ports than {server.ports}: "
-                         "start with the same ports as before, or remove the node-* directories")
+        raise ValueError(f"{server.work_dir} holds cluster state (nodes.conf) for other ports than "
+                         f"{server.ports}: start with the same ports as before, or remove the node-* "
+                         "directories")
     if not any(assigned):  # a new cluster (a restarted persistent one keeps its nodes.conf)
         for i, node in enumerate(nodes):
             lo, hi = i * 16384 // n, (i + 1) * 16384 // n - 1
@@ -264,14 +277,15 @@ def _create_cluster(server: LocalRedis, timeout: float) -> None:
                 and all(len(node.execute_command("CLUSTER SLOTS")) == n for node in nodes)):
             return
         time.sleep(0.1)
-    raise RuntimeError(f"local Redis Cluster on ports {server.ports} did not reach state ok within {timeout}s")
+    raise RuntimeError(f"local Redis Cluster on ports {server.ports} did not reach state ok "
+                       f"within {timeout}s")
 
 
 def _refuse_running(work_dir: Path) -> None:
     existing = LocalRedis.load(work_dir)
     if existing and any(_alive(pid) for pid in existing.pids):
-        raise ValueError(f"a local Redis ({existing.mode}, ports {existing.ports}) already runs from {work_dir}; "
-                         "`soe redis stop` first")
+        raise ValueError(f"a local Redis ({existing.mode}, ports {existing.ports}) already runs from "
+                         f"{work_dir}; `soe redis stop` first")
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -311,4 +325,5 @@ def status(work_dir: Path) -> dict:
         return {"running": False, "work_dir": str(work_dir)}
     nodes = [{"port": p, "pid": pid, "alive": _alive(pid), "ping": ping(server.host, p)}
              for p, pid in zip(server.ports, server.pids)]
-    return {"running": all(n["ping"] for n in nodes), "mode": server.mode, "work_dir": str(work_dir), "nodes": nodes}
+    return {"running": all(n["ping"] for n in nodes), "mode": server.mode, "work_dir": str(work_dir),
+            "nodes": nodes}

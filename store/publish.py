@@ -4,9 +4,10 @@ The inference engine writes one directory per shard, ``layout.embeddings(model, 
 each published atomically (it holds ``_SUCCESS``) with Parquet files in the embedding contract.
 `publish_embeddings` streams those files in batches of ``redis.publish_batch`` rows, encodes each
 batch in one numpy pass (store.format), and upserts it (`VectorStore.upsert`; in Redis one Lua call
-per few buckets, many calls per pipeline, grouped by cluster node). The upsert is conditional on as_of server-side, so publishing
-is idempotent and a late rerun of an older hour cannot overwrite newer vectors. Each published shard
-leaves a manifest (counts, as_of, model) in the store: ``<ns>:manifests:<model>`` field ``<as_of>/<shard>``.
+per few buckets, many calls per pipeline, grouped by cluster node). The upsert is conditional on
+as_of, so publishing is idempotent and a late rerun of an older hour cannot overwrite newer vectors.
+Each published shard leaves a manifest (counts, as_of, model) in the store:
+``<ns>:manifests:<model>`` field ``<as_of>/<shard>``.
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ log = logging.getLogger("soe.store.publish")
 
 
 def shard_dirs(layout: Layout, model_version: str, as_of: datetime, shard: int | None = None) -> list[Path]:
-    """The published shard directories of (model, as_of): all of them (`core.embeddings.shard_dirs`), or just ``shard``."""
+    """The published shard directories of (model, as_of): all (`core.embeddings.shard_dirs`) or ``shard``."""
     if shard is not None:
         d = layout.embeddings(model_version, as_of) / f"shard={shard:05d}"
         if not is_complete(d):
-            raise FileNotFoundError(f"embedding shard {d} is not published (no _SUCCESS): run inference first")
+            raise FileNotFoundError(f"embedding shard {d} is not published (no _SUCCESS): "
+                                    "run inference first")
         return [d]
     dirs = embedding_shard_dirs(layout, model_version, as_of)
     if not dirs:
-        raise FileNotFoundError(f"no published embedding shards under {layout.embeddings(model_version, as_of)}: "
-                                f"run inference for model {model_version!r} at as_of {stamp(as_of)} first")
+        where = layout.embeddings(model_version, as_of)
+        raise FileNotFoundError(f"no published embedding shards under {where}: run inference for model "
+                                f"{model_version!r} at as_of {stamp(as_of)} first")
     return dirs
 
 
@@ -61,7 +64,7 @@ def read_batches(files: list[Path], batch_size: int) -> Iterator[pa.RecordBatch]
 
 
 def rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """Concatenate consecutive record batches into batches of about ``rows`` rows (the last may be smaller)."""
+    """Concatenate consecutive record batches into batches of about ``rows`` rows (the last may be less)."""
     buf, n = [], 0
     for b in batches:
         buf.append(b)
@@ -101,7 +104,7 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
                 if not put(item):
                     return
             put(done)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and raised there
+        except BaseException as exc:  # handed to the consumer and raised there
             put(exc)
 
     threading.Thread(target=run, daemon=True).start()
@@ -114,11 +117,13 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
         stop.set()  # a producer blocked on a full queue gives up within 0.1 s
 
 
-def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch, dtype: str, buckets: int) -> UpsertCounts:
+def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch, dtype: str,
+                  buckets: int) -> UpsertCounts:
     """Encode and upsert one record batch of the embedding contract."""
     models = set(batch.column("model_version").unique().to_pylist())
     if models - {model_version}:
-        raise ContractError(f"embedding file holds model_version {sorted(models)}, expected {model_version!r}")
+        raise ContractError(f"embedding file holds model_version {sorted(models)}, "
+                            f"expected {model_version!r}")
     x = vector_array(batch.column("vector"), dtype=None)  # (B, D) as stored (float16)
     ids = batch.column("user_id").to_numpy().astype(np.int64)  # (B,)
     as_of = batch.column("as_of").cast(pa.int64()).to_numpy()  # (B,) ms UTC
@@ -149,8 +154,9 @@ def publish_embeddings(redis: RedisSettings, layout: Layout, model_version: str,
             on_rows(batch.num_rows)
     seconds = time.perf_counter() - t0
     part = f"{shard:05d}" if shard is not None else "all"
-    manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": part, "shards": [d.name for d in dirs],
-                "rows": rows, "files": len(files), **counts.as_dict(), "dtype": store_dtype(store, model_version, redis.dtype),
+    manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": part,
+                "shards": [d.name for d in dirs], "rows": rows, "files": len(files), **counts.as_dict(),
+                "dtype": store_dtype(store, model_version, redis.dtype),
                 "published_at": datetime.now(UTC).isoformat(timespec="seconds")}
     if rows:
         store.record_manifest(model_version, f"{stamp(as_of)}/{part}", manifest)
@@ -158,7 +164,8 @@ def publish_embeddings(redis: RedisSettings, layout: Layout, model_version: str,
     log.info("published %s as_of=%s shard %s: %d rows, %d written, %d unchanged, %d stale, %.1fs",
              model_version, stamp(as_of), part, rows, counts.written, counts.unchanged, counts.stale, seconds)
     return {"model": model_version, "as_of": as_of.isoformat(), "shards": len(dirs), "rows": rows,
-            **counts.as_dict(), "seconds": round(seconds, 3), "vectors_per_s": round(rows / seconds, 1) if seconds else None}
+            **counts.as_dict(), "seconds": round(seconds, 3),
+            "vectors_per_s": round(rows / seconds, 1) if seconds else None}
 
 
 def store_dtype(store: VectorStore, model_version: str, default: str) -> str:

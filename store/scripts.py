@@ -12,10 +12,18 @@ UPSERT_LUA = """
 -- (exactly HSET's argument list). A value is written unless the stored one is equal or has a newer as_of.
 local counts, sum = {}, 0
 for x in string.gmatch(ARGV[1], '%d+') do counts[#counts + 1] = tonumber(x); sum = sum + counts[#counts] end
-if #counts ~= #KEYS then return redis.error_reply('ERR soe upsert: ' .. #KEYS .. ' keys but ' .. #counts .. ' counts') end
-if 2 * sum ~= #ARGV - 1 then return redis.error_reply('ERR soe upsert: counts add up to ' .. sum .. ' users, got ' .. (#ARGV - 1) .. ' id/value arguments') end
+if #counts ~= #KEYS then
+  return redis.error_reply('ERR soe upsert: ' .. #KEYS .. ' keys but ' .. #counts .. ' counts')
+end
+if 2 * sum ~= #ARGV - 1 then
+  return redis.error_reply('ERR soe upsert: counts add up to ' .. sum .. ' users, got ' .. (#ARGV - 1)
+                           .. ' id/value arguments')
+end
 for i = 3, #ARGV, 2 do
-  if #ARGV[i] < 16 then return redis.error_reply('ERR soe upsert: value of user ' .. ARGV[i - 1] .. ' is shorter than the 16-byte header') end
+  if #ARGV[i] < 16 then
+    return redis.error_reply('ERR soe upsert: value of user ' .. ARGV[i - 1]
+                             .. ' is shorter than the 16-byte header')
+  end
 end
 local function as_of(v)
   if #v < 16 then return nil end
@@ -31,7 +39,10 @@ for k = 1, #KEYS do
   for j = 1, c do
     local o = old[j]
     if o then
-      if not args then args = {}; for i = 1, j - 1 do args[2 * i - 1] = kids[i]; args[2 * i] = ARGV[p + 2 * i - 1] end end
+      if not args then
+        args = {}
+        for i = 1, j - 1 do args[2 * i - 1] = kids[i]; args[2 * i] = ARGV[p + 2 * i - 1] end
+      end
       local v = ARGV[p + 2 * j - 1]
       local t_new = as_of(v)
       if o == v then same = same + 1

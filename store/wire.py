@@ -4,8 +4,9 @@ redis-py's pipeline spends ~10-20 µs of Python per command (encoding, packing, 
 a 100-user lookup is ~100 HMGETs (one per bucket), so that alone costs 1-2 ms. Here the
 request bytes are built directly (``*N $5 HMGET $len key $len field ...``, the RESP protocol), sent
 with one ``sendall`` per node on a connection each thread holds (`HeldConnections`), and the replies
-are read with redis-py's own parser (hiredis when installed). On a cluster the commands are split by the node that owns each key's slot; every node
-gets its buffer before any reply is read, so the nodes work in parallel. A MOVED/ASK reply (the
+are read with redis-py's own parser (hiredis when installed). On a cluster the commands are split
+by the node that owns each key's slot; every node gets its buffer before any reply is read, so the
+nodes work in parallel. A MOVED/ASK reply (the
 cluster is resharding) raises `Redirected`, and the caller falls back to redis-py's cluster
 pipeline, which follows redirects. `store.backends.redis` keeps that pipeline as the reference
 path; ``redis.read_path`` chooses between them and tests/test_store_read_paths.py compares both.
@@ -92,14 +93,15 @@ class _Held:
         for client, conn in list(self.conns.items()):
             try:  # (no contextlib here: at interpreter shutdown module globals may already be None)
                 client.connection_pool.release(conn)
-            except Exception:  # noqa: BLE001, S110 - interpreter shutdown or a closed pool: nothing to return
+            except Exception:  # interpreter shutdown or a closed pool: nothing to return
                 pass
 
 
 HELD = HeldConnections()
 
 
-def hmget_by_node(routes: list[tuple[object, list[int]]], commands: Sequence[tuple[str, Sequence[str]]]) -> list[list]:
+def hmget_by_node(routes: list[tuple[Any, list[int]]],
+                  commands: Sequence[tuple[str, Sequence[str]]]) -> list[list]:
     """``routes``: (redis.Redis of a node, indices of its commands). Send to every node, then read."""
     if not commands:
         return []
@@ -117,7 +119,7 @@ def hmget_by_node(routes: list[tuple[object, list[int]]], commands: Sequence[tup
     from redis.exceptions import ResponseError
 
     error = None
-    for k, ((client, idx), conn) in enumerate(zip(routes, conns)):
+    for k, ((_, idx), conn) in enumerate(zip(routes, conns)):
         try:
             for i, reply in zip(idx, _read(conn, len(idx))):
                 out[i] = reply

@@ -13,7 +13,7 @@ pytest_plugins = [
 
 @pytest.fixture
 def redis_memory():
-    """RedisSettings (mode "memory") of a fresh in-process store: its own namespace, discarded after the test."""
+    """RedisSettings (mode "memory") of a fresh in-process store (own namespace, discarded after the test)."""
     import uuid
 
     from store.backends.memory import MemoryVectorStore

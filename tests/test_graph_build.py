@@ -51,7 +51,8 @@ def test_latest_vectors_newest_snapshot_wins(settings, planted):
     later_vec = np.asarray(later.column("vector").to_pylist(), np.float32)
     np.testing.assert_allclose(uv2.vectors[uv2.positions(ids)], normalise(later_vec), atol=1e-6)
     untouched = np.setdiff1d(planted.user_ids, ids)[:50]
-    np.testing.assert_array_equal(uv2.vectors[uv2.positions(untouched)], uv1.vectors[uv1.positions(untouched)])
+    np.testing.assert_array_equal(uv2.vectors[uv2.positions(untouched)],
+                                  uv1.vectors[uv1.positions(untouched)])
     with pytest.raises(FileNotFoundError, match="no published embeddings"):
         latest_vectors(layout, "other", T2)
 
@@ -77,7 +78,7 @@ def test_full_build_publishes_snapshot_and_manifest(settings, planted):
     assert is_complete(path) and read_marker(path)["recall_at_k"] == m["recall_at_k"]
     for key in ("n_users", "k", "index", "recall_at_k", "build_s", "model_version", "as_of"):
         assert key in m
-    assert m["mode"] == "full" and m["n_users"] == 3000 and m["index"]["kind"] == "ivf" and m["device"] == "cpu"
+    assert (m["mode"], m["n_users"], m["index"]["kind"], m["device"]) == ("full", 3000, "ivf", "cpu")
     assert m["recall_at_k"] >= 0.9
     table = pq.read_table(path / "neighbours.parquet")
     assert table.schema.equals(NEIGHBOURS.schema) and table.num_rows == 3000
@@ -141,7 +142,8 @@ def test_incremental_repairs_untouched_lists(settings, planted):
 
     prev = latest_snapshot(layout, "m1", before=utc(T2))
     kept, _ = carry_over(prev.vectors.ids, *prev.neighbours(), uv)
-    untouched = uv.positions(np.setdiff1d(prev.vectors.ids, latest_vectors(layout, "m1", T2, after=utc(T1)).ids))
+    touched = latest_vectors(layout, "m1", T2, after=utc(T1)).ids
+    untouched = uv.positions(np.setdiff1d(prev.vectors.ids, touched))
     exact, _ = exact_neighbours(uv, untouched, 8)
     repaired, stale = recall_at_k(nbr[untouched], exact), recall_at_k(kept[untouched], exact)
     assert repaired > stale + 0.05 and repaired >= 0.99, (repaired, stale)

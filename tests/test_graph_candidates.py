@@ -1,4 +1,4 @@
-"""Candidates from neighbours' recent positives, on hand-made data; recent positives from sequences + Redis."""
+"""Candidates from neighbours' recent positives on hand-made data; recent positives from sequences + store."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def test_recent_positives_window_dedupe_order_and_cap():
     ])
     ids, items, ages = recent_positives(table, ["click", "conversion"], AS_OF, window_hours=48, per_user=5)
     assert ids.tolist() == [1, 2, 3]
-    assert items[0].tolist() == [10, 12] and ages[0].tolist() == [1.0, 3.0]  # newest first, 10 once, 13 too old
+    # newest first, 10 once, 13 too old
+    assert items[0].tolist() == [10, 12] and ages[0].tolist() == [1.0, 3.0]
     assert items[1].size == 0
     assert items[2].tolist() == [31, 32, 33, 34, 35]  # capped at the 5 newest
 
@@ -100,12 +101,12 @@ def test_positives_of_an_older_hour_never_replace_newer_ones(settings, store_any
         hours = 1 if as_of == AS_OF else 2  # hours before AS_OF: inside each hour's own window
         table = _sequences([(1, [(hours, "click", item)]), (2, [(hours, "click", item + 1)])])
         with publish_dir(layout.active(as_of)) as tmp:
-            pq.write_table(table.set_column(1, "as_of", pa.array([as_of] * 2, table.schema.field("as_of").type)),
-                           tmp / "shard=00000.parquet")
+            stamped = table.set_column(1, "as_of", pa.array([as_of] * 2, table.schema.field("as_of").type))
+            pq.write_table(stamped, tmp / "shard=00000.parquet")
     first = publish_recent_positives(s.graph, s.events, s.redis, layout, AS_OF)
     assert (first["written"], first["stale"]) == (2, 0)
     assert publish_recent_positives(s.graph, s.events, s.redis, layout, AS_OF)["unchanged"] == 2  # rerun
-    late = publish_recent_positives(s.graph, s.events, s.redis, layout, earlier)  # a late rerun of an older hour
+    late = publish_recent_positives(s.graph, s.events, s.redis, layout, earlier)  # a late older hour
     assert (late["users_with_positives"], late["written"], late["stale"]) == (2, 0, 2)
     got = StorePositives(s.redis, 168).positives([1, 2])
     assert [p.tolist() for p in got] == [[103], [104]]

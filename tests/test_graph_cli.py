@@ -35,7 +35,8 @@ def test_graph_and_lookalike_commands(settings, tmp_path):
         (["lookalike", "--model", "m1", "--seeds", "1,x"], "must be integers"),
         (["lookalike", "--model", "m1"], "give seed users"),
         (["lookalike", "--model", "nope", "--seeds", "1"], "no published graph"),
-        (["graph", "--model", "nope", "--as-of", "2026-01-01T03:00Z", "--no-redis"], "no published embeddings"),
+        (["graph", "--model", "nope", "--as-of", "2026-01-01T03:00Z", "--no-redis"],
+         "no published embeddings"),
         (["graph", "--model", "bad/name", "--as-of", "2026-01-01T03:00Z"], "model version"),
     ]:
         r = run(app, args, env=env)

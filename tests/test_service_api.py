@@ -119,7 +119,8 @@ def test_lookalike_recovers_the_seed_cluster(client, planted):
     assert r.status_code == 200 and body["seeds_used"] == 40 and body["missing_seeds"] == [-9]
     assert np.isin(body["user_ids"], members[40:]).mean() >= 0.95
     for method in ("centroid", "max_seed"):
-        r = client.post("/v1/lookalike", json={"seed_user_ids": members[:40].tolist(), "size": 50, "method": method})
+        body = {"seed_user_ids": members[:40].tolist(), "size": 50, "method": method}
+        r = client.post("/v1/lookalike", json=body)
         assert r.status_code == 200 and np.isin(r.json()["user_ids"], members[40:]).mean() >= 0.95
     r = client.post("/v1/lookalike", json={"seed_user_ids": [-1, -2]})
     assert r.status_code == 404 and "none of the 2 seed users" in r.json()["detail"]
@@ -156,7 +157,8 @@ def test_bad_requests_get_clear_4xx(client, method, path, kwargs, status):
 
 
 def test_store_down_is_503_not_500(served):
-    s = served.model_copy(update={"redis": served.redis.model_copy(update={"port": 1, "socket_timeout_s": 0.5})})
+    down = served.redis.model_copy(update={"port": 1, "socket_timeout_s": 0.5})
+    s = served.model_copy(update={"redis": down})
     c = TestClient(app_of(s), raise_server_exceptions=False)
     r = c.get("/v1/users/1/vector")
     assert r.status_code == 503 and "unavailable" in r.json()["detail"]
@@ -165,7 +167,8 @@ def test_store_down_is_503_not_500(served):
 
 def test_committed_openapi_spec_is_current():
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
-    assert committed == json.loads(json.dumps(openapi_spec())), "regenerate: soe serve --openapi docs/openapi.json"
+    assert committed == json.loads(json.dumps(openapi_spec())), \
+        "regenerate: soe serve --openapi docs/openapi.json"
 
 
 def test_service_over_the_in_memory_store(settings, redis_memory, planted):

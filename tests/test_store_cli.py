@@ -18,7 +18,8 @@ def run(env, *args, code=0):
 
 
 def test_publish_switch_lookup_forget(settings, redis_single, tmp_path):
-    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_REDIS__PORT": str(redis_single.port), "SOE_REDIS__BUCKETS": "64"}
+    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_REDIS__PORT": str(redis_single.port),
+           "SOE_REDIS__BUCKETS": "64"}
     x = unit(100, 8)
     write_shard(settings.layout(), "m1", T0, 0, np.arange(100), x)
     out = run(env, "publish", "--model", "m1", "--as-of", "2026-01-01T05:00Z", "--shard", "0")
@@ -66,8 +67,9 @@ def test_redis_acl_applies_users_and_writes_a_file_without_clear_passwords(setti
     from store.client import LookupClient
 
     reader = redis_single.with_credentials("soe-reader", "rpw-456")
-    with pytest.raises(LookupError, match="no current model"):  # authenticated and allowed to read; no model yet
+    with pytest.raises(LookupError, match="no current model"):  # authenticated, may read; no model yet
         LookupClient(reader).get([1])
-    run(env, "redis", "acl", "--writer-password", "wpw-123", "--reader-password", "rpw-456", "--file", str(tmp_path / "u.acl"))
+    run(env, "redis", "acl", "--writer-password", "wpw-123", "--reader-password", "rpw-456",
+        "--file", str(tmp_path / "u.acl"))
     text = (tmp_path / "u.acl").read_text()
     assert "user soe-reader on #" in text and "rpw-456" not in text and "wpw-123" not in text

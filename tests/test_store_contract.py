@@ -115,7 +115,8 @@ def test_a_user_twice_in_one_batch_keeps_its_newest_row(store, kind):
     c = store.upsert(kind, model_of(kind), ids, rows, stamps)
     assert (c.written, c.duplicates) == (2, 2)
     assert store.get(kind, model_of(kind), [5, 6]) == as_bytes([values[2], values[1]])
-    tie = [values_of(kind, ids[:1], T3, seed=9)[0], values_of(kind, ids[:1], T3, seed=8)[0]]  # tie: the later row
+    # a tie of as_of: the later row wins
+    tie = [values_of(kind, ids[:1], T3, seed=9)[0], values_of(kind, ids[:1], T3, seed=8)[0]]
     c = store.upsert(kind, model_of(kind), [5, 5], np.stack(tie) if kind == "vectors" else tie, T3)
     assert (c.written, c.duplicates) == (1, 1) and store.get(kind, model_of(kind), [5]) == as_bytes(tie[1:])
 
@@ -124,7 +125,8 @@ def test_rerun_is_idempotent(store):
     store.ensure_model("m1", 8, "float16", 64)
     vec, nbr, pos = vector_rows(300, T1), neighbour_values(USERS, T1), positives_values(USERS, T1)
     for _ in range(2):
-        counts = [store.upsert("vectors", "m1", USERS, vec, T1), store.upsert("neighbours", "m1", USERS, nbr, T1),
+        counts = [store.upsert("vectors", "m1", USERS, vec, T1),
+                  store.upsert("neighbours", "m1", USERS, nbr, T1),
                   store.upsert("positives", None, USERS, pos, T1)]
     assert all((c.written, c.unchanged, c.stale) == (0, 300, 0) for c in counts)
     assert store.get("vectors", "m1", USERS) == as_bytes(vec) and store.get("positives", None, USERS) == pos
@@ -142,7 +144,8 @@ def test_delete_users_removes_every_kind_in_every_namespace(store):
     assert removed == {"v:m1": 3, "n:m1": 2, "v:m2": 3, "n:m2": 0, "p:positives": 2}
     for kind, model in [("vectors", "m1"), ("vectors", "m2"), ("neighbours", "m1"), ("positives", None)]:
         assert store.get(kind, model, gone[:3]) == [None, None, None]
-    assert store.get("vectors", "m1", [101])[0] is not None and store.get("positives", None, [101])[0] is not None
+    assert store.get("vectors", "m1", [101])[0] is not None
+    assert store.get("positives", None, [101])[0] is not None
     assert sum(store.delete_users(gone).values()) == 0  # idempotent
     assert sum(store.delete_users([]).values()) == 0
 

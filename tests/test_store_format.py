@@ -104,7 +104,8 @@ def test_keys_share_the_bucket_hash_tag_and_names_are_checked():
     k = Keys("soe")
     assert k.vectors("m1", 7) == "soe:v:m1:{7}7" and k.neighbours("m2", 7) == "soe:n:m2:{7}7"
     assert k.vectors("m1", 1024 + 7) == "soe:v:m1:{7}1031"  # same tag: same cluster slot
-    assert k.vectors("m1", int(bucket_of(42, 16384)[0])) == "soe:v:m1:{661}11925"  # the docs/format.md example
+    # the docs/format.md example
+    assert k.vectors("m1", int(bucket_of(42, 16384)[0])) == "soe:v:m1:{661}11925"
     for bad in ("", "a b", "x{y}", "m:1", "-m"):
         with pytest.raises(ValueError):
             check_name("model version", bad)

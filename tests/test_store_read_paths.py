@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from store import format as fmt
 from store.backends import open_store
 
-STORED = np.unique(np.random.default_rng(3).integers(-(2**40), 2**40, 2_000))  # present users, spread over buckets
+# present users, spread over buckets
+STORED = np.unique(np.random.default_rng(3).integers(-(2**40), 2**40, 2_000))
 STORED_LIST = STORED.tolist()
 
 
@@ -38,7 +39,8 @@ user_sets = st.one_of(
 def test_packed_reads_equal_redis_py_pipeline_reads_byte_for_byte(redis_any, redis_memory):
     x = np.random.default_rng(0).standard_normal((len(STORED), 8)).astype(np.float32)
     values = {"vectors": fmt.encode_vectors(x, 1_000, "m1"),
-              "neighbours": [fmt.encode_neighbours([i, i + 1], [0.5, 0.25], 1_000, "m1") for i in STORED_LIST],
+              "neighbours": [fmt.encode_neighbours([i, i + 1], [0.5, 0.25], 1_000, "m1")
+                             for i in STORED_LIST],
               "positives": [fmt.encode_neighbours([i % 97], [3.0], 1_000, "positives") for i in STORED_LIST]}
     packed = open_store(redis_any.model_copy(update={"read_path": "packed", "buckets": 128}))
     pipeline = open_store(redis_any.model_copy(update={"read_path": "pipeline", "buckets": 128}))

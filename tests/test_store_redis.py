@@ -58,7 +58,8 @@ def test_publish_then_redis_cli_value_decodes_per_spec(settings, redis_any):
     user = 1234
     b = int(bucket_of(user, 64)[0])
     key = f"soe:v:m1:{{{b % 1024}}}{b}"
-    cmd = ["redis-cli", "-p", str(redis_any.port)] + (["-c"] if redis_any.mode == "cluster" else []) + ["HGET", key, str(user)]
+    cluster_flag = ["-c"] if redis_any.mode == "cluster" else []
+    cmd = ["redis-cli", "-p", str(redis_any.port), *cluster_flag, "HGET", key, str(user)]
     raw = subprocess.run(cmd, capture_output=True, check=True).stdout
     assert raw.endswith(b"\n")
     value = raw[:-1]  # redis-cli prints the raw bytes and one newline when stdout is not a terminal
@@ -89,8 +90,9 @@ def test_conditional_upsert_rejects_older_as_of_server_side(redis_any):
     # a newer as_of wins; mixed batches are decided per user; a duplicate in one batch keeps the newest
     t_newer = fmt.as_of_ms(T0 + timedelta(hours=1))
     mixed_as_of = np.where(ids % 2 == 0, t_newer, t_old)
-    c = store.upsert_vectors("m1", np.r_[ids, 0], fmt.encode_vectors(np.r_[old, old[:1]], np.r_[mixed_as_of, t_old], "m1"),
-                             np.r_[mixed_as_of, t_old])
+    stamps = np.r_[mixed_as_of, t_old]
+    rows = fmt.encode_vectors(np.r_[old, old[:1]], stamps, "m1")
+    c = store.upsert_vectors("m1", np.r_[ids, 0], rows, stamps)
     assert (c.written, c.stale, c.duplicates) == (100, 100, 1)
     got = store.get_vectors("m1", ids)
     np.testing.assert_allclose(got.vectors[ids % 2 == 0], old[ids % 2 == 0], atol=1e-3)
@@ -185,7 +187,8 @@ def test_upsert_call_plan_covers_every_user_once_within_limits(by_tag):
     for buckets, counts, pos in upsert_calls(ids, 3000, by_tag=by_tag, max_users=500):
         assert sum(counts) == len(pos) <= 500 and len(buckets) == len(counts)
         b = bucket_of(ids[pos], 3000)
-        assert b.tolist() == [k for k, c in zip(buckets, counts) for _ in range(c)]  # positions follow the keys
+        # positions follow the keys
+        assert b.tolist() == [k for k, c in zip(buckets, counts) for _ in range(c)]
         if by_tag:
             assert len({k % SLOT_TAGS for k in buckets}) == 1  # one slot per call on a cluster
         seen.extend(pos.tolist())
@@ -224,7 +227,8 @@ def test_fast_read_path_equals_redis_py_pipeline(redis_any):
 
         store.r.set("soe:not-a-hash", "x")  # an error reply in the middle of a batch ...
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-            hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]), ("soe:none", ["1"])])
+            hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]),
+                                 ("soe:none", ["1"])])
     assert store.get("vectors", "m1", query) == fast  # ... leaves the pooled connection usable
 
 
@@ -297,7 +301,7 @@ def test_held_connections_are_per_thread_and_reads_agree_across_threads(redis_si
             single = store.get_vectors("m1", [k])
             np.testing.assert_allclose(single.vectors[0], x[k], atol=1e-3)
             seen[k] = id(HELD.get(store.r))
-        except Exception as exc:  # noqa: BLE001 - surfaced below
+        except Exception as exc:  # surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
@@ -315,7 +319,7 @@ def test_short_lived_threads_hand_their_connections_back(redis_single):
     store.ensure_model("m1", 8, "float16", 16)
     store.upsert_vectors("m1", np.arange(10), fmt.encode_vectors(unit(10, 8), 1, "m1"), 1)
     found = []
-    for k in range(12):  # more threads over time than the pool has connections
+    for _ in range(12):  # more threads over time than the pool has connections
         t = threading.Thread(target=lambda: found.append(bool(store.get_vectors("m1", [1, 2]).found.all())))
         t.start()
         t.join()

@@ -25,7 +25,8 @@ def fill(store, model, ids, as_of=1_000, neighbours=True):
     store.upsert_vectors(model, ids, fmt.encode_vectors(x, as_of, model), as_of)
     if neighbours:
         lists = [np.array([i + 1, i + 2]) for i in ids]
-        store.upsert_neighbours(model, ids, fmt.encode_neighbour_lists(lists, [np.array([0.9, 0.8])] * len(ids), as_of, model), as_of)
+        values = fmt.encode_neighbour_lists(lists, [np.array([0.9, 0.8])] * len(ids), as_of, model)
+        store.upsert_neighbours(model, ids, values, as_of)
     store.record_manifest(model, "x/00000", {"rows": len(ids)})
 
 
@@ -41,7 +42,8 @@ def test_forget_removes_vectors_in_every_namespace_and_neighbour_lists(store_any
     assert forgotten.tolist() == [105, 150, 399, 123456789]
     with caplog.at_level(logging.INFO, logger="soe.store.forget"):
         out = forget_users(store_any, forgotten)
-    assert out["removed"] == {"v:m1": 3, "n:m1": 3, "v:m2": 2, "n:m2": 0, "p:positives": 1} and out["total"] == 9
+    assert out["removed"] == {"v:m1": 3, "n:m1": 3, "v:m2": 2, "n:m2": 0, "p:positives": 1}
+    assert out["total"] == 9
     assert "removed 3 vectors of model m1" in caplog.text and "removed 2 vectors of model m2" in caplog.text
     assert "removed 1 recent-positive lists of the graph" in caplog.text
     assert store.get("positives", None, [150]) == [None]
@@ -67,20 +69,28 @@ def test_acl_reader_reads_but_cannot_write_delete_or_script(redis_any):
     client = LookupClient(reader)
     _, found = client.get([1, 2, 999])
     assert found.tolist() == [True, True, False] and client.neighbours([1])[0][0].tolist() == [2, 3]
+    from store.graph.redis_io import read_positives, write_positives
+
+    # recent positives: the writer upserts them with a TTL (EVALSHA + PEXPIRE), the reader reads them
+    counts = write_positives(writer, np.array([1]), [np.array([7])], [np.array([1.0])], "2026-01-01T05:00Z",
+                             ttl_s=60)
+    assert counts["written"] == 1 and [p.tolist() for p in read_positives(reader, [1, 2], 24)] == [[7], []]
 
     r = connect(reader)
     key = wstore.keys.vectors("m1", 0)
-    denied = [("HSET", key, "1", "x"), ("HDEL", key, "1"), ("DEL", key), ("UNLINK", key), ("SET", "soe:x", "1"),
-              ("EVAL", "return 1", "0"), ("EVALSHA", "a" * 40, "0"), ("SCRIPT", "LOAD", "return 1"),
-              ("FCALL", "f", "0"), ("FLUSHALL",), ("CONFIG", "SET", "maxmemory", "1"), ("KEYS", "*"),
-              ("HGETALL", "soe:manifests:m1"), ("HGET", "other:key", "f")]
+    denied = [("HSET", key, "1", "x"), ("HDEL", key, "1"), ("DEL", key), ("UNLINK", key),
+              ("SET", "soe:x", "1"), ("EVAL", "return 1", "0"), ("EVALSHA", "a" * 40, "0"),
+              ("SCRIPT", "LOAD", "return 1"), ("FCALL", "f", "0"), ("FLUSHALL",),
+              ("CONFIG", "SET", "maxmemory", "1"), ("KEYS", "*"), ("HGETALL", "soe:manifests:m1"),
+              ("HGET", "other:key", "f")]
     for cmd in denied:
         with pytest.raises(redis.exceptions.NoPermissionError):
             r.execute_command(*cmd)
     assert wstore.r.hlen(key) > 0  # nothing was changed by the attempts
 
     w = connect(writer)
-    for cmd in [("FLUSHALL",), ("CONFIG", "GET", "maxmemory"), ("KEYS", "*"), ("SET", "other:key", "1"), ("ACL", "LIST")]:
+    for cmd in [("FLUSHALL",), ("CONFIG", "GET", "maxmemory"), ("KEYS", "*"), ("SET", "other:key", "1"),
+                ("ACL", "LIST")]:
         with pytest.raises(redis.exceptions.NoPermissionError):
             w.execute_command(*cmd)
     wrong = (redis.exceptions.AuthenticationError, redis.exceptions.RedisClusterException)
@@ -99,7 +109,8 @@ def test_secrets_never_reach_reprs_logs_or_acl_files(redis_single, caplog):
         logging.getLogger("soe").info("settings: %s / %r / store %r", writer, writer, store)
     text = caplog.text + repr(writer) + str(writer.model_dump()) + writer.model_dump_json()
     assert WRITER_PW not in text and "**********" in text
-    rendered = acl_file({"soe-writer": ("writer", WRITER_PW), "soe-reader": ("reader", READER_PW)}, default_password="admin-pw")
+    rendered = acl_file({"soe-writer": ("writer", WRITER_PW), "soe-reader": ("reader", READER_PW)},
+                        default_password="admin-pw")
     assert WRITER_PW not in rendered and READER_PW not in rendered and "admin-pw" not in rendered
     assert rendered.count("#") == 3  # three sha256 password hashes
 
@@ -121,9 +132,11 @@ def test_acl_file_loads_in_redis_server_and_writer_cannot_load_functions(tmp_pat
         writer = server.redis_settings().with_credentials("soe-writer", WRITER_PW)
         fill(open_store(writer), "m1", np.arange(10))
         switch_current(open_store(writer), "m1")
-        assert LookupClient(server.redis_settings().with_credentials("soe-reader", READER_PW)).get([3])[1].all()
+        reader = server.redis_settings().with_credentials("soe-reader", READER_PW)
+        assert LookupClient(reader).get([3])[1].all()
         w = connect(writer)
-        for cmd in [("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() return 1 end)"),
+        lua = "#!lua name=x\nredis.register_function('f', function() return 1 end)"
+        for cmd in [("FUNCTION", "LOAD", lua),
                     ("FUNCTION", "FLUSH"), ("EVAL", "return 1", "0"), ("FCALL", "f", "0")]:
             with pytest.raises(redis.exceptions.NoPermissionError):
                 w.execute_command(*cmd)

@@ -108,7 +108,8 @@ class MemoryVectorStore(VectorStore):
                 self._expires.setdefault(slot, {}).update(dict.fromkeys(batch.ids.tolist(), deadline))
         return counts
 
-    def get(self, kind: Kind, model: str | None, user_ids, *, meta: ModelMeta | None = None) -> list[bytes | None]:
+    def get(self, kind: Kind, model: str | None, user_ids, *,
+            meta: ModelMeta | None = None) -> list[bytes | None]:
         check_kind(kind, model)
         ids = as_ids(user_ids)
         with self._lock:
@@ -157,7 +158,8 @@ class MemoryVectorStore(VectorStore):
                 removed += len(self._live((kind, model)))
                 self._records.pop((kind, model), None)
                 self._expires.pop((kind, model), None)
-            removed += int(self._meta.pop(model, None) is not None) + int(self._manifests.pop(model, None) is not None)
+            removed += int(self._meta.pop(model, None) is not None)
+            removed += int(self._manifests.pop(model, None) is not None)
             self._models.discard(model)
             return removed
 

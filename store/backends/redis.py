@@ -61,10 +61,12 @@ def connect(s: RedisSettings) -> Any:
 
     if s.mode == "memory":
         raise ValueError("redis.mode is 'memory': there is no Redis server to connect to")
-    kw: dict[str, Any] = {"username": s.username, "password": s.secret(), "socket_timeout": s.socket_timeout_s,
-                          "socket_connect_timeout": s.socket_timeout_s, "max_connections": s.max_connections}
+    kw: dict[str, Any] = {"username": s.username, "password": s.secret(),
+                          "max_connections": s.max_connections, "socket_timeout": s.socket_timeout_s,
+                          "socket_connect_timeout": s.socket_timeout_s}
     if s.tls:
-        kw |= {"ssl": True, "ssl_ca_certs": s.tls_ca_cert, "ssl_certfile": s.tls_cert, "ssl_keyfile": s.tls_key}
+        kw |= {"ssl": True, "ssl_ca_certs": s.tls_ca_cert, "ssl_certfile": s.tls_cert,
+               "ssl_keyfile": s.tls_key}
     if s.mode == "cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -82,7 +84,8 @@ def _pairs(flat: Any) -> dict[str, str]:
     return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def bucket_groups(user_ids: np.ndarray, buckets: int, max_size: int = MAX_PER_CALL) -> Iterator[tuple[int, np.ndarray]]:
+def bucket_groups(user_ids: np.ndarray, buckets: int,
+                  max_size: int = MAX_PER_CALL) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (bucket, positions) of the users, grouped by bucket, at most ``max_size`` positions each."""
     b = bucket_of(user_ids, buckets)
     order = np.argsort(b, kind="stable")
@@ -138,7 +141,8 @@ class RedisVectorStore(VectorStore):
         self._sha: dict[str, str] = {}  # script source -> sha, loaded lazily (readers never load)
 
     def __repr__(self) -> str:  # no password here, ever
-        return f"RedisVectorStore(mode={self.settings.mode}, nodes={self.settings.nodes()}, ns={self.keys.ns})"
+        s = self.settings
+        return f"RedisVectorStore(mode={s.mode}, nodes={s.nodes()}, ns={self.keys.ns})"
 
     @property
     def read_path(self) -> ReadPath:
@@ -169,7 +173,8 @@ class RedisVectorStore(VectorStore):
 
     def _run_calls(self, src: str, calls: list[Call]) -> list:
         """EVALSHA the script once per (keys, args), pipelined (see `_run_chunks`)."""
-        return self._run_chunks(src, lambda: (calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)))
+        chunks = [calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
+        return self._run_chunks(src, lambda: iter(chunks))
 
     def _run_chunks(self, src: str, make_chunks: Callable[[], Iterator[list[Call]]]) -> list:
         """EVALSHA every call of every chunk; reload the script and rerun once after NOSCRIPT.
@@ -196,7 +201,8 @@ class RedisVectorStore(VectorStore):
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
-                self._sha.pop(src, None)  # a node restarted or was flushed: load again (the upsert is idempotent)
+                # a node restarted or was flushed: load again (the upsert is idempotent)
+                self._sha.pop(src, None)
         raise AssertionError("unreachable")
 
     def _execute(self, sha: str, calls: list[Call]) -> list:
@@ -225,11 +231,13 @@ class RedisVectorStore(VectorStore):
         return counts
 
     @staticmethod
-    def _upsert_chunks(plan: list[tuple[list[int], list[int], np.ndarray]], batch: Batch, key_fn: KeyFn) -> Iterator[list[Call]]:
+    def _upsert_chunks(plan: list[tuple[list[int], list[int], np.ndarray]], batch: Batch,
+                       key_fn: KeyFn) -> Iterator[list[Call]]:
         """The EVALSHA calls of ``plan``, ``PIPELINE_CHUNK`` at a time (Python objects built per chunk)."""
         order = np.concatenate([pos for _, _, pos in plan])  # users in call order, key by key
         sorted_ids = batch.ids[order]
-        rows = batch.values[order] if isinstance(batch.values, np.ndarray) else None  # (n, size) in call order
+        # (n, size) rows in call order, or None for bytes values
+        rows = batch.values[order] if isinstance(batch.values, np.ndarray) else None
         bounds = np.cumsum([0] + [len(pos) for _, _, pos in plan]).tolist()
         for c0 in range(0, len(plan), PIPELINE_CHUNK):
             part = plan[c0:c0 + PIPELINE_CHUNK]
@@ -262,7 +270,8 @@ class RedisVectorStore(VectorStore):
             pipe.execute()
 
     # -- records: reads -----------------------------------------------------------------------
-    def get(self, kind: Kind, model: str | None, user_ids, *, meta: ModelMeta | None = None) -> list[bytes | None]:
+    def get(self, kind: Kind, model: str | None, user_ids, *,
+            meta: ModelMeta | None = None) -> list[bytes | None]:
         check_kind(kind, model)
         ids = as_ids(user_ids)
         if model is None:
@@ -302,7 +311,8 @@ class RedisVectorStore(VectorStore):
                           else [(self.r, list(range(len(commands))))])
                 replies = hmget_by_node(routes, commands)
             except fallback as exc:
-                # resharding, failover or a dropped connection: redis-py's pipeline retries, refreshes the slot map
+                # resharding, failover or a dropped connection: redis-py's pipeline retries and
+                # refreshes the slot map
                 log.info("packed read failed (%s); retrying via the redis-py pipeline", type(exc).__name__)
         if replies is None:  # reference path; the cluster pipeline routes by slot and follows MOVED/ASK
             pipe = self.r.pipeline(transaction=False)
@@ -317,7 +327,8 @@ class RedisVectorStore(VectorStore):
     # -- records: forget ----------------------------------------------------------------------
     def delete_users(self, user_ids) -> dict[str, int]:
         ids = as_ids(user_ids)
-        targets: list[tuple[str, KeyFn, int]] = [(f"p:{POSITIVES}", self.keys.positives, self.settings.buckets)]
+        targets: list[tuple[str, KeyFn, int]] = [(f"p:{POSITIVES}", self.keys.positives,
+                                                  self.settings.buckets)]
         for model in self.models():
             meta = self.model_meta(model)
             if meta is not None:
@@ -354,7 +365,8 @@ class RedisVectorStore(VectorStore):
         meta = self.model_meta(model)
         removed = 0
         if meta is not None:
-            keys = [k for b in range(meta.buckets) for k in (self.keys.vectors(model, b), self.keys.neighbours(model, b))]
+            keys = [k for b in range(meta.buckets)
+                    for k in (self.keys.vectors(model, b), self.keys.neighbours(model, b))]
             for i in range(0, len(keys), 4096):
                 pipe = self.r.pipeline(transaction=False)
                 for k in keys[i:i + 4096]:

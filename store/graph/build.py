@@ -66,7 +66,8 @@ class GraphResult:
     stats: dict = field(default_factory=dict)
 
 
-def build_full(uv: UserVectors, cfg: GraphSettings, on_batch: Callable[[int], object] | None = None) -> GraphResult:
+def build_full(uv: UserVectors, cfg: GraphSettings,
+               on_batch: Callable[[int], object] | None = None) -> GraphResult:
     t0 = time.perf_counter()
     spec = choose_spec(len(uv), cfg, uv.dim)
     index = build_index(uv, spec, cfg)
@@ -75,8 +76,8 @@ def build_full(uv: UserVectors, cfg: GraphSettings, on_batch: Callable[[int], ob
                             cfg.max_nprobe)
     t1 = time.perf_counter()
     search_index = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind)), spec, uv)
-    nbr, scores, nxt = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch,
-                                         with_next=True)
+    nbr, scores, nxt = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch,
+                                         on_batch, with_next=True)
     t2 = time.perf_counter()
     stats = {"index_s": round(tc - t0, 3), "calibrate_s": round(t1 - tc, 3), "search_s": round(t2 - t1, 3),
              "n_touched": len(uv), "calibration": tried}
@@ -93,7 +94,8 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings)
     nbr, scores, nxt = carry_over(old.ids, old_nbr, old_scores, uv, prev.next_scores())
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
-    search_index = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind)), prev.spec, uv)
+    device = choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind)
+    search_index = searcher(on_device(index, device), prev.spec, uv)
     nbr[touched], scores[touched], nxt[touched] = search_neighbours(search_index, uv, touched, cfg.k,
                                                                     cfg.search_batch, with_next=True)
     dropped = np.zeros(0, np.int64)
@@ -111,7 +113,8 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings)
     return GraphResult(uv, nbr, scores, nxt, index, prev.spec, changed, stats)
 
 
-def full_reason(cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | None, as_of: datetime) -> str | None:
+def full_reason(cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | None,
+                as_of: datetime) -> str | None:
     """Why this build must be a full one (None: incremental is allowed)."""
     if not incremental:
         return "full build requested"
@@ -127,10 +130,10 @@ def full_reason(cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | Non
     return None
 
 
-def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_version: str, as_of: datetime | str,
-                *, incremental: bool | None = None, publish_redis: bool | None = None,
+def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_version: str,
+                as_of: datetime | str, *, incremental: bool | None = None, publish_redis: bool | None = None,
                 on_batch: Callable[[int], object] | None = None) -> dict:
-    """Build (full or incremental) and publish the graph of ``model_version`` at ``as_of``; returns the manifest.
+    """Build (full or incremental) and publish the graph of ``model_version`` at ``as_of``; the manifest.
 
     ``redis`` is the store the neighbour lists go to (when ``graph.publish_redis`` or ``publish_redis``).
     """
@@ -149,7 +152,8 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
             recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
                                              neighbours=(result.nbr_ids, result.nbr_scores))
             if recall < cfg.min_recall:
-                reason, result = f"incremental recall {recall:.3f} below graph.min_recall {cfg.min_recall}", None
+                reason = f"incremental recall {recall:.3f} below graph.min_recall {cfg.min_recall}"
+                result = None
     mode = "incremental" if result is not None else "full"
     if result is None:
         uv = latest_vectors(layout, model_version, as_of)
@@ -157,7 +161,8 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
         recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
                                          neighbours=(result.nbr_ids, result.nbr_scores))
     device = choose_device(cfg.use_gpu, num_gpus(), result.spec.kind)
-    last_full = stamp(as_of) if mode == "full" or prev is None else prev.manifest.get("last_full_as_of", prev.manifest["as_of"])
+    last_full = (stamp(as_of) if mode == "full" or prev is None
+                 else prev.manifest.get("last_full_as_of", prev.manifest["as_of"]))
     manifest = {
         "model_version": model_version, "as_of": stamp(as_of), "mode": mode, "full_reason": reason,
         "n_users": len(result.uv), "dim": result.uv.dim, "k": cfg.k, "index": result.spec.params(),

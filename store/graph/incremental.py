@@ -38,7 +38,8 @@ def update_index(index, old: UserVectors, new: UserVectors) -> None:
     if len(replaced):
         removed = index.remove_ids(faiss.IDSelectorBatch(len(replaced), faiss.swig_ptr(replaced)))
         if removed != len(replaced):
-            raise RuntimeError(f"index held {removed} of the {len(replaced)} replaced users: snapshot corrupt?")
+            raise RuntimeError(f"index held {removed} of the {len(replaced)} replaced users: "
+                               "snapshot corrupt?")
     index.add_with_ids(new.vectors, new.ids)
 
 

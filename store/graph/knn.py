@@ -25,7 +25,8 @@ from store.graph.vectors import UserVectors
 PAD = -1
 
 
-def drop_self(query_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_self(query_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
     """From (n, k+1) search results keep the first k hits that are not the query user (nor padding)."""
     bad = (ids == query_ids[:, None]) | (ids < 0)  # (n, k+1)
     order = np.argsort(bad, axis=1, kind="stable")[:, :k]  # good hits first, rank order kept

@@ -9,9 +9,10 @@ planted clusters; see docs/graph.md for the numbers):
   score(u) = max over centroids <x_u, c>. Keeps several interests apart; exact over all users at
   O(N·C·D), so 1M users x 16 centroids is ~1 GFLOP.
 * ``max_seed``        score(u) = max over seeds <x_u, x_s>, restricted to each seed's
-  ``lookalike_seed_k`` nearest users (more when the audience needs it) found through the FAISS index (exact max over 100k seeds x N users
-  is out of reach). Most local; noisy seeds pull in their own neighbourhoods. The default: the most
-  precise of the three on planted clusters (bench.graph, docs/graph.md).
+  ``lookalike_seed_k`` nearest users (more when the audience needs it) found through the FAISS index
+  (an exact max over 100k seeds x N users is out of reach). Most local; noisy seeds pull in their own
+  neighbourhoods. The default: the most precise of the three on planted clusters (bench.graph,
+  docs/graph.md).
 
 Seeds without a vector are reported, not an error, unless none has one. Seeds are excluded from the
 audience unless ``exclude_seeds=False``.

@@ -35,7 +35,8 @@ class PlantedConfig:
     dim: int = 64  # vector dim
     n_clusters: int = 50  # planted clusters
     family_size: int = 10  # clusters are grouped in families of this many siblings
-    sibling_spread: float = 1.0  # cluster centroid = family centroid + this x random direction (small = similar siblings)
+    # cluster centroid = family centroid + this x random direction (small = similar siblings)
+    sibling_spread: float = 1.0
     rank: int = 8  # intrinsic dim of the variation inside a cluster
     spread: float = 0.6  # scale of the in-cluster variation
     noise: float = 0.04  # isotropic noise per dim
@@ -60,7 +61,8 @@ def planted_vectors(cfg: PlantedConfig) -> Planted:
     fam = rng.standard_normal((n_fam, cfg.dim)).astype(np.float32)
     fam /= np.linalg.norm(fam, axis=1, keepdims=True)
     r = rng.standard_normal((cfg.n_clusters, cfg.dim)).astype(np.float32)
-    c = fam[np.arange(cfg.n_clusters) // cfg.family_size] + cfg.sibling_spread * r / np.linalg.norm(r, axis=1, keepdims=True)
+    direction = r / np.linalg.norm(r, axis=1, keepdims=True)
+    c = fam[np.arange(cfg.n_clusters) // cfg.family_size] + cfg.sibling_spread * direction
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     basis = rng.standard_normal((cfg.n_clusters, cfg.rank, cfg.dim)).astype(np.float32) / np.sqrt(cfg.dim)
     cluster = rng.integers(0, cfg.n_clusters, cfg.n_users)
@@ -99,7 +101,8 @@ def write_embeddings(layout: Layout, model_version: str, as_of: datetime | str, 
     flat = pa.array(np.asarray(vectors, np.float16).ravel(), pa.float16())
     table = pa.Table.from_arrays(
         [pa.array(user_ids, pa.int64()), pa.FixedSizeListArray.from_arrays(flat, dim),
-         pa.array([model_version] * n, pa.string()), pa.array([as_of] * n, TS), pa.array(np.ones(n, np.int32))],
+         pa.array([model_version] * n, pa.string()), pa.array([as_of] * n, TS),
+         pa.array(np.ones(n, np.int32))],
         schema=contract.schema,
     )
     with publish_dir(layout.embeddings(model_version, as_of) / f"shard={shard:05d}", {"rows": n}) as tmp:

@@ -68,7 +68,8 @@ def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime
 
 def active_shards(active_dir: Path) -> list[Path]:
     if not active_dir.is_dir():
-        raise FileNotFoundError(f"no active-user sequences at {active_dir}: run the pipeline for this hour first")
+        raise FileNotFoundError(f"no active-user sequences at {active_dir}: "
+                                "run the pipeline for this hour first")
     if not is_complete(active_dir):
         raise FileNotFoundError(f"{active_dir} is not published (no _SUCCESS): the pipeline has not finished")
     return sorted(active_dir.glob("shard=*.parquet"))
@@ -90,7 +91,8 @@ def publish_recent_positives(cfg: GraphSettings, events: EventSettings, redis: R
     counts = UpsertCounts()
     for shard in active_shards(layout.active(as_of)):
         table = pq.read_table(shard, columns=list(SEQUENCE.required))
-        ids, items, ages = recent_positives(table, events.positive_event_types, as_of, window, cfg.positives_per_user)
+        ids, items, ages = recent_positives(table, events.positive_event_types, as_of, window,
+                                            cfg.positives_per_user)
         c = write_positives(redis, ids, items, ages, as_of, ttl_s=window * HOUR.total_seconds(), store=store)
         counts += UpsertCounts(**c)
         users += len(ids)

@@ -44,7 +44,8 @@ def write_neighbour_lists(redis_settings: RedisSettings, model: str, dim: int, u
     counts = UpsertCounts()
     for lo in range(0, len(user_ids), redis_settings.publish_batch):
         sl = slice(lo, lo + redis_settings.publish_batch)
-        values = [encode_neighbours(i[i >= 0], s[i >= 0], as_of, model) for i, s in zip(nbr_ids[sl], scores[sl])]
+        values = [encode_neighbours(i[i >= 0], s[i >= 0], as_of, model)
+                  for i, s in zip(nbr_ids[sl], scores[sl])]
         counts += store.upsert("neighbours", model, user_ids[sl], values, as_of_ms(as_of))
     return counts.as_dict()
 
@@ -70,14 +71,15 @@ def write_positives(redis_settings: RedisSettings, user_ids: np.ndarray, items: 
     ids = as_ids(user_ids)
     counts = UpsertCounts()
     for lo in range(0, len(ids), batch):
-        values = [encode_neighbours(items[p], ages_h[p], as_of, POSITIVES_MODEL) for p in range(lo, min(lo + batch, len(ids)))]
+        values = [encode_neighbours(items[p], ages_h[p], as_of, POSITIVES_MODEL)
+                  for p in range(lo, min(lo + batch, len(ids)))]
         counts += store.upsert("positives", None, ids[lo:lo + batch], values, as_of_ms(as_of), ttl_s=ttl_s)
     return counts.as_dict()
 
 
 def read_positives(redis_settings: RedisSettings, user_ids, window_hours: float, now: datetime | None = None,
                    store: VectorStore | None = None) -> list[np.ndarray]:
-    """Each user's positive item ids younger than ``window_hours`` at ``now`` (default: at the value's as_of)."""
+    """Each user's positive item ids younger than ``window_hours`` at ``now`` (default: the value's as_of)."""
     store = store if store is not None else open_store(redis_settings)
     out = []
     for v in store.get("positives", None, as_ids(user_ids)):

@@ -31,11 +31,12 @@ class GraphSettings(Section):
     min_recall: float = 0.93  # incremental build whose sampled recall@k falls below this -> full rebuild
     incremental: bool = True  # hourly builds update the previous graph when one exists
     full_rebuild_every_hours: int = 24  # ... and rebuild from scratch when the last full build is this old
-    research_dropped: bool = True  # incremental: search again the lists a moved user left (see incremental.py)
+    research_dropped: bool = True  # incremental: search again the lists a moved user left (incremental.py)
     max_incremental_fraction: float = 0.3  # more touched users than this share -> full rebuild is cheaper
     publish_redis: bool = True  # write neighbour lists to Redis (off for offline builds / benchmarks)
     # -- lookalike / candidates -------------------------------------------------------------
-    lookalike_method: Literal["centroid", "multi_centroid", "max_seed"] = "max_seed"  # seed scoring (bench.graph: best)
+    # seed scoring (max_seed: the best in bench.graph)
+    lookalike_method: Literal["centroid", "multi_centroid", "max_seed"] = "max_seed"
     lookalike_centroids: int = 16  # multi_centroid: k-means centroids over the seed vectors
     lookalike_seed_k: int = 100  # max_seed: neighbours searched per seed
     max_seeds: int = 100_000  # largest seed set accepted

@@ -37,8 +37,8 @@ INDEX_FILE = "index.faiss"
 NEXT_FILE = "next_scores.npy"
 
 
-def write_snapshot(tmp: Path, uv: UserVectors, nbr_ids: np.ndarray, nbr_scores: np.ndarray, next_scores: np.ndarray,
-                   index, model_version: str, as_of: datetime) -> None:
+def write_snapshot(tmp: Path, uv: UserVectors, nbr_ids: np.ndarray, nbr_scores: np.ndarray,
+                   next_scores: np.ndarray, index, model_version: str, as_of: datetime) -> None:
     """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically)."""
     pq.write_table(neighbours_table(uv.ids, nbr_ids, nbr_scores, model_version, as_of), tmp / NEIGHBOURS_FILE)
     np.save(tmp / IDS_FILE, uv.ids)
@@ -107,7 +107,8 @@ def graph_times(layout: Layout, model_version: str) -> list[datetime]:
     return snapshot_times(layout.graph(model_version, utc("2000-01-01T00:00Z")).parent)
 
 
-def latest_snapshot(layout: Layout, model_version: str, before: datetime | None = None) -> GraphSnapshot | None:
+def latest_snapshot(layout: Layout, model_version: str,
+                    before: datetime | None = None) -> GraphSnapshot | None:
     """The newest published graph of the model (strictly before ``before`` when given), or None."""
     times = [t for t in graph_times(layout, model_version) if before is None or t < utc(before)]
     return GraphSnapshot(layout.graph(model_version, times[-1])) if times else None

@@ -30,7 +30,8 @@ def _with_knob(spec: IndexSpec, name: str, value: int) -> IndexSpec:
 
 def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_sample: int, seed: int,
               limit: int) -> tuple[IndexSpec, list[dict]]:
-    """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried); applied to ``index``."""
+    """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried), applied
+    to ``index``."""
     if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:
         return spec, []
     name, ladder = LADDERS[spec.kind]

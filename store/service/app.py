@@ -50,7 +50,7 @@ from store.service.state import NotReady, ServiceState
 from store.settings import RedisSettings
 
 UserPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="int64 user id")]
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 413: {"model": Problem}, 503: {"model": Problem}}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (404, 413, 503)}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -65,14 +65,15 @@ def with_body(model: type) -> Callable[[F], F]:
     return set_body
 
 
-def _metrics(registry):
+def _metrics(registry: Any) -> dict[str, Any]:
     from prometheus_client import Counter, Gauge, Histogram
 
+    r = registry
     return {
-        "requests": Counter("soe_http_requests", "HTTP requests", ["route", "method", "status"], registry=registry),
-        "latency": Histogram("soe_http_request_seconds", "HTTP request latency", ["route"], registry=registry),
-        "graph_users": Gauge("soe_graph_users", "users in the loaded graph", registry=registry),
-        "graph_as_of": Gauge("soe_graph_as_of_seconds", "as_of of the loaded graph (unix s)", registry=registry),
+        "requests": Counter("soe_http_requests", "HTTP requests", ["route", "method", "status"], registry=r),
+        "latency": Histogram("soe_http_request_seconds", "HTTP request latency", ["route"], registry=r),
+        "graph_users": Gauge("soe_graph_users", "users in the loaded graph", registry=r),
+        "graph_as_of": Gauge("soe_graph_as_of_seconds", "as_of of the loaded graph (unix s)", registry=r),
     }
 
 
@@ -93,9 +94,11 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
         t0 = time.perf_counter()
         length = request.headers.get("content-length")
         if request.method in ("POST", "PUT", "PATCH") and length is None:
-            response = JSONResponse({"detail": "a request body needs a Content-Length header"}, status_code=411)
+            response = JSONResponse({"detail": "a request body needs a Content-Length header"},
+                                    status_code=411)
         elif length is not None and (not length.isdigit() or int(length) > serve.max_body_bytes):
-            response = JSONResponse({"detail": f"request body over {serve.max_body_bytes} bytes"}, status_code=413)
+            response = JSONResponse({"detail": f"request body over {serve.max_body_bytes} bytes"},
+                                    status_code=413)
         else:
             response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
@@ -122,7 +125,8 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
         @app.exception_handler(RedisConnectionError)
         @app.exception_handler(RedisTimeout)
         async def store_down(_: Request, exc: Exception):
-            return JSONResponse({"detail": f"the vector store is unavailable: {type(exc).__name__}"}, status_code=503)
+            return JSONResponse({"detail": f"the vector store is unavailable: {type(exc).__name__}"},
+                                status_code=503)
     except ImportError:  # redis-py is a dependency; kept optional only for graph-only deployments
         pass
 
@@ -167,7 +171,8 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
             raise LookupError(f"user {user_id} has no vector in model {model!r}")
         return VectorResponse(user_id=user_id, model_version=model, vector=vecs[0].tolist())
 
-    @app.get("/v1/users/{user_id}/neighbours", response_model=NeighboursResponse, responses=ERRORS, tags=["graph"])
+    @app.get("/v1/users/{user_id}/neighbours", response_model=NeighboursResponse, responses=ERRORS,
+             tags=["graph"])
     def neighbours(user_id: UserPath, k: Annotated[int, Query(ge=1, le=serve.max_k)] = gcfg.k):
         (found,) = state.neighbours().neighbours([user_id])
         if found is None:
@@ -177,13 +182,15 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
                                   neighbours=[Neighbour(user_id=int(i), score=float(s))
                                               for i, s in zip(ids[:k], scores[:k])])
 
-    @app.get("/v1/users/{user_id}/candidates", response_model=CandidatesResponse, responses=ERRORS, tags=["graph"])
+    @app.get("/v1/users/{user_id}/candidates", response_model=CandidatesResponse, responses=ERRORS,
+             tags=["graph"])
     def candidates(user_id: UserPath, k: Annotated[int, Query(ge=1, le=serve.max_k)] = 50):
         from store.graph.candidates import candidates as score_candidates
 
         items, scores = score_candidates(user_id, k, state.neighbours(), state.positives())
         return CandidatesResponse(user_id=user_id, model_version=state.model(),
-                                  candidates=[Candidate(item_id=int(i), score=float(s)) for i, s in zip(items, scores)])
+                                  candidates=[Candidate(item_id=int(i), score=float(s))
+                                              for i, s in zip(items, scores)])
 
     @app.post("/v1/lookalike", response_model=LookalikeResponse, responses=ERRORS, tags=["graph"])
     @with_body(req.lookalike)

@@ -112,7 +112,8 @@ class ServiceState:
         """The lookup client pinned to the served model, and that model."""
         model = self.model()
         if self._lookup is None or self._lookup_model != model:
-            self._lookup, self._lookup_model = LookupClient(self.redis, model=model, store=self.store()), model
+            self._lookup = LookupClient(self.redis, model=model, store=self.store())
+            self._lookup_model = model
         return self._lookup, model
 
     def vectors(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
@@ -153,5 +154,5 @@ class ServiceState:
         """Whether the store answers (/ready)."""
         try:
             return self.store().ping()
-        except Exception:  # noqa: BLE001 - any failure to answer means "not ready", reported by /ready
+        except Exception:  # any failure to answer means "not ready", reported by /ready
             return False
