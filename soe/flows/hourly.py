@@ -144,7 +144,7 @@ def record(settings, as_of: datetime, start: datetime, model: str, results: list
            dag: str = DAG_ID) -> str:
     """Write the run manifest from the step results (per-stage seconds summed over shards)."""
     payload = {"interval": [stamp(start), stamp(as_of)], "model_version": model, "stages": summarise(results)}
-    return str(record_run(settings.layout(), dag, as_of, payload))
+    return str(record_run(settings.layout(), dag, as_of, payload, settings.orchestration.metrics_dir))
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -158,7 +158,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 continue
             if k in SUMMED and isinstance(v, (int, float)):
                 s[k] = s.get(k, 0) + v  # per-shard counts add up
-            elif isinstance(v, (int, float, str, bool)) or k == "checks":
+            elif isinstance(v, (int, float, str, bool)) or k in ("checks", "reasons"):  # reasons: quarantine counts
                 s[k] = v
         if "shard" in r:
             s["shards"] = s.get("shards", 0) + 1

@@ -89,7 +89,7 @@ def record(settings, as_of: datetime, results: list[dict[str, Any]]) -> str:
     stages_out = {r["stage"]: r for r in results}
     model = stages_out.get("train", {}).get("model")
     payload = {"model_version": model, "stages": json.loads(json.dumps(stages_out, default=str))}
-    return str(record_run(settings.layout(), DAG_ID, as_of, payload))
+    return str(record_run(settings.layout(), DAG_ID, as_of, payload, settings.orchestration.metrics_dir))
 
 
 def run_training(settings, as_of: datetime, backfill: bool = True) -> dict[str, Any]:
