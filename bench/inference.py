@@ -25,8 +25,8 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -40,8 +40,10 @@ H100_ASSUMED_UTILISATION = 0.10  # d = 64 matmuls are small and the gathers memo
 ACTIVE_USERS_PER_HOUR = 100_000_000
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, cold: tuple[str, ...] = ()) -> dict[str, float]:
-    """Median seconds of each fn over ``rounds`` round-robin rounds (after one warm-up round, except ``cold``)."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, cold: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """Median seconds of each fn over ``rounds`` round-robin rounds (after a warm-up round, but ``cold``)."""
     timings: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds + 1):
         for name, fn in fns.items():
@@ -57,7 +59,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, cold: tuple[s
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument("--users", type=int, default=None))
+    args = parse_args(__doc__.splitlines()[0],
+                      extra=lambda p: p.add_argument("--users", type=int, default=None))
     users = args.users or (800 if args.quick else 10000)
     rounds = args.repeats or (2 if args.quick else 3)
 
@@ -83,7 +86,8 @@ def main() -> None:
     path = resolve_path(cfg, base.path)
     flops = model_flops(lengths, D, LAYERS, cfg.mlp_ratio, path=path)
     flops_full = model_flops(lengths, D, LAYERS, cfg.mlp_ratio)
-    print(f"{users} users, {int(lengths.sum())} events (mean {lengths.mean():.1f}, p50 {np.median(lengths):.0f}, "
+    print(f"{users} users, {int(lengths.sum())} events (mean {lengths.mean():.1f}, "
+          f"p50 {np.median(lengths):.0f}, "
           f"p99 {np.percentile(lengths, 99):.0f}, {100 * (lengths == N).mean():.1f}% at N), "
           f"{flops / 1e9:.1f} needed GFLOP ({flops_full / 1e9:.1f} full model), {threads} cores", flush=True)
 
@@ -129,7 +133,8 @@ def main() -> None:
     h100_users_per_s = H100_BF16_DENSE_TFLOPS * 1e12 * H100_ASSUMED_UTILISATION / flops_per_user
     need = ACTIVE_USERS_PER_HOUR / 3600
     featurize_per_core = users / sec["featurize"]  # featurize runs single-threaded
-    extra = {f"{k}_users_per_s": round(users / s, 1) for k, s in sec.items() if k in encoders and k != "engine"}
+    extra = {f"{k}_users_per_s": round(users / s, 1)
+             for k, s in sec.items() if k in encoders and k != "engine"}
     if "compiled" in encoders:
         extra["compile_warmup_s"] = round(compile_warmup_s, 1)
         extra["compile_speedup_vs_eager"] = round(engine_s / sec["compiled"], 3)
@@ -148,7 +153,10 @@ def main() -> None:
         "achieved_gflops": round(achieved, 2),
         "gemm_peak_gflops": round(peak, 2),
         "fraction_of_peak": round(achieved / peak, 3),
-        "flops_counted": "needed on real tokens by the newest-only engine" if path == "newest_only" else "full model, real tokens",
+        "flops_counted": (
+            "needed on real tokens by the newest-only engine" if path == "newest_only"
+            else "full model, real tokens"
+        ),
         "full_forward_gflops": round(flops_full / sec["full_forward"] / 1e9, 2),
         "full_forward_fraction_of_peak": round(flops_full / sec["full_forward"] / 1e9 / peak, 3),
         "newest_only_speedup": round(sec["full_forward"] / engine_s, 3),

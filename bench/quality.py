@@ -52,7 +52,11 @@ def _fit(settings, seq, positive_types, overrides, train_update, split=None):
     split = split or leave_last_out(seq, positive_types, ts.min_positives)
     catalogue = item_catalogue(seq, ATTRIBUTE_COLUMNS)
     t0 = time.perf_counter()
-    log = lambda epoch, rec: print(f"    epoch {epoch}: loss {rec['loss']:.3f} valid ndcg@10 {rec['valid_ndcg10']:.4f} ({rec['s']:.0f}s)", flush=True)
+
+    def log(epoch, rec):
+        print(f"    epoch {epoch}: loss {rec['loss']:.3f} valid ndcg@10 {rec['valid_ndcg10']:.4f} "
+              f"({rec['s']:.0f}s)", flush=True)
+
     result = fit(cfg, ts, split, catalogue, positive_types, show_progress=False, on_epoch_end=log)
     train_s = time.perf_counter() - t0
     report = leave_last_out_report(result.model, cfg, split, catalogue, positive_types)
@@ -74,7 +78,8 @@ def ml100k(settings, quick: bool, train: dict) -> dict:
                bag_ndcg10=main["bag_ndcg@10"], bag_hr10=main["bag_hr@10"], train_s=main["train_s"],
                ml100k_epochs=main["epochs"], ml100k_test_users=main["test_users"])
     out["ml100k_ratio_vs_best_baseline"] = main["ndcg@10"] / max(main["pop_ndcg@10"], main["bag_ndcg@10"])
-    _, _, plain, _ = _fit(settings, seq, positive_types, plain_sasrec_overrides(), {**train, "epochs": 1} if quick else train)
+    plain_train = {**train, "epochs": 1} if quick else train
+    _, _, plain, _ = _fit(settings, seq, positive_types, plain_sasrec_overrides(), plain_train)
     out.update(sasrec_plain_ndcg10=plain["ndcg@10"], sasrec_plain_hr10=plain["hr@10"])
     if not quick:
         _, _, att, _ = _fit(settings, seq, positive_types, {"pooling": "attention"}, train)
@@ -92,7 +97,8 @@ def prefix_until(seq: pa.Table, T_ms: int) -> pa.Table:
 def synthetic(settings, quick: bool, train: dict) -> dict:
     """One model trained on the first day of a 2-day log: purity at T, and staleness over (T, T+24h]."""
     n_users = 1000 if quick else 2500
-    cfg = SyntheticConfig(n_users=n_users, n_items=10_000, n_clusters=20, hours=48, base_events_per_user=120.0)
+    cfg = SyntheticConfig(n_users=n_users, n_items=10_000, n_clusters=20, hours=48,
+                          base_events_per_user=120.0)
     log = generate(cfg)
     seq = events_to_sequences(log.events)
     T = int(np.datetime64(cfg.start.replace("Z", ""), "ms").astype(np.int64)) + 24 * HOUR_MS
@@ -112,7 +118,8 @@ def main() -> None:
     args = parse_args("Encoder quality: ML-100K vs baselines, staleness, synthetic purity.", _args)
     torch.set_num_threads(args.threads)
     settings = load_settings()
-    train = {"threads": args.threads, "epochs": 2 if args.quick else 20, "patience": 3, "eval_users": 500 if args.quick else 2000}
+    train = {"threads": args.threads, "epochs": 2 if args.quick else 20, "patience": 3,
+             "eval_users": 500 if args.quick else 2000}
     t0 = time.perf_counter()
     result = {"bench": "quality", "quick": args.quick, "threads": args.threads, **machine()}
     result.update(ml100k(settings, args.quick, train))

@@ -58,16 +58,17 @@ def _card(version: str, cfg: ModelConfig, train_window: Any, metrics: dict, card
         "",
         (
             "**Model**: SoE user-action-as-token encoder (causal pre-norm transformer, "
-            f"d={cfg.d_model}, layers={cfg.n_layers}, heads={cfg.n_heads}, max_len={cfg.max_len}, pooling={cfg.pooling}; "
+            f"d={cfg.d_model}, layers={cfg.n_layers}, heads={cfg.n_heads}, max_len={cfg.max_len}, "
+            f"pooling={cfg.pooling}; "
             f"features: action={cfg.use_action}, time={cfg.use_time}, attributes={cfg.use_attributes}, "
             f"context={cfg.use_context})."
         ),
         f"**Training window**: {train_window}",
         "",
         (
-            "**Intended use**: nearline user vectors for ranking features, lookalike audiences and similar-user "
-            "candidate generation. Vectors are L2-normalised; compare them by dot product. Not for decisions about "
-            "individuals outside advertising/recommendation relevance."
+            "**Intended use**: nearline user vectors for ranking features, lookalike audiences and "
+            "similar-user candidate generation. Vectors are L2-normalised; compare them by dot product. "
+            "Not for decisions about individuals outside advertising/recommendation relevance."
         ),
         "",
         "## Metrics",
@@ -76,7 +77,12 @@ def _card(version: str, cfg: ModelConfig, train_window: Any, metrics: dict, card
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(flat.items())]
     if card:
-        lines += ["", "## Notes", "", card if isinstance(card, str) else "\n".join(f"- {k}: {v}" for k, v in card.items())]
+        lines += [
+            "",
+            "## Notes",
+            "",
+            card if isinstance(card, str) else "\n".join(f"- {k}: {v}" for k, v in card.items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +100,12 @@ def save_model(
     version = model_version(cfg, train_window, train_settings)
     manifest = {"version": version, "created_at": datetime.now(UTC).isoformat()}
     with publish_dir(layout.model(version), manifest) as tmp:
-        config = {"version": version, "model": cfg.to_dict(), "train": train_settings or {}, "train_window": train_window}
+        config = {
+            "version": version,
+            "model": cfg.to_dict(),
+            "train": train_settings or {},
+            "train_window": train_window,
+        }
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         (tmp / "hashing.json").write_text(json.dumps(hashing_params(cfg), indent=2, sort_keys=True))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
@@ -104,7 +115,9 @@ def save_model(
     return version
 
 
-def load_model(layout, version: str, device: str | torch.device = "cpu") -> tuple[UserEncoder, ModelConfig, dict]:
+def load_model(
+    layout, version: str, device: str | torch.device = "cpu"
+) -> tuple[UserEncoder, ModelConfig, dict]:
     """(model in eval mode on ``device``, its config, meta = config.json + metrics) of a published version."""
     path = Path(layout.model(version))
     if not is_complete(path):
@@ -140,7 +153,9 @@ def list_models(layout) -> list[dict]:
             continue
         config = json.loads((child / "config.json").read_text())
         metrics = json.loads((child / "metrics.json").read_text())
-        headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and ("ndcg" in k or "hr" in k)}
+        headline = {
+            k: v for k, v in metrics.items() if isinstance(v, (int, float)) and ("ndcg" in k or "hr" in k)
+        }
         out.append(
             {
                 "version": child.name,

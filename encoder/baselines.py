@@ -36,6 +36,8 @@ def bag_of_items_scores(inputs: pa.Table, catalogue: Catalogue, item_vectors: to
     """Mean of the history's item vectors (each distinct occurrence counted), L2-normalised."""
     offsets, flat = history_items(inputs, catalogue)
     rows = torch.from_numpy(np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)))
-    users = torch.zeros(len(offsets) - 1, item_vectors.shape[1]).index_add_(0, rows, item_vectors[torch.from_numpy(flat)])
+    users = torch.zeros(len(offsets) - 1, item_vectors.shape[1]).index_add_(
+        0, rows, item_vectors[torch.from_numpy(flat)]
+    )
     users = F.normalize(users, dim=-1)
     return lambda lo, hi: users[lo:hi] @ item_vectors.T

@@ -20,7 +20,8 @@ from core.contracts import ATTRIBUTE_COLUMNS
 DEFAULT_ACTIONS = ("impression", "click", "conversion", "view", "search")
 ITEM_FEATURE = "item_id"
 
-Pooling = Literal["last", "attention"]  # the user vector: the newest position, or learned-query attention pooling
+# the user vector: the output at the newest position, or learned-query attention pooling
+Pooling = Literal["last", "attention"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,11 @@ class ModelConfig:
     dropout: float = 0.1  # dropout on tokens, residual branches and MLP (training only)
     attn_dropout: float = 0.0  # dropout on attention weights (costly on CPU; off by default)
     mlp_ratio: int = 4  # hidden width of the block MLP = mlp_ratio * d_model
-    item_buckets: int = 2**18  # rows of the item hash table (2 hashes -> ~2^36 distinct pairs, fine for 1e8+ ids)
+    item_buckets: int = 2**18  # rows of the item table (2 hashes: ~2^36 distinct pairs, fine for 1e8+ ids)
     attr_buckets: int = 2**14  # rows of each attribute hash table (category, advertiser, campaign)
     n_hashes: int = 2  # hash functions per id; their rows are summed (hash embedding)
     hash_seed: int = 0x5EED  # seed of the hash functions (part of the artifact: changing it changes every id)
-    attributes: tuple[str, ...] = ATTRIBUTE_COLUMNS  # attribute features besides item_id, one table each, in this order
+    attributes: tuple[str, ...] = ATTRIBUTE_COLUMNS  # attribute features besides item_id, one table each
     actions: tuple[str, ...] = DEFAULT_ACTIONS  # action vocabulary; 0 = padding, len+1 = unknown type
     n_time_buckets: int = 24  # log2 time-gap buckets of (as_of - ts) in seconds; 0 = padding
     use_action: bool = True  # add the action-type embedding
@@ -70,7 +71,7 @@ class ModelConfig:
             raise ValueError("hash tables need >= 2 buckets, >= 1 hash function, >= 2 time buckets")
         names = [table_name(f) for f in self.features]
         if len(set(names)) != len(names) or any("." in n or not n for n in names):
-            raise ValueError(f"attribute features must give distinct table names without dots, got {self.attributes}")
+            raise ValueError(f"attribute features must give distinct table names, no dots: {self.attributes}")
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -33,7 +33,9 @@ def events_to_sequences(events: pa.Table, as_of=None) -> pa.Table:
     order = np.lexsort((np.arange(len(user)), ts, user))  # by user, then ts, stable
     ev = events.take(pa.array(order))
     user_sorted = user[order]
-    starts = np.flatnonzero(np.r_[True, user_sorted[1:] != user_sorted[:-1]]) if len(user) else np.array([], int)
+    starts = (
+        np.flatnonzero(np.r_[True, user_sorted[1:] != user_sorted[:-1]]) if len(user) else np.array([], int)
+    )
     offsets = pa.array(np.r_[starts, len(user)].astype(np.int32))
     cols = {"user_id": pa.array(user_sorted[starts], pa.int64())}
     last_ts = ts[order][np.r_[starts[1:], len(user)] - 1] if len(user) else np.array([], np.int64)
@@ -70,7 +72,9 @@ def read_sasrec(path: str | Path) -> pa.Table:
         try:
             ids = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"{path}:{n}: expected integers 'user_id item_id item_id ...', got {line[:80]!r}") from None
+            raise ValueError(
+                f"{path}:{n}: expected integers 'user_id item_id item_id ...', got {line[:80]!r}"
+            ) from None
         if len(ids) < 2:
             continue
         users.append(ids[0])
@@ -101,16 +105,18 @@ def as_sequences(source: pa.Table | str | Path) -> pa.Table:
     if isinstance(source, (str, Path)):
         source = read_sequences(source)
     if not isinstance(source, pa.Table):
-        raise TypeError(f"training input must be a pyarrow Table or a Parquet path, got {type(source).__name__}")
+        raise TypeError(
+            f"training input must be a pyarrow Table or a Parquet path, got {type(source).__name__}"
+        )
     if "item_id" not in source.column_names:
         raise ValueError("training input has no item_id column (need events or sequence rows)")
     return source if pa.types.is_list(source.schema.field("item_id").type) else events_to_sequences(source)
 
 
 def is_positive(event_type: pa.Array, positive_types) -> np.ndarray:
-    return pc.is_in(pc.fill_null(event_type, ""), value_set=pa.array(list(positive_types), pa.string())).to_numpy(
-        zero_copy_only=False
-    )
+    return pc.is_in(
+        pc.fill_null(event_type, ""), value_set=pa.array(list(positive_types), pa.string())
+    ).to_numpy(zero_copy_only=False)
 
 
 def truncate(sequences: pa.Table, keep: np.ndarray) -> pa.Table:
@@ -240,12 +246,18 @@ def window(sequences: pa.Table, start: np.ndarray, end: np.ndarray) -> pa.Table:
         if name in LIST_COLUMNS:
             off = col.offsets.to_numpy().astype(np.int64)
             idx = np.repeat(off[:-1] + start, k) + (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k))
-            col = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(k)].astype(np.int32)), col.values.take(pa.array(idx)))
+            col = pa.ListArray.from_arrays(
+                pa.array(np.r_[0, np.cumsum(k)].astype(np.int32)), col.values.take(pa.array(idx))
+            )
         cols[name] = col
     out = pa.table(cols)
     if "as_of" in out.column_names and "ts" in out.column_names and out.num_rows and k.min() > 0:
         flat_ts = pc.fill_null(out["ts"].combine_chunks().flatten().cast(pa.int64()), 0).to_numpy()
-        out = out.set_column(out.column_names.index("as_of"), "as_of", pa.array(flat_ts[np.cumsum(k) - 1] + 1, pa.int64()).cast(TS))
+        out = out.set_column(
+            out.column_names.index("as_of"),
+            "as_of",
+            pa.array(flat_ts[np.cumsum(k) - 1] + 1, pa.int64()).cast(TS),
+        )
     if "n_events" in out.column_names:
         out = out.set_column(out.column_names.index("n_events"), "n_events", pa.array(k.astype(np.int32)))
     return out

@@ -40,7 +40,9 @@ class DeviceChoice:
         return self.device.type == "cuda"
 
 
-def select_device(requested: str = "auto", *, strict: bool = False, purpose: str = "inference") -> DeviceChoice:
+def select_device(
+    requested: str = "auto", *, strict: bool = False, purpose: str = "inference"
+) -> DeviceChoice:
     """Resolve ``auto`` / ``cpu`` / ``cuda`` / ``cuda:i`` to a usable device, logging the choice.
 
     ``purpose`` ("inference" or "train") names the settings section in messages and the logger.
@@ -69,7 +71,9 @@ def select_device(requested: str = "auto", *, strict: bool = False, purpose: str
                 else f"only {torch.cuda.device_count()} GPU(s) are visible"
             )
             if strict:
-                raise DeviceError(f"{purpose}.device={requested!r} but {why}; set {purpose}.device=auto or cpu")
+                raise DeviceError(
+                    f"{purpose}.device={requested!r} but {why}; set {purpose}.device=auto or cpu"
+                )
             log.warning("%s.device=%r but %s: falling back to the CPU", purpose, requested, why)
             choice = DeviceChoice(torch.device("cpu"), requested, f"{spec} requested but {why}: CPU fallback")
     log.info("%s device: %s (%s)", purpose, choice.device, choice.reason)

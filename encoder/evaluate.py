@@ -43,7 +43,9 @@ from encoder.settings import TrainSettings
 
 
 @torch.no_grad()
-def encode_users(model: UserEncoder, cfg: ModelConfig, sequences: pa.Table, as_of=None, batch_size: int = 256, device="cpu") -> torch.Tensor:
+def encode_users(
+    model: UserEncoder, cfg: ModelConfig, sequences: pa.Table, as_of=None, batch_size: int = 256, device="cpu"
+) -> torch.Tensor:
     """(U, D) user vectors in the row order of ``sequences`` (batches sorted by length for speed)."""
     model.eval()
     if sequences.num_rows == 0:
@@ -51,7 +53,9 @@ def encode_users(model: UserEncoder, cfg: ModelConfig, sequences: pa.Table, as_o
     lengths = pc.list_value_length(sequences["item_id"]).to_numpy()
     order = np.argsort(lengths, kind="stable")
     out = torch.zeros(sequences.num_rows, cfg.d_model)
-    as_of_rows = None if as_of is None or np.isscalar(as_of) or not hasattr(as_of, "__len__") else np.asarray(as_of)
+    as_of_rows = (
+        None if as_of is None or np.isscalar(as_of) or not hasattr(as_of, "__len__") else np.asarray(as_of)
+    )
     for lo in range(0, len(order), batch_size):
         idx = order[lo : lo + batch_size]
         chunk_as_of = as_of_rows[idx] if as_of_rows is not None else as_of
@@ -65,7 +69,12 @@ def item_matrix(model: UserEncoder, cfg: ModelConfig, catalogue: Catalogue, devi
     """(I, D) target vectors of every catalogue item."""
     model.eval()
     idx = hash_items(catalogue.ids, cfg, catalogue.attributes)
-    return torch.cat([model.item_vectors(idx[lo : lo + 65536].to(device)).float().cpu() for lo in range(0, len(idx), 65536)])
+    return torch.cat(
+        [
+            model.item_vectors(idx[lo : lo + 65536].to(device)).float().cpu()
+            for lo in range(0, len(idx), 65536)
+        ]
+    )
 
 
 def _targets_csr(targets: np.ndarray, catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
@@ -79,12 +88,18 @@ def vector_scores(users: torch.Tensor, items: torch.Tensor):
     return lambda lo, hi: users[lo:hi] @ items.T
 
 
-def leave_last_out_metrics(score_fn, inputs: pa.Table, targets: np.ndarray, catalogue: Catalogue, ks=KS) -> dict:
+def leave_last_out_metrics(
+    score_fn, inputs: pa.Table, targets: np.ndarray, catalogue: Catalogue, ks=KS
+) -> dict:
     """HR/NDCG@K of one scorer on (inputs, targets), history excluded. Same code for every scorer."""
-    return ranking_metrics(score_fn, _targets_csr(targets, catalogue), history_items(inputs, catalogue), len(catalogue), ks)
+    return ranking_metrics(
+        score_fn, _targets_csr(targets, catalogue), history_items(inputs, catalogue), len(catalogue), ks
+    )
 
 
-def model_leave_last_out(model, cfg, inputs: pa.Table, targets: np.ndarray, catalogue: Catalogue, device="cpu", ks=KS) -> dict:
+def model_leave_last_out(
+    model, cfg, inputs: pa.Table, targets: np.ndarray, catalogue: Catalogue, device="cpu", ks=KS
+) -> dict:
     users = encode_users(model, cfg, inputs, device=device)
     items = item_matrix(model, cfg, catalogue, device=device)
     return leave_last_out_metrics(vector_scores(users, items), inputs, targets, catalogue, ks)
@@ -119,7 +134,9 @@ def staleness_metrics(model, cfg, sequences: pa.Table, catalogue: Catalogue, T_m
     order = np.argsort(t_rows, kind="stable")
     rel_counts = np.bincount(t_rows, minlength=len(users))
     relevant = (np.r_[0, np.cumsum(rel_counts)], catalogue.index(items[is_target])[order])
-    stale = ranking_metrics(vector_scores(stale_vec, item_vec), relevant, history_items(hist_T, catalogue), len(catalogue), (k,))
+    stale = ranking_metrics(
+        vector_scores(stale_vec, item_vec), relevant, history_items(hist_T, catalogue), len(catalogue), (k,)
+    )
     # fresh: one vector per target event, from every event strictly before it, as_of = the target time
     t_user, t_idx, t_ts = row[is_target], idx[is_target], ts[is_target]
     hist_f = truncate(sequences.take(pa.array(t_user)), t_idx)
@@ -132,7 +149,13 @@ def staleness_metrics(model, cfg, sequences: pa.Table, catalogue: Catalogue, T_m
     ex_lists = [excl_T[1][excl_T[0][r] : excl_T[0][r + 1]] for r in rows_f]
     fresh = ranking_metrics(vector_scores(fresh_vec, item_vec), rel_f, csr(ex_lists), len(catalogue), (k,))
     # per-event averages of the stale vectors, for a like-for-like comparison with fresh
-    stale_ev = ranking_metrics(vector_scores(stale_vec[torch.from_numpy(rows_f)], item_vec), rel_f, csr(ex_lists), len(catalogue), (k,))
+    stale_ev = ranking_metrics(
+        vector_scores(stale_vec[torch.from_numpy(rows_f)], item_vec),
+        rel_f,
+        csr(ex_lists),
+        len(catalogue),
+        (k,),
+    )
     loss = 100.0 * (1.0 - stale_ev[f"hr@{k}"] / fresh[f"hr@{k}"]) if fresh[f"hr@{k}"] > 0 else float("nan")
     return {
         f"stale_recall{k}": stale[f"hr@{k}"], f"stale_ndcg{k}": stale[f"ndcg@{k}"],
@@ -151,12 +174,16 @@ def busiest_time(sequences: pa.Table, positive_types, horizon_h: float = 24.0, q
     candidates = np.arange(lo, hi + 1, HOUR_MS * 6) if hi > lo else np.array([lo])
     horizon = int(horizon_h * HOUR_MS)
     pts = np.sort(ts[pos])
-    counts = np.searchsorted(pts, candidates + horizon, side="right") - np.searchsorted(pts, candidates, side="right")
+    counts = np.searchsorted(pts, candidates + horizon, side="right") - np.searchsorted(
+        pts, candidates, side="right"
+    )
     return int(candidates[int(np.argmax(counts))])
 
 
 # -- planted structure --------------------------------------------------------------------------
-def planted_purity(model, cfg, sequences: pa.Table, truth: pa.Table, k: int = 20, min_events: int = 1, device="cpu") -> dict:
+def planted_purity(
+    model, cfg, sequences: pa.Table, truth: pa.Table, k: int = 20, min_events: int = 1, device="cpu"
+) -> dict:
     """purity@k of user vectors against the planted primary cluster, and the random level."""
     seq = sequences.filter(pc.greater_equal(pc.list_value_length(sequences["item_id"]), min_events))
     t_ids = truth["user_id"].to_numpy()
@@ -171,7 +198,9 @@ def planted_purity(model, cfg, sequences: pa.Table, truth: pa.Table, k: int = 20
     }
 
 
-def leave_last_out_report(model, cfg, split: Split, catalogue: Catalogue, positive_types, device="cpu", ks=KS) -> dict:
+def leave_last_out_report(
+    model, cfg, split: Split, catalogue: Catalogue, positive_types, device="cpu", ks=KS
+) -> dict:
     """The model and the popularity / bag-of-items baselines on the test split, one metric code.
 
     Keys: ``hr@K``/``ndcg@K`` (model), ``pop_...`` and ``bag_...`` (baselines), ``test_users``.
@@ -191,8 +220,17 @@ def leave_last_out_report(model, cfg, split: Split, catalogue: Catalogue, positi
     return out
 
 
-def evaluate_model(layout: Layout, train: TrainSettings, events: EventSettings, version: str, sequences: pa.Table, *,
-                   truth: pa.Table | None = None, staleness: bool = True, save: bool = False) -> dict:
+def evaluate_model(
+    layout: Layout,
+    train: TrainSettings,
+    events: EventSettings,
+    version: str,
+    sequences: pa.Table,
+    *,
+    truth: pa.Table | None = None,
+    staleness: bool = True,
+    save: bool = False,
+) -> dict:
     """Every metric family of a published model on ``sequences`` (leave-last-out test split).
 
     ``train`` gives the device, the positives and ``min_positives``; ``events`` the default positives.

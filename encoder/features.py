@@ -97,7 +97,9 @@ def time_buckets(gap_ms: np.ndarray, n_buckets: int) -> np.ndarray:
     return np.minimum(exp.astype(np.int64), n_buckets - 1)  # = 1 + floor(log2(secs)), capped
 
 
-def hash_items(item_ids: np.ndarray, cfg: ModelConfig, attributes: dict[str, np.ndarray] | None = None) -> torch.Tensor:
+def hash_items(
+    item_ids: np.ndarray, cfg: ModelConfig, attributes: dict[str, np.ndarray] | None = None
+) -> torch.Tensor:
     """Candidate items -> (N, A, H) bucket indexes for `UserEncoder.item_vectors`; missing attributes = 0."""
     item_ids = np.asarray(item_ids, dtype=np.int64)
     cols = [hash_ids(item_ids, None, "item_id", cfg)]

@@ -22,7 +22,11 @@ KS = (10, 20, 50)
 def csr(lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """A list of index arrays -> (offsets (U+1,), flat indices)."""
     lengths = np.array([len(x) for x in lists], dtype=np.int64)
-    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else np.zeros(0, np.int64)
+    flat = (
+        np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
+        if len(lists)
+        else np.zeros(0, np.int64)
+    )
     return np.r_[0, np.cumsum(lengths)], flat
 
 

@@ -24,9 +24,10 @@ The blocks are causal pre-norm transformer blocks. **One switch selects the atte
 every block (HSTU style): ``UserEncoder(cfg, attention="sdpa")`` (default, the fused
 `F.scaled_dot_product_attention`) or ``"reference"`` (explicit matmul-softmax, the plain path tests
 compare against); `UserEncoder.set_attention` changes it on a built model. The kernel is a runtime
-choice, not part of the artifact: the same weights run under either. Context (hour of day, weekday of ``as_of``) is added *beside* the
-sequence, to the pooled output, never as a token. Pooling is "last" (the output at the newest
-position) or "attention" (a learned query attending over the outputs, causally per position).
+choice, not part of the artifact: the same weights run under either. Context (hour of day, weekday
+of ``as_of``) is added *beside* the sequence, to the pooled output, never as a token. Pooling is
+"last" (the output at the newest position) or "attention" (a learned query attending over the
+outputs, causally per position).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from torch import nn
 
 from encoder.config import ModelConfig
 
-Attention = Literal["sdpa", "reference"]  # the attention kernel: fused SDPA (default) or explicit matmul-softmax
+Attention = Literal[
+    "sdpa", "reference"
+]  # the attention kernel: fused SDPA (default) or explicit matmul-softmax
 DECAY_MODULES = (nn.Linear,)  # weights of these get weight decay
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm)  # weights of these do not; no bias ever does
 
@@ -86,7 +89,7 @@ class CausalSelfAttention(nn.Module):
         return t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
 
     def attend(self, q, k, v, mask) -> torch.Tensor:
-        """Heads (B, h, Tq, d) x (B, h, T, d) -> (B, Tq, D) projected output, with this layer's kernel and dropout."""
+        """Heads (B, h, Tq, d) x (B, h, T, d) -> (B, Tq, D) projected output (this layer's kernel)."""
         p, pa = (self.dropout, self.attn_dropout) if self.training else (0.0, 0.0)
         y = attend(q, k, v, mask, pa, self.kernel)  # (B, h, Tq, d)
         B, h, Tq, d = y.shape
@@ -123,7 +126,9 @@ class UserEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.d_model
-        self.tables = nn.ModuleDict({t.name: nn.Embedding(t.num_embeddings, D, padding_idx=0) for t in cfg.tables})
+        self.tables = nn.ModuleDict(
+            {t.name: nn.Embedding(t.num_embeddings, D, padding_idx=0) for t in cfg.tables}
+        )
         self.action = nn.Embedding(len(cfg.actions) + 2, D, padding_idx=0)  # 0 pad, 1..n types, n+1 unknown
         self.time = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
         self.pos = nn.Embedding(cfg.max_len, D)
@@ -246,7 +251,9 @@ class UserEncoder(nn.Module):
         h = self.ln_f(x)  # (B, T, D)
         if self.cfg.pooling == "attention":
             s = self.pool_query(h).squeeze(-1)  # (B, T) score of each output
-            att = s[:, None, :].expand(-1, s.shape[1], -1).masked_fill(~mask[:, 0], float("-inf"))  # (B, T, T)
+            att = (
+                s[:, None, :].expand(-1, s.shape[1], -1).masked_fill(~mask[:, 0], float("-inf"))
+            )  # (B, T, T)
             h = att.softmax(dim=-1) @ h  # (B, T, D) causal pooled output per position
         return h
 

@@ -27,15 +27,21 @@ def next_positive_targets(positive: torch.Tensor) -> torch.Tensor:
     B, T = positive.shape
     idx = torch.where(positive, torch.arange(T, device=positive.device).expand(B, T), T)  # (B, T)
     nearest = idx.flip(1).cummin(dim=1).values.flip(1)  # (B, T): first positive at or after t
-    nxt = torch.cat([nearest[:, 1:], torch.full((B, 1), T, device=positive.device)], dim=1)  # strictly after t
+    nxt = torch.cat(
+        [nearest[:, 1:], torch.full((B, 1), T, device=positive.device)], dim=1
+    )  # strictly after t
     return torch.where(nxt < T, nxt, -1)
 
 
-def future_window_targets(positive: torch.Tensor, ts: torch.Tensor, window_ms: int, generator=None) -> torch.Tensor:
+def future_window_targets(
+    positive: torch.Tensor, ts: torch.Tensor, window_ms: int, generator=None
+) -> torch.Tensor:
     """(B, T) bool, (B, T) int64 ms -> (B, T) int64: a random positive in (t, ts_t + window], -1 if none."""
     B, T = positive.shape
     cnt = positive.long().cumsum(dim=1)  # (B, T) positives at or before t
-    end = torch.searchsorted(ts.contiguous(), (ts + window_ms).contiguous(), right=True) - 1  # (B, T) last idx in window
+    end = (
+        torch.searchsorted(ts.contiguous(), (ts + window_ms).contiguous(), right=True) - 1
+    )  # (B, T) last idx in window
     n = cnt.gather(1, end.clamp(min=0)) - cnt  # (B, T) positives in (t, end]
     r = (torch.rand(B, T, generator=generator, device="cpu").to(ts.device) * n).long()  # uniform in [0, n)
     want = cnt + r + 1  # the (cnt+r+1)-th positive of the row, 1-based

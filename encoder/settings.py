@@ -18,7 +18,7 @@ from encoder.config import ModelConfig
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 DeviceName = Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]  # "auto", "cpu", "cuda", "cuda:<i>"
-GpuDtype = Literal["auto", "bf16", "fp16", "fp32"]  # autocast dtype on a GPU; "auto": bf16 when supported, else fp16
+GpuDtype = Literal["auto", "bf16", "fp16", "fp32"]  # GPU autocast dtype; "auto": bf16 if supported, else fp16
 Objective = Literal["next_positive", "future_window"]  # see encoder.objectives
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
@@ -28,7 +28,7 @@ def _model_overrides() -> type[Section]:
     hints = get_type_hints(ModelConfig)
     spec: dict[str, Any] = {f.name: (hints[f.name] | None, None) for f in fields(ModelConfig)}
     model = create_model("ModelOverrides", __base__=Section, __module__=__name__, **spec)
-    model.__doc__ = "Overrides of encoder.config.ModelConfig fields (None: the default); unknown keys are errors."
+    model.__doc__ = "Overrides of encoder.config.ModelConfig fields (None: default); unknown keys are errors."
     return model
 
 
@@ -40,13 +40,13 @@ class TrainSettings(Section):
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # users per step
     lr: float = 1e-3  # AdamW peak learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (Linear weights only; see UserEncoder.param_groups)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (Linear weights only: UserEncoder.param_groups)
     warmup_frac: float = 0.05  # share of all steps spent in linear warmup, then cosine decay to 0
     temperature: float = 0.05  # softmax temperature on cosine scores
     objectives: dict[Objective, float] = Field(  # objective -> loss weight
         default_factory=lambda: {"next_positive": 1.0, "future_window": 1.0}
     )
-    window_hours: float = 24.0 * 7  # future_window: targets are positives within this many hours after a position
+    window_hours: float = 24.0 * 7  # future_window: targets are positives this many hours after a position
     targets_per_batch: int = 4096  # positions sampled per objective and step (bounds the (N, M) logits)
     logq: bool = True  # subtract log(sampling probability) of in-batch negatives (popularity correction)
     positive_event_types: list[str] | None = None  # None: events.positive_event_types

@@ -29,7 +29,9 @@ def _events_of_log(layout: Layout, events: EventSettings, interval: str | None) 
     if interval:  # training windows are on event time
         start, end = parse_interval(interval)
         ts = events["ts"].cast(TS)
-        events = events.filter(pc.and_(pc.greater_equal(ts, pa.scalar(start, TS)), pc.less(ts, pa.scalar(end, TS))))
+        events = events.filter(
+            pc.and_(pc.greater_equal(ts, pa.scalar(start, TS)), pc.less(ts, pa.scalar(end, TS)))
+        )
     return events
 
 
@@ -44,20 +46,37 @@ def load_source(
     sequences: str | Path | None = None,
 ) -> tuple[str, pa.Table]:
     """Exactly one source -> (a name for it, sequence rows). ``event_settings`` validates the event log."""
-    chosen = [name for name, on in (("ml100k", ml100k), ("sasrec", sasrec_file), ("events", events), ("sequences", sequences)) if on]
+    chosen = [
+        name
+        for name, on in (
+            ("ml100k", ml100k),
+            ("sasrec", sasrec_file),
+            ("events", events),
+            ("sequences", sequences),
+        )
+        if on
+    ]
     if len(chosen) != 1:
-        raise ValueError("choose exactly one data source: --ml100k, --sasrec-file PATH, --events [--interval S/E] or --sequences PATH")
+        raise ValueError(
+            "choose exactly one data source: --ml100k, --sasrec-file PATH, --events [--interval S/E] or "
+            "--sequences PATH"
+        )
     if ml100k:
         return "ml-100k", events_to_sequences(load_ml100k_events(layout.cache))
     if sasrec_file:
         return f"sasrec:{Path(sasrec_file).name}", read_sasrec(sasrec_file)
     if events:
         table = _events_of_log(layout, event_settings, interval)
-        return f"events:{interval or 'all'}", events_to_sequences(table.select([c for c in EVENT.schema.names if c in table.column_names]))
+        return f"events:{interval or 'all'}", events_to_sequences(
+            table.select([c for c in EVENT.schema.names if c in table.column_names])
+        )
     path = Path(sequences)
     if not path.exists():
         candidate = layout.trainset(str(sequences))
         if not candidate.exists():
-            raise FileNotFoundError(f"sequence rows {sequences} not found (neither a path nor a trainset under {candidate.parent})")
+            raise FileNotFoundError(
+                f"sequence rows {sequences} not found (neither a path nor a trainset under "
+                f"{candidate.parent})"
+            )
         path = candidate
     return f"sequences:{path.name}", read_sequences(path)

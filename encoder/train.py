@@ -55,7 +55,8 @@ from encoder.model import UserEncoder
 from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
 from encoder.settings import TrainSettings
 
-RUNTIME_ONLY = ("threads", "device", "strict_device", "resume")  # train settings that do not change the result
+# train settings that do not change the result
+RUNTIME_ONLY = ("threads", "device", "strict_device", "resume")
 
 
 class CheckpointError(RuntimeError):
@@ -93,7 +94,9 @@ class FitResult:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where it was trained
 
 
-def _batch_loss(model, batch, cfg: ModelConfig, ts: TrainSettings, positive_idx, logq, rng, gen, device) -> torch.Tensor:
+def _batch_loss(
+    model, batch, cfg: ModelConfig, ts: TrainSettings, positive_idx, logq, rng, gen, device
+) -> torch.Tensor:
     positive = torch.isin(batch.action, positive_idx) & batch.valid  # (B, T)
     hour = (batch.ts // HOUR_MS) % 24  # (B, T) context of each position's query time
     weekday = (batch.ts // DAY_MS + 3) % 7
@@ -145,8 +148,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"checkpoint {path} holds more than tensors and plain values; refusing to unpickle it (it could run "
-            "code). Delete it to train from scratch."
+            f"checkpoint {path} holds more than tensors and plain values; refusing to unpickle it "
+            "(it could run code). Delete it to train from scratch."
         ) from exc
 
 
@@ -172,13 +175,23 @@ def fit(
     steps_per_epoch = max(math.ceil(train.num_rows / ts.batch_size), 1)
     total = steps_per_epoch * ts.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, int(ts.warmup_frac * total)))
-    positive_idx = torch.tensor([cfg.actions.index(p) + 1 for p in positive_types if p in cfg.actions], device=device)
+    positive_idx = torch.tensor(
+        [cfg.actions.index(p) + 1 for p in positive_types if p in cfg.actions], device=device
+    )
     logq = LogQ(*positive_counts(train, positive_types)) if ts.logq else None
     vsel = np.random.default_rng(_seed(ts.seed, 1)).permutation(split.valid.num_rows)[: ts.eval_users]
     valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]
     amp_dtype = autocast_dtype(device, "bf16")  # bf16 on a GPU, plain fp32 on the CPU
 
-    state = {"epoch": -1, "best": -1.0, "best_state": None, "bad": 0, "history": [], "elapsed": 0.0, "step": 0}
+    state = {
+        "epoch": -1,
+        "best": -1.0,
+        "best_state": None,
+        "bad": 0,
+        "history": [],
+        "elapsed": 0.0,
+        "step": 0,
+    }
     resumed = -1
     if checkpoint is not None and ts.resume and checkpoint.is_file():
         saved = load_checkpoint(checkpoint, device)
@@ -217,11 +230,18 @@ def fit(
             seen += len(idx)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", rows_s=f"{seen / (time.perf_counter() - t_epoch):.0f}")
+                bar.set_postfix(
+                    loss=f"{losses[-1]:.3f}", rows_s=f"{seen / (time.perf_counter() - t_epoch):.0f}"
+                )
         metrics = model_leave_last_out(model, cfg, valid_in, valid_tg, catalogue, device=device, ks=(10,))
         ndcg = metrics["ndcg@10"]
-        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "valid_ndcg10": ndcg,
-                  "valid_hr10": metrics["hr@10"], "s": time.perf_counter() - t0}
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "valid_ndcg10": ndcg,
+            "valid_hr10": metrics["hr@10"],
+            "s": time.perf_counter() - t0,
+        }
         state["history"].append(record)
         if ndcg > state["best"]:
             state["best"], state["bad"] = ndcg, 0
@@ -230,7 +250,15 @@ def fit(
             state["bad"] += 1
         state["epoch"], state["elapsed"] = epoch, time.perf_counter() - t0
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state})
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "state": state,
+                },
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         if ts.time_budget_s and state["elapsed"] > ts.time_budget_s:
@@ -239,8 +267,16 @@ def fit(
         bar.close()
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
-    return FitResult(model.eval(), state["best"], state["epoch"] + 1, state["step"], state["elapsed"], state["history"],
-                     resumed, device)
+    return FitResult(
+        model.eval(),
+        state["best"],
+        state["epoch"] + 1,
+        state["step"],
+        state["elapsed"],
+        state["history"],
+        resumed,
+        device,
+    )
 
 
 # -- from data to an artifact -------------------------------------------------------------------
@@ -269,7 +305,9 @@ def train_window(sequences: pa.Table) -> dict:
 
 
 def checkpoint_path(layout: Layout, cfg: ModelConfig, ts: TrainSettings, window: dict) -> Path:
-    key = hashlib.sha256(json.dumps([cfg.to_dict(), result_settings(ts), window], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([cfg.to_dict(), result_settings(ts), window], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
     return Path(layout.cache) / "train" / key / "checkpoint.pt"
 
 
@@ -284,13 +322,17 @@ def train_model(layout: Layout, train: TrainSettings, events: EventSettings, sou
     cfg = model_config(train, events, sequences, max_len=max_len, overrides=overrides)
     split = leave_last_out(sequences, positive_types, train.min_positives)
     if split.valid.num_rows == 0:
-        raise ValueError(f"no user has {train.min_positives}+ positive events ({positive_types}): nothing to validate on")
+        raise ValueError(
+            f"no user has {train.min_positives}+ positive events ({positive_types}): nothing to validate on"
+        )
     catalogue = item_catalogue(sequences, cfg.attributes)
     window = train_window(split.train)
     ckpt = checkpoint_path(layout, cfg, train, window)
     result = fit(cfg, train, split, catalogue, positive_types, ckpt, show_progress)
     metrics = leave_last_out_report(result.model, cfg, split, catalogue, positive_types, device=result.device)
-    metrics.update(train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10)
+    metrics.update(
+        train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10
+    )
     version = save_model(layout, result.model, cfg, train_window=window, metrics=metrics,
                          card=card, train_settings=result_settings(train))
     ckpt.unlink(missing_ok=True)

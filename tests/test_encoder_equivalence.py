@@ -58,7 +58,7 @@ def models(draw, poolings=("last", "attention")) -> UserEncoder:
     torch.manual_seed(draw(st.integers(0, 2**16)))
     model = UserEncoder(cfg)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.normal_(0.0, 0.5)
         for m in model.modules():
             if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
@@ -69,7 +69,9 @@ def models(draw, poolings=("last", "attention")) -> UserEncoder:
 @st.composite
 def tables(draw, max_len: int) -> pa.Table:
     """1-6 users (SEQUENCE contract), lengths in 1..max_len+3 with 1 and N drawn often."""
-    lengths = draw(st.lists(st.one_of(st.just(1), st.just(max_len), st.integers(1, max_len + 3)), min_size=1, max_size=6))
+    lengths = draw(
+        st.lists(st.one_of(st.just(1), st.just(max_len), st.integers(1, max_len + 3)), min_size=1, max_size=6)
+    )
     return random_sequences(np.array(lengths), AS_OF, seed=draw(st.integers(0, 2**16)), n_items=500)
 
 
@@ -103,11 +105,15 @@ def test_sdpa_kernel_equals_reference_kernel(case, dtype):
     model.set_attention("sdpa")
     assert_close(run(model, batch, dtype), reference, dtype)
     if dtype == "fp32":  # every position (what training uses), real and padded alike
-        torch.testing.assert_close(run(model.encode_positions, batch, "fp32"), ref_positions, atol=FP32_ATOL, rtol=0)
+        torch.testing.assert_close(
+            run(model.encode_positions, batch, "fp32"), ref_positions, atol=FP32_ATOL, rtol=0
+        )
 
 
 @FAST
-@given(cases(poolings=("last",)), st.sampled_from(["newest_only", "naive"]), st.sampled_from(["fp32", "bf16"]))
+@given(
+    cases(poolings=("last",)), st.sampled_from(["newest_only", "naive"]), st.sampled_from(["fp32", "bf16"])
+)
 def test_fast_inference_paths_equal_the_reference_forward(case, path, dtype):
     model, table = case
     batch = featurize(table, model.cfg, as_of=AS_OF)
@@ -122,15 +128,24 @@ def test_a_users_vector_does_not_depend_on_its_batch(case, max_batch_tokens, dat
     model, table = case
     cfg = model.cfg
     with torch.inference_mode():
-        alone = torch.cat([model(featurize(table.slice(i, 1), cfg, as_of=AS_OF)) for i in range(table.num_rows)])
+        alone = torch.cat(
+            [model(featurize(table.slice(i, 1), cfg, as_of=AS_OF)) for i in range(table.num_rows)]
+        )
         together = model(featurize(table, cfg, as_of=AS_OF))
         padded = model(featurize(table, cfg, as_of=AS_OF, pad_to=cfg.max_len + data.draw(st.integers(0, 4))))
     torch.testing.assert_close(together, alone, atol=FP32_ATOL, rtol=0)
     torch.testing.assert_close(padded, alone, atol=FP32_ATOL, rtol=0)
-    inference = InferenceSettings(cpu_workers=1, threads=1, loader_thread=False, max_batch_tokens=max_batch_tokens,
-                                  window_users=data.draw(st.integers(1, 6)))
+    inference = InferenceSettings(
+        cpu_workers=1,
+        threads=1,
+        loader_thread=False,
+        max_batch_tokens=max_batch_tokens,
+        window_users=data.draw(st.integers(1, 6)),
+    )
     engine = BatchEncoder(model, select_device("cpu"), inference)
-    torch.testing.assert_close(torch.from_numpy(engine.encode_table(table, AS_OF)), alone, atol=FP32_ATOL, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(engine.encode_table(table, AS_OF)), alone, atol=FP32_ATOL, rtol=0
+    )
 
 
 vectors = st.integers(1, 8).flatmap(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
+from core.contracts import EVENT, TS, conform
 from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out, read_sasrec
 from encoder.features import featurize, hash_ids, hash_items, time_buckets
 from encoder.model import ModelConfig, UserEncoder
 from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
-from core.contracts import EVENT, TS, conform
 
 torch.set_num_threads(1)  # shared test machine
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=4, item_buckets=2**12, attr_buckets=2**8)
@@ -23,8 +23,15 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in ms (a Thursday)
 def _events(rows):
     """rows: (user, ts_ms, type, item, category)."""
     u, t, e, i, c = zip(*rows)
-    table = pa.table({"user_id": pa.array(u, pa.int64()), "ts": pa.array(t, pa.int64()).cast(TS),
-                      "event_type": list(e), "item_id": pa.array(i, pa.int64()), "category_id": pa.array(c, pa.int64())})
+    table = pa.table(
+        {
+            "user_id": pa.array(u, pa.int64()),
+            "ts": pa.array(t, pa.int64()).cast(TS),
+            "event_type": list(e),
+            "item_id": pa.array(i, pa.int64()),
+            "category_id": pa.array(c, pa.int64()),
+        }
+    )
     return conform(table, EVENT)
 
 
@@ -66,7 +73,7 @@ def test_featurize_truncates_left_pads_and_maps_types():
     rows = [(1, T0 + k * 1000, "click" if k % 2 else "view", 100 + k, 7 if k else None) for k in range(6)]
     rows += [(2, T0, "teleport", 900, 1)]
     seq = events_to_sequences(_events(rows))
-    as_of = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+    as_of = datetime(2026, 1, 1, 5, tzinfo=UTC)
     b = featurize(seq, CFG, as_of=as_of)
     assert b.action.shape == (2, 4) and b.lengths.tolist() == [4, 1]
     assert b.item_id[0].tolist() == [102, 103, 104, 105]  # the newest 4, oldest -> newest
@@ -126,7 +133,9 @@ def test_objective_targets():
         assert tgt[1:] == [3, 3, -1, -1]  # window 25: from t=1 only index 3 (ts 30 <= 35)
         seen.add(tgt[0])
     assert seen == {1}  # t=0, window (0, 25]: only index 1
-    wide = {future_window_targets(pos, ts, 100, torch.Generator().manual_seed(s))[0, 0].item() for s in range(40)}
+    wide = {
+        future_window_targets(pos, ts, 100, torch.Generator().manual_seed(s))[0, 0].item() for s in range(40)
+    }
     assert wide == {1, 3}  # a random positive of the window, both drawn
 
 

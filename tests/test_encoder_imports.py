@@ -7,11 +7,19 @@ only heavy optional dependencies may be imported inside a function.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL_HEAVY = {"faiss", "pyspark"}  # may be imported lazily, inside the function that needs them
-FORBIDDEN = {"store", "pipelines", "soe", "dags", "bench"}  # encoder sits below these (pyproject importlinter)
+FORBIDDEN = {
+    "store",
+    "pipelines",
+    "soe",
+    "dags",
+    "bench",
+}  # encoder sits below these (pyproject importlinter)
 
 
 def _module_name(path: Path) -> str:
@@ -27,7 +35,9 @@ def _imports(tree: ast.AST, package: str) -> list[tuple[str, ast.AST]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             out += [(f"{base}.{alias.name}", node) for alias in node.names] + [(base, node)]
     return out
 
@@ -79,15 +89,15 @@ def test_the_encoder_import_graph_is_acyclic():
 
 def test_the_encoder_imports_no_component_above_it():
     _, _, edges, _ = _graph()
-    bad = sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets if t.split(".")[0] in FORBIDDEN)
+    bad = sorted(
+        f"{m} -> {t}" for m, targets in edges.items() for t in targets if t.split(".")[0] in FORBIDDEN
+    )
     assert not bad, bad
 
 
 def test_settings_modules_load_without_torch():
     """The config sections load with every CLI call: they must not pull torch in."""
-    import subprocess
-    import sys
-
-    code = "import sys, encoder.settings, encoder.inference.settings, encoder.config; print('torch' in sys.modules)"
+    modules = "encoder.settings, encoder.inference.settings, encoder.config"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"

@@ -118,7 +118,11 @@ def test_config_rejects_bad_values():
 def test_tables_are_named_one_config_each():
     cfg = ModelConfig(**SMALL)
     assert [(t.name, t.feature) for t in cfg.tables] == [
-        ("item", "item_id"), ("category", "category_id"), ("advertiser", "advertiser_id"), ("campaign", "campaign_id")]
+        ("item", "item_id"),
+        ("category", "category_id"),
+        ("advertiser", "advertiser_id"),
+        ("campaign", "campaign_id"),
+    ]
     model = UserEncoder(cfg)
     assert list(model.tables) == ["item", "category", "advertiser", "campaign"]
     assert model.tables["item"].num_embeddings == SMALL["item_buckets"]
@@ -152,7 +156,9 @@ def test_weight_decay_groups_by_module_type():
         owner = modules[name.rsplit(".", 1)[0]]
         assert name.endswith(".bias") or isinstance(owner, (nn.Embedding, nn.LayerNorm)), name
     assert "head.weight" in decay["names"] and "pool_query.weight" in decay["names"]
-    assert {"tables.item.weight", "pos.weight", "ln_f.weight", "head.bias", "blocks.0.attn.qkv.bias"} <= set(no_decay["names"])
+    assert {"tables.item.weight", "pos.weight", "ln_f.weight", "head.bias", "blocks.0.attn.qkv.bias"} <= set(
+        no_decay["names"]
+    )
     every = {n for n, _ in model.named_parameters()}
     assert set(decay["names"]) | set(no_decay["names"]) == every  # each parameter in exactly one group
     assert not set(decay["names"]) & set(no_decay["names"])

@@ -1,5 +1,6 @@
 """Training end to end on small real data: resume after a crash (and refusing a planted checkpoint),
-artifacts, metrics, CLI, typed configuration. (The promotion gate is soe.flows.gate: tests/test_flows_logic.py.)"""
+artifacts, metrics, CLI, typed configuration. (The promotion gate, soe.flows.gate, is tested in
+tests/test_flows_logic.py.)"""
 
 from __future__ import annotations
 
@@ -21,22 +22,41 @@ from encoder.sources import load_source
 from encoder.train import CheckpointError, fit, result_settings, train_model
 
 torch.set_num_threads(1)  # shared test machine
-TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "max_len": 30, "item_buckets": 2**10, "attr_buckets": 2**8}
+TINY = {
+    "d_model": 16,
+    "n_heads": 2,
+    "n_layers": 1,
+    "max_len": 30,
+    "item_buckets": 2**10,
+    "attr_buckets": 2**8,
+}
 POS = ["click", "conversion", "view"]
 
 
 @pytest.fixture(scope="module")
 def log():
-    return generate(SyntheticConfig(n_users=150, n_items=300, n_clusters=3, hours=12, base_events_per_user=40))
+    return generate(
+        SyntheticConfig(n_users=150, n_items=300, n_clusters=3, hours=12, base_events_per_user=40)
+    )
 
 
 def _settings(settings, **train):
-    train = {"epochs": 2, "batch_size": 32, "model": TINY, "positive_event_types": POS, "eval_users": 100, "threads": 1, **train}
+    train = {
+        "epochs": 2,
+        "batch_size": 32,
+        "model": TINY,
+        "positive_event_types": POS,
+        "eval_users": 100,
+        "threads": 1,
+        **train,
+    }
     return settings.model_copy(update={"train": TrainSettings.model_validate(train)})
 
 
 def _train(s, source, **kw):
-    return train_model(s.layout(), s.train, s.events, source, max_len=s.sequences.max_len, show_progress=False, **kw)
+    return train_model(
+        s.layout(), s.train, s.events, source, max_len=s.sequences.max_len, show_progress=False, **kw
+    )
 
 
 class Crash(RuntimeError):
@@ -56,7 +76,9 @@ def test_checkpoint_resume_gives_the_same_model(settings, log, tmp_path):
             raise Crash()
 
     with pytest.raises(Crash):
-        fit(cfg, s.train, split, cat, POS, tmp_path / "b" / "ckpt.pt", show_progress=False, on_epoch_end=crash)
+        fit(
+            cfg, s.train, split, cat, POS, tmp_path / "b" / "ckpt.pt", show_progress=False, on_epoch_end=crash
+        )
     resumed = fit(cfg, s.train, split, cat, POS, tmp_path / "b" / "ckpt.pt", show_progress=False)
     assert resumed.resumed_from_epoch == 1 and straight.resumed_from_epoch == -1
     assert resumed.steps == straight.steps
@@ -69,7 +91,7 @@ def test_train_model_publishes_an_evaluated_artifact(settings, log):
     s = _settings(settings)
     version = _train(s, log.events)
     assert version == _train(s, log.events)  # same config + window -> same version
-    model, cfg, meta = load_model(s.layout(), version)
+    _model, cfg, meta = load_model(s.layout(), version)
     m = meta["metrics"]
     for key in ("ndcg@10", "hr@50", "pop_ndcg@10", "bag_ndcg@10", "train_s", "best_valid_ndcg10"):
         assert key in m
@@ -102,7 +124,8 @@ def test_ranking_metrics_by_hand():
     relevant = (np.array([0, 1, 3]), np.array([2, 0, 1]))  # user 0: item 2; user 1: items 0, 1
     exclude = (np.array([0, 1, 1]), np.array([0]))  # user 0 saw item 0
     m = ranking_metrics(lambda lo, hi: scores[lo:hi], relevant, exclude, 4, ks=(1, 2))
-    # user 0: item 0 excluded -> ranking 1, 2, 3: target at rank 2; user 1: ranking 3, 2, 1, 0: targets at 3, 4
+    # user 0: item 0 excluded -> ranking 1, 2, 3: target at rank 2
+    # user 1: ranking 3, 2, 1, 0: targets at 3, 4
     assert m["hr@1"] == 0.0 and m["hr@2"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.0)
     assert m["ndcg@2"] == pytest.approx(0.5 * (1 / np.log2(3)) + 0.0)
     labels = np.array([0, 0, 1, 1])
@@ -131,7 +154,11 @@ def test_cli_train_eval_list_on_a_sasrec_file(settings, tmp_path, monkeypatch):
     out = runner.invoke(app, ["eval", "--sasrec-file", str(path)])
     assert out.exit_code == 0, out.output
     evaluated = json.loads(out.stdout.strip().splitlines()[-1])
-    assert evaluated["version"] == trained["version"] and "ndcg@10" in evaluated and "staleness_loss_pct" not in evaluated
+    assert (
+        evaluated["version"] == trained["version"]
+        and "ndcg@10" in evaluated
+        and "staleness_loss_pct" not in evaluated
+    )
     listed = json.loads(runner.invoke(app, ["models", "list"]).stdout)
     assert listed[0]["version"] == trained["version"]
     bad = runner.invoke(app, ["train", "--sasrec-file", str(tmp_path / "missing.txt")])
@@ -147,7 +174,9 @@ def test_sources_read_the_validated_event_log(settings, log):
     name, seq = load_source(settings.layout(), settings.events, events=True)
     assert name == "events:all" and seq.num_rows == len(set(log.events["user_id"].to_pylist()))
     assert sum(seq["n_events"].to_pylist()) == log.events.num_rows
-    _, window = load_source(settings.layout(), settings.events, events=True, interval="2026-01-01T00:00Z/2026-01-01T03:00Z")
+    _, window = load_source(
+        settings.layout(), settings.events, events=True, interval="2026-01-01T00:00Z/2026-01-01T03:00Z"
+    )
     latest = max(max(ts) for ts in window["ts"].to_pylist())
     assert latest.hour < 3 and sum(window["n_events"].to_pylist()) < log.events.num_rows
     with pytest.raises(ValueError, match="exactly one"):
@@ -184,7 +213,10 @@ def test_model_config_is_typed_and_checked_when_loaded(settings):
     from soe.config import load_settings
 
     ok = load_settings(environ={"SOE_TRAIN__MODEL": json.dumps({"d_model": 16, "pooling": "attention"})})
-    assert ok.train.model.d_model == 16 and ok.train.model_overrides() == {"d_model": 16, "pooling": "attention"}
+    assert ok.train.model.d_model == 16 and ok.train.model_overrides() == {
+        "d_model": 16,
+        "pooling": "attention",
+    }
     bad = {
         "SOE_TRAIN__MODEL": json.dumps({"d_modle": 16}),  # a typo
         "SOE_TRAIN__MODEL__N_LAYERS": "two",  # a wrong type
@@ -195,10 +227,16 @@ def test_model_config_is_typed_and_checked_when_loaded(settings):
         "SOE_INFERENCE__PATH": "fastest",
         "SOE_INFERENCE__STATE_SPLIT": "users",
     }
-    where = {"SOE_TRAIN__MODEL": "train.model.d_modle", "SOE_TRAIN__MODEL__N_LAYERS": "train.model.n_layers",
-             "SOE_TRAIN__MODEL__POOLING": "train.model.pooling", "SOE_TRAIN__OBJECTIVES": "train.objectives.next_postive",
-             "SOE_TRAIN__DEVICE": "train.device", "SOE_INFERENCE__GPU_DTYPE": "inference.gpu_dtype",
-             "SOE_INFERENCE__PATH": "inference.path", "SOE_INFERENCE__STATE_SPLIT": "inference.state_split"}
+    where = {
+        "SOE_TRAIN__MODEL": "train.model.d_modle",
+        "SOE_TRAIN__MODEL__N_LAYERS": "train.model.n_layers",
+        "SOE_TRAIN__MODEL__POOLING": "train.model.pooling",
+        "SOE_TRAIN__OBJECTIVES": "train.objectives.next_postive",
+        "SOE_TRAIN__DEVICE": "train.device",
+        "SOE_INFERENCE__GPU_DTYPE": "inference.gpu_dtype",
+        "SOE_INFERENCE__PATH": "inference.path",
+        "SOE_INFERENCE__STATE_SPLIT": "inference.state_split",
+    }
     for name, value in bad.items():
         with pytest.raises(ValueError) as err:  # pydantic's ValidationError (or the config's wrapper of it)
             load_settings(environ={name: value})

@@ -30,7 +30,9 @@ from store.graph.vectors import UserVectors
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+    ),
 ]
 
 MAX_LEN = 50
@@ -39,7 +41,15 @@ MIN_COSINE = 0.99
 
 @pytest.fixture(scope="module")
 def cfg() -> ModelConfig:
-    return ModelConfig(d_model=64, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=2**14, attr_buckets=2**10, dropout=0.0)
+    return ModelConfig(
+        d_model=64,
+        n_layers=2,
+        n_heads=2,
+        max_len=MAX_LEN,
+        item_buckets=2**14,
+        attr_buckets=2**10,
+        dropout=0.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +83,9 @@ def cpu_reference(cfg, weights, table) -> torch.Tensor:
 
 
 def per_user_cosine(a, b) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(torch.as_tensor(a).float(), torch.as_tensor(b).float(), dim=-1)
+    return torch.nn.functional.cosine_similarity(
+        torch.as_tensor(a).float(), torch.as_tensor(b).float(), dim=-1
+    )
 
 
 @pytest.mark.parametrize("path", ["newest_only", "full", "naive"])
@@ -91,7 +103,9 @@ def test_batches_are_pinned_before_the_non_blocking_copy(cfg, weights, table, mo
     real = BatchEncoder.encode_batch
 
     def spy(self, batch):
-        pinned.append(all(t.is_pinned() for t in (batch.attrs, batch.action, batch.time_bucket, batch.lengths)))
+        pinned.append(
+            all(t.is_pinned() for t in (batch.attrs, batch.action, batch.time_bucket, batch.lengths))
+        )
         out = real(self, batch)
         on_device.append(out.device.type)
         return out

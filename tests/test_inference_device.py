@@ -90,23 +90,29 @@ def test_training_uses_the_same_resolver_with_its_own_section_name(no_gpu, caplo
     with caplog.at_level(logging.WARNING, logger="soe.train"):
         assert select_device("cuda:1", purpose="train").device == torch.device("cpu")
     assert "train.device='cuda:1'" in caplog.text
-    with pytest.raises(DeviceError, match="set train.device=auto or cpu"):
+    with pytest.raises(DeviceError, match=r"set train\.device=auto or cpu"):
         select_device("cuda", strict=True, purpose="train")
 
 
 def test_training_falls_back_or_fails_as_configured(no_gpu, settings):
-    """`fit` resolves train.device through select_device: a missing GPU is a CPU fallback or, strict, an error."""
+    """`fit` resolves train.device through select_device: no GPU is a CPU fallback or, strict, an error."""
     from core.datasets.synthetic import SyntheticConfig, generate
     from encoder.config import ModelConfig
     from encoder.data import events_to_sequences, item_catalogue, leave_last_out
     from encoder.settings import TrainSettings
     from encoder.train import fit
 
-    seq = events_to_sequences(generate(SyntheticConfig(n_users=60, n_items=100, n_clusters=3, hours=6, base_events_per_user=30)).events)
+    seq = events_to_sequences(
+        generate(
+            SyntheticConfig(n_users=60, n_items=100, n_clusters=3, hours=6, base_events_per_user=30)
+        ).events
+    )
     pos = ["click", "conversion", "view"]
     split, cat = leave_last_out(seq, pos), item_catalogue(seq)
     cfg = ModelConfig(d_model=8, n_heads=2, n_layers=1, max_len=10, item_buckets=64, attr_buckets=16)
-    ts = TrainSettings(epochs=1, batch_size=16, eval_users=20, threads=1, device="cuda", positive_event_types=pos)
+    ts = TrainSettings(
+        epochs=1, batch_size=16, eval_users=20, threads=1, device="cuda", positive_event_types=pos
+    )
     assert fit(cfg, ts, split, cat, pos, show_progress=False).device == torch.device("cpu")
     with pytest.raises(DeviceError):
         fit(cfg, ts.model_copy(update={"strict_device": True}), split, cat, pos, show_progress=False)

@@ -38,7 +38,9 @@ def one_thread():
 def tiny():
     """A tiny randomly initialised model (eval mode) and its config."""
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=4096, attr_buckets=256, dropout=0.0)
+    cfg = ModelConfig(
+        d_model=32, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=4096, attr_buckets=256, dropout=0.0
+    )
     return UserEncoder(cfg).eval(), cfg
 
 
@@ -51,11 +53,13 @@ def sequences():
 
 
 def reference(model, cfg, table: pa.Table) -> np.ndarray:
-    """The model's full forward with the reference attention kernel, one user at a time (no padding at all)."""
+    """The model's full forward with the reference attention kernel, one user at a time (no padding)."""
     ref = UserEncoder(cfg, attention="reference").eval()
     ref.load_state_dict(model.state_dict())
     with torch.inference_mode():
-        return np.concatenate([ref(featurize(table.slice(i, 1), cfg, as_of=AS_OF)).numpy() for i in range(table.num_rows)])
+        return np.concatenate(
+            [ref(featurize(table.slice(i, 1), cfg, as_of=AS_OF)).numpy() for i in range(table.num_rows)]
+        )
 
 
 def engine(model, cfg, **overrides) -> BatchEncoder:
@@ -69,7 +73,11 @@ def test_engine_matches_reference_path_within_float16(tiny, sequences):
     ref = reference(model, cfg, sequences)
     stored = l2_normalise_f16(vectors).astype(np.float32)  # what the writer publishes
     lengths = np.diff(sequences["item_id"].combine_chunks().offsets.to_numpy())
-    for name, rows in {"1 event": lengths == 1, "N events": lengths == MAX_LEN, "> N events": lengths > MAX_LEN}.items():
+    for name, rows in {
+        "1 event": lengths == 1,
+        "N events": lengths == MAX_LEN,
+        "> N events": lengths > MAX_LEN,
+    }.items():
         assert rows.any(), name
         np.testing.assert_allclose(stored[rows], ref[rows], atol=F16_ATOL, err_msg=name)
     np.testing.assert_allclose(stored, ref, atol=F16_ATOL)
@@ -100,7 +108,7 @@ def test_vectors_do_not_depend_on_batch_window_or_schedule(tiny, sequences, sche
 def test_bucketing_cuts_padding_compared_with_padding_to_n(tiny, sequences):
     model, cfg = tiny
     enc = engine(model, cfg, max_batch_tokens=400, window_users=10_000)
-    stats = [s for _w, _v, s in enc.encode_windows(iter([sequences]), AS_OF)][0]
+    stats = next(s for _w, _v, s in enc.encode_windows(iter([sequences]), AS_OF))
     assert stats.users == sequences.num_rows
     assert stats.tokens == int(np.minimum(enc.lengths(sequences), MAX_LEN).sum())
     assert stats.padded_tokens < 1.25 * stats.tokens < sequences.num_rows * MAX_LEN
@@ -131,7 +139,9 @@ def test_model_flops_counts_only_real_tokens():
     assert one == layers * (24 * d * d + 2 * d * 2) + 2 * d * d
     assert model_flops(np.array([10, 10]), d, layers) == 2 * model_flops(np.array([10]), d, layers)
     assert model_flops(np.array([200]), d, layers) > 200 * (one - 2 * d * d)  # attention is superlinear
-    assert model_flops(np.array([50]), d, layers, path="newest_only") < 0.65 * model_flops(np.array([50]), d, layers)
+    assert model_flops(np.array([50]), d, layers, path="newest_only") < 0.65 * model_flops(
+        np.array([50]), d, layers
+    )
     assert model_flops(np.array([50]), d, layers, path="naive") == model_flops(np.array([50]), d, layers)
 
 
@@ -156,7 +166,9 @@ def test_every_inference_path_gives_the_same_vectors(tiny, sequences, path):
     model, cfg = tiny
     enc = engine(model, cfg, path=path, max_batch_tokens=300, window_users=64)
     assert enc.path == path
-    np.testing.assert_allclose(enc.encode_table(sequences, AS_OF), reference(model, cfg, sequences), atol=1e-5)
+    np.testing.assert_allclose(
+        enc.encode_table(sequences, AS_OF), reference(model, cfg, sequences), atol=1e-5
+    )
 
 
 def test_path_switch_is_explicit(tiny, sequences):

@@ -38,7 +38,9 @@ def one_thread():
 def setup(settings):
     """Settings (1 CPU thread, small batches), a tiny saved model, and 120 users' sequences."""
     torch.manual_seed(1)
-    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=1024, attr_buckets=64, dropout=0.0)
+    cfg = ModelConfig(
+        d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN, item_buckets=1024, attr_buckets=64, dropout=0.0
+    )
     model = UserEncoder(cfg).eval()
     settings.inference.threads = 1
     settings.inference.max_batch_tokens = 128
@@ -69,7 +71,10 @@ def test_encode_all_publishes_every_active_user_in_the_embedding_contract(setup)
     manifests = encode_all(settings.layout(), settings.inference, version, AS_OF)
     assert [m["users"] for m in manifests] == [40, 40, 40]
     assert all(m["device"] == "cpu" and m["dim"] == 16 and m["model_version"] == version for m in manifests)
-    assert is_complete(layout.embeddings(version, AS_OF)) and read_marker(layout.embeddings(version, AS_OF))["users"] == 120
+    assert (
+        is_complete(layout.embeddings(version, AS_OF))
+        and read_marker(layout.embeddings(version, AS_OF))["users"] == 120
+    )
 
     out = read_embeddings(layout, version, AS_OF)
     assert out.schema == embedding_contract(16).schema
@@ -121,7 +126,9 @@ def test_crash_mid_shard_publishes_nothing_and_keeps_the_previous_shard(setup, m
     calls["n"] = 0
     monkeypatch.setattr(engine_mod.BatchEncoder, "encode_batch", flaky)
     with pytest.raises(RuntimeError):
-        encode_shard(settings.layout(), settings.inference, version, AS_OF, 0)  # a failed retry must not damage the published shard
+        encode_shard(
+            settings.layout(), settings.inference, version, AS_OF, 0
+        )  # a failed retry must not damage the published shard
     assert pq.read_table(shard_dir(layout, version, AS_OF, 0)).equals(published) and good["users"] == 120
     assert [p.name for p in root.iterdir()] == ["shard=00000"]
 
@@ -130,14 +137,20 @@ def test_resume_keeps_published_shards_and_encodes_the_rest(setup, monkeypatch):
     settings, version, *_rest, table = setup
     layout = settings.layout()
     write_state_snapshot(layout, AS_OF, table, num_files=3)
-    first = encode_shard(settings.layout(), settings.inference, version, AS_OF, 0, num_shards=3, source="state")  # then the run "crashed"
+    first = encode_shard(
+        settings.layout(), settings.inference, version, AS_OF, 0, num_shards=3, source="state"
+    )  # then the run "crashed"
     encoded = []
     real = engine_mod.encode_with
     monkeypatch.setattr(engine_mod, "encode_with", lambda *a, **k: encoded.append(a[4]) or real(*a, **k))
-    manifests = encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3, resume=True)
+    manifests = encode_all(
+        settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3, resume=True
+    )
     assert encoded == [1, 2] and manifests[0]["seconds"] == first["seconds"]
     assert read_embeddings(layout, version, AS_OF).num_rows == 120
-    encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3)  # without resume: everything again
+    encode_all(
+        settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3
+    )  # without resume: everything again
     assert encoded == [1, 2, 0, 1, 2]
 
 
@@ -160,7 +173,9 @@ def test_state_source_splits_every_user_exactly_once(setup, split):
     layout = settings.layout()
     write_state_snapshot(layout, AS_OF, table, num_files=5)
     settings.inference.state_split = split
-    manifests = encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3)
+    manifests = encode_all(
+        settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3
+    )
     assert sum(m["users"] for m in manifests) == 120
     users = read_embeddings(layout, version, AS_OF)["user_id"].to_pylist()
     assert sorted(users) == sorted(table["user_id"].to_pylist())
@@ -169,23 +184,35 @@ def test_state_source_splits_every_user_exactly_once(setup, split):
 
 @pytest.mark.parametrize("split", ["hash", "files"])
 def test_state_source_encodes_the_newest_layer_of_each_user_as_of_the_snapshot(setup, split):
-    """A layered state (base + two hourly deltas): each user once, from its newest layer, at the snapshot's as_of."""
+    """A layered state (base + 2 hourly deltas): each user once, from its newest layer, as of the snapshot."""
     settings, version, model, cfg, table = setup
     layout = settings.layout()
     rng = np.random.default_rng(3)
-    d1 = random_sequences(rng.integers(1, MAX_LEN, 30), AS_OF - timedelta(hours=1), seed=7, first_user=11)  # users 11..40
-    d2 = random_sequences(rng.integers(1, MAX_LEN, 10), AS_OF, seed=8, first_user=115)  # 115..120 + 4 new users
+    d1 = random_sequences(
+        rng.integers(1, MAX_LEN, 30), AS_OF - timedelta(hours=1), seed=7, first_user=11
+    )  # users 11..40
+    d2 = random_sequences(
+        rng.integers(1, MAX_LEN, 10), AS_OF, seed=8, first_user=115
+    )  # 115..120 + 4 new users
     write_state_snapshot(layout, AS_OF, table, num_files=4, deltas=[d1, d2])
     settings.inference.state_split = split
-    manifests = encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3)
+    manifests = encode_all(
+        settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=3
+    )
     assert sum(m["users"] for m in manifests) == 124
     out = read_embeddings(layout, version, AS_OF)
     got = dict(zip(out["user_id"].to_pylist(), vectors(out)))
     assert sorted(got) == sorted(set(table["user_id"].to_pylist()) | set(d2["user_id"].to_pylist()))
     layers = (table, d1, d2)
-    newest = {u: k for k, layer in enumerate(layers) for u in layer["user_id"].to_pylist()}  # later layers win
-    current = pa.concat_tables([layer.take([i for i, u in enumerate(layer["user_id"].to_pylist()) if newest[u] == k])
-                                for k, layer in enumerate(layers)])
+    newest = {
+        u: k for k, layer in enumerate(layers) for u in layer["user_id"].to_pylist()
+    }  # later layers win
+    current = pa.concat_tables(
+        [
+            layer.take([i for i, u in enumerate(layer["user_id"].to_pylist()) if newest[u] == k])
+            for k, layer in enumerate(layers)
+        ]
+    )
     want = reference(model, cfg, current)  # the plain reference path, featurised as of AS_OF
     for u, w in zip(current["user_id"].to_pylist(), want):
         np.testing.assert_allclose(got[u], w, atol=2e-3)
@@ -197,7 +224,9 @@ def test_a_marked_snapshot_ignores_leftover_shards_of_an_earlier_sharding(setup)
     layout = settings.layout()
     write_state_snapshot(layout, AS_OF, table, num_files=4)
     encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=4)
-    encode_all(settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=2)  # shards 2, 3 are now stale
+    encode_all(
+        settings.layout(), settings.inference, version, AS_OF, source="state", num_shards=2
+    )  # shards 2, 3 are now stale
     users = read_embeddings(layout, version, AS_OF)["user_id"].to_pylist()
     assert sorted(users) == sorted(table["user_id"].to_pylist())
 
@@ -249,12 +278,24 @@ def test_cli_encode_with_cuda_requested_falls_back_to_cpu_clearly(setup, monkeyp
     settings, version, *_rest, table = setup
     write_active_snapshot(settings.layout(), AS_OF, table, num_shards=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_INFERENCE__DEVICE": "cuda", "SOE_INFERENCE__THREADS": "1"}
-    result = CliRunner().invoke(app, ["encode", "--model", version, "--as-of", "2026-01-01T12:00Z", "--shard", "1"], env=env)
+    env = {
+        "SOE_DATA__ROOT": str(settings.data.root),
+        "SOE_INFERENCE__DEVICE": "cuda",
+        "SOE_INFERENCE__THREADS": "1",
+    }
+    result = CliRunner().invoke(
+        app, ["encode", "--model", version, "--as-of", "2026-01-01T12:00Z", "--shard", "1"], env=env
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout.strip().splitlines()[-1])
-    assert manifest["device"] == "cpu" and "CPU fallback" in manifest["device_reason"] and manifest["users"] == 60
+    assert (
+        manifest["device"] == "cpu"
+        and "CPU fallback" in manifest["device_reason"]
+        and manifest["users"] == 60
+    )
 
     env["SOE_INFERENCE__STRICT_DEVICE"] = "true"
-    strict = CliRunner().invoke(app, ["encode", "--model", version, "--as-of", "2026-01-01T12:00Z", "--shard", "1"], env=env)
+    strict = CliRunner().invoke(
+        app, ["encode", "--model", version, "--as-of", "2026-01-01T12:00Z", "--shard", "1"], env=env
+    )
     assert strict.exit_code == 2 and "no CUDA GPU" in strict.output

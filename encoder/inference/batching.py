@@ -24,7 +24,9 @@ class BatchPlan:
     tokens: int  # useful (non-padded) tokens
 
 
-def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_pad_ratio: float = 1.25, pad_slack: int = 4) -> list[BatchPlan]:
+def plan_batches(
+    lengths: np.ndarray, max_batch_tokens: int, max_pad_ratio: float = 1.25, pad_slack: int = 4
+) -> list[BatchPlan]:
     """Sort rows by length and cut them greedily into batches with ``rows * longest <= max_batch_tokens``.
 
     ``lengths`` are the (already truncated to max_len) event counts of the window's rows. A batch
@@ -46,7 +48,9 @@ def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_pad_ratio: floa
         similar = int(np.searchsorted(sorted_len, sorted_len[i] * max_pad_ratio + pad_slack, side="right"))
         j = max(i + 1, min(j, similar))
         rows = order[i:j]
-        plans.append(BatchPlan(rows=rows, padded_len=int(sorted_len[j - 1]), tokens=int(sorted_len[i:j].sum())))
+        plans.append(
+            BatchPlan(rows=rows, padded_len=int(sorted_len[j - 1]), tokens=int(sorted_len[i:j].sum()))
+        )
         i = j
     return plans
 

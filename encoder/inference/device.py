@@ -45,7 +45,9 @@ def free_memory_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def activation_bytes_per_token(d_model: int, n_heads: int, max_len: int, ff_mult: int = 4, bytes_per: int = 4) -> int:
+def activation_bytes_per_token(
+    d_model: int, n_heads: int, max_len: int, ff_mult: int = 4, bytes_per: int = 4
+) -> int:
     """A generous upper bound of the live activation bytes of one token in one layer's forward pass.
 
     Hidden states and their norms/residuals (~6 d), the q/k/v/out projections (4 d), the feed-forward
@@ -57,7 +59,11 @@ def activation_bytes_per_token(d_model: int, n_heads: int, max_len: int, ff_mult
 
 
 def batch_token_budget(
-    max_batch_tokens: int, device: torch.device, per_token_bytes: int, memory_fraction: float = 0.25, min_tokens: int = 256
+    max_batch_tokens: int,
+    device: torch.device,
+    per_token_bytes: int,
+    memory_fraction: float = 0.25,
+    min_tokens: int = 256,
 ) -> int:
     """Padded tokens per batch: the configured maximum, reduced so a batch fits in free memory."""
     if max_batch_tokens <= 0:

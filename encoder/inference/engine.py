@@ -17,8 +17,9 @@ On a GPU, featurisation runs in a loader thread (`loader.prefetch`) that stays `
 ahead of the device, so host work overlaps device work (numpy, pyarrow and torch release the GIL in
 their kernels). On the CPU, one worker thread per available core featurises and encodes whole
 batches with one intra-op thread each (see `BatchEncoder`); ``torch.compile`` is optional (off by
-default: measured in ``bench.inference``). `encode_all` runs every shard of a snapshot in one process and marks the
-snapshot complete; a cluster runs `encode_shard` once per shard instead (one GPU each).
+default: measured in ``bench.inference``). `encode_all` runs every shard of a snapshot in one
+process and marks the snapshot complete; a cluster runs `encode_shard` once per shard instead (one
+GPU each).
 """
 
 from __future__ import annotations
@@ -103,16 +104,27 @@ class BatchEncoder:
         self.amp_dtype = autocast_dtype(self.device, settings.gpu_dtype)
         per_token = activation_bytes_per_token(cfg.d_model, cfg.n_heads, cfg.max_len, cfg.mlp_ratio)
         self.max_batch_tokens = batch_token_budget(
-            settings.max_batch_tokens, self.device, per_token, settings.memory_fraction / self.workers, min_tokens=cfg.max_len
+            settings.max_batch_tokens,
+            self.device,
+            per_token,
+            settings.memory_fraction / self.workers,
+            min_tokens=cfg.max_len,
         )
         self.path = resolve_path(cfg, settings.path)  # the one switch between the inference paths
         self.forward: Callable = forward_for(model, self.path)
         if settings.compile:
             self.forward = torch.compile(self.forward, dynamic=True)
         log.info(
-            "encoder on %s: workers=%d threads=%d autocast=%s max_batch_tokens=%d path=%s attention=%s compile=%s",
-            self.device, self.workers, self.threads, self.amp_dtype, self.max_batch_tokens, self.path,
-            model.attention, settings.compile,
+            "encoder on %s: workers=%d threads=%d autocast=%s max_batch_tokens=%d path=%s attention=%s "
+            "compile=%s",
+            self.device,
+            self.workers,
+            self.threads,
+            self.amp_dtype,
+            self.max_batch_tokens,
+            self.path,
+            model.attention,
+            settings.compile,
         )
 
     @classmethod
@@ -180,7 +192,11 @@ class BatchEncoder:
             if self.choice.is_cuda:
                 torch.cuda.empty_cache()
             self.max_batch_tokens = max(self.cfg.max_len, self.max_batch_tokens // 2)
-            log.warning("out of memory on a batch of %d users: splitting it, token budget now %d", len(batch), self.max_batch_tokens)
+            log.warning(
+                "out of memory on a batch of %d users: splitting it, token budget now %d",
+                len(batch),
+                self.max_batch_tokens,
+            )
             half = len(batch) // 2
             first = self.encode_adaptive(batch.select(torch.arange(half)))
             return torch.cat([first, self.encode_adaptive(batch.select(torch.arange(half, len(batch))))])
@@ -201,7 +217,9 @@ class BatchEncoder:
         done, stats = [], EncodeStats()  # the current window's (rows, vectors) so far
         for kind, item, batch in items:
             if kind == "batch":
-                done.append((torch.as_tensor(item.rows, device=self.device), self.encode_adaptive(batch)))  # (B,), (B, D)
+                done.append(
+                    (torch.as_tensor(item.rows, device=self.device), self.encode_adaptive(batch))
+                )  # (B,), (B, D)
                 stats.add(EncodeStats.of(item))
                 if on_batch:
                     on_batch(len(item.rows))
@@ -287,7 +305,14 @@ def encode_with(
     finally:
         if bar is not None:
             bar.close()
-    log.info("encoded shard %d of %s at %s: %d users in %.1fs", shard, model_version, as_of, manifest["users"], seconds)
+    log.info(
+        "encoded shard %d of %s at %s: %d users in %.1fs",
+        shard,
+        model_version,
+        as_of,
+        manifest["users"],
+        seconds,
+    )
     return manifest
 
 
@@ -302,19 +327,28 @@ def encode_shard(
     source: Source = "active",
     progress: bool = False,
 ) -> dict:
-    """Encode one shard of (model, as_of) and publish ``embeddings/<model>/as_of=T/shard=i``; returns its manifest.
+    """Encode one shard of (model, as_of); publish ``embeddings/<model>/as_of=T/shard=i``; its manifest.
 
     ``source="active"``: the pipeline's hourly active-user shard i. ``source="state"``: part i of
     ``num_shards`` of the full state snapshot (backfill of a new model). Idempotent: a rerun replaces
     the shard with the same vectors; a crash publishes nothing.
     """
     encoder = BatchEncoder.load(layout, inference, model_version)
-    return encode_with(encoder, layout, model_version, as_of, shard, num_shards=num_shards, source=source, progress=progress)
+    return encode_with(
+        encoder, layout, model_version, as_of, shard, num_shards=num_shards, source=source, progress=progress
+    )
 
 
 def encode_all(
-    layout: Layout, inference: InferenceSettings, model_version: str, as_of: datetime, *, source: Source = "active",
-    num_shards: int | None = None, progress: bool = False, resume: bool = False,
+    layout: Layout,
+    inference: InferenceSettings,
+    model_version: str,
+    as_of: datetime,
+    *,
+    source: Source = "active",
+    num_shards: int | None = None,
+    progress: bool = False,
+    resume: bool = False,
 ) -> list[dict]:
     """Every shard of (model, as_of) in this process (model loaded once), then the snapshot marker.
 
@@ -327,11 +361,19 @@ def encode_all(
     manifests = []
     for i in range(n):
         done = _published_manifest(layout, model_version, as_of, i) if resume else None
-        if done is not None and done.get("source", {}).get("source") == source and done["source"].get("num_shards") == n:
+        if (
+            done is not None
+            and done.get("source", {}).get("source") == source
+            and done["source"].get("num_shards") == n
+        ):
             log.info("shard %d of %s at %s already published: kept (resume)", i, model_version, as_of)
             manifests.append(done)
             continue
-        manifests.append(encode_with(encoder, layout, model_version, as_of, i, num_shards=n, source=source, progress=progress))
+        manifests.append(
+            encode_with(
+                encoder, layout, model_version, as_of, i, num_shards=n, source=source, progress=progress
+            )
+        )
     mark_snapshot(layout, model_version, as_of, n)
     return manifests
 

@@ -26,7 +26,9 @@ def last_block_newest(block: Block, x: torch.Tensor, mask: torch.Tensor) -> torc
     h = block.ln1(x)  # (B, T, D)
     w, b = block.attn.qkv.weight, block.attn.qkv.bias  # (3D, D), (3D,)
     q = F.linear(h[:, -1:], w[:D], None if b is None else b[:D])  # (B, 1, D) newest query only
-    k, v = F.linear(h, w[D:], None if b is None else b[D:]).split(D, dim=2)  # 2 x (B, T, D) every key and value
+    k, v = F.linear(h, w[D:], None if b is None else b[D:]).split(
+        D, dim=2
+    )  # 2 x (B, T, D) every key and value
     heads = block.attn.heads
     y = block.attn.attend(heads(q), heads(k), heads(v), mask[:, :, -1:, :])  # (B, 1, D) projected
     out = x[:, -1:] + y  # (B, 1, D)
@@ -37,7 +39,9 @@ def last_block_newest(block: Block, x: torch.Tensor, mask: torch.Tensor) -> torc
 def forward_newest(model: UserEncoder, batch) -> torch.Tensor:
     """(B, D) L2-normalised user vectors, equal to ``model(batch)`` (eval mode) with less work."""
     if model.cfg.pooling != "last":
-        raise ValueError(f"the newest-only path needs pooling='last', the model has pooling={model.cfg.pooling!r}")
+        raise ValueError(
+            f"the newest-only path needs pooling='last', the model has pooling={model.cfg.pooling!r}"
+        )
     mask = attention_mask(batch.valid)[:, None]  # (B, 1, T, T)
     x = model.token_embedding(batch)  # (B, T, D)
     for block in model.blocks[:-1]:

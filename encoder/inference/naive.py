@@ -3,10 +3,11 @@
 `NaiveEncoder` is what one writes first: the model's token embedding, then PyTorch's eager
 ``nn.TransformerEncoder`` in fp32; `naive_encode` pads every batch to N = ``max_len`` whatever its
 users' lengths, fixed-size batches in file order, no bucketing. The engine can also run it as
-``inference.path=naive`` (see `encoder.inference.paths`), on its own length-bucketed batches. It runs the *same weights* as the model
-(the q/k/v, projection, MLP and norms of each `encoder.model.Block` are copied into the matching
-``nn.TransformerEncoderLayer``), so on the same sequences its vectors equal the engine's (a test
-checks it) and the benchmark compares like with like.
+``inference.path=naive`` (see `encoder.inference.paths`), on its own length-bucketed batches. It
+runs the *same weights* as the model (the q/k/v, projection, MLP and norms of each
+`encoder.model.Block` are copied into the matching ``nn.TransformerEncoderLayer``), so on the same
+sequences its vectors equal the engine's (a test checks it) and the benchmark compares like with
+like.
 
 `model_flops` counts the useful work of one user with L real events (padding excluded): per layer
 ``(8 + 4 r) d^2`` multiply-adds x2 per token for q/k/v, projection and the r-times-wide MLP, plus
@@ -30,7 +31,9 @@ from encoder.inference.batching import padded_fixed_batches
 from encoder.model import UserEncoder
 
 
-def model_flops(lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int = 4, path: str = "full") -> float:
+def model_flops(
+    lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int = 4, path: str = "full"
+) -> float:
     """Useful FLOPs to encode users with these (non-padded) lengths.
 
     ``path="newest_only"``: the FLOPs the user vector actually needs (`encoder.inference.fastpath`): the
@@ -42,7 +45,9 @@ def model_flops(lengths: np.ndarray, d_model: int, n_layers: int, mlp_ratio: int
     per_layer = (8 + 4 * mlp_ratio) * d * d * L + 2 * d * L * (L + 1)  # (U,)
     if path != "newest_only":  # full and naive compute every position of every block
         return float((n_layers * per_layer + 2 * d * d).sum())
-    last = 4 * d * d * L + (4 + 4 * mlp_ratio) * d * d + 4 * d * L  # kv at every position; the newest's q, proj, MLP, attention
+    last = (
+        4 * d * d * L + (4 + 4 * mlp_ratio) * d * d + 4 * d * L
+    )  # kv at every position; the newest's q, proj, MLP, attention
     return float(((n_layers - 1) * per_layer + last + 2 * d * d).sum())
 
 
@@ -79,8 +84,12 @@ class NaiveEncoder(nn.Module):
         # shift each row left by its padding (positions are already relative to the oldest event).
         idx = (torch.arange(T, device=x.device)[None, :] + pad[:, None]) % T  # (B, T)
         x = torch.gather(x, 1, idx[..., None].expand_as(x))  # (B, T, D) right-padded
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T) True = a future key, masked
-        key_padding = torch.arange(T, device=x.device)[None, :] >= batch.lengths[:, None]  # (B, T) True = padding
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(
+            1
+        )  # (T, T) True = a future key, masked
+        key_padding = (
+            torch.arange(T, device=x.device)[None, :] >= batch.lengths[:, None]
+        )  # (B, T) True = padding
         h = self.encoder(x, mask=causal, src_key_padding_mask=key_padding, is_causal=True)  # (B, T, D)
         h = self.model.ln_f(h[torch.arange(B, device=x.device), batch.lengths - 1])  # (B, D) newest event
         return self.model.user_head(h, batch.hour, batch.weekday)  # (B, D) unit vectors

@@ -39,8 +39,10 @@ def resolve_path(cfg: ModelConfig, requested: InferencePath = "auto") -> Inferen
     if requested == "auto":
         return "newest_only" if cfg.pooling == "last" else "full"
     if requested in ("newest_only", "naive") and cfg.pooling != "last":
-        raise ValueError(f"inference.path={requested} needs pooling='last'; this model has pooling={cfg.pooling!r} "
-                         "(use path=full or auto)")
+        raise ValueError(
+            f"inference.path={requested} needs pooling='last'; this model has pooling={cfg.pooling!r} "
+            "(use path=full or auto)"
+        )
     return requested
 
 

@@ -149,13 +149,19 @@ class StateSequenceSource(ParquetSequenceSource):
 
 def _published(path: Path, what: str) -> dict:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} {path} does not exist: run the sequence pipeline for this as_of first")
+        raise FileNotFoundError(
+            f"{what} {path} does not exist: run the sequence pipeline for this as_of first"
+        )
     if not is_complete(path):
-        raise FileNotFoundError(f"{what} {path} is not published (no _SUCCESS marker): its writer has not finished")
+        raise FileNotFoundError(
+            f"{what} {path} is not published (no _SUCCESS marker): its writer has not finished"
+        )
     return read_marker(path)
 
 
-def active_source(layout: Layout, as_of: datetime, shard: int, num_shards: int | None = None) -> SequenceSource:
+def active_source(
+    layout: Layout, as_of: datetime, shard: int, num_shards: int | None = None
+) -> SequenceSource:
     """Worker ``shard`` of the hourly active-user shards published by the pipeline."""
     root = layout.active(as_of)
     manifest = _published(root, "active-user snapshot")
@@ -164,9 +170,13 @@ def active_source(layout: Layout, as_of: datetime, shard: int, num_shards: int |
         published = len(list(root.glob("shard=*.parquet")))
     published = int(published)
     if num_shards is not None and num_shards != published:
-        raise ValueError(f"--num-shards {num_shards} does not match the {published} shard(s) published in {root}")
+        raise ValueError(
+            f"--num-shards {num_shards} does not match the {published} shard(s) published in {root}"
+        )
     if not 0 <= shard < published:
-        raise ValueError(f"shard {shard} is out of range: {root} has {published} shard(s) (0..{published - 1})")
+        raise ValueError(
+            f"shard {shard} is out of range: {root} has {published} shard(s) (0..{published - 1})"
+        )
     path = layout.active_shard(as_of, shard)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing although {root} is published with {published} shard(s)")
@@ -196,7 +206,13 @@ def state_source(
 
 
 def open_source(
-    layout: Layout, as_of: datetime, shard: int, *, num_shards: int | None = None, source: str = "active", split: str = "auto"
+    layout: Layout,
+    as_of: datetime,
+    shard: int,
+    *,
+    num_shards: int | None = None,
+    source: str = "active",
+    split: str = "auto",
 ) -> SequenceSource:
     """The sequences of one worker: ``source`` is ``active`` (hourly) or ``state`` (backfill)."""
     if source == "active":

@@ -1,4 +1,5 @@
-"""Random SEQUENCE-contract tables (and snapshots laid out as the pipeline publishes them), with a realistic, heavy-tailed length distribution (tests, benchmarks).
+"""Random SEQUENCE-contract tables (and snapshots laid out as the pipeline publishes them), with a
+realistic, heavy-tailed length distribution (tests, benchmarks).
 
 Activity in feeds and ads is heavy-tailed: most users have a handful of events, a few have
 hundreds. `heavy_tailed_lengths` draws log-normal event counts (median ``median``, log-sd ``sigma``)
@@ -24,7 +25,9 @@ from encoder.data import epoch_ms
 EVENT_TYPES = ("impression", "click", "conversion", "view", "search")
 
 
-def heavy_tailed_lengths(n_users: int, max_len: int = 200, *, median: float = 8.0, sigma: float = 1.5, seed: int = 0) -> np.ndarray:
+def heavy_tailed_lengths(
+    n_users: int, max_len: int = 200, *, median: float = 8.0, sigma: float = 1.5, seed: int = 0
+) -> np.ndarray:
     """(n_users,) int32 event counts: log-normal, clipped to [1, max_len]."""
     rng = np.random.default_rng(seed)
     raw = np.exp(rng.normal(np.log(median), sigma, size=n_users))
@@ -51,7 +54,9 @@ def random_sequences(
         "as_of": pa.array(np.full(n, end_ms, dtype="datetime64[ms]"), TS),
         "n_events": pa.array(lengths.astype(np.int32)),
         "ts": _lists(offsets, ts.astype("datetime64[ms]"), TS),
-        "event_type": _lists(offsets, np.array(EVENT_TYPES)[rng.integers(0, len(EVENT_TYPES), total)], pa.string()),
+        "event_type": _lists(
+            offsets, np.array(EVENT_TYPES)[rng.integers(0, len(EVENT_TYPES), total)], pa.string()
+        ),
         "item_id": _lists(offsets, rng.zipf(1.3, total) % n_items, pa.int64()),
     }
     for i, name in enumerate(ATTRIBUTE_COLUMNS):
@@ -63,7 +68,7 @@ AS_OF = utc(datetime(2026, 1, 1, 12))  # a fixed hour-aligned as_of, so generate
 
 
 def write_active_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_shards: int) -> list[int]:
-    """Publish ``table`` as the pipeline would: ``active/as_of=T/shard=i.parquet`` + manifest; returns sizes."""
+    """Publish ``table`` as the pipeline does: ``active/as_of=T/shard=i.parquet`` + manifest; return sizes."""
     bounds = np.linspace(0, table.num_rows, num_shards + 1).astype(int)
     with publish_dir(layout.active(as_of), {"num_shards": num_shards}) as tmp:
         for i in range(num_shards):
@@ -83,13 +88,23 @@ def write_state_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_f
         bounds = np.linspace(0, table.num_rows, num_files + 1).astype(int)
         (tmp / layer_name(base_t)).mkdir()
         for i in range(num_files):
-            pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), tmp / layer_name(base_t) / f"part-{i:05d}.parquet")
+            pq.write_table(
+                table.slice(bounds[i], bounds[i + 1] - bounds[i]),
+                tmp / layer_name(base_t) / f"part-{i:05d}.parquet",
+            )
         layers.append(Layer(layer_name(base_t), BASE, base_t, table.num_rows))
         for k, delta in enumerate(deltas, start=1):
             t = base_t + timedelta(hours=k)
             (tmp / layer_name(t)).mkdir()
             pq.write_table(delta, tmp / layer_name(t) / "shard=00000.parquet")
             layers.append(Layer(layer_name(t), DELTA, t, delta.num_rows))
-        users = pa.concat_tables([table.select(["user_id"]), *[d.select(["user_id"]) for d in deltas]], promote_options="permissive")
-        manifest.update(as_of=utc(as_of).isoformat(), layout=LAYOUT, layers=[layer.to_json() for layer in layers],
-                        state_users=len(set(users["user_id"].to_pylist())))
+        users = pa.concat_tables(
+            [table.select(["user_id"]), *[d.select(["user_id"]) for d in deltas]],
+            promote_options="permissive",
+        )
+        manifest.update(
+            as_of=utc(as_of).isoformat(),
+            layout=LAYOUT,
+            layers=[layer.to_json() for layer in layers],
+            state_users=len(set(users["user_id"].to_pylist())),
+        )

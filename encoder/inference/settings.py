@@ -9,7 +9,7 @@ from encoder.settings import DeviceName, GpuDtype
 
 StateSplit = Literal["auto", "files", "hash"]  # how source=state splits a snapshot over workers
 InferencePath = Literal["auto", "newest_only", "full", "naive"]  # see encoder.inference.fastpath
-Source = Literal["active", "state"]  # what a worker encodes: the hour's active users, or every user (backfill)
+Source = Literal["active", "state"]  # what a worker encodes: the hour's active users, or all users (backfill)
 
 
 class InferenceSettings(Section):
@@ -23,8 +23,10 @@ class InferenceSettings(Section):
     loader_workers: int = 1  # stream schedule (GPU): threads featurising a window's batches in parallel
     cpu_workers: int = 0  # CPU: batches encoded in parallel, 1 thread each; 0 = one per available core
     threads: int = 0  # CPU intra-op threads when cpu_workers=1; 0 = the cores this process may run on
-    path: InferencePath = "auto"  # forward: "newest_only" last block, "full" model.forward, "naive" nn.TransformerEncoder;
-    # "auto" = newest_only when pooling="last", else full
+    # the forward: "newest_only" (last block at the newest position), "full" (model.forward), "naive"
+    # (nn.TransformerEncoder); "auto" = newest_only when pooling="last", else full
+    path: InferencePath = "auto"
     compile: bool = False  # torch.compile the model (CPU and GPU); measured in bench.inference
-    gpu_dtype: GpuDtype = "auto"  # autocast dtype on GPU: "auto" (bf16 when supported, else fp16), "bf16", "fp16", "fp32"
-    state_split: StateSplit = "auto"  # source=state: "hash" (user_id hash), "files" (file i::n), "auto" (files when enough)
+    gpu_dtype: GpuDtype = "auto"  # autocast dtype on GPU: "auto" (bf16 when supported, else fp16), "bf16"...
+    # source=state: "hash" (of user_id), "files" (file i::n), "auto" (files when >= as many files as workers)
+    state_split: StateSplit = "auto"

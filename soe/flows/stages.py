@@ -64,8 +64,8 @@ def encode_shard(settings, model: str, as_of: datetime, shard: int, num_shards: 
                  source: str = "active") -> dict[str, Any]:
     from encoder.inference.engine import encode_shard as run
 
-    return dict(run(settings.layout(), settings.inference, model, utc(as_of), int(shard), num_shards=num_shards,
-                    source=source))
+    return dict(run(settings.layout(), settings.inference, model, utc(as_of), int(shard),
+                    num_shards=num_shards, source=source))
 
 
 def mark_embeddings(settings, model: str, as_of: datetime, num_shards: int) -> dict[str, Any]:
@@ -202,8 +202,8 @@ def build_trainset(settings, kind: str, split_time: datetime, window_hours: int,
 def train_model(settings, trainset: Path) -> str:
     from encoder.train import train_model as run
 
-    return str(run(settings.layout(), settings.train, settings.events, str(trainset), max_len=settings.sequences.max_len,
-                   show_progress=False))
+    return str(run(settings.layout(), settings.train, settings.events, str(trainset),
+                   max_len=settings.sequences.max_len, show_progress=False))
 
 
 def evaluate_model(settings, model: str, trainset: Path) -> dict[str, Any]:
