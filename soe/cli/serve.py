@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,9 +17,9 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def serve_cmd(
         ctx: typer.Context,
-        host: Optional[str] = typer.Option(None, help="Bind address (default: serve.host)."),
-        port: Optional[int] = typer.Option(None, help="Port (default: serve.port)."),
-        openapi: Optional[Path] = typer.Option(None, help="Write the OpenAPI spec to this file and exit."),
+        host: str | None = typer.Option(None, help="Bind address (default: serve.host)."),
+        port: int | None = typer.Option(None, help="Port (default: serve.port)."),
+        openapi: Path | None = typer.Option(None, help="Write the OpenAPI spec to this file and exit."),
     ) -> None:
         """Run the query service: vectors, neighbours, lookalike, candidates, /ready, /metrics."""
         from store.service.app import create_app, openapi_spec
@@ -30,6 +29,7 @@ def register(app: typer.Typer) -> None:
             openapi.write_text(json.dumps(openapi_spec(s.serve, s.graph), indent=2, sort_keys=True) + "\n")
             typer.echo(f"wrote {openapi}")
             return
-        import uvicorn
+        from store.service.server import make_server
 
-        uvicorn.run(create_app(s.serve, s.graph, s.redis, s.layout()), host=host or s.serve.host, port=port or s.serve.port, log_level="info")
+        # uvicorn with read timeouts on headers (serve.header_timeout_s) and bodies (serve.body_timeout_s)
+        make_server(create_app(s.serve, s.graph, s.redis, s.layout()), s.serve, host=host, port=port).run()

@@ -13,7 +13,10 @@
 
 Every bad request is a 4xx with a readable ``detail``: malformed JSON, wrong types and oversized lists
 are rejected by the schema (422), bodies over ``serve.max_body_bytes`` with 413 before parsing,
-unknown users with 404. A missing dependency (no graph yet, Redis down) is a 503, never a 500.
+unknown users with 404; a body that does not arrive within ``serve.body_timeout_s`` is a 408 and a
+closed connection (store.service.server, which also times out slow headers). Every response's
+``model_version`` is the model whose records it holds: the model is resolved once per request.
+A missing dependency (no graph yet, Redis down) is a 503, never a 500.
 Handlers are plain ``def``: FastAPI runs them in its thread pool, so a lookalike over 1M users does
 not block the event loop.
 """
@@ -45,6 +48,7 @@ from store.service.schemas import (
     VectorsResponse,
     request_models,
 )
+from store.service.server import BodyReadTimeout
 from store.service.settings import ServeSettings
 from store.service.state import NotReady, ServiceState
 from store.settings import RedisSettings
@@ -105,6 +109,10 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
         metrics["requests"].labels(route, request.method, str(response.status_code)).inc()
         metrics["latency"].labels(route).observe(time.perf_counter() - t0)
         return response
+
+    # outermost of the app's middleware: a body that does not arrive in time is a 408 and a closed
+    # connection (store.service.server; the header timeout is the server's protocol)
+    app.add_middleware(BodyReadTimeout, timeout_s=serve.body_timeout_s)
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, exc: NotReady):
@@ -174,11 +182,12 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
     @app.get("/v1/users/{user_id}/neighbours", response_model=NeighboursResponse, responses=ERRORS,
              tags=["graph"])
     def neighbours(user_id: UserPath, k: Annotated[int, Query(ge=1, le=serve.max_k)] = gcfg.k):
-        (found,) = state.neighbours().neighbours([user_id])
+        source, model = state.neighbours()  # the model is resolved once: the label is the lists' model
+        (found,) = source.neighbours([user_id])
         if found is None:
-            raise LookupError(f"user {user_id} has no neighbour list in model {state.model()!r}")
+            raise LookupError(f"user {user_id} has no neighbour list in model {model!r}")
         ids, scores = found
-        return NeighboursResponse(user_id=user_id, model_version=state.model(),
+        return NeighboursResponse(user_id=user_id, model_version=model,
                                   neighbours=[Neighbour(user_id=int(i), score=float(s))
                                               for i, s in zip(ids[:k], scores[:k])])
 
@@ -187,8 +196,9 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
     def candidates(user_id: UserPath, k: Annotated[int, Query(ge=1, le=serve.max_k)] = 50):
         from store.graph.candidates import candidates as score_candidates
 
-        items, scores = score_candidates(user_id, k, state.neighbours(), state.positives())
-        return CandidatesResponse(user_id=user_id, model_version=state.model(),
+        source, model = state.neighbours()
+        items, scores = score_candidates(user_id, k, source, state.positives())
+        return CandidatesResponse(user_id=user_id, model_version=model,
                                   candidates=[Candidate(item_id=int(i), score=float(s))
                                               for i, s in zip(items, scores)])
 

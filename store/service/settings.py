@@ -18,3 +18,9 @@ class ServeSettings(Section):
     max_audience: int = 100_000  # largest lookalike audience returned over HTTP
     max_body_bytes: int = 4_000_000  # larger request bodies get 413 before parsing
     graph_reload_s: float = 60.0  # how often to look for a newer graph snapshot on disk
+    # slow clients (store.service.server): a request's headers must arrive within header_timeout_s of its
+    # first byte, its body within body_timeout_s of its start, else the connection is closed (0 = no limit)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 20.0
+    keep_alive_s: int = 5  # an idle connection between requests is closed after this
+    http: Literal["auto", "h11", "httptools"] = "auto"  # uvicorn's HTTP parser (auto: httptools if installed)

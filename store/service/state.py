@@ -1,7 +1,10 @@
 """What the query service reads, behind small interfaces so each part can be swapped and tested.
 
 * the **model**: ``serve.model_version``, else the Redis current-model pointer, else the model of
-  the newest graph on disk;
+  the newest graph on disk. A request resolves it **once** and reads that model's records, and its
+  response carries that model as its label (`vectors` and `neighbours` return the model they read),
+  so a pointer switch during a request can never label one model's vectors with the other's name.
+  A pointer that holds no valid model version is "not ready" (503), never a key or a path;
 * **vectors**: the store's `LookupClient` pinned to that model (``serve.vector_source=redis``; the
   store is `store.backends.open_store(redis)`, so ``redis.mode: memory`` serves an in-process store), or
   the graph snapshot (``graph``; for offline use without Redis);
@@ -64,11 +67,11 @@ class ServiceState:
         self._graph: LoadedGraph | None = None
         self._checked = -1e9
         self._lock = threading.Lock()
-        self._lookup: LookupClient | None = None
-        self._lookup_model: str | None = None
         self._store: VectorStore | None = None
         self._pointer: tuple[float, str | None] = (-1e9, None)
-        self._sources: dict[str, NeighbourSource] = {}
+        self._per_model_lock = threading.Lock()
+        self._clients: dict[str, LookupClient] = {}  # per model: a lookup client pinned to it
+        self._sources: dict[str, NeighbourSource] = {}  # per model: its neighbour lists in the store
         self._positives: StorePositives | None = None
 
     def store(self) -> VectorStore:
@@ -79,12 +82,16 @@ class ServiceState:
 
     # -- model and graph ----------------------------------------------------------------------
     def model(self) -> str:
+        """The model to serve now (a request calls this once and uses the answer throughout)."""
         if self.serve.model_version:
             return self.serve.model_version
         now = time.monotonic()
         fetched, model = self._pointer
         if model is None or now - fetched >= self.redis.pointer_ttl_s:
-            model = self.store().current() if self.serve.vector_source == "redis" else None
+            try:
+                model = self.store().current() if self.serve.vector_source == "redis" else None
+            except ValueError as exc:  # the pointer holds junk: nothing is built from it
+                raise NotReady(str(exc)) from None
             if model is None:
                 snap = latest_any_model(self.layout)
                 if snap is None:
@@ -108,35 +115,41 @@ class ServiceState:
             return self._graph
 
     # -- vectors / neighbours / positives -----------------------------------------------------
-    def _client(self) -> tuple[LookupClient, str]:
-        """The lookup client pinned to the served model, and that model."""
-        model = self.model()
-        if self._lookup is None or self._lookup_model != model:
-            self._lookup = LookupClient(self.redis, model=model, store=self.store())
-            self._lookup_model = model
-        return self._lookup, model
+    def _per_model(self, cache: dict, model: str, make: Any) -> Any:
+        """``cache[model]``, made on first use; a few models at most (the pointer moves between two)."""
+        with self._per_model_lock:
+            item = cache.get(model)
+            if item is None:
+                if len(cache) >= 8:
+                    cache.clear()
+                item = cache[model] = make()
+            return item
 
     def vectors(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        """(vectors (n, d) float32, found (n,) bool, model)."""
+        """(vectors (n, d) float32, found (n,) bool, model): the model is resolved once, and the
+        vectors are that model's."""
         if self.serve.vector_source == "graph":
             g = self.graph()
             pos = g.uv.positions(user_ids)
             vecs = np.where((pos >= 0)[:, None], g.uv.vectors[np.maximum(pos, 0)], 0.0).astype(np.float32)
             return vecs, pos >= 0, g.snap.model_version
-        client, model = self._client()
+        model = self.model()
+        client = self._per_model(self._clients, model,
+                                 lambda: LookupClient(self.redis, model=model, store=self.store()))
         try:
             vecs, found = client.get(user_ids)
         except LookupError:  # the model namespace is not in the store: nobody is found
             return np.zeros((len(user_ids), 0), np.float32), np.zeros(len(user_ids), bool), model
         return vecs, found, model
 
-    def neighbours(self) -> NeighbourSource:
+    def neighbours(self) -> tuple[NeighbourSource, str]:
+        """The served model's neighbour lists and that model (resolved once, as for `vectors`)."""
         if self.serve.vector_source == "graph":
-            return self.graph().neighbour_source()
+            g = self.graph()
+            return g.neighbour_source(), g.snap.model_version
         model = self.model()
-        if model not in self._sources:
-            self._sources[model] = StoreNeighbours(self.redis, model, store=self.store())
-        return self._sources[model]
+        return self._per_model(self._sources, model,
+                               lambda: StoreNeighbours(self.redis, model, store=self.store())), model
 
     def positives(self) -> StorePositives:
         """Recent positives, aged at the served graph's as_of (data time, not the wall clock)."""
