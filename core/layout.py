@@ -145,6 +145,10 @@ class Layout:
     def graph(self, model_version: str, as_of: datetime) -> Path:
         return self.model_graphs(model_version) / f"as_of={stamp(as_of)}"
 
+    def rejected(self, model_version: str, as_of: datetime) -> Path:
+        """Where a rejected generation's outputs are moved (kept for inspection, never read by a stage)."""
+        return Path(self.root) / "rejected" / check_name("model version", model_version) / f"as_of={stamp(as_of)}"
+
     def manifest(self, dag: str, as_of: datetime) -> Path:
         return Path(self.root) / "manifests" / check_name("run name", dag) / f"as_of={stamp(as_of)}.json"
 

@@ -1,6 +1,8 @@
-"""The backfill DAG of a new model (triggered by soe_training, or by hand with conf {"model": ...}).
+"""The backfill DAG of a new model: scheduled on the asset ``soe://models/promoted`` (an event from
+soe_training's ``promote``, the version in its extra), or triggered by hand with conf {"model": ...}.
 
-    plan -> encode[shard] (state source, encoder pool/queue) -> publish[shard] -> graph -> validate -> switch
+    plan -> encode[shard] (state source, encoder pool/queue) -> validate -> graph -> publish[shard]
+      -> publish_graph -> switch
 
 Wiring only; every task body is in soe.flows.tasks. The pointer switch is the last task: any
 failure before it leaves the old model serving.
@@ -8,11 +10,9 @@ failure before it leaves the old model serving.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from airflow.sdk import Param, dag, task
 
-from soe.flows.dag_support import dag_shape, run_task
+from soe.flows.dag_support import dag_shape, promoted_model_asset, run_task
 
 DAG_ID = "soe_backfill"
 shape = dag_shape()
@@ -21,13 +21,13 @@ o = shape.orchestration
 
 @dag(
     dag_id=DAG_ID,
-    schedule=None,
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    schedule=[promoted_model_asset()],
+    start_date=shape.start_date,
     catchup=False,
     max_active_runs=1,
     default_args=shape.default_args(DAG_ID),
     params={
-        "model": Param(None, type=["null", "string"], description="the model version to backfill and switch to"),
+        "model": Param(None, type=["null", "string"], description="the model version to backfill and switch to (default: the triggering asset event's)"),
         "as_of": Param(None, type=["null", "string"], description="use the newest state at or before this time"),
     },
     tags=["soe"],
@@ -43,26 +43,31 @@ def soe_backfill():
         return run_task("encode_backfill", job)
 
     @task
-    def publish(encoded: dict) -> dict:
-        return run_task("publish_backfill", encoded)
-
-    @task
-    def graph(jobs: list, published: list) -> dict:
-        return run_task("graph_backfill", jobs)
-
-    @task
-    def validate(jobs: list, graphed: dict) -> dict:
+    def validate(jobs: list, encoded: list) -> dict:
         return run_task("validate_backfill", jobs)
 
     @task
-    def switch(jobs: list, encoded: list, published: list, graphed: dict, validated: dict) -> dict:
-        return run_task("switch", jobs, encoded, [*published, graphed, validated])
+    def graph(jobs: list, validated: dict) -> dict:
+        return run_task("graph_backfill", jobs)
+
+    @task
+    def publish(job: dict, graphed: dict) -> dict:
+        return run_task("publish_backfill", job)
+
+    @task
+    def publish_graph(jobs: list, published: list) -> dict:
+        return run_task("publish_graph_backfill", jobs)
+
+    @task
+    def switch(jobs: list, encoded: list, validated: dict, graphed: dict, published: list, lists: dict) -> dict:
+        return run_task("switch", jobs, encoded, [validated, graphed, *published, lists])
 
     jobs = plan()
     encoded = encode.expand(job=jobs)
-    published = publish.expand(encoded=encoded)
-    graphed = graph(jobs, published)
-    switch(jobs, encoded, published, graphed, validate(jobs, graphed))
+    validated = validate(jobs, encoded)
+    graphed = graph(jobs, validated)
+    published = publish.partial(graphed=graphed).expand(job=jobs)
+    switch(jobs, encoded, validated, graphed, published, publish_graph(jobs, published))
 
 
 soe_backfill()

@@ -1,17 +1,19 @@
 """The hourly refresh DAG: wiring only; every task body is a function in soe.flows.tasks.
 
-    wait_for_events -> choose_launcher -> sequences_local | sequences_submit -> plan
-      -> encode[shard] (dynamic task mapping, encoder pool/queue) -> publish[shard]
-      -> graph -> validate -> record -> retention
+    wait_for_events -> choose_launcher -> sequences_local | sequences_submit -> reconcile -> plan
+      -> encode[shard] (dynamic task mapping, encoder pool/queue) -> validate -> graph
+      -> publish[shard] -> publish_graph -> record -> retention
+
+Validate, then publish: the vectors (coverage, norms, drift) and the graph (recall) are judged on disk
+before anything reaches the store; a rejected hour fails at once, without retries, and publishes nothing.
 
 The data interval is [start, end) of the cron timetable and ``as_of = end``. Retries with
 exponential backoff and the failure alert come from `default_args`; the shape (schedule, pools,
-max_active_runs) is read when the file is parsed, everything else when a task runs.
+max_active_runs, catchup, start/end date) is read when the file is parsed, everything else when a
+task runs.
 """
 
 from __future__ import annotations
-
-from datetime import datetime, timezone
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
@@ -27,7 +29,8 @@ o = shape.orchestration
 @dag(
     dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable(o.schedule, timezone="UTC"),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=shape.start_date,
+    end_date=shape.end_date,
     catchup=o.catchup,
     max_active_runs=o.max_active_runs,
     default_args=shape.default_args(DAG_ID),
@@ -61,7 +64,11 @@ def soe_hourly():
     )
 
     @task(trigger_rule="none_failed_min_one_success")
-    def plan() -> list[dict]:
+    def reconcile() -> dict:
+        return run_task("reconcile")
+
+    @task
+    def plan(repaired: dict) -> list[dict]:
         return run_task("plan_hour")
 
     @task(pool=o.encode_pool, queue=o.encode_queue)
@@ -69,20 +76,25 @@ def soe_hourly():
         return run_task("encode_hour", job)
 
     @task
-    def publish(encoded: dict) -> dict:
-        return run_task("publish_hour", encoded)
-
-    @task
-    def graph(jobs: list, published: list) -> dict:
-        return run_task("graph_hour", jobs)
-
-    @task
-    def validate(jobs: list, graphed: dict) -> dict:
+    def validate(jobs: list, encoded: list) -> dict:
         return run_task("validate_hour", jobs)
 
     @task
-    def record(jobs: list, encoded: list, published: list, graphed: dict, validated: dict) -> str:
-        return run_task("record_hour", jobs, [*encoded, *published, graphed, validated])
+    def graph(jobs: list, validated: dict) -> dict:
+        return run_task("graph_hour", jobs)
+
+    @task
+    def publish(job: dict, graphed: dict) -> dict:
+        return run_task("publish_hour", job)
+
+    @task
+    def publish_graph(jobs: list, published: list) -> dict:
+        return run_task("publish_graph_hour", jobs)
+
+    @task
+    def record(repaired: dict, encoded: list, validated: dict, graphed: dict, published: list, lists: dict,
+               jobs: list) -> str:
+        return run_task("record_hour", jobs, [repaired, *encoded, validated, graphed, *published, lists])
 
     @task
     def retention(recorded: str) -> dict:
@@ -92,13 +104,15 @@ def soe_hourly():
     wait_for_events() >> launcher
     local = sequences_local()
     launcher >> [local, sequences_submit]
-    jobs = plan()
-    [local, sequences_submit] >> jobs
+    repaired = reconcile()
+    [local, sequences_submit] >> repaired
+    jobs = plan(repaired)
     encoded = encode.expand(job=jobs)
-    published = publish.expand(encoded=encoded)
-    graphed = graph(jobs, published)
-    validated = validate(jobs, graphed)
-    retention(record(jobs, encoded, published, graphed, validated))
+    validated = validate(jobs, encoded)
+    graphed = graph(jobs, validated)
+    published = publish.partial(graphed=graphed).expand(job=jobs)
+    lists = publish_graph(jobs, published)
+    retention(record(repaired, encoded, validated, graphed, published, lists, jobs))
 
 
 soe_hourly()

@@ -33,10 +33,14 @@ for dag_id, dag in bag.dags.items():
         tasks[t.task_id] = {"mapped": bool(getattr(t, "is_mapped", False)), "retries": t.retries,
                             "backoff": bool(t.retry_exponential_backoff), "pool": t.pool, "queue": t.queue,
                             "upstream": sorted(t.upstream_task_ids), "type": type(t).__name__,
-                            "callback": bool(t.on_failure_callback)}
+                            "callback": bool(t.on_failure_callback),
+                            "outlets": [getattr(a, "uri", None) for a in t.outlets]}
     tt = dag.timetable
     out["dags"][dag_id] = {"max_active_runs": dag.max_active_runs, "tasks": tasks, "timetable": type(tt).__name__,
-                           "catchup": dag.catchup}
+                           "catchup": dag.catchup, "start_date": dag.start_date.isoformat(),
+                           "end_date": dag.end_date and dag.end_date.isoformat(),
+                           "schedule_assets": sorted(a.uri for a in getattr(tt.asset_condition, "objects", ()))
+                           if getattr(tt, "asset_condition", None) is not None else []}
 sub = bag.dags["soe_hourly"].task_dict["sequences_submit"]
 out["submit"] = {"application": sub.application, "args": sub.application_args}
 print(json.dumps(out))
@@ -48,7 +52,9 @@ def dagbag(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow-dagbag")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SOE_"))}
     env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
-               SOE_ORCHESTRATION__RETRIES="3", SOE_ORCHESTRATION__MAX_ACTIVE_RUNS="1", SOE_DATA__ROOT=str(home / "no-such-root"))
+               SOE_ORCHESTRATION__RETRIES="3", SOE_ORCHESTRATION__MAX_ACTIVE_RUNS="1", SOE_DATA__ROOT=str(home / "no-such-root"),
+               SOE_ORCHESTRATION__CATCHUP="true", SOE_ORCHESTRATION__START_DATE="2026-03-01T05:00Z",
+               SOE_ORCHESTRATION__END_DATE="2026-03-01T08:00Z")
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", PROBE, str(REPO / "dags")], env=env,
                           capture_output=True, text=True, timeout=300, cwd=home)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,6 +73,8 @@ def test_hourly_dag_shape(dagbag):
     t = d["tasks"]
     assert d["max_active_runs"] == 1  # from SOE_ORCHESTRATION__MAX_ACTIVE_RUNS, read when the file is parsed
     assert d["timetable"] == "CronDataIntervalTimetable"  # a real [start, end) data interval per run
+    assert d["catchup"] is True  # orchestration.catchup, start_date and end_date: read when the file is parsed
+    assert d["start_date"] == "2026-03-01T05:00:00+00:00" and d["end_date"] == "2026-03-01T08:00:00+00:00"
     for task in t.values():  # retries with exponential backoff and the alert callback on every task
         assert task["retries"] == 3 and task["backoff"] and task["callback"], task
     assert t["encode"]["mapped"] and t["publish"]["mapped"]  # dynamic task mapping over shards
@@ -74,18 +82,29 @@ def test_hourly_dag_shape(dagbag):
     assert t["sequences_submit"]["type"] == "SparkSubmitOperator"
     assert t["choose_launcher"]["upstream"] == ["wait_for_events"]
     assert t["sequences_local"]["upstream"] == t["sequences_submit"]["upstream"] == ["choose_launcher"]
-    assert t["plan"]["upstream"] == ["sequences_local", "sequences_submit"]
-    assert t["publish"]["upstream"] == ["encode"]  # publish waits for every encoded shard
-    assert t["validate"]["upstream"] == ["graph", "plan"]
-    assert "validate" in t["record"]["upstream"] and t["retention"]["upstream"] == ["record"]
+    assert t["reconcile"]["upstream"] == ["sequences_local", "sequences_submit"]  # repair the store first
+    assert t["plan"]["upstream"] == ["reconcile"]
+    # validate, then publish: nothing reaches the store before the vectors and the graph are judged
+    assert t["validate"]["upstream"] == ["encode", "plan"]  # every encoded shard
+    assert t["graph"]["upstream"] == ["plan", "validate"]
+    assert t["publish"]["upstream"] == ["graph", "plan"] and t["publish"]["mapped"]
+    assert t["publish_graph"]["upstream"] == ["plan", "publish"]
+    assert {"validate", "graph", "publish", "publish_graph", "reconcile"} <= set(t["record"]["upstream"])
+    assert t["retention"]["upstream"] == ["record"]
     assert Path(dagbag["submit"]["application"]).is_file()
     assert dagbag["submit"]["args"][0] == "sequences" and "data_interval_start" in dagbag["submit"]["args"][2]
 
 
 def test_training_and_backfill_dag_shape(dagbag):
     tr = dagbag["dags"]["soe_training"]["tasks"]
-    assert tr["trigger_backfill"]["upstream"] == ["gate"] and tr["gate"]["type"] == "_ShortCircuitDecoratedOperator"
+    assert tr["promote"]["upstream"] == ["gate"] and tr["gate"]["type"] == "_ShortCircuitDecoratedOperator"
+    assert tr["promote"]["outlets"] == ["soe://models/promoted"]  # the asset event that schedules the backfill
+    assert all(not t["outlets"] for k, t in tr.items() if k != "promote")  # a skipped promote emits nothing
     assert tr["evaluate"]["upstream"] == ["train", "trainset"]
-    bf = dagbag["dags"]["soe_backfill"]["tasks"]
+    d = dagbag["dags"]["soe_backfill"]
+    assert d["timetable"] == "AssetTriggeredTimetable" and d["schedule_assets"] == ["soe://models/promoted"]
+    bf = d["tasks"]
     assert bf["encode"]["mapped"] and bf["publish"]["mapped"]
-    assert set(bf["switch"]["upstream"]) >= {"validate", "graph", "publish"}  # the switch is last
+    assert bf["validate"]["upstream"] == ["encode", "plan"] and bf["graph"]["upstream"] == ["plan", "validate"]
+    assert bf["publish"]["upstream"] == ["graph", "plan"]  # judged before anything is published
+    assert set(bf["switch"]["upstream"]) >= {"validate", "graph", "publish", "publish_graph"}  # the switch is last

@@ -109,16 +109,9 @@ class Thresholds:
         return cls(o.min_coverage, o.min_drift_cosine, o.min_graph_recall, o.min_drift_users, o.norm_tolerance)
 
 
-def judge(
-    t: Thresholds,
-    expected_ids: np.ndarray,
-    ids: np.ndarray,
-    vectors: np.ndarray,
-    previous: tuple[np.ndarray, np.ndarray] | None,
-    graph_recall: float | None,
-    lookup_found: tuple[int, int] | None,
-) -> GenerationReport:
-    """Measure every check on one generation and judge it against the thresholds."""
+def judge_vectors(t: Thresholds, expected_ids: np.ndarray, ids: np.ndarray, vectors: np.ndarray,
+                  previous: tuple[np.ndarray, np.ndarray] | None) -> GenerationReport:
+    """Coverage, norms and drift of the encoded vectors (judged on disk, before anything is published)."""
     report = GenerationReport()
     cov, missing = coverage(expected_ids, ids)
     report.checks.append(Check("coverage", cov >= t.min_coverage, cov, t.min_coverage,
@@ -138,13 +131,35 @@ def judge(
         else:
             report.checks.append(Check("drift", mean_cos >= t.min_drift_cosine, mean_cos, t.min_drift_cosine,
                                        f"mean cosine {mean_cos:.3f} over {n} users in both generations"))
+    return report
+
+
+def judge_graph(t: Thresholds, graph_recall: float | None) -> GenerationReport:
+    """The graph's sampled recall@k against exact search (judged before its lists are published)."""
     if graph_recall is None:
-        report.checks.append(Check("recall", False, None, t.min_graph_recall, "the graph manifest has no recall"))
-    else:
-        report.checks.append(Check("recall", graph_recall >= t.min_graph_recall, graph_recall, t.min_graph_recall,
-                                   f"graph recall@k {graph_recall:.3f}"))
+        return GenerationReport([Check("recall", False, None, t.min_graph_recall, "the graph manifest has no recall")])
+    return GenerationReport([Check("recall", graph_recall >= t.min_graph_recall, graph_recall, t.min_graph_recall,
+                                   f"graph recall@k {graph_recall:.3f}")])
+
+
+def judge_lookup(found: int, asked: int) -> GenerationReport:
+    """After publishing: a sample of the expected users is readable through the lookup client."""
+    return GenerationReport([Check("lookup", found == asked, float(found), float(asked),
+                                   f"{found} of {asked} sampled users readable through the lookup client")])
+
+
+def judge(
+    t: Thresholds,
+    expected_ids: np.ndarray,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+    graph_recall: float | None,
+    lookup_found: tuple[int, int] | None,
+) -> GenerationReport:
+    """Every check on one generation at once (tests and offline judging; the flows judge in stages)."""
+    report = judge_vectors(t, expected_ids, ids, vectors, previous)
+    report.checks += judge_graph(t, graph_recall).checks
     if lookup_found is not None:
-        found, asked = lookup_found
-        report.checks.append(Check("lookup", found == asked, float(found), float(asked),
-                                   f"{found} of {asked} sampled users readable through the lookup client"))
+        report.checks += judge_lookup(*lookup_found).checks
     return report

@@ -21,14 +21,24 @@ previous complete state; a rerun of the interval repairs it.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from datetime import datetime
 from typing import Any, Callable
 
 import numpy as np
 
 from soe.flows import stages
-from soe.flows.checks import Thresholds, judge
-from soe.flows.manifest import previous_done, record_run, timed
+from soe.flows.checks import (
+    GenerationRejected,
+    GenerationReport,
+    Thresholds,
+    judge_graph,
+    judge_lookup,
+    judge_vectors,
+)
+from soe.flows.manifest import alert, previous_done, record_run, timed
+from soe.flows.reconcile import reconcile
 from soe.flows.retention import apply_retention
 from core.atomic import is_complete
 from core.layout import HOUR, check_interval, floor_hour, hours, stamp, utc
@@ -100,44 +110,74 @@ def publish(settings, model: str, as_of: datetime, shard: int) -> dict[str, Any]
     return out
 
 
-def graph(settings, model: str, as_of: datetime, num_shards: int) -> dict[str, Any]:
-    with timed({"stage": "graph"}) as out:
-        stages.mark_embeddings(settings, model, as_of, num_shards)
-        m = stages.build_graph(settings, model, as_of)
-        out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
-        out["positives_users"] = stages.publish_recent_positives(settings, as_of).get("users")
-    return out
+def validate_vectors(settings, model: str, as_of: datetime, num_shards: int, expected_ids: np.ndarray | None = None,
+                     drift_against: tuple[str, ...] | None = GENERATIONS) -> dict[str, Any]:
+    """Mark the embedding snapshot complete and judge its vectors, before anything is published.
 
-
-def validate(settings, model: str, as_of: datetime, expected_ids: np.ndarray | None = None,
-             drift_against: tuple[str, ...] | None = GENERATIONS) -> dict[str, Any]:
-    """Judge the (model, as_of) generation; raise GenerationRejected when a check fails.
-
-    ``expected_ids`` defaults to the interval's active users; a backfill passes every known user
-    and ``drift_against=None`` (a new model's vectors live in another space: no drift check).
+    Coverage of the expected users (the interval's active users; a backfill passes every known user),
+    norms, and drift against the previous done generation (``drift_against=None``: a new model's
+    vectors live in another space). A failure rejects the generation (see `reject`).
     """
     with timed({"stage": "validate"}) as out:
-        layout = settings.layout()
+        stages.mark_embeddings(settings, model, as_of, num_shards)
         expected = stages.active_user_ids(settings, as_of) if expected_ids is None else expected_ids
         ids, vecs = stages.read_vectors(settings, model, as_of)
         previous = None
-        prev = previous_done(layout, drift_against, as_of, model) if drift_against else None
+        prev = previous_done(settings.layout(), drift_against, as_of, model) if drift_against else None
         if prev is not None:
             try:
                 previous = stages.read_vectors(settings, model, utc(prev["as_of"]))
             except FileNotFoundError:  # expired by retention
                 previous = None
-        gm = stages.graph_manifest(settings, model, as_of) or {}
-        sample_n = min(settings.orchestration.lookup_sample, len(expected))
-        rng = np.random.default_rng(int(utc(as_of).timestamp()))
-        sample = rng.choice(np.unique(expected), size=sample_n, replace=False) if sample_n else expected[:0]
-        found = stages.lookup_found(settings, model, sample) if sample_n else None
-        recall = gm.get("recall_at_k", gm.get("recall"))
-        report = judge(Thresholds.from_settings(settings), expected, ids, vecs, previous, recall, found)
+        report = judge_vectors(Thresholds.from_settings(settings), expected, ids, vecs, previous)
         out.update(report.as_dict())
         out["vectors"] = int(len(ids))
-    report.raise_if_failed(f"generation {model} as_of={stamp(as_of)}")
+    reject_if_failed(settings, model, as_of, report)
     return out
+
+
+def graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
+    """Build the graph on disk, unaccepted (no reader sees it), and judge its recall before any list is written."""
+    with timed({"stage": "graph"}) as out:
+        m = stages.build_graph(settings, model, as_of, accept=False)
+        out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
+        report = judge_graph(Thresholds.from_settings(settings), m.get("recall_at_k"))
+        out.update(report.as_dict())
+    reject_if_failed(settings, model, as_of, report)
+    return out
+
+
+def publish_graph(settings, model: str, as_of: datetime, expected_ids: np.ndarray | None = None) -> dict[str, Any]:
+    """After the vectors: the graph's changed neighbour lists and the recent positives to the store, the
+    graph accepted (now served), and a sample of the expected users read back through the lookup client."""
+    with timed({"stage": "publish_graph"}) as out:
+        out["lists"] = stages.publish_lists(settings, model, as_of)["lists"]
+        out["positives_users"] = stages.publish_recent_positives(settings, as_of).get("users")
+        stages.accept_graph(settings, model, as_of)
+        expected = stages.active_user_ids(settings, as_of) if expected_ids is None else expected_ids
+        sample_n = min(settings.orchestration.lookup_sample, len(np.unique(expected)))
+        rng = np.random.default_rng(int(utc(as_of).timestamp()))
+        sample = rng.choice(np.unique(expected), size=sample_n, replace=False) if sample_n else expected[:0]
+        report = judge_lookup(*stages.lookup_found(settings, model, sample)) if sample_n else GenerationReport()
+        out.update(report.as_dict())
+    report.raise_if_failed(f"generation {model} as_of={stamp(as_of)}")  # published: a store fault, not a rejection
+    return out
+
+
+def reject_if_failed(settings, model: str, as_of: datetime, report: GenerationReport) -> None:
+    """A failed check rejects the generation: its embeddings and graph move to ``rejected/`` (no later
+    graph build or reader sees them; kept for inspection) and GenerationRejected is raised."""
+    if report.ok:
+        return
+    layout = settings.layout()
+    target = layout.rejected(model, as_of)
+    for kind, path in (("embeddings", layout.embeddings(model, as_of)), ("graph", layout.graph(model, as_of))):
+        if path.exists():
+            (target / kind).parent.mkdir(parents=True, exist_ok=True)
+            if (target / kind).exists():
+                shutil.rmtree(target / kind)
+            os.replace(path, target / kind)
+    report.raise_if_failed(f"generation {model} as_of={stamp(as_of)}")
 
 
 def record(settings, as_of: datetime, start: datetime, model: str, results: list[dict[str, Any]],
@@ -150,11 +190,13 @@ def record(settings, as_of: datetime, start: datetime, model: str, results: list
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Step results -> one entry per stage: seconds and counts summed over shards, other values kept."""
     stages_out: dict[str, dict[str, Any]] = {}
+    checks: list[dict[str, Any]] = []  # every generation check, whichever step judged it
     for r in results:
+        checks += r.get("checks") or []
         s = stages_out.setdefault(r["stage"], {"seconds": 0.0})
         s["seconds"] = round(s["seconds"] + float(r.get("seconds") or 0.0), 3)
         for k, v in r.items():
-            if k in ("stage", "seconds", "shard", "shards"):  # shards are counted below
+            if k in ("stage", "seconds", "shard", "shards", "checks", "ok"):  # shards: counted; checks: below
                 continue
             if k in SUMMED and isinstance(v, (int, float)):
                 s[k] = s.get(k, 0) + v  # per-shard counts add up
@@ -162,6 +204,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 s[k] = v
         if "shard" in r:
             s["shards"] = s.get("shards", 0) + 1
+    if checks:
+        v = stages_out.setdefault("validate", {"seconds": 0.0})
+        v["checks"], v["ok"] = checks, all(c.get("ok") for c in checks)
     return stages_out
 
 
@@ -188,13 +233,19 @@ def run_interval(settings, start: datetime, end: datetime, model: str | None = N
         return result
 
     step(sequences(settings, start, end))
+    step(reconcile(settings))
     p = plan(settings, as_of, model)
-    for shard in p["shards"]:  # every shard encoded before any is published
-        step(encode(settings, p["model"], as_of, shard, p["num_shards"]))
-    for shard in p["shards"]:
-        step(publish(settings, p["model"], as_of, shard))
-    step(graph(settings, p["model"], as_of, p["num_shards"]))
-    step(validate(settings, p["model"], as_of))
+    try:
+        for shard in p["shards"]:  # every shard encoded and judged before anything is published
+            step(encode(settings, p["model"], as_of, shard, p["num_shards"]))
+        step(validate_vectors(settings, p["model"], as_of, p["num_shards"]))
+        step(graph(settings, p["model"], as_of))
+        for shard in p["shards"]:
+            step(publish(settings, p["model"], as_of, shard))
+        step(publish_graph(settings, p["model"], as_of))
+    except GenerationRejected as exc:  # what the Airflow failure callback does for the DAG
+        alert(settings.layout(), DAG_ID, as_of, "validate", str(exc), settings.orchestration.metrics_dir)
+        raise
     path = record(settings, as_of, start, p["model"], results)
     step(retention(settings, as_of))
     return {"as_of": stamp(as_of), "model": p["model"], "manifest": path, "active_users": p["active_users"],

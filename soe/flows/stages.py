@@ -169,10 +169,46 @@ def lookalike(settings, model: str, seed_ids: np.ndarray, size: int) -> tuple[np
     return aud.user_ids, aud.scores
 
 
-def build_graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
+def build_graph(settings, model: str, as_of: datetime, *, accept: bool = True) -> dict[str, Any]:
+    """Build the graph on disk; ``accept=False`` (the flows): unaccepted and no lists in the store yet."""
     from store.graph.build import build_graph as run
 
-    return dict(run(settings.graph, settings.redis, settings.layout(), model, utc(as_of)))
+    return dict(run(settings.graph, settings.redis, settings.layout(), model, utc(as_of),
+                    publish_redis=None if accept else False, accept=accept))
+
+
+def publish_lists(settings, model: str, as_of: datetime, *, every_list: bool = False) -> dict[str, Any]:
+    """The graph snapshot's changed (or every) neighbour lists into the store."""
+    from store.graph.build import publish_lists as run
+
+    return dict(run(settings.redis, settings.layout(), model, utc(as_of), every_list=every_list))
+
+
+def accept_graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
+    """Mark the judged graph snapshot accepted: from now on readers and later builds use it."""
+    from store.graph.snapshot import accept_snapshot
+
+    return accept_snapshot(settings.layout(), model, utc(as_of))
+
+
+def newest_graph_time(settings, model: str) -> datetime | None:
+    from store.graph.snapshot import graph_times
+
+    times = graph_times(settings.layout(), model)
+    return times[-1] if times else None
+
+
+def has_embeddings(settings, model: str, as_of: datetime) -> bool:
+    from core.embeddings import shard_dirs
+
+    return bool(shard_dirs(settings.layout(), model, utc(as_of)))
+
+
+def published_hours(settings, model: str) -> set[str]:
+    """The as_of stamps of ``model`` with a publish manifest in the store (``<as_of>/<shard>`` fields)."""
+    from store.backends import open_store
+
+    return {name.split("/", 1)[0] for name in open_store(settings.redis).manifests(model)}
 
 
 def publish_recent_positives(settings, as_of: datetime) -> dict[str, Any]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.layout import stamp, utc
 from soe.flows import backfill, hourly, training
-from soe.flows.dag_support import TaskRun
+from soe.flows.checks import GenerationRejected
+from soe.flows.dag_support import PROMOTED_MODEL_URI, TaskRun
 
 SPARK_TASKS = {"local": "sequences_local", "spark-submit": "sequences_submit"}  # launcher -> hourly task id
 JOB_KEYS = ("model", "as_of", "num_shards")  # the keys of a mapped job that are not part of its result
@@ -37,22 +39,59 @@ def plan_hour(run: TaskRun) -> list[dict[str, Any]]:
     return [{"model": p["model"], "shard": i, "num_shards": p["num_shards"]} for i in p["shards"]]
 
 
+def drill_fails(run: TaskRun, shard: int) -> bool:
+    """Whether the failure drill makes this encoder shard raise now.
+
+    The run's conf (``drill_fail_shards``) names the shards; a run without one (scheduled, backfill)
+    takes ``orchestration.drill_fail_shards``, limited to the hours ``orchestration.drill_fail_as_of``
+    when set. ``orchestration.drill_fail_tries`` = N > 0 fails only the first N tries, so the
+    scheduler's retry succeeds (a retry drill); 0 fails every try.
+    """
+    o = run.settings.orchestration
+    shards = run.params.get("drill_fail_shards") or []
+    if not shards and (not o.drill_fail_as_of or any(utc(t) == run.as_of for t in o.drill_fail_as_of)):
+        shards = o.drill_fail_shards
+    if shard not in {int(s) for s in shards}:
+        return False
+    return o.drill_fail_tries <= 0 or run.try_number <= o.drill_fail_tries
+
+
 def encode_hour(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
-    drill = job["shard"] in {int(s) for s in run.params.get("drill_fail_shards") or []}
+    drill = drill_fails(run, job["shard"])
     out = hourly.encode(run.settings, job["model"], run.as_of, job["shard"], job["num_shards"], drill_fail=drill)
     return {**out, "model": job["model"]}
 
 
-def publish_hour(run: TaskRun, encoded: dict[str, Any]) -> dict[str, Any]:
-    return hourly.publish(run.settings, encoded["model"], run.as_of, encoded["shard"])
-
-
-def graph_hour(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    return hourly.graph(run.settings, jobs[0]["model"], run.as_of, jobs[0]["num_shards"])
+def reconcile(run: TaskRun) -> dict[str, Any]:
+    """Repair what the store lost (a crash after an hour completed) before this hour publishes."""
+    return hourly.reconcile(run.settings)
 
 
 def validate_hour(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    return hourly.validate(run.settings, jobs[0]["model"], run.as_of)
+    return judged(hourly.validate_vectors, run.settings, jobs[0]["model"], run.as_of, jobs[0]["num_shards"])
+
+
+def graph_hour(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    return judged(hourly.graph, run.settings, jobs[0]["model"], run.as_of)
+
+
+def publish_hour(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
+    return hourly.publish(run.settings, job["model"], run.as_of, job["shard"])
+
+
+def publish_graph_hour(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    return hourly.publish_graph(run.settings, jobs[0]["model"], run.as_of)
+
+
+def judged(step, *args: Any) -> dict[str, Any]:
+    """Run a judging step; a rejected generation fails the task at once, without retries (retrying
+    cannot change a verdict on the same data). The failure callback writes the alert."""
+    from airflow.exceptions import AirflowFailException  # only inside a running Airflow task
+
+    try:
+        return step(*args)
+    except GenerationRejected as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def record_hour(run: TaskRun, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
@@ -79,18 +118,36 @@ def evaluate(run: TaskRun, built: dict[str, Any], trained: dict[str, Any]) -> di
 
 
 def gate(run: TaskRun, built: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]) -> dict | bool:
-    """The promotion decision, recorded; False short-circuits the backfill trigger."""
+    """The promotion decision, recorded; False short-circuits `promote` (no asset event, no backfill)."""
     decision = training.gate(run.settings, evaluation)
     training.record(run.settings, run.as_of, [built, trained, evaluation, decision])
-    return decision if decision["promote"] else False
+    return {**decision, "model": trained["model"]} if decision["promote"] else False
+
+
+def promote(run: TaskRun, decision: dict[str, Any]) -> dict[str, Any]:
+    """Emit the promoted-model asset event: its extra carries the version (and the training as_of) to
+    soe_backfill, which the event schedules. The pointer is not switched here."""
+    extra = {"model": decision["model"], "as_of": stamp(run.as_of), "source": "soe_training"}
+    run.emit(PROMOTED_MODEL_URI, extra)
+    return extra
 
 
 # -- soe_backfill --------------------------------------------------------------------------------
-def plan_backfill(run: TaskRun) -> list[dict[str, Any]]:
-    model = run.params.get("model")
+def backfill_request(run: TaskRun) -> tuple[str, str | None]:
+    """The model (and as_of) to backfill: the run's conf, else the newest promoted-model asset event."""
+    model, as_of = run.params.get("model"), run.params.get("as_of")
     if not model:
-        raise ValueError('soe_backfill needs conf {"model": "<version>"}')
-    p = backfill.plan(run.settings, model, run.params.get("as_of"))
+        events = [e for e in run.asset_extras(PROMOTED_MODEL_URI) if e.get("model")]
+        if events:
+            model, as_of = events[-1]["model"], as_of or events[-1].get("as_of")
+    if not model:
+        raise ValueError(f'soe_backfill needs conf {{"model": "<version>"}} or a {PROMOTED_MODEL_URI} asset event')
+    return model, as_of
+
+
+def plan_backfill(run: TaskRun) -> list[dict[str, Any]]:
+    model, as_of = backfill_request(run)
+    p = backfill.plan(run.settings, model, as_of)
     return [{"model": p["model"], "as_of": p["as_of"], "shard": i, "num_shards": p["num_shards"]} for i in p["shards"]]
 
 
@@ -98,16 +155,20 @@ def encode_backfill(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
     return {**backfill.encode(run.settings, job["model"], job["as_of"], job["shard"], job["num_shards"]), **job}
 
 
-def publish_backfill(run: TaskRun, encoded: dict[str, Any]) -> dict[str, Any]:
-    return hourly.publish(run.settings, encoded["model"], encoded["as_of"], encoded["shard"])
+def validate_backfill(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    return judged(backfill.validate, run.settings, jobs[0]["model"], jobs[0]["as_of"], jobs[0]["num_shards"])
 
 
 def graph_backfill(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    return hourly.graph(run.settings, jobs[0]["model"], jobs[0]["as_of"], jobs[0]["num_shards"])
+    return judged(hourly.graph, run.settings, jobs[0]["model"], jobs[0]["as_of"])
 
 
-def validate_backfill(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    return backfill.validate(run.settings, jobs[0]["model"], jobs[0]["as_of"])
+def publish_backfill(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
+    return hourly.publish(run.settings, job["model"], job["as_of"], job["shard"])
+
+
+def publish_graph_backfill(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    return backfill.publish_graph(run.settings, jobs[0]["model"], jobs[0]["as_of"])
 
 
 def switch(run: TaskRun, jobs: list[dict[str, Any]], encoded: list[dict[str, Any]],

@@ -43,6 +43,7 @@ from store.graph.index import (
 )
 from store.graph.knn import sample_recall, search_neighbours
 from store.graph.settings import GraphSettings
+from store.graph.redis_io import write_neighbour_lists
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
 from store.graph.tune import calibrate
 from store.graph.vectors import UserVectors, latest_vectors
@@ -132,10 +133,12 @@ def full_reason(cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | Non
 
 def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_version: str,
                 as_of: datetime | str, *, incremental: bool | None = None, publish_redis: bool | None = None,
-                on_batch: Callable[[int], object] | None = None) -> dict:
+                accept: bool = True, on_batch: Callable[[int], object] | None = None) -> dict:
     """Build (full or incremental) and publish the graph of ``model_version`` at ``as_of``; the manifest.
 
     ``redis`` is the store the neighbour lists go to (when ``graph.publish_redis`` or ``publish_redis``).
+    ``accept=False`` publishes the snapshot unaccepted (invisible to readers, see store.graph.snapshot)
+    for a flow that judges it first, then calls `accept_snapshot` and `publish_lists`.
     """
     check_name("model version", model_version)
     as_of = utc(as_of)
@@ -171,16 +174,15 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
         "last_full_as_of": last_full,
         "previous_as_of": stamp(prev.as_of) if prev is not None else None,
         "contract": {"neighbours": NEIGHBOURS.version},
+        "accepted": bool(accept),
     }
     with publish_dir(layout.graph(model_version, as_of), manifest) as tmp:
         write_snapshot(tmp, result.uv, result.nbr_ids, result.nbr_scores, result.next_scores, result.index,
-                       model_version, as_of)
+                       model_version, as_of, changed_rows=result.changed_rows)
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
     if cfg.publish_redis if publish_redis is None else publish_redis:
-        from store.graph.redis_io import write_neighbour_lists
-
-        rows = result.changed_rows
         t1 = time.perf_counter()
+        rows = result.changed_rows
         manifest["redis_lists"] = write_neighbour_lists(redis, model_version, result.uv.dim,
                                                         result.uv.ids[rows], result.nbr_ids[rows],
                                                         result.nbr_scores[rows], as_of)
@@ -188,6 +190,20 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
     log.info("graph %s as_of=%s: %s build of %d users, recall@%d=%.3f in %.1fs", model_version, stamp(as_of),
              mode, len(result.uv), cfg.k, recall, manifest["build_s"])
     return manifest
+
+
+def publish_lists(redis: RedisSettings, layout: Layout, model_version: str, as_of: datetime | str,
+                  *, every_list: bool = False) -> dict:
+    """Write a published graph snapshot's neighbour lists to the store: the lists its build changed,
+    or ``every_list`` (a repair after the store lost data). Conditional on as_of, like every upsert."""
+    snap = GraphSnapshot(layout.graph(check_name("model version", model_version), utc(as_of)))
+    nbr_ids, nbr_scores = snap.neighbours()
+    ids = snap.vectors.ids
+    rows = np.arange(len(ids)) if every_list else np.searchsorted(ids, snap.changed_ids())
+    t0 = time.perf_counter()
+    counts = write_neighbour_lists(redis, model_version, snap.vectors.dim, ids[rows], nbr_ids[rows],
+                                   nbr_scores[rows], snap.as_of)
+    return {"lists": int(len(rows)), "redis_lists": counts, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def newer_vectors(layout: Layout, model_version: str, prev: GraphSnapshot, as_of: datetime) -> UserVectors:

@@ -7,7 +7,14 @@
     vectors.npy          (N, D) float32 L2-normalised vectors those users had at this as_of
     index.faiss          the CPU form of the FAISS index (user ids inside), ready for incremental updates
     next_scores.npy      (N,) float32 each list's (k+1)-th score: the bar an outsider must beat
-    _SUCCESS             the manifest: N, k, index params, recall@k, build time, model, as_of, mode
+    changed_ids.npy      (C,) int64 the users whose lists this build changed (all users on a full build)
+    _SUCCESS             the manifest: N, k, index params, recall@k, build time, model, as_of, mode, accepted
+
+**Accepted.** A flow builds the hour's graph before it has judged it (``accepted: false`` in the
+manifest) and marks it accepted (`accept_snapshot`) only once its checks pass. Every reader — the query
+service, lookalike, the next incremental build — lists accepted snapshots only (`graph_times`), so a
+rejected graph is never served nor built upon. Snapshots without the key (offline `soe graph` builds,
+older snapshots) are accepted.
 
 Keeping the vectors beside the index makes the snapshot self-contained: the next hourly build updates
 it without re-reading 48 hours of embedding snapshots, and lookalike scores seeds against it.
@@ -23,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from core.atomic import is_complete, read_marker
+from core.atomic import is_complete, read_marker, write_marker
 from core.contracts import NEIGHBOURS
-from core.layout import Layout, utc
+from core.layout import Layout, snapshot_times, utc
 from store.graph.index import IndexSpec, load_index, save_index
 from store.graph.knn import neighbours_from_table, neighbours_table
 from store.graph.vectors import UserVectors
@@ -35,16 +42,19 @@ IDS_FILE = "ids.npy"
 VECTORS_FILE = "vectors.npy"
 INDEX_FILE = "index.faiss"
 NEXT_FILE = "next_scores.npy"
+CHANGED_FILE = "changed_ids.npy"
 
 
 def write_snapshot(tmp: Path, uv: UserVectors, nbr_ids: np.ndarray, nbr_scores: np.ndarray,
-                   next_scores: np.ndarray, index, model_version: str, as_of: datetime) -> None:
+                   next_scores: np.ndarray, index, model_version: str, as_of: datetime,
+                   changed_rows: np.ndarray | None = None) -> None:
     """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically)."""
     pq.write_table(neighbours_table(uv.ids, nbr_ids, nbr_scores, model_version, as_of), tmp / NEIGHBOURS_FILE)
     np.save(tmp / IDS_FILE, uv.ids)
     np.save(tmp / VECTORS_FILE, uv.vectors)
     np.save(tmp / NEXT_FILE, next_scores.astype(np.float32))
     save_index(index, tmp / INDEX_FILE)
+    np.save(tmp / CHANGED_FILE, uv.ids if changed_rows is None else uv.ids[changed_rows])
 
 
 @dataclass
@@ -90,6 +100,11 @@ class GraphSnapshot:
 
         return searcher(self.index(), self.spec, self.vectors)
 
+    def changed_ids(self) -> np.ndarray:
+        """The users whose lists this build changed (every user for snapshots written before the file existed)."""
+        path = self.path / CHANGED_FILE
+        return np.load(path) if path.is_file() else self.vectors.ids
+
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """(nbr_ids (N, k), scores (N, k)) row-aligned with ``vectors.ids``."""
         table = pq.read_table(self.path / NEIGHBOURS_FILE)
@@ -100,11 +115,23 @@ class GraphSnapshot:
         return ids, scores
 
 
-def graph_times(layout: Layout, model_version: str) -> list[datetime]:
-    """as_of times of the model's published graphs, oldest first."""
-    from core.layout import snapshot_times
+def is_accepted(path: Path) -> bool:
+    """A published graph snapshot that passed its checks (or was built outside a flow)."""
+    return is_complete(path) and bool(read_marker(path).get("accepted", True))
 
-    return snapshot_times(layout.graph(model_version, utc("2000-01-01T00:00Z")).parent)
+
+def graph_times(layout: Layout, model_version: str) -> list[datetime]:
+    """as_of times of the model's published, accepted graphs, oldest first."""
+    return [t for t in snapshot_times(layout.model_graphs(model_version))
+            if is_accepted(layout.graph(model_version, t))]
+
+
+def accept_snapshot(layout: Layout, model_version: str, as_of: datetime) -> dict:
+    """Mark a judged graph snapshot accepted (an atomic rewrite of its marker); returns its manifest."""
+    path = layout.graph(model_version, as_of)
+    manifest = {**read_marker(path), "accepted": True}
+    write_marker(path, manifest)
+    return manifest
 
 
 def latest_snapshot(layout: Layout, model_version: str,
