@@ -30,6 +30,7 @@ import numpy as np
 
 from soe.flows import stages
 from soe.flows.checks import (
+    Check,
     GenerationRejected,
     GenerationReport,
     Thresholds,
@@ -39,6 +40,7 @@ from soe.flows.checks import (
 )
 from soe.flows.manifest import alert, previous_done, record_run, timed
 from soe.flows.reconcile import reconcile
+from store.graph.tune import RecallUnreachable
 from soe.flows.retention import apply_retention
 from core.atomic import is_complete
 from core.layout import HOUR, check_interval, floor_hour, hours, stamp, utc
@@ -138,10 +140,15 @@ def validate_vectors(settings, model: str, as_of: datetime, num_shards: int, exp
 
 def graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
     """Build the graph on disk, unaccepted (no reader sees it), and judge its recall before any list is written."""
+    t = Thresholds.from_settings(settings)
     with timed({"stage": "graph"}) as out:
-        m = stages.build_graph(settings, model, as_of, accept=False)
-        out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
-        report = judge_graph(Thresholds.from_settings(settings), m.get("recall_at_k"))
+        try:
+            m = stages.build_graph(settings, model, as_of, accept=False)
+        except RecallUnreachable as exc:  # calibration's early verdict: no setting reaches the target
+            report = GenerationReport([Check("recall", False, None, t.min_graph_recall, str(exc))])
+        else:
+            out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
+            report = judge_graph(t, m.get("recall_at_k"))
         out.update(report.as_dict())
     reject_if_failed(settings, model, as_of, report)
     return out

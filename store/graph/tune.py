@@ -6,6 +6,13 @@ sample of users against exact search for a ladder of settings (cheap: a few thou
 the millions of the graph) and keeps the smallest one that reaches ``graph.target_recall``. The
 build's reported recall is then measured on a *different* random sample, so it is not biased by
 the choice. ``target_recall = 0`` turns calibration off and uses the configured value.
+
+**An early verdict.** Some vectors cannot reach the target at any setting the ladder allows — the
+near-uniform vectors of an untrained model are the usual case: recall then grows by a few points per
+doubling of ``nprobe`` and the climb to the cap, followed by a full search at the cap, costs minutes
+for a graph that will be rejected anyway. After three steps the recall is extrapolated (linear in
+log2 of the knob, with a generous allowance); when even that cannot reach the target at the cap,
+calibration stops and raises `RecallUnreachable` with the measurements.
 """
 
 from __future__ import annotations
@@ -23,6 +30,30 @@ LADDERS = {"ivf": _NPROBE, "ivf_pq": _NPROBE,
            "hnsw": ("ef_search", (32, 48, 64, 96, 128, 192, 256, 384, 512))}
 
 
+EARLY_STOP_AFTER = 3  # ladder steps measured before an extrapolation is trusted
+EXTRAPOLATION_SLACK = 2.0  # allowance: the recall may grow this many times faster than measured
+
+
+class RecallUnreachable(RuntimeError):
+    """No setting on the ladder can reach the target recall on these vectors (a clear, early verdict)."""
+
+
+def unreachable(tried: list[dict], name: str, cap: int, target: float) -> str | None:
+    """A verdict when the measured climb, extrapolated generously to the cap, still misses ``target``."""
+    if len(tried) < EARLY_STOP_AFTER:
+        return None
+    (v0, r0), (v1, r1) = [(t[name], t["recall"]) for t in tried[-2:]]
+    if v1 <= v0 or cap <= v1:
+        return None
+    per_doubling = max(r1 - r0, 0.0) / np.log2(v1 / v0)
+    projected = r1 + EXTRAPOLATION_SLACK * per_doubling * np.log2(cap / v1) + 0.02
+    if projected >= target:
+        return None
+    return (f"recall@k cannot reach {target} with {name} <= {cap}: {r1:.3f} at {name}={v1}, "
+            f"+{per_doubling:.3f} per doubling, at most ~{min(projected, 1.0):.3f} at the cap "
+            "(vectors with little neighbourhood structure, e.g. an untrained model)")
+
+
 def _with_knob(spec: IndexSpec, name: str, value: int) -> IndexSpec:
     """``spec`` with its query-time knob (``nprobe`` or ``ef_search``) set to ``value``."""
     return replace(spec, nprobe=value) if name == "nprobe" else replace(spec, ef_search=value)
@@ -31,7 +62,7 @@ def _with_knob(spec: IndexSpec, name: str, value: int) -> IndexSpec:
 def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_sample: int, seed: int,
               limit: int) -> tuple[IndexSpec, list[dict]]:
     """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried), applied
-    to ``index``."""
+    to ``index``. Raises `RecallUnreachable` early when the target is out of reach (see module doc)."""
     if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:
         return spec, []
     name, ladder = LADDERS[spec.kind]
@@ -50,5 +81,8 @@ def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_
         if recall >= target:
             chosen = candidate
             break
+        verdict = unreachable(tried, name, cap, target)
+        if verdict is not None:
+            raise RecallUnreachable(verdict)
     set_search_params(index, chosen)
     return chosen, tried
