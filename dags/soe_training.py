@@ -1,20 +1,18 @@
 """The training DAG (daily, or triggered by hand): wiring only; every task body is in soe.flows.tasks.
 
     trainset -> train -> evaluate (candidate and current model on the same split) -> gate
-      -> trigger soe_backfill with the candidate (only when the gate promotes it)
+      -> promote: an event on the asset soe://models/promoted, extra {"model": <candidate>, "as_of": ...}
+         (only when the gate promotes it), which schedules soe_backfill
 
-The gate is a short-circuit: when the candidate is not better, the trigger is skipped and the
-current model keeps serving. The backfill DAG switches the pointer, never this one.
+The gate is a short-circuit: when the candidate is not better, `promote` is skipped, no asset event
+is emitted and the current model keeps serving. The backfill DAG switches the pointer, never this one.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
-from soe.flows.dag_support import dag_shape, run_task
+from soe.flows.dag_support import dag_shape, promoted_model_asset, run_task
 
 DAG_ID = "soe_training"
 shape = dag_shape()
@@ -23,7 +21,7 @@ shape = dag_shape()
 @dag(
     dag_id=DAG_ID,
     schedule=shape.orchestration.training_schedule,
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=shape.start_date,
     catchup=False,
     max_active_runs=1,
     default_args=shape.default_args(DAG_ID),
@@ -47,15 +45,13 @@ def soe_training():
     def gate(built: dict, trained: dict, evaluation: dict) -> dict | bool:
         return run_task("gate", built, trained, evaluation)
 
+    @task(outlets=[promoted_model_asset()])
+    def promote(decision: dict) -> dict:
+        return run_task("promote", decision)
+
     built = trainset()
     trained = train(built)
-    decision = gate(built, trained, evaluate(built, trained))
-    decision >> TriggerDagRunOperator(
-        task_id="trigger_backfill",
-        trigger_dag_id="soe_backfill",
-        conf={"model": "{{ ti.xcom_pull(task_ids='train')['model'] }}"},
-        wait_for_completion=False,
-    )
+    promote(gate(built, trained, evaluate(built, trained)))
 
 
 soe_training()

@@ -6,6 +6,7 @@ the generation checks, retention and the promotion gate are read when a task run
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,8 @@ class OrchestrationSettings(Section):
     # -- hourly DAG shape (read when the DAG file is parsed; everything else is read at run time) --
     schedule: str = "0 * * * *"  # cron of the hourly refresh; its data interval is [start, end), as_of = end
     catchup: bool = False  # run missed hours on deploy (True for a replay of history)
+    start_date: datetime = datetime(2026, 1, 1, tzinfo=UTC)  # start of the first data interval of every DAG
+    end_date: datetime | None = None  # no hourly run with an interval starting later (bounds a catch-up)
     max_active_runs: int = 2  # concurrent hourly runs
     retries: int = 2  # Airflow task retries (exponential backoff)
     retry_delay_s: int = 30  # first retry delay
@@ -27,6 +30,10 @@ class OrchestrationSettings(Section):
     encode_queue: str = "default"  # executor queue of encoder tasks (e.g. "gpu" for GPU Celery workers)
     spark_conn_id: str = "spark_default"  # Airflow connection of SparkSubmitOperator (launcher "spark-submit")
     spark_pool: str = "default_pool"  # Airflow pool of the Spark step
+    # -- failure drill of runs without conf (scheduled, backfill; read when the task runs) --
+    drill_fail_shards: list[int] = []  # encode raises on these shards when the run's conf names none
+    drill_fail_as_of: list[datetime] = []  # ... only in the hourly runs with these as_of; empty = every run
+    drill_fail_tries: int = 0  # a drilled shard fails its first N tries, then a retry succeeds; 0 = every try
     # -- generation checks (a generation that fails one is not marked done) --
     min_coverage: float = 0.999  # share of active users that must get a vector
     min_drift_cosine: float = 0.2  # mean cosine of the same users' old vs new vector

@@ -58,7 +58,8 @@ def drill_fails(run: TaskRun, shard: int) -> bool:
 
 def encode_hour(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
     drill = drill_fails(run, job["shard"])
-    out = hourly.encode(run.settings, job["model"], run.as_of, job["shard"], job["num_shards"], drill_fail=drill)
+    out = hourly.encode(run.settings, job["model"], run.as_of, job["shard"], job["num_shards"],
+                        drill_fail=drill)
     return {**out, "model": job["model"]}
 
 
@@ -117,7 +118,8 @@ def evaluate(run: TaskRun, built: dict[str, Any], trained: dict[str, Any]) -> di
     return training.evaluate(run.settings, trained["model"], built["path"], run.as_of)
 
 
-def gate(run: TaskRun, built: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]) -> dict | bool:
+def gate(run: TaskRun, built: dict[str, Any], trained: dict[str, Any],
+         evaluation: dict[str, Any]) -> dict | bool:
     """The promotion decision, recorded; False short-circuits `promote` (no asset event, no backfill)."""
     decision = training.gate(run.settings, evaluation)
     training.record(run.settings, run.as_of, [built, trained, evaluation, decision])
@@ -141,18 +143,20 @@ def backfill_request(run: TaskRun) -> tuple[str, str | None]:
         if events:
             model, as_of = events[-1]["model"], as_of or events[-1].get("as_of")
     if not model:
-        raise ValueError(f'soe_backfill needs conf {{"model": "<version>"}} or a {PROMOTED_MODEL_URI} asset event')
+        raise ValueError(f'soe_backfill needs conf {{"model": "<version>"}} or a {PROMOTED_MODEL_URI} event')
     return model, as_of
 
 
 def plan_backfill(run: TaskRun) -> list[dict[str, Any]]:
     model, as_of = backfill_request(run)
     p = backfill.plan(run.settings, model, as_of)
-    return [{"model": p["model"], "as_of": p["as_of"], "shard": i, "num_shards": p["num_shards"]} for i in p["shards"]]
+    return [{"model": p["model"], "as_of": p["as_of"], "shard": i, "num_shards": p["num_shards"]}
+            for i in p["shards"]]
 
 
 def encode_backfill(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
-    return {**backfill.encode(run.settings, job["model"], job["as_of"], job["shard"], job["num_shards"]), **job}
+    out = backfill.encode(run.settings, job["model"], job["as_of"], job["shard"], job["num_shards"])
+    return {**out, **job}
 
 
 def validate_backfill(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str, Any]:
