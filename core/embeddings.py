@@ -29,10 +29,6 @@ from core.contracts import ContractError, embedding_contract
 from core.layout import Layout, utc
 
 
-def model_root(layout: Layout, model_version: str) -> Path:
-    return Path(layout.root) / "embeddings" / model_version
-
-
 def shard_dirs(layout: Layout, model_version: str, as_of: datetime) -> list[Path]:
     """The published shard directories of one snapshot, in shard order.
 
@@ -53,7 +49,7 @@ def shard_dirs(layout: Layout, model_version: str, as_of: datetime) -> list[Path
 def snapshot_times(layout: Layout, model_version: str, *, after: datetime | None = None,
                    until: datetime | None = None) -> list[datetime]:
     """The as_of times of this model with a published shard in ``(after, until]``, oldest first."""
-    root = model_root(layout, model_version)
+    root = layout.model_embeddings(model_version)
     if not root.is_dir():
         return []
     lo, hi = (utc(after) if after is not None else None), (utc(until) if until is not None else None)
@@ -117,7 +113,7 @@ def latest_embeddings(layout: Layout, model_version: str, *, after: datetime | N
     if not times:
         raise FileNotFoundError(
             f"no published embeddings for model {model_version!r} in ({after}, {until}] under "
-            f"{model_root(layout, model_version)}; run the encoder first (soe encode)")
+            f"{layout.model_embeddings(model_version)}; run the encoder first (soe encode)")
     dirs = [d for t in reversed(times) for d in shard_dirs(layout, model_version, t)]  # newest first
     table = _read_shards(dirs, columns)
     uid = table.column("user_id").to_numpy()  # (R,)
