@@ -14,6 +14,10 @@ Whole-file reasons (one record per file, with ``source_file``, ``detail`` and it
 Row reasons (the first rule a row breaks wins, in this order):
 
 ============================== ==================================================================
+``forgotten``                  user_id is on the forget list (`core.forget`): the user asked to be
+                               forgotten. Checked first (only an unreadable user_id comes before
+                               it), and the quarantine keeps **no** value of the row: every event
+                               column is null, only the reason, the file and the count remain
 ``bad_type:<col>``             a required value cannot be read as the contract type ("abc" or a
                                uint64 above 2^63-1 as user_id, "yesterday" as ts, bytes that are
                                not UTF-8 as event_type); an unreadable *optional* value is nulled
@@ -64,6 +68,7 @@ from core.event_files import (
 from core.layout import HOUR_MS, utc
 
 MIN_TS = datetime(2000, 1, 1)
+FORGOTTEN = "forgotten"  # the reason of a forgotten user's event; its quarantine record keeps no value
 SEQ_KEY = ("user_id", "ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)  # what a sequence keeps of an event
 QUARANTINE_SCHEMA = pa.schema(
     [pa.field(f.name, pa.string()) for f in EVENT.schema]
@@ -89,9 +94,11 @@ class ValidationRules:
     now: datetime | None = None  # wall clock, only for landing checks; never in the pipeline
     min_user_id: int = 1
     max_user_id: int = 2**63 - 2
+    # the forget list (`core.forget.ForgetList.ids`, sorted): these users' events are quarantined
+    forgotten: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_settings(cls, events, start=None, end=None, now=None) -> ValidationRules:
+    def from_settings(cls, events, start=None, end=None, now=None, forgotten=None) -> ValidationRules:
         return cls(
             event_types=tuple(events.event_types),
             max_attribute_id=events.max_attribute_id,
@@ -101,6 +108,7 @@ class ValidationRules:
             now=utc(now) if now is not None else None,
             min_user_id=events.min_user_id,
             max_user_id=events.max_user_id,
+            forgotten=None if forgotten is None or not len(forgotten) else np.asarray(forgotten, np.int64),
         )
 
     def for_hour(self, start: datetime) -> ValidationRules:
@@ -162,6 +170,8 @@ def row_reasons(batch: EventBatch | pa.Table, rules: ValidationRules) -> tuple[p
         return typed[name].is_null().to_numpy()
 
     users = np_of("user_id", rules.min_user_id)
+    if rules.forgotten is not None and len(rules.forgotten):  # wins over every reason but an unreadable id
+        reasons[np.isin(users, rules.forgotten) & ~nulls("user_id")] = FORGOTTEN  # an unreadable id is null
     flag(nulls("user_id"), "null_user_id")
     flag(users < 0, "negative_user_id")
     flag((users < rules.min_user_id) | (users > rules.max_user_id), "absurd_value:user_id")
@@ -325,8 +335,11 @@ def count_reasons(quarantine: pa.Table) -> dict[str, int]:
 
 
 def quarantine_table(raw: pa.Table, reasons: np.ndarray | list[str], source: str | None = None) -> pa.Table:
-    """The rejected rows as they arrived (every contract column as text) with their reasons."""
+    """The rejected rows as they arrived (every contract column as text) with their reasons.
+
+    A ``forgotten`` row keeps no value: its contract columns are null (only reason, file and count)."""
     n = raw.num_rows
+    gone = pa.array(np.asarray([r == FORGOTTEN for r in reasons], dtype=bool))
     cols = []
     for f in QUARANTINE_SCHEMA:
         if f.name == "reason":
@@ -338,7 +351,9 @@ def quarantine_table(raw: pa.Table, reasons: np.ndarray | list[str], source: str
         elif f.name == "detail":
             cols.append(pa.nulls(n, pa.string()))
         elif f.name in raw.column_names:
-            cols.append(as_text(raw[f.name].combine_chunks()))
+            text = as_text(raw[f.name].combine_chunks())
+            forgotten_rows = pc.any(gone).as_py()
+            cols.append(pc.if_else(gone, pa.scalar(None, pa.string()), text) if forgotten_rows else text)
         else:
             cols.append(pa.nulls(n, pa.string()))
     return pa.Table.from_arrays(cols, schema=QUARANTINE_SCHEMA)

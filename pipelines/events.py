@@ -35,8 +35,10 @@ import pyarrow.parquet as pq
 from core.atomic import is_complete
 from core.contracts import ATTRIBUTE_COLUMNS, EVENT
 from core.event_files import FileProblem, event_files, no_reason, read_event_file, splits_for
+from core.forget import ForgetList, null_rows
 from core.layout import Layout, hours
 from core.validation import (
+    FORGOTTEN,
     QUARANTINE_SCHEMA,
     SEQ_KEY,
     ValidationRules,
@@ -120,7 +122,8 @@ def _validate_files(rules: ValidationRules, keep_raw: bool = True, batch_rows: i
         yield from pa.Table.from_arrays(cols, schema=out_schema).to_batches()
         take = pa.array(bad)
         q = quarantine_table(raw.take(take), reasons[bad], source=source)
-        cols = event_part(typed.take(take), hour, reasons[bad].tolist()) + with_quarantine(q)
+        rejected = null_rows(typed.take(take), reasons[bad] == FORGOTTEN, keep=())  # forgotten: no value kept
+        cols = event_part(rejected, hour, reasons[bad].tolist()) + with_quarantine(q)
         yield from pa.Table.from_arrays(cols, schema=out_schema).to_batches()
 
     def problem(p: FileProblem, hour: int) -> Iterator[pa.RecordBatch]:
@@ -153,12 +156,15 @@ def empty_validated(spark: SparkSession, keep_raw: bool = True) -> DataFrame:
 
 
 def read_validated(spark: SparkSession, layout: Layout, partitions: list[Path], events_settings,
-                   keep_raw: bool = True) -> DataFrame:
+                   keep_raw: bool = True, forget: ForgetList | None = None) -> DataFrame:
     """Every row of these partitions, validated (schema `VALIDATED`, or `SLIM` without ``keep_raw``).
 
     Lazy; nothing reaches the driver. ``keep_raw=False`` is for reads that keep only the valid rows'
     sequence columns: the context columns are not read and no raw text comes back. A file quarantined
     whole is one row with its reason (and, with ``keep_raw``, its path, rows and detail).
+
+    ``forget``: the forget list (default: read from the data root); its users' events are rejected
+    with reason ``forgotten`` and keep no value, in every read (hourly, bootstrap, rebuild, trainsets).
     """
     from pipelines.spark import spark_schema
 
@@ -166,7 +172,9 @@ def read_validated(spark: SparkSession, layout: Layout, partitions: list[Path], 
     if not tasks:
         return empty_validated(spark, keep_raw)
     batch_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "100000") or 100_000)
-    validate = _validate_files(ValidationRules.from_settings(events_settings), keep_raw, max(1, batch_rows))
+    forget = forget if forget is not None else ForgetList.load(layout.root)
+    rules = ValidationRules.from_settings(events_settings, forgotten=forget.ids)
+    validate = _validate_files(rules, keep_raw, max(1, batch_rows))
     slices = min(len(tasks), max(1, 4 * spark.sparkContext.defaultParallelism))
     files = spark.sparkContext.parallelize(tasks, slices).toDF(
         "path string, arrival_hour long, split int, splits int")

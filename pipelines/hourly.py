@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from pipelines import events as ev
 from pipelines import sequences as seq
@@ -45,6 +48,7 @@ from pipelines.shards import write_shards
 from pipelines.settings import PipelineConfig
 from pipelines.spark import spark_session, write_parquet
 from core.atomic import publish_dir
+from core.forget import DIGEST_KEY, ForgetList, scrub_files
 from core.layout import HOUR, check_interval, floor_hour, hours, snapshot_times, stamp, utc
 from core.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, data_rows, layer_name, link_files
 
@@ -60,13 +64,15 @@ def previous_state_time(layout, as_of: datetime) -> datetime | None:
     return older[-1] if older else None
 
 
-def _history_state(spark: "SparkSession", cfg: PipelineConfig, start: datetime, end: datetime, as_of: datetime) -> "DataFrame":
-    """State built from the valid, deduplicated events of arrival hours [start, end)."""
+def _history_state(spark: "SparkSession", cfg: PipelineConfig, start: datetime, end: datetime,
+                   as_of: datetime, forget: ForgetList | None = None) -> "DataFrame":
+    """State built from the valid, deduplicated events of arrival hours [start, end) (no forgotten user)."""
     layout = cfg.layout()
     parts = ev.event_partitions(layout, start, end)
     if not parts:
         return seq.empty_state(spark)
-    valid = ev.valid_events(ev.read_validated(spark, layout, parts, cfg.events, keep_raw=False))
+    valid = ev.valid_events(ev.read_validated(spark, layout, parts, cfg.events, keep_raw=False,
+                                              forget=forget))
     kept = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY))  # same shuffle serves the grouping
     return seq.build_state(kept, as_of, cfg.sequences.max_len)
 
@@ -80,6 +86,7 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
     start, end = check_interval(start, end)
     spark = spark or spark_session(cfg.spark)
     layout, seqs, as_of = cfg.layout(), cfg.sequences, end
+    forget = ForgetList.load(layout.root)  # one list for the whole run: validation, state, manifests
     prev_t = previous_state_time(layout, as_of)
     cached: list["DataFrame"] = []
     previous: StateSnapshot | None = None
@@ -90,11 +97,13 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
     else:
         mode, merge_from = "bootstrap", start
         lookback_start = end - timedelta(hours=seqs.bootstrap_lookback_hours)
-        history = _history_state(spark, cfg, lookback_start, start, start).persist(StorageLevel.MEMORY_AND_DISK)
+        history = _history_state(spark, cfg, lookback_start, start, start, forget)
+        history = history.persist(StorageLevel.MEMORY_AND_DISK)
         cached.append(history)
 
     parts = ev.event_partitions(layout, merge_from, as_of)
-    validated = ev.read_validated(spark, layout, parts, cfg.events).persist(StorageLevel.MEMORY_AND_DISK)
+    validated = ev.read_validated(spark, layout, parts, cfg.events, forget=forget)
+    validated = validated.persist(StorageLevel.MEMORY_AND_DISK)
     # one shuffle by user serves the dedup window (keyed by user first) and the grouping
     kept, repeats = ev.dedup_keep_first(ev.valid_events(validated).repartition("user_id"))
     new = seq.group_new_events(kept).persist(StorageLevel.MEMORY_AND_DISK)
@@ -137,6 +146,7 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
             "max_len": seqs.max_len,
             "num_shards": seqs.num_shards,
             "contract": "sequence/1",
+            DIGEST_KEY: forget.digest,  # built honouring this forget list (retention need not scan it)
         }
         quarantine_manifest: dict[str, Any] = {}
         with publish_dir(layout.quarantine(as_of), quarantine_manifest) as tmp:
@@ -162,6 +172,9 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
                         small = previous.base_rows + previous.delta_rows <= seqs.broadcast_max_users
                         current = st.current_rows(st.layer_frames(spark, previous), small)
                     untouched = current.join(ids_join, "user_id", "left_anti")
+                    if len(forget):  # forgotten users leave the state even without a new event
+                        gone = spark.createDataFrame([(int(i),) for i in forget.ids], "user_id long")
+                        untouched = untouched.join(F.broadcast(gone), "user_id", "left_anti")
                     base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(*seq.SEQUENCE_COLUMNS)
                     base = base.unionByName(seq.as_sequence(merged, as_of)).coalesce(seqs.state_files)
                     write_parquet(base, state_tmp / layer_name(as_of))
@@ -171,10 +184,21 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
                     out_layers = list(previous.layers)
                     for layer in out_layers:
                         link_files(previous.layer_files(layer), state_tmp / layer.name)
+                    dropped = 0
+                    if len(forget) and not forget.checked(previous.path):
+                        # the forget list grew since the previous state: rewrite (not link) the layer
+                        # files that hold a forgotten user, without them, even if they had no new event
+                        linked = [f for layer in out_layers for f in data_files(state_tmp / layer.name)]
+                        per_file = scrub_files(linked, forget)
+                        out_layers = [replace(layer, rows=layer.rows - sum(
+                            len(v) for f, v in per_file.items() if f.parent.name == layer.name))
+                            for layer in out_layers]
+                        dropped = len(np.unique(np.concatenate(list(per_file.values())))) if per_file else 0
+                        manifest["forgotten_dropped"] = dropped
                     if active_users:
                         link_files(data_files(active_tmp), state_tmp / layer_name(as_of))
                         out_layers.append(Layer(layer_name(as_of), DELTA, as_of, active_users))
-                    state_users = previous.num_users + new_users
+                    state_users = previous.num_users + new_users - dropped
                 manifest.update(state_users=state_users, state_layers=len(out_layers), compacted=compact)
                 state_manifest.update(manifest, layout=LAYOUT, layers=[layer.to_json() for layer in out_layers])
             phase("state")
@@ -208,7 +232,8 @@ def rebuild_state(cfg: PipelineConfig, as_of: datetime, *, lookback_hours: int |
     spark = spark or spark_session(cfg.spark)
     layout = cfg.layout()
     lookback = cfg.sequences.bootstrap_lookback_hours if lookback_hours is None else lookback_hours
-    state = _history_state(spark, cfg, as_of - timedelta(hours=lookback), as_of, as_of)
+    state = _history_state(spark, cfg, as_of - timedelta(hours=lookback), as_of, as_of,
+                           ForgetList.load(layout.root))
     manifest: dict[str, Any] = {"as_of": as_of.isoformat(), "mode": "rebuild", "lookback_hours": lookback,
                                 "max_len": cfg.sequences.max_len, "contract": "sequence/1", "layout": LAYOUT}
     with publish_dir(out or layout.state(as_of), manifest) as tmp:

@@ -7,7 +7,8 @@ batch in one numpy pass (store.format), and upserts it (`VectorStore.upsert`; in
 per few buckets, many calls per pipeline, grouped by cluster node). The upsert is conditional on
 as_of, so publishing is idempotent and a late rerun of an older hour cannot overwrite newer vectors.
 Each published shard leaves a manifest (counts, as_of, model) in the store:
-``<ns>:manifests:<model>`` field ``<as_of>/<shard>``.
+``<ns>:manifests:<model>`` field ``<as_of>/<shard>``. Forgotten users (`core.forget`) are never
+published, even from a snapshot written before their forget (a reconcile republishing an old hour).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from core.atomic import is_complete
 from core.contracts import ContractError, embedding_contract
 from core.embeddings import shard_dirs as embedding_shard_dirs
 from core.embeddings import vector_array
+from core.forget import ForgetList
 from core.layout import Layout, stamp, utc
 from store.backends import open_store
 from store.base import UpsertCounts, VectorStore
@@ -145,9 +147,14 @@ def publish_embeddings(redis: RedisSettings, layout: Layout, model_version: str,
     dirs = shard_dirs(layout, model_version, as_of, shard)
     files = [f for d in dirs for f in sorted(d.glob("*.parquet"))]
     counts, rows = UpsertCounts(), 0
+    forget = ForgetList.load(layout.root)
     t0 = time.perf_counter()
     # batches span shard boundaries: bigger batches put more users of one bucket into one call
     for batch in prefetch(rebatch(read_batches(files, redis.publish_batch), redis.publish_batch)):
+        if len(forget):
+            batch = batch.filter(pa.array(~forget.mask(batch.column("user_id").to_numpy())))
+            if not batch.num_rows:
+                continue
         counts += publish_batch(store, model_version, batch, redis.dtype, redis.buckets)
         rows += batch.num_rows
         if on_rows:

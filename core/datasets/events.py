@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import is_complete, publish_dir
 from core.event_files import event_files
+from core.forget import forgotten_ids
 from core.layout import HOUR, Layout, parse_interval, utc
 from core.settings import EventSettings
 from core.validation import SeenEvents, ValidationResult, ValidationRules, file_json, validate_files
@@ -55,7 +56,7 @@ def validated_partitions(layout: Layout, events: EventSettings, interval: str | 
         where = f" in interval {interval}" if interval else ""
         raise FileNotFoundError(
             f"no published event partitions under {layout.events}{where}: run `soe generate` first")
-    base = ValidationRules.from_settings(events)
+    base = ValidationRules.from_settings(events, forgotten=forgotten_ids(layout.root))  # `soe forget`
     seen = SeenEvents(events.max_lateness_hours)
     for part in parts:
         hour = partition_hour(part)

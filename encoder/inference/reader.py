@@ -14,6 +14,9 @@ Two sources, one small interface (`SequenceSource`: ``windows(n)``, ``num_rows``
   either by file (worker i reads files i, i+n, ... : each byte read once, balanced when there are
   many files) or by a hash of ``user_id`` (balanced for any file count, but every worker scans every
   file). ``state_split=auto`` picks files when there are at least as many files as workers.
+
+Both sources skip the users on the forget list (`core.forget`, read from the data root when the source
+is opened): a forgotten user is never encoded, even from a snapshot written before the forget.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import is_complete, read_marker
 from core.contracts import SEQUENCE, ContractError, conform
+from core.forget import ForgetList
 from core.hashing import splitmix64
 from core.layout import Layout
 from core.sequence_state import StateSnapshot
@@ -99,6 +103,7 @@ class ParquetSequenceSource(SequenceSource):
     hash_shard: tuple[int, int] | None = None  # (shard, num_shards) filter, or None for every row
     read_batch_rows: int = 8192  # Parquet batch size (the unit of streaming)
     info: dict = field(default_factory=dict)  # extra manifest fields
+    forget: ForgetList = field(default_factory=ForgetList)  # users never encoded (`core.forget`)
 
     def __post_init__(self) -> None:
         self._parquet = [_check_file(f) for f in self.files]
@@ -121,6 +126,10 @@ class ParquetSequenceSource(SequenceSource):
                 uid = batch.column("user_id").to_numpy(zero_copy_only=False)
                 keep = (user_hash(uid) % np.uint64(n)) == np.uint64(shard)
                 batch = batch.filter(pa.array(keep))
+            if len(self.forget) and batch.num_rows:
+                gone = self.forget.mask(batch.column("user_id").to_numpy(zero_copy_only=False))
+                if gone.any():
+                    batch = batch.filter(pa.array(~gone))
             if batch.num_rows:
                 yield batch
 
@@ -180,7 +189,8 @@ def active_source(
     path = layout.active_shard(as_of, shard)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing although {root} is published with {published} shard(s)")
-    return ParquetSequenceSource([path], info={"source": "active", "num_shards": published})
+    return ParquetSequenceSource([path], info={"source": "active", "num_shards": published},
+                                 forget=ForgetList.load(layout.root))
 
 
 def state_source(
@@ -200,9 +210,12 @@ def state_source(
     if split == "auto":
         split = "files" if len(files) >= n else "hash"
     info = {"source": "state", "num_shards": n, "split": split, "layers": len(snapshot.layers)}
+    forget = ForgetList.load(layout.root)
     if n == 1 or split == "files":
-        return StateSequenceSource(files[shard::n], info=info, snapshot=snapshot, layer_of=layer_of)
-    return StateSequenceSource(files, hash_shard=(shard, n), info=info, snapshot=snapshot, layer_of=layer_of)
+        return StateSequenceSource(files[shard::n], info=info, snapshot=snapshot, layer_of=layer_of,
+                                   forget=forget)
+    return StateSequenceSource(files, hash_shard=(shard, n), info=info, snapshot=snapshot, layer_of=layer_of,
+                               forget=forget)
 
 
 def open_source(

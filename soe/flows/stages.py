@@ -38,10 +38,18 @@ def active_manifest(settings, as_of: datetime) -> dict[str, Any]:
 
 
 def active_user_ids(settings, as_of: datetime) -> np.ndarray:
-    """Every user id in the published active shards of ``as_of``."""
+    """Every user id in the published active shards of ``as_of``, but the forgotten ones (never encoded)."""
     files = sorted(settings.layout().active(as_of).glob("shard=*.parquet"))
     ids = [pq.read_table(f, columns=["user_id"]).column("user_id").to_numpy() for f in files]
-    return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    out = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    return out[~forget_list(settings).mask(out)]
+
+
+def forget_list(settings):
+    """The forget list under the data root (`core.forget`)."""
+    from core.forget import ForgetList
+
+    return ForgetList.load(settings.layout().root)
 
 
 def newest_state(settings, at_or_before: datetime | None = None) -> datetime:
@@ -53,10 +61,11 @@ def newest_state(settings, at_or_before: datetime | None = None) -> datetime:
 
 
 def state_user_ids(settings, as_of: datetime) -> np.ndarray:
-    """Every user id in the published state snapshot ``as_of`` (every known user)."""
+    """Every user id in the published state snapshot ``as_of`` (every known user), but the forgotten ones."""
     from core.sequence_state import StateSnapshot
 
-    return StateSnapshot(settings.layout().state(as_of)).user_ids()
+    ids = StateSnapshot(settings.layout().state(as_of)).user_ids()
+    return ids[~forget_list(settings).mask(ids)]
 
 
 # -- encoder --------------------------------------------------------------------------------------
@@ -164,7 +173,8 @@ def lookalike(settings, model: str, seed_ids: np.ndarray, size: int) -> tuple[np
     if snap is None:
         raise FileNotFoundError(f"no published graph of model {model!r}")
     index = snap.searcher() if g.lookalike_method == "max_seed" else None  # exact re-ranked scores
-    aud = run(snap.vectors, seed_ids, size, method=g.lookalike_method, n_centroids=g.lookalike_centroids,
+    users = snap.vectors.without(forget_list(settings).ids)  # a forgotten user is no seed and in no audience
+    aud = run(users, seed_ids, size, method=g.lookalike_method, n_centroids=g.lookalike_centroids,
               index=index, seed_k=g.lookalike_seed_k)
     return aud.user_ids, aud.scores
 

@@ -30,6 +30,7 @@ import numpy as np
 from core.atomic import publish_dir
 from core.contracts import NEIGHBOURS
 from core.embeddings import snapshot_times
+from core.forget import DIGEST_KEY, ForgetList
 from core.layout import HOUR, Layout, stamp, utc
 from store.graph.incremental import carry_over, repair_untouched, rescore, update_index
 from store.graph.index import (
@@ -41,7 +42,7 @@ from store.graph.index import (
     on_device,
     searcher,
 )
-from store.graph.knn import sample_recall, search_neighbours
+from store.graph.knn import PAD, sample_recall, search_neighbours
 from store.graph.settings import GraphSettings
 from store.graph.redis_io import write_neighbour_lists
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
@@ -85,14 +86,32 @@ def build_full(uv: UserVectors, cfg: GraphSettings,
     return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
 
 
-def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings) -> GraphResult:
+def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings,
+                      forget: ForgetList | None = None) -> GraphResult:
     t0 = time.perf_counter()
     old = prev.vectors
-    uv = old.merged(new)
     index = prev.index()
-    update_index(index, old, new)
     old_nbr, old_scores = prev.neighbours()
-    nbr, scores, nxt = carry_over(old.ids, old_nbr, old_scores, uv, prev.next_scores())
+    old_next = prev.next_scores()
+    holed = np.zeros(0, np.int64)  # users whose previous list named a forgotten user
+    n_forgotten = 0
+    if forget is not None and len(forget):  # forgotten since the previous graph: out of the index and lists
+        gone_rows, listed = forget.mask(old.ids), forget.mask(old_nbr)
+        if gone_rows.any() or listed.any():
+            import faiss
+
+            gone = np.ascontiguousarray(old.ids[gone_rows])
+            if len(gone):
+                index.remove_ids(faiss.IDSelectorBatch(len(gone), faiss.swig_ptr(gone)))
+            keep = ~gone_rows
+            holed = old.ids[listed.any(axis=1) & keep]
+            old_nbr = np.where(listed, PAD, old_nbr)[keep]
+            old_scores = np.where(listed, -np.inf, old_scores)[keep].astype(np.float32)
+            old, old_next = UserVectors(old.ids[keep], old.vectors[keep]), old_next[keep]
+            n_forgotten = len(gone)
+    uv = old.merged(new)
+    update_index(index, old, new)
+    nbr, scores, nxt = carry_over(old.ids, old_nbr, old_scores, uv, old_next)
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
     device = choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind)
@@ -104,13 +123,18 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings)
         dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids, nxt), touched)
         nbr[dropped], scores[dropped], nxt[dropped] = search_neighbours(search_index, uv, dropped, cfg.k,
                                                                         cfg.search_batch, with_next=True)
-    repaired = repair_untouched(uv, nbr, scores, touched, nxt, fixed=np.union1d(touched, dropped))
+    holes = np.setdiff1d(uv.positions(holed), np.union1d(touched, dropped))  # lost a forgotten neighbour
+    if len(holes):
+        nbr[holes], scores[holes], nxt[holes] = search_neighbours(search_index, uv, holes, cfg.k,
+                                                                  cfg.search_batch, with_next=True)
+    fixed = np.union1d(np.union1d(touched, dropped), holes)
+    repaired = repair_untouched(uv, nbr, scores, touched, nxt, fixed=fixed)
     t2 = time.perf_counter()
     changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
-    changed = np.union1d(changed, touched)
+    changed = np.union1d(np.union1d(changed, touched), holes)
     stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": len(touched),
              "n_new_users": int(len(uv) - len(old)), "n_researched": len(dropped),
-             "n_repaired": int(repaired)}
+             "n_repaired": int(repaired), "n_forgotten": n_forgotten, "n_relisted": len(holes)}
     return GraphResult(uv, nbr, scores, nxt, index, prev.spec, changed, stats)
 
 
@@ -145,13 +169,14 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
     t0 = time.perf_counter()
     incremental = cfg.incremental if incremental is None else incremental
     prev = latest_snapshot(layout, model_version, before=as_of)
+    forget = ForgetList.load(layout.root)  # forgotten users: in no index and no list
     reason = full_reason(cfg, incremental, prev, as_of)
     result: GraphResult | None = None
     if reason is None and prev is not None:  # full_reason is None only when there is a previous graph
-        new = newer_vectors(layout, model_version, prev, as_of)
+        new = newer_vectors(layout, model_version, prev, as_of, forget)
         reason = incremental_blocker(cfg, prev, new)
         if reason is None:
-            result = build_incremental(prev, new, cfg)
+            result = build_incremental(prev, new, cfg, forget)
             recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
                                              neighbours=(result.nbr_ids, result.nbr_scores))
             if recall < cfg.min_recall:
@@ -159,7 +184,7 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
                 result = None
     mode = "incremental" if result is not None else "full"
     if result is None:
-        uv = latest_vectors(layout, model_version, as_of)
+        uv = latest_vectors(layout, model_version, as_of, forget=forget)
         result = build_full(uv, cfg, on_batch)
         recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
                                          neighbours=(result.nbr_ids, result.nbr_scores))
@@ -175,6 +200,7 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
         "previous_as_of": stamp(prev.as_of) if prev is not None else None,
         "contract": {"neighbours": NEIGHBOURS.version},
         "accepted": bool(accept),
+        DIGEST_KEY: forget.digest,
     }
     with publish_dir(layout.graph(model_version, as_of), manifest) as tmp:
         write_snapshot(tmp, result.uv, result.nbr_ids, result.nbr_scores, result.next_scores, result.index,
@@ -206,11 +232,13 @@ def publish_lists(redis: RedisSettings, layout: Layout, model_version: str, as_o
     return {"lists": int(len(rows)), "redis_lists": counts, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def newer_vectors(layout: Layout, model_version: str, prev: GraphSnapshot, as_of: datetime) -> UserVectors:
-    """The vectors of the embedding snapshots published after ``prev`` (empty when there are none)."""
+def newer_vectors(layout: Layout, model_version: str, prev: GraphSnapshot, as_of: datetime,
+                  forget: ForgetList | None = None) -> UserVectors:
+    """The vectors of the embedding snapshots published after ``prev`` (empty when there are none),
+    without the forgotten users."""
     if not snapshot_times(layout, model_version, after=prev.as_of, until=as_of):
         return UserVectors(np.zeros(0, np.int64), np.zeros((0, prev.vectors.dim), np.float32))
-    return latest_vectors(layout, model_version, as_of, after=prev.as_of)
+    return latest_vectors(layout, model_version, as_of, after=prev.as_of, forget=forget)
 
 
 def incremental_blocker(cfg: GraphSettings, prev: GraphSnapshot, new: UserVectors) -> str | None:

@@ -9,7 +9,8 @@ first, one entry per distinct item, at most ``graph.positives_per_user``.
 `publish_recent_positives` writes them to the store (store.graph.redis_io: one small ``positives``
 record per user, read with one HMGET per bucket in Redis), replacing the user's previous value unless
 that one is newer; users not active this hour keep theirs, and readers drop entries that have aged out
-of the window.
+of the window. Forgotten users (`core.forget`) are skipped, even in active shards written before the
+forget (a reconcile may republish an older hour).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import is_complete
 from core.contracts import SEQUENCE
+from core.forget import ForgetList
 from core.layout import HOUR, HOUR_MS, Layout, utc
 from core.settings import EventSettings
 from store.backends import open_store
@@ -89,8 +91,11 @@ def publish_recent_positives(cfg: GraphSettings, events: EventSettings, redis: R
     store = store if store is not None else open_store(redis)
     users = with_positives = 0
     counts = UpsertCounts()
+    forget = ForgetList.load(layout.root)
     for shard in active_shards(layout.active(as_of)):
         table = pq.read_table(shard, columns=list(SEQUENCE.required))
+        if len(forget):
+            table = table.filter(pa.array(~forget.mask(table.column("user_id").to_numpy())))
         ids, items, ages = recent_positives(table, events.positive_event_types, as_of, window,
                                             cfg.positives_per_user)
         c = write_positives(redis, ids, items, ages, as_of, ttl_s=window * HOUR.total_seconds(), store=store)

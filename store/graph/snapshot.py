@@ -16,12 +16,18 @@ service, lookalike, the next incremental build — lists accepted snapshots only
 rejected graph is never served nor built upon. Snapshots without the key (offline `soe graph` builds,
 older snapshots) are accepted.
 
+**Forget.** `scrub_snapshot` rewrites a snapshot without the forgotten users (`core.forget`): their rows,
+vectors and index entries go, every list that named one is searched again on the scrubbed index (so
+it is full and exact again) and joins ``changed_ids``. ``soe forget`` does it to each model's newest
+snapshot at once (and writes the re-searched lists to the store); retention does it to the older ones.
+
 Keeping the vectors beside the index makes the snapshot self-contained: the next hourly build updates
 it without re-reading 48 hours of embedding snapshots, and lookalike scores seeds against it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -30,11 +36,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from core.atomic import is_complete, read_marker, write_marker
+from core.atomic import is_complete, publish_dir, read_marker, write_marker
 from core.contracts import NEIGHBOURS
+from core.forget import DIGEST_KEY, ForgetList
 from core.layout import Layout, snapshot_times, utc
 from store.graph.index import IndexSpec, load_index, save_index
-from store.graph.knn import neighbours_from_table, neighbours_table
+from store.graph.knn import PAD, neighbours_from_table, neighbours_table, search_neighbours
 from store.graph.vectors import UserVectors
 
 NEIGHBOURS_FILE = "neighbours.parquet"
@@ -113,6 +120,63 @@ class GraphSnapshot:
         if not np.array_equal(user_ids, self.vectors.ids):
             raise ValueError(f"{self.path}: neighbours rows are not aligned with ids.npy (corrupt snapshot?)")
         return ids, scores
+
+
+def scrub_snapshot(path: Path, forget: ForgetList, search_batch: int = 16_384,
+                   on_relisted: Callable[[np.ndarray, np.ndarray, np.ndarray, GraphSnapshot], object]
+                   | None = None) -> dict:
+    """Rewrite a published graph snapshot without the forgotten users (see the module docstring).
+
+    Returns ``users`` (rows removed), ``relisted`` (ids of the users whose lists named a forgotten user
+    and were searched again) and ``rewritten``. A snapshot already checked against this forget list
+    (``forget_digest`` in its marker) is not read again. ``on_relisted(ids, nbr_ids, scores, snapshot)``
+    is called with the re-searched lists **before** the snapshot is rewritten (``soe forget`` writes
+    them to the store there), so a failure leaves the snapshot unscrubbed and a rerun redoes both.
+    """
+    empty = {"users": 0, "relisted": np.zeros(0, np.int64), "rewritten": False}
+    if not len(forget) or forget.checked(path):
+        return empty
+    snap = GraphSnapshot(Path(path))
+    manifest = dict(snap.manifest)
+    uv = snap.vectors
+    nbr, scores = snap.neighbours()
+    gone_rows, listed = forget.mask(uv.ids), forget.mask(nbr)
+    if not gone_rows.any() and not listed.any():
+        write_marker(path, {**manifest, DIGEST_KEY: forget.digest})
+        return empty
+    keep = ~gone_rows
+    relisted = uv.ids[listed.any(axis=1) & keep]
+    nxt, changed = snap.next_scores()[keep], snap.changed_ids()
+    index = snap.index()
+    out = UserVectors(uv.ids[keep], uv.vectors[keep])
+    if snap.spec.kind == "hnsw":  # HNSW cannot remove a vector: rebuilt from the kept ones
+        from store.graph.index import build_index
+        from store.graph.settings import GraphSettings
+
+        index = build_index(out, snap.spec, GraphSettings())
+    elif gone_rows.any():
+        import faiss
+
+        gone = np.ascontiguousarray(uv.ids[gone_rows])
+        index.remove_ids(faiss.IDSelectorBatch(len(gone), faiss.swig_ptr(gone)))
+    nbr = np.where(listed, PAD, nbr)[keep]
+    scores = np.where(listed, -np.inf, scores)[keep].astype(np.float32)
+    rows = out.positions(relisted)
+    if len(rows) and len(out) > 1:
+        from store.graph.index import searcher
+
+        found = search_neighbours(searcher(index, snap.spec, out), out, rows, snap.k, search_batch,
+                                  with_next=True)
+        nbr[rows], scores[rows], nxt[rows] = found
+    if on_relisted is not None and len(rows):
+        on_relisted(relisted, nbr[rows], scores[rows], snap)
+    changed = np.union1d(changed[~forget.mask(changed)], relisted)
+    manifest.update({"n_users": len(out), DIGEST_KEY: forget.digest,
+                     "forgotten_removed": int(manifest.get("forgotten_removed", 0)) + int(gone_rows.sum())})
+    with publish_dir(Path(path), manifest) as tmp:
+        write_snapshot(tmp, out, nbr, scores, nxt, index, snap.model_version, snap.as_of,
+                       changed_rows=out.positions(changed))
+    return {"users": int(gone_rows.sum()), "relisted": relisted, "rewritten": True}
 
 
 def is_accepted(path: Path) -> bool:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+import pyarrow as pa
 
 from core.embeddings import latest_embeddings, vector_array
+from core.forget import ForgetList
 from core.layout import Layout
 
 
@@ -80,6 +82,11 @@ class UserVectors:
         last[:-1] = ids[1:] != ids[:-1]
         return cls(ids[last], normalise(vectors[last]))
 
+    def without(self, user_ids: np.ndarray) -> UserVectors:
+        """These vectors without ``user_ids`` (e.g. the forgotten users)."""
+        keep = ~np.isin(self.ids, np.asarray(user_ids, dtype=np.int64))
+        return self if keep.all() else UserVectors(self.ids[keep], self.vectors[keep])
+
     def merged(self, newer: UserVectors) -> UserVectors:
         """These vectors with ``newer``'s replacing/adding users (newer wins)."""
         if len(self) and len(newer) and self.dim != newer.dim:
@@ -98,10 +105,16 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 def latest_vectors(layout: Layout, model_version: str, as_of: datetime,
-                   after: datetime | None = None) -> UserVectors:
-    """Every user's latest vector from the model's snapshots in ``(after, as_of]`` (newest snapshot wins).
+                   after: datetime | None = None, forget: ForgetList | None = None) -> UserVectors:
+    """Every user's latest vector from the model's snapshots in ``(after, as_of]`` (newest snapshot wins),
+    without the forgotten users (``forget``, default: the data root's forget list).
 
     Raises FileNotFoundError when no published snapshot exists in the window.
     """
     table = latest_embeddings(layout, model_version, after=after, until=as_of, columns=["user_id", "vector"])
-    return UserVectors.from_arrays(table.column("user_id").to_numpy(), vector_array(table.column("vector")))
+    forget = forget if forget is not None else ForgetList.load(layout.root)
+    ids = table.column("user_id").to_numpy()
+    if len(forget):
+        keep = ~forget.mask(ids)
+        table, ids = table.filter(pa.array(keep)), ids[keep]
+    return UserVectors.from_arrays(ids, vector_array(table.column("vector")))

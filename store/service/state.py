@@ -13,6 +13,9 @@
 * **lookalike**: the newest published graph snapshot of the model, loaded into memory and re-checked
   every ``serve.graph_reload_s`` seconds (a newer one is swapped in whole; requests in flight keep the
   old one).
+* **forget**: the forget list (`core.forget`) is re-read with the graph; a forgotten user is dropped
+  from the loaded graph (no vector, no list, in no list), so it is never a lookalike seed (reported
+  missing), never in an audience, and never a neighbour; the graph reloads when the list grows.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from core.forget import ForgetList
 from core.layout import Layout
 from store.backends import open_store
 from store.base import VectorStore
@@ -40,12 +44,19 @@ class NotReady(RuntimeError):
 
 
 class LoadedGraph:
-    """A graph snapshot held in memory: vectors, neighbour arrays and (lazily) the FAISS index."""
+    """A graph snapshot held in memory: vectors, neighbour arrays and (lazily) the FAISS index, without
+    the forgotten users (the index may still return one: its id has no row here, so it is dropped)."""
 
-    def __init__(self, snap: GraphSnapshot):
+    def __init__(self, snap: GraphSnapshot, forget: ForgetList | None = None):
         self.snap = snap
+        self.forget = forget if forget is not None else ForgetList()
         self.uv = snap.vectors
         self.nbr_ids, self.nbr_scores = snap.neighbours()
+        if len(self.forget):
+            keep, listed = ~self.forget.mask(self.uv.ids), self.forget.mask(self.nbr_ids)
+            self.uv = self.uv.without(self.uv.ids[~keep])
+            self.nbr_ids = np.where(listed, -1, self.nbr_ids)[keep]
+            self.nbr_scores = np.where(listed, -np.inf, self.nbr_scores)[keep].astype(np.float32)
         self._index: Any = None
         self._lock = threading.Lock()
 
@@ -108,8 +119,10 @@ class ServiceState:
             if self._graph is None or now - self._checked >= self.serve.graph_reload_s:
                 self._checked = now
                 snap = latest_snapshot(self.layout, self.model())
-                if snap is not None and (self._graph is None or snap.path != self._graph.snap.path):
-                    self._graph = LoadedGraph(snap)
+                forget = ForgetList.load(self.layout.root)
+                if snap is not None and (self._graph is None or snap.path != self._graph.snap.path
+                                         or forget.digest != self._graph.forget.digest):
+                    self._graph = LoadedGraph(snap, forget)
             if self._graph is None:
                 raise NotReady(f"no published graph for model {self.model()!r}: run `soe graph` first")
             return self._graph
