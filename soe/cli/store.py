@@ -91,12 +91,24 @@ def lookup_cmd(
 @redis_errors
 def forget_cmd(
     ctx: typer.Context,
-    users: Path = typer.Option(..., "--users", help="File of user ids: one per line, or Parquet with user_id."),
+    user_ids: list[int] | None = typer.Argument(None, metavar="[USER]...", help="User ids to forget."),
+    users: Path | None = typer.Option(None, "--users",
+                                      help="File of user ids: one per line, or Parquet with user_id."),
 ) -> None:
-    """Remove users' vectors from every model namespace and their neighbour lists."""
-    from store.forget import forget_users, read_user_ids
+    """Forget users everywhere, for good: a durable tombstone first (every stage honours it, so nothing
+    re-creates them), then their vectors, neighbour lists and positives in the store, and every other
+    user's list in the store and the newest graph that named them. Older snapshots on disk are
+    rewritten by the next retention (docs/operations.md, "Forget")."""
+    import numpy as np
 
-    echo_json(forget_users(settings(ctx).redis, read_user_ids(users)))
+    from store.forget import forget_everywhere, read_user_ids
+
+    ids = [np.asarray(user_ids or [], dtype=np.int64)] + ([read_user_ids(users)] if users is not None else [])
+    chosen = np.concatenate(ids)
+    if not len(chosen):
+        raise ValueError("no user to forget: give user ids (soe forget 17 42) or --users FILE")
+    s = settings(ctx)
+    echo_json(forget_everywhere(s.redis, s.layout(), chosen))
 
 
 @models_app.command("current")
