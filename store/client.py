@@ -9,7 +9,8 @@ resolves the current-model pointer once (cached for ``redis.pointer_ttl_s``) and
 batch from that one model namespace, so a batch never mixes two models, even while the pointer
 switches. A single id is one HGET; a batch is one HMGET per bucket, pipelined, which the
 cluster client sends as one round trip per node. Missing users come back with found=False and a
-zero vector: reported, not raised. The client only reads, so it runs with the reader ACL user.
+zero vector: reported, not raised. The client only reads, so it runs with the reader ACL user. A
+pointer that does not hold a valid model version is a ValueError naming the pointer, never a key.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from store.backends import open_store
 from store.base import Lookup, ModelMeta, VectorStore, as_ids
 from store.format import decode_neighbours
+from store.keys import check_name
 from store.settings import RedisSettings
 
 
@@ -28,7 +30,8 @@ class LookupClient:
     def __init__(self, redis_settings: RedisSettings, *, model: str | None = None,
                  pointer_ttl_s: float | None = None, store: VectorStore | None = None):
         self.store = store if store is not None else open_store(redis_settings)
-        self.pinned = model  # read this model instead of following the pointer
+        # read this model instead of following the pointer (the pointer's value is checked by the store)
+        self.pinned = None if model is None else check_name("model version", model)
         self.ttl = redis_settings.pointer_ttl_s if pointer_ttl_s is None else pointer_ttl_s
         self._pointer: tuple[float | None, str | None] = (None, None)  # (fetched at, model)
         self._meta: dict[str, ModelMeta] = {}  # a namespace's dim/dtype/buckets never change

@@ -20,6 +20,10 @@ buckets of one tag live in one slot, so one server-side upsert call can write ma
 hundred users) and still touch a single slot. 1024 tags spread evenly over clusters of up to ~100
 masters; on a single node the tags do not matter and a call may span any buckets.
 
+The namespace and every model version go through `core.names.check_name` (the one rule for names
+that become paths or keys) before they become part of a key, wherever the name came from: an
+argument, the config, or a value read back from the store (the pointer, the set of models).
+
 ``bucket = splitmix64(uint64(user_id)) mod buckets`` (splitmix64's finaliser, documented in
 docs/format.md so any language can compute it): ids that share low bits or arrive in runs still
 spread evenly.
@@ -27,21 +31,21 @@ spread evenly.
 
 from __future__ import annotations
 
-import re
+import functools
 
 import numpy as np
 
 from core.hashing import splitmix64, splitmix64_one
+from core.names import check_name
 
 SLOT_TAGS = 1024  # cluster hash tags per namespace (part of format version 1)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-def check_name(kind: str, value: str) -> str:
-    """Model versions and the namespace go into keys: letters, digits, '.', '_', '-' only."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(f"{kind} {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-' "
-                         "(it becomes part of Redis keys)")
-    return value
+
+@functools.lru_cache(maxsize=4096)
+def model_name(model: str) -> str:
+    """``model`` when it is a valid model version (core.names.check_name), else ValueError; cached, as
+    every key builder calls it (a bad name is never cached: the error is raised again each time)."""
+    return check_name("model version", model)
 
 
 def bucket_of_one(user_id: int, buckets: int) -> int:
@@ -56,18 +60,19 @@ def bucket_of(user_ids, buckets: int) -> np.ndarray:
 
 
 class Keys:
-    """Every Redis key SoE uses, built in one place."""
+    """Every Redis key SoE uses, built in one place; every model version is checked
+    (`core.names.check_name`) before it becomes part of a key."""
 
     def __init__(self, namespace: str = "soe"):
         self.ns = check_name("redis namespace", namespace)
 
     def vectors(self, model: str, bucket: int) -> str:
         b = int(bucket)
-        return f"{self.ns}:v:{model}:{{{b % SLOT_TAGS}}}{b}"
+        return f"{self.ns}:v:{model_name(model)}:{{{b % SLOT_TAGS}}}{b}"
 
     def neighbours(self, model: str, bucket: int) -> str:
         b = int(bucket)
-        return f"{self.ns}:n:{model}:{{{b % SLOT_TAGS}}}{b}"
+        return f"{self.ns}:n:{model_name(model)}:{{{b % SLOT_TAGS}}}{b}"
 
     def positives(self, bucket: int) -> str:
         """Recent positive items (model independent, `redis.buckets` buckets; written by the graph)."""
@@ -75,17 +80,17 @@ class Keys:
         return f"{self.ns}:p:{{{b % SLOT_TAGS}}}{b}"
 
     def meta(self, model: str) -> str:
-        return f"{self.ns}:meta:{model}"
+        return f"{self.ns}:meta:{model_name(model)}"
 
     def models(self) -> str:
         return f"{self.ns}:models"
 
     def manifests(self, model: str) -> str:
-        return f"{self.ns}:manifests:{model}"
+        return f"{self.ns}:manifests:{model_name(model)}"
 
     def pointer(self) -> str:
         return f"{self.ns}:pointer"
 
     def plain(self, model: str, user_id: int) -> str:
         """One key per user: not used by the store, only by the benchmark's memory baseline."""
-        return f"{self.ns}:plain:{model}:{int(user_id)}"
+        return f"{self.ns}:plain:{model_name(model)}:{int(user_id)}"

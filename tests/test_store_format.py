@@ -106,9 +106,11 @@ def test_keys_share_the_bucket_hash_tag_and_names_are_checked():
     assert k.vectors("m1", 1024 + 7) == "soe:v:m1:{7}1031"  # same tag: same cluster slot
     # the docs/format.md example
     assert k.vectors("m1", int(bucket_of(42, 16384)[0])) == "soe:v:m1:{661}11925"
-    for bad in ("", "a b", "x{y}", "m:1", "-m"):
+    for bad in ("", "a b", "x{y}", "m:1", "-m", "m1\n", "../m", "a..b", "m/1", "a" * 129):
         with pytest.raises(ValueError):
             check_name("model version", bad)
+        with pytest.raises(ValueError, match="model version"):
+            k.vectors(bad, 1)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
