@@ -36,8 +36,10 @@ from typing import Literal, Self, get_args
 
 import numpy as np
 
-from store.format import AS_OF_OFFSET, HEADER_SIZE, decode_vectors
-from store.keys import check_name
+from store.format import AS_OF_OFFSET, FORMAT_VERSION, HEADER_SIZE, NEIGHBOURS, decode_vectors, value_size
+from store.format import KINDS as VECTOR_KINDS
+from store.functions import Limits
+from store.keys import check_name, model_name
 
 Kind = Literal["vectors", "neighbours", "positives"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
@@ -113,12 +115,14 @@ def as_ids(user_ids) -> np.ndarray:
 
 
 def check_kind(kind: str, model: str | None) -> None:
-    """vectors/neighbours need a model namespace; positives have none."""
+    """vectors/neighbours need a model namespace (a valid model version); positives have none."""
     if kind not in KINDS:
         raise ValueError(f"record kind must be one of {KINDS}, got {kind!r}")
     if (kind == "positives") != (model is None):
         raise ValueError("positives are model independent (model=None); vectors and neighbours need a model"
                          f" (got kind={kind!r}, model={model!r})")
+    if model is not None:
+        model_name(model)
 
 
 def value_as_of(value: bytes) -> int:
@@ -131,6 +135,72 @@ def newest_per_user(user_ids: np.ndarray, as_of: np.ndarray) -> np.ndarray:
     o = np.lexsort((np.arange(len(user_ids)), as_of, user_ids))
     last = np.r_[user_ids[o][1:] != user_ids[o][:-1], True] if len(o) else np.array([], bool)
     return np.sort(o[last])
+
+
+def _refuse(kind: str, uid: int, why: str) -> ValueError:
+    return ValueError(f"{kind} value of user {uid} {why}; nothing was written")
+
+
+def check_values(kind: Kind, batch: Batch, meta: ModelMeta | None, limits: Limits) -> None:
+    """Refuse (ValueError, before anything is written) a value its record kind may not hold.
+
+    The rule the Redis functions also enforce (store.functions): format version 1; vectors of the
+    namespace's dtype and dim (at most ``limits.max_dim``), neighbour lists and recent positives of
+    at most ``limits.max_neighbours`` / ``max_positives`` entries; the exact length the header implies.
+    """
+    if kind == "vectors":
+        assert meta is not None  # check_kind / meta_or_raise
+        if meta.dim > limits.max_dim:
+            raise ValueError(f"model namespace {meta.model!r} has dim {meta.dim}, over the store's limit "
+                             f"redis.max_dim = {limits.max_dim}")
+        head = (FORMAT_VERSION, VECTOR_KINDS[meta.dtype], meta.dim & 0xFF, meta.dim >> 8)
+        size = value_size(meta.dtype, meta.dim)
+        why = (f"is not a {meta.dtype} vector of dim {meta.dim} ({size} bytes, format version "
+               f"{FORMAT_VERSION}) as model namespace {meta.model!r} holds")
+        if isinstance(batch.values, np.ndarray):
+            rows = batch.values
+            if len(rows) and rows.shape[1] != size:
+                raise _refuse(kind, int(batch.ids[0]), why)
+            bad = np.flatnonzero((rows[:, :4] != np.array(head, np.uint8)).any(axis=1))
+            if len(bad):
+                raise _refuse(kind, int(batch.ids[bad[0]]), why)
+            return
+        for i, v in enumerate(batch.values):
+            if len(v) != size or tuple(v[:4]) != head:
+                raise _refuse(kind, int(batch.ids[i]), why)
+        return
+    most = limits.max_neighbours if kind == "neighbours" else limits.max_positives
+    setting = "redis.max_neighbours" if kind == "neighbours" else "redis.max_positives"
+    for i in range(len(batch.ids)):
+        v = batch.value(i)
+        n = int.from_bytes(v[2:4], "little")
+        if v[0] != FORMAT_VERSION or v[1] != NEIGHBOURS:
+            raise _refuse(kind, int(batch.ids[i]), f"is not a list of format version {FORMAT_VERSION}")
+        if n > most:
+            raise _refuse(kind, int(batch.ids[i]), f"holds {n} entries, over {setting} = {most}")
+        if len(v) != HEADER_SIZE + 12 * n:
+            raise _refuse(kind, int(batch.ids[i]), f"is {len(v)} bytes, its header implies "
+                                                    f"{HEADER_SIZE + 12 * n}")
+
+
+def stored_model(value: object, where: str) -> str:
+    """A model version read back from the store (the pointer, the set of models), checked before any
+    key or path is built from it: an invalid one is a ValueError naming ``where``."""
+    try:
+        return check_name("model version", value)
+    except ValueError as exc:
+        raise ValueError(f"{where} holds an invalid model version: {exc}") from None
+
+
+POINTER_FIELDS = ("current", "previous")
+
+
+def checked_pointer(pointer: dict[str, str]) -> dict[str, str]:
+    """The pointer's fields, with ``current`` and ``previous`` checked (`stored_model`)."""
+    for name in POINTER_FIELDS:
+        if name in pointer:
+            stored_model(pointer[name], f"the store's current-model pointer (field {name!r})")
+    return pointer
 
 
 def prepare_upsert(user_ids, values: Values, as_of) -> Batch:
@@ -160,6 +230,8 @@ def prepare_upsert(user_ids, values: Values, as_of) -> Batch:
 
 class VectorStore(ABC):
     """Records of three kinds per user, per-model namespaces, manifests and a current-model pointer."""
+
+    limits: Limits = Limits()  # the largest values accepted (a backend sets its configured limits)
 
     # -- records ----------------------------------------------------------------------------------
     @abstractmethod
@@ -215,7 +287,8 @@ class VectorStore(ABC):
     # -- the current-model pointer ----------------------------------------------------------------
     @abstractmethod
     def pointer(self) -> dict[str, str]:
-        """{"current": ..., "previous": ..., "switched_at": ...} (empty when never set)."""
+        """{"current": ..., "previous": ..., "switched_at": ...} (empty when never set); current and
+        previous are checked model versions (`checked_pointer`: ValueError when the store holds junk)."""
 
     @abstractmethod
     def switch_pointer(self, new_current: str) -> dict[str, str]:
@@ -226,8 +299,18 @@ class VectorStore(ABC):
         """Atomically swap current and previous (rollback); LookupError when there is no previous."""
 
     # -- derived ----------------------------------------------------------------------------------
+    def checked_upsert(self, kind: Kind, model: str | None, user_ids, values: Values,
+                       as_of) -> tuple[Batch, ModelMeta | None]:
+        """What every backend's `upsert` does first: check the kind, the namespace (LookupError when
+        missing), the input (`prepare_upsert`) and every value (`check_values`)."""
+        check_kind(kind, model)
+        meta = None if model is None else self.meta_or_raise(model)
+        batch = prepare_upsert(user_ids, values, as_of)
+        check_values(kind, batch, meta, self.limits)
+        return batch, meta
+
     def current(self) -> str | None:
-        """The current model (the lookup client caches it)."""
+        """The current model (the lookup client caches it); a checked model version or None."""
         return self.pointer().get("current")
 
     def ping(self) -> bool:

@@ -4,6 +4,7 @@ This is the embedded default of SoE (`soe redis start [--cluster]`) and what the
 Everything of one deployment lives in one work dir::
 
     <work_dir>/servers.json            mode, ports, pids (what `status` and `stop` read)
+    <work_dir>/users.acl               the ACL users (SHA-256 hashes only), when started with ``acl=``
     <work_dir>/node-<port>/redis.conf  generated config (loopback only, SoE's listpack settings)
     <work_dir>/node-<port>/redis.pid   pid file written by redis-server
     <work_dir>/node-<port>/redis.log   server log (read back when a start fails)
@@ -14,6 +15,13 @@ so concurrent test runs on one machine never collide. Servers run in their own s
 
 The memory layout of the vector store (bucketed small hashes, see docs/format.md) needs hashes to
 stay listpack-encoded: `MEMORY_CONF` below is the same as deploy/redis/soe-memory.conf.
+
+Started with ``acl={"soe-admin": ("admin", pw), "soe-writer": ("writer", pw), ...}`` (store.acl), the
+servers load those users from an aclfile with the default user switched off (no connection without
+credentials), and the admin loads the store's function library (store.functions) before anyone else
+connects; `LocalRedis.redis_settings` then connects as that admin (its password is kept in memory
+only, never in servers.json). Without ``acl`` the default user is open (a development server); the
+store then loads the function library itself on first use.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 # The server settings the bucketed layout needs (kept equal to deploy/redis/soe-memory.conf).
 MEMORY_CONF: dict[str, str] = {
@@ -48,14 +56,24 @@ class LocalRedis:
     ports: list[int]  # one port (single) or one per master (cluster)
     pids: list[int] = field(default_factory=list)  # redis-server pids, same order as ports
     host: str = "127.0.0.1"  # loopback only
+    # (user, password) of the admin when started with ACL users; in memory only, never saved or shown
+    admin: tuple[str, str] | None = field(default=None, repr=False)
 
     def redis_settings(self, **overrides):
-        """RedisSettings pointing at this deployment."""
+        """RedisSettings pointing at this deployment (as its admin, when it has ACL users)."""
         from store.settings import RedisSettings
 
         seeds = [f"{self.host}:{p}" for p in self.ports] if self.mode == "cluster" else []
+        creds = {"username": self.admin[0], "password": self.admin[1]} if self.admin else {}
         return RedisSettings(mode=self.mode, host=self.host, port=self.ports[0], startup_nodes=seeds,
-                             **overrides)
+                             **{**creds, **overrides})
+
+    def client(self, port: int | None = None, **kw: Any):
+        """A redis-py client of one node (the first by default), as the admin when there is one."""
+        import redis
+
+        user, password = self.admin or (None, None)
+        return redis.Redis(host=self.host, port=port or self.ports[0], username=user, password=password, **kw)
 
     def save(self) -> None:
         state = {"mode": self.mode, "host": self.host, "ports": self.ports, "pids": self.pids}
@@ -149,17 +167,15 @@ def _alive(pid: int) -> bool:
 
 
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    import redis
-
+    """Whether a redis-server answers on host:port: any reply to a plain PING, including NOAUTH (it is up,
+    and wants credentials), except LOADING. One raw round trip: no client, no retries, no credentials."""
     try:
-        client = redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return bool(client.ping())
-    except redis.exceptions.AuthenticationError:
-        return True  # up, but protected by a password
-    except redis.exceptions.ResponseError as exc:  # NOAUTH etc: it answers, so it is up
-        return "NOAUTH" in str(exc) or "NOPERM" in str(exc)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:
         return False
+    return reply.startswith((b"+", b"-")) and not reply.startswith(b"-LOADING")
 
 
 def _wait_ready(node_dir: Path, pid: int, host: str, port: int, timeout: float) -> None:
@@ -199,13 +215,42 @@ def _start_nodes(work_dir: Path, ports: list[int], cluster: bool, persist: bool,
 
 
 # -- public API -----------------------------------------------------------------------------------
+def _acl_setup(work_dir: Path, acl: dict[str, tuple[str, object]] | None,
+               extra_conf: dict[str, str] | None) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
+    """Write ``<work_dir>/users.acl`` for ``acl`` (default user off) and return the config to load it
+    and the admin's credentials; nothing when ``acl`` is None."""
+    if acl is None:
+        return extra_conf, None
+    from store.acl import _secret, acl_file
+
+    admins = [(name, _secret(pw)) for name, (role, pw) in acl.items() if role == "admin"]
+    if not admins:
+        raise ValueError("a local server with ACL users needs one of role 'admin' (the default user is off)")
+    path = work_dir / "users.acl"
+    path.write_text(acl_file(acl))
+    path.chmod(0o600)
+    return {**(extra_conf or {}), "aclfile": str(path)}, admins[0]
+
+
+def _load_functions(server: LocalRedis) -> None:
+    """The admin loads the store's function library on every node (every node is a master here)."""
+    from store import functions
+
+    for port in server.ports:
+        functions.load(server.client(port, socket_timeout=5))
+
+
 def start_single(work_dir: Path, port: int | None = None, *, persist: bool = False,
                  server_bin: str = "redis-server", extra_conf: dict[str, str] | None = None,
-                 timeout: float = 15.0) -> LocalRedis:
-    """Start one redis-server on 127.0.0.1 (a free port when ``port`` is None) and wait until it answers."""
+                 timeout: float = 15.0, acl: dict[str, tuple[str, object]] | None = None) -> LocalRedis:
+    """Start one redis-server on 127.0.0.1 (a free port when ``port`` is None) and wait until it answers.
+
+    ``acl``: ACL users (store.acl roles; one admin), the default user off, the function library loaded.
+    """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     _refuse_running(work_dir)
+    extra_conf, admin = _acl_setup(work_dir, acl, extra_conf)
     for attempt in range(3):
         ports = [port] if port else free_ports(1)
         if port and not _port_free(port):
@@ -217,19 +262,26 @@ def start_single(work_dir: Path, port: int | None = None, *, persist: bool = Fal
         except RuntimeError:
             if port or attempt == 2:  # a chosen free port can be taken by a concurrent run: pick again
                 raise
-    server = LocalRedis(work_dir, "single", ports, pids)
+    server = LocalRedis(work_dir, "single", ports, pids, admin=admin)
     server.save()
+    if admin:
+        try:
+            _load_functions(server)
+        except BaseException:
+            stop(work_dir)
+            raise
     return server
 
 
 def start_cluster(work_dir: Path, ports: list[int] | None = None, *, masters: int = 3, persist: bool = False,
                   server_bin: str = "redis-server", extra_conf: dict[str, str] | None = None,
-                  timeout: float = 30.0) -> LocalRedis:
+                  timeout: float = 30.0, acl: dict[str, tuple[str, object]] | None = None) -> LocalRedis:
     """Start ``masters`` cluster-enabled nodes, join them into one cluster (no replicas), wait for
-    state ok."""
+    state ok. ``acl``: as for `start_single`."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     _refuse_running(work_dir)
+    extra_conf, admin = _acl_setup(work_dir, acl, extra_conf)
     if masters < 3:
         raise ValueError("Redis Cluster needs at least 3 masters")
     for attempt in range(3):
@@ -242,10 +294,12 @@ def start_cluster(work_dir: Path, ports: list[int] | None = None, *, masters: in
         except RuntimeError:
             if ports or attempt == 2:
                 raise
-    server = LocalRedis(work_dir, "cluster", chosen, pids)
+    server = LocalRedis(work_dir, "cluster", chosen, pids, admin=admin)
     server.save()
     try:
         _create_cluster(server, timeout)
+        if admin:
+            _load_functions(server)
     except BaseException:
         stop(work_dir)
         raise
@@ -254,9 +308,8 @@ def start_cluster(work_dir: Path, ports: list[int] | None = None, *, masters: in
 
 def _create_cluster(server: LocalRedis, timeout: float) -> None:
     """Assign the 16384 slots evenly and let the nodes meet (what `redis-cli --cluster create` does)."""
-    import redis
 
-    nodes = [redis.Redis(host=server.host, port=p, socket_timeout=5) for p in server.ports]
+    nodes = [server.client(p, socket_timeout=5) for p in server.ports]
     n = len(nodes)
     assigned = [int(node.cluster("info").get("cluster_slots_assigned", 0)) for node in nodes]
     if any(assigned) and not all(assigned):

@@ -6,15 +6,22 @@ for tests and offline runs; every `open_store` of one process and namespace shar
 
 The pipeline (writer) and the rankers (reader) use the same section with different credentials:
 set ``SOE_REDIS__USERNAME`` / ``SOE_REDIS__PASSWORD`` per deployment. The password is a
-``SecretStr``: it prints as ``**********`` in reprs, logs and `soe config`, never in clear.
+``SecretStr``: it prints as ``**********`` in reprs, logs and `soe config`, never in clear. A password
+that YAML reads as a number or a date (``SOE_REDIS__PASSWORD=20240229``) is taken as its text; one that
+YAML reads as a boolean (``yes``, ``off``) is refused: quote it. Validation errors never quote it.
+
+``max_dim``, ``max_neighbours`` and ``max_positives`` bound the values the store accepts: the Python
+side refuses larger ones before sending, and the Redis function library (store.functions) is loaded
+with the same limits, so a writer cannot store larger values by calling the functions directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date, datetime, time
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from core.section import Section
 
@@ -24,6 +31,9 @@ ReadPath = Literal["packed", "pipeline"]
 
 
 class RedisSettings(Section):
+    # a validation error of this section never quotes its input (it may be the password)
+    model_config = ConfigDict(**Section.model_config, hide_input_in_errors=True)
+
     mode: StoreMode = "single"  # backend: one redis-server, Redis Cluster, or in-process memory
     host: str = "127.0.0.1"  # single node host, or any cluster node
     port: int = 6379  # single node port, or any cluster node's port
@@ -46,6 +56,20 @@ class RedisSettings(Section):
     # "pipeline" = redis-py's pipeline (the reference path; also the fallback of "packed" on MOVED/ASK
     # or a dropped connection). Both return the same bytes (tests/test_store_read_paths.py).
     read_path: ReadPath = "packed"
+    # largest values accepted (checked in Python and by the Redis functions, store.functions)
+    max_dim: Annotated[int, Field(ge=1, le=65535)] = 2048  # vector dim
+    max_neighbours: Annotated[int, Field(ge=1, le=65535)] = 1000  # entries of a neighbour list
+    max_positives: Annotated[int, Field(ge=1, le=65535)] = 1000  # entries of a recent-positives list
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_as_text(cls, value: Any) -> Any:
+        """A password is text, whatever YAML made of it (the value never appears in the error)."""
+        if isinstance(value, bool):
+            raise ValueError("a password must be text: YAML read this one as a boolean (quote it)")
+        if isinstance(value, int | float | date | datetime | time):
+            return str(value)
+        return value
 
     def secret(self) -> str | None:
         """The password in clear, for the connection only (never log the result)."""

@@ -58,18 +58,33 @@ def test_redis_start_status_stop(settings):
     assert run(env, "redis", "status", code=1)["running"] is False
 
 
-def test_redis_acl_applies_users_and_writes_a_file_without_clear_passwords(settings, redis_single, tmp_path):
-    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_REDIS__PORT": str(redis_single.port)}
-    out = run(env, "redis", "acl", "--writer-password", "wpw-123", "--reader-password", "rpw-456")
-    assert out["users"] == ["soe-writer", "soe-reader"]
+def test_redis_acl_applies_users_locks_the_default_user_and_writes_a_file(settings, tmp_path):
     import pytest
+    import redis
 
+    from store import local_server
     from store.client import LookupClient
 
-    reader = redis_single.with_credentials("soe-reader", "rpw-456")
-    with pytest.raises(LookupError, match="no current model"):  # authenticated, may read; no model yet
-        LookupClient(reader).get([1])
-    run(env, "redis", "acl", "--writer-password", "wpw-123", "--reader-password", "rpw-456",
-        "--file", str(tmp_path / "u.acl"))
-    text = (tmp_path / "u.acl").read_text()
-    assert "user soe-reader on #" in text and "rpw-456" not in text and "wpw-123" not in text
+    server = local_server.start_single(tmp_path / "r")  # its own server: the default user gets locked
+    try:
+        env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_REDIS__PORT": str(server.ports[0])}
+        pws = ["--admin-password", "apw-789", "--writer-password", "wpw-123", "--reader-password", "rpw-456"]
+        # the library is loaded by the admin, its writer may call it
+        out = run(env, "redis", "acl", *pws)
+        assert out["users"] == ["soe-admin", "soe-writer", "soe-reader"] and out["default_user"] == "off"
+        with pytest.raises(redis.exceptions.AuthenticationError):  # no connection without credentials
+            redis.Redis(port=server.ports[0]).ping()
+        run(env, "redis", "functions", "status", code=2)  # as the (now locked) default user: a clear error
+        admin_env = {**env, "SOE_REDIS__USERNAME": "soe-admin", "SOE_REDIS__PASSWORD": "apw-789"}
+        status = run(admin_env, "redis", "functions", "status")
+        assert [v["version"] for v in status["nodes"].values()] == [str(status["expected_version"])]
+        reader = server.redis_settings().with_credentials("soe-reader", "rpw-456")
+        with pytest.raises(LookupError, match="no current model"):  # authenticated, may read; no model yet
+            LookupClient(reader).get([1])
+        run(env, "redis", "acl", *pws, "--file", str(tmp_path / "u.acl"))
+        text = (tmp_path / "u.acl").read_text()
+        assert text.startswith("user default off ") and "user soe-reader on #" in text
+        assert not any(pw in text for pw in ("apw-789", "rpw-456", "wpw-123"))
+        assert oct((tmp_path / "u.acl").stat().st_mode & 0o777) == "0o600"
+    finally:
+        local_server.stop(tmp_path / "r")

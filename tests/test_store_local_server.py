@@ -74,3 +74,27 @@ def test_persistent_single_node_keeps_data_across_restart(tmp_path):
         assert redis.Redis(port=again.ports[0]).get("soe:pointer-test") == b"m1"
     finally:
         local_server.stop(tmp_path / "r")
+
+
+def test_a_server_with_acl_users_answers_nobody_without_credentials(redis_acl_single_server):
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from store import functions
+
+    server = redis_acl_single_server
+    anonymous = redis.Redis(port=server.ports[0], retry=Retry(NoBackoff(), 0))
+    try:
+        anonymous.ping()
+        raise AssertionError("the default user must be off")
+    except redis.exceptions.AuthenticationError:
+        pass
+    assert local_server.ping(server.host, server.ports[0])  # up (it answers NOAUTH)
+    admin = server.client()
+    assert admin.acl_whoami() == "soe-admin" and functions.info(admin)["library"] == "soe"
+    acl = (server.work_dir / "users.acl").read_text()
+    mode = (server.work_dir / "users.acl").stat().st_mode & 0o777
+    assert acl.startswith("user default off ") and mode == 0o600
+    saved = (server.work_dir / "servers.json").read_text() + repr(server) + acl
+    assert server.admin[1] not in saved  # the admin's password lives in memory only
+    assert local_server.status(server.work_dir)["running"]

@@ -249,22 +249,23 @@ def test_prefetch_keeps_order_and_raises_producer_errors():
 
 
 def test_server_side_upsert_refuses_malformed_calls_before_writing(redis_any):
-    from store.scripts import UPSERT_LUA
-
     store = open_store(redis_any)
+    store.ensure_functions()  # the development server's default user loads the library itself
     key = store.keys.vectors("m1", 5)
     good = fmt.encode_vector(np.ones(4), 10, "m1")
-    sha = store._script(UPSERT_LUA)
     bad_calls = [
         ("1", "7", good, "8"),  # counts say 1 user, 2 pairs given
         ("2", "7", good, "8", b"short"),  # a value shorter than the header
         ("1 1", "7", good),  # two counts for one key
+        ("1", "x7", good),  # a field that is not a user id
     ]
     for args in bad_calls:
         with pytest.raises(redis.exceptions.ResponseError, match="soe upsert"):
-            store.r.execute_command("EVALSHA", sha, 1, key, *args)
-    assert store.r.exists(key) == 0  # nothing was written
-    assert store.r.execute_command("EVALSHA", sha, 1, key, "1", "7", good) == [1, 0, 0]
+            store.r.execute_command("FCALL", "soe_upsert", 1, key, *args)
+    with pytest.raises(redis.exceptions.ResponseError, match="not a record bucket"):
+        store.r.execute_command("FCALL", "soe_upsert", 1, "soe:pointer", "1", "7", good)
+    assert store.r.exists(key) == 0 and store.r.exists("soe:pointer") == 0  # nothing was written
+    assert store.r.execute_command("FCALL", "soe_upsert", 1, key, "1", "7", good) == [1, 0, 0]
     assert store.r.hget(key, "7") == good
 
 

@@ -1,17 +1,23 @@
-"""`soe` commands of the vector store: publish, lookup, forget, models ..., redis start|stop|status."""
+"""`soe` commands of the vector store: publish, lookup, forget, models ..., redis start|stop|status|acl,
+redis functions load|status."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
 from core.progress import progress
 from soe.cli.support import echo_json, friendly_errors, models_app, settings
 
-redis_app = typer.Typer(help="A local redis-server (or a 3-master cluster) under <data root>/redis/.", no_args_is_help=True)
+redis_app = typer.Typer(help="A local redis-server (or a 3-master cluster) under <data root>/redis/; "
+                             "ACL users and the store's function library on any Redis.", no_args_is_help=True)
+functions_app = typer.Typer(help="The store's Redis function library 'soe' (loaded by an admin).",
+                            no_args_is_help=True)
+redis_app.add_typer(functions_app, name="functions")
 
 
 def redis_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -23,13 +29,16 @@ def redis_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            msg = f"cannot reach Redis ({exc}); start a local one with `soe redis start` or set SOE_REDIS__HOST/PORT"
+        # redis-py's messages name hosts, ports and users, never passwords. AuthenticationError is a
+        # ConnectionError: it comes first
         except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
             msg = f"Redis refused the credentials or the command ({exc}); check SOE_REDIS__USERNAME/PASSWORD"
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            msg = (f"cannot reach Redis ({exc}); start a local one with `soe redis start` or set "
+                   "SOE_REDIS__HOST/PORT")
         except redis.exceptions.RedisClusterException as exc:
             msg = f"Redis Cluster error ({exc}); check redis.mode and redis.startup_nodes"
-        except redis.exceptions.ResponseError as exc:  # e.g. OOM: nothing half-done is visible, rerun is idempotent
+        except redis.exceptions.ResponseError as exc:  # e.g. OOM: nothing half-done is visible
             msg = f"Redis refused a command ({exc}); fix the cause and rerun (publishing is idempotent)"
         typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
@@ -51,7 +60,7 @@ def publish_cmd(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Model version whose embeddings to publish."),
     as_of: str = typer.Option(..., "--as-of", help="as_of of the embeddings (ISO 8601 or YYYYMMDDTHHMMZ)."),
-    shard: Optional[int] = typer.Option(None, "--shard", help="Publish only this shard (default: every shard)."),
+    shard: int | None = typer.Option(None, "--shard", help="Publish only this shard (default: every shard)."),
 ) -> None:
     """Upsert a model's embeddings for one as_of into Redis (never over a newer as_of; idempotent)."""
     from store.publish import publish_embeddings
@@ -66,10 +75,11 @@ def publish_cmd(
 def lookup_cmd(
     ctx: typer.Context,
     user_id: int = typer.Argument(..., help="The user id to look up."),
-    model: Optional[str] = typer.Option(None, "--model", help="Read this model namespace instead of the current one."),
+    model: str | None = typer.Option(None, "--model",
+                                     help="Read this model namespace instead of the current one."),
 ) -> None:
     """Print a user's vector (and neighbour list, if any) as the rankers see it."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from store.client import LookupClient
 
@@ -77,7 +87,7 @@ def lookup_cmd(
     res = client.lookup([user_id])
     out = {"user_id": user_id, "model": res.model, "found": bool(res.found[0])}
     if res.found[0]:
-        out["as_of"] = datetime.fromtimestamp(int(res.as_of[0]) / 1000, tz=timezone.utc).isoformat()
+        out["as_of"] = datetime.fromtimestamp(int(res.as_of[0]) / 1000, tz=UTC).isoformat()
         out["vector"] = [round(float(x), 5) for x in res.vectors[0]]
     lists = client.neighbours([user_id])[0]
     if lists is not None:
@@ -126,7 +136,8 @@ def models_current(ctx: typer.Context) -> None:
 @models_app.command("switch")
 @friendly_errors
 @redis_errors
-def models_switch(ctx: typer.Context, version: str = typer.Argument(..., help="The published model to make current.")) -> None:
+def models_switch(ctx: typer.Context,
+                  version: str = typer.Argument(..., help="The published model to make current.")) -> None:
     """Atomically point every reader at VERSION (the old current becomes previous)."""
     from store.models import switch_current
 
@@ -149,7 +160,8 @@ def models_rollback(ctx: typer.Context) -> None:
 def models_cleanup(
     ctx: typer.Context,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
-    include_pending: bool = typer.Option(False, "--include-pending", help="Also drop namespaces created after the last switch."),
+    include_pending: bool = typer.Option(False, "--include-pending",
+                                         help="Also drop namespaces created after the last switch."),
 ) -> None:
     """Drop model namespaces other than current and previous."""
     from store.models import cleanup
@@ -165,8 +177,10 @@ def _work_dir(ctx: typer.Context) -> Path:
 @friendly_errors
 def redis_start(
     ctx: typer.Context,
-    cluster: bool = typer.Option(False, "--cluster", help="Start a local 3-master Redis Cluster (ports PORT..PORT+2)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default: redis.port from the config; 0 = any free)."),
+    cluster: bool = typer.Option(False, "--cluster",
+                                 help="Start a local 3-master Redis Cluster (ports PORT..PORT+2)."),
+    port: int | None = typer.Option(None, "--port",
+                                    help="Port (default: redis.port from the config; 0 = any free)."),
     persist: bool = typer.Option(True, "--persist/--no-persist", help="RDB snapshots in the work dir."),
 ) -> None:
     """Start a local redis-server on 127.0.0.1 with the store's listpack settings."""
@@ -176,7 +190,8 @@ def redis_start(
     work = _work_dir(ctx)
     try:
         if cluster:
-            server = local_server.start_cluster(work, [port, port + 1, port + 2] if port else None, persist=persist)
+            server = local_server.start_cluster(work, [port, port + 1, port + 2] if port else None,
+                                                persist=persist)
         else:
             server = local_server.start_single(work, port or None, persist=persist)
     except RuntimeError as exc:  # did not come up: the message carries the server log's tail
@@ -210,21 +225,63 @@ def redis_status(ctx: typer.Context) -> None:
 @redis_errors
 def redis_acl(
     ctx: typer.Context,
+    admin: str = typer.Option("soe-admin", help="ACL user name of the admin ('default': the default user "
+                                                "becomes the admin, with a password)."),
     writer: str = typer.Option("soe-writer", help="ACL user name of the pipeline (writer)."),
     reader: str = typer.Option("soe-reader", help="ACL user name of the rankers (reader)."),
+    admin_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
     writer_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
     reader_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
-    file: Optional[Path] = typer.Option(None, "--file", help="Write an aclfile (SHA-256 hashes) instead of applying."),
+    file: Path | None = typer.Option(None, "--file",
+                                     help="Write an aclfile (SHA-256 hashes) instead of applying."),
 ) -> None:
-    """Create the writer and reader ACL users on every node (as the configured admin), or write an aclfile."""
+    """Create the admin, writer and reader ACL users and load the function library on every node (as the
+    configured admin), then switch the default user off (or give it the admin's password); or write an
+    aclfile. Afterwards nobody connects without credentials: use the admin's for administration."""
     from store.acl import acl_file, apply_acl
 
     s = settings(ctx).redis
-    users = {writer: ("writer", writer_password), reader: ("reader", reader_password)}
+    users = {admin: ("admin", admin_password), writer: ("writer", writer_password),
+             reader: ("reader", reader_password)}
+    names = [admin, writer, reader]
+    default_user = "admin (password)" if admin == "default" else "off"
     if file is not None:
         tmp = file.with_name(f".{file.name}.tmp")
         tmp.write_text(acl_file(users, s.namespace))
+        tmp.chmod(0o600)
         tmp.replace(file)
-        echo_json({"aclfile": str(file), "users": [writer, reader]})
+        echo_json({"aclfile": str(file), "users": names, "default_user": default_user})
         return
-    echo_json({"nodes": apply_acl(s, users, s.namespace), "users": [writer, reader]})
+    nodes = apply_acl(s, users, s.namespace)
+    echo_json({"nodes": nodes, "users": names, "default_user": default_user, "functions": "soe"})
+
+
+@functions_app.command("load")
+@friendly_errors
+@redis_errors
+def functions_load(ctx: typer.Context) -> None:
+    """FUNCTION LOAD REPLACE the 'soe' library on every master, with redis.max_dim/max_neighbours/
+    max_positives compiled in (as the configured admin; writers may only FCALL it)."""
+    from store import functions
+    from store.backends.redis import connect
+
+    s = settings(ctx).redis
+    nodes = functions.load(connect(s), functions.Limits.of(s))
+    echo_json({"nodes": nodes, "library": functions.LIBRARY, "version": functions.LIBRARY_VERSION,
+               **vars(functions.Limits.of(s))})
+
+
+@functions_app.command("status")
+@friendly_errors
+@redis_errors
+def functions_status(ctx: typer.Context) -> None:
+    """The library's version and limits on every master (null where it is not loaded); exit 1 when a
+    master lacks this code's version."""
+    from store import functions
+    from store.backends.redis import connect
+
+    clients = functions.node_clients(connect(settings(ctx).redis))
+    nodes = {name: functions.info(node) for name, node in clients}
+    echo_json({"nodes": nodes, "expected_version": functions.LIBRARY_VERSION})
+    if any((v or {}).get("version") != str(functions.LIBRARY_VERSION) for v in nodes.values()):
+        raise typer.Exit(code=1)

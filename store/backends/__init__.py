@@ -16,8 +16,9 @@ def open_store(settings: RedisSettings) -> VectorStore:
     """The store the settings name (what every component calls; never construct a backend directly)."""
     if settings.mode == "memory":
         from store.backends.memory import MemoryVectorStore
+        from store.functions import Limits
 
-        return MemoryVectorStore.shared(settings.namespace)
+        return MemoryVectorStore.shared(settings.namespace, Limits.of(settings))
     from store.backends.redis import RedisVectorStore
 
     return RedisVectorStore(settings)

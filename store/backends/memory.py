@@ -1,13 +1,16 @@
 """The in-memory backend (``redis.mode: memory``): the store's rules in one Python process.
 
-Same values (store.format bytes, stored as given), same newest-as_of-wins upsert (`prepare_upsert`,
-then per user: no value -> written; same bytes -> unchanged; stored as_of newer -> stale; else
-written), same namespaces, manifests (JSON round trip) and pointer semantics as the Redis backend;
+Same values (store.format bytes, stored as given), same checks (`VectorStore.checked_upsert`: the
+value rules and limits the Redis functions enforce), same newest-as_of-wins upsert (per user: no
+value -> written; same bytes -> unchanged; stored as_of newer -> stale; else written), same
+namespaces, manifests (JSON round trip) and pointer semantics as the Redis backend;
 tests/test_store_contract.py runs one set of tests on both. There are no buckets: the metadata
 keeps the configured count so it reads the same, but records are one dict per (kind, model).
 
 Every `open_store` of one process with the same namespace returns the same instance (`shared`), so
-publish, the lookup client and the service see one store, as they would see one Redis. It is for
+publish, the lookup client and the service see one store, as they would see one Redis; its value
+limits are those of its first opening (as a Redis server keeps the limits its library was loaded
+with). It is for
 tests, offline runs and examples; nothing is persisted. All methods hold one lock.
 """
 
@@ -29,13 +32,23 @@ from store.base import (
     VectorStore,
     as_ids,
     check_kind,
+    checked_pointer,
     now_text,
-    prepare_upsert,
+    stored_model,
     value_as_of,
 )
+from store.functions import Limits
 from store.keys import check_name
 
 Slot = tuple[str, str | None]  # (kind, model)
+
+
+def _valid(name: str | None) -> bool:
+    try:
+        check_name("model version", name)
+    except ValueError:
+        return False
+    return True
 
 
 class MemoryVectorStore(VectorStore):
@@ -44,8 +57,9 @@ class MemoryVectorStore(VectorStore):
     _shared: ClassVar[dict[str, MemoryVectorStore]] = {}
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, namespace: str = "soe"):
+    def __init__(self, namespace: str = "soe", limits: Limits = Limits()):
         self.namespace = check_name("store namespace", namespace)
+        self.limits = limits
         self._lock = threading.RLock()
         self._records: dict[Slot, dict[int, bytes]] = {}
         self._expires: dict[Slot, dict[int, float]] = {}  # monotonic deadline of records written with a ttl
@@ -55,11 +69,11 @@ class MemoryVectorStore(VectorStore):
         self._pointer: dict[str, str] = {}
 
     @classmethod
-    def shared(cls, namespace: str = "soe") -> MemoryVectorStore:
-        """The process-wide store of ``namespace`` (created on first use)."""
+    def shared(cls, namespace: str = "soe", limits: Limits = Limits()) -> MemoryVectorStore:
+        """The process-wide store of ``namespace`` (created on first use, with ``limits``)."""
         with cls._shared_lock:
             if namespace not in cls._shared:
-                cls._shared[namespace] = cls(namespace)
+                cls._shared[namespace] = cls(namespace, limits)
             return cls._shared[namespace]
 
     @classmethod
@@ -85,12 +99,11 @@ class MemoryVectorStore(VectorStore):
 
     def upsert(self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *,
                ttl_s: float | None = None) -> UpsertCounts:
-        check_kind(kind, model)
-        batch = prepare_upsert(user_ids, values, as_of)
+        batch, _ = self.checked_upsert(kind, model, user_ids, values, as_of)
         counts = UpsertCounts(duplicates=batch.duplicates)
         with self._lock:
             if model is not None:
-                self.meta_or_raise(model)
+                self.meta_or_raise(model)  # not dropped since the check
             slot = (kind, model)
             records = self._live(slot)
             for i, uid in enumerate(batch.ids.tolist()):
@@ -149,7 +162,7 @@ class MemoryVectorStore(VectorStore):
 
     def models(self) -> list[str]:
         with self._lock:
-            return sorted(self._models)
+            return sorted(stored_model(m, "the store's set of models") for m in self._models)
 
     def drop_model(self, model: str) -> int:
         with self._lock:
@@ -176,16 +189,19 @@ class MemoryVectorStore(VectorStore):
     # -- the current-model pointer ----------------------------------------------------------------
     def pointer(self) -> dict[str, str]:
         with self._lock:
-            return dict(self._pointer)
+            return checked_pointer(dict(self._pointer))
 
     def switch_pointer(self, new_current: str) -> dict[str, str]:
+        check_name("model version", new_current)
         with self._lock:
             cur = self._pointer.get("current")
-            if cur != new_current:
-                if cur is not None:
+            if cur != new_current:  # as the soe_switch function: an invalid name never becomes previous
+                if cur is not None and _valid(cur):
                     self._pointer["previous"] = cur
                 self._pointer.update(current=new_current, switched_at=now_text())
-            return dict(self._pointer)
+            if "previous" in self._pointer and not _valid(self._pointer["previous"]):
+                del self._pointer["previous"]
+            return checked_pointer(dict(self._pointer))
 
     def swap_pointer(self) -> dict[str, str]:
         with self._lock:
@@ -193,4 +209,4 @@ class MemoryVectorStore(VectorStore):
             if cur is None or prev is None:
                 raise LookupError("no previous model to roll back to")
             self._pointer.update(current=prev, previous=cur, switched_at=now_text())
-            return dict(self._pointer)
+            return checked_pointer(dict(self._pointer))

@@ -2,24 +2,28 @@
 
 Layout (store.keys, docs/format.md): per model namespace, users are spread over small hashes
 ("buckets") that stay listpack-encoded; positives use ``redis.buckets`` buckets of their own. Writes
-of every kind go through one server-side Lua script, `UPSERT_LUA`: one call takes up to ~1000 users
-spread over several buckets and writes each value unless the stored one has a newer as_of (bytes
-5-12 of every value). In a cluster the buckets of one call share a hash tag (one slot); a pipeline
-holds many calls, and redis-py's cluster pipeline groups them by node, so a batch costs one round
-trip per node.
+of every kind go through one function of the Redis Functions library ``soe`` (store.functions),
+``FCALL soe_upsert``: one call takes up to ~1000 users spread over several buckets, checks every
+value, and writes each one unless the stored one has a newer as_of (bytes 5-12 of every value). In
+a cluster the buckets of one call share a hash tag (one slot); a pipeline holds many calls, and
+redis-py's cluster pipeline groups them by node, so a batch costs one round trip per node. The
+library is loaded by an admin (`soe redis functions load`); the store checks once that every node
+holds its version and loads it itself only where its user may (a development server's default user).
 
 Reads group the requested users by bucket, one HMGET per bucket; a single user is one HGET.
 ``redis.read_path`` chooses how they are sent, once, at construction: ``packed`` (the default) packs
 them into one RESP buffer per node (store.wire) and falls back to the redis-py pipeline when a
 cluster node answers MOVED/ASK or a connection drops; ``pipeline`` always uses redis-py's pipeline
 (the reference path). Both return the same bytes (tests/test_store_read_paths.py). The pointer
-switch and rollback are one-key Lua scripts (atomic). Nothing here logs secrets.
+switch and rollback are one-key functions (atomic). Model versions read back from the store (the
+pointer, the set of models) are checked before a key is built from them. Nothing here logs secrets.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from store import functions
 from store.base import (
     POSITIVES,
     Batch,
@@ -38,21 +43,39 @@ from store.base import (
     VectorStore,
     as_ids,
     check_kind,
+    checked_pointer,
     now_text,
-    prepare_upsert,
+    stored_model,
 )
-from store.keys import SLOT_TAGS, Keys, bucket_of, bucket_of_one
-from store.scripts import SWAP_LUA, SWITCH_LUA, UPSERT_LUA
+from store.functions import SWAP, SWITCH, UPSERT, Limits
+from store.keys import SLOT_TAGS, Keys, bucket_of, bucket_of_one, check_name
 from store.settings import ReadPath, RedisSettings
 from store.wire import Redirected, cluster_routes, hmget_by_node
 
 log = logging.getLogger("soe.store")
 
-MAX_PER_CALL = 1000  # users per Lua call (Lua's unpack() limit is ~8000 arguments)
-PIPELINE_CHUNK = 16  # Lua calls per pipeline round trip (~16k users); two round trips are in flight
+MAX_PER_CALL = 1000  # users per function call (Lua's unpack() limit is ~8000 arguments)
+PIPELINE_CHUNK = 16  # function calls per pipeline round trip (~16k users); two round trips are in flight
 
 KeyFn = Callable[[int], str]  # bucket -> key
-Call = tuple[list[str], tuple]  # (keys, args) of one EVALSHA
+Call = tuple[list[str], tuple]  # (keys, args) of one FCALL
+
+
+class FcallKeys:
+    """redis-py's cluster client finds FCALL's keys by asking a server (``COMMAND GETKEYS`` with every
+    argument, values included: a round trip per call); they are simply the ``numkeys`` arguments after
+    the function name. Wraps the client's command parser; every other command goes to it unchanged."""
+
+    def __init__(self, parser: Any):
+        self._parser = parser
+
+    def get_keys(self, redis_conn: Any, *args: Any) -> Any:
+        if len(args) >= 3 and str(args[0]).upper() in ("FCALL", "FCALL_RO"):
+            return list(args[3:3 + int(args[2])]) or None
+        return self._parser.get_keys(redis_conn, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
 
 
 def connect(s: RedisSettings) -> Any:
@@ -70,7 +93,9 @@ def connect(s: RedisSettings) -> Any:
     if s.mode == "cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes()], **kw)
+        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes()], **kw)
+        client.commands_parser = FcallKeys(client.commands_parser)  # type: ignore[assignment]  # pipelines share it
+        return client
     return redis.Redis(host=s.host, port=s.port, **kw)
 
 
@@ -138,7 +163,9 @@ class RedisVectorStore(VectorStore):
         self.r: Any = client if client is not None else connect(settings)
         self.cluster = settings.mode == "cluster"
         self._read_path: ReadPath = settings.read_path
-        self._sha: dict[str, str] = {}  # script source -> sha, loaded lazily (readers never load)
+        self.limits = Limits.of(settings)
+        self._functions_checked = False  # every node holds the library's version (checked on first write)
+        self._functions_lock = threading.Lock()
 
     def __repr__(self) -> str:  # no password here, ever
         s = self.settings
@@ -159,25 +186,31 @@ class RedisVectorStore(VectorStore):
         builder = self.keys.vectors if kind == "vectors" else self.keys.neighbours
         return lambda b: builder(model, b)
 
-    # -- scripts ------------------------------------------------------------------------------
-    def load_scripts(self) -> None:
-        """(Re)load the writer's scripts now, e.g. after a FLUSHALL (otherwise loaded on first use)."""
-        self._sha.clear()
-        for src in (UPSERT_LUA, SWITCH_LUA, SWAP_LUA):
-            self._script(src)
+    # -- the function library -----------------------------------------------------------------
+    def load_functions(self) -> list[str]:
+        """FUNCTION LOAD REPLACE the ``soe`` library with this store's limits on every node (admin only)."""
+        nodes = functions.load(self.r, self.limits)
+        self._functions_checked = True
+        return nodes
 
-    def _script(self, src: str) -> str:
-        if src not in self._sha:
-            self._sha[src] = _s(self.r.script_load(src))  # cluster: loaded on every primary
-        return self._sha[src]
+    load_scripts = load_functions  # the name of the EVALSHA era (bench/store.py)
 
-    def _run_calls(self, src: str, calls: list[Call]) -> list:
-        """EVALSHA the script once per (keys, args), pipelined (see `_run_chunks`)."""
+    def ensure_functions(self, *, recheck: bool = False) -> None:
+        """Check once that every node holds the library's version; load it where missing, if this user
+        may (else PermissionError: an admin runs `soe redis functions load`)."""
+        with self._functions_lock:
+            if recheck or not self._functions_checked:
+                functions.ensure(self.r, self.limits)
+                self._functions_checked = True
+
+    def _run_calls(self, function: str, calls: list[Call]) -> list:
+        """FCALL the function once per (keys, args), pipelined (see `_run_chunks`)."""
         chunks = [calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
-        return self._run_chunks(src, lambda: iter(chunks))
+        return self._run_chunks(function, lambda: iter(chunks))
 
-    def _run_chunks(self, src: str, make_chunks: Callable[[], Iterator[list[Call]]]) -> list:
-        """EVALSHA every call of every chunk; reload the script and rerun once after NOSCRIPT.
+    def _run_chunks(self, function: str, make_chunks: Callable[[], Iterator[list[Call]]]) -> list:
+        """FCALL every call of every chunk; after "Function not found" (a node restarted without its
+        functions, or a new master), check the nodes again and rerun once (the upsert is idempotent).
 
         Each chunk (``PIPELINE_CHUNK`` calls) is one pipeline round trip; two are in flight on two
         connections while the caller's generator builds the next, so the server always has work
@@ -185,44 +218,42 @@ class RedisVectorStore(VectorStore):
         """
         import redis
 
+        self.ensure_functions()
         for attempt in range(2):
-            sha = self._script(src)
             try:
                 replies: list = []
                 with ThreadPoolExecutor(max_workers=2) as pool:
                     inflight: deque = deque()
                     for chunk in make_chunks():
-                        inflight.append(pool.submit(self._execute, sha, chunk))
+                        inflight.append(pool.submit(self._execute, function, chunk))
                         if len(inflight) > 2:
                             replies.extend(inflight.popleft().result())
                     while inflight:
                         replies.extend(inflight.popleft().result())
                 return replies
-            except redis.exceptions.NoScriptError:
-                if attempt:
+            except redis.exceptions.ResponseError as exc:
+                if attempt or not functions.function_missing(exc):
                     raise
-                # a node restarted or was flushed: load again (the upsert is idempotent)
-                self._sha.pop(src, None)
+                self.ensure_functions(recheck=True)
         raise AssertionError("unreachable")
 
-    def _execute(self, sha: str, calls: list[Call]) -> list:
+    def _execute(self, function: str, calls: list[Call]) -> list:
         pipe = self.r.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            pipe.execute_command("FCALL", function, len(keys), *keys, *args)
         return pipe.execute()
 
     # -- records: writes ----------------------------------------------------------------------
     def upsert(self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *,
                ttl_s: float | None = None) -> UpsertCounts:
-        check_kind(kind, model)
-        batch = prepare_upsert(user_ids, values, as_of)
+        batch, meta = self.checked_upsert(kind, model, user_ids, values, as_of)
         counts = UpsertCounts(duplicates=batch.duplicates)
-        buckets = self.settings.buckets if model is None else self.meta_or_raise(model).buckets
+        buckets = self.settings.buckets if meta is None else meta.buckets
         plan = list(upsert_calls(batch.ids, buckets, by_tag=self.cluster))
         if not plan:
             return counts
         key_fn = self._key_fn(kind, model)
-        for w, same, stale in self._run_chunks(UPSERT_LUA, lambda: self._upsert_chunks(plan, batch, key_fn)):
+        for w, same, stale in self._run_chunks(UPSERT, lambda: self._upsert_chunks(plan, batch, key_fn)):
             counts.written += int(w)
             counts.unchanged += int(same)
             counts.stale += int(stale)
@@ -233,7 +264,7 @@ class RedisVectorStore(VectorStore):
     @staticmethod
     def _upsert_chunks(plan: list[tuple[list[int], list[int], np.ndarray]], batch: Batch,
                        key_fn: KeyFn) -> Iterator[list[Call]]:
-        """The EVALSHA calls of ``plan``, ``PIPELINE_CHUNK`` at a time (Python objects built per chunk)."""
+        """The FCALL calls of ``plan``, ``PIPELINE_CHUNK`` at a time (Python objects built per chunk)."""
         order = np.concatenate([pos for _, _, pos in plan])  # users in call order, key by key
         sorted_ids = batch.ids[order]
         # (n, size) rows in call order, or None for bytes values
@@ -359,7 +390,8 @@ class RedisVectorStore(VectorStore):
         self.r.sadd(self.keys.models(), model)
 
     def models(self) -> list[str]:
-        return sorted(_s(m) for m in self.r.smembers(self.keys.models()))
+        where = f"the store's set of models ({self.keys.models()})"
+        return sorted(stored_model(_s(m), where) for m in self.r.smembers(self.keys.models()))
 
     def drop_model(self, model: str) -> int:
         meta = self.model_meta(model)
@@ -385,24 +417,29 @@ class RedisVectorStore(VectorStore):
 
     # -- the current-model pointer ------------------------------------------------------------
     def pointer(self) -> dict[str, str]:
-        return _pairs(self.r.hgetall(self.keys.pointer()))
+        return checked_pointer(_pairs(self.r.hgetall(self.keys.pointer())))
 
     def current(self) -> str | None:
         cur = self.r.hget(self.keys.pointer(), "current")  # one field: the lookup client's refresh
-        return _s(cur) if cur is not None else None
+        if cur is None:
+            return None
+        return stored_model(_s(cur), f"the store's current-model pointer ({self.keys.pointer()} current)")
 
     def switch_pointer(self, new_current: str) -> dict[str, str]:
-        (res,) = self._run_calls(SWITCH_LUA, [([self.keys.pointer()], (new_current, now_text()))])
-        return _pairs(res)
+        check_name("model version", new_current)
+        (res,) = self._run_calls(SWITCH, [([self.keys.pointer()], (new_current, now_text()))])
+        return checked_pointer(_pairs(res))
 
     def swap_pointer(self) -> dict[str, str]:
         import redis
 
         try:
-            (res,) = self._run_calls(SWAP_LUA, [([self.keys.pointer()], (now_text(),))])
+            (res,) = self._run_calls(SWAP, [([self.keys.pointer()], (now_text(),))])
         except redis.exceptions.ResponseError as exc:
-            raise LookupError(str(exc).removeprefix("ERR ").removeprefix("soe: ")) from None
-        return _pairs(res)
+            if not str(exc).endswith("no previous model to roll back to"):
+                raise
+            raise LookupError("no previous model to roll back to") from None
+        return checked_pointer(_pairs(res))
 
 
-__all__ = ["UPSERT_LUA", "RedisVectorStore", "bucket_groups", "connect", "upsert_calls"]
+__all__ = ["RedisVectorStore", "bucket_groups", "connect", "upsert_calls"]
