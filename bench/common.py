@@ -8,13 +8,18 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
-def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI and a first look")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (the median is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed repetitions (the median is reported)"
+    )
     if extra:
         extra(parser)
     return parser.parse_args()

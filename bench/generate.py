@@ -11,6 +11,7 @@ import random
 import shutil
 import tempfile
 import time
+from datetime import UTC
 from pathlib import Path
 
 from bench.common import emit, machine, median_seconds, parse_args
@@ -25,7 +26,7 @@ def naive_events_per_s(out: Path, n_events: int = 200_000) -> float:
     by per-event branches. Timed on ``n_events`` events.
     """
     import bisect
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -39,15 +40,24 @@ def naive_events_per_s(out: Path, n_events: int = 200_000) -> float:
         acc += 1.0 / (r + 1) ** 1.05
         cum.append(acc)
     t0 = time.perf_counter()
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     rows = []
     while len(rows) < n_events:
         user = rng.randrange(400_000)
         interests = {user % n_clusters, (user * 7) % n_clusters}
         item = bisect.bisect(cum, rng.random() * acc)
         ts = start + timedelta(seconds=rng.randrange(86_400))
-        row = {"user_id": user, "ts": ts, "event_type": "impression", "item_id": item, "category_id": item % 250,
-               "advertiser_id": item % 5000, "campaign_id": item % 20000, "device": "ios", "country": "US"}
+        row = {
+            "user_id": user,
+            "ts": ts,
+            "event_type": "impression",
+            "item_id": item,
+            "category_id": item % 250,
+            "advertiser_id": item % 5000,
+            "campaign_id": item % 20000,
+            "device": "ios",
+            "country": "US",
+        }
         rows.append(row)
         if rng.random() < (0.06 if item % n_clusters in interests else 0.008):
             rows.append({**row, "event_type": "click", "ts": ts + timedelta(seconds=5)})
@@ -63,7 +73,7 @@ def naive_events_per_s(out: Path, n_events: int = 200_000) -> float:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     users = 100_000 if args.quick else 400_000
-    repeats = args.repeats or (3 if args.quick else 3)
+    repeats = args.repeats or 3
     cfg = SyntheticConfig(n_users=users, n_items=200_000, n_clusters=50, hours=24, seed=1)
     n_events = generate(cfg).events.num_rows  # warm-up, and the size
     gen_s, _ = median_seconds(lambda: generate(cfg), repeats)

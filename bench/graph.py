@@ -42,8 +42,10 @@ def _positives_source(uv_ids, ids, lists):
     class ListPositives(PositivesSource):
         def positives(self, user_ids):
             pos = np.searchsorted(sorted_ids, user_ids)
-            return [lists[order[p]] if p < len(sorted_ids) and sorted_ids[p] == u else np.zeros(0, np.int64)
-                    for u, p in zip(np.asarray(user_ids), pos)]
+            return [
+                lists[order[p]] if p < len(sorted_ids) and sorted_ids[p] == u else np.zeros(0, np.int64)
+                for u, p in zip(np.asarray(user_ids), pos)
+            ]
 
     return ListPositives()
 
@@ -63,7 +65,10 @@ def lookalike_eval(uv, cluster_of, n_clusters: int, index, rng) -> dict:
             aud = lookalike(uv, seeds, len(held), method=method, index=index)
             seconds.append(time.perf_counter() - t0)
             precision.append(np.isin(aud.user_ids, held).mean())
-        out[method] = {"precision": round(float(np.mean(precision)), 4), "median_s": round(float(np.median(seconds)), 3)}
+        out[method] = {
+            "precision": round(float(np.mean(precision)), 4),
+            "median_s": round(float(np.median(seconds)), 3),
+        }
     return out
 
 
@@ -76,7 +81,7 @@ def candidates_eval(uv, nbr, scores, cluster_of, pcfg, n_eval: int, rng) -> dict
     source = _positives_source(uv.ids, uv.ids, day1)
     neighbours = ArrayNeighbours(uv.ids, nbr, scores)
     counts = np.bincount(np.concatenate(day1), minlength=pcfg.n_clusters * pcfg.items_per_cluster)
-    popular = np.argsort(-counts, kind="stable")[:50 + 4 * int(pcfg.positives_per_day) + 50]
+    popular = np.argsort(-counts, kind="stable")[: 50 + 4 * int(pcfg.positives_per_day) + 50]
     cand_hits = pop_hits = total = 0
     t0 = time.perf_counter()
     for r in rng.choice(len(uv), n_eval, replace=False):
@@ -89,28 +94,40 @@ def candidates_eval(uv, nbr, scores, cluster_of, pcfg, n_eval: int, rng) -> dict
         cand_hits += np.isin(truth, items).sum()
         pop_hits += np.isin(truth, pop).sum()
         total += len(truth)
-    return {"candidates_recall_at_50": round(cand_hits / total, 4), "popularity_recall_at_50": round(pop_hits / total, 4),
-            "candidates_users": n_eval, "candidates_ms_per_user": round((time.perf_counter() - t0) / n_eval * 1e3, 3)}
+    return {
+        "candidates_recall_at_50": round(cand_hits / total, 4),
+        "popularity_recall_at_50": round(pop_hits / total, 4),
+        "candidates_users": n_eval,
+        "candidates_ms_per_user": round((time.perf_counter() - t0) / n_eval * 1e3, 3),
+    }
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument("--users", type=int, default=None))
     n_users = args.users or (100_000 if args.quick else 1_000_000)
-    from soe.config import load_settings
     from core.layout import utc
+    from soe.config import load_settings
     from store.graph.build import build_graph
     from store.graph.knn import exact_neighbours
     from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
     from store.graph.snapshot import latest_snapshot
 
-    pcfg = PlantedConfig(n_users=n_users, n_clusters=max(10, n_users // 1000), sibling_spread=0.5, spread=0.6,
-                         noise=0.05, seed=0)
+    pcfg = PlantedConfig(
+        n_users=n_users,
+        n_clusters=max(10, n_users // 1000),
+        sibling_spread=0.5,
+        spread=0.6,
+        noise=0.05,
+        seed=0,
+    )
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     planted = planted_vectors(pcfg)
     gen_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="soe-bench-graph-") as root:
-        s = load_settings(environ={"SOE_DATA__ROOT": root, "SOE_GRAPH__PUBLISH_REDIS": "false", "SOE_GRAPH__K": str(K)})
+        s = load_settings(
+            environ={"SOE_DATA__ROOT": root, "SOE_GRAPH__PUBLISH_REDIS": "false", "SOE_GRAPH__K": str(K)}
+        )
         as_of = utc("2026-01-01T00:00Z")
         write_embeddings(s.layout(), "bench", as_of, planted.user_ids, planted.vectors)
         c0 = time.process_time()  # CPU seconds of every thread: a contention-free cost of the build
@@ -128,7 +145,9 @@ def main() -> None:
         exact_s_estimate = (time.perf_counter() - t1) * len(uv) / len(sample)
         exact_cpu_s_estimate = (time.process_time() - c1) * len(uv) / len(sample)
         knn_s = m["index_s"] + m["calibrate_s"] + m["search_s"]
-        purity = float((cluster_of[uv.positions(nbr[nbr >= 0])] == np.repeat(cluster_of, (nbr >= 0).sum(1))).mean())
+        purity = float(
+            (cluster_of[uv.positions(nbr[nbr >= 0])] == np.repeat(cluster_of, (nbr >= 0).sum(1))).mean()
+        )
         exact_purity = float((cluster_of[uv.positions(exact_ids)] == cluster_of[sample][:, None]).mean())
 
         from store.graph.index import searcher
@@ -145,22 +164,49 @@ def main() -> None:
 
     default = s.graph.lookalike_method
     result = {
-        "bench": "graph", "quick": args.quick, "n_users": len(uv), "dim": uv.dim, "k": K,
-        "index": m["index"], "calibration": m["calibration"],
-        "build_s": m["build_s"], "build_cpu_s": round(build_cpu_s, 1), "index_s": m["index_s"], "calibrate_s": m["calibrate_s"], "search_s": m["search_s"],
+        "bench": "graph",
+        "quick": args.quick,
+        "n_users": len(uv),
+        "dim": uv.dim,
+        "k": K,
+        "index": m["index"],
+        "calibration": m["calibration"],
+        "build_s": m["build_s"],
+        "build_cpu_s": round(build_cpu_s, 1),
+        "index_s": m["index_s"],
+        "calibrate_s": m["calibrate_s"],
+        "search_s": m["search_s"],
         "recall_at_k": m["recall_at_k"],
-        "exact_s_estimate": round(exact_s_estimate, 1), "speedup_vs_exact": round(exact_s_estimate / knn_s, 2),
+        "exact_s_estimate": round(exact_s_estimate, 1),
+        "speedup_vs_exact": round(exact_s_estimate / knn_s, 2),
         "exact_cpu_s_estimate": round(exact_cpu_s_estimate, 1),
         "cpu_speedup_vs_exact": round(exact_cpu_s_estimate / max(build_cpu_s, 1e-9), 2),
-        "purity_at_k": round(purity, 4), "exact_purity_at_k": round(exact_purity, 4),
-        "lookalike_method": default, "lookalike_precision": look[default]["precision"], "lookalike": look,
+        "purity_at_k": round(purity, 4),
+        "exact_purity_at_k": round(exact_purity, 4),
+        "lookalike_method": default,
+        "lookalike_precision": look[default]["precision"],
+        "lookalike": look,
         **cands,
-        "candidates_vs_popularity": round(cands["candidates_recall_at_50"] / max(cands["popularity_recall_at_50"], 1e-9), 2),
-        "incremental": {k: inc.get(k) for k in ("mode", "build_s", "n_touched", "n_researched", "n_repaired",
-                                                "recall_at_k", "full_reason")},
-        "generate_s": round(gen_s, 2), "machine": machine(),
-        "data": f"planted clusters: {pcfg.n_clusters} clusters x ~1000 users, families of {pcfg.family_size}, "
-                f"sibling_spread={pcfg.sibling_spread}, rank={pcfg.rank}, spread={pcfg.spread}, noise={pcfg.noise}",
+        "candidates_vs_popularity": round(
+            cands["candidates_recall_at_50"] / max(cands["popularity_recall_at_50"], 1e-9), 2
+        ),
+        "incremental": {
+            k: inc.get(k)
+            for k in (
+                "mode",
+                "build_s",
+                "n_touched",
+                "n_researched",
+                "n_repaired",
+                "recall_at_k",
+                "full_reason",
+            )
+        },
+        "generate_s": round(gen_s, 2),
+        "machine": machine(),
+        "data": f"planted clusters: {pcfg.n_clusters} clusters x ~1000 users, "
+        f"families of {pcfg.family_size}, "
+        f"sibling_spread={pcfg.sibling_spread}, rank={pcfg.rank}, spread={pcfg.spread}, noise={pcfg.noise}",
     }
     emit(result)
 

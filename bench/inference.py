@@ -59,8 +59,9 @@ def interleaved(
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0],
-                      extra=lambda p: p.add_argument("--users", type=int, default=None))
+    args = parse_args(
+        __doc__.splitlines()[0], extra=lambda p: p.add_argument("--users", type=int, default=None)
+    )
     users = args.users or (800 if args.quick else 10000)
     rounds = args.repeats or (2 if args.quick else 3)
 
@@ -86,10 +87,13 @@ def main() -> None:
     path = resolve_path(cfg, base.path)
     flops = model_flops(lengths, D, LAYERS, cfg.mlp_ratio, path=path)
     flops_full = model_flops(lengths, D, LAYERS, cfg.mlp_ratio)
-    print(f"{users} users, {int(lengths.sum())} events (mean {lengths.mean():.1f}, "
-          f"p50 {np.median(lengths):.0f}, "
-          f"p99 {np.percentile(lengths, 99):.0f}, {100 * (lengths == N).mean():.1f}% at N), "
-          f"{flops / 1e9:.1f} needed GFLOP ({flops_full / 1e9:.1f} full model), {threads} cores", flush=True)
+    print(
+        f"{users} users, {int(lengths.sum())} events (mean {lengths.mean():.1f}, "
+        f"p50 {np.median(lengths):.0f}, "
+        f"p99 {np.percentile(lengths, 99):.0f}, {100 * (lengths == N).mean():.1f}% at N), "
+        f"{flops / 1e9:.1f} needed GFLOP ({flops_full / 1e9:.1f} full model), {threads} cores",
+        flush=True,
+    )
 
     cpu = select_device("cpu")
 
@@ -133,48 +137,58 @@ def main() -> None:
     h100_users_per_s = H100_BF16_DENSE_TFLOPS * 1e12 * H100_ASSUMED_UTILISATION / flops_per_user
     need = ACTIVE_USERS_PER_HOUR / 3600
     featurize_per_core = users / sec["featurize"]  # featurize runs single-threaded
-    extra = {f"{k}_users_per_s": round(users / s, 1)
-             for k, s in sec.items() if k in encoders and k != "engine"}
+    extra = {
+        f"{k}_users_per_s": round(users / s, 1) for k, s in sec.items() if k in encoders and k != "engine"
+    }
     if "compiled" in encoders:
         extra["compile_warmup_s"] = round(compile_warmup_s, 1)
         extra["compile_speedup_vs_eager"] = round(engine_s / sec["compiled"], 3)
-    emit({
-        "bench": "inference",
-        "quick": args.quick,
-        "users": users,
-        "events": int(lengths.sum()),
-        "n_max": N, "d_model": D, "layers": LAYERS, "cores": threads, "rounds": rounds,
-        "cpu_workers": base.cpu_workers or available_cores(),
-        "max_batch_tokens": base.max_batch_tokens,
-        "users_per_s": round(users / engine_s, 1),
-        "naive_users_per_s": round(users / naive_s, 1),
-        "speedup_vs_naive": round(naive_s / engine_s, 2),
-        "speedup_vs_naive_same_threading": round(naive_s / sec["intra_op"], 2),  # bucketing + fast path only
-        "achieved_gflops": round(achieved, 2),
-        "gemm_peak_gflops": round(peak, 2),
-        "fraction_of_peak": round(achieved / peak, 3),
-        "flops_counted": (
-            "needed on real tokens by the newest-only engine" if path == "newest_only"
-            else "full model, real tokens"
-        ),
-        "full_forward_gflops": round(flops_full / sec["full_forward"] / 1e9, 2),
-        "full_forward_fraction_of_peak": round(flops_full / sec["full_forward"] / 1e9 / peak, 3),
-        "newest_only_speedup": round(sec["full_forward"] / engine_s, 3),
-        "batch_parallel_speedup_vs_intra_op": round(sec["intra_op"] / engine_s, 3),
-        **extra,
-        "engine_s": round(engine_s, 3),
-        "naive_s": round(naive_s, 3),
-        "e2e_users_per_s": round(users / sec["e2e"], 1),
-        "featurize_users_per_s_per_core": round(featurize_per_core, 1),
-        "padding_efficiency": round(float(np.minimum(lengths, N).sum()) / padded, 3),
-        "naive_padding_efficiency": round(float(np.minimum(lengths, N).sum()) / (users * N), 3),
-        "max_abs_diff_engine_vs_naive": float(np.abs(out["naive"] - out["engine"]).max()),
-        "flops_per_user": round(flops_per_user),
-        "h100_projection_users_per_s": round(h100_users_per_s),
-        "h100_projection_gpus_for_100m_per_hour": max(1, int(np.ceil(need / h100_users_per_s))),
-        "host_cores_to_featurize_100m_per_hour": round(need / featurize_per_core, 1),
-        "machine": machine(),
-    })
+    emit(
+        {
+            "bench": "inference",
+            "quick": args.quick,
+            "users": users,
+            "events": int(lengths.sum()),
+            "n_max": N,
+            "d_model": D,
+            "layers": LAYERS,
+            "cores": threads,
+            "rounds": rounds,
+            "cpu_workers": base.cpu_workers or available_cores(),
+            "max_batch_tokens": base.max_batch_tokens,
+            "users_per_s": round(users / engine_s, 1),
+            "naive_users_per_s": round(users / naive_s, 1),
+            "speedup_vs_naive": round(naive_s / engine_s, 2),
+            "speedup_vs_naive_same_threading": round(
+                naive_s / sec["intra_op"], 2
+            ),  # bucketing + fast path only
+            "achieved_gflops": round(achieved, 2),
+            "gemm_peak_gflops": round(peak, 2),
+            "fraction_of_peak": round(achieved / peak, 3),
+            "flops_counted": (
+                "needed on real tokens by the newest-only engine"
+                if path == "newest_only"
+                else "full model, real tokens"
+            ),
+            "full_forward_gflops": round(flops_full / sec["full_forward"] / 1e9, 2),
+            "full_forward_fraction_of_peak": round(flops_full / sec["full_forward"] / 1e9 / peak, 3),
+            "newest_only_speedup": round(sec["full_forward"] / engine_s, 3),
+            "batch_parallel_speedup_vs_intra_op": round(sec["intra_op"] / engine_s, 3),
+            **extra,
+            "engine_s": round(engine_s, 3),
+            "naive_s": round(naive_s, 3),
+            "e2e_users_per_s": round(users / sec["e2e"], 1),
+            "featurize_users_per_s_per_core": round(featurize_per_core, 1),
+            "padding_efficiency": round(float(np.minimum(lengths, N).sum()) / padded, 3),
+            "naive_padding_efficiency": round(float(np.minimum(lengths, N).sum()) / (users * N), 3),
+            "max_abs_diff_engine_vs_naive": float(np.abs(out["naive"] - out["engine"]).max()),
+            "flops_per_user": round(flops_per_user),
+            "h100_projection_users_per_s": round(h100_users_per_s),
+            "h100_projection_gpus_for_100m_per_hour": max(1, int(np.ceil(need / h100_users_per_s))),
+            "host_cores_to_featurize_100m_per_hour": round(need / featurize_per_core, 1),
+            "machine": machine(),
+        }
+    )
 
 
 def end_to_end_fn(model, cfg, table: pa.Table, tmp: Path) -> Callable[[], object]:

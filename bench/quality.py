@@ -54,15 +54,21 @@ def _fit(settings, seq, positive_types, overrides, train_update, split=None):
     t0 = time.perf_counter()
 
     def log(epoch, rec):
-        print(f"    epoch {epoch}: loss {rec['loss']:.3f} valid ndcg@10 {rec['valid_ndcg10']:.4f} "
-              f"({rec['s']:.0f}s)", flush=True)
+        print(
+            f"    epoch {epoch}: loss {rec['loss']:.3f} valid ndcg@10 {rec['valid_ndcg10']:.4f} "
+            f"({rec['s']:.0f}s)",
+            flush=True,
+        )
 
     result = fit(cfg, ts, split, catalogue, positive_types, show_progress=False, on_epoch_end=log)
     train_s = time.perf_counter() - t0
     report = leave_last_out_report(result.model, cfg, split, catalogue, positive_types)
     report.update(train_s=train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10)
-    print(f"  trained {overrides or 'main'}: {result.epochs_run} epochs in {train_s:.0f}s, "
-          f"test ndcg@10 {report['ndcg@10']:.4f} hr@10 {report['hr@10']:.4f}", flush=True)
+    print(
+        f"  trained {overrides or 'main'}: {result.epochs_run} epochs in {train_s:.0f}s, "
+        f"test ndcg@10 {report['ndcg@10']:.4f} hr@10 {report['hr@10']:.4f}",
+        flush=True,
+    )
     return result.model, cfg, report, catalogue
 
 
@@ -73,10 +79,19 @@ def ml100k(settings, quick: bool, train: dict) -> dict:
     seq = events_to_sequences(load_ml100k_events(settings.layout().cache))
     out = {}
     _, _, main, _ = _fit(settings, seq, positive_types, {}, train)
-    out.update(ml100k_ndcg10=main["ndcg@10"], ml100k_hr10=main["hr@10"], ml100k_ndcg20=main["ndcg@20"],
-               ml100k_hr50=main["hr@50"], pop_ndcg10=main["pop_ndcg@10"], pop_hr10=main["pop_hr@10"],
-               bag_ndcg10=main["bag_ndcg@10"], bag_hr10=main["bag_hr@10"], train_s=main["train_s"],
-               ml100k_epochs=main["epochs"], ml100k_test_users=main["test_users"])
+    out.update(
+        ml100k_ndcg10=main["ndcg@10"],
+        ml100k_hr10=main["hr@10"],
+        ml100k_ndcg20=main["ndcg@20"],
+        ml100k_hr50=main["hr@50"],
+        pop_ndcg10=main["pop_ndcg@10"],
+        pop_hr10=main["pop_hr@10"],
+        bag_ndcg10=main["bag_ndcg@10"],
+        bag_hr10=main["bag_hr@10"],
+        train_s=main["train_s"],
+        ml100k_epochs=main["epochs"],
+        ml100k_test_users=main["test_users"],
+    )
     out["ml100k_ratio_vs_best_baseline"] = main["ndcg@10"] / max(main["pop_ndcg@10"], main["bag_ndcg@10"])
     plain_train = {**train, "epochs": 1} if quick else train
     _, _, plain, _ = _fit(settings, seq, positive_types, plain_sasrec_overrides(), plain_train)
@@ -97,8 +112,9 @@ def prefix_until(seq: pa.Table, T_ms: int) -> pa.Table:
 def synthetic(settings, quick: bool, train: dict) -> dict:
     """One model trained on the first day of a 2-day log: purity at T, and staleness over (T, T+24h]."""
     n_users = 1000 if quick else 2500
-    cfg = SyntheticConfig(n_users=n_users, n_items=10_000, n_clusters=20, hours=48,
-                          base_events_per_user=120.0)
+    cfg = SyntheticConfig(
+        n_users=n_users, n_items=10_000, n_clusters=20, hours=48, base_events_per_user=120.0
+    )
     log = generate(cfg)
     seq = events_to_sequences(log.events)
     T = int(np.datetime64(cfg.start.replace("Z", ""), "ms").astype(np.int64)) + 24 * HOUR_MS
@@ -107,19 +123,29 @@ def synthetic(settings, quick: bool, train: dict) -> dict:
     p = planted_purity(model, mcfg, known, log.users, k=20)
     p5 = planted_purity(model, mcfg, known, log.users, k=20, min_events=5)
     st = staleness_metrics(model, mcfg, seq, item_catalogue(seq, ATTRIBUTE_COLUMNS), T, SYN_POSITIVES)
-    return {"synthetic_purity20": p["purity20"], "synthetic_random_purity20": p["random_purity20"],
-            "synthetic_purity20_min5": p5["purity20"], "synthetic_users": p["purity_users"],
-            "synthetic_ndcg10": report["ndcg@10"], "synthetic_pop_ndcg10": report["pop_ndcg@10"],
-            "synthetic_bag_ndcg10": report["bag_ndcg@10"], "synthetic_train_s": report["train_s"],
-            **{k: v for k, v in st.items() if k != "staleness_T_ms"}}
+    return {
+        "synthetic_purity20": p["purity20"],
+        "synthetic_random_purity20": p["random_purity20"],
+        "synthetic_purity20_min5": p5["purity20"],
+        "synthetic_users": p["purity_users"],
+        "synthetic_ndcg10": report["ndcg@10"],
+        "synthetic_pop_ndcg10": report["pop_ndcg@10"],
+        "synthetic_bag_ndcg10": report["bag_ndcg@10"],
+        "synthetic_train_s": report["train_s"],
+        **{k: v for k, v in st.items() if k != "staleness_T_ms"},
+    }
 
 
 def main() -> None:
     args = parse_args("Encoder quality: ML-100K vs baselines, staleness, synthetic purity.", _args)
     torch.set_num_threads(args.threads)
     settings = load_settings()
-    train = {"threads": args.threads, "epochs": 2 if args.quick else 20, "patience": 3,
-             "eval_users": 500 if args.quick else 2000}
+    train = {
+        "threads": args.threads,
+        "epochs": 2 if args.quick else 20,
+        "patience": 3,
+        "eval_users": 500 if args.quick else 2000,
+    }
     t0 = time.perf_counter()
     result = {"bench": "quality", "quick": args.quick, "threads": args.threads, **machine()}
     result.update(ml100k(settings, args.quick, train))

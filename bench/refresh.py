@@ -39,25 +39,40 @@ def random_model(settings) -> str:
     from encoder.model import ModelConfig, UserEncoder
 
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_len=settings.sequences.max_len,
-                      actions=tuple(settings.events.event_types))
-    return save_model(settings.layout(), UserEncoder(cfg).eval(), cfg, train_window={"bench": "random init"},
-                      metrics={}, card="bench.refresh: random weights")
+    cfg = ModelConfig(
+        d_model=64,
+        n_layers=2,
+        n_heads=2,
+        max_len=settings.sequences.max_len,
+        actions=tuple(settings.events.event_types),
+    )
+    return save_model(
+        settings.layout(),
+        UserEncoder(cfg).eval(),
+        cfg,
+        train_window={"bench": "random init"},
+        metrics={},
+        card="bench.refresh: random weights",
+    )
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], extra=lambda p: (
-        p.add_argument("--users", type=int, default=None),
-        p.add_argument("--no-airflow", action="store_true", help="skip the airflow dags test rerun")))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        extra=lambda p: (
+            p.add_argument("--users", type=int, default=None),
+            p.add_argument("--no-airflow", action="store_true", help="skip the airflow dags test rerun"),
+        ),
+    )
     users = args.users or (10_000 if args.quick else 1_000_000)
 
+    from core.datasets.synthetic import SyntheticConfig, generate, write_log
+    from core.layout import HOUR, utc
+    from soe.config import load_settings
     from soe.flows import hourly
     from soe.flows.airflow_run import AirflowHome
     from soe.flows.checks import GenerationRejected
     from soe.flows.manifest import read_manifest
-    from soe.config import load_settings
-    from core.datasets.synthetic import SyntheticConfig, generate, write_log
-    from core.layout import HOUR, utc
     from store import local_server
 
     work = Path(tempfile.mkdtemp(prefix="soe-bench-refresh-"))
@@ -68,8 +83,17 @@ def main() -> None:
         s.orchestration.min_drift_cosine = -1.0  # a first hour has no previous generation anyway
         start = utc("2026-01-01T00:00Z")
         t0 = time.perf_counter()
-        log = generate(SyntheticConfig(n_users=users, n_items=max(10_000, users // 5), n_clusters=50, hours=1,
-                                       start=str(start), base_events_per_user=8.0, seed=0))
+        log = generate(
+            SyntheticConfig(
+                n_users=users,
+                n_items=max(10_000, users // 5),
+                n_clusters=50,
+                hours=1,
+                start=str(start),
+                base_events_per_user=8.0,
+                seed=0,
+            )
+        )
         write_log(log, s.layout())
         gen_s = time.perf_counter() - t0
         n_events = log.manifest["n_events"]
@@ -90,17 +114,29 @@ def main() -> None:
         rejected = None
         try:
             hourly.run_interval(s, start, start + HOUR, model=model, on_stage=on_stage)
-        except GenerationRejected as exc:  # still a measurement: every stage ran, the hour was not marked done
+        except (
+            GenerationRejected
+        ) as exc:  # still a measurement: every stage ran, the hour was not marked done
             rejected = str(exc)
         inproc_s = time.perf_counter() - t0
         result = {
-            "bench": "refresh", "quick": args.quick, "users": users, "events": n_events,
-            "active_users": seen["sequences"].get("active_users"), "encoded": seen["encode"]["users"],
-            "total_s": round(inproc_s, 2), "goal_s": GOAL_S, "goal_met": inproc_s <= GOAL_S,
+            "bench": "refresh",
+            "quick": args.quick,
+            "users": users,
+            "events": n_events,
+            "active_users": seen["sequences"].get("active_users"),
+            "encoded": seen["encode"]["users"],
+            "total_s": round(inproc_s, 2),
+            "goal_s": GOAL_S,
+            "goal_met": inproc_s <= GOAL_S,
             **{f"{k}_s": round(seen[k]["seconds"], 2) if k in seen else None for k in STAGES},
-            "graph_recall": seen["graph"].get("recall_at_k"), "graph_mode": seen["graph"].get("mode"),
-            "validated": rejected is None, "rejected": rejected,
-            "users_per_s": round(users / inproc_s, 1), "generate_s": round(gen_s, 2), "machine": machine(),
+            "graph_recall": seen["graph"].get("recall_at_k"),
+            "graph_mode": seen["graph"].get("mode"),
+            "validated": rejected is None,
+            "rejected": rejected,
+            "users_per_s": round(users / inproc_s, 1),
+            "generate_s": round(gen_s, 2),
+            "machine": machine(),
         }
         if not args.no_airflow and rejected is None:
             home = AirflowHome(work / "airflow", s)
@@ -111,7 +147,9 @@ def main() -> None:
             result["airflow_total_s"] = r.seconds
             result["airflow_over_inprocess"] = round(r.seconds / inproc_s, 3)
             rerun = read_manifest(s.layout(), "soe_hourly", start + HOUR)["stages"]
-            result["airflow_stage_s"] = {k: rerun.get(k, {}).get("seconds") for k in STAGES if k != "retention"}
+            result["airflow_stage_s"] = {
+                k: rerun.get(k, {}).get("seconds") for k in STAGES if k != "retention"
+            }
             result["airflow_rerun_written"] = rerun["publish"].get("written")
         emit(result)
     finally:

@@ -40,21 +40,25 @@ from datetime import timedelta
 from pathlib import Path
 
 from bench.common import emit, machine, median_seconds, parse_args
-from soe.config import load_settings
 from core.contracts import ATTRIBUTE_COLUMNS
 from core.datasets.events import published_partitions
 from core.datasets.synthetic import SyntheticConfig, generate, write_log
 from core.layout import HOUR, utc
+from soe.config import load_settings
 
 ROOT = Path("data/bench/sequences")
 SIZES = {  # name -> generator config
     "quick": SyntheticConfig(n_users=5_000, n_items=20_000, hours=24, base_events_per_user=40.0, seed=1),
     # the target size: a week of history, 2M known users, most of them active in a few hours of it
     # (an hour holds ~0.6 % of the events and ~1 % of the users), as on an ads/feed platform
-    "full": SyntheticConfig(n_users=2_000_000, n_items=1_000_000, n_clusters=50, hours=168, base_events_per_user=10.0, seed=1),
+    "full": SyntheticConfig(
+        n_users=2_000_000, n_items=1_000_000, n_clusters=50, hours=168, base_events_per_user=10.0, seed=1
+    ),
     # the worst case for an incremental update: 200k users who are all active every few hours
     # (an hour holds 1.3 % of the events but 13 % of the users, and the heaviest ones)
-    "dense": SyntheticConfig(n_users=200_000, n_items=500_000, n_clusters=50, hours=48, base_events_per_user=105.0, seed=1),
+    "dense": SyntheticConfig(
+        n_users=200_000, n_items=500_000, n_clusters=50, hours=48, base_events_per_user=105.0, seed=1
+    ),
 }
 CHAIN = {"quick": 3, "full": 6, "dense": 6}  # hourly updates timed in a row, ending at the last hour
 FIELDS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
@@ -111,9 +115,17 @@ def spark_core_last_n(spark, settings, as_of, out: Path) -> None:
     from pipelines import sequences as seq
 
     layout = settings.layout()
-    df = spark.read.option("basePath", str(layout.events)).parquet(*[str(p) for p in published_partitions(layout)])
-    ok = (F.col("user_id").isNotNull() & (F.col("user_id") >= 0) & F.col("ts").isNotNull() & F.col("item_id").isNotNull()
-          & F.col("event_type").isin(list(settings.events.event_types)) & (F.col("ts") < F.lit(as_of).cast("timestamp")))
+    df = spark.read.option("basePath", str(layout.events)).parquet(
+        *[str(p) for p in published_partitions(layout)]
+    )
+    ok = (
+        F.col("user_id").isNotNull()
+        & (F.col("user_id") >= 0)
+        & F.col("ts").isNotNull()
+        & F.col("item_id").isNotNull()
+        & F.col("event_type").isin(list(settings.events.event_types))
+        & (F.col("ts") < F.lit(as_of).cast("timestamp"))
+    )
     kept = df.where(ok).repartition("user_id").dropDuplicates(["user_id", *FIELDS])
     seq.build_state(kept, as_of, settings.sequences.max_len).write.mode("overwrite").parquet(str(out))
 
@@ -126,20 +138,32 @@ def fingerprint(path: Path) -> dict:
 
     state = read_state(path).select(["user_id", "n_events", *FIELDS])  # noqa: F841 (scanned by DuckDB)
     cols = ", ".join(["user_id", "n_events", "ts::TIMESTAMP[]", *FIELDS[1:]])
-    row = duckdb.sql(f"SELECT count(*), sum(n_events), sum(hash({cols}) % 1000000007) FROM state").fetchall()[0]
+    row = duckdb.sql(f"SELECT count(*), sum(n_events), sum(hash({cols}) % 1000000007) FROM state").fetchall()[
+        0
+    ]
     return {"users": int(row[0]), "events": int(row[1] or 0), "hash": int(row[2] or 0)}
 
 
 def main() -> None:
-    args = parse_args("Spark sequence pipeline: incremental vs full rebuild vs DuckDB", lambda p: p.add_argument(
-        "--size", choices=sorted(SIZES), default=None, help="data shape (default: full; quick with --quick)"))
+    args = parse_args(
+        "Spark sequence pipeline: incremental vs full rebuild vs DuckDB",
+        lambda p: p.add_argument(
+            "--size",
+            choices=sorted(SIZES),
+            default=None,
+            help="data shape (default: full; quick with --quick)",
+        ),
+    )
     size = args.size or ("quick" if args.quick else "full")
     repeats = args.repeats or 1
     cfg = SIZES[size]
     root = (ROOT / size).resolve()
     env = {
-        "SOE_DATA__ROOT": str(root), "SOE_SPARK__MASTER": "local[*]", "SOE_SPARK__DRIVER_MEMORY": "6g",
-        "SOE_SPARK__SHUFFLE_PARTITIONS": "8" if size == "quick" else "16", "SOE_SEQUENCES__NUM_SHARDS": "4",
+        "SOE_DATA__ROOT": str(root),
+        "SOE_SPARK__MASTER": "local[*]",
+        "SOE_SPARK__DRIVER_MEMORY": "6g",
+        "SOE_SPARK__SHUFFLE_PARTITIONS": "8" if size == "quick" else "16",
+        "SOE_SEQUENCES__NUM_SHARDS": "4",
         "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": str(cfg.hours),
     }
     settings = load_settings(environ=env)
@@ -163,7 +187,9 @@ def main() -> None:
     chain = CHAIN[size]
     first_hour = as_of - chain * HOUR
     t0 = time.perf_counter()
-    rebuild_state(settings.pipeline(), first_hour, lookback_hours=cfg.hours - chain, spark=spark)  # setup: the base
+    rebuild_state(
+        settings.pipeline(), first_hour, lookback_hours=cfg.hours - chain, spark=spark
+    )  # setup: the base
     setup_s = time.perf_counter() - t0
 
     runs: list[dict] = []
@@ -175,43 +201,80 @@ def main() -> None:
     result = runs[-1]
     final_fp = fingerprint(layout.state(as_of))
     forced = load_settings(environ={**env, "SOE_SEQUENCES__COMPACT_MAX_LAYERS": "0"})
-    compaction = update_sequences(forced.pipeline(), last_hour, as_of, spark=spark)  # same content, written as a base
+    compaction = update_sequences(
+        forced.pipeline(), last_hour, as_of, spark=spark
+    )  # same content, written as a base
     compaction_s = compaction["seconds"]
     full_rebuild_s, full_t = median_seconds(
-        lambda: rebuild_state(settings.pipeline(), as_of, lookback_hours=cfg.hours, spark=spark, out=work / "full"), repeats)
-    duckdb_s, duck_t = median_seconds(lambda: duckdb_last_n(settings, as_of, work / "duck.parquet", 2), repeats)
-    core_s, core_t = (median_seconds(lambda: spark_core_last_n(spark, settings, as_of, work / "core"), repeats)
-                      if size != "quick" else (float("nan"), []))  # quick: skipped to stay within 2 minutes
+        lambda: rebuild_state(
+            settings.pipeline(), as_of, lookback_hours=cfg.hours, spark=spark, out=work / "full"
+        ),
+        repeats,
+    )
+    duckdb_s, duck_t = median_seconds(
+        lambda: duckdb_last_n(settings, as_of, work / "duck.parquet", 2), repeats
+    )
+    core_s, core_t = (
+        median_seconds(lambda: spark_core_last_n(spark, settings, as_of, work / "core"), repeats)
+        if size != "quick"
+        else (float("nan"), [])
+    )  # quick: skipped to stay within 2 minutes
 
     inc_fp, full_fp, compacted_fp = final_fp, fingerprint(work / "full"), fingerprint(layout.state(as_of))
     import duckdb
 
-    duck_users, duck_events = duckdb.sql(f"SELECT count(*), sum(n_events) FROM '{work / 'duck.parquet'}'").fetchall()[0]
+    duck_users, duck_events = duckdb.sql(
+        f"SELECT count(*), sum(n_events) FROM '{work / 'duck.parquet'}'"
+    ).fetchall()[0]
     hour_events = result["valid_events"] + result["quarantined"]
-    emit({
-        "bench": "sequences", "size": size, "events": n_events, "users": cfg.n_users, "hours": cfg.hours,
-        "max_len": settings.sequences.max_len, "hour_events": hour_events,
-        "hour_share": round(hour_events / max(1, n_events), 4),
-        "active_users": result["active_users"], "state_users": result["state_users"],
-        "incremental_s": round(incremental_s, 2), "full_rebuild_s": round(full_rebuild_s, 2),
-        "incremental_vs_full": round(incremental_s / full_rebuild_s, 3),
-        "incremental_mean_s": round(incremental_mean_s, 2), "amortised_vs_full": round(incremental_mean_s / full_rebuild_s, 3),
-        "compaction_s": round(compaction_s, 2), "compaction_vs_full": round(compaction_s / full_rebuild_s, 3),
-        "chain": [{"as_of": r["as_of"], "seconds": r["seconds"], "active_users": r["active_users"],
-                   "valid_events": r["valid_events"], "compacted": r["compacted"], "state_layers": r["state_layers"],
-                   "phases": r["phase_seconds"]} for r in runs],
-        "duckdb_full_s": round(duckdb_s, 2), "spark_vs_duckdb": round(full_rebuild_s / duckdb_s, 3),
-        "spark_core_full_s": None if core_s != core_s else round(core_s, 2),
-        "spark_core_vs_duckdb": None if core_s != core_s else round(core_s / duckdb_s, 3),
-        "incremental_phases": result.get("phase_seconds"),
-        "events_per_s": round(n_events / full_rebuild_s),
-        "incremental_events_per_s": round(hour_events / incremental_s),
-        "states_equal": inc_fp == full_fp == compacted_fp, "duckdb_equal_counts": (duck_users, duck_events) == (full_fp["users"], full_fp["events"]),
-        "fingerprint": full_fp, "setup_rebuild_s": round(setup_s, 2), "spark_start_s": round(spark_start_s, 2),
-        "timings": {"incremental": hour_s, "full": full_t, "duckdb": duck_t, "spark_core": core_t},
-        "targets": {"incremental_vs_full": 0.2, "spark_vs_duckdb": 2.0, "min_events_full": 20_000_000},
-        "machine": machine(),
-    })
+    emit(
+        {
+            "bench": "sequences",
+            "size": size,
+            "events": n_events,
+            "users": cfg.n_users,
+            "hours": cfg.hours,
+            "max_len": settings.sequences.max_len,
+            "hour_events": hour_events,
+            "hour_share": round(hour_events / max(1, n_events), 4),
+            "active_users": result["active_users"],
+            "state_users": result["state_users"],
+            "incremental_s": round(incremental_s, 2),
+            "full_rebuild_s": round(full_rebuild_s, 2),
+            "incremental_vs_full": round(incremental_s / full_rebuild_s, 3),
+            "incremental_mean_s": round(incremental_mean_s, 2),
+            "amortised_vs_full": round(incremental_mean_s / full_rebuild_s, 3),
+            "compaction_s": round(compaction_s, 2),
+            "compaction_vs_full": round(compaction_s / full_rebuild_s, 3),
+            "chain": [
+                {
+                    "as_of": r["as_of"],
+                    "seconds": r["seconds"],
+                    "active_users": r["active_users"],
+                    "valid_events": r["valid_events"],
+                    "compacted": r["compacted"],
+                    "state_layers": r["state_layers"],
+                    "phases": r["phase_seconds"],
+                }
+                for r in runs
+            ],
+            "duckdb_full_s": round(duckdb_s, 2),
+            "spark_vs_duckdb": round(full_rebuild_s / duckdb_s, 3),
+            "spark_core_full_s": None if core_s != core_s else round(core_s, 2),
+            "spark_core_vs_duckdb": None if core_s != core_s else round(core_s / duckdb_s, 3),
+            "incremental_phases": result.get("phase_seconds"),
+            "events_per_s": round(n_events / full_rebuild_s),
+            "incremental_events_per_s": round(hour_events / incremental_s),
+            "states_equal": inc_fp == full_fp == compacted_fp,
+            "duckdb_equal_counts": (duck_users, duck_events) == (full_fp["users"], full_fp["events"]),
+            "fingerprint": full_fp,
+            "setup_rebuild_s": round(setup_s, 2),
+            "spark_start_s": round(spark_start_s, 2),
+            "timings": {"incremental": hour_s, "full": full_t, "duckdb": duck_t, "spark_core": core_t},
+            "targets": {"incremental_vs_full": 0.2, "spark_vs_duckdb": 2.0, "min_events_full": 20_000_000},
+            "machine": machine(),
+        }
+    )
     spark.stop()
 
 

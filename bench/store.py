@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import numpy as np
 from bench.common import emit, machine, parse_args
 
 D = 64
-AS_OF = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 1, 1, 5, tzinfo=UTC)
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -38,7 +38,9 @@ def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 def clustered(n: int, d: int, clusters: int = 50, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = unit(clusters, d, seed + 1)
-    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d)).astype(
+        np.float32
+    ) / np.sqrt(d)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -55,33 +57,61 @@ def write_shards(settings, n: int, shards: int) -> None:
     for i in range(shards):
         lo, hi = bounds[i], bounds[i + 1]
         x = unit(hi - lo, D, seed=i).astype(np.float16)
-        table = pa.Table.from_arrays([
-            pa.array(np.arange(lo, hi, dtype=np.int64)),
-            pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float16()), D),
-            pa.array(["bench"] * (hi - lo)),
-            pa.array([AS_OF] * (hi - lo), type=pa.timestamp("ms", tz="UTC")),
-            pa.array(np.full(hi - lo, 20, np.int32)),
-        ], schema=contract.schema)
-        with publish_dir(settings.layout().embeddings("bench", AS_OF) / f"shard={i:05d}", {"rows": int(hi - lo)}) as tmp:
+        table = pa.Table.from_arrays(
+            [
+                pa.array(np.arange(lo, hi, dtype=np.int64)),
+                pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float16()), D),
+                pa.array(["bench"] * (hi - lo)),
+                pa.array([AS_OF] * (hi - lo), type=pa.timestamp("ms", tz="UTC")),
+                pa.array(np.full(hi - lo, 20, np.int32)),
+            ],
+            schema=contract.schema,
+        )
+        with publish_dir(
+            settings.layout().embeddings("bench", AS_OF) / f"shard={i:05d}", {"rows": int(hi - lo)}
+        ) as tmp:
             # as the inference writer (zstd), but no dictionary for the vector column: float16 lists then
             # read ~3x faster (0.41 s vs 1.21 s per 200k rows here) and the file is not larger
-            pq.write_table(table, tmp / "part-00000.parquet", compression="zstd", use_dictionary=["model_version"])
+            pq.write_table(
+                table, tmp / "part-00000.parquet", compression="zstd", use_dictionary=["model_version"]
+            )
 
 
 def used_memory(r) -> int:
     return int(r.info("memory")["used_memory"])
 
 
-def redis_benchmark(port: int, test: str, n: int, value_size: int, pipeline: int = 1, clients: int = 50) -> dict:
+def redis_benchmark(
+    port: int, test: str, n: int, value_size: int, pipeline: int = 1, clients: int = 50
+) -> dict:
     """One row of the real redis-benchmark binary's CSV output: rps and latency percentiles (ms)."""
     binary = shutil.which("redis-benchmark")
     if binary is None:
         raise FileNotFoundError("redis-benchmark not found (apt install redis-tools)")
-    cmd = [binary, "-h", "127.0.0.1", "-p", str(port), "-t", test, "-n", str(n), "-d", str(value_size),
-           "-P", str(pipeline), "-c", str(clients), "-r", str(n), "-q", "--csv"]
+    cmd = [
+        binary,
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-t",
+        test,
+        "-n",
+        str(n),
+        "-d",
+        str(value_size),
+        "-P",
+        str(pipeline),
+        "-c",
+        str(clients),
+        "-r",
+        str(n),
+        "-q",
+        "--csv",
+    ]
     lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
     header = [h.strip('"') for h in lines[0].split(",")]
-    row = [line for line in lines if line.startswith(f'"{test.upper()}"')][0]
+    row = next(line for line in lines if line.startswith(f'"{test.upper()}"'))
     values = [v.strip('"') for v in row.split(",")]
     return {k: (float(v) if k != "test" else v) for k, v in zip(header, values)}
 
@@ -116,7 +146,9 @@ def recall_at_10(n: int = 20_000, queries: int = 500) -> dict:
         rows = encode_vectors(x, 0, "m", dtype)
         v, _, _, _ = decode_vectors([r.tobytes() for r in rows])
         got = top10(v)
-        out[f"{dtype}_recall_at_10"] = round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])), 4)
+        out[f"{dtype}_recall_at_10"] = round(
+            float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])), 4
+        )
     return out
 
 
@@ -134,12 +166,16 @@ def measure_publish(s, store, r, n: int, repeats: int, with_baselines: bool) -> 
     from store.publish import publish_embeddings
 
     rs, single = s.redis, s.redis.mode == "single"
-    runs: dict[str, list] = {k: [] for k in ("pub", "cpu", "server_us", "mem", "set", "set_us", "get50", "get99")}
+    runs: dict[str, list] = {
+        k: [] for k in ("pub", "cpu", "server_us", "mem", "set", "set_us", "get50", "get99")
+    }
     for _ in range(repeats):
         if with_baselines:
             flush(rs)
             r.config_resetstat()
-            runs["set"].append(redis_benchmark(rs.port, "set", n, value_size("float16", D), pipeline=16)["rps"])
+            runs["set"].append(
+                redis_benchmark(rs.port, "set", n, value_size("float16", D), pipeline=16)["rps"]
+            )
             runs["set_us"].append(r.info("commandstats")["cmdstat_set"]["usec_per_call"])
             # the latency floor of this machine right now: redis-benchmark's own GET round trip, 1 client
             get = redis_benchmark(rs.port, "get", 5000, value_size("float16", D), pipeline=1, clients=1)
@@ -158,20 +194,31 @@ def measure_publish(s, store, r, n: int, repeats: int, with_baselines: bool) -> 
             runs["server_us"].append(r.info("commandstats")["cmdstat_evalsha"]["usec"] / n)
             runs["mem"].append(used_memory(r) - base)
     med = {k: float(np.median(v)) for k, v in runs.items() if v}
-    out = {"publish_vectors_per_s": round(med["pub"], 1), "publish_runs_per_s": [round(x) for x in runs["pub"]],
-           "publish_client_cpu_s": round(med["cpu"], 2)}
+    out = {
+        "publish_vectors_per_s": round(med["pub"], 1),
+        "publish_runs_per_s": [round(x) for x in runs["pub"]],
+        "publish_client_cpu_s": round(med["cpu"], 2),
+    }
     if single:
-        out |= {"publish_server_us_per_vector": round(med["server_us"], 2),
-                "memory_per_user_bytes": round(med["mem"] / n, 2),
-                "memory_ratio_vs_payload": round(med["mem"] / (n * D * 2), 3)}
+        out |= {
+            "publish_server_us_per_vector": round(med["server_us"], 2),
+            "memory_per_user_bytes": round(med["mem"] / n, 2),
+            "memory_ratio_vs_payload": round(med["mem"] / (n * D * 2), 3),
+        }
     if with_baselines:
-        out |= {"redis_benchmark_set_per_s": round(med["set"], 1), "redis_benchmark_runs_per_s": [round(x) for x in runs["set"]],
-                "redis_benchmark_server_us_per_set": round(med["set_us"], 2),
-                # each publish ran right after its redis-benchmark run: the median of these paired ratios
-                "publish_vs_redis_benchmark": round(float(np.median([p / b for p, b in zip(runs["pub"], runs["set"])])), 3),
-                "publish_vs_redis_benchmark_runs": [round(p / b, 3) for p, b in zip(runs["pub"], runs["set"])],
-                "publish_vs_redis_benchmark_of_medians": round(med["pub"] / med["set"], 3),
-                "redis_benchmark_get_p50_ms": med["get50"], "redis_benchmark_get_p99_ms": med["get99"]}
+        out |= {
+            "redis_benchmark_set_per_s": round(med["set"], 1),
+            "redis_benchmark_runs_per_s": [round(x) for x in runs["set"]],
+            "redis_benchmark_server_us_per_set": round(med["set_us"], 2),
+            # each publish ran right after its redis-benchmark run: the median of these paired ratios
+            "publish_vs_redis_benchmark": round(
+                float(np.median([p / b for p, b in zip(runs["pub"], runs["set"])])), 3
+            ),
+            "publish_vs_redis_benchmark_runs": [round(p / b, 3) for p, b in zip(runs["pub"], runs["set"])],
+            "publish_vs_redis_benchmark_of_medians": round(med["pub"] / med["set"], 3),
+            "redis_benchmark_get_p50_ms": med["get50"],
+            "redis_benchmark_get_p99_ms": med["get99"],
+        }
     t0 = time.perf_counter()
     again = publish_embeddings(rs, s.layout(), "bench", AS_OF, store=store)
     out["republish_unchanged_per_s"] = round(again["unchanged"] / (time.perf_counter() - t0), 1)
@@ -189,10 +236,18 @@ def measure_lookups(store, rs, n: int, lookups: int) -> dict:
     client.get([1, 2, 3])  # warm the pointer/meta caches and the connection
     out = {}
     p50, p99, _, cpu = latencies(client.get, rng.integers(0, n, lookups)[:, None])
-    out["get1_p50_ms"], out["get1_p99_ms"], out["get1_client_cpu_ms"] = round(p50, 3), round(p99, 3), round(cpu, 3)
+    out["get1_p50_ms"], out["get1_p99_ms"], out["get1_client_cpu_ms"] = (
+        round(p50, 3),
+        round(p99, 3),
+        round(cpu, 3),
+    )
     batches = rng.integers(0, n, (max(lookups // 10, 50), 100))
     p50, p99, total, cpu = latencies(client.get, batches)
-    out["get100_p50_ms"], out["get100_p99_ms"], out["get100_client_cpu_ms"] = round(p50, 3), round(p99, 3), round(cpu, 3)
+    out["get100_p50_ms"], out["get100_p99_ms"], out["get100_client_cpu_ms"] = (
+        round(p50, 3),
+        round(p99, 3),
+        round(cpu, 3),
+    )
     out["lookups_per_s"] = round(batches.size / total, 1)
     assert client.get(batches[0])[1].all()
     return out
@@ -249,8 +304,15 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-store-"))
     settings = load_settings(environ={"SOE_DATA__ROOT": str(work / "data")})
-    result: dict = {"bench": "store", "users": n, "dim": D, "dtype": "float16", "repeats": repeats, "machine": machine(),
-                    "load_avg_1m_at_start": round(__import__("os").getloadavg()[0], 2)}
+    result: dict = {
+        "bench": "store",
+        "users": n,
+        "dim": D,
+        "dtype": "float16",
+        "repeats": repeats,
+        "machine": machine(),
+        "load_avg_1m_at_start": round(__import__("os").getloadavg()[0], 2),
+    }
     try:
         t0 = time.perf_counter()
         write_shards(settings, n, shards=8)
@@ -270,8 +332,19 @@ def main() -> None:
             finally:
                 local_server.stop(work / "cluster")
             result["cluster_users"] = n_cluster
-            result |= {f"cluster_{k}": v for k, v in c.items() if k in ("publish_vectors_per_s", "get1_p50_ms", "get1_p99_ms",
-                                                                         "get100_p50_ms", "get100_p99_ms", "lookups_per_s")}
+            result |= {
+                f"cluster_{k}": v
+                for k, v in c.items()
+                if k
+                in (
+                    "publish_vectors_per_s",
+                    "get1_p50_ms",
+                    "get1_p99_ms",
+                    "get100_p50_ms",
+                    "get100_p99_ms",
+                    "lookups_per_s",
+                )
+            }
         result["targets"] = {
             "publish_vs_redis_benchmark>=0.6": result["publish_vs_redis_benchmark"] >= 0.6,
             "memory_ratio_vs_payload<=1.4": result["memory_ratio_vs_payload"] <= 1.4,

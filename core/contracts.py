@@ -46,7 +46,8 @@ class Contract:
         version = int(meta.get(b"soe.contract_version", b"0") or 0)
         if version > self.version:
             raise ContractError(
-                f"{self.name} table has contract version {version}, this code reads up to {self.version}: upgrade SoE"
+                f"{self.name} table has contract version {version}, "
+                f"this code reads up to {self.version}: upgrade SoE"
             )
 
 

@@ -42,24 +42,26 @@ def shard_dirs(layout: Layout, model_version: str, as_of: datetime) -> list[Path
     if is_complete(root):
         n = read_marker(root).get("num_shards")
         if n is not None:
-            dirs = [p for p in dirs if int(p.name[len("shard="):]) < int(n)]
+            dirs = [p for p in dirs if int(p.name[len("shard=") :]) < int(n)]
     return dirs
 
 
-def snapshot_times(layout: Layout, model_version: str, *, after: datetime | None = None,
-                   until: datetime | None = None) -> list[datetime]:
+def snapshot_times(
+    layout: Layout, model_version: str, *, after: datetime | None = None, until: datetime | None = None
+) -> list[datetime]:
     """The as_of times of this model with a published shard in ``(after, until]``, oldest first."""
     root = layout.model_embeddings(model_version)
     if not root.is_dir():
         return []
     lo, hi = (utc(after) if after is not None else None), (utc(until) if until is not None else None)
-    times = [utc(p.name[len("as_of="):]) for p in root.glob("as_of=*") if p.is_dir()]
+    times = [utc(p.name[len("as_of=") :]) for p in root.glob("as_of=*") if p.is_dir()]
     times = [t for t in times if (lo is None or t > lo) and (hi is None or t <= hi)]
     return sorted(t for t in times if shard_dirs(layout, model_version, t))
 
 
-def vector_array(column: pa.Array | pa.ChunkedArray,
-                 dtype: np.dtype | type | None = np.float32) -> np.ndarray:
+def vector_array(
+    column: pa.Array | pa.ChunkedArray, dtype: np.dtype | type | None = np.float32
+) -> np.ndarray:
     """The embedding ``vector`` column (fixed_size_list<float>[D], no nulls) as an (N, D) array.
 
     ``dtype``: the result's dtype (float32 by default); None keeps the stored one (float16 in the
@@ -71,7 +73,7 @@ def vector_array(column: pa.Array | pa.ChunkedArray,
     if col.null_count:
         raise ContractError(f"{col.null_count} null vectors in an embedding table (the contract has none)")
     dim = col.type.list_size
-    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim : (col.offset + len(col)) * dim]
     out = flat.reshape(len(col), dim)  # (N, D)
     return out if dtype is None else out.astype(dtype, copy=False)
 
@@ -101,8 +103,14 @@ def read_embeddings(layout: Layout, model_version: str, as_of: datetime) -> pa.T
     return _read_shards(dirs)
 
 
-def latest_embeddings(layout: Layout, model_version: str, *, after: datetime | None = None,
-                      until: datetime | None = None, columns: list[str] | None = None) -> pa.Table:
+def latest_embeddings(
+    layout: Layout,
+    model_version: str,
+    *,
+    after: datetime | None = None,
+    until: datetime | None = None,
+    columns: list[str] | None = None,
+) -> pa.Table:
     """Every user's newest vector of this model across the snapshots in ``(after, until]`` (all by
     default): for each user the row of the newest as_of wins; rows sorted by user_id.
 
@@ -113,7 +121,8 @@ def latest_embeddings(layout: Layout, model_version: str, *, after: datetime | N
     if not times:
         raise FileNotFoundError(
             f"no published embeddings for model {model_version!r} in ({after}, {until}] under "
-            f"{layout.model_embeddings(model_version)}; run the encoder first (soe encode)")
+            f"{layout.model_embeddings(model_version)}; run the encoder first (soe encode)"
+        )
     dirs = [d for t in reversed(times) for d in shard_dirs(layout, model_version, t)]  # newest first
     table = _read_shards(dirs, columns)
     uid = table.column("user_id").to_numpy()  # (R,)

@@ -4,7 +4,7 @@
 
     <root>/events/dt=YYYY-MM-DD/hour=HH/part-*.parquet  + _SUCCESS   raw event log (arrival hour)
     <root>/quarantine/as_of=<T>/                                     rejected rows, with a reason
-    <root>/state/as_of=<T>/layer=<T'>/                               last N events of every known user (layers)
+    <root>/state/as_of=<T>/layer=<T'>/                               every known user's last N events
     <root>/active/as_of=<T>/shard=<iiiii>.parquet                    active users of the interval, K shards
     <root>/trainsets/<name>/                                         training sets
     <root>/models/<version>/                                         model artifacts
@@ -20,7 +20,7 @@ directory counts as published only when it holds a ``_SUCCESS`` marker (see core
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.atomic import is_complete
@@ -41,8 +41,8 @@ def utc(value: datetime | str) -> datetime:
         except ValueError:
             value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def stamp(t: datetime) -> str:
@@ -68,7 +68,9 @@ def check_interval(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """UTC, hour-aligned, non-empty: the only data intervals the hourly partitions can answer."""
     start, end = utc(start), utc(end)
     if floor_hour(start) != start or floor_hour(end) != end:
-        raise ValueError(f"interval {start.isoformat()}/{end.isoformat()} must start and end on whole hours (UTC)")
+        raise ValueError(
+            f"interval {start.isoformat()}/{end.isoformat()} must start and end on whole hours (UTC)"
+        )
     if end <= start:
         raise ValueError(f"interval {start.isoformat()}/{end.isoformat()}: END must be after START")
     return start, end
@@ -147,7 +149,12 @@ class Layout:
 
     def rejected(self, model_version: str, as_of: datetime) -> Path:
         """Where a rejected generation's outputs are moved (kept for inspection, never read by a stage)."""
-        return Path(self.root) / "rejected" / check_name("model version", model_version) / f"as_of={stamp(as_of)}"
+        return (
+            Path(self.root)
+            / "rejected"
+            / check_name("model version", model_version)
+            / f"as_of={stamp(as_of)}"
+        )
 
     def manifest(self, dag: str, as_of: datetime) -> Path:
         return Path(self.root) / "manifests" / check_name("run name", dag) / f"as_of={stamp(as_of)}.json"
@@ -168,5 +175,5 @@ def snapshot_times(parent: Path) -> list[datetime]:
     out = []
     for child in parent.iterdir():
         if child.name.startswith("as_of=") and is_complete(child):
-            out.append(utc(child.name[len("as_of="):]))
+            out.append(utc(child.name[len("as_of=") :]))
     return sorted(out)

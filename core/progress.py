@@ -9,4 +9,6 @@ def progress(total: int | None, desc: str, unit: str = "it"):
     """A tqdm progress bar on stderr, silent when stderr is not a terminal and SOE_PROGRESS is unset."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, disable=None, leave=False)
+    return tqdm(
+        total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, disable=None, leave=False
+    )

@@ -30,11 +30,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -74,10 +74,15 @@ class Layer:
     rows: int  # users in the layer
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "as_of": self.as_of.isoformat() if self.as_of else None, "rows": self.rows}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "as_of": self.as_of.isoformat() if self.as_of else None,
+            "rows": self.rows,
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Layer":
+    def from_json(cls, d: dict) -> Layer:
         return cls(d["name"], d["kind"], utc(d["as_of"]), int(d["rows"]))
 
 
@@ -98,7 +103,9 @@ class StateSnapshot:
         else:  # a plain directory of sequence files: one base layer
             files = data_files(self.path)
             rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-            as_of = self.manifest.get("as_of") or (self.path.name[len("as_of="):] if self.path.name.startswith("as_of=") else None)
+            as_of = self.manifest.get("as_of") or (
+                self.path.name[len("as_of=") :] if self.path.name.startswith("as_of=") else None
+            )
             self.as_of = utc(as_of) if as_of else None
             self.layers = [Layer(".", BASE, self.as_of, rows)]
 
@@ -139,8 +146,10 @@ class StateSnapshot:
         acc: list[pa.Array] = []
         for i in range(len(self.layers) - 1, -1, -1):
             out[i] = pc.unique(pa.concat_arrays(acc)) if acc else None
-            ids = [pq.read_table(f, columns=["user_id"]).column("user_id").combine_chunks()
-                   for f in self.layer_files(self.layers[i])]
+            ids = [
+                pq.read_table(f, columns=["user_id"]).column("user_id").combine_chunks()
+                for f in self.layer_files(self.layers[i])
+            ]
             acc.extend(a.cast(pa.int64()) for a in ids if len(a))
         return out
 
@@ -155,27 +164,40 @@ class StateSnapshot:
         """``batch`` with ``as_of`` set to the snapshot's time (every sequence is complete as of T).
 
         Only for layered snapshots; a plain directory (e.g. a training set) keeps each row's own as_of."""
-        if not self.layered or self.as_of is None or "as_of" not in batch.schema.names:  # plain dirs keep theirs
+        if (
+            not self.layered or self.as_of is None or "as_of" not in batch.schema.names
+        ):  # plain dirs keep theirs
             return batch
         i = batch.schema.get_field_index("as_of")
-        column = pa.array(np.full(batch.num_rows, int(self.as_of.timestamp() * 1000), dtype=np.int64)).cast(TS)
+        column = pa.array(np.full(batch.num_rows, int(self.as_of.timestamp() * 1000), dtype=np.int64)).cast(
+            TS
+        )
         return batch.set_column(i, pa.field("as_of", TS, nullable=False), column)
 
-    def iter_file(self, layer_index: int, path: Path, batch_rows: int = 8192,
-                  columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def iter_file(
+        self, layer_index: int, path: Path, batch_rows: int = 8192, columns: list[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """The current rows of one data file, in batches, ``as_of`` = the snapshot time."""
         pf = pq.ParquetFile(path)
         wanted = columns or [c for c in SEQUENCE.schema.names if c in pf.schema_arrow.names]
         read = wanted if "user_id" in wanted else ["user_id", *wanted]
         # one schema for every file (Spark and pyarrow writers differ in nullability), so batches concatenate
-        schema = pa.schema([SEQUENCE.schema.field(c) if c in SEQUENCE.schema.names else pf.schema_arrow.field(c)
-                            for c in wanted])
+        schema = pa.schema(
+            [
+                SEQUENCE.schema.field(c) if c in SEQUENCE.schema.names else pf.schema_arrow.field(c)
+                for c in wanted
+            ]
+        )
         for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
             batch = self.with_as_of(self.current_rows(batch, layer_index))
             if batch.num_rows:
-                yield pa.RecordBatch.from_arrays([batch.column(c).cast(schema.field(c).type) for c in wanted], schema=schema)
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(c).cast(schema.field(c).type) for c in wanted], schema=schema
+                )
 
-    def iter_batches(self, batch_rows: int = 8192, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def iter_batches(
+        self, batch_rows: int = 8192, columns: list[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         for i, path in self.files():
             yield from self.iter_file(i, path, batch_rows, columns)
 
@@ -183,10 +205,16 @@ class StateSnapshot:
         """Every current row (one per user) as one table. For tests and small snapshots."""
         parts = []
         for i, path in self.files():
-            table = pq.read_table(path, columns=columns if columns is None or "user_id" in columns else ["user_id", *columns])
+            table = pq.read_table(
+                path, columns=columns if columns is None or "user_id" in columns else ["user_id", *columns]
+            )
             parts.append(self.with_as_of(self.current_rows(table, i)))
         if not parts:
-            return SEQUENCE.schema.empty_table() if columns is None else SEQUENCE.schema.empty_table().select(columns)
+            return (
+                SEQUENCE.schema.empty_table()
+                if columns is None
+                else SEQUENCE.schema.empty_table().select(columns)
+            )
         table = pa.concat_tables(parts, promote_options="permissive")
         return table if columns is None else table.select(columns)
 

@@ -35,7 +35,8 @@ class EventSettings(Section):
     @model_validator(mode="after")
     def _user_id_range(self) -> EventSettings:
         if not 0 <= self.min_user_id <= self.max_user_id <= 2**63 - 1:
-            raise ValueError(f"events: need 0 <= min_user_id <= max_user_id <= 2^63-1, got "
-                             f"min_user_id={self.min_user_id}, max_user_id={self.max_user_id}")
+            raise ValueError(
+                f"events: need 0 <= min_user_id <= max_user_id <= 2^63-1, got "
+                f"min_user_id={self.min_user_id}, max_user_id={self.max_user_id}"
+            )
         return self
-

@@ -27,10 +27,14 @@ o = shape.orchestration
     max_active_runs=1,
     default_args=shape.default_args(DAG_ID),
     params={
-        "model": Param(None, type=["null", "string"],
-                       description="the model version to backfill and switch to (default: the asset's)"),
-        "as_of": Param(None, type=["null", "string"],
-                       description="use the newest state at or before this time"),
+        "model": Param(
+            None,
+            type=["null", "string"],
+            description="the model version to backfill and switch to (default: the asset's)",
+        ),
+        "as_of": Param(
+            None, type=["null", "string"], description="use the newest state at or before this time"
+        ),
     },
     tags=["soe"],
     doc_md=__doc__,
@@ -61,8 +65,9 @@ def soe_backfill():
         return run_task("publish_graph_backfill", jobs)
 
     @task
-    def switch(jobs: list, encoded: list, validated: dict, graphed: dict, published: list,
-               lists: dict) -> dict:
+    def switch(
+        jobs: list, encoded: list, validated: dict, graphed: dict, published: list, lists: dict
+    ) -> dict:
         return run_task("switch", jobs, encoded, [validated, graphed, *published, lists])
 
     jobs = plan()

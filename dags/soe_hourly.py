@@ -35,10 +35,12 @@ o = shape.orchestration
     max_active_runs=o.max_active_runs,
     default_args=shape.default_args(DAG_ID),
     params={
-        "model": Param(None, type=["null", "string"],
-                       description="encode with this model instead of the current one"),
-        "drill_fail_shards": Param([], type="array",
-                                   description="failure drill: encode raises on these shards"),
+        "model": Param(
+            None, type=["null", "string"], description="encode with this model instead of the current one"
+        ),
+        "drill_fail_shards": Param(
+            [], type="array", description="failure drill: encode raises on these shards"
+        ),
     },
     tags=["soe"],
     doc_md=__doc__,
@@ -59,8 +61,11 @@ def soe_hourly():
     sequences_submit = SparkSubmitOperator(
         task_id="sequences_submit",
         application=SPARK_SUBMIT_APP,
-        application_args=["sequences", "--interval",
-                          "{{ data_interval_start.isoformat() }}/{{ data_interval_end.isoformat() }}"],
+        application_args=[
+            "sequences",
+            "--interval",
+            "{{ data_interval_start.isoformat() }}/{{ data_interval_end.isoformat() }}",
+        ],
         conn_id=o.spark_conn_id,
         name="soe-sequences-{{ ts_nodash }}",
         pool=o.spark_pool,
@@ -95,8 +100,15 @@ def soe_hourly():
         return run_task("publish_graph_hour", jobs)
 
     @task
-    def record(repaired: dict, encoded: list, validated: dict, graphed: dict, published: list, lists: dict,
-               jobs: list) -> str:
+    def record(
+        repaired: dict,
+        encoded: list,
+        validated: dict,
+        graphed: dict,
+        published: list,
+        lists: dict,
+        jobs: list,
+    ) -> str:
         return run_task("record_hour", jobs, [repaired, *encoded, validated, graphed, *published, lists])
 
     @task

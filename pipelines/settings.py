@@ -12,7 +12,9 @@ from core.settings import DataSettings, EventSettings
 
 class SparkSettings(Section):
     master: str = "local[*]"  # "local[*]" embedded; "yarn", "k8s://...", "spark://..." on a cluster
-    launcher: Literal["local", "spark-submit"] = "local"  # local: in-process PySpark; spark-submit: SparkSubmitOperator
+    launcher: Literal["local", "spark-submit"] = (
+        "local"  # local: in-process PySpark; spark-submit: SparkSubmitOperator
+    )
     app_name: str = "soe"  # Spark application name
     driver_memory: str = "4g"  # only used when the driver JVM is started by us (local launcher)
     shuffle_partitions: int = 8  # spark.sql.shuffle.partitions; raise it on a cluster
@@ -34,7 +36,7 @@ class SequenceSettings(Section):
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything the Spark stage reads: its own sections and the base ones it shares (composed in soe.config)."""
+    """Everything the Spark stage reads: its own sections and the base ones (composed in soe.config)."""
 
     data: DataSettings  # where the event log, state and shards live
     events: EventSettings  # the event vocabulary and validation limits

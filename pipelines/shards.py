@@ -31,7 +31,9 @@ def shard_file(directory: Path, shard: int) -> Path:
     return Path(directory) / f"shard={shard:05d}.parquet"
 
 
-def balanced_shards(df: "DataFrame", num_shards: int, buckets: int, broadcast_map: bool = True) -> "DataFrame":
+def balanced_shards(
+    df: DataFrame, num_shards: int, buckets: int, broadcast_map: bool = True
+) -> DataFrame:
     """``df`` (one row per user) with an int column ``shard`` in [0, K), sizes equal within one user.
 
     The ranking runs on the user ids alone; the (user_id -> shard) map is then joined back (broadcast
@@ -40,19 +42,29 @@ def balanced_shards(df: "DataFrame", num_shards: int, buckets: int, broadcast_ma
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ids = df.select("user_id").withColumn("_bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets)).cast("int"))
-    ranked = ids.withColumn("_rank", F.row_number().over(Window.partitionBy("_bucket").orderBy("user_id")) - 1)
-    sizes = {r["_bucket"]: r["count"] for r in ids.groupBy("_bucket").count().collect()}  # <= `buckets` numbers
+    ids = df.select("user_id").withColumn(
+        "_bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets)).cast("int")
+    )
+    ranked = ids.withColumn(
+        "_rank", F.row_number().over(Window.partitionBy("_bucket").orderBy("user_id")) - 1
+    )
+    sizes = {
+        r["_bucket"]: r["count"] for r in ids.groupBy("_bucket").count().collect()
+    }  # <= `buckets` numbers
     offsets, total = [], 0
     for i in range(buckets):
         offsets.append(total)
         total += sizes.get(i, 0)
     offset = F.element_at(F.array(*[F.lit(o) for o in offsets]), F.col("_bucket") + 1)
-    shard_map = ranked.select("user_id", F.pmod(offset + F.col("_rank"), F.lit(num_shards)).cast("int").alias("shard"))
+    shard_map = ranked.select(
+        "user_id", F.pmod(offset + F.col("_rank"), F.lit(num_shards)).cast("int").alias("shard")
+    )
     return df.join(F.broadcast(shard_map) if broadcast_map else shard_map, "user_id")
 
 
-def write_shards(df: "DataFrame", out_dir: Path, num_shards: int, buckets: int = 64, broadcast_map: bool = True) -> list[int]:
+def write_shards(
+    df: DataFrame, out_dir: Path, num_shards: int, buckets: int = 64, broadcast_map: bool = True
+) -> list[int]:
     """Write ``df`` (sequence contract columns) as ``shard=iiiii.parquet`` files; returns the sizes."""
     out_dir = Path(out_dir)
     staging = out_dir / "_spark"

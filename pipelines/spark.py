@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Collection
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -78,7 +79,7 @@ def spark_conf(spark: SparkSettings, submitted: Collection[str] = ()) -> dict[st
     return conf
 
 
-def spark_session(spark: SparkSettings) -> "SparkSession":
+def spark_session(spark: SparkSettings) -> SparkSession:
     """getOrCreate a SparkSession for these settings (the same code runs under spark-submit)."""
     from pyspark.sql import SparkSession
 
@@ -109,13 +110,13 @@ def spark_session(spark: SparkSettings) -> "SparkSession":
     return session
 
 
-def spark_schema(schema: pa.Schema) -> "StructType":
+def spark_schema(schema: pa.Schema) -> StructType:
     """Arrow (contract) schema -> Spark schema, including nullability. The one conversion helper."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)
 
 
-def write_parquet(df: "DataFrame", path: Path) -> None:
+def write_parquet(df: DataFrame, path: Path) -> None:
     """Write ``df`` as Parquet files into ``path`` (an unpublished temp dir of core.atomic.publish_dir)."""
     df.write.mode("overwrite").option("compression", "snappy").parquet(str(path))

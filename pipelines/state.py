@@ -16,17 +16,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipelines.sequences import SEQUENCE_COLUMNS
 from core.contracts import SEQUENCE
 from core.sequence_state import DELTA, StateSnapshot
-from pipelines.sequences import EV_FIELDS
+from pipelines.sequences import EV_FIELDS, SEQUENCE_COLUMNS
 from pipelines.spark import spark_schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
 
-def layer_frames(spark: "SparkSession", snapshot: StateSnapshot) -> list["DataFrame"]:
+def layer_frames(spark: SparkSession, snapshot: StateSnapshot) -> list[DataFrame]:
     """One DataFrame of sequence-contract rows per layer, oldest first (an empty layer reads empty)."""
     schema = spark_schema(SEQUENCE.schema)
     frames = []
@@ -37,13 +36,13 @@ def layer_frames(spark: "SparkSession", snapshot: StateSnapshot) -> list["DataFr
     return frames
 
 
-def _maybe_broadcast(df: "DataFrame", broadcast: bool) -> "DataFrame":
+def _maybe_broadcast(df: DataFrame, broadcast: bool) -> DataFrame:
     from pyspark.sql import functions as F
 
     return F.broadcast(df) if broadcast else df
 
 
-def newest_layer(layers: list["DataFrame"]) -> "DataFrame":
+def newest_layer(layers: list[DataFrame]) -> DataFrame:
     """(user_id, _layer): the index of the newest layer holding each user.
 
     Reads only the ``user_id`` column of every layer; the grouping shuffles integers, never sequences.
@@ -57,7 +56,7 @@ def newest_layer(layers: list["DataFrame"]) -> "DataFrame":
     return tagged.groupBy("user_id").agg(F.max("_layer").alias("_layer"))
 
 
-def fetch_current_rows(spark: "SparkSession", snapshot: StateSnapshot, ids: "DataFrame") -> "DataFrame":
+def fetch_current_rows(spark: SparkSession, snapshot: StateSnapshot, ids: DataFrame) -> DataFrame:
     """The current rows (sequence-contract lists, no ``as_of``) of the users in ``ids`` (few).
 
     One Spark task per layer file reads the file with pyarrow in the executor and keeps only the rows
@@ -72,13 +71,20 @@ def fetch_current_rows(spark: "SparkSession", snapshot: StateSnapshot, ids: "Dat
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
-
     wanted = ids.select("user_id").toArrow().column("user_id").to_numpy(zero_copy_only=False)
     shared = spark.sparkContext.broadcast(np.unique(wanted.astype(np.int64)))  # 8 bytes per active user
     # microseconds inside lists: Spark's Arrow bridge takes timestamp[ms] only at the top level
     us = pa.list_(pa.field("element", pa.timestamp("us", tz="UTC")))
-    out = pa.schema([pa.field("user_id", pa.int64(), nullable=False), pa.field("_layer", pa.int32(), nullable=False),
-                     *[SEQUENCE.schema.field(c).with_type(us) if c == "ts" else SEQUENCE.schema.field(c) for c in EV_FIELDS]])
+    out = pa.schema(
+        [
+            pa.field("user_id", pa.int64(), nullable=False),
+            pa.field("_layer", pa.int32(), nullable=False),
+            *[
+                SEQUENCE.schema.field(c).with_type(us) if c == "ts" else SEQUENCE.schema.field(c)
+                for c in EV_FIELDS
+            ],
+        ]
+    )
     columns = ["user_id", *EV_FIELDS]
 
     def fetch(batches):
@@ -103,7 +109,7 @@ def fetch_current_rows(spark: "SparkSession", snapshot: StateSnapshot, ids: "Dat
     return newest.select("user_id", *[F.col("_row").getField(c).alias(c) for c in EV_FIELDS])
 
 
-def current_rows(layers: list["DataFrame"], broadcast: bool) -> "DataFrame":
+def current_rows(layers: list[DataFrame], broadcast: bool) -> DataFrame:
     """Every user's current row (for a compaction): each layer semi-joined with the users whose newest
     layer it is. Only integers are shuffled; ``broadcast`` when the state's user count allows it."""
     from pyspark.sql import functions as F
@@ -111,15 +117,23 @@ def current_rows(layers: list["DataFrame"], broadcast: bool) -> "DataFrame":
     if len(layers) == 1:
         return layers[0]
     where = newest_layer(layers)
-    picks = [df.join(_maybe_broadcast(where.where(F.col("_layer") == i).select("user_id"), broadcast), "user_id", "left_semi")
-             for i, df in enumerate(layers)]
+    picks = [
+        df.join(
+            _maybe_broadcast(where.where(F.col("_layer") == i).select("user_id"), broadcast),
+            "user_id",
+            "left_semi",
+        )
+        for i, df in enumerate(layers)
+    ]
     out = picks[0]
     for df in picks[1:]:
         out = out.unionByName(df)
     return out
 
 
-def should_compact(previous: StateSnapshot | None, new_delta_rows: int, max_layers: int, delta_ratio: float) -> bool:
+def should_compact(
+    previous: StateSnapshot | None, new_delta_rows: int, max_layers: int, delta_ratio: float
+) -> bool:
     """Write a new base instead of a delta? Always without a previous snapshot (bootstrap).
 
     Compact when the new delta would make more than ``max_layers`` delta layers, or the delta rows
@@ -129,4 +143,6 @@ def should_compact(previous: StateSnapshot | None, new_delta_rows: int, max_laye
     if previous is None or not previous.layered:
         return True
     deltas = sum(layer.kind == DELTA for layer in previous.layers) + (1 if new_delta_rows else 0)
-    return deltas > max_layers or previous.delta_rows + new_delta_rows > delta_ratio * max(1, previous.base_rows)
+    return deltas > max_layers or previous.delta_rows + new_delta_rows > delta_ratio * max(
+        1, previous.base_rows
+    )

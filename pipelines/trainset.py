@@ -24,15 +24,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
-from pipelines import events as ev
-from pipelines import sequences as seq
-from pipelines.settings import PipelineConfig
-from pipelines.spark import spark_session, write_parquet
 from core.atomic import publish_dir
 from core.datasets.events import published_partitions
 from core.layout import floor_hour, stamp, utc
 from core.sequence_state import data_rows
+from pipelines import events as ev
+from pipelines import sequences as seq
+from pipelines.settings import PipelineConfig
+from pipelines.spark import spark_session, write_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame
@@ -40,50 +39,73 @@ if TYPE_CHECKING:  # pragma: no cover
 KINDS = ("time_split", "leave_last_out")
 
 
-def _targets(col: "Column") -> list["Column"]:
+def _targets(col: Column) -> list[Column]:
     from pyspark.sql import functions as F
 
-    return [F.size(col).cast("int").alias("n_targets")] + [col.getField(c).alias(f"target_{c}") for c in seq.EV_FIELDS]
-
-
-def _inputs(events: "Column", as_of: "Column") -> list["Column"]:
-    from pyspark.sql import functions as F
-
-    return [F.col("user_id"), as_of.cast("timestamp").alias("as_of"), F.size(events).cast("int").alias("n_events")] + [
-        events.getField(c).alias(c) for c in seq.EV_FIELDS
+    return [F.size(col).cast("int").alias("n_targets")] + [
+        col.getField(c).alias(f"target_{c}") for c in seq.EV_FIELDS
     ]
 
 
-def _time_split(events: "DataFrame", split: datetime, window_hours: int, positives: list[str], max_len: int):
+def _inputs(events: Column, as_of: Column) -> list[Column]:
+    from pyspark.sql import functions as F
+
+    return [
+        F.col("user_id"),
+        as_of.cast("timestamp").alias("as_of"),
+        F.size(events).cast("int").alias("n_events"),
+    ] + [events.getField(c).alias(c) for c in seq.EV_FIELDS]
+
+
+def _time_split(events: DataFrame, split: datetime, window_hours: int, positives: list[str], max_len: int):
     from pyspark.sql import functions as F
 
     t, t_end = F.lit(split).cast("timestamp"), F.lit(split + timedelta(hours=window_hours)).cast("timestamp")
     is_target = (F.col("ts") > t) & (F.col("ts") <= t_end) & F.col("event_type").isin(positives)
-    grouped = events.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.when(F.col("ts") <= t, seq.ev_struct()))).alias("inp"),
-        F.collect_list(F.when(is_target, seq.ev_struct())).alias("tgt"),
-    ).where((F.size("inp") > 0) & (F.size("tgt") > 0))
-    rows = grouped.select("user_id", seq.last_n(F.col("inp"), max_len).alias("inp"), F.sort_array("tgt").alias("tgt"))
+    grouped = (
+        events.groupBy("user_id")
+        .agg(
+            F.sort_array(F.collect_list(F.when(F.col("ts") <= t, seq.ev_struct()))).alias("inp"),
+            F.collect_list(F.when(is_target, seq.ev_struct())).alias("tgt"),
+        )
+        .where((F.size("inp") > 0) & (F.size("tgt") > 0))
+    )
+    rows = grouped.select(
+        "user_id", seq.last_n(F.col("inp"), max_len).alias("inp"), F.sort_array("tgt").alias("tgt")
+    )
     return rows.select(*_inputs(F.col("inp"), t), *_targets(F.col("tgt")))
 
 
-def _leave_last_out(events: "DataFrame", positives: list[str], max_len: int):
+def _leave_last_out(events: DataFrame, positives: list[str], max_len: int):
     from pyspark.sql import functions as F
 
     grouped = events.groupBy("user_id").agg(F.sort_array(F.collect_list(seq.ev_struct())).alias("all"))
     pos = F.filter(F.col("all"), lambda x: x.getField("event_type").isin(positives))
-    with_target = grouped.select("user_id", "all", F.try_element_at(pos, F.lit(-1)).alias("target")).where(F.col("target").isNotNull())
+    with_target = grouped.select("user_id", "all", F.try_element_at(pos, F.lit(-1)).alias("target")).where(
+        F.col("target").isNotNull()
+    )
     idx = F.array_position(F.col("all"), F.col("target"))  # 1-based; events are distinct after dedup
     n_in = F.least(idx - 1, F.lit(max_len))
     rows = with_target.select(
-        "user_id", F.slice(F.col("all"), F.greatest(idx - n_in, F.lit(1)), n_in).alias("inp"),
+        "user_id",
+        F.slice(F.col("all"), F.greatest(idx - n_in, F.lit(1)), n_in).alias("inp"),
         F.array(F.col("target")).alias("tgt"),
     ).where(F.size("inp") > 0)
-    return rows.select(*_inputs(F.col("inp"), F.try_element_at(F.col("inp"), F.lit(-1)).getField("ts")), *_targets(F.col("tgt")))
+    return rows.select(
+        *_inputs(F.col("inp"), F.try_element_at(F.col("inp"), F.lit(-1)).getField("ts")),
+        *_targets(F.col("tgt")),
+    )
 
 
-def build_trainset(cfg: PipelineConfig, kind: str, *, split_time: datetime | None = None, window_hours: int = 24,
-                   name: str | None = None, spark=None) -> Path:
+def build_trainset(
+    cfg: PipelineConfig,
+    kind: str,
+    *,
+    split_time: datetime | None = None,
+    window_hours: int = 24,
+    name: str | None = None,
+    spark=None,
+) -> Path:
     """Build a training set of ``kind`` (see module doc) and publish it under ``trainsets/<name>``."""
     from pyspark.sql import functions as F
 
@@ -94,14 +116,21 @@ def build_trainset(cfg: PipelineConfig, kind: str, *, split_time: datetime | Non
     layout = cfg.layout()
     parts = published_partitions(layout)
     if not parts:
-        raise FileNotFoundError(f"no published event partitions under {layout.events}: run `soe generate` first")
+        raise FileNotFoundError(
+            f"no published event partitions under {layout.events}: run `soe generate` first"
+        )
     spark = spark or spark_session(cfg.spark)
     valid = ev.valid_events(ev.read_validated(spark, layout, parts, cfg.events, keep_raw=False))
     events = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY)).drop("arrival_hour")
     positives = list(cfg.events.positive_event_types)
     max_len = cfg.sequences.max_len
-    manifest: dict[str, Any] = {"kind": kind, "max_len": max_len, "positive_event_types": positives,
-                                "partitions": len(parts), "contract": "sequence/1+targets"}
+    manifest: dict[str, Any] = {
+        "kind": kind,
+        "max_len": max_len,
+        "positive_event_types": positives,
+        "partitions": len(parts),
+        "contract": "sequence/1+targets",
+    }
     if kind == "time_split":
         if split_time is None:  # from the data: the newest event minus the window, on the hour
             newest = events.agg(F.max("ts").alias("t")).collect()[0]["t"]

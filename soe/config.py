@@ -13,8 +13,9 @@ The defaults are the embedded single-machine setup: local paths under one data r
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
@@ -72,7 +73,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         _set_path(tree, path, yaml.safe_load(raw) if raw != "" else "")
     return tree
 
@@ -101,7 +102,9 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"config file {p} is not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
+            raise ConfigError(
+                f"config file {p} is not valid YAML ({getattr(exc, 'problem', None) or exc}{where})"
+            ) from None
         if not isinstance(tree, dict):
             raise ValueError(f"config file {p} must hold a mapping of sections, got {type(tree).__name__}")
     tree = _merge(tree, env_overrides(environ))

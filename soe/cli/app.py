@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from core.progress import progress
-from soe.cli.support import echo_json, friendly_errors, models_app, settings
 from soe import __version__
+from soe.cli.support import echo_json, friendly_errors, models_app, settings
 from soe.config import load_settings
 
 app = typer.Typer(
@@ -26,8 +25,20 @@ app.add_typer(models_app, name="models")
 
 
 # Libraries that log at INFO on every run; they speak at WARNING unless -vv asks for everything.
-QUIET_LOGGERS = ("py4j", "faiss", "urllib3", "httpx", "httpcore", "asyncio", "numexpr", "filelock", "airflow",
-                 "uvicorn.access", "torch", "fsspec")
+QUIET_LOGGERS = (
+    "py4j",
+    "faiss",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "asyncio",
+    "numexpr",
+    "filelock",
+    "airflow",
+    "uvicorn.access",
+    "torch",
+    "fsspec",
+)
 
 
 def configure_logging(verbose: int) -> None:
@@ -49,12 +60,15 @@ def show_version(value: bool) -> None:
 @app.callback()
 def callback(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML config file (default: $SOE_CONFIG, else built-in defaults)."
     ),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v: progress logs (INFO); -vv: DEBUG."),
-    version: bool = typer.Option(False, "--version", is_eager=True, callback=show_version,
-                                 help="Print the SoE version and exit."),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="-v: progress logs (INFO); -vv: DEBUG."
+    ),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=show_version, help="Print the SoE version and exit."
+    ),
 ) -> None:
     """Load the configuration once; every command receives its own section of it."""
     configure_logging(verbose)
@@ -83,7 +97,9 @@ def generate_cmd(
     clusters: int = typer.Option(20, help="Planted interest clusters."),
     hours: int = typer.Option(24, help="Hours of event time."),
     start: str = typer.Option("2026-01-01T00:00:00Z", help="First hour (ISO 8601, UTC)."),
-    events_per_user: float = typer.Option(60.0, help="Mean base events (impressions, views, searches) per user."),
+    events_per_user: float = typer.Option(
+        60.0, help="Mean base events (impressions, views, searches) per user."
+    ),
     malformed: float = typer.Option(0.0, help="Fraction of extra malformed rows to inject (0-0.5)."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same log."),
 ) -> None:
@@ -95,26 +111,42 @@ def generate_cmd(
     if users <= 0 or items <= 0 or clusters <= 0 or hours <= 0:
         raise ValueError("--users, --items, --clusters and --hours must be positive")
     cfg = SyntheticConfig(
-        n_users=users, n_items=items, n_clusters=clusters, hours=hours, start=start,
-        base_events_per_user=events_per_user, malformed_fraction=malformed, seed=seed,
+        n_users=users,
+        n_items=items,
+        n_clusters=clusters,
+        hours=hours,
+        start=start,
+        base_events_per_user=events_per_user,
+        malformed_fraction=malformed,
+        seed=seed,
     )
     layout = settings(ctx).layout()
     log = generate(cfg)
     with progress(log.events.num_rows, "writing events", "ev") as bar:
         parts = write_log(log, layout, bar.update)
     m = log.manifest
-    echo_json({"events": m["n_events"], "partitions": len(parts), "ctr": round(m["ctr"], 4), "cvr": round(m["cvr"], 4),
-               "malformed_injected": sum(m["malformed_injected"].values()), "root": str(layout.root)})
+    echo_json(
+        {
+            "events": m["n_events"],
+            "partitions": len(parts),
+            "ctr": round(m["ctr"], 4),
+            "cvr": round(m["cvr"], 4),
+            "malformed_injected": sum(m["malformed_injected"].values()),
+            "root": str(layout.root),
+        }
+    )
 
 
 @app.command("validate")
 @friendly_errors
 def validate_cmd(
     ctx: typer.Context,
-    interval: Optional[str] = typer.Option(
+    interval: str | None = typer.Option(
         None, help="START/END: validate these arrival hours against this interval (default: every partition)."
     ),
-    write_quarantine: bool = typer.Option(False, help="Also write the quarantined rows under <root>/quarantine/."),
+    write_quarantine: bool = typer.Option(
+        False, help="Also write the quarantined rows under <root>/quarantine/."
+    ),
 ) -> None:
     """Validate event partitions against the event contract and print counts per reason."""
     from core.datasets.events import validate_partitions
@@ -123,8 +155,11 @@ def validate_cmd(
     s = settings(ctx)
     summary = validate_partitions(s.layout(), s.events, interval, write_quarantine=write_quarantine)
     for f in summary["quarantined_files"]:  # one line per file that could not be used, then the counts
-        typer.secho(f"warning: {FileProblem(f['file'], f['reason'], f['detail'], f['rows']).message()}",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: {FileProblem(f['file'], f['reason'], f['detail'], f['rows']).message()}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     echo_json(summary)
 
 
@@ -139,16 +174,24 @@ def ml100k_cmd(ctx: typer.Context) -> None:
 
 def _register_components() -> None:
     import soe.cli.encoder
+    import soe.cli.flows
+    import soe.cli.graph
     import soe.cli.inference
     import soe.cli.pipelines
-    import soe.cli.flows
-    import soe.cli.store
-    import soe.cli.graph
-    import soe.cli.serve
     import soe.cli.report
+    import soe.cli.serve
+    import soe.cli.store
 
-    for module in (soe.cli.pipelines, soe.cli.flows, soe.cli.encoder, soe.cli.inference, soe.cli.store, soe.cli.graph,
-                   soe.cli.serve, soe.cli.report):
+    for module in (
+        soe.cli.pipelines,
+        soe.cli.flows,
+        soe.cli.encoder,
+        soe.cli.inference,
+        soe.cli.store,
+        soe.cli.graph,
+        soe.cli.serve,
+        soe.cli.report,
+    ):
         module.register(app)
 
 

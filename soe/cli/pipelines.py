@@ -8,13 +8,13 @@ and prints its run manifest as one JSON line. Heavy imports (pyspark) happen ins
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from soe.cli.support import echo_json, friendly_errors, settings
 
-INTERVAL = typer.Option(..., "--interval", help="START/END (ISO 8601, whole UTC hours), e.g. 2026-01-01T00:00Z/2026-01-01T01:00Z.")
+INTERVAL = typer.Option(
+    ..., "--interval", help="START/END (ISO 8601, whole UTC hours), e.g. 2026-01-01T00:00Z/2026-01-01T01:00Z."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,12 +26,14 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         interval: str = INTERVAL,
         backfill: bool = typer.Option(
-            False, "--backfill", help="One update per hour of the interval (each hour gets its state and active shards)."
+            False,
+            "--backfill",
+            help="One update per hour of the interval (each hour gets its state and active shards).",
         ),
     ) -> None:
         """Validate the interval's events, merge them into the last-N state, shard the active users."""
-        from pipelines.hourly import backfill_sequences, update_sequences
         from core.layout import parse_interval
+        from pipelines.hourly import backfill_sequences, update_sequences
 
         start, end = parse_interval(interval)
         if not backfill:
@@ -46,15 +48,24 @@ def register(app: typer.Typer) -> None:
     def trainset_cmd(
         ctx: typer.Context,
         kind: str = typer.Argument(..., help="time_split or leave_last_out."),
-        split_time: Optional[str] = typer.Option(None, help="time_split: T (ISO 8601); default: newest event - window."),
+        split_time: str | None = typer.Option(
+            None, help="time_split: T (ISO 8601); default: newest event - window."
+        ),
         window_hours: int = typer.Option(24, help="time_split: targets are positives in (T, T + window]."),
-        name: Optional[str] = typer.Option(None, help="Directory name under <root>/trainsets/ (default from kind and T)."),
+        name: str | None = typer.Option(
+            None, help="Directory name under <root>/trainsets/ (default from kind and T)."
+        ),
     ) -> None:
         """Build a training set (inputs in the sequence contract + target lists) from the event log."""
-        from pipelines.trainset import build_trainset
         from core.atomic import read_marker
         from core.layout import utc
+        from pipelines.trainset import build_trainset
 
-        path = build_trainset(settings(ctx).pipeline(), kind, split_time=utc(split_time) if split_time else None,
-                              window_hours=window_hours, name=name)
+        path = build_trainset(
+            settings(ctx).pipeline(),
+            kind,
+            split_time=utc(split_time) if split_time else None,
+            window_hours=window_hours,
+            name=name,
+        )
         echo_json({"path": str(path), **read_marker(path)})

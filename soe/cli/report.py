@@ -21,13 +21,24 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def report_cmd(
         ctx: typer.Context,
-        model: Annotated[str | None, typer.Option(
-            "--model", help="Model version (default: the model of the newest done hourly run).")] = None,
-        interval: Annotated[str | None, typer.Option(
-            "--interval", help="START/END (ISO 8601): runs whose data interval ends in (START, END] "
-                               "(default: every done run of the model).")] = None,
-        out: Annotated[Path | None, typer.Option(
-            "--out", help="HTML file to write (default: <root>/reports/<model>_<start>_<end>.html).")] = None,
+        model: Annotated[
+            str | None,
+            typer.Option("--model", help="Model version (default: the model of the newest done hourly run)."),
+        ] = None,
+        interval: Annotated[
+            str | None,
+            typer.Option(
+                "--interval",
+                help="START/END (ISO 8601): runs whose data interval ends in (START, END] "
+                "(default: every done run of the model).",
+            ),
+        ] = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", help="HTML file to write (default: <root>/reports/<model>_<start>_<end>.html)."
+            ),
+        ] = None,
     ) -> None:
         """Write an HTML run report (stage times, throughput, checks, quarantine, training, baselines)."""
         from core.layout import parse_interval, stamp

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -16,8 +17,9 @@ log = logging.getLogger("soe")
 
 # The one `soe models` group, shared by the components that manage models: the store adds the
 # current-model pointer commands (current/switch/rollback/cleanup), the encoder adds `list`.
-models_app = typer.Typer(help="Models: published artifacts and the current-model pointer readers use.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Models: published artifacts and the current-model pointer readers use.", no_args_is_help=True
+)
 
 # Errors that are the user's to fix: shown as one clear line and exit code 2, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, LookupError)

@@ -76,25 +76,35 @@ class AirflowHome:
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SOE_"))}
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "SOE_CONFIG": str(self.config),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "SOE_CONFIG": str(self.config),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            }
+        )
         env.update(extra or {})
         return env
 
-    def _airflow(self, *args: str, log: Path | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 1800) -> subprocess.CompletedProcess:
+    def _airflow(
+        self, *args: str, log: Path | None = None, env: dict[str, str] | None = None, timeout: float = 1800
+    ) -> subprocess.CompletedProcess:
         cmd = [str(Path(sys.executable).with_name("airflow")), *args]
         out = open(log, "w") if log else subprocess.PIPE
         try:
-            return subprocess.run(cmd, env=env or self.env(), stdout=out, stderr=subprocess.STDOUT, text=True,
-                                  timeout=timeout, cwd=self.home)
+            return subprocess.run(
+                cmd,
+                env=env or self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+                cwd=self.home,
+            )
         finally:
             if log:
                 out.close()
@@ -111,8 +121,14 @@ class AirflowHome:
         marker.write_text("ok")
         return round(time.perf_counter() - t0, 3)
 
-    def dags_test(self, dag_id: str, logical_date: datetime | str, conf: dict[str, Any] | None = None,
-                  extra_env: dict[str, str] | None = None, timeout: float = 1800) -> RunResult:
+    def dags_test(
+        self,
+        dag_id: str,
+        logical_date: datetime | str,
+        conf: dict[str, Any] | None = None,
+        extra_env: dict[str, str] | None = None,
+        timeout: float = 1800,
+    ) -> RunResult:
         """``airflow dags test dag_id logical_date [-c conf]``; the output goes to a log file."""
         self.migrate()
         when = utc(logical_date).isoformat()
@@ -159,8 +175,13 @@ class PostgresCluster:
     otherwise to the caller.
     """
 
-    def __init__(self, port: int | None = None, user: str = "airflow", database: str = "airflow",
-                 owner: str | None = None):
+    def __init__(
+        self,
+        port: int | None = None,
+        user: str = "airflow",
+        database: str = "airflow",
+        owner: str | None = None,
+    ):
         self.bindir = postgres_bindir()
         self.port = port or free_port()
         self.user, self.database = user, database
@@ -209,12 +230,36 @@ class PostgresCluster:
             if self.owner:
                 shutil.chown(self.root, user=self.owner)
             data = self.root / "data"
-            self._run("initdb", "-D", str(data), "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync",
-                      "--no-instructions")
-            opts = (f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c synchronous_commit=off "
-                    "-c full_page_writes=off -c max_connections=200")
-            self._run("pg_ctl", "-D", str(data), "-l", str(self.root / "postgres.log"), "-w", "-t",
-                      str(int(timeout)), "-o", opts, "start", timeout=timeout + 10)
+            self._run(
+                "initdb",
+                "-D",
+                str(data),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            )
+            opts = (
+                f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off -c max_connections=200"
+            )
+            self._run(
+                "pg_ctl",
+                "-D",
+                str(data),
+                "-l",
+                str(self.root / "postgres.log"),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-o",
+                opts,
+                "start",
+                timeout=timeout + 10,
+            )
             self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database)
         except BaseException:
             self.stop()
@@ -233,8 +278,18 @@ class PostgresCluster:
             return
         try:
             if (self.root / "data" / "postmaster.pid").is_file():
-                self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "-t", "30", "stop",
-                          timeout=60)
+                self._run(
+                    "pg_ctl",
+                    "-D",
+                    str(self.root / "data"),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "30",
+                    "stop",
+                    timeout=60,
+                )
         except (RuntimeError, subprocess.TimeoutExpired):
             pass
         finally:
@@ -267,9 +322,18 @@ class AirflowDeployment(AirflowHome):
     through the REST API before the scheduler starts: ``pools`` maps name -> slots.
     """
 
-    def __init__(self, home: Path, settings, db_url: str | None = None, *, api_port: int | None = None,
-                 parallelism: int = 4, extra_env: dict[str, str] | None = None,
-                 pools: dict[str, int] | None = None, dags_folder: Path = DAGS_FOLDER):
+    def __init__(
+        self,
+        home: Path,
+        settings,
+        db_url: str | None = None,
+        *,
+        api_port: int | None = None,
+        parallelism: int = 4,
+        extra_env: dict[str, str] | None = None,
+        pools: dict[str, int] | None = None,
+        dags_folder: Path = DAGS_FOLDER,
+    ):
         super().__init__(home, settings, dags_folder)
         self.db_url = db_url
         self.api_port = api_port or free_port()
@@ -290,22 +354,24 @@ class AirflowDeployment(AirflowHome):
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = super().env()
-        env.update({
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__API__BASE_URL": self.base_url,
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
-            "AIRFLOW__LOGGING__TRIGGERER_LOG_SERVER_PORT": str(self.triggerer_log_port),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",  # look for new DAG files every 5 s
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        })
+        env.update(
+            {
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
+                "AIRFLOW__LOGGING__TRIGGERER_LOG_SERVER_PORT": str(self.triggerer_log_port),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",  # look for new DAG files every 5 s
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            }
+        )
         if self.db_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.db_url
         env.update(self.extra_env)
@@ -320,10 +386,21 @@ class AirflowDeployment(AirflowHome):
         try:
             self.migrate()
             self.logs.mkdir(exist_ok=True)
-            self._spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port),
-                        "--workers", "1")
-            self.wait_until(lambda: self.health().get("metadatabase", {}).get("status") == "healthy",
-                            timeout, "the API server")
+            self._spawn(
+                "api-server",
+                "api-server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--workers",
+                "1",
+            )
+            self.wait_until(
+                lambda: self.health().get("metadatabase", {}).get("status") == "healthy",
+                timeout,
+                "the API server",
+            )
             for name, slots in self.pools.items():
                 self.set_pool(name, slots)
             for name in ("dag-processor", "triggerer", "scheduler"):
@@ -337,9 +414,14 @@ class AirflowDeployment(AirflowHome):
     def _spawn(self, name: str, *args: str) -> None:
         log = open(self.logs / f"{name}.log", "ab")
         try:
-            self.procs[name] = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), *args],
-                                                env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                                cwd=self.home, start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                [str(Path(sys.executable).with_name("airflow")), *args],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                start_new_session=True,
+            )
         finally:
             log.close()
 
@@ -398,14 +480,20 @@ class AirflowDeployment(AirflowHome):
 
     def healthy(self) -> bool:
         h = self.health()
-        return all((h.get(k) or {}).get("status") == "healthy"
-                   for k in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+        return all(
+            (h.get(k) or {}).get("status") == "healthy"
+            for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        )
 
     def set_pool(self, name: str, slots: int) -> None:
         import httpx
 
-        body = {"name": name, "slots": slots, "description": "SoE (orchestration section)",
-                "include_deferred": False}
+        body = {
+            "name": name,
+            "slots": slots,
+            "description": "SoE (orchestration section)",
+            "include_deferred": False,
+        }
         try:
             self.api("POST", "/pools", json=body)
         except httpx.HTTPStatusError as e:
@@ -439,9 +527,13 @@ class AirflowDeployment(AirflowHome):
         path += f"/{map_index}/tries" if map_index >= 0 else "/tries"
         return sorted(self.api("GET", path)["task_instances"], key=lambda t: t["try_number"])
 
-    def trigger(self, dag_id: str, logical_date: datetime | str | None = None,
-                conf: dict[str, Any] | None = None,
-                data_interval: tuple[datetime, datetime] | None = None) -> dict[str, Any]:
+    def trigger(
+        self,
+        dag_id: str,
+        logical_date: datetime | str | None = None,
+        conf: dict[str, Any] | None = None,
+        data_interval: tuple[datetime, datetime] | None = None,
+    ) -> dict[str, Any]:
         """A manual run (``run_type`` manual), as the UI's trigger button makes it; ``data_interval`` =
         [start, end) (default: the DAG's timetable infers it from the logical date)."""
         when = None if logical_date is None else utc(logical_date).isoformat()
@@ -458,14 +550,22 @@ class AirflowDeployment(AirflowHome):
         events = self.api("GET", "/assets/events", params=params)["asset_events"]
         return [e for e in events if uri is None or e.get("uri") == uri]
 
-    def wait_for_runs(self, dag_id: str, count: int, *, run_type: str | None = None, timeout: float = 900,
-                      poll: float = 3.0, on_poll: Callable[[list[dict[str, Any]]], None] | None = None,
-                      ) -> list[dict[str, Any]]:
+    def wait_for_runs(
+        self,
+        dag_id: str,
+        count: int,
+        *,
+        run_type: str | None = None,
+        timeout: float = 900,
+        poll: float = 3.0,
+        on_poll: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Wait until ``count`` runs of ``dag_id`` (of ``run_type``, if given) have finished, and return them.
 
         Raises `RunFailed` (with the failed tasks and their log tails) as soon as one of them failed, and
         TimeoutError past ``timeout``. ``on_poll`` sees the runs at each poll (e.g. to land a partition).
         """
+
         def finished() -> list[dict[str, Any]] | None:
             runs = [r for r in self.dag_runs(dag_id) if run_type is None or r["run_type"] == run_type]
             if on_poll is not None:
@@ -484,8 +584,11 @@ class AirflowDeployment(AirflowHome):
         for ti in self.task_instances(dag_id, run["dag_run_id"]):
             if ti["state"] in ("failed", "upstream_failed"):
                 out.append(f"  {ti['task_id']}[{ti['map_index']}] {ti['state']} after try {ti['try_number']}")
-                for log in sorted(self.home.glob(f"logs/dag_id={dag_id}/run_id={run['dag_run_id']}"
-                                                 f"/task_id={ti['task_id']}/**/*.log")):
+                for log in sorted(
+                    self.home.glob(
+                        f"logs/dag_id={dag_id}/run_id={run['dag_run_id']}/task_id={ti['task_id']}/**/*.log"
+                    )
+                ):
                     out.append("    " + "\n    ".join(log.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
 
@@ -497,12 +600,29 @@ class AirflowDeployment(AirflowHome):
             raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
         return proc
 
-    def backfill_create(self, dag_id: str, from_date: datetime | str, to_date: datetime | str,
-                        max_active_runs: int = 1, reprocess: str = "none") -> subprocess.CompletedProcess:
+    def backfill_create(
+        self,
+        dag_id: str,
+        from_date: datetime | str,
+        to_date: datetime | str,
+        max_active_runs: int = 1,
+        reprocess: str = "none",
+    ) -> subprocess.CompletedProcess:
         """``airflow backfill create``: the scheduler runs the range's logical dates (run_type backfill)."""
-        return self.cli("backfill", "create", "--dag-id", dag_id, "--from-date", utc(from_date).isoformat(),
-                        "--to-date", utc(to_date).isoformat(), "--max-active-runs", str(max_active_runs),
-                        "--reprocess-behavior", reprocess)
+        return self.cli(
+            "backfill",
+            "create",
+            "--dag-id",
+            dag_id,
+            "--from-date",
+            utc(from_date).isoformat(),
+            "--to-date",
+            utc(to_date).isoformat(),
+            "--max-active-runs",
+            str(max_active_runs),
+            "--reprocess-behavior",
+            reprocess,
+        )
 
     def list_runs_cli(self, dag_id: str) -> list[dict[str, Any]]:
         """``airflow dags list-runs <dag> -o json`` (straight from the metadata DB)."""

@@ -23,9 +23,9 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from core.layout import stamp, utc
 from soe.flows import hourly, stages
 from soe.flows.manifest import timed
-from core.layout import stamp, utc
 
 log = logging.getLogger("soe.flows")
 DAG_ID = "soe_backfill"
@@ -46,7 +46,9 @@ def encode(settings, model: str, as_of: datetime, shard: int, num_shards: int) -
 def validate(settings, model: str, as_of: datetime, num_shards: int) -> dict[str, Any]:
     """Every known user must get a vector; no drift check (a new model's vectors live in another space)."""
     expected = stages.state_user_ids(settings, as_of)
-    return hourly.validate_vectors(settings, model, as_of, num_shards, expected_ids=expected, drift_against=None)
+    return hourly.validate_vectors(
+        settings, model, as_of, num_shards, expected_ids=expected, drift_against=None
+    )
 
 
 def publish_graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
@@ -74,5 +76,10 @@ def run_backfill(settings, model: str, as_of: datetime | None = None) -> dict[st
     results += [hourly.publish(settings, model, t, i) for i in p["shards"]]
     results.append(publish_graph(settings, model, t))
     sw = switch(settings, model, t, results)
-    return {"model": model, "as_of": p["as_of"], "previous": sw["previous"], "manifest": sw["manifest"],
-            "users": sum(r.get("users", 0) for r in results if r["stage"] == "encode")}
+    return {
+        "model": model,
+        "as_of": p["as_of"],
+        "previous": sw["previous"],
+        "manifest": sw["manifest"],
+        "users": sum(r.get("users", 0) for r in results if r["stage"] == "encode"),
+    }

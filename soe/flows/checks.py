@@ -82,7 +82,9 @@ def norm_stats(vectors: np.ndarray, tolerance: float) -> dict[str, Any]:
     }
 
 
-def drift(old_ids: np.ndarray, old_vecs: np.ndarray, new_ids: np.ndarray, new_vecs: np.ndarray) -> tuple[float | None, int]:
+def drift(
+    old_ids: np.ndarray, old_vecs: np.ndarray, new_ids: np.ndarray, new_vecs: np.ndarray
+) -> tuple[float | None, int]:
     """(mean cosine of the same users' old vs new vectors, number of common users)."""
     old_ids, new_ids = np.asarray(old_ids, dtype=np.int64), np.asarray(new_ids, dtype=np.int64)
     common, i_old, i_new = np.intersect1d(old_ids, new_ids, assume_unique=False, return_indices=True)
@@ -104,48 +106,105 @@ class Thresholds:
     norm_tolerance: float  # orchestration.norm_tolerance
 
     @classmethod
-    def from_settings(cls, settings) -> "Thresholds":
+    def from_settings(cls, settings) -> Thresholds:
         o = settings.orchestration
-        return cls(o.min_coverage, o.min_drift_cosine, o.min_graph_recall, o.min_drift_users, o.norm_tolerance)
+        return cls(
+            o.min_coverage, o.min_drift_cosine, o.min_graph_recall, o.min_drift_users, o.norm_tolerance
+        )
 
 
-def judge_vectors(t: Thresholds, expected_ids: np.ndarray, ids: np.ndarray, vectors: np.ndarray,
-                  previous: tuple[np.ndarray, np.ndarray] | None) -> GenerationReport:
+def judge_vectors(
+    t: Thresholds,
+    expected_ids: np.ndarray,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> GenerationReport:
     """Coverage, norms and drift of the encoded vectors (judged on disk, before anything is published)."""
     report = GenerationReport()
     cov, missing = coverage(expected_ids, ids)
-    report.checks.append(Check("coverage", cov >= t.min_coverage, cov, t.min_coverage,
-                               f"{missing} of {len(np.unique(expected_ids))} expected users have no vector"))
+    report.checks.append(
+        Check(
+            "coverage",
+            cov >= t.min_coverage,
+            cov,
+            t.min_coverage,
+            f"{missing} of {len(np.unique(expected_ids))} expected users have no vector",
+        )
+    )
     ns = norm_stats(vectors, t.norm_tolerance)
     bad = ns["non_finite_rows"] + ns["bad_norm_rows"]
-    report.checks.append(Check("norms", bad == 0 and ns["rows"] > 0, float(bad), 0.0,
-                               f"{ns['non_finite_rows']} NaN/inf rows, {ns['bad_norm_rows']} rows off unit norm "
-                               f"(norms in [{ns['min_norm']}, {ns['max_norm']}]) of {ns['rows']}"))
+    report.checks.append(
+        Check(
+            "norms",
+            bad == 0 and ns["rows"] > 0,
+            float(bad),
+            0.0,
+            f"{ns['non_finite_rows']} NaN/inf rows, {ns['bad_norm_rows']} rows off unit norm "
+            f"(norms in [{ns['min_norm']}, {ns['max_norm']}]) of {ns['rows']}",
+        )
+    )
     if previous is None:
-        report.checks.append(Check("drift", True, None, t.min_drift_cosine, "skipped: no previous generation"))
+        report.checks.append(
+            Check("drift", True, None, t.min_drift_cosine, "skipped: no previous generation")
+        )
     else:
         mean_cos, n = drift(previous[0], previous[1], ids, vectors)
         if n < t.min_drift_users:
-            report.checks.append(Check("drift", True, mean_cos, t.min_drift_cosine,
-                                       f"skipped: only {n} users in both generations (< {t.min_drift_users})"))
+            report.checks.append(
+                Check(
+                    "drift",
+                    True,
+                    mean_cos,
+                    t.min_drift_cosine,
+                    f"skipped: only {n} users in both generations (< {t.min_drift_users})",
+                )
+            )
         else:
-            report.checks.append(Check("drift", mean_cos >= t.min_drift_cosine, mean_cos, t.min_drift_cosine,
-                                       f"mean cosine {mean_cos:.3f} over {n} users in both generations"))
+            report.checks.append(
+                Check(
+                    "drift",
+                    mean_cos >= t.min_drift_cosine,
+                    mean_cos,
+                    t.min_drift_cosine,
+                    f"mean cosine {mean_cos:.3f} over {n} users in both generations",
+                )
+            )
     return report
 
 
 def judge_graph(t: Thresholds, graph_recall: float | None) -> GenerationReport:
     """The graph's sampled recall@k against exact search (judged before its lists are published)."""
     if graph_recall is None:
-        return GenerationReport([Check("recall", False, None, t.min_graph_recall, "the graph manifest has no recall")])
-    return GenerationReport([Check("recall", graph_recall >= t.min_graph_recall, graph_recall, t.min_graph_recall,
-                                   f"graph recall@k {graph_recall:.3f}")])
+        return GenerationReport(
+            [Check("recall", False, None, t.min_graph_recall, "the graph manifest has no recall")]
+        )
+    return GenerationReport(
+        [
+            Check(
+                "recall",
+                graph_recall >= t.min_graph_recall,
+                graph_recall,
+                t.min_graph_recall,
+                f"graph recall@k {graph_recall:.3f}",
+            )
+        ]
+    )
 
 
 def judge_lookup(found: int, asked: int) -> GenerationReport:
     """After publishing: a sample of the expected users is readable through the lookup client."""
-    return GenerationReport([Check("lookup", found == asked, float(found), float(asked),
-                                   f"{found} of {asked} sampled users readable through the lookup client")])
+    return GenerationReport(
+        [
+            Check(
+                "lookup",
+                found == asked,
+                float(found),
+                float(asked),
+                f"{found} of {asked} sampled users readable through the lookup client",
+            )
+        ]
+    )
 
 
 def judge(

@@ -127,8 +127,14 @@ class TaskRun:
 def task_run(context: dict[str, Any], settings: Settings | None = None) -> TaskRun:
     """The `TaskRun` of an Airflow task context (settings loaded now, at run time)."""
     start, as_of = interval(context)
-    return TaskRun(settings or load_settings(), start, as_of, dict(context.get("params") or {}),
-                   context.get("ti") or context.get("task_instance"), context)
+    return TaskRun(
+        settings or load_settings(),
+        start,
+        as_of,
+        dict(context.get("params") or {}),
+        context.get("ti") or context.get("task_instance"),
+        context,
+    )
 
 
 def run_task(name: str, *args: Any, **kwargs: Any) -> Any:

@@ -55,10 +55,22 @@ def decide(
     if cur is None:
         return Decision(True, "no current model", cand, None, None)
     if cand >= cur + min_ndcg_gain and (min_ndcg_gain > 0 or cand > cur):
-        return Decision(True, f"better: {METRIC} {cand:.4f} vs {cur:.4f} (gain >= {min_ndcg_gain})", cand, cur, current_age_hours)
+        return Decision(
+            True,
+            f"better: {METRIC} {cand:.4f} vs {cur:.4f} (gain >= {min_ndcg_gain})",
+            cand,
+            cur,
+            current_age_hours,
+        )
     stale = current_age_hours is not None and current_age_hours > max_staleness_hours
     if stale and cand >= cur - stale_tolerance:
-        return Decision(True, f"current is stale ({current_age_hours:.0f} h > {max_staleness_hours} h) and the "
-                              f"candidate is not worse: {cand:.4f} vs {cur:.4f}", cand, cur, current_age_hours)
+        return Decision(
+            True,
+            f"current is stale ({current_age_hours:.0f} h > {max_staleness_hours} h) and the "
+            f"candidate is not worse: {cand:.4f} vs {cur:.4f}",
+            cand,
+            cur,
+            current_age_hours,
+        )
     why = "stale but the candidate is worse" if stale else "not better"
     return Decision(False, f"{why}: {METRIC} {cand:.4f} vs {cur:.4f}", cand, cur, current_age_hours)

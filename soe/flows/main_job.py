@@ -85,7 +85,9 @@ def ensure_redis(settings, work_dir: Path) -> local_server.LocalRedis | None:
         print(f"redis: using the configured server {r.host}:{r.port} ({r.mode})", flush=True)
         return None
     if r.mode != "single" or r.host not in ("127.0.0.1", "localhost"):
-        raise ConnectionError(f"the configured Redis {r.host}:{r.port} ({r.mode}) does not answer; start it first")
+        raise ConnectionError(
+            f"the configured Redis {r.host}:{r.port} ({r.mode}) does not answer; start it first"
+        )
     server = local_server.start_single(work_dir, port=r.port, persist=True)
     settings.redis = server.redis_settings(buckets=r.buckets, namespace=r.namespace)
     print(f"redis: started a local server on port {r.port} (data kept in {work_dir})", flush=True)
@@ -97,11 +99,21 @@ def ensure_events(settings, demo: DemoConfig) -> dict[str, Any]:
     parts = published_partitions(layout)
     if parts:
         return {"generated": False, "partitions": len(parts)}
-    cfg = SyntheticConfig(n_users=demo.users, n_items=demo.items, n_clusters=demo.clusters,
-                          hours=demo.bootstrap_hours + demo.runs, start=demo.start, seed=demo.seed)
+    cfg = SyntheticConfig(
+        n_users=demo.users,
+        n_items=demo.items,
+        n_clusters=demo.clusters,
+        hours=demo.bootstrap_hours + demo.runs,
+        start=demo.start,
+        seed=demo.seed,
+    )
     generated = generate(cfg)
     write_log(generated, layout)
-    return {"generated": True, "partitions": demo.bootstrap_hours + demo.runs, "events": generated.manifest["n_events"]}
+    return {
+        "generated": True,
+        "partitions": demo.bootstrap_hours + demo.runs,
+        "events": generated.manifest["n_events"],
+    }
 
 
 def ensure_model(settings, demo: DemoConfig) -> dict[str, Any]:
@@ -116,13 +128,19 @@ def ensure_model(settings, demo: DemoConfig) -> dict[str, Any]:
     models = stages.list_models(settings)
     if models:
         backfill.run_backfill(settings, models[0]["version"], as_of)
-        return {"model": models[0]["version"], "action": "backfilled the newest model on disk",
-                "seconds": round(time.perf_counter() - t0, 1)}
+        return {
+            "model": models[0]["version"],
+            "action": "backfilled the newest model on disk",
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     out = training.run_training(settings, as_of)
     if not out["promote"]:
         raise RuntimeError(f"the demo model was not promoted: {out['reason']}")
-    return {"model": out["model"], "action": "trained, promoted and backfilled a small model",
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "model": out["model"],
+        "action": "trained, promoted and backfilled a small model",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def run_hours(settings, demo: DemoConfig, work: Path) -> list[dict[str, Any]]:
@@ -138,9 +156,19 @@ def run_hours(settings, demo: DemoConfig, work: Path) -> list[dict[str, Any]]:
     migrate_s = home.migrate()
     for t in as_ofs:
         r = home.dags_test("soe_hourly", t)
-        out.append({"as_of": stamp(t), "state": r.state, "seconds": r.seconds, "log": str(r.log), "migrate_s": migrate_s})
+        out.append(
+            {
+                "as_of": stamp(t),
+                "state": r.state,
+                "seconds": r.seconds,
+                "log": str(r.log),
+                "migrate_s": migrate_s,
+            }
+        )
         if not r.ok:
-            raise RuntimeError(f"airflow dags test soe_hourly {r.logical_date} ended {r.state}; log {r.log}:\n{r.tail()}")
+            raise RuntimeError(
+                f"airflow dags test soe_hourly {r.logical_date} ended {r.state}; log {r.log}:\n{r.tail()}"
+            )
     return out
 
 
@@ -151,20 +179,38 @@ def summary(settings, demo: DemoConfig, runs: list[dict[str, Any]]) -> dict[str,
     for r in runs:
         m = read_manifest(layout, "soe_hourly", utc(r["as_of"])) or {}
         st = m.get("stages", {})
-        rows.append({"as_of": r["as_of"], "airflow_s": r["seconds"], **{k: st.get(k, {}).get("seconds") for k in
-                     ("sequences", "encode", "publish", "graph", "validate")},
-                     "active": st.get("sequences", {}).get("active_users"), "encoded": st.get("encode", {}).get("users"),
-                     "recall": st.get("graph", {}).get("recall_at_k")})
+        rows.append(
+            {
+                "as_of": r["as_of"],
+                "airflow_s": r["seconds"],
+                **{
+                    k: st.get(k, {}).get("seconds")
+                    for k in ("sequences", "encode", "publish", "graph", "validate")
+                },
+                "active": st.get("sequences", {}).get("active_users"),
+                "encoded": st.get("encode", {}).get("users"),
+                "recall": st.get("graph", {}).get("recall_at_k"),
+            }
+        )
     last = utc(runs[-1]["as_of"])
     known = stages.state_user_ids(settings, stages.newest_state(settings, last))
     in_redis = stages.vectors_found(settings, model, known)
     sample = int(stages.active_user_ids(settings, last)[0])
     current, vec, found = stages.lookup(settings, [sample])
     nbrs = stages.neighbours(settings, model, [sample])[0]
-    out = {"model": current, "hours": rows, "known_users": int(len(known)), "vectors_in_redis": in_redis,
-           "lookup": {"user_id": sample, "found": bool(found[0]), "dim": int(vec.shape[1]),
-                      "vector_head": [round(float(x), 3) for x in vec[0][:6]],
-                      "neighbours": [] if nbrs is None else [int(x) for x in nbrs[0][:5]]}}
+    out = {
+        "model": current,
+        "hours": rows,
+        "known_users": int(len(known)),
+        "vectors_in_redis": in_redis,
+        "lookup": {
+            "user_id": sample,
+            "found": bool(found[0]),
+            "dim": int(vec.shape[1]),
+            "vector_head": [round(float(x), 3) for x in vec[0][:6]],
+            "neighbours": [] if nbrs is None else [int(x) for x in nbrs[0][:5]],
+        },
+    }
     out["lookalike"] = sample_lookalike(settings, model)
     return out
 
@@ -182,8 +228,14 @@ def sample_lookalike(settings, model: str, n_seeds: int = 20, size: int = 100) -
     seeds = uid[cluster == c][:n_seeds]
     audience, _ = stages.lookalike(settings, model, seeds, size)
     same = np.isin(audience, uid[cluster == c]).mean() if len(audience) else 0.0
-    return {"cluster": c, "seeds": int(len(seeds)), "audience": int(len(audience)), "top": [int(x) for x in audience[:5]],
-            "precision_same_cluster": round(float(same), 3), "cluster_share_of_users": round(float((cluster == c).mean()), 3)}
+    return {
+        "cluster": c,
+        "seeds": int(len(seeds)),
+        "audience": int(len(audience)),
+        "top": [int(x) for x in audience[:5]],
+        "precision_same_cluster": round(float(same), 3),
+        "cluster_share_of_users": round(float((cluster == c).mean()), 3),
+    }
 
 
 def print_summary(out: dict[str, Any], timings: dict[str, float]) -> None:
@@ -193,35 +245,73 @@ def print_summary(out: dict[str, Any], timings: dict[str, float]) -> None:
     for k, v in timings.items():
         p(f"  {k:<28} {v:8.1f} s")
     p("\nhourly runs (airflow dags test soe_hourly), seconds per stage:")
-    cols = ["as_of", "airflow_s", "sequences", "encode", "publish", "graph", "validate", "active", "encoded", "recall"]
+    cols = [
+        "as_of",
+        "airflow_s",
+        "sequences",
+        "encode",
+        "publish",
+        "graph",
+        "validate",
+        "active",
+        "encoded",
+        "recall",
+    ]
     p("  " + " ".join(f"{c:>10}" for c in cols))
     for r in out["hours"]:
-        p("  " + " ".join(f"{(r.get(c) if r.get(c) is not None else '-'):>10}" if not isinstance(r.get(c), float)
-                          else f"{r[c]:>10.2f}" for c in cols))
-    p(f"\nusers known: {out['known_users']}, vectors of the current model in Redis: {out['vectors_in_redis']}")
+        p(
+            "  "
+            + " ".join(
+                f"{(r.get(c) if r.get(c) is not None else '-'):>10}"
+                if not isinstance(r.get(c), float)
+                else f"{r[c]:>10.2f}"
+                for c in cols
+            )
+        )
+    p(
+        f"\nusers known: {out['known_users']}, "
+        f"vectors of the current model in Redis: {out['vectors_in_redis']}"
+    )
     lk = out["lookup"]
-    p(f"lookup user {lk['user_id']}: found={lk['found']} dim={lk['dim']} vector[:6]={lk['vector_head']} "
-      f"neighbours[:5]={lk['neighbours']}")
+    p(
+        f"lookup user {lk['user_id']}: found={lk['found']} dim={lk['dim']} vector[:6]={lk['vector_head']} "
+        f"neighbours[:5]={lk['neighbours']}"
+    )
     la = out["lookalike"]
     if "skipped" in la:
         p(f"lookalike: {la['skipped']}")
     else:
-        p(f"lookalike of {la['seeds']} seeds from planted cluster {la['cluster']}: {la['audience']} users, top {la['top']}, "
-          f"{la['precision_same_cluster']:.0%} in the seeds' cluster (cluster is {la['cluster_share_of_users']:.0%} of users)")
+        p(
+            f"lookalike of {la['seeds']} seeds from planted cluster {la['cluster']}: "
+            f"{la['audience']} users, top {la['top']}, "
+            f"{la['precision_same_cluster']:.0%} in the seeds' cluster "
+            f"(cluster is {la['cluster_share_of_users']:.0%} of users)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     d = DemoConfig()
-    ap = argparse.ArgumentParser(description="SoE main job: local Redis, demo events, a model, hourly DAG runs, summary")
+    ap = argparse.ArgumentParser(
+        description="SoE main job: local Redis, demo events, a model, hourly DAG runs, summary"
+    )
     ap.add_argument("--users", type=int, default=d.users)
     ap.add_argument("--runs", type=int, default=d.runs, help="consecutive hourly DAG runs")
     ap.add_argument("--bootstrap-hours", type=int, default=d.bootstrap_hours)
     ap.add_argument("--epochs", type=int, default=d.epochs)
-    ap.add_argument("--no-airflow", action="store_true", help="run the hours in-process (soe refresh) instead")
-    ap.add_argument("--keep-redis", action="store_true", help="leave the local redis-server running at the end")
+    ap.add_argument(
+        "--no-airflow", action="store_true", help="run the hours in-process (soe refresh) instead"
+    )
+    ap.add_argument(
+        "--keep-redis", action="store_true", help="leave the local redis-server running at the end"
+    )
     args = ap.parse_args(argv)
-    demo = DemoConfig(users=args.users, runs=args.runs, bootstrap_hours=args.bootstrap_hours, epochs=args.epochs,
-                      airflow=not args.no_airflow)
+    demo = DemoConfig(
+        users=args.users,
+        runs=args.runs,
+        bootstrap_hours=args.bootstrap_hours,
+        epochs=args.epochs,
+        airflow=not args.no_airflow,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below (stop redis) on kill
     settings = apply_demo(load_settings(), demo)
@@ -247,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         timings["total"] = time.perf_counter() - t_all
         print_summary(out, timings)
     finally:
-        if started is not None and not args.keep_redis:  # only a server this run started; its data stays on disk
+        if (
+            started is not None and not args.keep_redis
+        ):  # only a server this run started; its data stays on disk
             local_server.stop(started.work_dir)
         elif started is not None:
             print(f"redis left running on port {started.ports[0]} (stop: soe redis stop)")

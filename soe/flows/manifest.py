@@ -50,12 +50,13 @@ def done_times(layout: Layout, dag: str) -> list[datetime]:
     parent = layout.manifest(dag, datetime(2000, 1, 1)).parent
     if not parent.is_dir():
         return []
-    return sorted(utc(p.name[len("as_of="):-len(".json")]) for p in parent.glob("as_of=*.json"))
+    return sorted(utc(p.name[len("as_of=") : -len(".json")]) for p in parent.glob("as_of=*.json"))
 
 
-def previous_done(layout: Layout, dags: str | tuple[str, ...], as_of: datetime,
-                  model_version: str | None = None) -> dict[str, Any] | None:
-    """The manifest of the newest run of any of ``dags`` before ``as_of`` that is done (for ``model_version``)."""
+def previous_done(
+    layout: Layout, dags: str | tuple[str, ...], as_of: datetime, model_version: str | None = None
+) -> dict[str, Any] | None:
+    """The manifest of the newest done run of any of ``dags`` before ``as_of`` (of ``model_version``)."""
     dags = (dags,) if isinstance(dags, str) else tuple(dags)
     runs = sorted(((t, d) for d in dags for t in done_times(layout, d) if t < utc(as_of)), reverse=True)
     for t, dag in runs:
@@ -65,8 +66,9 @@ def previous_done(layout: Layout, dags: str | tuple[str, ...], as_of: datetime,
     return None
 
 
-def record_run(layout: Layout, dag: str, as_of: datetime, payload: dict[str, Any],
-               metrics_dir: Path | None = None) -> Path:
+def record_run(
+    layout: Layout, dag: str, as_of: datetime, payload: dict[str, Any], metrics_dir: Path | None = None
+) -> Path:
     """Write the run manifest (the done mark), keeping an attempt counter across reruns; then the run's
     Prometheus textfile (soe.flows.metrics; ``metrics_dir`` = orchestration.metrics_dir)."""
     previous = read_manifest(layout, dag, as_of)
@@ -89,13 +91,22 @@ def record_run(layout: Layout, dag: str, as_of: datetime, payload: dict[str, Any
     return path
 
 
-def alert(layout: Layout, dag: str, as_of: datetime, task: str, error: str,
-          metrics_dir: Path | None = None) -> Path:
+def alert(
+    layout: Layout, dag: str, as_of: datetime, task: str, error: str, metrics_dir: Path | None = None
+) -> Path:
     """Record (and log at ERROR) that ``task`` of ``dag`` failed for ``as_of``; then the run's Prometheus
     textfile, marking the run failed (and its generation rejected when a check failed)."""
     path = layout.manifest(f"{dag}_alerts", as_of)
-    write_json_atomic(path, {"dag": dag, "as_of": stamp(as_of), "task": task, "error": error,
-                             "at": datetime.now().astimezone().isoformat(timespec="seconds")})
+    write_json_atomic(
+        path,
+        {
+            "dag": dag,
+            "as_of": stamp(as_of),
+            "task": task,
+            "error": error,
+            "at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        },
+    )
     log.error("ALERT %s as_of=%s task %s failed: %s (%s)", dag, stamp(as_of), task, error, path)
     from soe.flows import metrics
 

@@ -46,31 +46,40 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "soe_run_seconds": ("Sum of the last run's stage seconds", ()),
     "soe_stage_seconds": ("Seconds of one stage of the last run (summed over shards)", ("stage",)),
     "soe_stage_input_rows": ("Rows a stage of the last run read (events, sequences, vectors)", ("stage",)),
-    "soe_stage_output_rows": ("Rows a stage of the last run produced (active users, vectors, graph users)",
-                              ("stage",)),
+    "soe_stage_output_rows": (
+        "Rows a stage of the last run produced (active users, vectors, graph users)",
+        ("stage",),
+    ),
     "soe_quarantine_rows": ("Events of the last run's interval quarantined, per reason", ("reason",)),
     "soe_quarantine_ratio": ("Quarantined / (valid + quarantined) events of the last run's interval", ()),
     "soe_vectors_encoded": ("Vectors the last run encoded", ()),
     "soe_vectors_written": ("Vectors the last run wrote to Redis (new or newer as_of)", ()),
-    "soe_vectors_not_written": ("Vectors the last run did not write: unchanged, or stale (older as_of)",
-                                ("reason",)),
+    "soe_vectors_not_written": (
+        "Vectors the last run did not write: unchanged, or stale (older as_of)",
+        ("reason",),
+    ),
     "soe_generation_vectors": ("Vectors in the generation the last run validated", ()),
     "soe_generation_coverage": ("Share of the expected users with a vector (coverage check)", ()),
     "soe_generation_drift_cosine": ("Mean cosine of the same users' old and new vectors (drift check)", ()),
     "soe_generation_bad_norm_rows": ("Vectors with a NaN/inf component or off unit norm (norms check)", ()),
     "soe_generation_graph_recall": ("Graph recall@k against exact search (recall check)", ()),
-    "soe_generation_check_passed": ("1 when a generation check passed (or was skipped), 0 when it failed",
-                                    ("check",)),
+    "soe_generation_check_passed": (
+        "1 when a generation check passed (or was skipped), 0 when it failed",
+        ("check",),
+    ),
     "soe_generation_check_threshold": ("The threshold a generation check was judged against", ("check",)),
     "soe_generation_validated": ("1 when the last run's generation passed every check", ()),
     "soe_generation_rejected": ("1 when the last run's generation failed a check (not marked done)", ()),
     "soe_generation_newest_timestamp_seconds": (
-        "as_of of the newest validated generation of the model, unix seconds (age = time() - this)", ()),
+        "as_of of the newest validated generation of the model, unix seconds (age = time() - this)",
+        (),
+    ),
     "soe_failed_intervals": ("Intervals with an alert and no done manifest (failed, not repaired)", ()),
     "soe_training_promoted": ("1 when the last training run's gate promoted the candidate", ()),
     "soe_training_eval": (
         "Evaluation metric of the candidate or current model on the trainset split (scorer: model/pop/bag)",
-        ("role", "scorer", "metric")),
+        ("role", "scorer", "metric"),
+    ),
 }
 
 STAGE_ROWS = {  # stage -> (input key(s), output key) in the stage's manifest entry
@@ -164,8 +173,11 @@ def failed_intervals(layout: Layout, dag: str) -> int:
     parent = layout.manifest(f"{dag}_alerts", datetime(2000, 1, 1)).parent
     if not parent.is_dir():
         return 0
-    return sum(1 for p in parent.glob("as_of=*.json")
-               if not layout.manifest(dag, utc(p.name[len("as_of="):-len(".json")])).is_file())
+    return sum(
+        1
+        for p in parent.glob("as_of=*.json")
+        if not layout.manifest(dag, utc(p.name[len("as_of=") : -len(".json")])).is_file()
+    )
 
 
 def check_values(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -199,8 +211,10 @@ class _Writer:
 
         self.registry = CollectorRegistry()
         self.base = {"flow": flow, "model": model}
-        self.gauges = {name: Gauge(name, help_, [*LABELS, *extra], registry=self.registry)
-                       for name, (help_, extra) in METRICS.items()}
+        self.gauges = {
+            name: Gauge(name, help_, [*LABELS, *extra], registry=self.registry)
+            for name, (help_, extra) in METRICS.items()
+        }
 
     def set(self, name: str, value: Any, **labels: str) -> None:
         v = _num(value)
@@ -276,8 +290,12 @@ def _checks(w: _Writer, checks: dict[str, dict[str, Any]]) -> None:
     for name, c in checks.items():
         w.set("soe_generation_check_passed", int(bool(c.get("ok"))), check=name)
         w.set("soe_generation_check_threshold", c.get("threshold"), check=name)
-    named = {"coverage": "soe_generation_coverage", "drift": "soe_generation_drift_cosine",
-             "norms": "soe_generation_bad_norm_rows", "recall": "soe_generation_graph_recall"}
+    named = {
+        "coverage": "soe_generation_coverage",
+        "drift": "soe_generation_drift_cosine",
+        "norms": "soe_generation_bad_norm_rows",
+        "recall": "soe_generation_graph_recall",
+    }
     for check, metric in named.items():
         if check in checks:
             w.set(metric, checks[check].get("value"))
@@ -304,8 +322,9 @@ def run_registry(layout: Layout, manifest: dict[str, Any], now: float | None = N
     return w.done()
 
 
-def failure_registry(layout: Layout, dag: str, as_of: datetime, task: str, error: str,
-                     now: float | None = None):
+def failure_registry(
+    layout: Layout, dag: str, as_of: datetime, task: str, error: str, now: float | None = None
+):
     """The registry of a failed run (the alert path): success 0; a rejection names its model and checks."""
     from soe.flows.manifest import done_times, read_manifest
 
@@ -341,8 +360,9 @@ def export_run(layout: Layout, manifest: dict[str, Any], metrics_dir: Path | str
     return write_textfile(textfile_path(layout, manifest["dag"], metrics_dir), run_registry(layout, manifest))
 
 
-def export_failure(layout: Layout, dag: str, as_of: datetime, task: str, error: str,
-                   metrics_dir: Path | str | None = None) -> Path:
+def export_failure(
+    layout: Layout, dag: str, as_of: datetime, task: str, error: str, metrics_dir: Path | str | None = None
+) -> Path:
     """Write ``soe_<flow>.prom`` of a run that failed (task error or rejected generation)."""
     path = textfile_path(layout, dag, metrics_dir)
     return write_textfile(path, failure_registry(layout, dag, as_of, task, error))

@@ -70,15 +70,21 @@ def reconcile(settings) -> dict[str, Any]:
                 stages.publish_shard(settings, current, t, None)
                 try:
                     stages.publish_recent_positives(settings, t)
-                except FileNotFoundError:  # the hour's active shards expired: its positives are not repairable
+                except (
+                    FileNotFoundError
+                ):  # the hour's active shards expired: its positives are not repairable
                     pass
                 repaired.append(stamp(t))
             if repaired:
                 newest = stages.newest_graph_time(settings, current)
                 if newest is not None:
                     out["lists"] = stages.publish_lists(settings, current, newest, every_list=True)["lists"]
-                log.warning("reconcile: republished %d done hour(s) of %s that the store had lost: %s",
-                            len(repaired), current, ", ".join(repaired))
+                log.warning(
+                    "reconcile: republished %d done hour(s) of %s that the store had lost: %s",
+                    len(repaired),
+                    current,
+                    ", ".join(repaired),
+                )
         if restore is not None:  # last: readers switch only once the namespace holds the vectors again
             stages.switch_current(settings, restore)
             log.warning("reconcile: the store had no current model; restored the pointer to %s", restore)

@@ -25,10 +25,14 @@ class OrchestrationSettings(Section):
     retry_max_delay_s: int = 900  # cap of the exponential retry backoff
     sensor_poke_s: int = 60  # seconds between checks for the hour's event partition marker
     sensor_timeout_s: int = 6 * 3600  # give up waiting for the partition after this long
-    sensor_mode: Literal["reschedule", "poke"] = "reschedule"  # reschedule frees the worker slot between pokes
+    sensor_mode: Literal["reschedule", "poke"] = (
+        "reschedule"  # reschedule frees the worker slot between pokes
+    )
     encode_pool: str = "default_pool"  # Airflow pool of encoder tasks (e.g. "soe_gpu" with slots = GPUs)
     encode_queue: str = "default"  # executor queue of encoder tasks (e.g. "gpu" for GPU Celery workers)
-    spark_conn_id: str = "spark_default"  # Airflow connection of SparkSubmitOperator (launcher "spark-submit")
+    spark_conn_id: str = (
+        "spark_default"  # Airflow connection of SparkSubmitOperator (launcher "spark-submit")
+    )
     spark_pool: str = "default_pool"  # Airflow pool of the Spark step
     # -- failure drill of runs without conf (scheduled, backfill; read when the task runs) --
     drill_fail_shards: list[int] = []  # encode raises on these shards when the run's conf names none
@@ -46,7 +50,9 @@ class OrchestrationSettings(Section):
     # -- training / promotion --
     training_schedule: str | None = "@daily"  # cron of the training DAG; None = manual only
     trainset_window_hours: int = 24  # training window length, ending at the run's as_of
-    trainset_kind: Literal["state", "time_split", "leave_last_out"] = "state"  # state: the newest state snapshot
+    trainset_kind: Literal["state", "time_split", "leave_last_out"] = (
+        "state"  # state: the newest state snapshot
+    )
     min_ndcg_gain: float = 0.0  # promote when candidate NDCG@10 >= current + this (strictly better if 0)
     max_staleness_hours: int = 7 * 24  # a current model older than this is stale: a not-worse candidate wins
     stale_tolerance: float = 0.005  # "not worse" for a stale current model: NDCG@10 >= current - this

@@ -1,6 +1,7 @@
 """Entry point for ``spark-submit`` (the cluster launcher): the same functions as the `soe` commands.
 
-    spark-submit --master yarn soe/flows/spark_submit.py sequences --interval 2026-01-01T00:00Z/2026-01-01T01:00Z
+    spark-submit --master yarn soe/flows/spark_submit.py sequences \
+        --interval 2026-01-01T00:00Z/2026-01-01T01:00Z
     spark-submit ... soe/flows/spark_submit.py backfill --interval START/END
     spark-submit ... soe/flows/spark_submit.py trainset time_split --window-hours 24
 
@@ -18,10 +19,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.layout import parse_interval, utc
     from pipelines.hourly import backfill_sequences, update_sequences
     from pipelines.trainset import build_trainset
     from soe.config import load_settings
-    from core.layout import parse_interval, utc
 
     parser = argparse.ArgumentParser(prog="soe/flows/spark_submit.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="YAML config (default: $SOE_CONFIG, else defaults)")
@@ -37,12 +38,24 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     if args.command == "trainset":
         split = utc(args.split_time) if args.split_time else None
-        result = {"path": str(build_trainset(settings.pipeline(), args.kind, split_time=split, window_hours=args.window_hours,
-                                             name=args.name))}
+        result = {
+            "path": str(
+                build_trainset(
+                    settings.pipeline(),
+                    args.kind,
+                    split_time=split,
+                    window_hours=args.window_hours,
+                    name=args.name,
+                )
+            )
+        }
     else:
         start, end = parse_interval(args.interval)
-        result = update_sequences(settings.pipeline(), start, end) if args.command == "sequences" else {
-            "runs": backfill_sequences(settings.pipeline(), start, end)}
+        result = (
+            update_sequences(settings.pipeline(), start, end)
+            if args.command == "sequences"
+            else {"runs": backfill_sequences(settings.pipeline(), start, end)}
+        )
     print(json.dumps(result, sort_keys=True, default=str), flush=True)
     return 0
 

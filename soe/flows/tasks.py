@@ -58,8 +58,9 @@ def drill_fails(run: TaskRun, shard: int) -> bool:
 
 def encode_hour(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
     drill = drill_fails(run, job["shard"])
-    out = hourly.encode(run.settings, job["model"], run.as_of, job["shard"], job["num_shards"],
-                        drill_fail=drill)
+    out = hourly.encode(
+        run.settings, job["model"], run.as_of, job["shard"], job["num_shards"], drill_fail=drill
+    )
     return {**out, "model": job["model"]}
 
 
@@ -118,8 +119,9 @@ def evaluate(run: TaskRun, built: dict[str, Any], trained: dict[str, Any]) -> di
     return training.evaluate(run.settings, trained["model"], built["path"], run.as_of)
 
 
-def gate(run: TaskRun, built: dict[str, Any], trained: dict[str, Any],
-         evaluation: dict[str, Any]) -> dict | bool:
+def gate(
+    run: TaskRun, built: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any]
+) -> dict | bool:
     """The promotion decision, recorded; False short-circuits `promote` (no asset event, no backfill)."""
     decision = training.gate(run.settings, evaluation)
     training.record(run.settings, run.as_of, [built, trained, evaluation, decision])
@@ -150,8 +152,10 @@ def backfill_request(run: TaskRun) -> tuple[str, str | None]:
 def plan_backfill(run: TaskRun) -> list[dict[str, Any]]:
     model, as_of = backfill_request(run)
     p = backfill.plan(run.settings, model, as_of)
-    return [{"model": p["model"], "as_of": p["as_of"], "shard": i, "num_shards": p["num_shards"]}
-            for i in p["shards"]]
+    return [
+        {"model": p["model"], "as_of": p["as_of"], "shard": i, "num_shards": p["num_shards"]}
+        for i in p["shards"]
+    ]
 
 
 def encode_backfill(run: TaskRun, job: dict[str, Any]) -> dict[str, Any]:
@@ -175,8 +179,9 @@ def publish_graph_backfill(run: TaskRun, jobs: list[dict[str, Any]]) -> dict[str
     return backfill.publish_graph(run.settings, jobs[0]["model"], jobs[0]["as_of"])
 
 
-def switch(run: TaskRun, jobs: list[dict[str, Any]], encoded: list[dict[str, Any]],
-           results: list[dict[str, Any]]) -> dict[str, Any]:
+def switch(
+    run: TaskRun, jobs: list[dict[str, Any]], encoded: list[dict[str, Any]], results: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Switch the current-model pointer: the last step, after every check passed."""
     shards = [{k: v for k, v in r.items() if k not in JOB_KEYS} for r in encoded]
     return backfill.switch(run.settings, jobs[0]["model"], jobs[0]["as_of"], [*shards, *results])

@@ -72,16 +72,26 @@ def to_run(layout: Layout, m: dict[str, Any]) -> Run:
     seq, enc, pub, graph, val = (st.get(k, {}) for k in names)
     checks = check_values(val.get("checks", []))
     counts = {
-        "valid_events": _num(seq.get("valid_events")), "quarantined": _num(seq.get("quarantined")),
-        "active_users": _num(seq.get("active_users")), "encoded": _num(enc.get("users")),
-        "published": _num(pub.get("rows")), "written": _num(pub.get("written")),
-        "vectors": _num(val.get("vectors")), "graph_users": _num(graph.get("n_users")),
+        "valid_events": _num(seq.get("valid_events")),
+        "quarantined": _num(seq.get("quarantined")),
+        "active_users": _num(seq.get("active_users")),
+        "encoded": _num(enc.get("users")),
+        "published": _num(pub.get("rows")),
+        "written": _num(pub.get("written")),
+        "vectors": _num(val.get("vectors")),
+        "graph_users": _num(graph.get("n_users")),
     }
-    return Run(dag=m["dag"], as_of=utc(m["as_of"]), attempt=int(m.get("attempt", 1)),
-               stage_seconds={k: float(v["seconds"]) for k, v in st.items()
-                              if _num(v.get("seconds")) is not None},
-               counts=counts, checks=checks, quarantine=quarantine_reasons(layout, m) if seq else {},
-               norms=norm_range(checks.get("norms", {}).get("detail", "")), graph_mode=graph.get("mode"))
+    return Run(
+        dag=m["dag"],
+        as_of=utc(m["as_of"]),
+        attempt=int(m.get("attempt", 1)),
+        stage_seconds={k: float(v["seconds"]) for k, v in st.items() if _num(v.get("seconds")) is not None},
+        counts=counts,
+        checks=checks,
+        quarantine=quarantine_reasons(layout, m) if seq else {},
+        norms=norm_range(checks.get("norms", {}).get("detail", "")),
+        graph_mode=graph.get("mode"),
+    )
 
 
 def _in_range(t: datetime, start: datetime, end: datetime) -> bool:
@@ -106,7 +116,7 @@ def alerts(layout: Layout, dags: tuple[str, ...], start: datetime, end: datetime
         parent = layout.manifest(f"{dag}_alerts", start).parent
         for p in sorted(parent.glob("as_of=*.json")) if parent.is_dir() else []:
             a = json.loads(p.read_text())
-            t = utc(a.get("as_of") or p.name[len("as_of="):-len(".json")])
+            t = utc(a.get("as_of") or p.name[len("as_of=") : -len(".json")])
             if _in_range(t, start, end):
                 repaired = layout.manifest(dag, t).is_file()
                 out.append({**a, "dag": dag, "as_of": stamp(t), "repaired": repaired})
@@ -144,8 +154,12 @@ def default_model(layout: Layout) -> str | None:
 
 def default_interval(layout: Layout, model: str) -> tuple[datetime, datetime]:
     """Every done hourly/backfill run of ``model``: from just before the first to the last as_of."""
-    times = [t for dag in (HOURLY, BACKFILL) for t in done_times(layout, dag)
-             if (read_manifest(layout, dag, t) or {}).get("model_version") == model]
+    times = [
+        t
+        for dag in (HOURLY, BACKFILL)
+        for t in done_times(layout, dag)
+        if (read_manifest(layout, dag, t) or {}).get("model_version") == model
+    ]
     if not times:
         raise LookupError(f"no done hourly or backfill run of model {model!r} under {layout.root}/manifests")
     from core.layout import HOUR
@@ -156,11 +170,16 @@ def default_interval(layout: Layout, model: str) -> tuple[datetime, datetime]:
 def collect(layout: Layout, model: str, start: datetime, end: datetime) -> ReportData:
     start, end = utc(start), utc(end)
     data = ReportData(model=model, start=start, end=end, artifact=artifact(layout, model))
-    data.runs = [to_run(layout, m) for m in manifests(layout, HOURLY, start, end)
-                 if m.get("model_version") == model]
-    data.backfills = [to_run(layout, m) for m in manifests(layout, BACKFILL, start, end)
-                      if m.get("model_version") == model]
-    data.trainings = [m for t in done_times(layout, TRAINING)
-                      if (m := read_manifest(layout, TRAINING, t)) and m.get("model_version") == model]
+    data.runs = [
+        to_run(layout, m) for m in manifests(layout, HOURLY, start, end) if m.get("model_version") == model
+    ]
+    data.backfills = [
+        to_run(layout, m) for m in manifests(layout, BACKFILL, start, end) if m.get("model_version") == model
+    ]
+    data.trainings = [
+        m
+        for t in done_times(layout, TRAINING)
+        if (m := read_manifest(layout, TRAINING, t)) and m.get("model_version") == model
+    ]
     data.alerts = alerts(layout, (HOURLY, BACKFILL), start, end)
     return data

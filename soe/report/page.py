@@ -119,8 +119,11 @@ def cards(d: ReportData) -> str:
         ("last graph recall", _fmt(last.value("recall") if last else None, 3), ""),
         ("backfills", str(len(d.backfills)), ""),
     ]
-    return '<div class="cards">' + "".join(
-        f'<div class="card {cls}"><b>{v}</b><span>{escape(k)}</span></div>' for k, v, cls in items) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card {cls}"><b>{v}</b><span>{escape(k)}</span></div>' for k, v, cls in items)
+        + "</div>"
+    )
 
 
 def hourly_charts(d: ReportData, norm_tolerance: float | None) -> str:
@@ -129,65 +132,162 @@ def hourly_charts(d: ReportData, norm_tolerance: float | None) -> str:
     stages = [s for s in STAGE_ORDER if any(s in r.stage_seconds for r in runs)]
     stages += sorted({s for r in runs for s in r.stage_seconds} - set(stages))
     figs = [
-        _figure(svg.bar_chart("stage-seconds", "Stage seconds per hourly run", x,
-                              {s: [r.stage_seconds.get(s) for r in runs] for s in stages}, y_label="seconds"),
-                "Wall seconds of each stage (encode and publish summed over shards), stacked."),
-        _figure(svg.line_chart("throughput", "Throughput: sequences and encode", x, {
-            "sequences events/s": [r.rate("valid_events", "sequences") for r in runs],
-            "encode vectors/s": [r.rate("encoded", "encode") for r in runs]}, zero=True, y_label="rows/s"),
+        _figure(
+            svg.bar_chart(
+                "stage-seconds",
+                "Stage seconds per hourly run",
+                x,
+                {s: [r.stage_seconds.get(s) for r in runs] for s in stages},
+                y_label="seconds",
+            ),
+            "Wall seconds of each stage (encode and publish summed over shards), stacked.",
+        ),
+        _figure(
+            svg.line_chart(
+                "throughput",
+                "Throughput: sequences and encode",
+                x,
+                {
+                    "sequences events/s": [r.rate("valid_events", "sequences") for r in runs],
+                    "encode vectors/s": [r.rate("encoded", "encode") for r in runs],
+                },
+                zero=True,
+                y_label="rows/s",
+            ),
             "Events merged per second of the Spark step; vectors per second of encoder time "
-            "(summed over shards)."),
-        _figure(svg.line_chart("publish-throughput", "Throughput: publish to Redis", x, {
-            "publish vectors/s": [r.rate("published", "publish") for r in runs]},
-            zero=True, y_label="rows/s"),
-            "Vectors upserted per second of publish time (summed over shards)."),
-        _figure(svg.line_chart("rows", "Rows per hourly run", x, {
-            "valid events": [r.counts.get("valid_events") for r in runs],
-            "active users": [r.counts.get("active_users") for r in runs],
-            "vectors encoded": [r.counts.get("encoded") for r in runs],
-            "vectors written": [r.counts.get("written") for r in runs]}, zero=True, y_label="rows"),
+            "(summed over shards).",
+        ),
+        _figure(
+            svg.line_chart(
+                "publish-throughput",
+                "Throughput: publish to Redis",
+                x,
+                {"publish vectors/s": [r.rate("published", "publish") for r in runs]},
+                zero=True,
+                y_label="rows/s",
+            ),
+            "Vectors upserted per second of publish time (summed over shards).",
+        ),
+        _figure(
+            svg.line_chart(
+                "rows",
+                "Rows per hourly run",
+                x,
+                {
+                    "valid events": [r.counts.get("valid_events") for r in runs],
+                    "active users": [r.counts.get("active_users") for r in runs],
+                    "vectors encoded": [r.counts.get("encoded") for r in runs],
+                    "vectors written": [r.counts.get("written") for r in runs],
+                },
+                zero=True,
+                y_label="rows",
+            ),
             "Events in, active users, vectors encoded and written to Redis "
-            "(an older as_of is never written)."),
-        _figure(svg.line_chart("coverage", "Coverage of the active users", x,
-                               {"coverage": [r.value("coverage") for r in runs]},
-                               thresholds={"min_coverage": _first(r.threshold("coverage") for r in runs)}),
-                "Share of the interval's active users with a vector; "
-                "the dashed line is orchestration.min_coverage."),
-        _figure(svg.line_chart("drift", "Drift: mean cosine to the previous generation", x,
-                               {"mean cosine": [r.value("drift") for r in runs]},
-                               thresholds={"min_drift_cosine": _first(r.threshold("drift") for r in runs)}),
-                "Same users' old vs new vector; gaps are skipped checks "
-                "(too few users in both generations)."),
-        _figure(svg.line_chart("norms", "Vector norms", x, {
-            "min ‖v‖": [r.norms[0] for r in runs], "max ‖v‖": [r.norms[1] for r in runs]},
-            thresholds=({"1 - tolerance": 1 - norm_tolerance, "1 + tolerance": 1 + norm_tolerance}
-                        if norm_tolerance is not None else None)),
+            "(an older as_of is never written).",
+        ),
+        _figure(
+            svg.line_chart(
+                "coverage",
+                "Coverage of the active users",
+                x,
+                {"coverage": [r.value("coverage") for r in runs]},
+                thresholds={"min_coverage": _first(r.threshold("coverage") for r in runs)},
+            ),
+            "Share of the interval's active users with a vector; "
+            "the dashed line is orchestration.min_coverage.",
+        ),
+        _figure(
+            svg.line_chart(
+                "drift",
+                "Drift: mean cosine to the previous generation",
+                x,
+                {"mean cosine": [r.value("drift") for r in runs]},
+                thresholds={"min_drift_cosine": _first(r.threshold("drift") for r in runs)},
+            ),
+            "Same users' old vs new vector; gaps are skipped checks (too few users in both generations).",
+        ),
+        _figure(
+            svg.line_chart(
+                "norms",
+                "Vector norms",
+                x,
+                {"min ‖v‖": [r.norms[0] for r in runs], "max ‖v‖": [r.norms[1] for r in runs]},
+                thresholds=(
+                    {"1 - tolerance": 1 - norm_tolerance, "1 + tolerance": 1 + norm_tolerance}
+                    if norm_tolerance is not None
+                    else None
+                ),
+            ),
             "Smallest and largest L2 norm of the generation's float16 vectors "
-            "(all must be within the tolerance)."),
-        _figure(svg.bar_chart("bad-norms", "Bad vectors (NaN/inf or off unit norm)", x,
-                              {"bad rows": [r.value("norms") for r in runs]}, y_label="rows"),
-                "The norms check's value: any bar above 0 rejects the generation."),
-        _figure(svg.line_chart("recall", "Graph recall@k", x, {"recall@k": [r.value("recall") for r in runs]},
-                               thresholds={"min_graph_recall": _first(r.threshold("recall") for r in runs)}),
-                "Sampled recall of the FAISS graph against exact search."),
+            "(all must be within the tolerance).",
+        ),
+        _figure(
+            svg.bar_chart(
+                "bad-norms",
+                "Bad vectors (NaN/inf or off unit norm)",
+                x,
+                {"bad rows": [r.value("norms") for r in runs]},
+                y_label="rows",
+            ),
+            "The norms check's value: any bar above 0 rejects the generation.",
+        ),
+        _figure(
+            svg.line_chart(
+                "recall",
+                "Graph recall@k",
+                x,
+                {"recall@k": [r.value("recall") for r in runs]},
+                thresholds={"min_graph_recall": _first(r.threshold("recall") for r in runs)},
+            ),
+            "Sampled recall of the FAISS graph against exact search.",
+        ),
     ]
     reasons = sorted({k for r in runs for k in r.quarantine})
     by_reason = {k: [r.quarantine.get(k, 0) for r in runs] for k in reasons} or {"none": []}
-    figs.append(_figure(svg.bar_chart("quarantine", "Quarantined events by reason", x, by_reason,
-                                      y_label="rows"),
-                        "Rows the validator rejected in each interval, per reason (stacked)."))
+    figs.append(
+        _figure(
+            svg.bar_chart("quarantine", "Quarantined events by reason", x, by_reason, y_label="rows"),
+            "Rows the validator rejected in each interval, per reason (stacked).",
+        )
+    )
     return '<div class="grid">' + "".join(figs) + "</div>"
 
 
 def runs_table(runs: list[Run]) -> str:
-    head = ["as_of", "flow", "attempt", "seconds", "valid events", "quarantined", "active users", "encoded",
-            "written", "coverage", "drift", "bad norms", "recall", "graph", "checks"]
+    head = [
+        "as_of",
+        "flow",
+        "attempt",
+        "seconds",
+        "valid events",
+        "quarantined",
+        "active users",
+        "encoded",
+        "written",
+        "coverage",
+        "drift",
+        "bad norms",
+        "recall",
+        "graph",
+        "checks",
+    ]
     counts = ("valid_events", "quarantined", "active_users", "encoded", "written")
-    rows = [[stamp(r.as_of), r.dag.removeprefix("soe_"), str(r.attempt),
-             _fmt(sum(r.stage_seconds.values()), 4), *(_fmt(r.counts.get(k)) for k in counts),
-             _fmt(r.value("coverage")),
-             _fmt(r.value("drift"), 3), _fmt(r.value("norms")), _fmt(r.value("recall"), 3),
-             _fmt(r.graph_mode), _checks_cell(r)] for r in runs]
+    rows = [
+        [
+            stamp(r.as_of),
+            r.dag.removeprefix("soe_"),
+            str(r.attempt),
+            _fmt(sum(r.stage_seconds.values()), 4),
+            *(_fmt(r.counts.get(k)) for k in counts),
+            _fmt(r.value("coverage")),
+            _fmt(r.value("drift"), 3),
+            _fmt(r.value("norms")),
+            _fmt(r.value("recall"), 3),
+            _fmt(r.graph_mode),
+            _checks_cell(r),
+        ]
+        for r in runs
+    ]
     if not rows:
         return '<p class="note">No done run of this model in the range.</p>'
     return _table(head, rows, left=2)
@@ -196,9 +296,16 @@ def runs_table(runs: list[Run]) -> str:
 def alerts_table(d: ReportData) -> str:
     if not d.alerts:
         return '<p class="note">No failure in the range.</p>'
-    rows = [[escape(a["as_of"]), escape(a["dag"].removeprefix("soe_")), escape(str(a.get("task", "?"))),
-             '<span class="pass">yes</span>' if a["repaired"] else '<span class="fail">no</span>',
-             escape(str(a.get("error", ""))[:400])] for a in d.alerts]
+    rows = [
+        [
+            escape(a["as_of"]),
+            escape(a["dag"].removeprefix("soe_")),
+            escape(str(a.get("task", "?"))),
+            '<span class="pass">yes</span>' if a["repaired"] else '<span class="fail">no</span>',
+            escape(str(a.get("error", ""))[:400]),
+        ]
+        for a in d.alerts
+    ]
     return _table(["as_of", "flow", "task", "repaired", "error"], rows, left=5)
 
 
@@ -209,34 +316,63 @@ def training_section(d: ReportData) -> str:
         return f'<p class="note">No artifact of {escape(d.model)} under {escape(art.get("path", ""))}.</p>'
     cfg = art.get("config") or {}
     model_cfg = cfg.get("model") or {}
-    out.append('<p class="note">' + escape(
-        f"{art['path']}: d_model={model_cfg.get('d_model')}, layers={model_cfg.get('n_layers')}, "
-        f"heads={model_cfg.get('n_heads')}, max_len={model_cfg.get('max_len')}; training window "
-        f"{window_text(cfg.get('train_window'))}") + "</p>")
+    out.append(
+        '<p class="note">'
+        + escape(
+            f"{art['path']}: d_model={model_cfg.get('d_model')}, layers={model_cfg.get('n_layers')}, "
+            f"heads={model_cfg.get('n_heads')}, max_len={model_cfg.get('max_len')}; training window "
+            f"{window_text(cfg.get('train_window'))}"
+        )
+        + "</p>"
+    )
     history = art.get("history") or []
     figs = []
     if history:
         xs = [str(h.get("epoch", i)) for i, h in enumerate(history)]
-        keys = [k for k, v in history[0].items()
-                if k not in ("epoch", "s", "seconds") and isinstance(v, (int, float))]
+        keys = [
+            k
+            for k, v in history[0].items()
+            if k not in ("epoch", "s", "seconds") and isinstance(v, (int, float))
+        ]
         loss = [k for k in keys if "loss" in k]
         other = [k for k in keys if k not in loss]
         if loss:
-            figs.append(_figure(svg.line_chart("train-loss", "Training loss per epoch", xs,
-                                               {k: [h.get(k) for h in history] for k in loss}),
-                                "Mean training loss of each epoch."))
+            figs.append(
+                _figure(
+                    svg.line_chart(
+                        "train-loss",
+                        "Training loss per epoch",
+                        xs,
+                        {k: [h.get(k) for h in history] for k in loss},
+                    ),
+                    "Mean training loss of each epoch.",
+                )
+            )
         if other:
-            figs.append(_figure(svg.line_chart("train-valid", "Validation metrics per epoch", xs,
-                                               {k: [h.get(k) for h in history] for k in other}),
-                                "Validation metrics after each epoch (early stopping watches NDCG@10)."))
+            figs.append(
+                _figure(
+                    svg.line_chart(
+                        "train-valid",
+                        "Validation metrics per epoch",
+                        xs,
+                        {k: [h.get(k) for h in history] for k in other},
+                    ),
+                    "Validation metrics after each epoch (early stopping watches NDCG@10).",
+                )
+            )
     else:
         m = art.get("metrics") or {}
-        out.append('<p class="note">The artifact holds no per-epoch history (metrics.json: epochs='
-                   f'{_fmt(m.get("epochs"))}, best_valid_ndcg10={_fmt(m.get("best_valid_ndcg10"))}, '
-                   f'train_s={_fmt(m.get("train_s"))}).</p>')
-    figs.append(_figure(baseline_chart(art.get("metrics") or {}),
-                        "Leave-last-out test metrics of the model and of its popularity and "
-                        "bag-of-items baselines."))
+        out.append(
+            '<p class="note">The artifact holds no per-epoch history (metrics.json: epochs='
+            f"{_fmt(m.get('epochs'))}, best_valid_ndcg10={_fmt(m.get('best_valid_ndcg10'))}, "
+            f"train_s={_fmt(m.get('train_s'))}).</p>"
+        )
+    figs.append(
+        _figure(
+            baseline_chart(art.get("metrics") or {}),
+            "Leave-last-out test metrics of the model and of its popularity and bag-of-items baselines.",
+        )
+    )
     out.append('<div class="grid">' + "".join(figs) + "</div>")
     out.append(baseline_table(art.get("metrics") or {}))
     if d.trainings:
@@ -246,11 +382,20 @@ def training_section(d: ReportData) -> str:
             ev, gate = st.get("evaluate", {}), st.get("gate", {})
             cand, cur = ev.get("candidate_metrics") or {}, ev.get("current_metrics") or {}
             current = escape(str(ev.get("current"))) if ev.get("current") else DASH
-            rows.append([escape(m["as_of"]), _fmt(gate.get("promote")), _fmt(cand.get("ndcg@10")),
-                         current, _fmt(cur.get("ndcg@10")),
-                         escape(str(gate.get("reason", "")))])
-        out.append("<h3>Training runs that produced this model</h3>" + _table(
-            ["as_of", "promoted", "ndcg@10", "current model", "its ndcg@10", "gate"], rows, left=1))
+            rows.append(
+                [
+                    escape(m["as_of"]),
+                    _fmt(gate.get("promote")),
+                    _fmt(cand.get("ndcg@10")),
+                    current,
+                    _fmt(cur.get("ndcg@10")),
+                    escape(str(gate.get("reason", ""))),
+                ]
+            )
+        out.append(
+            "<h3>Training runs that produced this model</h3>"
+            + _table(["as_of", "promoted", "ndcg@10", "current model", "its ndcg@10", "gate"], rows, left=1)
+        )
     return "".join(out)
 
 
@@ -269,6 +414,7 @@ def _baseline_metrics(metrics: dict[str, Any]) -> tuple[list[str], dict[str, dic
         if isinstance(v, (int, float)) and not isinstance(v, bool) and "@" in key:
             scorer, metric = _scorer(key)
             by.setdefault(metric, {})[scorer] = float(v)
+
     def order(k: str) -> tuple[str, int]:
         name, _, at = k.partition("@")
         return name, int(at) if at.isdigit() else 0
@@ -281,8 +427,12 @@ def baseline_chart(metrics: dict[str, Any]) -> str:
     names, by = _baseline_metrics(metrics)
     scorers = [s for s in ("model", "pop", "bag") if any(s in by[n] for n in names)]
     labels = {"model": "model", "pop": "popularity baseline", "bag": "bag-of-items baseline"}
-    return svg.grouped_bars("baselines", "Model vs baselines (leave-last-out test)", names,
-                            {labels[s]: [by[n].get(s) for n in names] for s in scorers} or {"none": []})
+    return svg.grouped_bars(
+        "baselines",
+        "Model vs baselines (leave-last-out test)",
+        names,
+        {labels[s]: [by[n].get(s) for n in names] for s in scorers} or {"none": []},
+    )
 
 
 def baseline_table(metrics: dict[str, Any]) -> str:
@@ -301,7 +451,7 @@ def baseline_table(metrics: dict[str, Any]) -> str:
 def render(d: ReportData, norm_tolerance: float | None = None, generated: datetime | None = None) -> str:
     generated = generated or datetime.now(UTC)
     title = f"SoE run report — {d.model}"
-    backfills = (f"<h2>Backfills</h2>{runs_table(d.backfills)}" if d.backfills else "")
+    backfills = f"<h2>Backfills</h2>{runs_table(d.backfills)}" if d.backfills else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -328,8 +478,9 @@ from the run manifests and the model artifact</p></header>
 """
 
 
-def write_report(layout: Layout, model: str, start: datetime, end: datetime, out: Path,
-                 norm_tolerance: float | None = None) -> dict[str, Any]:
+def write_report(
+    layout: Layout, model: str, start: datetime, end: datetime, out: Path, norm_tolerance: float | None = None
+) -> dict[str, Any]:
     """Collect and render the report of ``model`` over ``(start, end]``; write it to ``out`` atomically."""
     data = collect(layout, model, start, end)
     html = render(data, norm_tolerance)
@@ -338,6 +489,13 @@ def write_report(layout: Layout, model: str, start: datetime, end: datetime, out
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(html, encoding="utf-8")
     os.replace(tmp, out)  # a reader never sees half a page
-    return {"report": str(out), "model": model, "interval": f"{stamp(data.start)}/{stamp(data.end)}",
-            "hourly_runs": len(data.runs), "backfills": len(data.backfills), "alerts": len(data.alerts),
-            "charts": html.count('<svg class="chart"'), "bytes": len(html.encode())}
+    return {
+        "report": str(out),
+        "model": model,
+        "interval": f"{stamp(data.start)}/{stamp(data.end)}",
+        "hourly_runs": len(data.runs),
+        "backfills": len(data.backfills),
+        "alerts": len(data.alerts),
+        "charts": html.count('<svg class="chart"'),
+        "bytes": len(html.encode()),
+    }

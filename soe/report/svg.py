@@ -83,8 +83,18 @@ def legend_slots(names: Sequence[str], x0: float, x1: float) -> list[tuple[float
 class Frame:
     """Axes of one chart: maps data to pixels, draws the grid, ticks, title and legend."""
 
-    def __init__(self, chart_id: str, title: str, x_labels: Sequence[str], lo: float, hi: float,
-                 width: int = W, height: int = H, y_label: str = "", legend: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        chart_id: str,
+        title: str,
+        x_labels: Sequence[str],
+        lo: float,
+        hi: float,
+        width: int = W,
+        height: int = H,
+        y_label: str = "",
+        legend: Sequence[str] = (),
+    ) -> None:
         self.id, self.title, self.labels = chart_id, title, list(x_labels)
         self.slots = legend_slots(legend, PAD_L, width - PAD_R)
         rows = max((r for _, r in self.slots), default=0) + 1
@@ -112,19 +122,25 @@ class Frame:
         for t in self.ticks:
             y = self.y(t)
             out.append(f'<line class="grid" x1="{self.x0}" x2="{self.x1}" y1="{y:.1f}" y2="{y:.1f}"/>')
-            out.append(f'<text class="tick" x="{self.x0 - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                       f'{tick(t, step)}</text>')
+            out.append(
+                f'<text class="tick" x="{self.x0 - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                f"{tick(t, step)}</text>"
+            )
         if self.y_label:
             mid = (self.y0 + self.y1) / 2
-            out.append(f'<text class="tick" transform="translate(12 {mid:.0f}) rotate(-90)" '
-                       f'text-anchor="middle">{escape(self.y_label)}</text>')
+            out.append(
+                f'<text class="tick" transform="translate(12 {mid:.0f}) rotate(-90)" '
+                f'text-anchor="middle">{escape(self.y_label)}</text>'
+            )
         out.append(f'<line class="axis" x1="{self.x0}" x2="{self.x1}" y1="{self.y0}" y2="{self.y0}"/>')
         every = max(1, math.ceil(len(self.labels) / 8))  # at most ~8 x labels
         for i, label in enumerate(self.labels):
             if i % every == 0:
                 x, _ = self.slot(i)
-                out.append(f'<text class="tick" x="{x:.1f}" y="{self.y0 + 15}" text-anchor="middle">'
-                           f'{escape(label)}</text>')
+                out.append(
+                    f'<text class="tick" x="{x:.1f}" y="{self.y0 + 15}" text-anchor="middle">'
+                    f"{escape(label)}</text>"
+                )
         return out
 
     def legend(self, names: Sequence[str], colours: Sequence[str], dashed: Sequence[str] = ()) -> list[str]:
@@ -134,22 +150,35 @@ class Frame:
         for (name, c, is_dashed), (x, row) in zip(items, self.slots):
             y = self.legend_top + LEGEND_ROW * row + 12
             if is_dashed:
-                mark = (f'<line x1="{x:.0f}" x2="{x + 14:.0f}" y1="{y - 4}" y2="{y - 4}" stroke="{c}" '
-                        f'stroke-width="2" stroke-dasharray="4 3"/>')
+                mark = (
+                    f'<line x1="{x:.0f}" x2="{x + 14:.0f}" y1="{y - 4}" y2="{y - 4}" stroke="{c}" '
+                    f'stroke-width="2" stroke-dasharray="4 3"/>'
+                )
             else:
                 mark = f'<rect x="{x:.0f}" y="{y - 9}" width="12" height="10" fill="{c}"/>'
-            out.append(f'<g class="legend-item">{mark}<text class="tick" x="{x + 18:.0f}" y="{y}">'
-                       f'{escape(name)}</text></g>')
+            out.append(
+                f'<g class="legend-item">{mark}<text class="tick" x="{x + 18:.0f}" y="{y}">'
+                f"{escape(name)}</text></g>"
+            )
         return out
 
     def svg(self, body: list[str], points: int, empty: bool) -> str:
         cx, cy = (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
-        note = ([f'<text class="empty" x="{cx:.0f}" y="{cy:.0f}" text-anchor="middle">'
-                 'no data in this range</text>'] if empty else [])
-        return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" data-chart="{escape(self.id)}" '
-                f'data-points="{points}" viewBox="0 0 {self.width} {self.height}" width="{self.width}" '
-                f'height="{self.height}" role="img" aria-label="{escape(self.title)}">'
-                + "".join([*self.axes(), *body, *note]) + "</svg>")
+        note = (
+            [
+                f'<text class="empty" x="{cx:.0f}" y="{cy:.0f}" text-anchor="middle">'
+                "no data in this range</text>"
+            ]
+            if empty
+            else []
+        )
+        return (
+            f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" data-chart="{escape(self.id)}" '
+            f'data-points="{points}" viewBox="0 0 {self.width} {self.height}" width="{self.width}" '
+            f'height="{self.height}" role="img" aria-label="{escape(self.title)}">'
+            + "".join([*self.axes(), *body, *note])
+            + "</svg>"
+        )
 
 
 def _zero(v: Num) -> float:
@@ -176,13 +205,24 @@ def _polyline(name: str, colour: str, run: list[str]) -> list[str]:
     """One unbroken stretch of a series (at least two points)."""
     if len(run) < 2:
         return []
-    return [f'<polyline class="series" data-series="{escape(name)}" fill="none" stroke="{colour}" '
-            f'stroke-width="2" points="{" ".join(run)}"/>']
+    return [
+        f'<polyline class="series" data-series="{escape(name)}" fill="none" stroke="{colour}" '
+        f'stroke-width="2" points="{" ".join(run)}"/>'
+    ]
 
 
-def line_chart(chart_id: str, title: str, x_labels: Sequence[str], series: Mapping[str, Sequence[Num]], *,
-               thresholds: Mapping[str, float | None] | None = None, zero: bool = False, y_label: str = "",
-               width: int = W, height: int = H) -> str:
+def line_chart(
+    chart_id: str,
+    title: str,
+    x_labels: Sequence[str],
+    series: Mapping[str, Sequence[Num]],
+    *,
+    thresholds: Mapping[str, float | None] | None = None,
+    zero: bool = False,
+    y_label: str = "",
+    width: int = W,
+    height: int = H,
+) -> str:
     """One line per series over categorical x (missing values break the line); dashed threshold lines."""
     lines = {k: float(v) for k, v in (thresholds or {}).items() if v is not None}
     values = [v for s in series.values() for v in _finite(s)]
@@ -191,9 +231,11 @@ def line_chart(chart_id: str, title: str, x_labels: Sequence[str], series: Mappi
     body: list[str] = []
     for name, t in lines.items():
         y = f.y(t)
-        body.append(f'<line class="threshold" data-threshold="{t}" x1="{f.x0}" x2="{f.x1}" y1="{y:.1f}" '
-                    f'y2="{y:.1f}" stroke="{THRESHOLD}" stroke-dasharray="6 4">'
-                    f'<title>{escape(name)}: {fmt(t)}</title></line>')
+        body.append(
+            f'<line class="threshold" data-threshold="{t}" x1="{f.x0}" x2="{f.x1}" y1="{y:.1f}" '
+            f'y2="{y:.1f}" stroke="{THRESHOLD}" stroke-dasharray="6 4">'
+            f"<title>{escape(name)}: {fmt(t)}</title></line>"
+        )
     points = 0
     for si, (name, ys) in enumerate(series.items()):
         c = color(si)
@@ -207,9 +249,11 @@ def line_chart(chart_id: str, title: str, x_labels: Sequence[str], series: Mappi
             x, _ = f.slot(i)
             y = f.y(float(v))
             run.append(f"{x:.1f},{y:.1f}")
-            marks.append(f'<circle class="pt" data-series="{escape(name)}" data-x="{escape(x_labels[i])}" '
-                         f'data-y="{float(v):.6g}" cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{c}"><title>'
-                         f'{escape(name)} @ {escape(x_labels[i])}: {fmt(float(v))}</title></circle>')
+            marks.append(
+                f'<circle class="pt" data-series="{escape(name)}" data-x="{escape(x_labels[i])}" '
+                f'data-y="{float(v):.6g}" cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{c}"><title>'
+                f"{escape(name)} @ {escape(x_labels[i])}: {fmt(float(v))}</title></circle>"
+            )
             points += 1
         body += _polyline(name, c, run)
         body += marks
@@ -217,8 +261,17 @@ def line_chart(chart_id: str, title: str, x_labels: Sequence[str], series: Mappi
     return f.svg(body, points, points == 0)
 
 
-def bar_chart(chart_id: str, title: str, x_labels: Sequence[str], series: Mapping[str, Sequence[Num]], *,
-              stacked: bool = True, y_label: str = "", width: int = W, height: int = H) -> str:
+def bar_chart(
+    chart_id: str,
+    title: str,
+    x_labels: Sequence[str],
+    series: Mapping[str, Sequence[Num]],
+    *,
+    stacked: bool = True,
+    y_label: str = "",
+    width: int = W,
+    height: int = H,
+) -> str:
     """Bars per x category: stacked (parts of a whole: stage seconds, reasons) or side by side (grouped)."""
     n = len(series)
     cols = [[_zero(v) for v in s] for s in series.values()]
@@ -248,17 +301,28 @@ def bar_chart(chart_id: str, title: str, x_labels: Sequence[str], series: Mappin
                 width_i = bw / max(n, 1)
                 x = cx - bw / 2 + si * width_i
                 y_top, y_bot = f.y(max(v, 0.0)), f.y(min(v, 0.0))
-            body.append(f'<rect class="pt bar" data-series="{escape(name)}" data-x="{escape(label)}" '
-                        f'data-y="{v:.6g}" x="{x:.1f}" y="{y_top:.1f}" width="{max(width_i - 0.5, 0.8):.1f}" '
-                        f'height="{max(y_bot - y_top, 0.0):.1f}" fill="{color(si)}"><title>{escape(name)} @ '
-                        f'{escape(label)}: {fmt(v)}</title></rect>')
+            body.append(
+                f'<rect class="pt bar" data-series="{escape(name)}" data-x="{escape(label)}" '
+                f'data-y="{v:.6g}" x="{x:.1f}" y="{y_top:.1f}" width="{max(width_i - 0.5, 0.8):.1f}" '
+                f'height="{max(y_bot - y_top, 0.0):.1f}" fill="{color(si)}"><title>{escape(name)} @ '
+                f"{escape(label)}: {fmt(v)}</title></rect>"
+            )
             points += 1
     body += f.legend(list(series), [color(i) for i in range(n)])
     return f.svg(body, points, points == 0)
 
 
-def grouped_bars(chart_id: str, title: str, groups: Sequence[str], series: Mapping[str, Sequence[Num]], *,
-                 y_label: str = "", width: int = W, height: int = H) -> str:
+def grouped_bars(
+    chart_id: str,
+    title: str,
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[Num]],
+    *,
+    y_label: str = "",
+    width: int = W,
+    height: int = H,
+) -> str:
     """Side-by-side bars per group (a model against its baselines, metric by metric)."""
-    return bar_chart(chart_id, title, groups, series, stacked=False, y_label=y_label, width=width,
-                     height=height)
+    return bar_chart(
+        chart_id, title, groups, series, stacked=False, y_label=y_label, width=width, height=height
+    )
