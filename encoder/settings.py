@@ -58,6 +58,7 @@ class TrainSettings(Section):
     strict_device: bool = False  # True: a requested GPU that is absent is an error, not a CPU fallback
     time_budget_s: float = 0.0  # stop after this many seconds of training (0: no limit)
     resume: bool = True  # resume from the run's checkpoint after a crash
+    mlflow_tracking_uri: str | None = None  # MLflow URI for params/metrics/history (if mlflow is installed)
     model: ModelOverrides = Field(default_factory=ModelOverrides)  # type: ignore[valid-type]  # e.g. {"d_model": 128}
 
     @field_validator("objectives")

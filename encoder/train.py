@@ -15,15 +15,27 @@ resumes from it and ends with the same weights as an uninterrupted run. The chec
 tensors and plain values and is read with ``weights_only=True``: a pickle planted in its place is
 refused (`CheckpointError`), never executed. Early stopping watches validation NDCG@10
 (leave-last-out) and keeps the best weights.
+
+Progress: one INFO line per epoch on the ``soe.train`` logger (epoch, loss, validation NDCG@10,
+seconds, ETA), whether or not a terminal shows the bar. ``train.time_budget_s`` is checked between
+batches, so a run ends within its budget plus one batch (and that epoch's validation). The per-epoch
+history (loss, validation metrics, lr, seconds) goes into the artifact's metrics (``history``), with
+the lineage (git commit, data source and window, config hash) in its config and model card; when
+``mlflow`` is importable and ``train.mlflow_tracking_uri`` is set, params, metrics and the history are
+logged there too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
+import logging
 import math
 import os
 import pickle
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,7 +68,9 @@ from encoder.objectives import LogQ, future_window_targets, next_positive_target
 from encoder.settings import TrainSettings
 
 # train settings that do not change the result
-RUNTIME_ONLY = ("threads", "device", "strict_device", "resume")
+RUNTIME_ONLY = ("threads", "device", "strict_device", "resume", "mlflow_tracking_uri")
+
+log = logging.getLogger("soe.train")
 
 
 class CheckpointError(RuntimeError):
@@ -201,6 +215,8 @@ def fit(
         state = saved["state"]
         resumed = state["epoch"]
     t0 = time.perf_counter() - state["elapsed"]
+    budget = ts.time_budget_s or 0.0
+    stopped = False
     bar = None
     if show_progress:
         bar = progress(total, "train", "step")
@@ -213,6 +229,9 @@ def fit(
         losses, seen = [], 0
         t_epoch = time.perf_counter()
         for step, idx in enumerate(batches):
+            if budget and time.perf_counter() - t0 > budget:  # between batches: at most one batch over
+                stopped = True
+                break
             torch.manual_seed(_seed(ts.seed, 3, epoch, step))  # dropout
             rng = np.random.default_rng(_seed(ts.seed, 4, epoch, step))  # target subsampling
             gen = torch.Generator().manual_seed(_seed(ts.seed, 5, epoch, step))  # future-window draws
@@ -240,8 +259,12 @@ def fit(
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "valid_ndcg10": ndcg,
             "valid_hr10": metrics["hr@10"],
-            "s": time.perf_counter() - t0,
+            "lr": float(opt.param_groups[0]["lr"]),
+            "seconds": time.perf_counter() - t_epoch,  # this epoch, validation included
+            "s": time.perf_counter() - t0,  # since the start of training
         }
+        if stopped:
+            record["stopped"] = "time_budget"
         state["history"].append(record)
         if ndcg > state["best"]:
             state["best"], state["bad"] = ndcg, 0
@@ -259,9 +282,10 @@ def fit(
                     "state": state,
                 },
             )
+        _log_epoch(record, ts, state, budget)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
-        if ts.time_budget_s and state["elapsed"] > ts.time_budget_s:
+        if stopped or (budget and state["elapsed"] > budget):
             break
     if bar is not None:
         bar.close()
@@ -277,6 +301,65 @@ def fit(
         resumed,
         device,
     )
+
+
+def _log_epoch(record: dict, ts: TrainSettings, state: dict, budget: float) -> None:
+    """One INFO line per epoch (the progress of a run that no terminal watches)."""
+    history = state["history"]
+    mean_s = sum(h["seconds"] for h in history) / len(history)
+    left = max(ts.epochs - record["epoch"] - 1, 0) * mean_s
+    if budget:
+        left = min(left, max(budget - record["s"], 0.0))
+    if record.get("stopped") or state["bad"] >= ts.patience:
+        left = 0.0
+    log.info(
+        "epoch %d/%d: loss %.4f, valid NDCG@10 %.4f (best %.4f), %.1f s, ETA %.1f s%s",
+        record["epoch"] + 1, ts.epochs, record["loss"], record["valid_ndcg10"], state["best"],
+        record["seconds"], left,
+        f" (time budget {budget:g} s reached: stopping)" if record.get("stopped") else "",
+    )
+
+
+# -- lineage and optional experiment tracking -----------------------------------------------------
+def git_commit(where: Path | None = None) -> dict:
+    """``{"git_commit": sha, "git_dirty": bool}`` of the code's checkout (empty when not a git checkout)."""
+    cwd = where or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": sha, "git_dirty": dirty} if sha else {}
+
+
+def _finite(values: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def log_to_mlflow(uri: str | None, version: str, params: dict, metrics: dict, history: list[dict]) -> bool:
+    """Log a run to MLflow at ``uri`` when ``mlflow`` is importable (an optional extra, never required).
+
+    Returns whether it logged; an MLflow failure is a warning, never a failed training."""
+    if not uri or importlib.util.find_spec("mlflow") is None:
+        return False
+    mlflow = importlib.import_module("mlflow")
+    try:
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run(run_name=version):
+            flat = {k: v for k, v in params.items() if v is not None}
+            mlflow.log_params({k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
+                               for k, v in flat.items()})
+            mlflow.log_metrics(_finite({k.replace("@", "_at_"): v for k, v in metrics.items()}))
+            for h in history:
+                step = int(h["epoch"])
+                mlflow.log_metrics(_finite({k: v for k, v in h.items() if k != "epoch"}), step=step)
+    except Exception as exc:  # tracking is best effort
+        log.warning("MLflow logging to %s failed: %s", uri, exc)
+        return False
+    return True
 
 
 # -- from data to an artifact -------------------------------------------------------------------
@@ -312,10 +395,12 @@ def checkpoint_path(layout: Layout, cfg: ModelConfig, ts: TrainSettings, window:
 
 
 def train_model(layout: Layout, train: TrainSettings, events: EventSettings, source, *, max_len: int,
-                overrides: dict | None = None, show_progress: bool = True, card: str | None = None) -> str:
+                overrides: dict | None = None, show_progress: bool = True, card: str | None = None,
+                source_name: str | None = None) -> str:
     """Events / sequences / trainset path -> trained, evaluated model version published under ``layout``.
 
-    ``max_len``: the sequences' N (see `model_config`).
+    ``max_len``: the sequences' N (see `model_config`). ``source_name`` names the data in the lineage
+    (default: the path, when ``source`` is one).
     """
     sequences = as_sequences(source)
     positive_types = train.positive_types(events)
@@ -331,9 +416,16 @@ def train_model(layout: Layout, train: TrainSettings, events: EventSettings, sou
     result = fit(cfg, train, split, catalogue, positive_types, ckpt, show_progress)
     metrics = leave_last_out_report(result.model, cfg, split, catalogue, positive_types, device=result.device)
     metrics.update(
-        train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10
+        train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10,
+        history=result.history,
     )
+    if source_name is None and isinstance(source, (str, Path)):
+        source_name = str(source)
+    lineage = {**git_commit(), "source": source_name, "device": str(result.device)}
     version = save_model(layout, result.model, cfg, train_window=window, metrics=metrics,
-                         card=card, train_settings=result_settings(train))
+                         card=card, train_settings=result_settings(train), lineage=lineage)
     ckpt.unlink(missing_ok=True)
+    params = {**result_settings(train), "model": cfg.to_dict(), "train_window": window, **lineage}
+    log_to_mlflow(train.mlflow_tracking_uri, version, params,
+                  {k: v for k, v in metrics.items() if k != "history"}, result.history)
     return version
