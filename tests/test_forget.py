@@ -127,6 +127,7 @@ def test_tombstones_are_append_only_and_merged(tmp_path):
     assert not list((tmp_path / "forget").glob(".*"))  # no temp file left
 
 
+@pytest.mark.slow  # the world (Spark bootstrap + backfill + one hour): 3-4.5 min
 def test_soe_forget_removes_the_user_from_the_store_and_the_served_graph(world, chosen):
     from store.graph.redis_io import read_positives
     from store.graph.snapshot import latest_snapshot
@@ -164,6 +165,7 @@ def test_soe_forget_removes_the_user_from_the_store_and_the_served_graph(world, 
     assert cli(world, "forget", str(u))["total"] == 0  # idempotent
 
 
+@pytest.mark.slow  # the world (Spark bootstrap + backfill + one hour): 3-4.5 min
 def test_the_next_hour_re_creates_nothing_and_retention_purges_every_snapshot(world, chosen):
     from core.datasets.events import validate_partitions
     from core.sequence_state import StateSnapshot
