@@ -306,7 +306,7 @@ def fit(
 def _log_epoch(record: dict, ts: TrainSettings, state: dict, budget: float) -> None:
     """One INFO line per epoch (the progress of a run that no terminal watches)."""
     history = state["history"]
-    mean_s = sum(h["seconds"] for h in history) / len(history)
+    mean_s = sum(h.get("seconds", 0.0) for h in history) / len(history)  # older checkpoints: no seconds
     left = max(ts.epochs - record["epoch"] - 1, 0) * mean_s
     if budget:
         left = min(left, max(budget - record["s"], 0.0))
