@@ -243,6 +243,7 @@ def test_delete_without_a_readable_store_needs_force(settings, log, monkeypatch)
     assert out.exit_code == 0 and not settings.layout().model(version).exists()
 
 
+@pytest.mark.slow  # a JVM start and a Spark step: 20-30 s idle, 150-210 s measured on a loaded 2-core machine
 def test_train_promote_end_to_end(tmp_path, redis_single, monkeypatch):
     """Real Redis, real local Spark: a state snapshot, then `soe train --promote` -> current, all users."""
     from core.layout import HOUR, utc
