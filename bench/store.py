@@ -191,7 +191,7 @@ def measure_publish(s, store, r, n: int, repeats: int, with_baselines: bool) -> 
         runs["pub"].append(res["rows"] / res["seconds"])
         runs["cpu"].append(time.process_time() - c0)
         if single:
-            runs["server_us"].append(r.info("commandstats")["cmdstat_evalsha"]["usec"] / n)
+            runs["server_us"].append(r.info("commandstats")["cmdstat_fcall"]["usec"] / n)
             runs["mem"].append(used_memory(r) - base)
     med = {k: float(np.median(v)) for k, v in runs.items() if v}
     out = {

@@ -50,6 +50,7 @@ RETIRED_SECTIONS = {"refresh", "flows"}  # merged into `orchestration`; a doc na
 USER_PASSWORD_KEYS = {
     "soe-writer": "writer-password",
     "soe-reader": "reader-password",
+    "default": "admin-password",  # in the cluster the default user is the admin, with a password
 }  # Secret soe-redis-users
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -688,7 +689,9 @@ def test_redis_cluster_persistence_topology_and_settings(tmp_path):
     svc = obj("Service", sts["spec"]["serviceName"])
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"].get("publishNotReadyAddresses") is True
     assert {p["port"] for p in svc["spec"]["ports"]} == {ports["client"], ports["bus"]}
-    init = pod_spec(obj("Job", "soe-redis-cluster-init"))["containers"][0]
+    job = pod_spec(obj("Job", "soe-redis-cluster-init"))
+    init = job["initContainers"][0]  # forms the cluster; then the soe container loads the functions
+    assert job["containers"][0]["args"] == ["redis", "functions", "load"]
     env = {e["name"]: e.get("value") for e in init["env"]}
     per_master = int(env["REDIS_REPLICAS_PER_MASTER"])
     assert int(env["REDIS_NODES"]) == replicas
