@@ -68,13 +68,18 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``SOE_A__B=v`` -> ``{"a": {"b": v}}``; values parsed as YAML scalars."""
+    """``SOE_A__B=v`` -> ``{"a": {"b": v}}``; values parsed as YAML scalars, except secrets.
+
+    A secret (a field named like ``*password*``) is taken verbatim: YAML would turn ``0123`` into 83,
+    ``1_000`` into 1000 or ``12:30`` into 750, and the login would then fail with a different text.
+    """
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
-        _set_path(tree, path, yaml.safe_load(raw) if raw != "" else "")
+        secret = "password" in path[-1]
+        _set_path(tree, path, raw if secret or raw == "" else yaml.safe_load(raw))
     return tree
 
 

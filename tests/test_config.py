@@ -56,3 +56,10 @@ def test_layout_paths_live_under_one_root(tmp_path):
     assert lay.event_partition(t) == tmp_path / "events" / "dt=2026-01-01" / "hour=05"
     assert lay.active_shard(t, 3) == tmp_path / "active" / "as_of=20260101T0500Z" / "shard=00003.parquet"
     assert utc("20260101T0500Z") == t
+
+
+def test_a_secret_from_the_environment_is_taken_verbatim():
+    """YAML would read 0123 as 83 and 12:30 as 750: the password would silently change."""
+    for raw in ("0123", "1_000", "12:30", "1.50", "20240229", "yes"):
+        s = load_settings(environ={"SOE_REDIS__PASSWORD": raw})
+        assert s.redis.secret() == raw

@@ -309,6 +309,10 @@ def alerts_table(d: ReportData) -> str:
     return _table(["as_of", "flow", "task", "repaired", "error"], rows, left=5)
 
 
+# per-epoch keys that are no validation metric: the epoch, timings, the learning rate (another scale)
+NOT_PLOTTED = ("epoch", "s", "seconds", "lr")
+
+
 def training_section(d: ReportData) -> str:
     art = d.artifact
     out = []
@@ -332,7 +336,7 @@ def training_section(d: ReportData) -> str:
         keys = [
             k
             for k, v in history[0].items()
-            if k not in ("epoch", "s", "seconds") and isinstance(v, (int, float))
+            if k not in NOT_PLOTTED and isinstance(v, (int, float))
         ]
         loss = [k for k in keys if "loss" in k]
         other = [k for k in keys if k not in loss]
