@@ -105,3 +105,22 @@ def test_datasets_ml100k_writes_the_events(tmp_path):
     out = last_json(r.output)
     assert (out["events"], out["users"], out["items"]) == (100_000, 943, 1682)
     assert pq.read_metadata(tmp_path / "datasets" / "ml-100k" / "events.parquet").num_rows == 100_000
+
+
+def test_redis_functions_status_then_load(tmp_path):
+    """A fresh server has no `soe` library: status says so (exit 1); an admin loads it; status is then clean."""
+    port = local_server.free_ports(1)[0]
+    server = local_server.start_single(tmp_path / "redis", port=port)
+    env = {"SOE_DATA__ROOT": str(tmp_path), "SOE_REDIS__PORT": str(port)}
+    try:
+        r = runner.invoke(app, ["redis", "functions", "status"], env=env)
+        assert r.exit_code == 1 and set(last_json(r.output)["nodes"].values()) == {None}, r.output
+        r = runner.invoke(app, ["redis", "functions", "load"], env=env)
+        assert r.exit_code == 0, r.output
+        assert last_json(r.output)["library"] == "soe"
+        r = runner.invoke(app, ["redis", "functions", "status"], env=env)
+        assert r.exit_code == 0, r.output
+        expected = str(last_json(r.output)["expected_version"])
+        assert all(v["version"] == expected for v in last_json(r.output)["nodes"].values())
+    finally:
+        local_server.stop(server.work_dir)
