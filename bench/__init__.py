@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m bench.<name> [--quick]`. Each prints its figures; the last line is one JSON object."""
+"""Benchmarks: `python -m bench.<name> [--quick]`; each prints its figures, the last line one JSON object."""

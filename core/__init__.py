@@ -9,7 +9,7 @@
 * `embeddings`      the published embedding snapshots (shards, markers, newest-snapshot-wins reads).
 * `hashing`         splitmix64, the one 64-bit mix of ids (Redis buckets, hashed tables, shard split).
 * `progress`        progress bars of long batch steps.
-* `section`         the base class of every configuration section; `settings` the base sections (data, events).
+* `section`         the base class of every config section; `settings` the base sections (data, events).
 
 The base imports no component (pipelines, encoder, store) and no composition (soe): the layer
 contracts in pyproject.toml (`lint-imports`) check it.

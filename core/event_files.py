@@ -81,7 +81,14 @@ class EventBatch:
 # -- planning: what to do with each contract column of a file, decided once from its schema --------
 
 KEEP, CAST, TS_CAST, TS_CHECKED, ID_CHECKED, TEXT_CHECKED, NULLS = (
-    "keep", "cast", "ts_cast", "ts_checked", "id_checked", "text_checked", "nulls")
+    "keep",
+    "cast",
+    "ts_cast",
+    "ts_checked",
+    "id_checked",
+    "text_checked",
+    "nulls",
+)
 
 
 def _type_name(t: pa.DataType) -> str:
@@ -89,8 +96,14 @@ def _type_name(t: pa.DataType) -> str:
 
 
 def _is_text(t: pa.DataType) -> bool:
-    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t) or pa.types.is_string_view(t) or pa.types.is_binary_view(t))
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary_view(t)
+    )
 
 
 def _plan_column(name: str, t: pa.DataType) -> str | None:
@@ -125,37 +138,48 @@ class _Plan:
     read: list[str]  # the file's columns to read
 
 
-def plan_schema(schema: pa.Schema, source: str, rows: int, columns: Sequence[str] | None = None
-                ) -> _Plan | FileProblem:
+def plan_schema(
+    schema: pa.Schema, source: str, rows: int, columns: Sequence[str] | None = None
+) -> _Plan | FileProblem:
     """Decide per contract column how to conform it, or why the whole file cannot be used."""
     try:
         EVENT.check_version(schema)
     except ContractError as exc:
         return FileProblem(source, "unsupported_contract", str(exc), rows)
-    wanted = [f.name for f in EVENT.schema
-              if columns is None or f.name in columns or f.name in EVENT.required]
+    wanted = [
+        f.name for f in EVENT.schema if columns is None or f.name in columns or f.name in EVENT.required
+    ]
     steps: dict[str, str] = {}
     for name in wanted:
         found = schema.get_all_field_indices(name)
         required = name not in OPTIONAL
         if not found:
             if required:
-                return FileProblem(source, f"missing_column:{name}",
-                                   f"the event contract v{EVENT.version} requires {list(EVENT.required)}; "
-                                   f"the file has {schema.names}", rows)
+                return FileProblem(
+                    source,
+                    f"missing_column:{name}",
+                    f"the event contract v{EVENT.version} requires {list(EVENT.required)}; "
+                    f"the file has {schema.names}",
+                    rows,
+                )
             continue
         if len(found) > 1:
             if required:
-                return FileProblem(source, f"duplicate_column:{name}",
-                                   f"{len(found)} columns are named {name!r}", rows)
+                return FileProblem(
+                    source, f"duplicate_column:{name}", f"{len(found)} columns are named {name!r}", rows
+                )
             steps[name] = NULLS
             continue
         t = schema.field(found[0]).type
         step = _plan_column(name, t)
         if step is None:
             if required:
-                return FileProblem(source, f"bad_physical_type:{name}:{_type_name(t)}",
-                                   f"{name} must be {EVENT.schema.field(name).type}, the file has {t}", rows)
+                return FileProblem(
+                    source,
+                    f"bad_physical_type:{name}:{_type_name(t)}",
+                    f"{name} must be {EVENT.schema.field(name).type}, the file has {t}",
+                    rows,
+                )
             step = NULLS
         steps[name] = step
     return _Plan(steps, [n for n, s in steps.items() if s != NULLS])
@@ -241,7 +265,7 @@ def _parse_ts_text(text: str) -> int:
 def _checked_ts(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """timestamp[ms, UTC] from epoch-millisecond integers or ISO 8601 text; other values are masked."""
     if pa.types.is_integer(arr.type):
-        ms, bad = (_checked_ids(arr) if arr.type == pa.uint64() else (arr.cast(pa.int64()), _none(len(arr))))
+        ms, bad = _checked_ids(arr) if arr.type == pa.uint64() else (arr.cast(pa.int64()), _none(len(arr)))
         return ms.cast(TS), bad
     text, bad = utf8(arr)
     values: list[int | None] = []
@@ -330,9 +354,14 @@ def splits_for(path: Path, split_bytes: int = 128 * 2**20) -> int:
     return max(1, -(-os.path.getsize(path) // split_bytes))
 
 
-def read_event_file(path: Path | str, *, columns: Sequence[str] | None = None,
-                    batch_rows: int = DEFAULT_BATCH_ROWS, split: int = 0, splits: int = 1
-                    ) -> Iterator[EventBatch | FileProblem]:
+def read_event_file(
+    path: Path | str,
+    *,
+    columns: Sequence[str] | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    split: int = 0,
+    splits: int = 1,
+) -> Iterator[EventBatch | FileProblem]:
     """Read one event file: conformed batches, or `FileProblem` records for what cannot be used.
 
     ``columns``: the optional contract columns wanted (default: all; required ones are always

@@ -154,8 +154,13 @@ def null_rows(table: pa.Table, mask: np.ndarray, keep: tuple[str, ...]) -> pa.Ta
     return pa.Table.from_arrays(cols, schema=table.schema)
 
 
-def scrub_files(paths: list[Path], forget: ForgetList, *, column: str = "user_id",
-                null_keep: tuple[str, ...] | None = None) -> dict[Path, np.ndarray]:
+def scrub_files(
+    paths: list[Path],
+    forget: ForgetList,
+    *,
+    column: str = "user_id",
+    null_keep: tuple[str, ...] | None = None,
+) -> dict[Path, np.ndarray]:
     """Rewrite the Parquet files among ``paths`` that hold a forgotten user, without that user's data.
 
     The rows are dropped, or with ``null_keep`` (the quarantine) kept with every column but those nulled.

@@ -17,6 +17,8 @@ def check_name(kind: str, value: object) -> str:
     """``value`` if it is a safe name, else ValueError naming ``kind`` (never echoing a long value)."""
     if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:  # fullmatch: no "x\n"
         shown = repr(value) if isinstance(value, str) and len(value) <= 140 else f"<{type(value).__name__}>"
-        raise ValueError(f"{kind} {shown} must be 1-128 characters of letters, digits, '.', '_' or '-', "
-                         "not starting with '.' or '-' and without '..' (it becomes part of paths and Redis keys)")
+        raise ValueError(
+            f"{kind} {shown} must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "not starting with '.' or '-' and without '..' (it becomes part of paths and Redis keys)"
+        )
     return value

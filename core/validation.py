@@ -133,8 +133,12 @@ class ValidationResult:
         return sum(self.counts.values())
 
     def summary(self) -> dict[str, Any]:
-        return {"valid": self.n_valid, "quarantined": self.n_quarantined, "reasons": dict(self.counts),
-                "quarantined_files": [file_json(p) for p in self.files]}
+        return {
+            "valid": self.n_valid,
+            "quarantined": self.n_quarantined,
+            "reasons": dict(self.counts),
+            "quarantined_files": [file_json(p) for p in self.files],
+        }
 
 
 def file_json(problem: FileProblem) -> dict[str, Any]:
@@ -217,8 +221,10 @@ def duplicate_mask(typed: pa.Table) -> np.ndarray:
             cols += [pc.is_valid(typed[c]), typed[c]]
             keys += [(f"v{i}", "ascending"), (f"c{i}", "ascending")]
         names = [n for i in range(len(order)) for n in (f"v{i}", f"c{i}")]
-        idx = pc.sort_indices(pa.Table.from_arrays([*cols, pa.array(pos)], names=[*names, "pos"]),
-                              sort_keys=[*keys, ("pos", "ascending")])
+        idx = pc.sort_indices(
+            pa.Table.from_arrays([*cols, pa.array(pos)], names=[*names, "pos"]),
+            sort_keys=[*keys, ("pos", "ascending")],
+        )
         rank = np.empty(n, dtype=np.int64)
         rank[idx.to_numpy()] = pos
     else:
@@ -263,8 +269,9 @@ class SeenEvents:
                 continue
             idx = np.flatnonzero(late & (ts_hour == th))
             probe = keys.take(pa.array(idx)).append_column("__i", pa.array(idx))
-            hit = probe.join(pa.concat_tables(seen), keys=list(SEQ_KEY), join_type="left semi",
-                             use_threads=False)
+            hit = probe.join(
+                pa.concat_tables(seen), keys=list(SEQ_KEY), join_type="left semi", use_threads=False
+            )
             out[hit["__i"].to_numpy()] = True
         return out
 
@@ -289,8 +296,13 @@ def validate_events(table: pa.Table, rules: ValidationRules, source: str = "inpu
     return _result([conformed], rules, hour_start=None, seen=None)
 
 
-def validate_files(files: Iterable[Path | str], rules: ValidationRules, *, seen: SeenEvents | None = None,
-                   batch_rows: int = DEFAULT_BATCH_ROWS) -> ValidationResult:
+def validate_files(
+    files: Iterable[Path | str],
+    rules: ValidationRules,
+    *,
+    seen: SeenEvents | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ValidationResult:
     """Validate the event files of one arrival hour (``rules`` carry its interval), each read on its own.
 
     ``seen``: the keys accepted in the run's earlier hours (updated with this hour's), so a
@@ -300,8 +312,12 @@ def validate_files(files: Iterable[Path | str], rules: ValidationRules, *, seen:
     return _result(parts, rules, hour_start=rules.interval_start, seen=seen)
 
 
-def _result(parts: list[EventBatch | FileProblem], rules: ValidationRules, hour_start: datetime | None,
-            seen: SeenEvents | None) -> ValidationResult:
+def _result(
+    parts: list[EventBatch | FileProblem],
+    rules: ValidationRules,
+    hour_start: datetime | None,
+    seen: SeenEvents | None,
+) -> ValidationResult:
     problems = [p for p in parts if isinstance(p, FileProblem)]
     valid_parts, rejected = [], [file_records(problems)]
     for batch in (p for p in parts if isinstance(p, EventBatch)):
@@ -321,8 +337,9 @@ def _result(parts: list[EventBatch | FileProblem], rules: ValidationRules, hour_
     if seen is not None and hour_start is not None:
         seen.add(valid, hour_start)
     quarantine = pa.concat_tables(rejected)
-    return ValidationResult(valid=valid, quarantine=quarantine, counts=count_reasons(quarantine),
-                            files=problems)
+    return ValidationResult(
+        valid=valid, quarantine=quarantine, counts=count_reasons(quarantine), files=problems
+    )
 
 
 def count_reasons(quarantine: pa.Table) -> dict[str, int]:
@@ -383,16 +400,22 @@ def as_text(arr: pa.Array) -> pa.Array:
         arr = arr.dictionary_decode()
     if pa.types.is_timestamp(arr.type):
         return pc.strftime(arr.cast(pa.timestamp(arr.type.unit, tz="UTC")), format="%Y-%m-%dT%H:%M:%S")
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_binary(arr.type) \
-            or pa.types.is_large_binary(arr.type) or pa.types.is_string_view(arr.type):
+    if (
+        pa.types.is_string(arr.type)
+        or pa.types.is_large_string(arr.type)
+        or pa.types.is_binary(arr.type)
+        or pa.types.is_large_binary(arr.type)
+        or pa.types.is_string_view(arr.type)
+    ):
         try:
             out = arr.cast(pa.string())
             out.validate(full=True)
             return out
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             values = arr.cast(pa.large_binary()).to_pylist()
-            return pa.array([None if v is None else v.decode("utf-8", "backslashreplace") for v in values],
-                            pa.string())
+            return pa.array(
+                [None if v is None else v.decode("utf-8", "backslashreplace") for v in values], pa.string()
+            )
     try:
         return arr.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):

@@ -72,8 +72,16 @@ def verdicts(metrics: dict, metric: str = HEADLINE) -> list[dict]:
         base = _number(metrics.get(prefix + metric))
         if model is None or base is None:
             continue
-        out.append({"baseline": name, "metric": metric, "model": model, "value": base,
-                    "delta": model - base, "beats": model > base})
+        out.append(
+            {
+                "baseline": name,
+                "metric": metric,
+                "model": model,
+                "value": base,
+                "delta": model - base,
+                "beats": model > base,
+            }
+        )
     return out
 
 
@@ -176,8 +184,10 @@ def _card(version: str, config: dict, metrics: dict, created_at: str | None = No
         "code on the same split. Not an online (A/B) measure, and no held-out users or later period.",
     ]
     if stopped:
-        lines.append(f"- Training was cut by its time budget in epoch {stopped[-1].get('epoch')}: "
-                     "the weights are those of the best epoch seen, not of a finished schedule.")
+        lines.append(
+            f"- Training was cut by its time budget in epoch {stopped[-1].get('epoch')}: "
+            "the weights are those of the best epoch seen, not of a finished schedule."
+        )
     lines += [
         "",
         "## Lineage",
@@ -198,17 +208,29 @@ def _card(version: str, config: dict, metrics: dict, created_at: str | None = No
         ),
     ]
     if history:
-        lines += ["", "## Training history", "", "| epoch | loss | valid NDCG@10 | lr | seconds |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {h.get('epoch')} | {_fmt(h.get('loss'))} | {_fmt(h.get('valid_ndcg10'))} | "
-                  f"{h.get('lr', float('nan')):.2e} | {_fmt(h.get('seconds'))} |" for h in history]
+        lines += [
+            "",
+            "## Training history",
+            "",
+            "| epoch | loss | valid NDCG@10 | lr | seconds |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {h.get('epoch')} | {_fmt(h.get('loss'))} | {_fmt(h.get('valid_ndcg10'))} | "
+            f"{h.get('lr', float('nan')):.2e} | {_fmt(h.get('seconds'))} |"
+            for h in history
+        ]
     lines += ["", "## Metrics", ""]
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     lines += [f"- {k}: {_fmt(v)}" for k, v in sorted(flat.items())]
     notes = config.get("notes")
     if notes:
-        lines += ["", "## Notes", "",
-                  notes if isinstance(notes, str) else "\n".join(f"- {k}: {v}" for k, v in notes.items())]
+        lines += [
+            "",
+            "## Notes",
+            "",
+            notes if isinstance(notes, str) else "\n".join(f"- {k}: {v}" for k, v in notes.items()),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -116,8 +116,17 @@ def _positive_flat(sequences: pa.Table, positive_types):
     return ts, row, idx, items, pos
 
 
-def staleness_metrics(model, cfg, sequences: pa.Table, catalogue: Catalogue, T_ms: int, positive_types,
-                      horizon_h: float = 24.0, k: int = 10, device="cpu") -> dict:
+def staleness_metrics(
+    model,
+    cfg,
+    sequences: pa.Table,
+    catalogue: Catalogue,
+    T_ms: int,
+    positive_types,
+    horizon_h: float = 24.0,
+    k: int = 10,
+    device="cpu",
+) -> dict:
     """Vectors at T vs vectors recomputed just before each target, on positives in (T, T+horizon]."""
     ts, row, idx, items, pos = _positive_flat(sequences, positive_types)
     horizon = int(horizon_h * HOUR_MS)
@@ -158,11 +167,17 @@ def staleness_metrics(model, cfg, sequences: pa.Table, catalogue: Catalogue, T_m
     )
     loss = 100.0 * (1.0 - stale_ev[f"hr@{k}"] / fresh[f"hr@{k}"]) if fresh[f"hr@{k}"] > 0 else float("nan")
     return {
-        f"stale_recall{k}": stale[f"hr@{k}"], f"stale_ndcg{k}": stale[f"ndcg@{k}"],
-        f"stale_event_recall{k}": stale_ev[f"hr@{k}"], f"fresh_event_recall{k}": fresh[f"hr@{k}"],
-        f"fresh_event_ndcg{k}": fresh[f"ndcg@{k}"], f"stale_event_ndcg{k}": stale_ev[f"ndcg@{k}"],
-        "staleness_loss_pct": loss, "staleness_users": len(users), "staleness_targets": int(kept.sum()),
-        "staleness_T_ms": int(T_ms), "staleness_horizon_h": horizon_h,
+        f"stale_recall{k}": stale[f"hr@{k}"],
+        f"stale_ndcg{k}": stale[f"ndcg@{k}"],
+        f"stale_event_recall{k}": stale_ev[f"hr@{k}"],
+        f"fresh_event_recall{k}": fresh[f"hr@{k}"],
+        f"fresh_event_ndcg{k}": fresh[f"ndcg@{k}"],
+        f"stale_event_ndcg{k}": stale_ev[f"ndcg@{k}"],
+        "staleness_loss_pct": loss,
+        "staleness_users": len(users),
+        "staleness_targets": int(kept.sum()),
+        "staleness_T_ms": int(T_ms),
+        "staleness_horizon_h": horizon_h,
     }
 
 

@@ -314,8 +314,13 @@ def _log_epoch(record: dict, ts: TrainSettings, state: dict, budget: float) -> N
         left = 0.0
     log.info(
         "epoch %d/%d: loss %.4f, valid NDCG@10 %.4f (best %.4f), %.1f s, ETA %.1f s%s",
-        record["epoch"] + 1, ts.epochs, record["loss"], record["valid_ndcg10"], state["best"],
-        record["seconds"], left,
+        record["epoch"] + 1,
+        ts.epochs,
+        record["loss"],
+        record["valid_ndcg10"],
+        state["best"],
+        record["seconds"],
+        left,
         f" (time budget {budget:g} s reached: stopping)" if record.get("stopped") else "",
     )
 
@@ -325,18 +330,31 @@ def git_commit(where: Path | None = None) -> dict:
     """``{"git_commit": sha, "git_dirty": bool}`` of the code's checkout (empty when not a git checkout)."""
     cwd = where or Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git_commit": sha, "git_dirty": dirty} if sha else {}
 
 
 def _finite(values: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def log_to_mlflow(uri: str | None, version: str, params: dict, metrics: dict, history: list[dict]) -> bool:
@@ -350,8 +368,9 @@ def log_to_mlflow(uri: str | None, version: str, params: dict, metrics: dict, hi
         mlflow.set_tracking_uri(uri)
         with mlflow.start_run(run_name=version):
             flat = {k: v for k, v in params.items() if v is not None}
-            mlflow.log_params({k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
-                               for k, v in flat.items()})
+            mlflow.log_params(
+                {k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for k, v in flat.items()}
+            )
             mlflow.log_metrics(_finite({k.replace("@", "_at_"): v for k, v in metrics.items()}))
             for h in history:
                 step = int(h["epoch"])
@@ -363,8 +382,14 @@ def log_to_mlflow(uri: str | None, version: str, params: dict, metrics: dict, hi
 
 
 # -- from data to an artifact -------------------------------------------------------------------
-def model_config(train: TrainSettings, events: EventSettings, sequences: pa.Table, *, max_len: int,
-                 overrides: dict | None = None) -> ModelConfig:
+def model_config(
+    train: TrainSettings,
+    events: EventSettings,
+    sequences: pa.Table,
+    *,
+    max_len: int,
+    overrides: dict | None = None,
+) -> ModelConfig:
     """ModelConfig from ``train.model`` + ``overrides``; the action vocabulary from ``events``.
 
     ``max_len`` is the sequences' N (the pipeline's ``sequences.max_len``), unless ``train.model``
@@ -383,8 +408,12 @@ def model_config(train: TrainSettings, events: EventSettings, sequences: pa.Tabl
 def train_window(sequences: pa.Table) -> dict:
     flat = sequences["ts"].combine_chunks().flatten()
     lo, hi = pc.min(flat).as_py(), pc.max(flat).as_py()
-    return {"start": str(lo), "end": str(hi), "users": sequences.num_rows,
-            "events": int(pc.sum(pc.list_value_length(sequences["item_id"])).as_py() or 0)}
+    return {
+        "start": str(lo),
+        "end": str(hi),
+        "users": sequences.num_rows,
+        "events": int(pc.sum(pc.list_value_length(sequences["item_id"])).as_py() or 0),
+    }
 
 
 def checkpoint_path(layout: Layout, cfg: ModelConfig, ts: TrainSettings, window: dict) -> Path:
@@ -394,9 +423,18 @@ def checkpoint_path(layout: Layout, cfg: ModelConfig, ts: TrainSettings, window:
     return Path(layout.cache) / "train" / key / "checkpoint.pt"
 
 
-def train_model(layout: Layout, train: TrainSettings, events: EventSettings, source, *, max_len: int,
-                overrides: dict | None = None, show_progress: bool = True, card: str | None = None,
-                source_name: str | None = None) -> str:
+def train_model(
+    layout: Layout,
+    train: TrainSettings,
+    events: EventSettings,
+    source,
+    *,
+    max_len: int,
+    overrides: dict | None = None,
+    show_progress: bool = True,
+    card: str | None = None,
+    source_name: str | None = None,
+) -> str:
     """Events / sequences / trainset path -> trained, evaluated model version published under ``layout``.
 
     ``max_len``: the sequences' N (see `model_config`). ``source_name`` names the data in the lineage
@@ -416,16 +454,31 @@ def train_model(layout: Layout, train: TrainSettings, events: EventSettings, sou
     result = fit(cfg, train, split, catalogue, positive_types, ckpt, show_progress)
     metrics = leave_last_out_report(result.model, cfg, split, catalogue, positive_types, device=result.device)
     metrics.update(
-        train_s=result.train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10,
+        train_s=result.train_s,
+        epochs=result.epochs_run,
+        best_valid_ndcg10=result.best_valid_ndcg10,
         history=result.history,
     )
     if source_name is None and isinstance(source, (str, Path)):
         source_name = str(source)
     lineage = {**git_commit(), "source": source_name, "device": str(result.device)}
-    version = save_model(layout, result.model, cfg, train_window=window, metrics=metrics,
-                         card=card, train_settings=result_settings(train), lineage=lineage)
+    version = save_model(
+        layout,
+        result.model,
+        cfg,
+        train_window=window,
+        metrics=metrics,
+        card=card,
+        train_settings=result_settings(train),
+        lineage=lineage,
+    )
     ckpt.unlink(missing_ok=True)
     params = {**result_settings(train), "model": cfg.to_dict(), "train_window": window, **lineage}
-    log_to_mlflow(train.mlflow_tracking_uri, version, params,
-                  {k: v for k, v in metrics.items() if k != "history"}, result.history)
+    log_to_mlflow(
+        train.mlflow_tracking_uri,
+        version,
+        params,
+        {k: v for k, v in metrics.items() if k != "history"},
+        result.history,
+    )
     return version

@@ -85,8 +85,10 @@ def _file_tasks(partitions: list[Path]) -> list[tuple[str, int, int, int]]:
         hour = int(partition_hour(part).timestamp()) // 3600
         for f in event_files(part):
             if not os.access(f, os.R_OK):
-                raise PermissionError(f"{f}: the event file cannot be read (permission denied); fix its "
-                                      f"permissions and re-run the hour (nothing was written)")
+                raise PermissionError(
+                    f"{f}: the event file cannot be read (permission denied); fix its "
+                    f"permissions and re-run the hour (nothing was written)"
+                )
             n = splits_for(f)
             tasks += [(str(f), hour, i, n) for i in range(n)]
     return tasks
@@ -109,8 +111,9 @@ def _validate_files(rules: ValidationRules, keep_raw: bool = True, batch_rows: i
     def with_quarantine(q: pa.Table) -> list[pa.Array]:
         return [q[f.name[2:]].combine_chunks().cast(f.type) for f in Q_FIELDS]
 
-    def output(typed: pa.Table, hour: int, reasons: np.ndarray, raw: pa.Table, source: str
-               ) -> Iterator[pa.RecordBatch]:
+    def output(
+        typed: pa.Table, hour: int, reasons: np.ndarray, raw: pa.Table, source: str
+    ) -> Iterator[pa.RecordBatch]:
         ok = no_reason(reasons)
         bad = np.flatnonzero(~ok)
         if not keep_raw or not len(bad):
@@ -138,8 +141,9 @@ def _validate_files(rules: ValidationRules, keep_raw: bool = True, batch_rows: i
             tasks = zip(*[batch.column(c).to_pylist() for c in ("path", "arrival_hour", "split", "splits")])
             for path, hour, split, splits in tasks:
                 hour_rules = rules.for_hour(datetime.fromtimestamp(hour * 3600, tz=UTC))
-                for item in read_event_file(path, columns=columns, batch_rows=batch_rows,
-                                            split=split, splits=splits):
+                for item in read_event_file(
+                    path, columns=columns, batch_rows=batch_rows, split=split, splits=splits
+                ):
                     if isinstance(item, FileProblem):
                         yield from problem(item, hour)
                         continue
@@ -155,8 +159,14 @@ def empty_validated(spark: SparkSession, keep_raw: bool = True) -> DataFrame:
     return spark.createDataFrame([], spark_schema(VALIDATED if keep_raw else SLIM))
 
 
-def read_validated(spark: SparkSession, layout: Layout, partitions: list[Path], events_settings,
-                   keep_raw: bool = True, forget: ForgetList | None = None) -> DataFrame:
+def read_validated(
+    spark: SparkSession,
+    layout: Layout,
+    partitions: list[Path],
+    events_settings,
+    keep_raw: bool = True,
+    forget: ForgetList | None = None,
+) -> DataFrame:
     """Every row of these partitions, validated (schema `VALIDATED`, or `SLIM` without ``keep_raw``).
 
     Lazy; nothing reaches the driver. ``keep_raw=False`` is for reads that keep only the valid rows'
@@ -177,7 +187,8 @@ def read_validated(spark: SparkSession, layout: Layout, partitions: list[Path], 
     validate = _validate_files(rules, keep_raw, max(1, batch_rows))
     slices = min(len(tasks), max(1, 4 * spark.sparkContext.defaultParallelism))
     files = spark.sparkContext.parallelize(tasks, slices).toDF(
-        "path string, arrival_hour long, split int, splits int")
+        "path string, arrival_hour long, split int, splits int"
+    )
     return files.mapInArrow(validate, spark_schema(VALIDATED if keep_raw else SLIM))
 
 
@@ -192,8 +203,10 @@ def rejected_rows(validated: DataFrame) -> DataFrame:
     """The rejected rows and whole-file records in QUARANTINE_SCHEMA (raw values as text, reason, file...)."""
     from pyspark.sql import functions as F
 
-    cols = [F.col("reason") if f.name == "reason" else F.col(f"q_{f.name}").alias(f.name)
-            for f in QUARANTINE_SCHEMA]
+    cols = [
+        F.col("reason") if f.name == "reason" else F.col(f"q_{f.name}").alias(f.name)
+        for f in QUARANTINE_SCHEMA
+    ]
     return validated.where(F.col("reason").isNotNull()).select(*cols)
 
 

@@ -41,16 +41,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.atomic import publish_dir
+from core.forget import DIGEST_KEY, ForgetList, scrub_files
+from core.layout import HOUR, check_interval, hours, snapshot_times, stamp, utc
+from core.sequence_state import (
+    BASE,
+    DELTA,
+    LAYOUT,
+    Layer,
+    StateSnapshot,
+    data_files,
+    data_rows,
+    layer_name,
+    link_files,
+)
 from pipelines import events as ev
 from pipelines import sequences as seq
 from pipelines import state as st
-from pipelines.shards import write_shards
 from pipelines.settings import PipelineConfig
+from pipelines.shards import write_shards
 from pipelines.spark import spark_session, write_parquet
-from core.atomic import publish_dir
-from core.forget import DIGEST_KEY, ForgetList, scrub_files
-from core.layout import HOUR, check_interval, floor_hour, hours, snapshot_times, stamp, utc
-from core.sequence_state import BASE, DELTA, LAYOUT, Layer, StateSnapshot, data_files, data_rows, layer_name, link_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -64,15 +74,22 @@ def previous_state_time(layout, as_of: datetime) -> datetime | None:
     return older[-1] if older else None
 
 
-def _history_state(spark: "SparkSession", cfg: PipelineConfig, start: datetime, end: datetime,
-                   as_of: datetime, forget: ForgetList | None = None) -> "DataFrame":
+def _history_state(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    start: datetime,
+    end: datetime,
+    as_of: datetime,
+    forget: ForgetList | None = None,
+) -> DataFrame:
     """State built from the valid, deduplicated events of arrival hours [start, end) (no forgotten user)."""
     layout = cfg.layout()
     parts = ev.event_partitions(layout, start, end)
     if not parts:
         return seq.empty_state(spark)
-    valid = ev.valid_events(ev.read_validated(spark, layout, parts, cfg.events, keep_raw=False,
-                                              forget=forget))
+    valid = ev.valid_events(
+        ev.read_validated(spark, layout, parts, cfg.events, keep_raw=False, forget=forget)
+    )
     kept = valid.repartition("user_id").dropDuplicates(list(ev.SEQ_KEY))  # same shuffle serves the grouping
     return seq.build_state(kept, as_of, cfg.sequences.max_len)
 
@@ -88,9 +105,9 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
     layout, seqs, as_of = cfg.layout(), cfg.sequences, end
     forget = ForgetList.load(layout.root)  # one list for the whole run: validation, state, manifests
     prev_t = previous_state_time(layout, as_of)
-    cached: list["DataFrame"] = []
+    cached: list[DataFrame] = []
     previous: StateSnapshot | None = None
-    history: "DataFrame | None" = None  # bootstrap only: the state before `start`, built from the log
+    history: DataFrame | None = None  # bootstrap only: the state before `start`, built from the log
     if prev_t is not None:
         mode, merge_from = "incremental", prev_t
         previous = StateSnapshot(layout.state(prev_t))
@@ -160,7 +177,9 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
         active = seq.as_sequence(merged.where(active_flag), as_of)
         with publish_dir(layout.active(as_of), manifest) as active_tmp:
             buckets = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
-            manifest["shard_sizes"] = write_shards(active, active_tmp, seqs.num_shards, buckets, seqs.broadcast_active_ids)
+            manifest["shard_sizes"] = write_shards(
+                active, active_tmp, seqs.num_shards, buckets, seqs.broadcast_active_ids
+            )
             phase("active")
             state_manifest: dict[str, Any] = {}
             with publish_dir(layout.state(as_of), state_manifest) as state_tmp:
@@ -175,7 +194,9 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
                     if len(forget):  # forgotten users leave the state even without a new event
                         gone = spark.createDataFrame([(int(i),) for i in forget.ids], "user_id long")
                         untouched = untouched.join(F.broadcast(gone), "user_id", "left_anti")
-                    base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(*seq.SEQUENCE_COLUMNS)
+                    base = untouched.withColumn("as_of", F.lit(as_of).cast("timestamp")).select(
+                        *seq.SEQUENCE_COLUMNS
+                    )
                     base = base.unionByName(seq.as_sequence(merged, as_of)).coalesce(seqs.state_files)
                     write_parquet(base, state_tmp / layer_name(as_of))
                     state_users = data_rows(state_tmp / layer_name(as_of))
@@ -190,9 +211,14 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
                         # files that hold a forgotten user, without them, even if they had no new event
                         linked = [f for layer in out_layers for f in data_files(state_tmp / layer.name)]
                         per_file = scrub_files(linked, forget)
-                        out_layers = [replace(layer, rows=layer.rows - sum(
-                            len(v) for f, v in per_file.items() if f.parent.name == layer.name))
-                            for layer in out_layers]
+                        out_layers = [
+                            replace(
+                                layer,
+                                rows=layer.rows
+                                - sum(len(v) for f, v in per_file.items() if f.parent.name == layer.name),
+                            )
+                            for layer in out_layers
+                        ]
                         dropped = len(np.unique(np.concatenate(list(per_file.values())))) if per_file else 0
                         manifest["forgotten_dropped"] = dropped
                     if active_users:
@@ -200,26 +226,40 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
                         out_layers.append(Layer(layer_name(as_of), DELTA, as_of, active_users))
                     state_users = previous.num_users + new_users - dropped
                 manifest.update(state_users=state_users, state_layers=len(out_layers), compacted=compact)
-                state_manifest.update(manifest, layout=LAYOUT, layers=[layer.to_json() for layer in out_layers])
+                state_manifest.update(
+                    manifest, layout=LAYOUT, layers=[layer.to_json() for layer in out_layers]
+                )
             phase("state")
             manifest["phase_seconds"] = phases
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
     finally:
         for df in cached:
             df.unpersist()
-    log.info("sequences %s: %s", stamp(as_of), {k: manifest[k] for k in ("mode", "valid_events", "active_users", "compacted")})
+    log.info(
+        "sequences %s: %s",
+        stamp(as_of),
+        {k: manifest[k] for k in ("mode", "valid_events", "active_users", "compacted")},
+    )
     return manifest
 
 
-def backfill_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=None) -> list[dict[str, Any]]:
+def backfill_sequences(
+    cfg: PipelineConfig, start: datetime, end: datetime, spark=None
+) -> list[dict[str, Any]]:
     """Hourly updates for every hour of [start, end), in order, in one Spark application."""
     start, end = check_interval(start, end)
     spark = spark or spark_session(cfg.spark)
     return [update_sequences(cfg, h, h + HOUR, spark=spark) for h in hours(start, end)]
 
 
-def rebuild_state(cfg: PipelineConfig, as_of: datetime, *, lookback_hours: int | None = None, spark=None,
-                  out: Path | None = None) -> dict[str, Any]:
+def rebuild_state(
+    cfg: PipelineConfig,
+    as_of: datetime,
+    *,
+    lookback_hours: int | None = None,
+    spark=None,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Build the state as of ``as_of`` from the history alone (no previous state), in one shuffle.
 
     Reads arrival hours [as_of - lookback, as_of) (default: the bootstrap lookback) and publishes
@@ -232,10 +272,17 @@ def rebuild_state(cfg: PipelineConfig, as_of: datetime, *, lookback_hours: int |
     spark = spark or spark_session(cfg.spark)
     layout = cfg.layout()
     lookback = cfg.sequences.bootstrap_lookback_hours if lookback_hours is None else lookback_hours
-    state = _history_state(spark, cfg, as_of - timedelta(hours=lookback), as_of, as_of,
-                           ForgetList.load(layout.root))
-    manifest: dict[str, Any] = {"as_of": as_of.isoformat(), "mode": "rebuild", "lookback_hours": lookback,
-                                "max_len": cfg.sequences.max_len, "contract": "sequence/1", "layout": LAYOUT}
+    state = _history_state(
+        spark, cfg, as_of - timedelta(hours=lookback), as_of, as_of, ForgetList.load(layout.root)
+    )
+    manifest: dict[str, Any] = {
+        "as_of": as_of.isoformat(),
+        "mode": "rebuild",
+        "lookback_hours": lookback,
+        "max_len": cfg.sequences.max_len,
+        "contract": "sequence/1",
+        "layout": LAYOUT,
+    }
     with publish_dir(out or layout.state(as_of), manifest) as tmp:
         write_parquet(state.coalesce(cfg.sequences.state_files), tmp / layer_name(as_of))
         manifest["state_users"] = data_rows(tmp / layer_name(as_of))

@@ -31,9 +31,7 @@ def shard_file(directory: Path, shard: int) -> Path:
     return Path(directory) / f"shard={shard:05d}.parquet"
 
 
-def balanced_shards(
-    df: DataFrame, num_shards: int, buckets: int, broadcast_map: bool = True
-) -> DataFrame:
+def balanced_shards(df: DataFrame, num_shards: int, buckets: int, broadcast_map: bool = True) -> DataFrame:
     """``df`` (one row per user) with an int column ``shard`` in [0, K), sizes equal within one user.
 
     The ranking runs on the user ids alone; the (user_id -> shard) map is then joined back (broadcast

@@ -28,8 +28,18 @@ from store.settings import RedisSettings
 
 # Connection and topology commands every client needs. (redis-py's CLIENT SETINFO on connect is not
 # granted: it does not exist before Redis 7.2, and redis-py ignores its refusal.)
-CLIENT_COMMANDS = ["+ping", "+hello", "+auth", "+client|setname", "+command",
-                   "+cluster|slots", "+cluster|shards", "+cluster|nodes", "+cluster|info", "+readonly"]
+CLIENT_COMMANDS = [
+    "+ping",
+    "+hello",
+    "+auth",
+    "+client|setname",
+    "+command",
+    "+cluster|slots",
+    "+cluster|shards",
+    "+cluster|nodes",
+    "+cluster|info",
+    "+readonly",
+]
 ROLES = ("admin", "writer", "reader")
 DEFAULT_OFF = ["off", "resetpass", "resetkeys", "resetchannels", "-@all"]  # the default user, locked
 
@@ -42,8 +52,19 @@ def reader_rules(namespace: str = "soe") -> list[str]:
 
 
 def writer_rules(namespace: str = "soe") -> list[str]:
-    return ["resetkeys", "resetchannels", f"~{namespace}:*", "-@all", "+@read", "+@write", "-@dangerous",
-            "-@scripting", "+fcall", "+fcall_ro", *CLIENT_COMMANDS]
+    return [
+        "resetkeys",
+        "resetchannels",
+        f"~{namespace}:*",
+        "-@all",
+        "+@read",
+        "+@write",
+        "-@dangerous",
+        "-@scripting",
+        "+fcall",
+        "+fcall_ro",
+        *CLIENT_COMMANDS,
+    ]
 
 
 def admin_rules(namespace: str = "soe") -> list[str]:
@@ -83,8 +104,10 @@ def acl_file(users: Users, namespace: str = "soe", default_password=None) -> str
     if default_password is not None:
         users = {"default": ("admin", default_password), **{n: u for n, u in users.items() if n != "default"}}
     if not any(role == "admin" for role, _ in users.values()):
-        raise ValueError("an aclfile needs an admin: a user of role 'admin', or a password for the default "
-                         "user (it is switched off otherwise)")
+        raise ValueError(
+            "an aclfile needs an admin: a user of role 'admin', or a password for the default "
+            "user (it is switched off otherwise)"
+        )
     default = _default_rules(users, namespace)
     lines = [" ".join(["user", "default", *(default[1:] if default[0] == "reset" else default)])]
     for name, (role, password) in users.items():
@@ -93,8 +116,9 @@ def acl_file(users: Users, namespace: str = "soe", default_password=None) -> str
     return "\n".join(lines) + "\n"
 
 
-def apply_acl(admin: RedisSettings, users: Users, namespace: str = "soe", *,
-              limits: Limits | None = None) -> list[str]:
+def apply_acl(
+    admin: RedisSettings, users: Users, namespace: str = "soe", *, limits: Limits | None = None
+) -> list[str]:
     """On every node of the deployment ``admin`` (settings of a user with admin rights): create or
     replace ``users``, load the ``soe`` function library (``limits``: those of ``admin``), then lock
     the default user (off, or the admin's password when ``users`` holds ``"default"``). The nodes.
@@ -109,16 +133,26 @@ def apply_acl(admin: RedisSettings, users: Users, namespace: str = "soe", *,
 
     has_admin = any(role == "admin" for role, _ in users.values())
     if not has_admin and admin.username in (None, "default"):
-        raise ValueError("refusing to switch the default user off without another admin: add an admin "
-                         "user (soe redis acl --admin NAME), or connect as an existing admin user")
+        raise ValueError(
+            "refusing to switch the default user off without another admin: add an admin "
+            "user (soe redis acl --admin NAME), or connect as an existing admin user"
+        )
     default = _default_rules(users, namespace)
     src = functions.library_source(limits or Limits.of(admin))
     client = connect(admin)
-    nodes = ([(n.host, n.port) for n in client.get_nodes()] if admin.mode == "cluster"
-             else [(admin.host, admin.port)])
+    nodes = (
+        [(n.host, n.port) for n in client.get_nodes()]
+        if admin.mode == "cluster"
+        else [(admin.host, admin.port)]
+    )
     for host, port in nodes:
-        node = redis.Redis(host=host, port=port, username=admin.username, password=admin.secret(),
-                           socket_timeout=admin.socket_timeout_s)
+        node = redis.Redis(
+            host=host,
+            port=port,
+            username=admin.username,
+            password=admin.secret(),
+            socket_timeout=admin.socket_timeout_s,
+        )
         for name, (role, password) in users.items():
             if name != "default":
                 node.execute_command("ACL", "SETUSER", name, *user_rules(role, password, namespace))

@@ -65,8 +65,12 @@ class UpsertCounts:
         return self
 
     def as_dict(self) -> dict[str, int]:
-        return {"written": self.written, "unchanged": self.unchanged, "stale": self.stale,
-                "duplicates": self.duplicates}
+        return {
+            "written": self.written,
+            "unchanged": self.unchanged,
+            "stale": self.stale,
+            "duplicates": self.duplicates,
+        }
 
 
 @dataclass
@@ -119,15 +123,17 @@ def check_kind(kind: str, model: str | None) -> None:
     if kind not in KINDS:
         raise ValueError(f"record kind must be one of {KINDS}, got {kind!r}")
     if (kind == "positives") != (model is None):
-        raise ValueError("positives are model independent (model=None); vectors and neighbours need a model"
-                         f" (got kind={kind!r}, model={model!r})")
+        raise ValueError(
+            "positives are model independent (model=None); vectors and neighbours need a model"
+            f" (got kind={kind!r}, model={model!r})"
+        )
     if model is not None:
         model_name(model)
 
 
 def value_as_of(value: bytes) -> int:
     """The as_of (int64 ms, little-endian, bytes 4-11) of a stored value: what the upsert compares."""
-    return int.from_bytes(value[AS_OF_OFFSET:AS_OF_OFFSET + 8], "little", signed=True)
+    return int.from_bytes(value[AS_OF_OFFSET : AS_OF_OFFSET + 8], "little", signed=True)
 
 
 def newest_per_user(user_ids: np.ndarray, as_of: np.ndarray) -> np.ndarray:
@@ -151,12 +157,16 @@ def check_values(kind: Kind, batch: Batch, meta: ModelMeta | None, limits: Limit
     if kind == "vectors":
         assert meta is not None  # check_kind / meta_or_raise
         if meta.dim > limits.max_dim:
-            raise ValueError(f"model namespace {meta.model!r} has dim {meta.dim}, over the store's limit "
-                             f"redis.max_dim = {limits.max_dim}")
+            raise ValueError(
+                f"model namespace {meta.model!r} has dim {meta.dim}, over the store's limit "
+                f"redis.max_dim = {limits.max_dim}"
+            )
         head = (FORMAT_VERSION, VECTOR_KINDS[meta.dtype], meta.dim & 0xFF, meta.dim >> 8)
         size = value_size(meta.dtype, meta.dim)
-        why = (f"is not a {meta.dtype} vector of dim {meta.dim} ({size} bytes, format version "
-               f"{FORMAT_VERSION}) as model namespace {meta.model!r} holds")
+        why = (
+            f"is not a {meta.dtype} vector of dim {meta.dim} ({size} bytes, format version "
+            f"{FORMAT_VERSION}) as model namespace {meta.model!r} holds"
+        )
         if isinstance(batch.values, np.ndarray):
             rows = batch.values
             if len(rows) and rows.shape[1] != size:
@@ -179,8 +189,9 @@ def check_values(kind: Kind, batch: Batch, meta: ModelMeta | None, limits: Limit
         if n > most:
             raise _refuse(kind, int(batch.ids[i]), f"holds {n} entries, over {setting} = {most}")
         if len(v) != HEADER_SIZE + 12 * n:
-            raise _refuse(kind, int(batch.ids[i]), f"is {len(v)} bytes, its header implies "
-                                                    f"{HEADER_SIZE + 12 * n}")
+            raise _refuse(
+                kind, int(batch.ids[i]), f"is {len(v)} bytes, its header implies {HEADER_SIZE + 12 * n}"
+            )
 
 
 def stored_model(value: object, where: str) -> str:
@@ -235,8 +246,9 @@ class VectorStore(ABC):
 
     # -- records ----------------------------------------------------------------------------------
     @abstractmethod
-    def upsert(self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *,
-               ttl_s: float | None = None) -> UpsertCounts:
+    def upsert(
+        self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *, ttl_s: float | None = None
+    ) -> UpsertCounts:
         """Conditional upsert: each user's value is stored unless the stored one has a newer as_of.
 
         ``values`` are store.format values (uint8 (n, size) rows or bytes per user); ``as_of`` int64 ms,
@@ -246,8 +258,9 @@ class VectorStore(ABC):
         """
 
     @abstractmethod
-    def get(self, kind: Kind, model: str | None, user_ids, *,
-            meta: ModelMeta | None = None) -> list[bytes | None]:
+    def get(
+        self, kind: Kind, model: str | None, user_ids, *, meta: ModelMeta | None = None
+    ) -> list[bytes | None]:
         """The stored values, aligned with ``user_ids`` (duplicates allowed), None where missing.
 
         A namespace that does not exist has no records. ``meta``: the namespace's metadata when the
@@ -299,8 +312,9 @@ class VectorStore(ABC):
         """Atomically swap current and previous (rollback); LookupError when there is no previous."""
 
     # -- derived ----------------------------------------------------------------------------------
-    def checked_upsert(self, kind: Kind, model: str | None, user_ids, values: Values,
-                       as_of) -> tuple[Batch, ModelMeta | None]:
+    def checked_upsert(
+        self, kind: Kind, model: str | None, user_ids, values: Values, as_of
+    ) -> tuple[Batch, ModelMeta | None]:
         """What every backend's `upsert` does first: check the kind, the namespace (LookupError when
         missing), the input (`prepare_upsert`) and every value (`check_values`)."""
         check_kind(kind, model)
@@ -329,15 +343,27 @@ class VectorStore(ABC):
         check_name("model version", model)
         meta = self.model_meta(model)
         if meta is None:
-            self.write_meta(model, {"dim": str(dim), "dtype": dtype, "buckets": str(buckets), "format": "1",
-                                    "created_at": now_text()}, if_absent=True)
+            self.write_meta(
+                model,
+                {
+                    "dim": str(dim),
+                    "dtype": dtype,
+                    "buckets": str(buckets),
+                    "format": "1",
+                    "created_at": now_text(),
+                },
+                if_absent=True,
+            )
             meta = self.model_meta(model)
             if meta is None:
-                raise LookupError(f"model namespace {model!r} vanished while it was created "
-                                  "(dropped concurrently?)")
+                raise LookupError(
+                    f"model namespace {model!r} vanished while it was created (dropped concurrently?)"
+                )
         if (meta.dim, meta.dtype) != (dim, dtype):
-            raise ValueError(f"model namespace {model!r} holds {meta.dtype} vectors of dim {meta.dim}; "
-                             f"refusing to write {dtype} of dim {dim} (use a new model version)")
+            raise ValueError(
+                f"model namespace {model!r} holds {meta.dtype} vectors of dim {meta.dim}; "
+                f"refusing to write {dtype} of dim {dim} (use a new model version)"
+            )
         return meta
 
     def update_meta(self, model: str, **fields: object) -> None:
@@ -347,8 +373,9 @@ class VectorStore(ABC):
     def meta_or_raise(self, model: str) -> ModelMeta:
         meta = self.model_meta(model)
         if meta is None:
-            raise LookupError(f"model namespace {model!r} does not exist in the store "
-                              f"(published models: {self.models()})")
+            raise LookupError(
+                f"model namespace {model!r} does not exist in the store (published models: {self.models()})"
+            )
         return meta
 
     def upsert_vectors(self, model: str, user_ids, values: np.ndarray, as_of) -> UpsertCounts:

@@ -27,8 +27,14 @@ from store.settings import RedisSettings
 
 
 class LookupClient:
-    def __init__(self, redis_settings: RedisSettings, *, model: str | None = None,
-                 pointer_ttl_s: float | None = None, store: VectorStore | None = None):
+    def __init__(
+        self,
+        redis_settings: RedisSettings,
+        *,
+        model: str | None = None,
+        pointer_ttl_s: float | None = None,
+        store: VectorStore | None = None,
+    ):
         self.store = store if store is not None else open_store(redis_settings)
         # read this model instead of following the pointer (the pointer's value is checked by the store)
         self.pinned = None if model is None else check_name("model version", model)
@@ -50,14 +56,16 @@ class LookupClient:
     def _model_meta(self) -> ModelMeta:
         model = self.current_model()
         if model is None:
-            raise LookupError("no current model in the store: publish a model and run "
-                              "`soe models switch VERSION`")
+            raise LookupError(
+                "no current model in the store: publish a model and run `soe models switch VERSION`"
+            )
         meta = self._meta.get(model)
         if meta is None:
             meta = self.store.model_meta(model)
             if meta is None:
-                raise LookupError(f"the current model {model!r} has no namespace in the store "
-                                  "(was it cleaned up?)")
+                raise LookupError(
+                    f"the current model {model!r} has no namespace in the store (was it cleaned up?)"
+                )
             self._meta[model] = meta
         return meta
 

@@ -72,8 +72,11 @@ def forget_in_graphs(redis: RedisSettings, layout: Layout, store: VectorStore, f
     from store.graph.snapshot import latest_snapshot, scrub_snapshot
 
     root = Path(layout.root) / "graph"
-    on_disk = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")} \
-        if root.is_dir() else set()
+    on_disk = (
+        {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        if root.is_dir()
+        else set()
+    )
     in_store = set(store.models())
     out: dict[str, dict] = {}
     for model in sorted(on_disk):
@@ -86,15 +89,24 @@ def forget_in_graphs(redis: RedisSettings, layout: Layout, store: VectorStore, f
                 write_neighbour_lists(redis, model, s.vectors.dim, ids, nbr, scores, s.as_of, store=store)
 
         r = scrub_snapshot(snap.path, forget, on_relisted=to_store)
-        out[model] = {"as_of": snap.manifest["as_of"], "users": r["users"],
-                      "relisted": int(len(r["relisted"]))}
-        log.info("forget: graph %s as_of=%s: %d users removed, %d lists searched again", model,
-                 snap.manifest["as_of"], r["users"], len(r["relisted"]))
+        out[model] = {
+            "as_of": snap.manifest["as_of"],
+            "users": r["users"],
+            "relisted": int(len(r["relisted"])),
+        }
+        log.info(
+            "forget: graph %s as_of=%s: %d users removed, %d lists searched again",
+            model,
+            snap.manifest["as_of"],
+            r["users"],
+            len(r["relisted"]),
+        )
     return out
 
 
-def forget_everywhere(redis: RedisSettings, layout: Layout, user_ids, *,
-                      store: VectorStore | None = None) -> dict:
+def forget_everywhere(
+    redis: RedisSettings, layout: Layout, user_ids, *, store: VectorStore | None = None
+) -> dict:
     """``soe forget``: tombstones first, then the store, then the served graph (see the module docstring)."""
     ids = np.unique(np.asarray(user_ids, dtype=np.int64))
     tombstones = record_tombstones(layout.root, ids)

@@ -132,8 +132,13 @@ def _check_len(value: bytes, h: Header, got: int) -> None:
 def record_dtype(dtype: str, dim: int) -> np.dtype:
     """The numpy record layout of one encoded vector (header fields + payload), packed."""
     kind = KINDS[dtype]
-    fields: list[tuple[Any, ...]] = [("version", "u1"), ("kind", "u1"), ("n", "<u2"), ("as_of", "<i8"),
-                                     ("model_id", "<u4")]
+    fields: list[tuple[Any, ...]] = [
+        ("version", "u1"),
+        ("kind", "u1"),
+        ("n", "<u2"),
+        ("as_of", "<i8"),
+        ("model_id", "<u4"),
+    ]
     if kind == 3:
         fields.append(("scale", "<f4"))
     fields.append(("payload", _DTYPES[kind], (dim,)))
@@ -189,8 +194,9 @@ def decode_vectors(values: Sequence[bytes | None], dim: int | None = None):
     rdt = record_dtype(name, h.n)
     blob = b"".join(present)
     if len(blob) != rdt.itemsize * len(present):
-        raise FormatError(f"{len(present)} values of mixed sizes: expected {rdt.itemsize} bytes each "
-                          f"({name}, d={h.n})")
+        raise FormatError(
+            f"{len(present)} values of mixed sizes: expected {rdt.itemsize} bytes each ({name}, d={h.n})"
+        )
     rec = np.frombuffer(blob, dtype=rdt)
     # the first 4 header bytes of every record (version, kind, n) in one strided view and one comparison
     head = np.ndarray((len(present),), dtype="<u4", buffer=blob, strides=(rdt.itemsize,))
@@ -215,14 +221,16 @@ def encode_neighbours(neighbor_ids, scores, as_of, model_version: str) -> bytes:
     ids = np.asarray(neighbor_ids, dtype="<i8").reshape(-1)
     sc = np.asarray(scores, dtype="<f4").reshape(-1)
     if ids.size != sc.size or ids.size > 65535:
-        raise ValueError(f"neighbour ids ({ids.size}) and scores ({sc.size}) must have one equal length "
-                         "<= 65535")
+        raise ValueError(
+            f"neighbour ids ({ids.size}) and scores ({sc.size}) must have one equal length <= 65535"
+        )
     header = HEADER.pack(FORMAT_VERSION, NEIGHBOURS, ids.size, as_of_ms(as_of), model_id(model_version))
     return header + ids.tobytes() + sc.tobytes()
 
 
-def encode_neighbour_lists(neighbor_ids: Sequence, scores: Sequence, as_of,
-                           model_version: str) -> list[bytes]:
+def encode_neighbour_lists(
+    neighbor_ids: Sequence, scores: Sequence, as_of, model_version: str
+) -> list[bytes]:
     """Many users' lists (ragged allowed) -> one value each."""
     return [encode_neighbours(i, s, as_of, model_version) for i, s in zip(neighbor_ids, scores, strict=True)]
 
@@ -233,8 +241,9 @@ def decode_neighbours(value: bytes) -> tuple[np.ndarray, np.ndarray, Header]:
     if h.kind != NEIGHBOURS:
         raise FormatError(f"value kind {h.kind} is not a neighbour list")
     if len(value) != HEADER_SIZE + 12 * h.n:
-        raise FormatError(f"neighbour value of {len(value)} bytes, its header says k={h.n} "
-                          f"({HEADER_SIZE + 12 * h.n} bytes)")
+        raise FormatError(
+            f"neighbour value of {len(value)} bytes, its header says k={h.n} ({HEADER_SIZE + 12 * h.n} bytes)"
+        )
     ids = np.frombuffer(value, dtype="<i8", count=h.n, offset=HEADER_SIZE).astype(np.int64)
     sc = np.frombuffer(value, dtype="<f4", count=h.n, offset=HEADER_SIZE + 8 * h.n).astype(np.float32)
     return ids, sc, h

@@ -183,9 +183,12 @@ def library_source(limits: Limits = Limits()) -> str:
         value = getattr(limits, name)
         if not isinstance(value, int) or not 1 <= value <= 65535:
             raise ValueError(f"{name} must be an integer in 1..65535, got {value!r}")
-    return (_LIBRARY.replace("@VERSION@", str(LIBRARY_VERSION)).replace("@MAX_DIM@", str(limits.max_dim))
-            .replace("@MAX_NEIGHBOURS@", str(limits.max_neighbours))
-            .replace("@MAX_POSITIVES@", str(limits.max_positives)))
+    return (
+        _LIBRARY.replace("@VERSION@", str(LIBRARY_VERSION))
+        .replace("@MAX_DIM@", str(limits.max_dim))
+        .replace("@MAX_NEIGHBOURS@", str(limits.max_neighbours))
+        .replace("@MAX_POSITIVES@", str(limits.max_positives))
+    )
 
 
 def function_missing(exc: BaseException) -> bool:
@@ -222,9 +225,11 @@ def _load_on(name: str, node: Any, src: str) -> str:
     try:
         node.execute_command("FUNCTION", "LOAD", "REPLACE", src)
     except redis.exceptions.NoPermissionError:
-        raise PermissionError(f"the '{LIBRARY}' function library (version {LIBRARY_VERSION}) is not loaded "
-                              f"on {name} and this Redis user may not load it: an admin runs "
-                              "`soe redis functions load` (or `soe redis acl`)") from None
+        raise PermissionError(
+            f"the '{LIBRARY}' function library (version {LIBRARY_VERSION}) is not loaded "
+            f"on {name} and this Redis user may not load it: an admin runs "
+            "`soe redis functions load` (or `soe redis acl`)"
+        ) from None
     return name
 
 
@@ -241,5 +246,8 @@ def ensure(client: Any, limits: Limits = Limits()) -> list[str]:
     (an admin or a development server's default user); without it a PermissionError says what to run.
     """
     src = library_source(limits)
-    return [_load_on(name, node, src) for name, node in node_clients(client)
-            if (info(node) or {}).get("version") != str(LIBRARY_VERSION)]
+    return [
+        _load_on(name, node, src)
+        for name, node in node_clients(client)
+        if (info(node) or {}).get("version") != str(LIBRARY_VERSION)
+    ]

@@ -65,8 +65,9 @@ class LocalRedis:
 
         seeds = [f"{self.host}:{p}" for p in self.ports] if self.mode == "cluster" else []
         creds = {"username": self.admin[0], "password": self.admin[1]} if self.admin else {}
-        return RedisSettings(mode=self.mode, host=self.host, port=self.ports[0], startup_nodes=seeds,
-                             **{**creds, **overrides})
+        return RedisSettings(
+            mode=self.mode, host=self.host, port=self.ports[0], startup_nodes=seeds, **{**creds, **overrides}
+        )
 
     def client(self, port: int | None = None, **kw: Any):
         """A redis-py client of one node (the first by default), as the admin when there is one."""
@@ -117,8 +118,9 @@ def free_ports(n: int, cluster_bus: bool = False, host: str = "127.0.0.1") -> li
 
 
 # -- one node -------------------------------------------------------------------------------------
-def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool,
-                extra: dict[str, str] | None) -> Path:
+def _write_conf(
+    node_dir: Path, port: int, cluster: bool, persist: bool, extra: dict[str, str] | None
+) -> Path:
     conf = {
         "bind": "127.0.0.1",
         "port": str(port),
@@ -134,8 +136,11 @@ def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool,
         **MEMORY_CONF,
     }
     if cluster:
-        conf |= {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
-                 "cluster-node-timeout": "5000"}
+        conf |= {
+            "cluster-enabled": "yes",
+            "cluster-config-file": "nodes.conf",
+            "cluster-node-timeout": "5000",
+        }
     conf |= extra or {}
     path = node_dir / "redis.conf"
     path.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
@@ -145,11 +150,13 @@ def _write_conf(node_dir: Path, port: int, cluster: bool, persist: bool,
 def _spawn(node_dir: Path, conf: Path, server_bin: str) -> int:
     binary = shutil.which(server_bin) or server_bin
     if not Path(binary).exists():
-        raise FileNotFoundError(f"redis-server binary {server_bin!r} not found: install redis-server "
-                                "(apt install redis-server)")
+        raise FileNotFoundError(
+            f"redis-server binary {server_bin!r} not found: install redis-server (apt install redis-server)"
+        )
     with open(node_dir / "stdout.log", "ab") as out:
-        proc = subprocess.Popen([binary, str(conf)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [binary, str(conf)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return proc.pid
 
 
@@ -191,12 +198,20 @@ def _wait_ready(node_dir: Path, pid: int, host: str, port: int, timeout: float) 
         f = node_dir / name
         if f.is_file():
             tail += f.read_text(errors="replace")[-800:]
-    raise RuntimeError(f"redis-server on port {port} did not become ready within {timeout}s; "
-                       f"log tail:\n{tail}")
+    raise RuntimeError(
+        f"redis-server on port {port} did not become ready within {timeout}s; log tail:\n{tail}"
+    )
 
 
-def _start_nodes(work_dir: Path, ports: list[int], cluster: bool, persist: bool, server_bin: str,
-                 extra: dict[str, str] | None, timeout: float) -> list[int]:
+def _start_nodes(
+    work_dir: Path,
+    ports: list[int],
+    cluster: bool,
+    persist: bool,
+    server_bin: str,
+    extra: dict[str, str] | None,
+    timeout: float,
+) -> list[int]:
     pids = []
     for port in ports:
         node_dir = work_dir / f"node-{port}"
@@ -215,8 +230,9 @@ def _start_nodes(work_dir: Path, ports: list[int], cluster: bool, persist: bool,
 
 
 # -- public API -----------------------------------------------------------------------------------
-def _acl_setup(work_dir: Path, acl: dict[str, tuple[str, object]] | None,
-               extra_conf: dict[str, str] | None) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
+def _acl_setup(
+    work_dir: Path, acl: dict[str, tuple[str, object]] | None, extra_conf: dict[str, str] | None
+) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
     """Write ``<work_dir>/users.acl`` for ``acl`` (default user off) and return the config to load it
     and the admin's credentials; nothing when ``acl`` is None."""
     if acl is None:
@@ -240,9 +256,16 @@ def _load_functions(server: LocalRedis) -> None:
         functions.load(server.client(port, socket_timeout=5))
 
 
-def start_single(work_dir: Path, port: int | None = None, *, persist: bool = False,
-                 server_bin: str = "redis-server", extra_conf: dict[str, str] | None = None,
-                 timeout: float = 15.0, acl: dict[str, tuple[str, object]] | None = None) -> LocalRedis:
+def start_single(
+    work_dir: Path,
+    port: int | None = None,
+    *,
+    persist: bool = False,
+    server_bin: str = "redis-server",
+    extra_conf: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    acl: dict[str, tuple[str, object]] | None = None,
+) -> LocalRedis:
     """Start one redis-server on 127.0.0.1 (a free port when ``port`` is None) and wait until it answers.
 
     ``acl``: ACL users (store.acl roles; one admin), the default user off, the function library loaded.
@@ -254,8 +277,10 @@ def start_single(work_dir: Path, port: int | None = None, *, persist: bool = Fal
     for attempt in range(3):
         ports = [port] if port else free_ports(1)
         if port and not _port_free(port):
-            raise ValueError(f"port {port} on 127.0.0.1 is already in use "
-                             "(is another redis-server running? `soe redis status`)")
+            raise ValueError(
+                f"port {port} on 127.0.0.1 is already in use "
+                "(is another redis-server running? `soe redis status`)"
+            )
         try:
             pids = _start_nodes(work_dir, ports, False, persist, server_bin, extra_conf, timeout)
             break
@@ -273,9 +298,17 @@ def start_single(work_dir: Path, port: int | None = None, *, persist: bool = Fal
     return server
 
 
-def start_cluster(work_dir: Path, ports: list[int] | None = None, *, masters: int = 3, persist: bool = False,
-                  server_bin: str = "redis-server", extra_conf: dict[str, str] | None = None,
-                  timeout: float = 30.0, acl: dict[str, tuple[str, object]] | None = None) -> LocalRedis:
+def start_cluster(
+    work_dir: Path,
+    ports: list[int] | None = None,
+    *,
+    masters: int = 3,
+    persist: bool = False,
+    server_bin: str = "redis-server",
+    extra_conf: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    acl: dict[str, tuple[str, object]] | None = None,
+) -> LocalRedis:
     """Start ``masters`` cluster-enabled nodes, join them into one cluster (no replicas), wait for
     state ok. ``acl``: as for `start_single`."""
     work_dir = Path(work_dir)
@@ -313,9 +346,11 @@ def _create_cluster(server: LocalRedis, timeout: float) -> None:
     n = len(nodes)
     assigned = [int(node.cluster("info").get("cluster_slots_assigned", 0)) for node in nodes]
     if any(assigned) and not all(assigned):
-        raise ValueError(f"{server.work_dir} holds cluster state (nodes.conf) for other ports than "
-                         f"{server.ports}: start with the same ports as before, or remove the node-* "
-                         "directories")
+        raise ValueError(
+            f"{server.work_dir} holds cluster state (nodes.conf) for other ports than "
+            f"{server.ports}: start with the same ports as before, or remove the node-* "
+            "directories"
+        )
     if not any(assigned):  # a new cluster (a restarted persistent one keeps its nodes.conf)
         for i, node in enumerate(nodes):
             lo, hi = i * 16384 // n, (i + 1) * 16384 // n - 1
@@ -326,19 +361,23 @@ def _create_cluster(server: LocalRedis, timeout: float) -> None:
     while time.monotonic() < deadline:
         infos = [node.cluster("info") for node in nodes]
         # every node must know the others and agree on the slot map before clients use it
-        if (all(i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == n for i in infos)
-                and all(len(node.execute_command("CLUSTER SLOTS")) == n for node in nodes)):
+        if all(
+            i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == n for i in infos
+        ) and all(len(node.execute_command("CLUSTER SLOTS")) == n for node in nodes):
             return
         time.sleep(0.1)
-    raise RuntimeError(f"local Redis Cluster on ports {server.ports} did not reach state ok "
-                       f"within {timeout}s")
+    raise RuntimeError(
+        f"local Redis Cluster on ports {server.ports} did not reach state ok within {timeout}s"
+    )
 
 
 def _refuse_running(work_dir: Path) -> None:
     existing = LocalRedis.load(work_dir)
     if existing and any(_alive(pid) for pid in existing.pids):
-        raise ValueError(f"a local Redis ({existing.mode}, ports {existing.ports}) already runs from "
-                         f"{work_dir}; `soe redis stop` first")
+        raise ValueError(
+            f"a local Redis ({existing.mode}, ports {existing.ports}) already runs from "
+            f"{work_dir}; `soe redis stop` first"
+        )
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -376,7 +415,13 @@ def status(work_dir: Path) -> dict:
     server = LocalRedis.load(Path(work_dir))
     if server is None:
         return {"running": False, "work_dir": str(work_dir)}
-    nodes = [{"port": p, "pid": pid, "alive": _alive(pid), "ping": ping(server.host, p)}
-             for p, pid in zip(server.ports, server.pids)]
-    return {"running": all(n["ping"] for n in nodes), "mode": server.mode, "work_dir": str(work_dir),
-            "nodes": nodes}
+    nodes = [
+        {"port": p, "pid": pid, "alive": _alive(pid), "ping": ping(server.host, p)}
+        for p, pid in zip(server.ports, server.pids)
+    ]
+    return {
+        "running": all(n["ping"] for n in nodes),
+        "mode": server.mode,
+        "work_dir": str(work_dir),
+        "nodes": nodes,
+    }

@@ -39,11 +39,14 @@ def switch_current(target: Target, version: str) -> dict:
     check_name("model version", version)
     meta = store.model_meta(version)
     if meta is None:
-        raise LookupError(f"model {version!r} has no namespace in the store: publish it first "
-                          f"(published models: {store.models()})")
+        raise LookupError(
+            f"model {version!r} has no namespace in the store: publish it first "
+            f"(published models: {store.models()})"
+        )
     if not store.manifests(version):
-        raise LookupError(f"model {version!r} has no completed publish (no manifest): "
-                          "refusing to switch to it")
+        raise LookupError(
+            f"model {version!r} has no completed publish (no manifest): refusing to switch to it"
+        )
     pointer = store.switch_pointer(version)
     log.info("current model -> %s (previous %s)", pointer.get("current"), pointer.get("previous"))
     return pointer
@@ -56,8 +59,9 @@ def rollback(target: Target) -> dict:
     if previous and store.model_meta(previous) is None:
         raise LookupError(f"previous model {previous!r} was removed from the store: cannot roll back to it")
     pointer = store.swap_pointer()
-    log.info("rolled back: current model -> %s (previous %s)", pointer.get("current"),
-             pointer.get("previous"))
+    log.info(
+        "rolled back: current model -> %s (previous %s)", pointer.get("current"), pointer.get("previous")
+    )
     return pointer
 
 
@@ -75,14 +79,19 @@ def cleanup(target: Target, *, dry_run: bool = False, include_pending: bool = Fa
             continue
         meta = store.model_meta(model)
         created = meta.extra.get("created_at") if meta else None
-        pending = bool(switched and created
-                       and datetime.fromisoformat(created) > datetime.fromisoformat(switched))
+        pending = bool(
+            switched and created and datetime.fromisoformat(created) > datetime.fromisoformat(switched)
+        )
         if pending and not include_pending:
             kept.append(model)
             continue
         removed[model] = 0 if dry_run else store.drop_model(model)
-        log.info("cleanup: %s namespace %s (%d removed)", "would drop" if dry_run else "dropped", model,
-                 removed[model])
+        log.info(
+            "cleanup: %s namespace %s (%d removed)",
+            "would drop" if dry_run else "dropped",
+            model,
+            removed[model],
+        )
     return {"removed": removed, "kept": sorted(kept), "dry_run": dry_run}
 
 
@@ -93,8 +102,13 @@ def list_models(target: Target) -> list[dict]:
     out = []
     for model in store.models():
         meta = store.model_meta(model)
-        role = ("current" if model == pointer.get("current")
-                else "previous" if model == pointer.get("previous") else "")
+        role = (
+            "current"
+            if model == pointer.get("current")
+            else "previous"
+            if model == pointer.get("previous")
+            else ""
+        )
         shape = {"dim": meta.dim, "dtype": meta.dtype, "buckets": meta.buckets, **meta.extra} if meta else {}
         out.append({"model": model, "role": role, **shape})
     return out

@@ -44,14 +44,17 @@ def shard_dirs(layout: Layout, model_version: str, as_of: datetime, shard: int |
     if shard is not None:
         d = layout.embeddings(model_version, as_of) / f"shard={shard:05d}"
         if not is_complete(d):
-            raise FileNotFoundError(f"embedding shard {d} is not published (no _SUCCESS): "
-                                    "run inference first")
+            raise FileNotFoundError(
+                f"embedding shard {d} is not published (no _SUCCESS): run inference first"
+            )
         return [d]
     dirs = embedding_shard_dirs(layout, model_version, as_of)
     if not dirs:
         where = layout.embeddings(model_version, as_of)
-        raise FileNotFoundError(f"no published embedding shards under {where}: run inference for model "
-                                f"{model_version!r} at as_of {stamp(as_of)} first")
+        raise FileNotFoundError(
+            f"no published embedding shards under {where}: run inference for model "
+            f"{model_version!r} at as_of {stamp(as_of)} first"
+        )
     return dirs
 
 
@@ -119,13 +122,15 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
         stop.set()  # a producer blocked on a full queue gives up within 0.1 s
 
 
-def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch, dtype: str,
-                  buckets: int) -> UpsertCounts:
+def publish_batch(
+    store: VectorStore, model_version: str, batch: pa.RecordBatch, dtype: str, buckets: int
+) -> UpsertCounts:
     """Encode and upsert one record batch of the embedding contract."""
     models = set(batch.column("model_version").unique().to_pylist())
     if models - {model_version}:
-        raise ContractError(f"embedding file holds model_version {sorted(models)}, "
-                            f"expected {model_version!r}")
+        raise ContractError(
+            f"embedding file holds model_version {sorted(models)}, expected {model_version!r}"
+        )
     x = vector_array(batch.column("vector"), dtype=None)  # (B, D) as stored (float16)
     ids = batch.column("user_id").to_numpy().astype(np.int64)  # (B,)
     as_of = batch.column("as_of").cast(pa.int64()).to_numpy()  # (B,) ms UTC
@@ -134,9 +139,16 @@ def publish_batch(store: VectorStore, model_version: str, batch: pa.RecordBatch,
     return store.upsert_vectors(model_version, ids, rows, as_of)
 
 
-def publish_embeddings(redis: RedisSettings, layout: Layout, model_version: str, as_of: datetime | str,
-                       shard: int | None = None, *, store: VectorStore | None = None,
-                       on_rows: Callable[[int], object] | None = None) -> dict:
+def publish_embeddings(
+    redis: RedisSettings,
+    layout: Layout,
+    model_version: str,
+    as_of: datetime | str,
+    shard: int | None = None,
+    *,
+    store: VectorStore | None = None,
+    on_rows: Callable[[int], object] | None = None,
+) -> dict:
     """Upsert the (model, as_of) embeddings, one shard or all, into the store; returns the counts.
 
     Raises FileNotFoundError when the shards are not published yet, ContractError for files that
@@ -161,18 +173,40 @@ def publish_embeddings(redis: RedisSettings, layout: Layout, model_version: str,
             on_rows(batch.num_rows)
     seconds = time.perf_counter() - t0
     part = f"{shard:05d}" if shard is not None else "all"
-    manifest = {"model": model_version, "as_of": as_of.isoformat(), "shard": part,
-                "shards": [d.name for d in dirs], "rows": rows, "files": len(files), **counts.as_dict(),
-                "dtype": store_dtype(store, model_version, redis.dtype),
-                "published_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    manifest = {
+        "model": model_version,
+        "as_of": as_of.isoformat(),
+        "shard": part,
+        "shards": [d.name for d in dirs],
+        "rows": rows,
+        "files": len(files),
+        **counts.as_dict(),
+        "dtype": store_dtype(store, model_version, redis.dtype),
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     if rows:
         store.record_manifest(model_version, f"{stamp(as_of)}/{part}", manifest)
         _advance_last_as_of(store, model_version, as_of)
-    log.info("published %s as_of=%s shard %s: %d rows, %d written, %d unchanged, %d stale, %.1fs",
-             model_version, stamp(as_of), part, rows, counts.written, counts.unchanged, counts.stale, seconds)
-    return {"model": model_version, "as_of": as_of.isoformat(), "shards": len(dirs), "rows": rows,
-            **counts.as_dict(), "seconds": round(seconds, 3),
-            "vectors_per_s": round(rows / seconds, 1) if seconds else None}
+    log.info(
+        "published %s as_of=%s shard %s: %d rows, %d written, %d unchanged, %d stale, %.1fs",
+        model_version,
+        stamp(as_of),
+        part,
+        rows,
+        counts.written,
+        counts.unchanged,
+        counts.stale,
+        seconds,
+    )
+    return {
+        "model": model_version,
+        "as_of": as_of.isoformat(),
+        "shards": len(dirs),
+        "rows": rows,
+        **counts.as_dict(),
+        "seconds": round(seconds, 3),
+        "vectors_per_s": round(rows / seconds, 1) if seconds else None,
+    }
 
 
 def store_dtype(store: VectorStore, model_version: str, default: str) -> str:

@@ -100,8 +100,9 @@ class _Held:
 HELD = HeldConnections()
 
 
-def hmget_by_node(routes: list[tuple[Any, list[int]]],
-                  commands: Sequence[tuple[str, Sequence[str]]]) -> list[list]:
+def hmget_by_node(
+    routes: list[tuple[Any, list[int]]], commands: Sequence[tuple[str, Sequence[str]]]
+) -> list[list]:
     """``routes``: (redis.Redis of a node, indices of its commands). Send to every node, then read."""
     if not commands:
         return []

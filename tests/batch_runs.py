@@ -50,13 +50,27 @@ def write_artifact(layout, model: str = MODEL, history: bool = True) -> None:
             metrics[f"{prefix}hr@{k}"] = hr * scale
             metrics[f"{prefix}ndcg@{k}"] = hr * scale * 0.55
     if history:
-        metrics["history"] = [{"epoch": e, "loss": 6.1 - 0.9 * e + 0.05 * e * e,
-                               "valid_ndcg10": 0.08 + 0.035 * e, "valid_hr10": 0.15 + 0.05 * e,
-                               "s": 8.0 * (e + 1)}
-                              for e in range(4)]
-    config = {"version": model, "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200},
-              "train": {}, "train_window": {"start": "2026-01-01 00:00:00", "end": "2026-01-01 07:59:00",
-                                            "users": 400, "events": 9194}}
+        metrics["history"] = [
+            {
+                "epoch": e,
+                "loss": 6.1 - 0.9 * e + 0.05 * e * e,
+                "valid_ndcg10": 0.08 + 0.035 * e,
+                "valid_hr10": 0.15 + 0.05 * e,
+                "s": 8.0 * (e + 1),
+            }
+            for e in range(4)
+        ]
+    config = {
+        "version": model,
+        "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200},
+        "train": {},
+        "train_window": {
+            "start": "2026-01-01 00:00:00",
+            "end": "2026-01-01 07:59:00",
+            "users": 400,
+            "events": 9194,
+        },
+    }
     marker = {"version": model, "created_at": "2026-01-01T08:05:00+00:00"}
     with publish_dir(layout.model(model), marker) as tmp:
         (tmp / "config.json").write_text(json.dumps(config))
@@ -69,17 +83,36 @@ def _validate(t: Thresholds, rng, ids, vecs, previous, recall, seconds=0.05) -> 
 
 
 def _graph(n_users: int, touched: int, recall: float) -> dict[str, Any]:
-    return {"stage": "graph", "seconds": 0.4, "mode": "incremental" if touched < n_users else "full",
-            "n_users": n_users, "n_touched": touched, "recall_at_k": recall, "k": 20,
-            "positives_users": touched}
+    return {
+        "stage": "graph",
+        "seconds": 0.4,
+        "mode": "incremental" if touched < n_users else "full",
+        "n_users": n_users,
+        "n_touched": touched,
+        "recall_at_k": recall,
+        "k": 20,
+        "positives_users": touched,
+    }
 
 
 def _shards(model: str, users: int, shards: int = 2) -> list[dict[str, Any]]:
     part = users // shards
     out = [{"stage": "encode", "shard": i, "seconds": 1.5 + 0.1 * i, "users": part} for i in range(shards)]
-    out += [{"stage": "publish", "shard": i, "seconds": 0.02, "model": model, "rows": part, "written": part,
-             "unchanged": 0, "stale": 0, "duplicates": 0, "vectors_per_s": part / 0.02}
-            for i in range(shards)]
+    out += [
+        {
+            "stage": "publish",
+            "shard": i,
+            "seconds": 0.02,
+            "model": model,
+            "rows": part,
+            "written": part,
+            "unchanged": 0,
+            "stale": 0,
+            "duplicates": 0,
+            "vectors_per_s": part / 0.02,
+        }
+        for i in range(shards)
+    ]
     return out
 
 
@@ -92,20 +125,46 @@ def write_history(settings, hours: int = 6, reject_last: bool = True, seed: int 
     # -- training: trainset -> train -> evaluate -> gate, recorded as tasks.gate does it --------------------
     with open(layout.model(MODEL) / "metrics.json") as f:
         cand = {k: v for k, v in json.load(f).items() if "@" in k or k == "test_users"}
-    training.record(settings, T0, [
-        {"stage": "trainset", "name": f"state-{stamp(T0)}", "path": str(layout.state(T0)), "seconds": 0.01},
-        {"stage": "train", "model": MODEL, "seconds": 95.2},
-        {"stage": "evaluate", "candidate": MODEL, "current": None, "candidate_metrics": cand,
-         "current_metrics": None, "current_age_hours": None, "seconds": 3.7},
-        {"stage": "gate", "candidate_model": MODEL, "promote": True, "reason": "no current model"},
-    ])
+    training.record(
+        settings,
+        T0,
+        [
+            {
+                "stage": "trainset",
+                "name": f"state-{stamp(T0)}",
+                "path": str(layout.state(T0)),
+                "seconds": 0.01,
+            },
+            {"stage": "train", "model": MODEL, "seconds": 95.2},
+            {
+                "stage": "evaluate",
+                "candidate": MODEL,
+                "current": None,
+                "candidate_metrics": cand,
+                "current_metrics": None,
+                "current_age_hours": None,
+                "seconds": 3.7,
+            },
+            {"stage": "gate", "candidate_model": MODEL, "promote": True, "reason": "no current model"},
+        ],
+    )
     # -- backfill of every known user, then the switch ------------------------------------------------------
     known = np.arange(10_000_000, 10_000_400, dtype=np.int64)
     vecs = {int(u): v for u, v in zip(known, unit(rng, len(known)))}
     val, _ = _validate(t, rng, known, np.stack([vecs[int(u)] for u in known]), None, 1.0)
-    hourly.record(settings, T0, T0, MODEL, [*_shards(MODEL, 400), _graph(400, 400, 1.0), val,
-                                             {"stage": "switch", "seconds": 0.04, "current": MODEL}],
-                  dag="soe_backfill")
+    hourly.record(
+        settings,
+        T0,
+        T0,
+        MODEL,
+        [
+            *_shards(MODEL, 400),
+            _graph(400, 400, 1.0),
+            val,
+            {"stage": "switch", "seconds": 0.04, "current": MODEL},
+        ],
+        dag="soe_backfill",
+    )
     # -- hourly runs --------------------------------------------------------------------------------------
     out = History(MODEL, [], None)
     previous = (known, np.stack([vecs[int(u)] for u in known]))
@@ -123,9 +182,17 @@ def write_history(settings, hours: int = 6, reject_last: bool = True, seed: int 
         with publish_dir(layout.quarantine(as_of), {"counts": reasons, "quarantined": sum(reasons.values())}):
             pass  # the rows themselves do not matter here; the marker holds the counts per reason
         valid = 2900 + 150 * h
-        seq = {"stage": "sequences", "seconds": 24.0 + h, "mode": "incremental", "valid_events": valid,
-               "active_users": len(active), "num_shards": 2, "quarantined": sum(reasons.values()),
-               "reasons": reasons, "compacted": h % 3 == 0}
+        seq = {
+            "stage": "sequences",
+            "seconds": 24.0 + h,
+            "mode": "incremental",
+            "valid_events": valid,
+            "active_users": len(active),
+            "num_shards": 2,
+            "quarantined": sum(reasons.values()),
+            "reasons": reasons,
+            "compacted": h % 3 == 0,
+        }
         rejected = reject_last and h == hours
         recall = 0.85 if rejected else 0.97 - 0.004 * h
         val, report = _validate(t, rng, active, now, previous, recall)

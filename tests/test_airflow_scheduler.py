@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,6 +97,17 @@ class World:
         return f"{time.monotonic() - self.t0:.0f}s"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def sigterm_runs_the_finalizers():
+    """A SIGTERM (a CI timeout) becomes KeyboardInterrupt, so pytest still stops Airflow and PostgreSQL."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.fixture(scope="module")
 def metadata_db(request):
     """A throw-away PostgreSQL cluster's URL; None (SQLite) only when PostgreSQL cannot start here."""
@@ -131,8 +143,15 @@ def world(request, tmp_path_factory, redis_single_server, metadata_db):
     redis_py.Redis(host=redis.host, port=redis.port).flushall()
     s = tiny_settings(tmp / "data", redis)
     layout = s.layout()
-    cfg = SyntheticConfig(n_users=150, n_items=800, n_clusters=4, hours=BOOT + 5, start=str(START),
-                          base_events_per_user=30, seed=3)
+    cfg = SyntheticConfig(
+        n_users=150,
+        n_items=800,
+        n_clusters=4,
+        hours=BOOT + 5,
+        start=str(START),
+        base_events_per_user=30,
+        seed=3,
+    )
     write_log(generate(cfg), layout)
     hourly.sequences(s, T0 - HOUR, T0)  # the bootstrap state
     first = random_model(s)  # an untrained current model: the trained candidate must beat it
@@ -141,16 +160,20 @@ def world(request, tmp_path_factory, redis_single_server, metadata_db):
     marker = layout.event_partition(LATE_HOUR) / "_SUCCESS"
     held = tmp / "held_SUCCESS"
     shutil.move(marker, held)  # the late hour's partition is not published yet
-    log(f"world: 150 users, {BOOT + 5} hours from {START:%Y-%m-%dT%H:%MZ}, current model {first} "
-        f"({time.monotonic() - t:.0f}s); partition {LATE_HOUR:%H}:00 held back")
+    log(
+        f"world: 150 users, {BOOT + 5} hours from {START:%Y-%m-%dT%H:%MZ}, current model {first} "
+        f"({time.monotonic() - t:.0f}s); partition {LATE_HOUR:%H}:00 held back"
+    )
 
     d = AirflowDeployment(tmp / "airflow", s, metadata_db, parallelism=3)
     request.addfinalizer(d.stop)  # registered before start: every component is stopped, also on failure
     t = time.monotonic()
     d.start(timeout=420)
-    log(f"Airflow up in {time.monotonic() - t:.0f}s: API server {d.base_url}, scheduler (LocalExecutor, "
+    log(
+        f"Airflow up in {time.monotonic() - t:.0f}s: API server {d.base_url}, scheduler (LocalExecutor, "
         f"parallelism {d.parallelism}), DAG processor, triggerer; metadata DB {metadata_db or 'SQLite'}; "
-        f"pools {d.pools}")
+        f"pools {d.pools}"
+    )
     db = "postgresql" if metadata_db else "sqlite"
     return World(s, d, first, db, held)
 
@@ -182,12 +205,20 @@ def test_scheduler_catches_up_hours_retries_a_failed_shard_and_reschedules_the_s
         log(f"sensor of {run['dag_run_id']} is {sensor['state']}: landed {late_marker.parent.name}/_SUCCESS")
 
     t = time.monotonic()
-    runs = d.wait_for_runs("soe_hourly", len(SCHEDULED), run_type="scheduled", timeout=1500, poll=2.0,
-                           on_poll=land_late_partition)
+    runs = d.wait_for_runs(
+        "soe_hourly",
+        len(SCHEDULED),
+        run_type="scheduled",
+        timeout=1500,
+        poll=2.0,
+        on_poll=land_late_partition,
+    )
     log(f"catch-up: {len(runs)} scheduled runs finished in {time.monotonic() - t:.0f}s")
     for r in runs:
-        log(f"  soe_hourly {r['dag_run_id']}: run_type={r['run_type']} state={r['state']} "
-            f"interval=[{r['data_interval_start']}, {r['data_interval_end']})")
+        log(
+            f"  soe_hourly {r['dag_run_id']}: run_type={r['run_type']} state={r['state']} "
+            f"interval=[{r['data_interval_start']}, {r['data_interval_end']})"
+        )
     assert [utc(r["logical_date"]) for r in runs] == SCHEDULED
     assert all(r["run_type"] == "scheduled" and r["state"] == "success" for r in runs)
     assert len(d.dag_runs("soe_hourly")) == len(SCHEDULED)  # nothing past the end date, nothing manual
@@ -205,12 +236,18 @@ def test_scheduler_catches_up_hours_retries_a_failed_shard_and_reschedules_the_s
     retried = [t for t in encodes if t["try_number"] > 1]
     assert len(retried) == 1 and retried[0]["state"] == "success" and retried[0]["try_number"] == 2, encodes
     tries = d.task_tries("soe_hourly", drilled["dag_run_id"], "encode", retried[0]["map_index"])
-    log(f"  drill: encode[{retried[0]['map_index']}] of {drilled['dag_run_id']} tries "
-        f"{[(x['try_number'], x['state']) for x in tries]}")
+    log(
+        f"  drill: encode[{retried[0]['map_index']}] of {drilled['dag_run_id']} tries "
+        f"{[(x['try_number'], x['state']) for x in tries]}"
+    )
     assert [x["try_number"] for x in tries] == [1, 2]
     assert tries[0]["state"] in ("failed", "up_for_retry") and tries[1]["state"] == "success"
-    first_try = list(d.home.glob(f"logs/dag_id=soe_hourly/run_id={drilled['dag_run_id']}/task_id=encode/"
-                                 f"map_index={retried[0]['map_index']}/attempt=1.log"))
+    first_try = list(
+        d.home.glob(
+            f"logs/dag_id=soe_hourly/run_id={drilled['dag_run_id']}/task_id=encode/"
+            f"map_index={retried[0]['map_index']}/attempt=1.log"
+        )
+    )
     assert first_try and "failure drill" in first_try[0].read_text(errors="replace")
     assert not layout.manifest("soe_hourly_alerts", DRILL_AS_OF).exists()  # a retried failure is no alert
     for r in runs:
@@ -223,8 +260,10 @@ def test_scheduler_catches_up_hours_retries_a_failed_shard_and_reschedules_the_s
     late = next(r for r in runs if utc(r["logical_date"]) == LATE_HOUR)
     tis = d.task_instances("soe_hourly", late["dag_run_id"])
     sensor = task(tis, "wait_for_events")[0]
-    log(f"  sensor of {late['dag_run_id']}: states seen {seen['sensor_states']}, final {sensor['state']} "
-        f"(try {sensor['try_number']})")
+    log(
+        f"  sensor of {late['dag_run_id']}: states seen {seen['sensor_states']}, final {sensor['state']} "
+        f"(try {sensor['try_number']})"
+    )
     assert sensor["state"] == "success" and sensor["try_number"] == 1  # a reschedule is not a retry
     assert utc(sensor["end_date"]).timestamp() >= seen["landed"] - 1  # succeeded after the partition landed
 
@@ -243,8 +282,10 @@ def test_training_promotes_through_the_asset_and_the_backfill_dag_switches(world
     t = time.monotonic()
     d.trigger("soe_training", logical_date=trained_at, data_interval=(trained_at - HOUR, trained_at))
     training = d.wait_for_runs("soe_training", 1, timeout=900)
-    log(f"soe_training {training[0]['dag_run_id']}: run_type={training[0]['run_type']} "
-        f"state={training[0]['state']} ({time.monotonic() - t:.0f}s)")
+    log(
+        f"soe_training {training[0]['dag_run_id']}: run_type={training[0]['run_type']} "
+        f"state={training[0]['state']} ({time.monotonic() - t:.0f}s)"
+    )
     assert training[0]["run_type"] == "manual" and training[0]["state"] == "success"
     m = read_manifest(layout, "soe_training", trained_at)
     candidate = m["stages"]["train"]["model"]
@@ -259,8 +300,10 @@ def test_training_promotes_through_the_asset_and_the_backfill_dag_switches(world
 
     backfill = d.wait_for_runs("soe_backfill", 1, timeout=900)
     b = backfill[0]
-    log(f"soe_backfill {b['dag_run_id']}: run_type={b['run_type']} state={b['state']} "
-        f"triggered_by={b.get('triggered_by')} ({time.monotonic() - t:.0f}s since the training trigger)")
+    log(
+        f"soe_backfill {b['dag_run_id']}: run_type={b['run_type']} state={b['state']} "
+        f"triggered_by={b.get('triggered_by')} ({time.monotonic() - t:.0f}s since the training trigger)"
+    )
     assert b["run_type"] == "asset_triggered" and b["state"] == "success"
     run_path = f"/dags/soe_backfill/dagRuns/{quote(b['dag_run_id'], safe='')}"
     upstream = d.api("GET", f"{run_path}/upstreamAssetEvents")
@@ -287,8 +330,10 @@ def test_backfill_create_runs_a_range_of_hours(world):
         return det["catchup"] is False and det["end_date"] and utc(det["end_date"]) == BACKFILLED[-1]
 
     d.wait_until(reparsed, 300, "the DAG processor to re-parse soe_hourly (catchup off, new end date)")
-    log(f"soe_hourly re-parsed with catchup off, end_date {BACKFILLED[-1]:%Y-%m-%dT%H:%MZ} "
-        f"({time.monotonic() - t:.0f}s)")
+    log(
+        f"soe_hourly re-parsed with catchup off, end_date {BACKFILLED[-1]:%Y-%m-%dT%H:%MZ} "
+        f"({time.monotonic() - t:.0f}s)"
+    )
     t = time.monotonic()
     out = d.backfill_create("soe_hourly", BACKFILLED[0], BACKFILLED[-1], max_active_runs=1)
     log(f"airflow backfill create: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ''}")
@@ -313,8 +358,10 @@ def test_the_scheduler_ran_every_hour(world):
         for r in rs:
             m = read_manifest(s.layout(), dag, as_of(r)) if dag == "soe_hourly" else None
             note = f" manifest: {m['status']} model={m['model_version']}" if m else ""
-            log(f"  {dag:13s} {r['run_type']:16s} {r['state']:8s} logical_date={r['logical_date']} "
-                f"run_id={r['dag_run_id']}{note}")
+            log(
+                f"  {dag:13s} {r['run_type']:16s} {r['state']:8s} logical_date={r['logical_date']} "
+                f"run_id={r['dag_run_id']}{note}"
+            )
     hourly = {utc(r["logical_date"]): r for r in runs["soe_hourly"]}
     assert set(hourly) == {*SCHEDULED, *BACKFILLED}
     for t in SCHEDULED:

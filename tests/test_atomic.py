@@ -45,7 +45,7 @@ def test_clean_temp_removes_leftovers_of_killed_writers(tmp_path):
 
 
 def test_clean_temp_finds_nested_leftovers_but_spares_young_ones(tmp_path):
-    """A killed encoder leaves ``embeddings/<m>/as_of=T/.shard=00001.tmp-<id>``; a live writer's temp is young."""
+    """A killed encoder leaves ``embeddings/<m>/as_of=T/.shard=00001.tmp-<id>``; a live writer's is young."""
     import os
     import time
 

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import typer
-
 from typer.testing import CliRunner
 
 from soe.cli.app import app
@@ -21,7 +20,9 @@ def last_json(output: str) -> dict:
 
 def test_generate_then_validate_reports_counts(tmp_path):
     env = {"SOE_DATA__ROOT": str(tmp_path)}
-    r = runner.invoke(app, ["generate", "--users", "300", "--items", "1000", "--hours", "3", "--malformed", "0.02"], env=env)
+    r = runner.invoke(
+        app, ["generate", "--users", "300", "--items", "1000", "--hours", "3", "--malformed", "0.02"], env=env
+    )
     assert r.exit_code == 0, r.output
     gen = last_json(r.output)
     assert gen["partitions"] == 3 and gen["malformed_injected"] > 0
@@ -49,8 +50,24 @@ def leaf_commands() -> dict:
 
 def test_every_command_documents_itself_and_its_options():
     commands = leaf_commands()
-    assert {"generate", "validate", "config", "sequences", "train", "encode", "publish", "lookup", "graph",
-            "lookalike", "candidates", "serve", "refresh", "backfill", "models list", "models switch"} <= set(commands)
+    assert {
+        "generate",
+        "validate",
+        "config",
+        "sequences",
+        "train",
+        "encode",
+        "publish",
+        "lookup",
+        "graph",
+        "lookalike",
+        "candidates",
+        "serve",
+        "refresh",
+        "backfill",
+        "models list",
+        "models switch",
+    } <= set(commands)
     for name, cmd in commands.items():
         assert cmd.help and cmd.help.strip(), f"`soe {name}` has no help text"
         r = runner.invoke(app, [*name.split(), "--help"])
@@ -70,8 +87,10 @@ def test_every_command_is_run_by_some_test():
 
     def invoked(name: str) -> bool:
         words = r'",\s*"'.join(map(re.escape, name.split()))
-        return any(re.search(r'[\[(,]\s*"' + words + r'"\s*[,\]]', line) and "--help" not in line
-                   for line in sources.splitlines())
+        return any(
+            re.search(r'[\[(,]\s*"' + words + r'"\s*[,\]]', line) and "--help" not in line
+            for line in sources.splitlines()
+        )
 
     untested = [name for name in leaf_commands() if not invoked(name)]
     assert untested == [], f"commands that no test runs: {untested}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,7 +24,7 @@ from store import local_server
 
 runner = CliRunner()
 CACHE = Path(__file__).resolve().parents[1] / ".cache"  # where tests/test_movielens.py keeps the wheel
-AS_OF = datetime(2026, 1, 2, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 1, 2, tzinfo=UTC)
 
 
 def last_json(output: str) -> dict:
@@ -79,9 +79,19 @@ def test_positives_publishes_the_active_users_recent_positives(tmp_path, redis_s
 
     layout = Layout(tmp_path)
     ts = [[AS_OF - timedelta(hours=h) for h in (3, 2, 1)]]
-    table = conform(pa.table({"user_id": [7], "as_of": [AS_OF], "n_events": [3], "ts": ts,
-                              "event_type": [["view", "click", "conversion"]], "item_id": [[100, 101, 102]]}),
-                    SEQUENCE)
+    table = conform(
+        pa.table(
+            {
+                "user_id": [7],
+                "as_of": [AS_OF],
+                "n_events": [3],
+                "ts": ts,
+                "event_type": [["view", "click", "conversion"]],
+                "item_id": [[100, 101, 102]],
+            }
+        ),
+        SEQUENCE,
+    )
     with publish_dir(layout.active(AS_OF)) as tmp:
         pq.write_table(table, tmp / "shard=00000.parquet")
     env = {"SOE_DATA__ROOT": str(tmp_path), "SOE_REDIS__PORT": str(redis_single.port)}
@@ -108,7 +118,7 @@ def test_datasets_ml100k_writes_the_events(tmp_path):
 
 
 def test_redis_functions_status_then_load(tmp_path):
-    """A fresh server has no `soe` library: status says so (exit 1); an admin loads it; status is then clean."""
+    """A fresh server has no `soe` library: status says so (exit 1); an admin loads it; status is clean."""
     port = local_server.free_ports(1)[0]
     server = local_server.start_single(tmp_path / "redis", port=port)
     env = {"SOE_DATA__ROOT": str(tmp_path), "SOE_REDIS__PORT": str(port)}

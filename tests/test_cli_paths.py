@@ -37,7 +37,9 @@ def test_malformed_yaml_config_is_one_line(tmp_path):
     r = runner.invoke(app, ["-c", str(bad), "config"])
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "not valid YAML" in lines[0] and "soe.yaml" in lines[0] and "line 2" in lines[0]
+    assert (
+        len(lines) == 1 and "not valid YAML" in lines[0] and "soe.yaml" in lines[0] and "line 2" in lines[0]
+    )
 
 
 def test_a_numeric_password_never_appears_in_errors_or_output(tmp_path):
@@ -46,7 +48,7 @@ def test_a_numeric_password_never_appears_in_errors_or_output(tmp_path):
 
 
 def test_refresh_checks_its_preconditions_before_starting_spark(tmp_path):
-    """No events, no Redis, no model: one line naming each problem and what to do, in well under Spark's start-up."""
+    """No events, no Redis, no model: one line naming each problem and what to do, before Spark starts."""
     port = local_server.free_ports(1)[0]  # nothing listens there
     env = {"SOE_DATA__ROOT": str(tmp_path / "data"), "SOE_REDIS__PORT": str(port)}
     t0 = time.perf_counter()
@@ -63,8 +65,10 @@ def test_refresh_without_a_current_model_says_how_to_get_one(tmp_path, redis_sin
     from core.datasets.synthetic import SyntheticConfig, generate, write_log
     from core.layout import Layout
 
-    write_log(generate(SyntheticConfig(n_users=50, n_items=100, hours=1, start="2026-01-01T00:00:00Z")),
-              Layout(tmp_path / "data"))
+    write_log(
+        generate(SyntheticConfig(n_users=50, n_items=100, hours=1, start="2026-01-01T00:00:00Z")),
+        Layout(tmp_path / "data"),
+    )
     env = {"SOE_DATA__ROOT": str(tmp_path / "data"), "SOE_REDIS__PORT": str(redis_single.port)}
     r = runner.invoke(app, ["refresh", "--interval", "2026-01-01T00:00Z/2026-01-01T01:00Z"], env=env)
     assert r.exit_code == 2, r.output
@@ -101,9 +105,23 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     """SIGINT in the middle of a long command (a big `soe generate`): one line, exit 130, no traceback,
     and nothing half-published (the partitions present are complete ones)."""
     env = {**os.environ, "SOE_DATA__ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", "from soe.cli.app import app; app()", "generate",
-                             "--users", "3000000", "--hours", "48"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from soe.cli.app import app; app()",
+            "generate",
+            "--users",
+            "3000000",
+            "--hours",
+            "48",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(8)
     assert proc.poll() is None, "the command ended before the interrupt: make it longer"
     proc.send_signal(signal.SIGINT)

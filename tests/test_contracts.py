@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -11,22 +11,48 @@ import pytest
 
 from core.contracts import EVENT, NEIGHBOURS, SEQUENCE, ContractError, conform, embedding_contract
 
-T = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+T = datetime(2026, 1, 1, 5, tzinfo=UTC)
 
 
 def sample(contract):
     rows = {
-        "event": [dict(user_id=1, ts=T, event_type="click", item_id=2, category_id=3, advertiser_id=None,
-                       campaign_id=None, device="ios", country=None)],
-        "sequence": [dict(user_id=1, as_of=T, n_events=2, ts=[T, T], event_type=["view", "click"], item_id=[5, 6],
-                          category_id=[1, None], advertiser_id=[None, 2], campaign_id=[None, None])],
+        "event": [
+            dict(
+                user_id=1,
+                ts=T,
+                event_type="click",
+                item_id=2,
+                category_id=3,
+                advertiser_id=None,
+                campaign_id=None,
+                device="ios",
+                country=None,
+            )
+        ],
+        "sequence": [
+            dict(
+                user_id=1,
+                as_of=T,
+                n_events=2,
+                ts=[T, T],
+                event_type=["view", "click"],
+                item_id=[5, 6],
+                category_id=[1, None],
+                advertiser_id=[None, 2],
+                campaign_id=[None, None],
+            )
+        ],
         "neighbours": [dict(user_id=1, neighbor_ids=[2, 3], scores=[0.9, 0.5], model_version="m1", as_of=T)],
-        "embedding": [dict(user_id=1, vector=list(np.full(4, 0.5, np.float16)), model_version="m1", as_of=T, n_events=3)],
+        "embedding": [
+            dict(user_id=1, vector=list(np.full(4, 0.5, np.float16)), model_version="m1", as_of=T, n_events=3)
+        ],
     }[contract.name]
     return pa.Table.from_pylist(rows, schema=contract.schema)
 
 
-@pytest.mark.parametrize("contract", [EVENT, SEQUENCE, NEIGHBOURS, embedding_contract(4)], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "contract", [EVENT, SEQUENCE, NEIGHBOURS, embedding_contract(4)], ids=lambda c: c.name
+)
 def test_schema_round_trips_through_parquet(tmp_path, contract):
     table = sample(contract)
     pq.write_table(table, tmp_path / "t.parquet")
@@ -43,8 +69,14 @@ def test_timestamps_are_millisecond_utc():
 
 
 def test_conform_orders_casts_and_fills_optional_columns():
-    raw = pa.table({"item_id": pa.array([2], pa.int32()), "event_type": ["view"], "ts": pa.array([T]),
-                    "user_id": pa.array([1], pa.int32())})
+    raw = pa.table(
+        {
+            "item_id": pa.array([2], pa.int32()),
+            "event_type": ["view"],
+            "ts": pa.array([T]),
+            "user_id": pa.array([1], pa.int32()),
+        }
+    )
     out = conform(raw, EVENT)
     assert out.schema.equals(EVENT.schema)
     assert out.column("category_id").null_count == 1

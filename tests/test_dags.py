@@ -53,13 +53,25 @@ print(json.dumps(out))
 def dagbag(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow-dagbag")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SOE_"))}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"), SOE_ORCHESTRATION__RETRIES="3",
-               SOE_ORCHESTRATION__MAX_ACTIVE_RUNS="1", SOE_DATA__ROOT=str(home / "no-such-root"),
-               SOE_ORCHESTRATION__CATCHUP="true", SOE_ORCHESTRATION__START_DATE="2026-03-01T05:00Z",
-               SOE_ORCHESTRATION__END_DATE="2026-03-01T08:00Z")
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", PROBE, str(REPO / "dags")], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=home)
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        SOE_ORCHESTRATION__RETRIES="3",
+        SOE_ORCHESTRATION__MAX_ACTIVE_RUNS="1",
+        SOE_DATA__ROOT=str(home / "no-such-root"),
+        SOE_ORCHESTRATION__CATCHUP="true",
+        SOE_ORCHESTRATION__START_DATE="2026-03-01T05:00Z",
+        SOE_ORCHESTRATION__END_DATE="2026-03-01T08:00Z",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", PROBE, str(REPO / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=home,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

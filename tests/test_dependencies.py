@@ -31,8 +31,15 @@ def imported_modules() -> dict[str, set[str]]:
     for pkg in PACKAGES:
         for path in (REPO / pkg).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else (
+                        [node.module]
+                        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                        else []
+                    )
+                )
                 for name in names:
                     out.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))
     return out

@@ -1,4 +1,4 @@
-"""End to end: the hourly DAG through `airflow dags test`, against real Redis, real local Spark, real torch and FAISS.
+"""End to end: the hourly DAG through `airflow dags test`, against real Redis, local Spark, torch and FAISS.
 
 One module-scoped world (tiny synthetic log, one Airflow home, one Redis) shared by the tests in
 order: bootstrap + training -> promotion -> backfill -> switch (in-process flows), then hours h1..h3
@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
+from core.layout import HOUR, utc
 from soe.flows import stages
 from soe.flows.manifest import read_manifest
-from core.layout import HOUR, utc
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -38,9 +38,9 @@ def tiny_settings(root, redis):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, redis_single_server):
+    from core.datasets.synthetic import SyntheticConfig, generate, write_log
     from soe.flows import hourly, training
     from soe.flows.airflow_run import AirflowHome
-    from core.datasets.synthetic import SyntheticConfig, generate, write_log
 
     tmp = tmp_path_factory.mktemp("e2e")
     redis = redis_single_server.redis_settings(buckets=32)
@@ -48,8 +48,20 @@ def world(tmp_path_factory, redis_single_server):
 
     redis_py.Redis(host=redis.host, port=redis.port).flushall()
     s = tiny_settings(tmp / "data", redis)
-    write_log(generate(SyntheticConfig(n_users=200, n_items=1000, n_clusters=4, hours=BOOT + len(H), start=str(START),
-                                       base_events_per_user=30, seed=1)), s.layout())
+    write_log(
+        generate(
+            SyntheticConfig(
+                n_users=200,
+                n_items=1000,
+                n_clusters=4,
+                hours=BOOT + len(H),
+                start=str(START),
+                base_events_per_user=30,
+                seed=1,
+            )
+        ),
+        s.layout(),
+    )
     hourly.sequences(s, T0 - HOUR, T0)  # bootstrap state from the history
     trained = training.run_training(s, T0)  # trainset -> train -> evaluate -> gate -> backfill -> switch
     home = AirflowHome(tmp / "airflow", s)
@@ -65,7 +77,14 @@ def snapshot(s, known=None):
     model, vectors, found = stages.lookup(s, known)
     nbrs = stages.neighbours(s, model, known)
     keys = redis_py.Redis(host=s.redis.host, port=s.redis.port).dbsize()
-    return {"ids": known, "vectors": vectors, "found": found, "neighbours": nbrs, "keys": keys, "model": model}
+    return {
+        "ids": known,
+        "vectors": vectors,
+        "found": found,
+        "neighbours": nbrs,
+        "keys": keys,
+        "model": model,
+    }
 
 
 def test_training_promotes_backfills_and_switches(world):
@@ -76,7 +95,9 @@ def test_training_promotes_backfills_and_switches(world):
     bf = read_manifest(s.layout(), "soe_backfill", T0)
     assert bf["model_version"] == model and bf["stages"]["switch"]["current"] == model
     known = stages.state_user_ids(s, T0)
-    assert stages.vectors_found(s, model, known) == len(known) > 100  # every known user, not just the active ones
+    assert (
+        stages.vectors_found(s, model, known) == len(known) > 100
+    )  # every known user, not just the active ones
     assert bf["stages"]["validate"]["ok"] and stages.graph_manifest(s, model, T0) is not None
 
 
@@ -109,8 +130,10 @@ def test_rerun_of_an_earlier_hour_changes_nothing(world):
     assert after["keys"] == before["keys"] and after["model"] == before["model"]
     assert np.array_equal(after["ids"], before["ids"]) and np.array_equal(after["found"], before["found"])
     assert np.array_equal(after["vectors"], before["vectors"])  # no newer (h3) vector overwritten by h2's
-    same_lists = [(a is None and b is None) or (a is not None and b is not None and np.array_equal(a[0], b[0]))
-                  for a, b in zip(before["neighbours"], after["neighbours"])]
+    same_lists = [
+        (a is None and b is None) or (a is not None and b is not None and np.array_equal(a[0], b[0]))
+        for a, b in zip(before["neighbours"], after["neighbours"])
+    ]
     assert all(same_lists), f"{len(same_lists) - sum(same_lists)} neighbour lists changed by the rerun"
     m_after = read_manifest(s.layout(), "soe_hourly", H[1])
     assert m_after["attempt"] == m_before["attempt"] + 1
@@ -122,7 +145,9 @@ def test_rerun_of_an_earlier_hour_changes_nothing(world):
 def test_failed_shard_leaves_readers_on_the_previous_state_and_a_retry_completes(world):
     s, home = world["settings"], world["home"]
     before = snapshot(s)
-    r = home.dags_test("soe_hourly", H[3], conf={"drill_fail_shards": [1]}, extra_env={"SOE_ORCHESTRATION__RETRIES": "0"})
+    r = home.dags_test(
+        "soe_hourly", H[3], conf={"drill_fail_shards": [1]}, extra_env={"SOE_ORCHESTRATION__RETRIES": "0"}
+    )
     assert not r.ok and r.state == "failed"
     assert read_manifest(s.layout(), "soe_hourly", H[3]) is None  # not marked done
     alert = json.loads(s.layout().manifest("soe_hourly_alerts", H[3]).read_text())

@@ -19,15 +19,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 def test_training_dag_promotes_and_backfill_dag_switches(tmp_path, redis_single_server):
     import redis as redis_py
 
+    from core.datasets.synthetic import SyntheticConfig, generate, write_log
     from soe.flows import hourly
     from soe.flows.airflow_run import AirflowHome
-    from core.datasets.synthetic import SyntheticConfig, generate, write_log
 
     redis = redis_single_server.redis_settings(buckets=32)
     redis_py.Redis(host=redis.host, port=redis.port).flushall()
     s = tiny_settings(tmp_path / "data", redis)
-    write_log(generate(SyntheticConfig(n_users=200, n_items=1000, n_clusters=4, hours=BOOT + 1, start=str(START),
-                                       base_events_per_user=30, seed=2)), s.layout())
+    write_log(
+        generate(
+            SyntheticConfig(
+                n_users=200,
+                n_items=1000,
+                n_clusters=4,
+                hours=BOOT + 1,
+                start=str(START),
+                base_events_per_user=30,
+                seed=2,
+            )
+        ),
+        s.layout(),
+    )
     hourly.sequences(s, T0 - HOUR, T0)
     home = AirflowHome(tmp_path / "airflow", s)
 

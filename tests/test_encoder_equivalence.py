@@ -49,10 +49,18 @@ def models(draw, poolings=("last", "attention")) -> UserEncoder:
     """A tiny UserEncoder of random shape, features and (large) weights, in eval mode."""
     heads = draw(st.sampled_from([1, 2, 4]))
     cfg = ModelConfig(
-        d_model=heads * draw(st.sampled_from([2, 4, 8])), n_heads=heads, n_layers=draw(st.integers(1, 3)),
-        max_len=draw(st.integers(1, 12)), mlp_ratio=draw(st.sampled_from([1, 2, 4])), dropout=0.0,
-        item_buckets=64, attr_buckets=16, pooling=draw(st.sampled_from(poolings)),
-        use_action=draw(st.booleans()), use_time=draw(st.booleans()), use_attributes=draw(st.booleans()),
+        d_model=heads * draw(st.sampled_from([2, 4, 8])),
+        n_heads=heads,
+        n_layers=draw(st.integers(1, 3)),
+        max_len=draw(st.integers(1, 12)),
+        mlp_ratio=draw(st.sampled_from([1, 2, 4])),
+        dropout=0.0,
+        item_buckets=64,
+        attr_buckets=16,
+        pooling=draw(st.sampled_from(poolings)),
+        use_action=draw(st.booleans()),
+        use_time=draw(st.booleans()),
+        use_attributes=draw(st.booleans()),
         use_context=draw(st.booleans()),
     )
     torch.manual_seed(draw(st.integers(0, 2**16)))
@@ -151,7 +159,10 @@ def test_a_users_vector_does_not_depend_on_its_batch(case, max_batch_tokens, dat
 vectors = st.integers(1, 8).flatmap(
     lambda n: st.integers(1, 48).flatmap(
         lambda d: st.lists(st.floats(-4, 4, allow_nan=False, width=32), min_size=n * d, max_size=n * d).map(
-            lambda xs: np.asarray(xs, np.float32).reshape(n, d))))
+            lambda xs: np.asarray(xs, np.float32).reshape(n, d)
+        )
+    )
+)
 
 
 @FAST

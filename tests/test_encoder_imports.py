@@ -74,7 +74,7 @@ def test_the_encoder_import_graph_is_acyclic():
         stack.append(m)
         for n in sorted(internal.get(m, ())):
             if state.get(n) == 1:
-                cycles.append(" -> ".join([*stack[stack.index(n):], n]))
+                cycles.append(" -> ".join([*stack[stack.index(n) :], n]))
             elif n not in state:
                 visit(n)
         stack.pop()

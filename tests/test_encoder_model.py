@@ -134,9 +134,13 @@ def test_tables_are_named_one_config_each():
 
 def test_weights_saved_with_positional_table_keys_still_load(sequences):
     model = _model()
-    old = {k.replace("tables.item.", "tables.0.").replace("tables.category.", "tables.1.")
-            .replace("tables.advertiser.", "tables.2.").replace("tables.campaign.", "tables.3."): v
-           for k, v in model.state_dict().items()}
+    old = {
+        k.replace("tables.item.", "tables.0.")
+        .replace("tables.category.", "tables.1.")
+        .replace("tables.advertiser.", "tables.2.")
+        .replace("tables.campaign.", "tables.3."): v
+        for k, v in model.state_dict().items()
+    }
     assert "tables.0.weight" in old and "tables.item.weight" not in old  # the layout of older artifacts
     fresh = UserEncoder(model.cfg).eval()
     fresh.load_state_dict(old)  # strict: every key must find its place

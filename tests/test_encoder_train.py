@@ -141,8 +141,12 @@ def test_cli_train_eval_list_on_a_sasrec_file(settings, tmp_path, monkeypatch):
     lines = [" ".join(map(str, [u, *rng.integers(1, 40, 12)])) for u in range(1, 60)]
     path = tmp_path / "seq.txt"
     path.write_text("\n".join(lines) + "\n")
-    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_TRAIN__EPOCHS": "1", "SOE_TRAIN__THREADS": "1",
-           "SOE_TRAIN__MODEL": json.dumps(TINY)}
+    env = {
+        "SOE_DATA__ROOT": str(settings.data.root),
+        "SOE_TRAIN__EPOCHS": "1",
+        "SOE_TRAIN__THREADS": "1",
+        "SOE_TRAIN__MODEL": json.dumps(TINY),
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     runner = CliRunner()

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from core.atomic import publish_dir
+from core.layout import HOUR
 from soe.flows.checks import GenerationRejected, Thresholds, coverage, drift, judge, norm_stats
 from soe.flows.gate import decide
 from soe.flows.manifest import done_times, previous_done, read_manifest, record_run
 from soe.flows.retention import apply_retention
 from soe.flows.training import model_age_hours
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from core.atomic import publish_dir
-from core.layout import HOUR
-
-T0 = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
-THRESH = Thresholds(min_coverage=0.999, min_drift_cosine=0.2, min_graph_recall=0.9, min_drift_users=3, norm_tolerance=0.02)
+T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+THRESH = Thresholds(
+    min_coverage=0.999, min_drift_cosine=0.2, min_graph_recall=0.9, min_drift_users=3, norm_tolerance=0.02
+)
 
 
 def unit(rng, n, d=8):
@@ -57,9 +58,11 @@ def test_judge_passes_a_good_generation_and_names_every_failed_check():
     assert good.ok, good.as_dict()
     bad_v = v.copy()
     bad_v[0] = np.nan
-    bad = judge(THRESH, np.arange(200), ids, bad_v, (ids, unit(rng, 100)), graph_recall=0.5, lookup_found=(49, 50))
+    bad = judge(
+        THRESH, np.arange(200), ids, bad_v, (ids, unit(rng, 100)), graph_recall=0.5, lookup_found=(49, 50)
+    )
     assert {c.name for c in bad.failures()} == {"coverage", "norms", "drift", "recall", "lookup"}
-    with pytest.raises(GenerationRejected, match="coverage.*norms.*drift.*recall.*lookup"):
+    with pytest.raises(GenerationRejected, match=r"coverage.*norms.*drift.*recall.*lookup"):
         bad.raise_if_failed("test generation")
 
 
@@ -100,7 +103,9 @@ def test_gate_min_gain_and_bad_metrics():
 
 def test_model_age_from_train_window_or_creation():
     as_of = T0
-    assert model_age_hours({"train_window": "2026-01-01T00:00Z/2026-01-01T10:00Z"}, as_of) == pytest.approx(2.0)
+    assert model_age_hours({"train_window": "2026-01-01T00:00Z/2026-01-01T10:00Z"}, as_of) == pytest.approx(
+        2.0
+    )
     assert model_age_hours({"train_window": {"end": "2026-01-01T06:00Z"}}, as_of) == pytest.approx(6.0)
     assert model_age_hours({"created_at": "2026-01-01T11:00:00+00:00"}, as_of) == pytest.approx(1.0)
     assert model_age_hours({}, as_of) is None
@@ -145,7 +150,9 @@ def test_retention_keeps_an_expired_embedding_snapshot_while_it_holds_a_users_on
     _embedding_snapshot(layout, "v-a", T0 - HOUR * 2, [1, 2])
     _embedding_snapshot(layout, "v-a", T0, [2])
     out = apply_retention(layout, T0, hours_to_keep=24)
-    assert out["removed"] == ["embeddings/v-a/as_of=20251230T1000Z"]  # T0 - 50 h; user 3 only lives at T0 - 90 h
+    assert out["removed"] == [
+        "embeddings/v-a/as_of=20251230T1000Z"
+    ]  # T0 - 50 h; user 3 only lives at T0 - 90 h
     assert layout.embeddings("v-a", T0 - HOUR * 90).exists()
 
 
@@ -162,8 +169,15 @@ def test_run_manifests_count_attempts_and_find_the_previous_done_run(settings):
     layout = settings.layout()
     assert previous_done(layout, "soe_hourly", T0) is None
     for h in (2, 1):
-        record_run(layout, "soe_hourly", T0 - HOUR * h, {"model_version": "v-a", "stages": {"encode": {"seconds": 1.5}}})
-    record_run(layout, "soe_hourly", T0 - HOUR, {"model_version": "v-a", "stages": {"encode": {"seconds": 2}}})
+        record_run(
+            layout,
+            "soe_hourly",
+            T0 - HOUR * h,
+            {"model_version": "v-a", "stages": {"encode": {"seconds": 1.5}}},
+        )
+    record_run(
+        layout, "soe_hourly", T0 - HOUR, {"model_version": "v-a", "stages": {"encode": {"seconds": 2}}}
+    )
     m = read_manifest(layout, "soe_hourly", T0 - HOUR)
     assert m["attempt"] == 2 and m["status"] == "done" and m["total_stage_seconds"] == 2
     assert done_times(layout, "soe_hourly") == [T0 - HOUR * 2, T0 - HOUR]
@@ -176,11 +190,25 @@ def test_dag_interval_from_airflow_context_is_plain_utc():
 
     from soe.flows.dag_support import interval
 
-    start, end = interval({"data_interval_start": pendulum.datetime(2026, 1, 2, 1, tz="UTC"),
-                           "data_interval_end": pendulum.datetime(2026, 1, 2, 2, tz="UTC")})
-    assert (start, end) == (datetime(2026, 1, 2, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, 2, tzinfo=timezone.utc))
+    start, end = interval(
+        {
+            "data_interval_start": pendulum.datetime(2026, 1, 2, 1, tz="UTC"),
+            "data_interval_end": pendulum.datetime(2026, 1, 2, 2, tz="UTC"),
+        }
+    )
+    assert (start, end) == (
+        datetime(2026, 1, 2, 1, tzinfo=UTC),
+        datetime(2026, 1, 2, 2, tzinfo=UTC),
+    )
     assert (end - timedelta(hours=48)).tzinfo is not None  # pendulum arithmetic would drop the zone
     # a manual trigger's empty interval means the whole hour ending at it
-    start, end = interval({"data_interval_start": pendulum.datetime(2026, 1, 2, 2, 30, tz="UTC"),
-                           "data_interval_end": pendulum.datetime(2026, 1, 2, 2, 30, tz="UTC")})
-    assert (start, end) == (datetime(2026, 1, 2, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, 2, tzinfo=timezone.utc))
+    start, end = interval(
+        {
+            "data_interval_start": pendulum.datetime(2026, 1, 2, 2, 30, tz="UTC"),
+            "data_interval_end": pendulum.datetime(2026, 1, 2, 2, 30, tz="UTC"),
+        }
+    )
+    assert (start, end) == (
+        datetime(2026, 1, 2, 1, tzinfo=UTC),
+        datetime(2026, 1, 2, 2, tzinfo=UTC),
+    )

@@ -43,8 +43,20 @@ def world(tmp_path_factory):
     server = local_server.start_single(tmp / "redis", persist=False)
     s = settings_for(tmp / "data", server.redis_settings(buckets=32))
     s.graph.max_incremental_fraction = 1.0  # a tiny world: every hour touches most users, stay incremental
-    write_log(generate(SyntheticConfig(n_users=150, n_items=500, n_clusters=4, hours=4, start=str(START),
-                                       base_events_per_user=25, seed=7)), s.layout())
+    write_log(
+        generate(
+            SyntheticConfig(
+                n_users=150,
+                n_items=500,
+                n_clusters=4,
+                hours=4,
+                start=str(START),
+                base_events_per_user=25,
+                seed=7,
+            )
+        ),
+        s.layout(),
+    )
     hourly.sequences(s, T0 - HOUR, T0)
     model = random_model(s)
     backfill.run_backfill(s, model, T0)
@@ -56,8 +68,12 @@ def cli(world, *args, code=0):
     from soe.cli.app import app
 
     s = world["settings"]
-    env = {"SOE_DATA__ROOT": str(s.data.root), "SOE_REDIS__HOST": s.redis.host,
-           "SOE_REDIS__PORT": str(s.redis.port), "SOE_REDIS__BUCKETS": str(s.redis.buckets)}
+    env = {
+        "SOE_DATA__ROOT": str(s.data.root),
+        "SOE_REDIS__HOST": s.redis.host,
+        "SOE_REDIS__PORT": str(s.redis.port),
+        "SOE_REDIS__BUCKETS": str(s.redis.buckets),
+    }
     res = CliRunner().invoke(app, list(args), env=env)
     assert res.exit_code == code, (res.exit_code, res.output)
     return json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else None

@@ -51,8 +51,9 @@ def test_latest_vectors_newest_snapshot_wins(settings, planted):
     later_vec = np.asarray(later.column("vector").to_pylist(), np.float32)
     np.testing.assert_allclose(uv2.vectors[uv2.positions(ids)], normalise(later_vec), atol=1e-6)
     untouched = np.setdiff1d(planted.user_ids, ids)[:50]
-    np.testing.assert_array_equal(uv2.vectors[uv2.positions(untouched)],
-                                  uv1.vectors[uv1.positions(untouched)])
+    np.testing.assert_array_equal(
+        uv2.vectors[uv2.positions(untouched)], uv1.vectors[uv1.positions(untouched)]
+    )
     with pytest.raises(FileNotFoundError, match="no published embeddings"):
         latest_vectors(layout, "other", T2)
 
@@ -149,12 +150,15 @@ def test_incremental_repairs_untouched_lists(settings, planted):
     assert repaired > stale + 0.05 and repaired >= 0.99, (repaired, stale)
 
 
-@pytest.mark.parametrize("overrides,reason", [
-    ({"index": "hnsw"}, "HNSW cannot remove"),
-    ({"min_recall": 1.01}, "below graph.min_recall"),
-    ({"full_rebuild_every_hours": 1}, "scheduled"),
-    ({"max_incremental_fraction": 0.01}, "exceed"),
-])
+@pytest.mark.parametrize(
+    "overrides,reason",
+    [
+        ({"index": "hnsw"}, "HNSW cannot remove"),
+        ({"min_recall": 1.01}, "below graph.min_recall"),
+        ({"full_rebuild_every_hours": 1}, "scheduled"),
+        ({"max_incremental_fraction": 0.01}, "exceed"),
+    ],
+)
 def test_full_rebuild_triggers(settings, planted, overrides, reason):
     s = _settings(settings, **overrides)
     layout = s.layout()

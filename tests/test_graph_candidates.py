@@ -28,8 +28,11 @@ AS_OF = utc("2026-01-02T00:00Z")
 def test_scores_are_similarity_weighted_votes_without_own_items():
     # neighbours 2 (sim .9) and 3 (sim .5); item 100 engaged by both, 101 by 2 only (twice), 102 by 3,
     # 103 by 2 but already engaged by the user -> excluded
-    nbrs = ArrayNeighbours(np.array([1, 2, 3]), np.array([[2, 3], [1, 3], [1, 2]]),
-                           np.array([[0.9, 0.5], [0.9, 0.2], [0.5, 0.2]], np.float32))
+    nbrs = ArrayNeighbours(
+        np.array([1, 2, 3]),
+        np.array([[2, 3], [1, 3], [1, 2]]),
+        np.array([[0.9, 0.5], [0.9, 0.2], [0.5, 0.2]], np.float32),
+    )
     pos = DictPositives({1: np.array([103]), 2: np.array([100, 101, 101, 103]), 3: np.array([100, 102])})
     items, scores = candidates(1, 10, nbrs, pos)
     assert items.tolist() == [100, 101, 102]
@@ -57,11 +60,22 @@ def _sequences(rows):
 
 
 def test_recent_positives_window_dedupe_order_and_cap():
-    table = _sequences([
-        (1, [(1, "click", 10), (2, "view", 11), (3, "conversion", 12), (5, "click", 10), (200, "click", 13)]),
-        (2, [(1, "impression", 20)]),
-        (3, [(h, "click", 30 + h) for h in range(1, 9)]),
-    ])
+    table = _sequences(
+        [
+            (
+                1,
+                [
+                    (1, "click", 10),
+                    (2, "view", 11),
+                    (3, "conversion", 12),
+                    (5, "click", 10),
+                    (200, "click", 13),
+                ],
+            ),
+            (2, [(1, "impression", 20)]),
+            (3, [(h, "click", 30 + h) for h in range(1, 9)]),
+        ]
+    )
     ids, items, ages = recent_positives(table, ["click", "conversion"], AS_OF, window_hours=48, per_user=5)
     assert ids.tolist() == [1, 2, 3]
     # newest first, 10 once, 13 too old
@@ -75,14 +89,26 @@ def test_publish_positives_and_candidates_through_the_store(settings, redis_memo
 
     s = settings.model_copy(update={"redis": redis_memory})
     layout = s.layout()
-    table = _sequences([(1, [(1, "click", 103)]), (2, [(2, "click", 100), (3, "click", 101)]),
-                        (3, [(1, "conversion", 100), (4, "click", 102), (500, "click", 104)])])
+    table = _sequences(
+        [
+            (1, [(1, "click", 103)]),
+            (2, [(2, "click", 100), (3, "click", 101)]),
+            (3, [(1, "conversion", 100), (4, "click", 102), (500, "click", 104)]),
+        ]
+    )
     with publish_dir(layout.active(AS_OF)) as tmp:
         pq.write_table(table, tmp / "shard=00000.parquet")
     out = publish_recent_positives(s.graph, s.events, s.redis, s.layout(), AS_OF)
     assert out["users"] == 3 and out["users_with_positives"] == 3
-    write_neighbour_lists(s.redis, "m1", 8, np.array([1, 2, 3]), np.array([[2, 3], [1, 3], [1, 2]]),
-                          np.array([[0.9, 0.5], [0.9, 0.2], [0.5, 0.2]], np.float32), AS_OF)
+    write_neighbour_lists(
+        s.redis,
+        "m1",
+        8,
+        np.array([1, 2, 3]),
+        np.array([[2, 3], [1, 3], [1, 2]]),
+        np.array([[0.9, 0.5], [0.9, 0.2], [0.5, 0.2]], np.float32),
+        AS_OF,
+    )
     items, scores = candidates(1, 10, StoreNeighbours(s.redis, "m1"), StorePositives(s.redis, 168))
     assert items.tolist() == [100, 101, 102]  # 104 is outside the window, 103 is the user's own
     np.testing.assert_allclose(scores, [1.4, 0.9, 0.5], rtol=1e-6)

@@ -24,8 +24,23 @@ def test_graph_and_lookalike_commands(settings, tmp_path):
     members = p.user_ids[p.cluster == 1]
     (tmp_path / "seeds.txt").write_text("\n".join(map(str, members[:50])))
     out = tmp_path / "aud.parquet"
-    r = run(app, ["lookalike", "--model", "m1", "--seeds-file", str(tmp_path / "seeds.txt"), "--seeds", "-5",
-                  "--size", "100", "--out", str(out)], env=env)
+    r = run(
+        app,
+        [
+            "lookalike",
+            "--model",
+            "m1",
+            "--seeds-file",
+            str(tmp_path / "seeds.txt"),
+            "--seeds",
+            "-5",
+            "--size",
+            "100",
+            "--out",
+            str(out),
+        ],
+        env=env,
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["seeds_used"] == 50 and summary["missing_seeds"] == 1 and summary["size"] == 100
@@ -35,8 +50,10 @@ def test_graph_and_lookalike_commands(settings, tmp_path):
         (["lookalike", "--model", "m1", "--seeds", "1,x"], "must be integers"),
         (["lookalike", "--model", "m1"], "give seed users"),
         (["lookalike", "--model", "nope", "--seeds", "1"], "no published graph"),
-        (["graph", "--model", "nope", "--as-of", "2026-01-01T03:00Z", "--no-redis"],
-         "no published embeddings"),
+        (
+            ["graph", "--model", "nope", "--as-of", "2026-01-01T03:00Z", "--no-redis"],
+            "no published embeddings",
+        ),
         (["graph", "--model", "bad/name", "--as-of", "2026-01-01T03:00Z"], "model version"),
     ]:
         r = run(app, args, env=env)

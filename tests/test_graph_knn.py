@@ -105,6 +105,7 @@ def test_device_choice_falls_back_to_cpu_without_gpu():
     import faiss
 
     from store.graph.index import num_gpus
+
     assert num_gpus() == faiss.get_num_gpus()
 
 

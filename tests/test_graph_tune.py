@@ -36,7 +36,7 @@ def test_uniform_vectors_get_an_early_verdict():
     spec = choose_spec(len(uv), CFG, uv.dim)
     index = build_index(uv, spec, CFG)
     t0 = time.perf_counter()
-    with pytest.raises(RecallUnreachable, match="cannot reach 0.95") as exc:
+    with pytest.raises(RecallUnreachable, match=r"cannot reach 0\.95") as exc:
         calibrate(index, spec, uv, 20, CFG.target_recall, CFG.calibration_sample, 0, CFG.max_nprobe)
     assert "nprobe" in str(exc.value) and time.perf_counter() - t0 < 60
 
@@ -45,7 +45,9 @@ def test_clustered_vectors_reach_the_target():
     uv = vectors(20_000, 32, 40)
     spec = choose_spec(len(uv), CFG, uv.dim)
     index = build_index(uv, spec, CFG)
-    chosen, tried = calibrate(index, spec, uv, 20, CFG.target_recall, CFG.calibration_sample, 0, CFG.max_nprobe)
+    chosen, tried = calibrate(
+        index, spec, uv, 20, CFG.target_recall, CFG.calibration_sample, 0, CFG.max_nprobe
+    )
     assert tried[-1]["recall"] >= 0.95 and chosen.nprobe == tried[-1]["nprobe"]
 
 

@@ -28,9 +28,15 @@ DASHBOARD = MONITORING / "grafana" / "soe-batch.json"
 # metrics the rules/dashboard read from other exporters: redis_exporter and node_exporter itself
 EXTERNAL = {"redis_memory_used_bytes", "redis_memory_max_bytes", "node_textfile_mtime_seconds"}
 # what an operator must see: each of these is used by an alert rule (the dashboard uses every metric)
-ALERTED = {"soe_generation_newest_timestamp_seconds", "soe_generation_rejected",
-           "soe_generation_graph_recall", "soe_generation_check_threshold", "soe_quarantine_ratio",
-           "soe_run_success", "soe_run_timestamp_seconds"}
+ALERTED = {
+    "soe_generation_newest_timestamp_seconds",
+    "soe_generation_rejected",
+    "soe_generation_graph_recall",
+    "soe_generation_check_threshold",
+    "soe_quarantine_ratio",
+    "soe_run_success",
+    "soe_run_timestamp_seconds",
+}
 
 
 def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -43,8 +49,9 @@ def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(smp, name: str, **labels: str) -> float:
-    hits = [v for (n, ls), v in smp.items()
-            if n == name and all(dict(ls).get(k) == x for k, x in labels.items())]
+    hits = [
+        v for (n, ls), v in smp.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items())
+    ]
     assert len(hits) == 1, (name, labels, hits)
     return hits[0]
 
@@ -128,8 +135,10 @@ def test_training_and_backfill_files(prom_dir):
     tr = samples(prom_dir / "soe_training.prom")
     assert value(tr, "soe_training_promoted") == 1
     assert value(tr, "soe_stage_seconds", stage="train") == pytest.approx(95.2)
-    ndcg = {s: value(tr, "soe_training_eval", role="candidate", scorer=s, metric="ndcg@10")
-            for s in ("model", "pop")}
+    ndcg = {
+        s: value(tr, "soe_training_eval", role="candidate", scorer=s, metric="ndcg@10")
+        for s in ("model", "pop")
+    }
     assert ndcg == {"model": pytest.approx(0.176), "pop": pytest.approx(0.0968)}
     bf = samples(prom_dir / "soe_backfill.prom")
     assert value(bf, "soe_generation_coverage") == 1.0
@@ -141,8 +150,12 @@ def test_a_rerun_repairs_the_failed_interval(settings, history):
     layout = settings.layout()
     t = history.rejected
     manifest = read_manifest(layout, "soe_hourly", history.hours[-2])
-    record_run(layout, "soe_hourly", t, {"interval": [stamp(t - HOUR), stamp(t)], "model_version": MODEL,
-                                         "stages": manifest["stages"]})
+    record_run(
+        layout,
+        "soe_hourly",
+        t,
+        {"interval": [stamp(t - HOUR), stamp(t)], "model_version": MODEL, "stages": manifest["stages"]},
+    )
     smp = samples(layout.root / "metrics" / "soe_hourly.prom")
     assert value(smp, "soe_run_success") == 1 and value(smp, "soe_failed_intervals") == 0
     assert value(smp, "soe_generation_newest_timestamp_seconds") == t.timestamp()
@@ -172,8 +185,10 @@ def test_a_metrics_failure_never_fails_the_run(settings, tmp_path, caplog):
 
 def test_parse_rejection():
     assert metrics.parse_rejection("DrillFailure('encoder shard 1 fails on purpose')") == (None, [])
-    msg = ("GenerationRejected('generation v-1 as_of=20260101T0900Z rejected: "
-           "coverage: 3 of 9 expected users have no vector; recall: graph recall@k 0.850')")
+    msg = (
+        "GenerationRejected('generation v-1 as_of=20260101T0900Z rejected: "
+        "coverage: 3 of 9 expected users have no vector; recall: graph recall@k 0.850')"
+    )
     assert metrics.parse_rejection(msg) == ("v-1", ["coverage", "recall"])
 
 
@@ -209,9 +224,15 @@ def test_rules_and_dashboard_read_only_exported_metrics_and_use_every_one(settin
     names = exported(settings, history)
     assert names == set(metrics.METRICS)  # the history exercises every metric the module declares
     rules = {a: referenced(e) for a, e in rule_exprs().items()}
-    assert set(rules) == {"SoeGenerationStale", "SoeGenerationRejected", "SoeGraphRecallLow",
-                          "SoeQuarantineSpike", "SoeRedisMemoryHigh", "SoeBatchRunFailed",
-                          "SoeBatchMetricsAbsent"}
+    assert set(rules) == {
+        "SoeGenerationStale",
+        "SoeGenerationRejected",
+        "SoeGraphRecallLow",
+        "SoeQuarantineSpike",
+        "SoeRedisMemoryHigh",
+        "SoeBatchRunFailed",
+        "SoeBatchMetricsAbsent",
+    }
     dash = set().union(*(referenced(e) for e in dashboard_exprs()))
     used = dash | set().union(*rules.values())
     assert used - names - EXTERNAL == set(), "rules/dashboard read metrics no run exports"
@@ -241,13 +262,20 @@ def test_alert_rules_with_promtool(settings, history):
         for name, expr in rule_exprs().items():
             assert referenced(expr) and referenced(expr) <= names, name
         pytest.skip("promtool not on PATH (apt-get install prometheus): rules only parsed, names checked")
-    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True,
-                           timeout=60)
+    check = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0 and "SUCCESS: 7 rules found" in check.stdout, check.stdout + check.stderr
-    test = subprocess.run([promtool, "test", "rules", RULE_TESTS.name], cwd=MONITORING, capture_output=True,
-                          text=True, timeout=60)
+    test = subprocess.run(
+        [promtool, "test", "rules", RULE_TESTS.name],
+        cwd=MONITORING,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
     for p in (settings.layout().root / "metrics").glob("*.prom"):  # the exposition format lints clean too
-        lint = subprocess.run([promtool, "check", "metrics"], input=p.read_text(), capture_output=True,
-                              text=True, timeout=60)
+        lint = subprocess.run(
+            [promtool, "check", "metrics"], input=p.read_text(), capture_output=True, text=True, timeout=60
+        )
         assert lint.returncode == 0, (p.name, lint.stdout + lint.stderr)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from core.layout import Layout
 from core.names import check_name
 
-T = datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+T = datetime(2026, 1, 1, 5, tzinfo=UTC)
 BAD = ["../../x", "..", "a/b", "a\\b", "", ".hidden", "-rf", "x" * 129, "a b", "a\x00b", "a..b", None, 7]
 
 
@@ -24,15 +24,18 @@ def test_safe_names_pass_unchanged(good):
     assert check_name("model version", good) == good
 
 
-@pytest.mark.parametrize("build", [
-    lambda lay, v: lay.model(v),
-    lambda lay, v: lay.embeddings(v, T),
-    lambda lay, v: lay.model_embeddings(v),
-    lambda lay, v: lay.graph(v, T),
-    lambda lay, v: lay.model_graphs(v),
-    lambda lay, v: lay.trainset(v),
-    lambda lay, v: lay.manifest(v, T),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda lay, v: lay.model(v),
+        lambda lay, v: lay.embeddings(v, T),
+        lambda lay, v: lay.model_embeddings(v),
+        lambda lay, v: lay.graph(v, T),
+        lambda lay, v: lay.model_graphs(v),
+        lambda lay, v: lay.trainset(v),
+        lambda lay, v: lay.manifest(v, T),
+    ],
+)
 def test_no_path_is_built_from_an_unchecked_name(tmp_path, build):
     lay = Layout(tmp_path)
     with pytest.raises(ValueError):

@@ -12,7 +12,10 @@ from soe.cli.app import app
     "args, message",
     [
         (["sequences", "--interval", "2026-01-01T00:30Z/2026-01-01T01:00Z"], "whole hours"),
-        (["sequences", "--backfill", "--interval", "2026-01-01T02:00Z/2026-01-01T01:00Z"], "END must be after START"),
+        (
+            ["sequences", "--backfill", "--interval", "2026-01-01T02:00Z/2026-01-01T01:00Z"],
+            "END must be after START",
+        ),
         (["trainset", "bogus"], "time_split"),
         (["trainset", "time_split"], "no published event partitions"),
     ],

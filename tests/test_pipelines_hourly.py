@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -17,14 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.hourly import backfill_sequences, previous_state_time, update_sequences
 from core.atomic import is_complete, publish_dir, read_marker
-from soe.config import load_settings
 from core.contracts import EVENT, SEQUENCE, TS, conform
 from core.datasets.synthetic import GeneratedLog, SyntheticConfig, generate, write_log
 from core.layout import HOUR, utc
 from core.sequence_state import StateSnapshot
 from core.validation import QUARANTINE_SCHEMA
+from pipelines.hourly import backfill_sequences, previous_state_time, update_sequences
+from soe.config import load_settings
 from tests.test_pipelines_reference import Reference, read_sequences
 
 START = utc("2026-01-01T00:00Z")
@@ -34,25 +34,44 @@ SHARDS = 3
 
 
 def make_settings(root, **extra):
-    env = {"SOE_DATA__ROOT": str(root), "SOE_SEQUENCES__MAX_LEN": str(MAX_LEN),
-           "SOE_SEQUENCES__NUM_SHARDS": str(SHARDS), "SOE_SEQUENCES__STATE_FILES": "2",
-           "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "3",
-           # at most 2 delta layers, whatever their size: the chain writes deltas and compacts once
-           "SOE_SEQUENCES__COMPACT_MAX_LAYERS": "2", "SOE_SEQUENCES__COMPACT_DELTA_RATIO": "100", **extra}
+    env = {
+        "SOE_DATA__ROOT": str(root),
+        "SOE_SEQUENCES__MAX_LEN": str(MAX_LEN),
+        "SOE_SEQUENCES__NUM_SHARDS": str(SHARDS),
+        "SOE_SEQUENCES__STATE_FILES": "2",
+        "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "3",
+        # at most 2 delta layers, whatever their size: the chain writes deltas and compacts once
+        "SOE_SEQUENCES__COMPACT_MAX_LAYERS": "2",
+        "SOE_SEQUENCES__COMPACT_DELTA_RATIO": "100",
+        **extra,
+    }
     return load_settings(environ=env)
 
 
 def write_messy_log(layout, hours: int = HOURS, seed: int = 7) -> None:
-    log = generate(SyntheticConfig(n_users=40, n_items=300, n_clusters=4, hours=hours, base_events_per_user=25,
-                                   late_fraction=0.15, malformed_fraction=0.03, seed=seed))
+    log = generate(
+        SyntheticConfig(
+            n_users=40,
+            n_items=300,
+            n_clusters=4,
+            hours=hours,
+            base_events_per_user=25,
+            late_fraction=0.15,
+            malformed_fraction=0.03,
+            seed=seed,
+        )
+    )
     rng = np.random.default_rng(seed)
     n_valid = log.manifest["n_valid_events"]
     events = log.events
     # null attributes on 10 % of the rows (real logs, e.g. MovieLens, have no advertiser)
     mask = pa.array(rng.random(events.num_rows) < 0.1)
     col = events["advertiser_id"]
-    events = events.set_column(events.schema.get_field_index("advertiser_id"), "advertiser_id",
-                               pc.if_else(mask, pa.nulls(events.num_rows, pa.int64()), col))
+    events = events.set_column(
+        events.schema.get_field_index("advertiser_id"),
+        "advertiser_id",
+        pc.if_else(mask, pa.nulls(events.num_rows, pa.int64()), col),
+    )
     # at-least-once delivery: 25 valid events re-sent one hour after their first arrival (recent ones,
     # still in their user's last N, so most are caught by the check against the state)
     ts = events["ts"].cast(pa.int64()).to_numpy()[:n_valid]
@@ -119,18 +138,26 @@ def test_the_state_is_a_base_plus_linked_deltas_until_a_compaction(chain):
     snap = StateSnapshot(layout.state(times[2]))
     inode = lambda p: os.stat(p).st_ino  # noqa: E731
     assert sorted(inode(f) for f in snap.layer_files(snap.layers[-1])) == sorted(
-        inode(layout.active_shard(times[2], i)) for i in range(SHARDS))
+        inode(layout.active_shard(times[2], i)) for i in range(SHARDS)
+    )
     before = StateSnapshot(layout.state(times[1]))
     for layer in before.layers:
-        assert [inode(f) for f in before.layer_files(layer)] == [inode(snap.path / layer.name / f.name)
-                                                                for f in before.layer_files(layer)]
+        assert [inode(f) for f in before.layer_files(layer)] == [
+            inode(snap.path / layer.name / f.name) for f in before.layer_files(layer)
+        ]
     # a user in two layers is read from the newer one (the chain test checks every value)
-    base_ids = set(pq.read_table(snap.layer_files(snap.layers[0])[0], columns=["user_id"])["user_id"].to_pylist())
+    base_ids = set(
+        pq.read_table(snap.layer_files(snap.layers[0])[0], columns=["user_id"])["user_id"].to_pylist()
+    )
     assert base_ids & set(runs[2][1]["active"]), "some active users of h2 are superseded in the base"
     # the empty hour links the base and adds no layer
     last = StateSnapshot(layout.state(times[4]))
     assert [inode(f) for f in last.layer_files(last.layers[0])] == [
-        inode(f) for f in StateSnapshot(layout.state(times[3])).layer_files(StateSnapshot(layout.state(times[3])).layers[0])]
+        inode(f)
+        for f in StateSnapshot(layout.state(times[3])).layer_files(
+            StateSnapshot(layout.state(times[3])).layers[0]
+        )
+    ]
 
 
 def test_fetching_current_rows_in_the_executors_equals_the_plain_spark_reading(chain, spark):
@@ -150,17 +177,28 @@ def test_fetching_current_rows_in_the_executors_equals_the_plain_spark_reading(c
     ids = spark.createDataFrame([(u,) for u in users], "user_id long")
 
     def norm(values):  # timestamps as epoch ms (Spark gives naive UTC datetimes, pyarrow aware ones)
-        return tuple(round(v.replace(tzinfo=v.tzinfo or timezone.utc).timestamp() * 1000) if isinstance(v, datetime) else v
-                     for v in values)
+        return tuple(
+            round(v.replace(tzinfo=v.tzinfo or UTC).timestamp() * 1000)
+            if isinstance(v, datetime)
+            else v
+            for v in values
+        )
 
     def rows(df):
         return {r["user_id"]: tuple(norm(r[c]) for c in seq.EV_FIELDS) for r in df.collect()}
 
     fast = rows(st.fetch_current_rows(spark, snap, ids))
-    plain = rows(st.current_rows(st.layer_frames(spark, snap), broadcast=True).join(F.broadcast(ids), "user_id", "left_semi"))
+    plain = rows(
+        st.current_rows(st.layer_frames(spark, snap), broadcast=True).join(
+            F.broadcast(ids), "user_id", "left_semi"
+        )
+    )
     table = snap.read_table()
-    reader = {u: tuple(norm(table[c][i].as_py()) for c in seq.EV_FIELDS)
-              for i, u in enumerate(table["user_id"].to_pylist()) if u in set(users)}
+    reader = {
+        u: tuple(norm(table[c][i].as_py()) for c in seq.EV_FIELDS)
+        for i, u in enumerate(table["user_id"].to_pylist())
+        if u in set(users)
+    }
     assert fast == plain == reader
     assert 10**9 not in fast and len(fast) >= 5
     base = set(pq.read_table(snap.layer_files(snap.layers[0])[0], columns=["user_id"])["user_id"].to_pylist())
@@ -171,7 +209,9 @@ def test_the_messy_cases_really_occur(chain):
     """Guard against a test that passes because the data was too clean."""
     settings, runs = chain
     assert sum(e["repeats_of_state"] for _, e, _ in runs) >= 5  # re-sent copies caught against the state
-    assert sum(m["reasons"].get("duplicate", 0) for m, _, _ in runs) > sum(e["repeats_of_state"] for _, e, _ in runs)
+    assert sum(m["reasons"].get("duplicate", 0) for m, _, _ in runs) > sum(
+        e["repeats_of_state"] for _, e, _ in runs
+    )
     assert any(len(s) == MAX_LEN for s in runs[-1][2].values())  # users cut to N
     late = pq.read_table(settings.layout().event_partition(START + HOUR))
     assert pc.min(late["ts"].cast(pa.int64())).as_py() < int((START + HOUR).timestamp() * 1000)  # late events
@@ -182,7 +222,7 @@ def test_the_messy_cases_really_occur(chain):
 def test_empty_hour_gives_empty_but_valid_outputs(chain):
     settings, runs = chain
     layout = settings.layout()
-    manifest, expected, state = runs[-1]
+    manifest, _expected, _state = runs[-1]
     as_of = utc(manifest["as_of"])
     assert manifest["active_users"] == 0 and manifest["valid_events"] == 0 and manifest["quarantined"] == 0
     assert manifest["shard_sizes"] == [0] * SHARDS
@@ -230,13 +270,20 @@ def test_rerun_of_an_older_interval_is_identical_and_leaves_newer_states_alone(c
     settings, runs = chain
     layout = settings.layout()
     h2 = START + timedelta(hours=2)
-    newer = {p: p.read_bytes() for t in (4, 5) for p in layout.state(START + timedelta(hours=t)).rglob("*") if p.is_file()}
+    newer = {
+        p: p.read_bytes()
+        for t in (4, 5)
+        for p in layout.state(START + timedelta(hours=t)).rglob("*")
+        if p.is_file()
+    }
     # the rerun also takes the other join strategy (no broadcast): same content
     other = make_settings(settings.data.root, SOE_SEQUENCES__BROADCAST_ACTIVE_IDS="false")
     again = update_sequences(other.pipeline(), h2, h2 + HOUR, spark=spark)
     first = runs[2][0]
     drop = ("seconds", "phase_seconds", "state_users")
-    assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in first.items() if k not in drop}
+    assert {k: v for k, v in again.items() if k not in drop} == {
+        k: v for k, v in first.items() if k not in drop
+    }
     assert read_sequences(layout.state(h2 + HOUR)) == runs[2][2]
     assert active_sequences(layout, h2 + HOUR) == runs[2][1]["active"]
     assert {p: p.read_bytes() for p in newer} == newer
@@ -251,7 +298,9 @@ def test_bootstrap_reads_the_lookback_and_matches_the_chain(spark, tmp_path):
     shutil.copytree(chain_root / "events", settings.data.root / "events")
     layout = settings.layout()
     h3 = START + timedelta(hours=3)
-    manifest = update_sequences(settings.pipeline(), h3, h3 + HOUR, spark=spark)  # lookback 3 h: history = hours 1, 2
+    manifest = update_sequences(
+        settings.pipeline(), h3, h3 + HOUR, spark=spark
+    )  # lookback 3 h: history = hours 1, 2
 
     ref = Reference(settings.events, MAX_LEN)
     ref.run(layout, START + HOUR, h3)

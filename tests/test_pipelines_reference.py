@@ -70,7 +70,7 @@ class Reference:
                 fresh.setdefault(user, []).append(event)
         for user, new in fresh.items():
             merged = sorted(self.state.get(user, []) + new, key=sort_key)
-            self.state[user] = merged[-self.max_len:]
+            self.state[user] = merged[-self.max_len :]
         return {
             "active": {u: list(self.state[u]) for u in fresh},
             "reasons": dict(reasons),
@@ -83,7 +83,9 @@ def read_sequences(path: Path) -> dict[int, list[tuple]]:
     """user_id -> event tuples of a published sequence file, directory or layered state snapshot."""
     table = read_state(path)
     out = {}
-    ts = [[None if t is None else t for t in row] for row in table["ts"].cast(pa.list_(pa.int64())).to_pylist()]
+    ts = [
+        [None if t is None else t for t in row] for row in table["ts"].cast(pa.list_(pa.int64())).to_pylist()
+    ]
     lists = {c: table[c].to_pylist() for c in FIELDS if c != "ts"}
     for i, user in enumerate(table["user_id"].to_pylist()):
         row = [ts[i]] + [lists[c][i] for c in FIELDS if c != "ts"]
@@ -93,7 +95,12 @@ def read_sequences(path: Path) -> dict[int, list[tuple]]:
 
 
 def test_reference_orders_nulls_first_and_keeps_the_newest_n():
-    events = [(5, "view", 1, None, 2, 3), (5, "view", 1, 7, 2, 3), (1, "click", 9, 1, 1, 1), (9, "a", 1, 1, 1, 1)]
+    events = [
+        (5, "view", 1, None, 2, 3),
+        (5, "view", 1, 7, 2, 3),
+        (1, "click", 9, 1, 1, 1),
+        (9, "a", 1, 1, 1, 1),
+    ]
     ordered = sorted(events, key=sort_key)
     assert ordered[0] == (1, "click", 9, 1, 1, 1)
     assert ordered[1] == (5, "view", 1, None, 2, 3)  # a null attribute sorts before any value

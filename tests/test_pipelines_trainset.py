@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.trainset import build_trainset
 from core.atomic import read_marker
-from soe.config import load_settings
 from core.datasets.events import partition_hour, published_partitions, read_partition
 from core.datasets.synthetic import SyntheticConfig, generate, write_log
 from core.layout import HOUR, utc
 from core.validation import ValidationRules, validate_events
+from pipelines.trainset import build_trainset
+from soe.config import load_settings
 from tests.test_pipelines_reference import FIELDS, sort_key, table_events
 
 MAX_LEN = 5
@@ -24,8 +24,18 @@ MAX_LEN = 5
 def log_settings(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainset") / "data"
     settings = load_settings(environ={"SOE_DATA__ROOT": str(root), "SOE_SEQUENCES__MAX_LEN": str(MAX_LEN)})
-    cfg = SyntheticConfig(n_users=40, n_items=200, n_clusters=4, hours=4, base_events_per_user=30,
-                          ctr_interest=0.3, ctr_other=0.1, late_fraction=0.1, malformed_fraction=0.02, seed=11)
+    cfg = SyntheticConfig(
+        n_users=40,
+        n_items=200,
+        n_clusters=4,
+        hours=4,
+        base_events_per_user=30,
+        ctr_interest=0.3,
+        ctr_other=0.1,
+        late_fraction=0.1,
+        malformed_fraction=0.02,
+        seed=11,
+    )
     write_log(generate(cfg), settings.layout())
     return settings
 
@@ -35,7 +45,9 @@ def reference_events(settings) -> dict[int, list[tuple]]:
     out: dict[int, set] = {}
     for part in published_partitions(settings.layout()):
         hour = partition_hour(part)
-        valid = validate_events(read_partition(part), ValidationRules.from_settings(settings.events, hour, hour + HOUR)).valid
+        valid = validate_events(
+            read_partition(part), ValidationRules.from_settings(settings.events, hour, hour + HOUR)
+        ).valid
         for user, event in table_events(valid):
             out.setdefault(user, set()).add(event)
     return {u: sorted(e, key=sort_key) for u, e in out.items()}
@@ -50,7 +62,9 @@ def rows_of(path) -> dict[int, dict]:
         out[row["user_id"]] = {
             "input": list(zip(*[row[c] for c in FIELDS])),
             "targets": list(zip(*[row[f"target_{c}"] for c in FIELDS])),
-            "as_of": row["as_of"], "n_events": row["n_events"], "n_targets": row["n_targets"],
+            "as_of": row["as_of"],
+            "n_events": row["n_events"],
+            "n_targets": row["n_targets"],
         }
     return out
 
@@ -73,7 +87,9 @@ def test_time_split_matches_reference_and_never_leaks(spark, log_settings):
     for r in rows.values():  # the no-leak property, stated directly
         assert max(e[0] for e in r["input"]) <= split_ms < min(e[0] for e in r["targets"])
         assert not set(r["input"]) & set(r["targets"])
-        assert r["as_of"] == split and r["n_events"] == len(r["input"]) and r["n_targets"] == len(r["targets"])
+        assert (
+            r["as_of"] == split and r["n_events"] == len(r["input"]) and r["n_targets"] == len(r["targets"])
+        )
 
 
 def test_leave_last_out_matches_reference_and_never_leaks(spark, log_settings):

@@ -20,12 +20,21 @@ from core.layout import HOUR, stamp, utc
 REPO = Path(__file__).resolve().parents[1]
 START = utc("2026-01-01T00:00Z")
 T0 = START + HOUR * 2  # the bootstrap state and the backfill
-ENV = {"SOE_SEQUENCES__NUM_SHARDS": "2", "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "3", "SOE_SPARK__MASTER": "local[2]",
-       "SOE_SPARK__SHUFFLE_PARTITIONS": "2", "SOE_SPARK__DRIVER_MEMORY": "1g", "SOE_REDIS__BUCKETS": "32",
-       "SOE_ORCHESTRATION__MIN_DRIFT_COSINE": "-1"}  # random weights: drift is not what this test judges
+ENV = {
+    "SOE_SEQUENCES__NUM_SHARDS": "2",
+    "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "3",
+    "SOE_SPARK__MASTER": "local[2]",
+    "SOE_SPARK__SHUFFLE_PARTITIONS": "2",
+    "SOE_SPARK__DRIVER_MEMORY": "1g",
+    "SOE_REDIS__BUCKETS": "32",
+    "SOE_ORCHESTRATION__MIN_DRIFT_COSINE": "-1",
+}  # random weights: drift is not what this test judges
 # what third-party noise looks like: JVM log lines, Python warnings, library loggers
-NOISE = re.compile(r"\b(INFO|WARN|WARNING)\b.*(org\.apache|spark|py4j|hadoop|faiss|pandas)|FutureWarning|"
-                   r"DeprecationWarning|UserWarning|log4j|SLF4J|Setting default log level", re.IGNORECASE)
+NOISE = re.compile(
+    r"\b(INFO|WARN|WARNING)\b.*(org\.apache|spark|py4j|hadoop|faiss|pandas)|FutureWarning|"
+    r"DeprecationWarning|UserWarning|log4j|SLF4J|Setting default log level",
+    re.IGNORECASE,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +50,20 @@ def ready(tmp_path_factory, redis_single_server):
     env = {**ENV, "SOE_DATA__ROOT": str(root), "SOE_REDIS__PORT": str(redis_single_server.ports[0])}
     s = load_settings(environ=env)
     redis_py.Redis(port=redis_single_server.ports[0]).flushall()
-    write_log(generate(SyntheticConfig(n_users=150, n_items=500, n_clusters=4, hours=4, start=str(START),
-                                       base_events_per_user=20, seed=3)), s.layout())
+    write_log(
+        generate(
+            SyntheticConfig(
+                n_users=150,
+                n_items=500,
+                n_clusters=4,
+                hours=4,
+                start=str(START),
+                base_events_per_user=20,
+                seed=3,
+            )
+        ),
+        s.layout(),
+    )
     hourly.sequences(s, T0 - HOUR, T0)
     backfill.run_backfill(s, random_model(s), T0)  # the current model
     return env
@@ -50,8 +71,14 @@ def ready(tmp_path_factory, redis_single_server):
 
 def test_refresh_prints_a_short_true_summary_and_no_noise(ready):
     interval = f"{stamp(T0)}/{stamp(T0 + HOUR)}"
-    proc = subprocess.run([sys.executable, "-m", "soe.cli.app", "refresh", "--interval", interval], cwd=REPO,
-                          env={**os.environ, **ready}, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "soe.cli.app", "refresh", "--interval", interval],
+        cwd=REPO,
+        env={**os.environ, **ready},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     assert len(lines) <= 15, "\n".join(lines)

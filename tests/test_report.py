@@ -24,8 +24,18 @@ from soe.cli.app import app
 from soe.report.page import write_report
 from tests.batch_runs import MODEL, T0, write_history
 
-HOURLY_CHARTS = ("stage-seconds", "throughput", "publish-throughput", "rows", "coverage", "drift", "norms",
-                 "bad-norms", "recall", "quarantine")
+HOURLY_CHARTS = (
+    "stage-seconds",
+    "throughput",
+    "publish-throughput",
+    "rows",
+    "coverage",
+    "drift",
+    "norms",
+    "bad-norms",
+    "recall",
+    "quarantine",
+)
 MODEL_CHARTS = ("train-loss", "train-valid", "baselines")
 WINDOW = (1280, 3300)
 
@@ -65,8 +75,14 @@ def charts(html: str) -> Charts:
 def report(settings, tmp_path):
     history = write_history(settings)
     out = tmp_path / "report.html"
-    summary = write_report(settings.layout(), MODEL, T0 - HOUR, history.hours[-1], out,
-                           norm_tolerance=settings.orchestration.norm_tolerance)
+    summary = write_report(
+        settings.layout(),
+        MODEL,
+        T0 - HOUR,
+        history.hours[-1],
+        out,
+        norm_tolerance=settings.orchestration.norm_tolerance,
+    )
     return history, out, summary
 
 
@@ -85,8 +101,9 @@ def test_report_has_every_plot_with_its_data_points(report):
     by_reason = {}
     for x, y in c["quarantine"]["xy"]:
         by_reason[x] = by_reason.get(x, 0) + y
-    assert sorted(by_reason.values()) == sorted(sum(q.values()) for t, q in history.quarantine.items()
-                                                if t != history.rejected)
+    assert sorted(by_reason.values()) == sorted(
+        sum(q.values()) for t, q in history.quarantine.items() if t != history.rejected
+    )
     assert c["stage-seconds"]["pt"] == done * 5  # sequences, encode, publish, graph, validate
     assert all(0.5 < y <= 1.0 for _, y in c["drift"]["xy"]) and c["drift"]["pt"] == done
     assert c["train-loss"]["pt"] == 4 and c["train-valid"]["pt"] == 8  # 4 epochs, NDCG + HR
@@ -152,8 +169,17 @@ def chromium() -> str | None:
 
 
 def run_chromium(binary: str, work: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-           f"--user-data-dir={work / 'profile'}", f"--window-size={WINDOW[0]},{WINDOW[1]}", *args]
+    cmd = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={work / 'profile'}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        *args,
+    ]
     env = {**os.environ, "HOME": str(work)}  # a throwaway profile and cache
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
@@ -165,9 +191,9 @@ def png_info(path: Path) -> tuple[int, int, float]:
     width, height = struct.unpack(">II", data[16:24])
     idat, i = b"", 8
     while i < len(data):
-        n, kind = struct.unpack(">I4s", data[i:i + 8])
+        n, kind = struct.unpack(">I4s", data[i : i + 8])
         if kind == b"IDAT":
-            idat += data[i + 8:i + 8 + n]
+            idat += data[i + 8 : i + 8 + n]
         i += 12 + n
     raw = zlib.decompress(idat)
     return width, height, 1.0 - raw.count(0) / len(raw)

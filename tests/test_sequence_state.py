@@ -1,4 +1,4 @@
-"""The layered state snapshot (core.sequence_state): newest layer wins, as_of of the snapshot, links, policy."""
+"""The layered state snapshot (core.sequence_state): newest layer wins, the snapshot's as_of, links."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from encoder.inference.sample import AS_OF, random_sequences, write_state_snapshot
-from pipelines.state import should_compact
 from core.atomic import publish_dir
 from core.sequence_state import StateSnapshot, link_files, read_state
+from encoder.inference.sample import AS_OF, random_sequences, write_state_snapshot
+from pipelines.state import should_compact
 
 
 def rows_by_user(table: pa.Table) -> dict[int, list]:
@@ -25,8 +25,12 @@ def layered(settings):
     """Base: users 1..20. Delta 1: users 3..7 re-written + new users 100, 101. Delta 2: user 3 again."""
     layout = settings.layout()
     base = random_sequences(np.full(20, 5), AS_OF - timedelta(hours=2), seed=1, first_user=1)
-    d1 = pa.concat_tables([random_sequences(np.full(5, 6), AS_OF - timedelta(hours=1), seed=2, first_user=3),
-                           random_sequences(np.full(2, 1), AS_OF - timedelta(hours=1), seed=3, first_user=100)])
+    d1 = pa.concat_tables(
+        [
+            random_sequences(np.full(5, 6), AS_OF - timedelta(hours=1), seed=2, first_user=3),
+            random_sequences(np.full(2, 1), AS_OF - timedelta(hours=1), seed=3, first_user=100),
+        ]
+    )
     d2 = random_sequences(np.full(1, 7), AS_OF, seed=4, first_user=3)
     write_state_snapshot(layout, AS_OF, base, num_files=3, deltas=[d1, d2])
     expected = {**rows_by_user(base), **rows_by_user(d1), **rows_by_user(d2)}
@@ -46,7 +50,7 @@ def test_the_newest_layer_holding_a_user_wins(layered):
 
 
 def test_files_of_different_writers_stream_with_one_schema(settings):
-    """Spark writes n_events nullable, pyarrow (the active shards) not null: batches must still concatenate."""
+    """Spark writes n_events nullable, pyarrow (active shards) not null: batches must still concatenate."""
     layout = settings.layout()
     base = random_sequences(np.full(5, 3), AS_OF - timedelta(hours=1), seed=1)
     loose = pa.schema([f.with_nullable(True) for f in base.schema])
@@ -66,7 +70,9 @@ def test_every_row_is_read_as_of_the_snapshot(layered):
 
 def test_a_plain_directory_is_one_base_layer_and_keeps_its_rows_as_of(tmp_path):
     table = random_sequences(np.full(6, 3), AS_OF, seed=5)
-    table = table.set_column(1, "as_of", pa.array([AS_OF - timedelta(hours=h) for h in range(6)], table["as_of"].type))
+    table = table.set_column(
+        1, "as_of", pa.array([AS_OF - timedelta(hours=h) for h in range(6)], table["as_of"].type)
+    )
     with publish_dir(tmp_path / "trainset", {"kind": "time_split"}) as tmp:  # e.g. a training set
         pq.write_table(table, tmp / "part-0.parquet")
     snap = StateSnapshot(tmp_path / "trainset")

@@ -21,6 +21,8 @@ AS_OF = "2026-01-01T05:00Z"
 def app_of(s):
     """The app over the sections of a full Settings (what `soe serve` passes)."""
     return create_app(s.serve, s.graph, s.redis, s.layout())
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,12 +39,15 @@ def served(tmp_path_factory, redis_single_server, planted):
     from tests.fixtures.redis_servers import _flush
 
     s = load_settings(environ={"SOE_DATA__ROOT": str(tmp_path_factory.mktemp("served") / "data")})
-    s = s.model_copy(update={
-        "redis": redis_single_server.redis_settings(),
-        "graph": s.graph.model_copy(update={"k": 10, "recall_sample": 200}),
-        "serve": s.serve.model_copy(update={"model_version": "m1", "max_seeds": 300, "max_batch": 50,
-                                            "max_body_bytes": 20_000}),
-    })
+    s = s.model_copy(
+        update={
+            "redis": redis_single_server.redis_settings(),
+            "graph": s.graph.model_copy(update={"k": 10, "recall_sample": 200}),
+            "serve": s.serve.model_copy(
+                update={"model_version": "m1", "max_seeds": 300, "max_batch": 50, "max_body_bytes": 20_000}
+            ),
+        }
+    )
     _flush(s.redis)
     write_embeddings(s.layout(), "m1", AS_OF, planted.user_ids, planted.vectors)
     publish_embeddings(s.redis, s.layout(), "m1", AS_OF)
@@ -101,9 +106,14 @@ def test_candidates_from_neighbours_positives(client, served):
     snap = latest_snapshot(served.layout(), "m1")
     nbr, scores = snap.neighbours()
     uid, n1, n2 = int(snap.vectors.ids[0]), int(nbr[0][0]), int(nbr[0][1])
-    write_positives(served.redis, np.array([uid, n1, n2]),
-                    [np.array([8]), np.array([7]), np.array([7, 8, 9])],
-                    [np.array([1.0]), np.array([2.0]), np.array([1.0, 2.0, 3.0])], AS_OF, ttl_s=None)
+    write_positives(
+        served.redis,
+        np.array([uid, n1, n2]),
+        [np.array([8]), np.array([7]), np.array([7, 8, 9])],
+        [np.array([1.0]), np.array([2.0]), np.array([1.0, 2.0, 3.0])],
+        AS_OF,
+        ttl_s=None,
+    )
     r = client.get(f"/v1/users/{uid}/candidates", params={"k": 5})
     got = {c["item_id"]: c["score"] for c in r.json()["candidates"]}
     assert r.status_code == 200 and set(got) == {7, 9}  # 8 is the user's own positive
@@ -126,30 +136,45 @@ def test_lookalike_recovers_the_seed_cluster(client, planted):
     assert r.status_code == 404 and "none of the 2 seed users" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("method,path,kwargs,status", [
-    ("post", "/v1/vectors", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": "1,2"}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": ["1"]}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": [1.5]}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": [True]}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": [2**70]}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": []}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": list(range(51))}}, 422),
-    ("post", "/v1/vectors", {"json": {"user_ids": [1], "extra": 1}}, 422),
-    ("post", "/v1/vectors", {"json": [1, 2]}, 422),
-    ("post", "/v1/lookalike", {"json": {"seed_user_ids": list(range(301))}}, 422),
-    ("post", "/v1/lookalike", {"content": json.dumps({"seed_user_ids": list(range(10_000))}),
-                               "headers": {"content-type": "application/json"}}, 413),
-    ("post", "/v1/lookalike", {"json": {"seed_user_ids": [1], "size": 0}}, 422),
-    ("post", "/v1/lookalike", {"json": {"seed_user_ids": [1], "size": "ten"}}, 422),
-    ("post", "/v1/lookalike", {"json": {"seed_user_ids": [1], "method": "magic"}}, 422),
-    ("get", "/v1/users/abc/vector", {}, 422),
-    ("get", f"/v1/users/{2**64}/neighbours", {}, 422),
-    ("get", "/v1/users/1/neighbours?k=0", {}, 422),
-    ("get", "/v1/users/1/neighbours?k=100000", {}, 422),
-    ("get", "/v1/users/1/candidates?k=x", {}, 422),
-    ("get", "/v1/nowhere", {}, 404),
-])
+@pytest.mark.parametrize(
+    "method,path,kwargs,status",
+    [
+        (
+            "post",
+            "/v1/vectors",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            422,
+        ),
+        ("post", "/v1/vectors", {"json": {"user_ids": "1,2"}}, 422),
+        ("post", "/v1/vectors", {"json": {"user_ids": ["1"]}}, 422),
+        ("post", "/v1/vectors", {"json": {"user_ids": [1.5]}}, 422),
+        ("post", "/v1/vectors", {"json": {"user_ids": [True]}}, 422),
+        ("post", "/v1/vectors", {"json": {"user_ids": [2**70]}}, 422),
+        ("post", "/v1/vectors", {"json": {"user_ids": []}}, 422),
+        ("post", "/v1/vectors", {"json": {"user_ids": list(range(51))}}, 422),
+        ("post", "/v1/vectors", {"json": {"user_ids": [1], "extra": 1}}, 422),
+        ("post", "/v1/vectors", {"json": [1, 2]}, 422),
+        ("post", "/v1/lookalike", {"json": {"seed_user_ids": list(range(301))}}, 422),
+        (
+            "post",
+            "/v1/lookalike",
+            {
+                "content": json.dumps({"seed_user_ids": list(range(10_000))}),
+                "headers": {"content-type": "application/json"},
+            },
+            413,
+        ),
+        ("post", "/v1/lookalike", {"json": {"seed_user_ids": [1], "size": 0}}, 422),
+        ("post", "/v1/lookalike", {"json": {"seed_user_ids": [1], "size": "ten"}}, 422),
+        ("post", "/v1/lookalike", {"json": {"seed_user_ids": [1], "method": "magic"}}, 422),
+        ("get", "/v1/users/abc/vector", {}, 422),
+        ("get", f"/v1/users/{2**64}/neighbours", {}, 422),
+        ("get", "/v1/users/1/neighbours?k=0", {}, 422),
+        ("get", "/v1/users/1/neighbours?k=100000", {}, 422),
+        ("get", "/v1/users/1/candidates?k=x", {}, 422),
+        ("get", "/v1/nowhere", {}, 404),
+    ],
+)
 def test_bad_requests_get_clear_4xx(client, method, path, kwargs, status):
     r = getattr(client, method)(path, **kwargs)
     assert r.status_code == status, r.text
@@ -167,17 +192,22 @@ def test_store_down_is_503_not_500(served):
 
 def test_committed_openapi_spec_is_current():
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
-    assert committed == json.loads(json.dumps(openapi_spec())), \
+    assert committed == json.loads(json.dumps(openapi_spec())), (
         "regenerate: soe serve --openapi docs/openapi.json"
+    )
 
 
 def test_service_over_the_in_memory_store(settings, redis_memory, planted):
     """``redis.mode: memory``: publish, graph and service share one in-process store, no server."""
     from store.publish import publish_embeddings
 
-    s = settings.model_copy(update={"redis": redis_memory,
-                                    "graph": settings.graph.model_copy(update={"k": 5, "recall_sample": 100}),
-                                    "serve": settings.serve.model_copy(update={"model_version": "m1"})})
+    s = settings.model_copy(
+        update={
+            "redis": redis_memory,
+            "graph": settings.graph.model_copy(update={"k": 5, "recall_sample": 100}),
+            "serve": settings.serve.model_copy(update={"model_version": "m1"}),
+        }
+    )
     ids, vectors = planted.user_ids[:300], planted.vectors[:300]
     write_embeddings(s.layout(), "m1", AS_OF, ids, vectors)
     assert publish_embeddings(s.redis, s.layout(), "m1", AS_OF)["written"] == 300

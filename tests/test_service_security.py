@@ -76,8 +76,9 @@ def test_every_response_label_matches_its_vectors_while_the_pointer_switches(set
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=switcher)] + [threading.Thread(target=requester, args=(k,))
-                                                      for k in range(4)]
+    threads = [threading.Thread(target=switcher)] + [
+        threading.Thread(target=requester, args=(k,)) for k in range(4)
+    ]
     for t in threads:
         t.start()
     time.sleep(4.0)
@@ -96,8 +97,9 @@ def live_server(request, settings, redis_memory):
     from store.local_server import free_ports
     from store.service.server import make_server
 
-    serve = settings.serve.model_copy(update={"header_timeout_s": 0.5, "body_timeout_s": 0.5,
-                                              "http": request.param})
+    serve = settings.serve.model_copy(
+        update={"header_timeout_s": 0.5, "body_timeout_s": 0.5, "http": request.param}
+    )
     app = create_app(serve, settings.graph, redis_memory, settings.layout())
     port = free_ports(1)[0]
     server = make_server(app, serve, port=port, log_level="warning")
@@ -130,8 +132,10 @@ def answer_and_close(port: int, payload: bytes, wait: float = 5.0) -> tuple[byte
 
 
 def test_a_body_that_never_arrives_gets_408_and_a_closed_connection(live_server):
-    head = (b"POST /v1/vectors HTTP/1.1\r\nHost: soe\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n")
+    head = (
+        b"POST /v1/vectors HTTP/1.1\r\nHost: soe\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
     data, closed_after = answer_and_close(live_server, head + b'{"user_ids')
     assert closed_after is not None and closed_after < 3.0, "the server kept the connection open"
     assert data.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in data
@@ -151,8 +155,10 @@ def test_a_complete_request_then_a_stalled_one_on_the_same_connection(live_serve
     # a slow but timely body is served (the timeout is the request's, not a whole connection's)
     with socket.create_connection(("127.0.0.1", live_server)) as sock:
         body = b'{"user_ids": [1]}'
-        sock.sendall(b"POST /v1/vectors HTTP/1.1\r\nHost: soe\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        sock.sendall(
+            b"POST /v1/vectors HTTP/1.1\r\nHost: soe\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:5]
+        )
         time.sleep(0.2)
         sock.sendall(body[5:])
         sock.settimeout(5)

@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from soe.config import load_settings
 from core.datasets.synthetic import GeneratedLog, SyntheticConfig, generate, write_log
 from core.layout import HOUR, utc
+from soe.config import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT_APP = REPO / "soe" / "flows" / "spark_submit.py"
@@ -41,15 +41,28 @@ APP_NAME = "soe-submit-cluster-test"
 SUBMIT_TIMEOUT_S = 300
 JVM_OPTS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 # manifest fields that are content (not timings, not paths of the internal state)
-COMPARED = ("as_of", "mode", "valid_events", "quarantined", "reasons", "active_users", "num_shards",
-            "shard_sizes", "max_len")
+COMPARED = (
+    "as_of",
+    "mode",
+    "valid_events",
+    "quarantined",
+    "reasons",
+    "active_users",
+    "num_shards",
+    "shard_sizes",
+    "max_len",
+)
 
 
 def soe_env(root: Path) -> dict[str, str]:
     """The SoE settings both runs share (the cluster run adds only the launcher and Spark sizing)."""
-    return {"SOE_DATA__ROOT": str(root), "SOE_SEQUENCES__MAX_LEN": str(MAX_LEN),
-            "SOE_SEQUENCES__NUM_SHARDS": str(SHARDS), "SOE_SEQUENCES__STATE_FILES": "2",
-            "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "1"}
+    return {
+        "SOE_DATA__ROOT": str(root),
+        "SOE_SEQUENCES__MAX_LEN": str(MAX_LEN),
+        "SOE_SEQUENCES__NUM_SHARDS": str(SHARDS),
+        "SOE_SEQUENCES__STATE_FILES": "2",
+        "SOE_SEQUENCES__BOOTSTRAP_LOOKBACK_HOURS": "1",
+    }
 
 
 def interval_arg(start, end) -> str:
@@ -58,32 +71,52 @@ def interval_arg(start, end) -> str:
 
 def write_messy_log(root: Path, seed: int = 11) -> None:
     """Small log with late arrivals, malformed rows, null attributes and re-sent (duplicate) events."""
-    log = generate(SyntheticConfig(n_users=40, n_items=300, n_clusters=4, hours=3, base_events_per_user=20,
-                                   late_fraction=0.15, malformed_fraction=0.03, seed=seed))
+    log = generate(
+        SyntheticConfig(
+            n_users=40,
+            n_items=300,
+            n_clusters=4,
+            hours=3,
+            base_events_per_user=20,
+            late_fraction=0.15,
+            malformed_fraction=0.03,
+            seed=seed,
+        )
+    )
     rng = np.random.default_rng(seed)
     events = log.events
     mask = pa.array(rng.random(events.num_rows) < 0.1)
     i = events.schema.get_field_index("category_id")
-    events = events.set_column(i, "category_id", pc.if_else(
-        mask, pa.nulls(events.num_rows, events.schema.field(i).type), events["category_id"]))
+    events = events.set_column(
+        i,
+        "category_id",
+        pc.if_else(mask, pa.nulls(events.num_rows, events.schema.field(i).type), events["category_id"]),
+    )
     # at-least-once delivery: 20 valid events of hours 0-1 re-sent one hour after they first arrived
     n_valid = log.manifest["n_valid_events"]
     early = np.flatnonzero(log.arrival_hour[:n_valid] <= log.arrival_hour.min() + 1)
     resent = rng.choice(early, 20, replace=False)
     events = pa.concat_tables([events, events.take(pa.array(resent))])
     arrival = np.concatenate([log.arrival_hour, log.arrival_hour[resent] + 1])
-    write_log(GeneratedLog(events, arrival, log.users, log.items, log.manifest), load_settings(
-        environ=soe_env(root)).layout())
+    write_log(
+        GeneratedLog(events, arrival, log.users, log.items, log.manifest),
+        load_settings(environ=soe_env(root)).layout(),
+    )
 
 
 def driver_env(cluster, root: Path) -> dict[str, str]:
-    env = {k: v for k, v in cluster.env.items()
-           if not k.startswith("SOE_") and k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    env = {
+        k: v
+        for k, v in cluster.env.items()
+        if not k.startswith("SOE_") and k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
+    }
     env.update(soe_env(root))
-    env.update({
-        "SOE_SPARK__LAUNCHER": "spark-submit",  # the config change
-        "SOE_SPARK__APP_NAME": APP_NAME,
-    })
+    env.update(
+        {
+            "SOE_SPARK__LAUNCHER": "spark-submit",  # the config change
+            "SOE_SPARK__APP_NAME": APP_NAME,
+        }
+    )
     return env
 
 
@@ -91,34 +124,68 @@ def spark_submit(cluster, root: Path, start, end, shuffle_partitions: str) -> di
     """Run the real spark-submit command line; returns its exit code, output and wall time."""
     venv_bin = Path(sys.executable).parent
     cmd = [
-        str(venv_bin / "spark-submit"), "--master", cluster.master_url,
-        "--conf", f"spark.pyspark.python={sys.executable}",
-        "--conf", "spark.driver.host=127.0.0.1",
-        "--conf", f"spark.local.dir={cluster.root / 'local'}",
+        str(venv_bin / "spark-submit"),
+        "--master",
+        cluster.master_url,
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        "spark.driver.host=127.0.0.1",
+        "--conf",
+        f"spark.local.dir={cluster.root / 'local'}",
         # the deploy's starting point for the cluster, and the sizing given on the command line
-        "--properties-file", str(REPO / "deploy" / "spark" / "spark-defaults.conf"),
-        "--conf", f"spark.sql.shuffle.partitions={shuffle_partitions}",
+        "--properties-file",
+        str(REPO / "deploy" / "spark" / "spark-defaults.conf"),
+        "--conf",
+        f"spark.sql.shuffle.partitions={shuffle_partitions}",
         # its dynamic allocation stays on; one executor asked for at once instead of at the first job
-        "--conf", "spark.dynamicAllocation.initialExecutors=1",
+        "--conf",
+        "spark.dynamicAllocation.initialExecutors=1",
         # short JVMs on 2 shared cores: no C2 compiler, serial GC (test speed only)
-        "--conf", f"spark.driver.extraJavaOptions={JVM_OPTS}", "--conf", f"spark.executor.extraJavaOptions={JVM_OPTS}",
-        "--executor-memory", "1g", "--driver-memory", "1g",
-        str(SUBMIT_APP), "sequences", "--interval", interval_arg(start, end),
+        "--conf",
+        f"spark.driver.extraJavaOptions={JVM_OPTS}",
+        "--conf",
+        f"spark.executor.extraJavaOptions={JVM_OPTS}",
+        "--executor-memory",
+        "1g",
+        "--driver-memory",
+        "1g",
+        str(SUBMIT_APP),
+        "sequences",
+        "--interval",
+        interval_arg(start, end),
     ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=driver_env(cluster, root), capture_output=True, text=True,
-                          timeout=SUBMIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=driver_env(cluster, root),
+        capture_output=True,
+        text=True,
+        timeout=SUBMIT_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
     seconds = time.monotonic() - t0
     log = root.parent / f"driver-{start:%H%M}.log"  # kept beside the data root for a post-mortem
-    log.write_text(f"$ {' '.join(cmd)}\nexit {proc.returncode} after {seconds:.1f} s\n--- stdout ---\n"
-                   f"{proc.stdout}\n--- stderr ---\n{proc.stderr}")
-    return {"cmd": cmd, "rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
-            "seconds": seconds, "log": log}
+    log.write_text(
+        f"$ {' '.join(cmd)}\nexit {proc.returncode} after {seconds:.1f} s\n--- stdout ---\n"
+        f"{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+    return {
+        "cmd": cmd,
+        "rc": proc.returncode,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+        "seconds": seconds,
+        "log": log,
+    }
 
 
 def explain(run: dict, cluster) -> str:
-    return (f"$ {' '.join(run['cmd'])}\nexit {run['rc']}\n--- stdout ---\n{run['stdout'][-4000:]}\n"
-            f"--- stderr ---\n{run['stderr'][-6000:]}\n{cluster.logs()}")
+    return (
+        f"$ {' '.join(run['cmd'])}\nexit {run['rc']}\n--- stdout ---\n{run['stdout'][-4000:]}\n"
+        f"--- stderr ---\n{run['stderr'][-6000:]}\n{cluster.logs()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +233,7 @@ def active_rows(root: Path, as_of) -> list[list[dict]]:
 def test_spark_submit_exits_0_and_prints_the_manifest_last(submitted, spark_standalone):
     _, runs = submitted
     assert len(runs) == len(INTERVALS), explain(runs[-1], spark_standalone)
-    for run, (start, end) in zip(runs, INTERVALS):
+    for run, (_start, end) in zip(runs, INTERVALS):
         assert run["rc"] == 0, explain(run, spark_standalone)
         manifest = last_json_line(run)
         assert utc(manifest["as_of"]) == end
@@ -218,8 +285,9 @@ def test_cluster_outputs_equal_the_embedded_run(submitted, embedded, spark_stand
     assert all(r["rc"] == 0 for r in runs), explain(runs[-1], spark_standalone)
     for run, expected in zip(runs, emb_manifests):
         got = last_json_line(run)
-        assert {k: got[k] for k in COMPARED} == {k: json.loads(json.dumps(expected[k], default=str))
-                                                 for k in COMPARED}
+        assert {k: got[k] for k in COMPARED} == {
+            k: json.loads(json.dumps(expected[k], default=str)) for k in COMPARED
+        }
         as_of = utc(got["as_of"])
         sub_shards, emb_shards = active_rows(sub_root, as_of), active_rows(emb_root, as_of)
         for i, ((s_schema, s_rows), (e_schema, e_rows)) in enumerate(zip(sub_shards, emb_shards)):
@@ -257,4 +325,8 @@ def test_which_settings_win_under_spark_submit():
     assert "spark.ui.enabled" not in spark_conf(submit) and "spark.driver.memory" not in spark_conf(submit)
     assert BASE_CONF.items() <= spark_conf(submit, submitted=list(BASE_CONF)).items()  # contracts always
     local = spark_conf(SparkSettings())
-    assert local["spark.ui.enabled"] == "false" and local[shuffle] == "8" and local["spark.driver.memory"] == "4g"
+    assert (
+        local["spark.ui.enabled"] == "false"
+        and local[shuffle] == "8"
+        and local["spark.driver.memory"] == "4g"
+    )

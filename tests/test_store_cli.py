@@ -18,8 +18,11 @@ def run(env, *args, code=0):
 
 
 def test_publish_switch_lookup_forget(settings, redis_single, tmp_path):
-    env = {"SOE_DATA__ROOT": str(settings.data.root), "SOE_REDIS__PORT": str(redis_single.port),
-           "SOE_REDIS__BUCKETS": "64"}
+    env = {
+        "SOE_DATA__ROOT": str(settings.data.root),
+        "SOE_REDIS__PORT": str(redis_single.port),
+        "SOE_REDIS__BUCKETS": "64",
+    }
     x = unit(100, 8)
     write_shard(settings.layout(), "m1", T0, 0, np.arange(100), x)
     out = run(env, "publish", "--model", "m1", "--as-of", "2026-01-01T05:00Z", "--shard", "0")

@@ -91,8 +91,11 @@ def test_newest_as_of_wins_and_an_older_upsert_never_overwrites(store, kind):
     assert store.get(kind, model, USERS) == as_bytes(new)
     # per user within one batch: even users get a newer as_of (written), odd an older one (stale)
     mixed_as_of = np.where(USERS % 2 == 0, T3, T1)
-    mixed = values_of(kind, USERS, mixed_as_of, seed=2) if kind == "vectors" else [
-        values_of(kind, USERS[i:i + 1], int(t), seed=2)[0] for i, t in enumerate(mixed_as_of)]
+    mixed = (
+        values_of(kind, USERS, mixed_as_of, seed=2)
+        if kind == "vectors"
+        else [values_of(kind, USERS[i : i + 1], int(t), seed=2)[0] for i, t in enumerate(mixed_as_of)]
+    )
     c = store.upsert(kind, model, USERS, mixed, mixed_as_of)
     assert (c.written, c.stale) == (150, 150)
     got = store.get(kind, model, USERS)
@@ -110,7 +113,7 @@ def test_a_user_twice_in_one_batch_keeps_its_newest_row(store, kind):
     store.ensure_model("m1", 8, "float16", 64)
     ids = np.array([5, 6, 5, 5], np.int64)
     stamps = np.array([T2, T1, T3, T1], np.int64)
-    values = [values_of(kind, ids[i:i + 1], int(stamps[i]), seed=i)[0] for i in range(4)]
+    values = [values_of(kind, ids[i : i + 1], int(stamps[i]), seed=i)[0] for i in range(4)]
     rows = np.stack(values) if kind == "vectors" else values
     c = store.upsert(kind, model_of(kind), ids, rows, stamps)
     assert (c.written, c.duplicates) == (2, 2)
@@ -125,9 +128,11 @@ def test_rerun_is_idempotent(store):
     store.ensure_model("m1", 8, "float16", 64)
     vec, nbr, pos = vector_rows(300, T1), neighbour_values(USERS, T1), positives_values(USERS, T1)
     for _ in range(2):
-        counts = [store.upsert("vectors", "m1", USERS, vec, T1),
-                  store.upsert("neighbours", "m1", USERS, nbr, T1),
-                  store.upsert("positives", None, USERS, pos, T1)]
+        counts = [
+            store.upsert("vectors", "m1", USERS, vec, T1),
+            store.upsert("neighbours", "m1", USERS, nbr, T1),
+            store.upsert("positives", None, USERS, pos, T1),
+        ]
     assert all((c.written, c.unchanged, c.stale) == (0, 300, 0) for c in counts)
     assert store.get("vectors", "m1", USERS) == as_bytes(vec) and store.get("positives", None, USERS) == pos
     assert store.ensure_model("m1", 8, "float16", 64).buckets == 64 and store.models() == ["m1"]
@@ -218,8 +223,10 @@ def test_namespaces_metadata_manifests_and_drop(store):
     assert store.model_meta("m1").extra["vectors"] == "300"
     store.record_manifest("m1", "20260101T0500Z/00000", {"rows": 300, "as_of": "x", "ok": True})
     store.record_manifest("m1", "20260101T0600Z/all", {"rows": 1})
-    assert store.manifests("m1") == {"20260101T0500Z/00000": {"rows": 300, "as_of": "x", "ok": True},
-                                     "20260101T0600Z/all": {"rows": 1}}
+    assert store.manifests("m1") == {
+        "20260101T0500Z/00000": {"rows": 300, "as_of": "x", "ok": True},
+        "20260101T0600Z/all": {"rows": 1},
+    }
     store.ensure_model("m2", 8, "float32", 64)
     store.upsert_vectors("m1", USERS, fmt.encode_vectors(unit(300), T1, "m1", "float32"), T1)
     store.upsert_neighbours("m1", USERS, neighbour_values(USERS, T1), T1)

@@ -78,7 +78,7 @@ def test_reader_during_switch_never_sees_a_mix(store_any):
     t.start()
     try:
         for i in range(150):
-            batch = USERS[(i * 37) % 200:][:100]
+            batch = USERS[(i * 37) % 200 :][:100]
             res = client.lookup(batch)
             assert res.found.all()
             # every vector of the batch is the one model's vector: never a mix of a and b

@@ -38,10 +38,11 @@ user_sets = st.one_of(
 
 def test_packed_reads_equal_redis_py_pipeline_reads_byte_for_byte(redis_any, redis_memory):
     x = np.random.default_rng(0).standard_normal((len(STORED), 8)).astype(np.float32)
-    values = {"vectors": fmt.encode_vectors(x, 1_000, "m1"),
-              "neighbours": [fmt.encode_neighbours([i, i + 1], [0.5, 0.25], 1_000, "m1")
-                             for i in STORED_LIST],
-              "positives": [fmt.encode_neighbours([i % 97], [3.0], 1_000, "positives") for i in STORED_LIST]}
+    values = {
+        "vectors": fmt.encode_vectors(x, 1_000, "m1"),
+        "neighbours": [fmt.encode_neighbours([i, i + 1], [0.5, 0.25], 1_000, "m1") for i in STORED_LIST],
+        "positives": [fmt.encode_neighbours([i % 97], [3.0], 1_000, "positives") for i in STORED_LIST],
+    }
     packed = open_store(redis_any.model_copy(update={"read_path": "packed", "buckets": 128}))
     pipeline = open_store(redis_any.model_copy(update={"read_path": "pipeline", "buckets": 128}))
     memory = open_store(redis_memory)

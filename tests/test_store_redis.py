@@ -32,13 +32,16 @@ def write_shard(layout, model, as_of, shard, user_ids, vectors):
     n, d = vectors.shape
     contract = embedding_contract(d)
     flat = pa.array(np.asarray(vectors, np.float16).reshape(-1), type=pa.float16())
-    table = pa.Table.from_arrays([
-        pa.array(np.asarray(user_ids, np.int64)),
-        pa.FixedSizeListArray.from_arrays(flat, d),
-        pa.array([model] * n),
-        pa.array([as_of] * n, type=pa.timestamp("ms", tz="UTC")),
-        pa.array(np.full(n, 10, np.int32)),
-    ], schema=contract.schema)
+    table = pa.Table.from_arrays(
+        [
+            pa.array(np.asarray(user_ids, np.int64)),
+            pa.FixedSizeListArray.from_arrays(flat, d),
+            pa.array([model] * n),
+            pa.array([as_of] * n, type=pa.timestamp("ms", tz="UTC")),
+            pa.array(np.full(n, 10, np.int32)),
+        ],
+        schema=contract.schema,
+    )
     with publish_dir(layout.embeddings(model, as_of) / f"shard={shard:05d}", {"rows": n}) as tmp:
         pq.write_table(table, tmp / "part-00000.parquet")
 
@@ -201,8 +204,9 @@ def test_buckets_larger_than_one_call_are_split_and_still_conditional(redis_any)
     ids = np.arange(3000)
     x = unit(3000, 4)
     assert store.upsert_vectors("m1", ids, fmt.encode_vectors(x, 10, "m1"), 10).written == 3000
-    c = store.upsert_vectors("m1", ids, fmt.encode_vectors(x[::-1], np.where(ids < 1000, 11, 9), "m1"),
-                             np.where(ids < 1000, 11, 9))
+    c = store.upsert_vectors(
+        "m1", ids, fmt.encode_vectors(x[::-1], np.where(ids < 1000, 11, 9), "m1"), np.where(ids < 1000, 11, 9)
+    )
     assert (c.written, c.stale) == (1000, 2000)
     got = store.get_vectors("m1", ids)
     np.testing.assert_allclose(got.vectors[:1000], x[::-1][:1000], atol=1e-3)
@@ -227,8 +231,10 @@ def test_fast_read_path_equals_redis_py_pipeline(redis_any):
 
         store.r.set("soe:not-a-hash", "x")  # an error reply in the middle of a batch ...
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-            hmget_many(store.r, [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]),
-                                 ("soe:none", ["1"])])
+            hmget_many(
+                store.r,
+                [(store.keys.vectors("m1", 0), ["1"]), ("soe:not-a-hash", ["1"]), ("soe:none", ["1"])],
+            )
     assert store.get("vectors", "m1", query) == fast  # ... leaves the pooled connection usable
 
 
@@ -245,7 +251,6 @@ def test_prefetch_keeps_order_and_raises_producer_errors():
     with pytest.raises(ValueError, match="bad file"):
         got.extend(prefetch(broken()))
     assert got == [1]
-
 
 
 def test_server_side_upsert_refuses_malformed_calls_before_writing(redis_any):
@@ -297,7 +302,7 @@ def test_held_connections_are_per_thread_and_reads_agree_across_threads(redis_si
     def reader(k):
         try:
             for i in range(50):
-                got = store.get_vectors("m1", ids[(i * 7 + k) % 450:][:50])
+                got = store.get_vectors("m1", ids[(i * 7 + k) % 450 :][:50])
                 assert got.found.all()
             single = store.get_vectors("m1", [k])
             np.testing.assert_allclose(single.vectors[0], x[k], atol=1e-3)

@@ -49,8 +49,17 @@ def nodes_of(settings):
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return [redis.Redis(host=h, port=p, username=settings.username, password=settings.secret(),
-                        socket_timeout=5, retry=Retry(NoBackoff(), 0)) for h, p in settings.nodes()]
+    return [
+        redis.Redis(
+            host=h,
+            port=p,
+            username=settings.username,
+            password=settings.secret(),
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        for h, p in settings.nodes()
+    ]
 
 
 def cli(env, *args):
@@ -58,9 +67,13 @@ def cli(env, *args):
 
 
 def cli_env(settings, **extra):
-    env = {"SOE_REDIS__MODE": settings.mode, "SOE_REDIS__HOST": settings.host,
-           "SOE_REDIS__PORT": str(settings.port), "SOE_REDIS__NAMESPACE": settings.namespace,
-           "SOE_REDIS__STARTUP_NODES": json.dumps(settings.startup_nodes)}
+    env = {
+        "SOE_REDIS__MODE": settings.mode,
+        "SOE_REDIS__HOST": settings.host,
+        "SOE_REDIS__PORT": str(settings.port),
+        "SOE_REDIS__NAMESPACE": settings.namespace,
+        "SOE_REDIS__STARTUP_NODES": json.dumps(settings.startup_nodes),
+    }
     if settings.username:
         env |= {"SOE_REDIS__USERNAME": settings.username, "SOE_REDIS__PASSWORD": settings.secret()}
     return env | extra
@@ -112,28 +125,54 @@ def test_acl_users_least_privilege_and_no_default_user(redis_acl):
     from store.graph.redis_io import read_positives, write_positives
 
     # recent positives: the writer upserts them with a TTL (FCALL + PEXPIRE), the reader reads them
-    counts = write_positives(writer, np.array([1]), [np.array([7])], [np.array([1.0])],
-                             "2026-01-01T05:00Z", ttl_s=60)
+    counts = write_positives(
+        writer, np.array([1]), [np.array([7])], [np.array([1.0])], "2026-01-01T05:00Z", ttl_s=60
+    )
     assert counts["written"] == 1 and [p.tolist() for p in read_positives(reader, [1, 2], 24)] == [[7], []]
 
     key = wstore.keys.vectors("m1", 0)
     lua = "#!lua name=x\nredis.register_function('f', function() return 1 end)"
-    scripting = [("EVAL", "return 1", "0"), ("EVALSHA", "a" * 40, "0"), ("EVAL_RO", "return 1", "0"),
-                 ("SCRIPT", "LOAD", "return 1"), ("SCRIPT", "FLUSH"), ("FUNCTION", "LOAD", lua),
-                 ("FUNCTION", "LOAD", "REPLACE", functions.library_source(Limits(65535, 65535, 65535))),
-                 ("FUNCTION", "FLUSH"), ("FUNCTION", "DELETE", "soe"), ("FUNCTION", "RESTORE", "x")]
+    scripting = [
+        ("EVAL", "return 1", "0"),
+        ("EVALSHA", "a" * 40, "0"),
+        ("EVAL_RO", "return 1", "0"),
+        ("SCRIPT", "LOAD", "return 1"),
+        ("SCRIPT", "FLUSH"),
+        ("FUNCTION", "LOAD", lua),
+        ("FUNCTION", "LOAD", "REPLACE", functions.library_source(Limits(65535, 65535, 65535))),
+        ("FUNCTION", "FLUSH"),
+        ("FUNCTION", "DELETE", "soe"),
+        ("FUNCTION", "RESTORE", "x"),
+    ]
     r = nodes_of(reader)[0]
-    denied = [("HSET", key, "1", "x"), ("HDEL", key, "1"), ("DEL", key), ("UNLINK", key),
-              ("SET", "soe:x", "1"), ("FCALL", "soe_upsert", "1", key, "1", "7", "x" * 16),
-              ("FCALL_RO", "soe_info", "0"),
-              *scripting, ("FLUSHALL",), ("CONFIG", "SET", "maxmemory", "1"), ("KEYS", "*"),
-              ("HGETALL", "soe:manifests:m1"), ("HGET", "other:key", "f")]
+    denied = [
+        ("HSET", key, "1", "x"),
+        ("HDEL", key, "1"),
+        ("DEL", key),
+        ("UNLINK", key),
+        ("SET", "soe:x", "1"),
+        ("FCALL", "soe_upsert", "1", key, "1", "7", "x" * 16),
+        ("FCALL_RO", "soe_info", "0"),
+        *scripting,
+        ("FLUSHALL",),
+        ("CONFIG", "SET", "maxmemory", "1"),
+        ("KEYS", "*"),
+        ("HGETALL", "soe:manifests:m1"),
+        ("HGET", "other:key", "f"),
+    ]
     for cmd in denied:
         with pytest.raises(redis.exceptions.NoPermissionError):
             r.execute_command(*cmd)
     w = nodes_of(writer)[0]
-    for cmd in [*scripting, ("FLUSHALL",), ("CONFIG", "GET", "maxmemory"), ("KEYS", "*"),
-                ("SET", "other:key", "1"), ("ACL", "LIST"), ("ACL", "SETUSER", "default", "on")]:
+    for cmd in [
+        *scripting,
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "maxmemory"),
+        ("KEYS", "*"),
+        ("SET", "other:key", "1"),
+        ("ACL", "LIST"),
+        ("ACL", "SETUSER", "default", "on"),
+    ]:
         with pytest.raises(redis.exceptions.NoPermissionError):
             w.execute_command(*cmd)
     assert functions.info(w)["version"] == str(functions.LIBRARY_VERSION)  # FCALL_RO is the writer's
@@ -184,8 +223,11 @@ def test_apply_acl_locks_the_default_user_and_refuses_to_lock_everyone_out(tmp_p
         with pytest.raises(ValueError, match="without another admin"):
             apply_acl(open_default, {"soe-writer": ("writer", WRITER_PW)})
         assert server.client().ping()  # nothing was changed
-        users = {"ops": ("admin", "ops-pw"), "soe-writer": ("writer", WRITER_PW),
-                 "soe-reader": ("reader", READER_PW)}
+        users = {
+            "ops": ("admin", "ops-pw"),
+            "soe-writer": ("writer", WRITER_PW),
+            "soe-reader": ("reader", READER_PW),
+        }
         assert apply_acl(open_default, users) == [f"127.0.0.1:{server.ports[0]}"]
         with pytest.raises(redis.exceptions.AuthenticationError):
             server.client().ping()
@@ -224,10 +266,15 @@ def test_oversized_values_are_refused_by_the_functions_and_before_sending(redis_
     ids = np.arange(40)
     fill(store, "m1", ids)
     store.upsert("positives", None, ids, [fmt.encode_neighbours([7], [1.0], 1, "positives")] * 40, 1)
-    snapshot = {kind: store.get(kind, None if kind == "positives" else "m1", ids)
-                for kind in ("vectors", "neighbours", "positives")}
-    keys = {"v": store.keys.vectors("m1", 3), "n": store.keys.neighbours("m1", 3),
-            "p": store.keys.positives(3)}
+    snapshot = {
+        kind: store.get(kind, None if kind == "positives" else "m1", ids)
+        for kind in ("vectors", "neighbours", "positives")
+    }
+    keys = {
+        "v": store.keys.vectors("m1", 3),
+        "n": store.keys.neighbours("m1", 3),
+        "p": store.keys.positives(3),
+    }
     uid = "1"  # bucket 3 holds other users; the calls below write nothing anywhere
     w = connect(writer)
     over = [  # (key, value, why): each sent by the writer straight to the function
@@ -250,8 +297,9 @@ def test_oversized_values_are_refused_by_the_functions_and_before_sending(redis_
 
     # the Python side refuses the same before sending anything
     def fcalls():
-        return sum(n.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0)
-                   for n in nodes_of(redis_acl.admin))
+        return sum(
+            n.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0) for n in nodes_of(redis_acl.admin)
+        )
 
     sent = fcalls()
     big = fmt.encode_neighbours(np.arange(1001), np.ones(1001), 9_000, "m1")
@@ -274,8 +322,15 @@ def test_oversized_values_are_refused_by_the_functions_and_before_sending(redis_
     functions.load(connect(redis_acl.admin), Limits(max_dim=2048, max_neighbours=5, max_positives=5))
     try:
         with pytest.raises(redis.exceptions.ResponseError, match="over the limit of 5"):
-            w.execute_command("FCALL", "soe_upsert", 1, keys["n"], "1", uid,
-                              fmt.encode_neighbours(np.arange(6), np.ones(6), 9_000, "m1"))
+            w.execute_command(
+                "FCALL",
+                "soe_upsert",
+                1,
+                keys["n"],
+                "1",
+                uid,
+                fmt.encode_neighbours(np.arange(6), np.ones(6), 9_000, "m1"),
+            )
     finally:
         functions.load(connect(redis_acl.admin))
     for kind, values in snapshot.items():
@@ -310,8 +365,11 @@ def test_keys_and_store_calls_refuse_bad_model_versions(store_any):
         for build in (Keys().vectors, Keys().neighbours):
             with pytest.raises(ValueError, match="model version"):
                 build(bad, 1)
-        for call, args in ((s.get, ("vectors", bad, [1])), (s.switch_pointer, (bad,)),
-                           (lambda m: LookupClient(store_any, model=m), (bad,))):
+        for call, args in (
+            (s.get, ("vectors", bad, [1])),
+            (s.switch_pointer, (bad,)),
+            (lambda m: LookupClient(store_any, model=m), (bad,)),
+        ):
             with pytest.raises(ValueError, match="model version"):
                 call(*args)
     assert s.pointer() == {}
@@ -366,11 +424,20 @@ def test_secrets_never_reach_reprs_logs_manifests_or_acl_files(redis_acl, caplog
         switch_current(store, "m1")
         forget_users(writer, [1])
         logging.getLogger("soe").info("settings: %s / %r / store %r", writer, writer, store)
-    text = (caplog.text + repr(writer) + str(writer.model_dump()) + writer.model_dump_json() + repr(store)
-            + json.dumps(store.manifests("m1")) + repr(redis_acl.server))
+    text = (
+        caplog.text
+        + repr(writer)
+        + str(writer.model_dump())
+        + writer.model_dump_json()
+        + repr(store)
+        + json.dumps(store.manifests("m1"))
+        + repr(redis_acl.server)
+    )
     assert WRITER_PW not in text and redis_acl.admin.secret() not in text and "**********" in text
-    rendered = acl_file({"soe-writer": ("writer", WRITER_PW), "soe-reader": ("reader", READER_PW)},
-                        default_password="admin-pw")
+    rendered = acl_file(
+        {"soe-writer": ("writer", WRITER_PW), "soe-reader": ("reader", READER_PW)},
+        default_password="admin-pw",
+    )
     assert WRITER_PW not in rendered and READER_PW not in rendered and "admin-pw" not in rendered
     assert rendered.count("#") == 3  # three sha256 password hashes
     assert redis_acl.admin.secret() not in (redis_acl.server.work_dir / "servers.json").read_text()
@@ -384,14 +451,18 @@ def test_a_numeric_password_is_a_secret_string_end_to_end(redis_acl_single_serve
     admin = redis_acl_single_server.client()
     admin.flushall()
     admin.execute_command("ACL", "SETUSER", "num-reader", "reset", "on", f">{pw}", "~*", "+@all")
-    base = {"SOE_DATA__ROOT": str(tmp_path / "data"),
-            "SOE_REDIS__PORT": str(redis_acl_single_server.ports[0]),
-            "SOE_REDIS__USERNAME": "num-reader"}
+    base = {
+        "SOE_DATA__ROOT": str(tmp_path / "data"),
+        "SOE_REDIS__PORT": str(redis_acl_single_server.ports[0]),
+        "SOE_REDIS__USERNAME": "num-reader",
+    }
     yaml_file = tmp_path / "soe.yaml"
     yaml_file.write_text(f"redis:\n  password: {pw}\n")  # a number in YAML too
     with caplog.at_level(logging.DEBUG):
-        for args, env in [(["config"], {**base, "SOE_REDIS__PASSWORD": pw}),
-                          (["-c", str(yaml_file), "config"], base)]:
+        for args, env in [
+            (["config"], {**base, "SOE_REDIS__PASSWORD": pw}),
+            (["-c", str(yaml_file), "config"], base),
+        ]:
             res = cli(env, *args)
             assert res.exit_code == 0, res.output
             assert json.loads(res.stdout)["redis"]["password"] != pw and pw not in res.output

@@ -23,7 +23,10 @@ def log():
 
 
 def digest(root) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.parquet"))
+    }
 
 
 def test_same_seed_writes_byte_identical_files(tmp_path):
@@ -45,7 +48,9 @@ def test_written_partitions_follow_the_event_contract(tmp_path, log):
         assert t.schema.equals(EVENT.schema, check_metadata=False)
         total += t.num_rows
     assert total == log.events.num_rows
-    assert (layout.ground_truth / "users.parquet").is_file() and (layout.ground_truth / "items.parquet").is_file()
+    assert (layout.ground_truth / "users.parquet").is_file() and (
+        layout.ground_truth / "items.parquet"
+    ).is_file()
 
 
 def test_funnel_rates_are_realistic(log):
@@ -72,7 +77,9 @@ def test_user_activity_is_heavy_tailed(log):
 def test_engagement_follows_planted_interest_clusters(log):
     users = log.users.to_pandas().set_index("user_id")
     item_cluster = log.items["cluster"].to_numpy()
-    ev = log.events.filter(pc.is_in(log.events["event_type"], value_set=__import__("pyarrow").array(["click", "view"])))
+    ev = log.events.filter(
+        pc.is_in(log.events["event_type"], value_set=__import__("pyarrow").array(["click", "view"]))
+    )
     uid = ev["user_id"].to_numpy() - USER_ID_BASE
     cl = item_cluster[ev["item_id"].to_numpy() - ITEM_ID_BASE]
     clusters = log.users["clusters"].to_pylist()

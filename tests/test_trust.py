@@ -53,8 +53,20 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trust")
     server = local_server.start_single(tmp / "redis", persist=True)
     s = settings_for(tmp / "data", server.redis_settings(buckets=32))
-    write_log(generate(SyntheticConfig(n_users=160, n_items=600, n_clusters=4, hours=6, start=str(START),
-                                       base_events_per_user=25, seed=5)), s.layout())
+    write_log(
+        generate(
+            SyntheticConfig(
+                n_users=160,
+                n_items=600,
+                n_clusters=4,
+                hours=6,
+                start=str(START),
+                base_events_per_user=25,
+                seed=5,
+            )
+        ),
+        s.layout(),
+    )
     hourly.sequences(s, T0 - HOUR, T0)
     model = random_model(s)
     backfill.run_backfill(s, model, T0)
@@ -70,8 +82,15 @@ def reader_view(s, at=T0) -> dict:
     model, vectors, found = stages.lookup(s, known)
     nbrs = stages.neighbours(s, model, known)
     meta = redis_py.Redis(host=s.redis.host, port=s.redis.port).hgetall(f"{s.redis.namespace}:meta:{model}")
-    return {"ids": known, "model": model, "vectors": vectors, "found": found, "graphs": graph_times(s.layout(), model),
-            "lists": [None if x is None else x[0].tolist() for x in nbrs], "last_as_of": meta.get(b"last_as_of")}
+    return {
+        "ids": known,
+        "model": model,
+        "vectors": vectors,
+        "found": found,
+        "graphs": graph_times(s.layout(), model),
+        "lists": [None if x is None else x[0].tolist() for x in nbrs],
+        "last_as_of": meta.get(b"last_as_of"),
+    }
 
 
 def test_a_rejected_hour_publishes_nothing_and_fails_at_once(world):
@@ -85,7 +104,9 @@ def test_a_rejected_hour_publishes_nothing_and_fails_at_once(world):
     with pytest.raises(GenerationRejected, match="drift"):
         hourly.run_interval(strict, H[0] - HOUR, H[0])
     after = reader_view(base)
-    assert np.array_equal(after["found"], before["found"]) and np.array_equal(after["vectors"], before["vectors"])
+    assert np.array_equal(after["found"], before["found"]) and np.array_equal(
+        after["vectors"], before["vectors"]
+    )
     assert after["lists"] == before["lists"] and after["last_as_of"] == before["last_as_of"]
     assert after["graphs"] == before["graphs"]  # no graph of the rejected hour is ever served
     layout = base.layout()
@@ -105,9 +126,14 @@ def test_the_same_hour_then_passes_and_is_served(world):
     view = reader_view(s, H[0])
     assert view["graphs"][-1] == H[0] and view["found"].all()
     assert out["stages"]["validate"]["ok"] and {c["name"] for c in out["stages"]["validate"]["checks"]} == {
-        "coverage", "norms", "drift", "recall", "lookup"}
+        "coverage",
+        "norms",
+        "drift",
+        "recall",
+        "lookup",
+    }
     active = stages.active_user_ids(s, H[0])
-    _, vectors, found = stages.lookup(s, active)
+    _, _, found = stages.lookup(s, active)
     assert found.all()
 
 
@@ -122,7 +148,9 @@ def test_kill_9_right_after_a_completed_hour_loses_nothing_with_aof(world):
     (server.work_dir / "servers.json").unlink()  # the dead server's record: start again in its place
     world["server"] = local_server.start_single(server.work_dir, port=server.ports[0], persist=True)
     after = reader_view(s)
-    assert np.array_equal(after["found"], before["found"]) and np.array_equal(after["vectors"], before["vectors"])
+    assert np.array_equal(after["found"], before["found"]) and np.array_equal(
+        after["vectors"], before["vectors"]
+    )
     assert after["lists"] == before["lists"] and after["model"] == before["model"]
 
 
@@ -133,14 +161,18 @@ def test_a_store_that_lost_everything_is_repaired_by_the_next_hour(world):
     s = world["settings"]
     expected = reader_view(s, H[0])
     client = redis_py.Redis(host=s.redis.host, port=s.redis.port)
-    client.flushall()  # the finding: a restart lost the completed hours; the hour is still marked done on disk
+    client.flushall()  # the finding: a restart lost the completed hours, still marked done on disk
     assert stages.current_model(s) is None
     out = hourly.run_interval(s, H[1] - HOUR, H[1])
     repaired = read_manifest(s.layout(), "soe_hourly", H[1])["stages"]["reconcile"]
-    assert repaired["pointer_restored"] == world["model"] and repaired["republished_hours"] == 2  # backfill + H1
+    assert (
+        repaired["pointer_restored"] == world["model"] and repaired["republished_hours"] == 2
+    )  # backfill + H1
     view = reader_view(s, H[0])
     assert view["found"].all() and view["model"] == world["model"]
-    idle = ~np.isin(view["ids"], stages.active_user_ids(s, H[1]))  # users H2 did not touch: back on H1's vectors
+    idle = ~np.isin(
+        view["ids"], stages.active_user_ids(s, H[1])
+    )  # users H2 did not touch: back on H1's vectors
     assert np.array_equal(view["vectors"][idle], expected["vectors"][idle])
     assert all(x is not None for x in view["lists"])
     assert out["stages"]["reconcile"]["republished_hours"] == 2

@@ -32,8 +32,17 @@ RULES = ValidationRules(
 
 
 def row(**over):
-    base = dict(user_id=1, ts=T, event_type="click", item_id=10, category_id=3, advertiser_id=4,
-                campaign_id=5, device="ios", country="US")
+    base = dict(
+        user_id=1,
+        ts=T,
+        event_type="click",
+        item_id=10,
+        category_id=3,
+        advertiser_id=4,
+        campaign_id=5,
+        device="ios",
+        country="US",
+    )
     base.update(over)
     return base
 
@@ -99,8 +108,9 @@ def test_wrong_column_type_quarantines_only_unreadable_values():
     raw = pa.table(
         {
             "user_id": pa.array(["7", "abc", "9", None]),  # text where int64 is expected
-            "ts": pa.array(["2026-01-01T05:10:00Z", "2026-01-01T05:11:00Z", "yesterday",
-                            "2026-01-01T05:12:00Z"]),
+            "ts": pa.array(
+                ["2026-01-01T05:10:00Z", "2026-01-01T05:11:00Z", "yesterday", "2026-01-01T05:12:00Z"]
+            ),
             "event_type": ["click", "view", "view", "view"],
             "item_id": pa.array([1.0, 2.0, 3.0, 4.5]),  # float ids: 4.5 is not an id
         }
@@ -146,8 +156,12 @@ def test_counts_match_the_generators_injected_malformed_rows():
     from core.datasets.synthetic import SyntheticConfig, generate
 
     log = generate(SyntheticConfig(n_users=300, n_items=2000, hours=4, malformed_fraction=0.05, seed=3))
-    rules = ValidationRules(event_types=RULES.event_types, interval_start=datetime(2026, 1, 1, tzinfo=UTC),
-                            interval_end=datetime(2026, 1, 1, 4, tzinfo=UTC), max_lateness_hours=72)
+    rules = ValidationRules(
+        event_types=RULES.event_types,
+        interval_start=datetime(2026, 1, 1, tzinfo=UTC),
+        interval_end=datetime(2026, 1, 1, 4, tzinfo=UTC),
+        max_lateness_hours=72,
+    )
     result = validate_events(log.events, rules)
     assert result.counts == log.manifest["malformed_injected"]
     assert result.n_valid == log.manifest["n_valid_events"]
@@ -184,7 +198,9 @@ def test_a_corrupt_row_group_is_quarantined_with_its_rows_and_the_other_row_grou
     pq.write_table(table([row(user_id=i + 1) for i in range(10)]), path, row_group_size=5, compression="none")
     chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)
     data = bytearray(path.read_bytes())
-    data[chunk.data_page_offset:chunk.data_page_offset + 16] = b"\xff" * 16  # the page header of row group 1
+    data[chunk.data_page_offset : chunk.data_page_offset + 16] = (
+        b"\xff" * 16
+    )  # the page header of row group 1
     path.write_bytes(bytes(data))
     result = validate_files([path], RULES)
     assert result.valid.column("user_id").to_pylist() == [1, 2, 3, 4, 5]

@@ -40,8 +40,9 @@ def read_partition(path: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
 
 
-def validated_partitions(layout: Layout, events: EventSettings, interval: str | None
-                         ) -> Iterator[tuple[datetime, ValidationResult]]:
+def validated_partitions(
+    layout: Layout, events: EventSettings, interval: str | None
+) -> Iterator[tuple[datetime, ValidationResult]]:
     """(arrival hour, validation result) of each published partition, each hour with its own rules.
 
     Every file is read on its own by `core.event_files` (a file that cannot be used is one quarantine
@@ -55,7 +56,8 @@ def validated_partitions(layout: Layout, events: EventSettings, interval: str | 
     if not parts:
         where = f" in interval {interval}" if interval else ""
         raise FileNotFoundError(
-            f"no published event partitions under {layout.events}{where}: run `soe generate` first")
+            f"no published event partitions under {layout.events}{where}: run `soe generate` first"
+        )
     base = ValidationRules.from_settings(events, forgotten=forgotten_ids(layout.root))  # `soe forget`
     seen = SeenEvents(events.max_lateness_hours)
     for part in parts:
@@ -63,15 +65,21 @@ def validated_partitions(layout: Layout, events: EventSettings, interval: str | 
         yield hour, validate_files(event_files(part), base.for_hour(hour), seen=seen)
 
 
-def validate_partitions(layout: Layout, events: EventSettings, interval: str | None,
-                        write_quarantine: bool = False) -> dict[str, Any]:
+def validate_partitions(
+    layout: Layout, events: EventSettings, interval: str | None, write_quarantine: bool = False
+) -> dict[str, Any]:
     """Validate each published partition (its arrival hour is the interval); sum the counts.
 
     ``quarantined`` and ``reasons`` count input rows (a file quarantined whole counts its rows);
     ``quarantined_files`` lists those files with their reason, rows and problem.
     """
-    totals: dict[str, Any] = {"partitions": 0, "valid": 0, "quarantined": 0, "reasons": {},
-                              "quarantined_files": []}
+    totals: dict[str, Any] = {
+        "partitions": 0,
+        "valid": 0,
+        "quarantined": 0,
+        "reasons": {},
+        "quarantined_files": [],
+    }
     for hour, result in validated_partitions(layout, events, interval):
         totals["partitions"] += 1
         totals["valid"] += result.n_valid

@@ -285,8 +285,13 @@ def encode_with(
     t0 = time.perf_counter()
     total = EncodeStats()
     manifest = {
-        "model_version": model_version, "as_of": as_of.isoformat(), "shard": shard, "dim": cfg.d_model,
-        "device": str(encoder.device), "device_reason": encoder.choice.reason, "path": encoder.path,
+        "model_version": model_version,
+        "as_of": as_of.isoformat(),
+        "shard": shard,
+        "dim": cfg.d_model,
+        "device": str(encoder.device),
+        "device_reason": encoder.choice.reason,
+        "path": encoder.path,
         "source": src.describe(),
     }
     bar = progress_bar(src.num_rows, f"encode shard {shard}", unit="user") if progress else None
@@ -299,8 +304,11 @@ def encode_with(
                 total.add(stats)
             seconds = time.perf_counter() - t0
             manifest.update(
-                seconds=round(seconds, 3), tokens=total.tokens, padded_tokens=total.padded_tokens,
-                batches=total.batches, users_per_s=round(total.users / seconds, 1) if seconds > 0 else None,
+                seconds=round(seconds, 3),
+                tokens=total.tokens,
+                padded_tokens=total.padded_tokens,
+                batches=total.batches,
+                users_per_s=round(total.users / seconds, 1) if seconds > 0 else None,
             )
     finally:
         if bar is not None:

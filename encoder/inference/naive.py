@@ -61,8 +61,13 @@ class NaiveEncoder(nn.Module):
             raise NotImplementedError("the naive baseline implements pooling='last' only")
         self.model, self.n_heads = model, cfg.n_heads
         layer = nn.TransformerEncoderLayer(
-            cfg.d_model, cfg.n_heads, dim_feedforward=cfg.mlp_ratio * cfg.d_model, dropout=0.0,
-            activation="gelu", batch_first=True, norm_first=True,
+            cfg.d_model,
+            cfg.n_heads,
+            dim_feedforward=cfg.mlp_ratio * cfg.d_model,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         with torch.no_grad():

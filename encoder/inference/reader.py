@@ -189,8 +189,9 @@ def active_source(
     path = layout.active_shard(as_of, shard)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing although {root} is published with {published} shard(s)")
-    return ParquetSequenceSource([path], info={"source": "active", "num_shards": published},
-                                 forget=ForgetList.load(layout.root))
+    return ParquetSequenceSource(
+        [path], info={"source": "active", "num_shards": published}, forget=ForgetList.load(layout.root)
+    )
 
 
 def state_source(
@@ -212,10 +213,12 @@ def state_source(
     info = {"source": "state", "num_shards": n, "split": split, "layers": len(snapshot.layers)}
     forget = ForgetList.load(layout.root)
     if n == 1 or split == "files":
-        return StateSequenceSource(files[shard::n], info=info, snapshot=snapshot, layer_of=layer_of,
-                                   forget=forget)
-    return StateSequenceSource(files, hash_shard=(shard, n), info=info, snapshot=snapshot, layer_of=layer_of,
-                               forget=forget)
+        return StateSequenceSource(
+            files[shard::n], info=info, snapshot=snapshot, layer_of=layer_of, forget=forget
+        )
+    return StateSequenceSource(
+        files, hash_shard=(shard, n), info=info, snapshot=snapshot, layer_of=layer_of, forget=forget
+    )
 
 
 def open_source(
@@ -238,7 +241,9 @@ def open_source(
 def source_num_shards(layout: Layout, as_of: datetime, source: str, num_shards: int | None = None) -> int:
     """How many shards a full encoding of this snapshot has (the active manifest's K, or ``num_shards``)."""
     if source == "active":
-        return int(_published(layout.active(as_of), "active-user snapshot").get("num_shards")
-                   or len(list(layout.active(as_of).glob("shard=*.parquet"))))
+        return int(
+            _published(layout.active(as_of), "active-user snapshot").get("num_shards")
+            or len(list(layout.active(as_of).glob("shard=*.parquet")))
+        )
     _published(layout.state(as_of), "state snapshot")
     return int(num_shards or 1)

@@ -77,8 +77,9 @@ def write_active_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_
     return list(np.diff(bounds))
 
 
-def write_state_snapshot(layout: Layout, as_of: datetime, table: pa.Table, num_files: int,
-                         deltas: Sequence[pa.Table] = ()) -> None:
+def write_state_snapshot(
+    layout: Layout, as_of: datetime, table: pa.Table, num_files: int, deltas: Sequence[pa.Table] = ()
+) -> None:
     """Publish a layered state snapshot as the pipeline does (`core.sequence_state`): ``table`` as the
     base layer in ``num_files`` part files, then each of ``deltas`` as one hourly delta layer (a user
     in a delta supersedes its older rows). The base is written ``len(deltas)`` hours before ``as_of``."""

@@ -69,9 +69,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         model: str = typer.Option(..., "--model", help="Model version of the graph."),
         seeds: str | None = typer.Option(None, help="Seed user ids, comma separated."),
-        seeds_file: Path | None = typer.Option(
-            None, help="Seed ids: one per line, or Parquet with user_id."
-        ),
+        seeds_file: Path | None = typer.Option(None, help="Seed ids: one per line, or Parquet with user_id."),
         size: int = typer.Option(1000, help="Audience size."),
         method: str | None = typer.Option(
             None, help="centroid | multi_centroid | max_seed (default: config)."

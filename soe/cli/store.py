@@ -13,10 +13,14 @@ import typer
 from core.progress import progress
 from soe.cli.support import echo_json, friendly_errors, models_app, settings
 
-redis_app = typer.Typer(help="A local redis-server (or a 3-master cluster) under <data root>/redis/; "
-                             "ACL users and the store's function library on any Redis.", no_args_is_help=True)
-functions_app = typer.Typer(help="The store's Redis function library 'soe' (loaded by an admin).",
-                            no_args_is_help=True)
+redis_app = typer.Typer(
+    help="A local redis-server (or a 3-master cluster) under <data root>/redis/; "
+    "ACL users and the store's function library on any Redis.",
+    no_args_is_help=True,
+)
+functions_app = typer.Typer(
+    help="The store's Redis function library 'soe' (loaded by an admin).", no_args_is_help=True
+)
 redis_app.add_typer(functions_app, name="functions")
 
 
@@ -34,8 +38,10 @@ def redis_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
             msg = f"Redis refused the credentials or the command ({exc}); check SOE_REDIS__USERNAME/PASSWORD"
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            msg = (f"cannot reach Redis ({exc}); start a local one with `soe redis start` or set "
-                   "SOE_REDIS__HOST/PORT")
+            msg = (
+                f"cannot reach Redis ({exc}); start a local one with `soe redis start` or set "
+                "SOE_REDIS__HOST/PORT"
+            )
         except redis.exceptions.RedisClusterException as exc:
             msg = f"Redis Cluster error ({exc}); check redis.mode and redis.startup_nodes"
         except redis.exceptions.ResponseError as exc:  # e.g. OOM: nothing half-done is visible
@@ -75,8 +81,9 @@ def publish_cmd(
 def lookup_cmd(
     ctx: typer.Context,
     user_id: int = typer.Argument(..., help="The user id to look up."),
-    model: str | None = typer.Option(None, "--model",
-                                     help="Read this model namespace instead of the current one."),
+    model: str | None = typer.Option(
+        None, "--model", help="Read this model namespace instead of the current one."
+    ),
 ) -> None:
     """Print a user's vector (and neighbour list, if any) as the rankers see it."""
     from datetime import UTC, datetime
@@ -102,8 +109,9 @@ def lookup_cmd(
 def forget_cmd(
     ctx: typer.Context,
     user_ids: list[int] | None = typer.Argument(None, metavar="[USER]...", help="User ids to forget."),
-    users: Path | None = typer.Option(None, "--users",
-                                      help="File of user ids: one per line, or Parquet with user_id."),
+    users: Path | None = typer.Option(
+        None, "--users", help="File of user ids: one per line, or Parquet with user_id."
+    ),
 ) -> None:
     """Forget users everywhere, for good: a durable tombstone first (every stage honours it, so nothing
     re-creates them), then their vectors, neighbour lists and positives in the store, and every other
@@ -136,8 +144,9 @@ def models_current(ctx: typer.Context) -> None:
 @models_app.command("switch")
 @friendly_errors
 @redis_errors
-def models_switch(ctx: typer.Context,
-                  version: str = typer.Argument(..., help="The published model to make current.")) -> None:
+def models_switch(
+    ctx: typer.Context, version: str = typer.Argument(..., help="The published model to make current.")
+) -> None:
     """Atomically point every reader at VERSION (the old current becomes previous)."""
     from store.models import switch_current
 
@@ -160,8 +169,9 @@ def models_rollback(ctx: typer.Context) -> None:
 def models_cleanup(
     ctx: typer.Context,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
-    include_pending: bool = typer.Option(False, "--include-pending",
-                                         help="Also drop namespaces created after the last switch."),
+    include_pending: bool = typer.Option(
+        False, "--include-pending", help="Also drop namespaces created after the last switch."
+    ),
 ) -> None:
     """Drop model namespaces other than current and previous."""
     from store.models import cleanup
@@ -177,10 +187,12 @@ def _work_dir(ctx: typer.Context) -> Path:
 @friendly_errors
 def redis_start(
     ctx: typer.Context,
-    cluster: bool = typer.Option(False, "--cluster",
-                                 help="Start a local 3-master Redis Cluster (ports PORT..PORT+2)."),
-    port: int | None = typer.Option(None, "--port",
-                                    help="Port (default: redis.port from the config; 0 = any free)."),
+    cluster: bool = typer.Option(
+        False, "--cluster", help="Start a local 3-master Redis Cluster (ports PORT..PORT+2)."
+    ),
+    port: int | None = typer.Option(
+        None, "--port", help="Port (default: redis.port from the config; 0 = any free)."
+    ),
     persist: bool = typer.Option(True, "--persist/--no-persist", help="RDB snapshots in the work dir."),
 ) -> None:
     """Start a local redis-server on 127.0.0.1 with the store's listpack settings."""
@@ -190,8 +202,9 @@ def redis_start(
     work = _work_dir(ctx)
     try:
         if cluster:
-            server = local_server.start_cluster(work, [port, port + 1, port + 2] if port else None,
-                                                persist=persist)
+            server = local_server.start_cluster(
+                work, [port, port + 1, port + 2] if port else None, persist=persist
+            )
         else:
             server = local_server.start_single(work, port or None, persist=persist)
     except RuntimeError as exc:  # did not come up: the message carries the server log's tail
@@ -225,15 +238,18 @@ def redis_status(ctx: typer.Context) -> None:
 @redis_errors
 def redis_acl(
     ctx: typer.Context,
-    admin: str = typer.Option("soe-admin", help="ACL user name of the admin ('default': the default user "
-                                                "becomes the admin, with a password)."),
+    admin: str = typer.Option(
+        "soe-admin",
+        help="ACL user name of the admin ('default': the default user becomes the admin, with a password).",
+    ),
     writer: str = typer.Option("soe-writer", help="ACL user name of the pipeline (writer)."),
     reader: str = typer.Option("soe-reader", help="ACL user name of the rankers (reader)."),
     admin_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
     writer_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
     reader_password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
-    file: Path | None = typer.Option(None, "--file",
-                                     help="Write an aclfile (SHA-256 hashes) instead of applying."),
+    file: Path | None = typer.Option(
+        None, "--file", help="Write an aclfile (SHA-256 hashes) instead of applying."
+    ),
 ) -> None:
     """Create the admin, writer and reader ACL users and load the function library on every node (as the
     configured admin), then switch the default user off (or give it the admin's password); or write an
@@ -241,8 +257,11 @@ def redis_acl(
     from store.acl import acl_file, apply_acl
 
     s = settings(ctx).redis
-    users = {admin: ("admin", admin_password), writer: ("writer", writer_password),
-             reader: ("reader", reader_password)}
+    users = {
+        admin: ("admin", admin_password),
+        writer: ("writer", writer_password),
+        reader: ("reader", reader_password),
+    }
     names = [admin, writer, reader]
     default_user = "admin (password)" if admin == "default" else "off"
     if file is not None:
@@ -267,8 +286,14 @@ def functions_load(ctx: typer.Context) -> None:
 
     s = settings(ctx).redis
     nodes = functions.load(connect(s), functions.Limits.of(s))
-    echo_json({"nodes": nodes, "library": functions.LIBRARY, "version": functions.LIBRARY_VERSION,
-               **vars(functions.Limits.of(s))})
+    echo_json(
+        {
+            "nodes": nodes,
+            "library": functions.LIBRARY,
+            "version": functions.LIBRARY_VERSION,
+            **vars(functions.Limits.of(s)),
+        }
+    )
 
 
 @functions_app.command("status")

@@ -3,7 +3,7 @@
 For the data interval ``[start, end)`` (``as_of = end``)::
 
     partitions_ready  every hour's event partition has its _SUCCESS marker   (sensor)
-    sequences         Spark: state(as_of) + K active shards                   (one task; local or spark-submit)
+    sequences         Spark: state(as_of) + K active shards           (one task; local or spark-submit)
     plan              the model to encode with (the current pointer, read once) and the shard list
     encode[i]         one task per shard: embeddings/<model>/as_of=T/shard=i  (dynamic task mapping)
     publish[i]        one task per shard: upsert into Redis, never over a newer as_of
@@ -23,11 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from core.atomic import is_complete
+from core.layout import HOUR, check_interval, hours, stamp, utc
 from soe.flows import stages
 from soe.flows.checks import (
     Check,
@@ -40,10 +43,8 @@ from soe.flows.checks import (
 )
 from soe.flows.manifest import alert, previous_done, record_run, timed
 from soe.flows.reconcile import reconcile
-from store.graph.tune import RecallUnreachable
 from soe.flows.retention import apply_retention
-from core.atomic import is_complete
-from core.layout import HOUR, check_interval, floor_hour, hours, stamp, utc
+from store.graph.tune import RecallUnreachable
 
 log = logging.getLogger("soe.flows")
 DAG_ID = "soe_hourly"
@@ -54,11 +55,16 @@ SUMMED = ("users", "rows", "written", "unchanged", "stale", "duplicates")  # per
 def missing_partitions(settings, start: datetime, end: datetime) -> list[str]:
     """The event partitions of [start, end) that are not published yet (empty = ready)."""
     layout = settings.layout()
-    return [str(layout.event_partition(h)) for h in hours(start, end) if not is_complete(layout.event_partition(h))]
+    return [
+        str(layout.event_partition(h))
+        for h in hours(start, end)
+        if not is_complete(layout.event_partition(h))
+    ]
 
 
 def sequences(settings, start: datetime, end: datetime) -> dict[str, Any]:
-    """Spark step: the local launcher calls this in-process; spark-submit runs soe/flows/spark_submit.py, which calls
+    """Spark step: the local launcher calls this in-process; spark-submit runs soe/flows/spark_submit.py,
+    which calls
     the same pipelines.hourly.update_sequences on the cluster."""
     start, end = check_interval(start, end)
     with timed({"stage": "sequences"}) as out:
@@ -70,8 +76,10 @@ def resolve_model(settings, requested: str | None = None) -> str:
     """The model of this run: the requested one, else the store's current pointer."""
     model = requested or stages.current_model(settings)
     if not model:
-        raise LookupError("no current model in the store: train and promote one first "
-                          "(the soe_training DAG, or `soe demo` which trains a small one)")
+        raise LookupError(
+            "no current model in the store: train and promote one first "
+            "(the soe_training DAG, or `soe demo` which trains a small one)"
+        )
     return model
 
 
@@ -87,18 +95,31 @@ def plan(settings, as_of: datetime, model: str | None = None) -> dict[str, Any]:
     """Which model encodes this as_of, and the shard list read from the published active manifest."""
     manifest = stages.active_manifest(settings, as_of)
     n = int(manifest["num_shards"])
-    return {"model": resolve_model(settings, model), "num_shards": n, "shards": list(range(n)),
-            "active_users": int(manifest.get("active_users", -1))}
+    return {
+        "model": resolve_model(settings, model),
+        "num_shards": n,
+        "shards": list(range(n)),
+        "active_users": int(manifest.get("active_users", -1)),
+    }
 
 
 class DrillFailure(RuntimeError):
     """Raised on purpose by a failure drill (the DAG param ``drill_fail_shards``)."""
 
 
-def encode(settings, model: str, as_of: datetime, shard: int, num_shards: int | None = None,
-           source: str = "active", drill_fail: bool = False) -> dict[str, Any]:
+def encode(
+    settings,
+    model: str,
+    as_of: datetime,
+    shard: int,
+    num_shards: int | None = None,
+    source: str = "active",
+    drill_fail: bool = False,
+) -> dict[str, Any]:
     if drill_fail:
-        raise DrillFailure(f"failure drill: encoder shard {shard} of {model} as_of={stamp(as_of)} fails on purpose")
+        raise DrillFailure(
+            f"failure drill: encoder shard {shard} of {model} as_of={stamp(as_of)} fails on purpose"
+        )
     with timed({"stage": "encode", "shard": int(shard)}) as out:
         m = stages.encode_shard(settings, model, as_of, shard, num_shards=num_shards, source=source)
         out["users"] = int(m.get("users", 0))
@@ -112,8 +133,14 @@ def publish(settings, model: str, as_of: datetime, shard: int) -> dict[str, Any]
     return out
 
 
-def validate_vectors(settings, model: str, as_of: datetime, num_shards: int, expected_ids: np.ndarray | None = None,
-                     drift_against: tuple[str, ...] | None = GENERATIONS) -> dict[str, Any]:
+def validate_vectors(
+    settings,
+    model: str,
+    as_of: datetime,
+    num_shards: int,
+    expected_ids: np.ndarray | None = None,
+    drift_against: tuple[str, ...] | None = GENERATIONS,
+) -> dict[str, Any]:
     """Mark the embedding snapshot complete and judge its vectors, before anything is published.
 
     Coverage of the expected users (the interval's active users; a backfill passes every known user),
@@ -139,7 +166,7 @@ def validate_vectors(settings, model: str, as_of: datetime, num_shards: int, exp
 
 
 def graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
-    """Build the graph on disk, unaccepted (no reader sees it), and judge its recall before any list is written."""
+    """Build the graph on disk, unaccepted (no reader sees it); judge its recall before lists are written."""
     t = Thresholds.from_settings(settings)
     with timed({"stage": "graph"}) as out:
         try:
@@ -154,7 +181,9 @@ def graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
     return out
 
 
-def publish_graph(settings, model: str, as_of: datetime, expected_ids: np.ndarray | None = None) -> dict[str, Any]:
+def publish_graph(
+    settings, model: str, as_of: datetime, expected_ids: np.ndarray | None = None
+) -> dict[str, Any]:
     """After the vectors: the graph's changed neighbour lists and the recent positives to the store, the
     graph accepted (now served), and a sample of the expected users read back through the lookup client."""
     with timed({"stage": "publish_graph"}) as out:
@@ -165,9 +194,13 @@ def publish_graph(settings, model: str, as_of: datetime, expected_ids: np.ndarra
         sample_n = min(settings.orchestration.lookup_sample, len(np.unique(expected)))
         rng = np.random.default_rng(int(utc(as_of).timestamp()))
         sample = rng.choice(np.unique(expected), size=sample_n, replace=False) if sample_n else expected[:0]
-        report = judge_lookup(*stages.lookup_found(settings, model, sample)) if sample_n else GenerationReport()
+        report = (
+            judge_lookup(*stages.lookup_found(settings, model, sample)) if sample_n else GenerationReport()
+        )
         out.update(report.as_dict())
-    report.raise_if_failed(f"generation {model} as_of={stamp(as_of)}")  # published: a store fault, not a rejection
+    report.raise_if_failed(
+        f"generation {model} as_of={stamp(as_of)}"
+    )  # published: a store fault, not a rejection
     return out
 
 
@@ -178,7 +211,10 @@ def reject_if_failed(settings, model: str, as_of: datetime, report: GenerationRe
         return
     layout = settings.layout()
     target = layout.rejected(model, as_of)
-    for kind, path in (("embeddings", layout.embeddings(model, as_of)), ("graph", layout.graph(model, as_of))):
+    for kind, path in (
+        ("embeddings", layout.embeddings(model, as_of)),
+        ("graph", layout.graph(model, as_of)),
+    ):
         if path.exists():
             (target / kind).parent.mkdir(parents=True, exist_ok=True)
             if (target / kind).exists():
@@ -187,8 +223,9 @@ def reject_if_failed(settings, model: str, as_of: datetime, report: GenerationRe
     report.raise_if_failed(f"generation {model} as_of={stamp(as_of)}")
 
 
-def record(settings, as_of: datetime, start: datetime, model: str, results: list[dict[str, Any]],
-           dag: str = DAG_ID) -> str:
+def record(
+    settings, as_of: datetime, start: datetime, model: str, results: list[dict[str, Any]], dag: str = DAG_ID
+) -> str:
     """Write the run manifest from the step results (per-stage seconds summed over shards)."""
     payload = {"interval": [stamp(start), stamp(as_of)], "model_version": model, "stages": summarise(results)}
     return str(record_run(settings.layout(), dag, as_of, payload, settings.orchestration.metrics_dir))
@@ -207,7 +244,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 continue
             if k in SUMMED and isinstance(v, (int, float)):
                 s[k] = s.get(k, 0) + v  # per-shard counts add up
-            elif isinstance(v, (int, float, str, bool)) or k in ("checks", "reasons"):  # reasons: quarantine counts
+            elif isinstance(v, (int, float, str, bool)) or k in (
+                "checks",
+                "reasons",
+            ):  # reasons: quarantine counts
                 s[k] = v
         if "shard" in r:
             s["shards"] = s.get("shards", 0) + 1
@@ -223,8 +263,13 @@ def retention(settings, as_of: datetime) -> dict[str, Any]:
     return out
 
 
-def run_interval(settings, start: datetime, end: datetime, model: str | None = None,
-                 on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_interval(
+    settings,
+    start: datetime,
+    end: datetime,
+    model: str | None = None,
+    on_stage: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """All steps of one data interval in this process (what the DAG runs, minus Airflow)."""
     start, end = check_interval(start, end)
     as_of = end
@@ -255,8 +300,13 @@ def run_interval(settings, start: datetime, end: datetime, model: str | None = N
         raise
     path = record(settings, as_of, start, p["model"], results)
     step(retention(settings, as_of))
-    return {"as_of": stamp(as_of), "model": p["model"], "manifest": path, "active_users": p["active_users"],
-            "stages": summarise(results)}
+    return {
+        "as_of": stamp(as_of),
+        "model": p["model"],
+        "manifest": path,
+        "active_users": p["active_users"],
+        "stages": summarise(results),
+    }
 
 
 class PreconditionFailed(LookupError):
@@ -271,28 +321,41 @@ def preflight(settings, start: datetime, end: datetime, model: str | None = None
     problems = []
     missing = missing_partitions(settings, start, end)
     if missing:
-        problems.append(f"{len(missing)} hour(s) of the interval have no published events (first: {missing[0]}): "
-                        "land them, or `soe generate` demo events")
+        problems.append(
+            f"{len(missing)} hour(s) of the interval have no published events (first: {missing[0]}): "
+            "land them, or `soe generate` demo events"
+        )
     chosen = model
     try:
         chosen = model or stages.current_model(settings)
     except Exception as exc:  # any client error means the same thing to the user: Redis is not usable
         r = settings.redis
-        problems.append(f"Redis {r.host}:{r.port} is not reachable ({type(exc).__name__}): "
-                        "start it (`soe redis start`) or fix redis.host / redis.port")
+        problems.append(
+            f"Redis {r.host}:{r.port} is not reachable ({type(exc).__name__}): "
+            "start it (`soe redis start`) or fix redis.host / redis.port"
+        )
     else:
         if not chosen:
-            problems.append("no current model: train one and make it current with `soe train --promote` "
-                            "(or `soe backfill --model VERSION` for a model that `soe models list` shows)")
+            problems.append(
+                "no current model: train one and make it current with `soe train --promote` "
+                "(or `soe backfill --model VERSION` for a model that `soe models list` shows)"
+            )
         elif model and not any(m.get("version") == model for m in stages.list_models(settings)):
-            problems.append(f"model {model!r} is not published under {settings.layout().models}: see `soe models list`")
+            problems.append(
+                f"model {model!r} is not published under {settings.layout().models}: see `soe models list`"
+            )
     if problems:
         raise PreconditionFailed("cannot refresh: " + "; ".join(problems))
     return str(chosen)
 
 
-def run_hourly(settings, start: datetime, end: datetime, model: str | None = None,
-               on_stage: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_hourly(
+    settings,
+    start: datetime,
+    end: datetime,
+    model: str | None = None,
+    on_stage: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """`soe refresh --interval START/END`: each whole hour of [start, end) in turn, oldest first.
 
     The preconditions are checked first, so a missing model or Redis is one clear line, not a

@@ -61,7 +61,7 @@ def _snapshots(parent: Path) -> list[tuple[datetime, Path]]:
     for child in parent.iterdir():
         if child.name.startswith("as_of=") and is_complete(child):
             try:
-                out.append((utc(child.name[len("as_of="):]), child))
+                out.append((utc(child.name[len("as_of=") :]), child))
             except ValueError:
                 continue
     return sorted(out)
@@ -131,15 +131,20 @@ def scrub_forgotten(layout: Layout, forget: ForgetList | None = None) -> dict[st
             _mark_checked(ts, forget)
     for gen in sorted((root / "rejected").glob("*/as_of=*")) if (root / "rejected").is_dir() else []:
         ids = [np.load(f) for f in gen.rglob("ids.npy")]
-        ids += [pq.read_table(f, columns=["user_id"]).column("user_id").to_numpy()
-                for f in gen.rglob("*.parquet") if "user_id" in pq.ParquetFile(f).schema_arrow.names]
+        ids += [
+            pq.read_table(f, columns=["user_id"]).column("user_id").to_numpy()
+            for f in gen.rglob("*.parquet")
+            if "user_id" in pq.ParquetFile(f).schema_arrow.names
+        ]
         if any(forget.mask(i).any() for i in ids):
             _remove(gen)
             out["rejected"] += 1
     return out
 
 
-def apply_retention(layout: Layout, as_of: datetime, hours_to_keep: int, stale_temp_hours: float = 6.0) -> dict[str, Any]:
+def apply_retention(
+    layout: Layout, as_of: datetime, hours_to_keep: int, stale_temp_hours: float = 6.0
+) -> dict[str, Any]:
     """Remove expired snapshots, then rewrite every remaining one that holds a forgotten user (see
     module docstring); returns what was removed, kept and rewritten."""
     if hours_to_keep < 1:
@@ -162,6 +167,14 @@ def apply_retention(layout: Layout, as_of: datetime, hours_to_keep: int, stale_t
             if per_user:
                 covered = np.union1d(covered, ids)
     forgotten = scrub_forgotten(layout)  # after the removals: only what is kept is rewritten
-    temps = clean_temp(Path(layout.root), older_than_s=stale_temp_hours * 3600)  # crash leftovers, at any depth
-    return {"cutoff": stamp(cutoff), "removed": removed, "n_removed": len(removed), "kept": kept, "stale_temps": temps,
-            "forget_rewritten": forgotten}
+    temps = clean_temp(
+        Path(layout.root), older_than_s=stale_temp_hours * 3600
+    )  # crash leftovers, at any depth
+    return {
+        "cutoff": stamp(cutoff),
+        "removed": removed,
+        "n_removed": len(removed),
+        "kept": kept,
+        "stale_temps": temps,
+        "forget_rewritten": forgotten,
+    }

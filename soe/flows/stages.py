@@ -54,9 +54,15 @@ def forget_list(settings):
 
 def newest_state(settings, at_or_before: datetime | None = None) -> datetime:
     """The as_of of the newest published state snapshot (at or before the given time)."""
-    times = [t for t in snapshot_times(settings.layout().state_root) if at_or_before is None or t <= utc(at_or_before)]
+    times = [
+        t
+        for t in snapshot_times(settings.layout().state_root)
+        if at_or_before is None or t <= utc(at_or_before)
+    ]
     if not times:
-        raise FileNotFoundError(f"no published state snapshot under {settings.layout().state_root}: run `soe refresh` first")
+        raise FileNotFoundError(
+            f"no published state snapshot under {settings.layout().state_root}: run `soe refresh` first"
+        )
     return times[-1]
 
 
@@ -69,12 +75,22 @@ def state_user_ids(settings, as_of: datetime) -> np.ndarray:
 
 
 # -- encoder --------------------------------------------------------------------------------------
-def encode_shard(settings, model: str, as_of: datetime, shard: int, num_shards: int | None = None,
-                 source: str = "active") -> dict[str, Any]:
+def encode_shard(
+    settings, model: str, as_of: datetime, shard: int, num_shards: int | None = None, source: str = "active"
+) -> dict[str, Any]:
     from encoder.inference.engine import encode_shard as run
 
-    return dict(run(settings.layout(), settings.inference, model, utc(as_of), int(shard),
-                    num_shards=num_shards, source=source))
+    return dict(
+        run(
+            settings.layout(),
+            settings.inference,
+            model,
+            utc(as_of),
+            int(shard),
+            num_shards=num_shards,
+            source=source,
+        )
+    )
 
 
 def mark_embeddings(settings, model: str, as_of: datetime, num_shards: int) -> dict[str, Any]:
@@ -106,7 +122,9 @@ def model_info(settings, model: str) -> dict[str, Any]:
     for m in list_models(settings):
         if m.get("version") == model:
             return m
-    raise LookupError(f"model {model!r} is not under {settings.layout().models}: train it first (`soe train`)")
+    raise LookupError(
+        f"model {model!r} is not under {settings.layout().models}: train it first (`soe train`)"
+    )
 
 
 # -- store ----------------------------------------------------------------------------------------
@@ -145,7 +163,9 @@ def vectors_found(settings, model: str, user_ids: np.ndarray, batch: int = 10_00
 
     client = LookupClient(settings.redis, model=model)
     ids = np.asarray(user_ids, dtype=np.int64)
-    return int(sum(int(np.asarray(client.get(ids[i:i + batch])[1]).sum()) for i in range(0, len(ids), batch)))
+    return int(
+        sum(int(np.asarray(client.get(ids[i : i + batch])[1]).sum()) for i in range(0, len(ids), batch))
+    )
 
 
 def lookup(settings, user_ids) -> tuple[str | None, np.ndarray, np.ndarray]:
@@ -174,8 +194,15 @@ def lookalike(settings, model: str, seed_ids: np.ndarray, size: int) -> tuple[np
         raise FileNotFoundError(f"no published graph of model {model!r}")
     index = snap.searcher() if g.lookalike_method == "max_seed" else None  # exact re-ranked scores
     users = snap.vectors.without(forget_list(settings).ids)  # a forgotten user is no seed and in no audience
-    aud = run(users, seed_ids, size, method=g.lookalike_method, n_centroids=g.lookalike_centroids,
-              index=index, seed_k=g.lookalike_seed_k)
+    aud = run(
+        users,
+        seed_ids,
+        size,
+        method=g.lookalike_method,
+        n_centroids=g.lookalike_centroids,
+        index=index,
+        seed_k=g.lookalike_seed_k,
+    )
     return aud.user_ids, aud.scores
 
 
@@ -183,8 +210,17 @@ def build_graph(settings, model: str, as_of: datetime, *, accept: bool = True) -
     """Build the graph on disk; ``accept=False`` (the flows): unaccepted and no lists in the store yet."""
     from store.graph.build import build_graph as run
 
-    return dict(run(settings.graph, settings.redis, settings.layout(), model, utc(as_of),
-                    publish_redis=None if accept else False, accept=accept))
+    return dict(
+        run(
+            settings.graph,
+            settings.redis,
+            settings.layout(),
+            model,
+            utc(as_of),
+            publish_redis=None if accept else False,
+            accept=accept,
+        )
+    )
 
 
 def publish_lists(settings, model: str, as_of: datetime, *, every_list: bool = False) -> dict[str, Any]:
@@ -242,14 +278,24 @@ def build_trainset(settings, kind: str, split_time: datetime, window_hours: int,
         return settings.layout().state(newest_state(settings, split_time))
     from pipelines.trainset import build_trainset as run
 
-    return Path(run(settings.pipeline(), kind, split_time=utc(split_time), window_hours=window_hours, name=name))
+    return Path(
+        run(settings.pipeline(), kind, split_time=utc(split_time), window_hours=window_hours, name=name)
+    )
 
 
 def train_model(settings, trainset: Path) -> str:
     from encoder.train import train_model as run
 
-    return str(run(settings.layout(), settings.train, settings.events, str(trainset),
-                   max_len=settings.sequences.max_len, show_progress=False))
+    return str(
+        run(
+            settings.layout(),
+            settings.train,
+            settings.events,
+            str(trainset),
+            max_len=settings.sequences.max_len,
+            show_progress=False,
+        )
+    )
 
 
 def evaluate_model(settings, model: str, trainset: Path) -> dict[str, Any]:
@@ -257,5 +303,13 @@ def evaluate_model(settings, model: str, trainset: Path) -> dict[str, Any]:
     from encoder.data import as_sequences
     from encoder.evaluate import evaluate_model as run
 
-    return dict(run(settings.layout(), settings.train, settings.events, model, as_sequences(str(trainset)),
-                    staleness=False))
+    return dict(
+        run(
+            settings.layout(),
+            settings.train,
+            settings.events,
+            model,
+            as_sequences(str(trainset)),
+            staleness=False,
+        )
+    )

@@ -20,11 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.layout import parse_interval, stamp, utc
 from soe.flows import stages
 from soe.flows.backfill import run_backfill
 from soe.flows.gate import decide
 from soe.flows.manifest import record_run, timed
-from core.layout import parse_interval, stamp, utc
 
 log = logging.getLogger("soe.flows")
 DAG_ID = "soe_training"
@@ -77,10 +77,20 @@ def evaluate(settings, candidate: str, trainset_path: str, as_of: datetime) -> d
 def gate(settings, evaluation: dict[str, Any]) -> dict[str, Any]:
     f = settings.orchestration
     if evaluation["current"] is not None and evaluation["current"] == evaluation["candidate"]:
-        return {"stage": "gate", "promote": False, "reason": "the candidate is already the current model",
-                "candidate_model": evaluation["candidate"]}
-    d = decide(evaluation["candidate_metrics"], evaluation["current_metrics"], evaluation["current_age_hours"],
-               f.min_ndcg_gain, f.max_staleness_hours, f.stale_tolerance)
+        return {
+            "stage": "gate",
+            "promote": False,
+            "reason": "the candidate is already the current model",
+            "candidate_model": evaluation["candidate"],
+        }
+    d = decide(
+        evaluation["candidate_metrics"],
+        evaluation["current_metrics"],
+        evaluation["current_age_hours"],
+        f.min_ndcg_gain,
+        f.max_staleness_hours,
+        f.stale_tolerance,
+    )
     log.info("promotion gate for %s: %s", evaluation["candidate"], d.reason)
     return {"stage": "gate", "candidate_model": evaluation["candidate"], **d.as_dict()}
 
@@ -99,7 +109,12 @@ def run_training(settings, as_of: datetime, backfill: bool = True) -> dict[str, 
     tr = train(settings, ts["path"])
     ev = evaluate(settings, tr["model"], ts["path"], as_of)
     g = gate(settings, ev)
-    out = {"model": tr["model"], "promote": g["promote"], "reason": g["reason"], "manifest": record(settings, as_of, [ts, tr, ev, g])}
+    out = {
+        "model": tr["model"],
+        "promote": g["promote"],
+        "reason": g["reason"],
+        "manifest": record(settings, as_of, [ts, tr, ev, g]),
+    }
     if g["promote"] and backfill:
         out["backfill"] = run_backfill(settings, tr["model"])
     return out

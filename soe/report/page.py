@@ -333,11 +333,7 @@ def training_section(d: ReportData) -> str:
     figs = []
     if history:
         xs = [str(h.get("epoch", i)) for i, h in enumerate(history)]
-        keys = [
-            k
-            for k, v in history[0].items()
-            if k not in NOT_PLOTTED and isinstance(v, (int, float))
-        ]
+        keys = [k for k, v in history[0].items() if k not in NOT_PLOTTED and isinstance(v, (int, float))]
         loss = [k for k in keys if "loss" in k]
         other = [k for k in keys if k not in loss]
         if loss:

@@ -97,8 +97,9 @@ class MemoryVectorStore(VectorStore):
                 del deadlines[uid]
         return records
 
-    def upsert(self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *,
-               ttl_s: float | None = None) -> UpsertCounts:
+    def upsert(
+        self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *, ttl_s: float | None = None
+    ) -> UpsertCounts:
         batch, _ = self.checked_upsert(kind, model, user_ids, values, as_of)
         counts = UpsertCounts(duplicates=batch.duplicates)
         with self._lock:
@@ -121,8 +122,9 @@ class MemoryVectorStore(VectorStore):
                 self._expires.setdefault(slot, {}).update(dict.fromkeys(batch.ids.tolist(), deadline))
         return counts
 
-    def get(self, kind: Kind, model: str | None, user_ids, *,
-            meta: ModelMeta | None = None) -> list[bytes | None]:
+    def get(
+        self, kind: Kind, model: str | None, user_ids, *, meta: ModelMeta | None = None
+    ) -> list[bytes | None]:
         check_kind(kind, model)
         ids = as_ids(user_ids)
         with self._lock:

@@ -71,7 +71,7 @@ class FcallKeys:
 
     def get_keys(self, redis_conn: Any, *args: Any) -> Any:
         if len(args) >= 3 and str(args[0]).upper() in ("FCALL", "FCALL_RO"):
-            return list(args[3:3 + int(args[2])]) or None
+            return list(args[3 : 3 + int(args[2])]) or None
         return self._parser.get_keys(redis_conn, *args)
 
     def __getattr__(self, name: str) -> Any:
@@ -84,12 +84,20 @@ def connect(s: RedisSettings) -> Any:
 
     if s.mode == "memory":
         raise ValueError("redis.mode is 'memory': there is no Redis server to connect to")
-    kw: dict[str, Any] = {"username": s.username, "password": s.secret(),
-                          "max_connections": s.max_connections, "socket_timeout": s.socket_timeout_s,
-                          "socket_connect_timeout": s.socket_timeout_s}
+    kw: dict[str, Any] = {
+        "username": s.username,
+        "password": s.secret(),
+        "max_connections": s.max_connections,
+        "socket_timeout": s.socket_timeout_s,
+        "socket_connect_timeout": s.socket_timeout_s,
+    }
     if s.tls:
-        kw |= {"ssl": True, "ssl_ca_certs": s.tls_ca_cert, "ssl_certfile": s.tls_cert,
-               "ssl_keyfile": s.tls_key}
+        kw |= {
+            "ssl": True,
+            "ssl_ca_certs": s.tls_ca_cert,
+            "ssl_certfile": s.tls_cert,
+            "ssl_keyfile": s.tls_key,
+        }
     if s.mode == "cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -109,8 +117,9 @@ def _pairs(flat: Any) -> dict[str, str]:
     return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def bucket_groups(user_ids: np.ndarray, buckets: int,
-                  max_size: int = MAX_PER_CALL) -> Iterator[tuple[int, np.ndarray]]:
+def bucket_groups(
+    user_ids: np.ndarray, buckets: int, max_size: int = MAX_PER_CALL
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (bucket, positions) of the users, grouped by bucket, at most ``max_size`` positions each."""
     b = bucket_of(user_ids, buckets)
     order = np.argsort(b, kind="stable")
@@ -119,11 +128,12 @@ def bucket_groups(user_ids: np.ndarray, buckets: int,
     ends = np.r_[starts[1:], len(sb)]
     for s, e in zip(starts.tolist(), ends.tolist()):
         for c in range(s, e, max_size):
-            yield int(sb[s]), order[c:min(e, c + max_size)]
+            yield int(sb[s]), order[c : min(e, c + max_size)]
 
 
-def upsert_calls(user_ids: np.ndarray, buckets: int, by_tag: bool,
-                 max_users: int = MAX_PER_CALL) -> Iterator[tuple[list[int], list[int], np.ndarray]]:
+def upsert_calls(
+    user_ids: np.ndarray, buckets: int, by_tag: bool, max_users: int = MAX_PER_CALL
+) -> Iterator[tuple[list[int], list[int], np.ndarray]]:
     """Plan the server-side upsert calls: yield (buckets, users per bucket, positions) per call.
 
     A call holds up to ``max_users`` users over several buckets. With ``by_tag`` (cluster) every
@@ -205,7 +215,7 @@ class RedisVectorStore(VectorStore):
 
     def _run_calls(self, function: str, calls: list[Call]) -> list:
         """FCALL the function once per (keys, args), pipelined (see `_run_chunks`)."""
-        chunks = [calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
+        chunks = [calls[i : i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
         return self._run_chunks(function, lambda: iter(chunks))
 
     def _run_chunks(self, function: str, make_chunks: Callable[[], Iterator[list[Call]]]) -> list:
@@ -244,8 +254,9 @@ class RedisVectorStore(VectorStore):
         return pipe.execute()
 
     # -- records: writes ----------------------------------------------------------------------
-    def upsert(self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *,
-               ttl_s: float | None = None) -> UpsertCounts:
+    def upsert(
+        self, kind: Kind, model: str | None, user_ids, values: Values, as_of, *, ttl_s: float | None = None
+    ) -> UpsertCounts:
         batch, meta = self.checked_upsert(kind, model, user_ids, values, as_of)
         counts = UpsertCounts(duplicates=batch.duplicates)
         buckets = self.settings.buckets if meta is None else meta.buckets
@@ -262,8 +273,9 @@ class RedisVectorStore(VectorStore):
         return counts
 
     @staticmethod
-    def _upsert_chunks(plan: list[tuple[list[int], list[int], np.ndarray]], batch: Batch,
-                       key_fn: KeyFn) -> Iterator[list[Call]]:
+    def _upsert_chunks(
+        plan: list[tuple[list[int], list[int], np.ndarray]], batch: Batch, key_fn: KeyFn
+    ) -> Iterator[list[Call]]:
         """The FCALL calls of ``plan``, ``PIPELINE_CHUNK`` at a time (Python objects built per chunk)."""
         order = np.concatenate([pos for _, _, pos in plan])  # users in call order, key by key
         sorted_ids = batch.ids[order]
@@ -271,14 +283,14 @@ class RedisVectorStore(VectorStore):
         rows = batch.values[order] if isinstance(batch.values, np.ndarray) else None
         bounds = np.cumsum([0] + [len(pos) for _, _, pos in plan]).tolist()
         for c0 in range(0, len(plan), PIPELINE_CHUNK):
-            part = plan[c0:c0 + PIPELINE_CHUNK]
+            part = plan[c0 : c0 + PIPELINE_CHUNK]
             a, b = bounds[c0], bounds[c0 + len(part)]
             id_text = list(map(str, sorted_ids[a:b].tolist()))
             vals: list[bytes]
             if rows is not None:
                 size = rows.shape[1]
                 buf = rows[a:b].tobytes()
-                vals = [buf[i:i + size] for i in range(0, len(buf), size)]
+                vals = [buf[i : i + size] for i in range(0, len(buf), size)]
             else:
                 vals = [batch.value(i) for i in order[a:b].tolist()]
             calls: list[Call] = []
@@ -286,7 +298,7 @@ class RedisVectorStore(VectorStore):
             for keys_buckets, counts_k, pos in part:
                 m = len(pos)
                 pairs: list[str | bytes] = [b""] * (2 * m)  # HSET's argument list: id, value, id, value ...
-                pairs[0::2], pairs[1::2] = id_text[off:off + m], vals[off:off + m]
+                pairs[0::2], pairs[1::2] = id_text[off : off + m], vals[off : off + m]
                 calls.append(([key_fn(k) for k in keys_buckets], (" ".join(map(str, counts_k)), *pairs)))
                 off += m
             yield calls
@@ -296,13 +308,14 @@ class RedisVectorStore(VectorStore):
         ms = max(1, round(ttl_s * 1000))
         for i in range(0, len(buckets), 4096):
             pipe = self.r.pipeline(transaction=False)
-            for b in buckets[i:i + 4096]:
+            for b in buckets[i : i + 4096]:
                 pipe.pexpire(key_fn(b), ms)
             pipe.execute()
 
     # -- records: reads -----------------------------------------------------------------------
-    def get(self, kind: Kind, model: str | None, user_ids, *,
-            meta: ModelMeta | None = None) -> list[bytes | None]:
+    def get(
+        self, kind: Kind, model: str | None, user_ids, *, meta: ModelMeta | None = None
+    ) -> list[bytes | None]:
         check_kind(kind, model)
         ids = as_ids(user_ids)
         if model is None:
@@ -334,12 +347,15 @@ class RedisVectorStore(VectorStore):
         uniq, starts = np.unique(b[order], return_index=True)
         bounds = starts.tolist() + [len(ids)]
         fields = list(map(str, ids[order].tolist()))
-        commands = [(key_fn(k), fields[bounds[j]:bounds[j + 1]]) for j, k in enumerate(uniq.tolist())]
+        commands = [(key_fn(k), fields[bounds[j] : bounds[j + 1]]) for j, k in enumerate(uniq.tolist())]
         replies = None
         if self._read_path == "packed":  # one packed buffer per node, all nodes at once (store.wire)
             try:
-                routes = (cluster_routes(self.r, [k for k, _ in commands]) if self.cluster
-                          else [(self.r, list(range(len(commands))))])
+                routes = (
+                    cluster_routes(self.r, [k for k, _ in commands])
+                    if self.cluster
+                    else [(self.r, list(range(len(commands))))]
+                )
                 replies = hmget_by_node(routes, commands)
             except fallback as exc:
                 # resharding, failover or a dropped connection: redis-py's pipeline retries and
@@ -358,13 +374,16 @@ class RedisVectorStore(VectorStore):
     # -- records: forget ----------------------------------------------------------------------
     def delete_users(self, user_ids) -> dict[str, int]:
         ids = as_ids(user_ids)
-        targets: list[tuple[str, KeyFn, int]] = [(f"p:{POSITIVES}", self.keys.positives,
-                                                  self.settings.buckets)]
+        targets: list[tuple[str, KeyFn, int]] = [
+            (f"p:{POSITIVES}", self.keys.positives, self.settings.buckets)
+        ]
         for model in self.models():
             meta = self.model_meta(model)
             if meta is not None:
-                targets += [(f"v:{model}", self._key_fn("vectors", model), meta.buckets),
-                            (f"n:{model}", self._key_fn("neighbours", model), meta.buckets)]
+                targets += [
+                    (f"v:{model}", self._key_fn("vectors", model), meta.buckets),
+                    (f"n:{model}", self._key_fn("neighbours", model), meta.buckets),
+                ]
         out: dict[str, int] = {}
         for name, key_fn, buckets in targets:
             if not len(ids):
@@ -397,11 +416,14 @@ class RedisVectorStore(VectorStore):
         meta = self.model_meta(model)
         removed = 0
         if meta is not None:
-            keys = [k for b in range(meta.buckets)
-                    for k in (self.keys.vectors(model, b), self.keys.neighbours(model, b))]
+            keys = [
+                k
+                for b in range(meta.buckets)
+                for k in (self.keys.vectors(model, b), self.keys.neighbours(model, b))
+            ]
             for i in range(0, len(keys), 4096):
                 pipe = self.r.pipeline(transaction=False)
-                for k in keys[i:i + 4096]:
+                for k in keys[i : i + 4096]:
                     pipe.unlink(k)
                 removed += sum(int(x) for x in pipe.execute())
         removed += int(self.r.unlink(self.keys.meta(model))) + int(self.r.unlink(self.keys.manifests(model)))

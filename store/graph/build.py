@@ -43,8 +43,8 @@ from store.graph.index import (
     searcher,
 )
 from store.graph.knn import PAD, sample_recall, search_neighbours
-from store.graph.settings import GraphSettings
 from store.graph.redis_io import write_neighbour_lists
+from store.graph.settings import GraphSettings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
 from store.graph.tune import calibrate
 from store.graph.vectors import UserVectors, latest_vectors
@@ -68,26 +68,35 @@ class GraphResult:
     stats: dict = field(default_factory=dict)
 
 
-def build_full(uv: UserVectors, cfg: GraphSettings,
-               on_batch: Callable[[int], object] | None = None) -> GraphResult:
+def build_full(
+    uv: UserVectors, cfg: GraphSettings, on_batch: Callable[[int], object] | None = None
+) -> GraphResult:
     t0 = time.perf_counter()
     spec = choose_spec(len(uv), cfg, uv.dim)
     index = build_index(uv, spec, cfg)
     tc = time.perf_counter()
-    spec, tried = calibrate(index, spec, uv, cfg.k, cfg.target_recall, cfg.calibration_sample, cfg.seed,
-                            cfg.max_nprobe)
+    spec, tried = calibrate(
+        index, spec, uv, cfg.k, cfg.target_recall, cfg.calibration_sample, cfg.seed, cfg.max_nprobe
+    )
     t1 = time.perf_counter()
     search_index = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind)), spec, uv)
-    nbr, scores, nxt = search_neighbours(search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch,
-                                         on_batch, with_next=True)
+    nbr, scores, nxt = search_neighbours(
+        search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch, with_next=True
+    )
     t2 = time.perf_counter()
-    stats = {"index_s": round(tc - t0, 3), "calibrate_s": round(t1 - tc, 3), "search_s": round(t2 - t1, 3),
-             "n_touched": len(uv), "calibration": tried}
+    stats = {
+        "index_s": round(tc - t0, 3),
+        "calibrate_s": round(t1 - tc, 3),
+        "search_s": round(t2 - t1, 3),
+        "n_touched": len(uv),
+        "calibration": tried,
+    }
     return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
 
 
-def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings,
-                      forget: ForgetList | None = None) -> GraphResult:
+def build_incremental(
+    prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings, forget: ForgetList | None = None
+) -> GraphResult:
     t0 = time.perf_counter()
     old = prev.vectors
     index = prev.index()
@@ -116,30 +125,41 @@ def build_incremental(prev: GraphSnapshot, new: UserVectors, cfg: GraphSettings,
     touched = uv.positions(new.ids)
     device = choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind)
     search_index = searcher(on_device(index, device), prev.spec, uv)
-    nbr[touched], scores[touched], nxt[touched] = search_neighbours(search_index, uv, touched, cfg.k,
-                                                                    cfg.search_batch, with_next=True)
+    nbr[touched], scores[touched], nxt[touched] = search_neighbours(
+        search_index, uv, touched, cfg.k, cfg.search_batch, with_next=True
+    )
     dropped = np.zeros(0, np.int64)
     if cfg.research_dropped:  # rows a moved neighbour fell out of: search them again
         dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids, nxt), touched)
-        nbr[dropped], scores[dropped], nxt[dropped] = search_neighbours(search_index, uv, dropped, cfg.k,
-                                                                        cfg.search_batch, with_next=True)
+        nbr[dropped], scores[dropped], nxt[dropped] = search_neighbours(
+            search_index, uv, dropped, cfg.k, cfg.search_batch, with_next=True
+        )
     holes = np.setdiff1d(uv.positions(holed), np.union1d(touched, dropped))  # lost a forgotten neighbour
     if len(holes):
-        nbr[holes], scores[holes], nxt[holes] = search_neighbours(search_index, uv, holes, cfg.k,
-                                                                  cfg.search_batch, with_next=True)
+        nbr[holes], scores[holes], nxt[holes] = search_neighbours(
+            search_index, uv, holes, cfg.k, cfg.search_batch, with_next=True
+        )
     fixed = np.union1d(np.union1d(touched, dropped), holes)
     repaired = repair_untouched(uv, nbr, scores, touched, nxt, fixed=fixed)
     t2 = time.perf_counter()
     changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
     changed = np.union1d(np.union1d(changed, touched), holes)
-    stats = {"index_s": round(t1 - t0, 3), "search_s": round(t2 - t1, 3), "n_touched": len(touched),
-             "n_new_users": int(len(uv) - len(old)), "n_researched": len(dropped),
-             "n_repaired": int(repaired), "n_forgotten": n_forgotten, "n_relisted": len(holes)}
+    stats = {
+        "index_s": round(t1 - t0, 3),
+        "search_s": round(t2 - t1, 3),
+        "n_touched": len(touched),
+        "n_new_users": int(len(uv) - len(old)),
+        "n_researched": len(dropped),
+        "n_repaired": int(repaired),
+        "n_forgotten": n_forgotten,
+        "n_relisted": len(holes),
+    }
     return GraphResult(uv, nbr, scores, nxt, index, prev.spec, changed, stats)
 
 
-def full_reason(cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | None,
-                as_of: datetime) -> str | None:
+def full_reason(
+    cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | None, as_of: datetime
+) -> str | None:
     """Why this build must be a full one (None: incremental is allowed)."""
     if not incremental:
         return "full build requested"
@@ -155,9 +175,18 @@ def full_reason(cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | Non
     return None
 
 
-def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_version: str,
-                as_of: datetime | str, *, incremental: bool | None = None, publish_redis: bool | None = None,
-                accept: bool = True, on_batch: Callable[[int], object] | None = None) -> dict:
+def build_graph(
+    cfg: GraphSettings,
+    redis: RedisSettings,
+    layout: Layout,
+    model_version: str,
+    as_of: datetime | str,
+    *,
+    incremental: bool | None = None,
+    publish_redis: bool | None = None,
+    accept: bool = True,
+    on_batch: Callable[[int], object] | None = None,
+) -> dict:
     """Build (full or incremental) and publish the graph of ``model_version`` at ``as_of``; the manifest.
 
     ``redis`` is the store the neighbour lists go to (when ``graph.publish_redis`` or ``publish_redis``).
@@ -177,8 +206,14 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
         reason = incremental_blocker(cfg, prev, new)
         if reason is None:
             result = build_incremental(prev, new, cfg, forget)
-            recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
-                                             neighbours=(result.nbr_ids, result.nbr_scores))
+            recall, n_sample = sample_recall(
+                None,
+                result.uv,
+                cfg.k,
+                cfg.recall_sample,
+                cfg.seed,
+                neighbours=(result.nbr_ids, result.nbr_scores),
+            )
             if recall < cfg.min_recall:
                 reason = f"incremental recall {recall:.3f} below graph.min_recall {cfg.min_recall}"
                 result = None
@@ -186,16 +221,34 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
     if result is None:
         uv = latest_vectors(layout, model_version, as_of, forget=forget)
         result = build_full(uv, cfg, on_batch)
-        recall, n_sample = sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
-                                         neighbours=(result.nbr_ids, result.nbr_scores))
+        recall, n_sample = sample_recall(
+            None,
+            result.uv,
+            cfg.k,
+            cfg.recall_sample,
+            cfg.seed,
+            neighbours=(result.nbr_ids, result.nbr_scores),
+        )
     device = choose_device(cfg.use_gpu, num_gpus(), result.spec.kind)
-    last_full = (stamp(as_of) if mode == "full" or prev is None
-                 else prev.manifest.get("last_full_as_of", prev.manifest["as_of"]))
+    last_full = (
+        stamp(as_of)
+        if mode == "full" or prev is None
+        else prev.manifest.get("last_full_as_of", prev.manifest["as_of"])
+    )
     manifest = {
-        "model_version": model_version, "as_of": stamp(as_of), "mode": mode, "full_reason": reason,
-        "n_users": len(result.uv), "dim": result.uv.dim, "k": cfg.k, "index": result.spec.params(),
-        "device": device, "recall_at_k": round(recall, 5), "recall_sample": n_sample,
-        "n_changed_lists": len(result.changed_rows), **result.stats,
+        "model_version": model_version,
+        "as_of": stamp(as_of),
+        "mode": mode,
+        "full_reason": reason,
+        "n_users": len(result.uv),
+        "dim": result.uv.dim,
+        "k": cfg.k,
+        "index": result.spec.params(),
+        "device": device,
+        "recall_at_k": round(recall, 5),
+        "recall_sample": n_sample,
+        "n_changed_lists": len(result.changed_rows),
+        **result.stats,
         "last_full_as_of": last_full,
         "previous_as_of": stamp(prev.as_of) if prev is not None else None,
         "contract": {"neighbours": NEIGHBOURS.version},
@@ -203,23 +256,52 @@ def build_graph(cfg: GraphSettings, redis: RedisSettings, layout: Layout, model_
         DIGEST_KEY: forget.digest,
     }
     with publish_dir(layout.graph(model_version, as_of), manifest) as tmp:
-        write_snapshot(tmp, result.uv, result.nbr_ids, result.nbr_scores, result.next_scores, result.index,
-                       model_version, as_of, changed_rows=result.changed_rows)
+        write_snapshot(
+            tmp,
+            result.uv,
+            result.nbr_ids,
+            result.nbr_scores,
+            result.next_scores,
+            result.index,
+            model_version,
+            as_of,
+            changed_rows=result.changed_rows,
+        )
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
     if cfg.publish_redis if publish_redis is None else publish_redis:
         t1 = time.perf_counter()
         rows = result.changed_rows
-        manifest["redis_lists"] = write_neighbour_lists(redis, model_version, result.uv.dim,
-                                                        result.uv.ids[rows], result.nbr_ids[rows],
-                                                        result.nbr_scores[rows], as_of)
+        manifest["redis_lists"] = write_neighbour_lists(
+            redis,
+            model_version,
+            result.uv.dim,
+            result.uv.ids[rows],
+            result.nbr_ids[rows],
+            result.nbr_scores[rows],
+            as_of,
+        )
         manifest["redis_s"] = round(time.perf_counter() - t1, 3)
-    log.info("graph %s as_of=%s: %s build of %d users, recall@%d=%.3f in %.1fs", model_version, stamp(as_of),
-             mode, len(result.uv), cfg.k, recall, manifest["build_s"])
+    log.info(
+        "graph %s as_of=%s: %s build of %d users, recall@%d=%.3f in %.1fs",
+        model_version,
+        stamp(as_of),
+        mode,
+        len(result.uv),
+        cfg.k,
+        recall,
+        manifest["build_s"],
+    )
     return manifest
 
 
-def publish_lists(redis: RedisSettings, layout: Layout, model_version: str, as_of: datetime | str,
-                  *, every_list: bool = False) -> dict:
+def publish_lists(
+    redis: RedisSettings,
+    layout: Layout,
+    model_version: str,
+    as_of: datetime | str,
+    *,
+    every_list: bool = False,
+) -> dict:
     """Write a published graph snapshot's neighbour lists to the store: the lists its build changed,
     or ``every_list`` (a repair after the store lost data). Conditional on as_of, like every upsert."""
     snap = GraphSnapshot(layout.graph(check_name("model version", model_version), utc(as_of)))
@@ -227,13 +309,15 @@ def publish_lists(redis: RedisSettings, layout: Layout, model_version: str, as_o
     ids = snap.vectors.ids
     rows = np.arange(len(ids)) if every_list else np.searchsorted(ids, snap.changed_ids())
     t0 = time.perf_counter()
-    counts = write_neighbour_lists(redis, model_version, snap.vectors.dim, ids[rows], nbr_ids[rows],
-                                   nbr_scores[rows], snap.as_of)
+    counts = write_neighbour_lists(
+        redis, model_version, snap.vectors.dim, ids[rows], nbr_ids[rows], nbr_scores[rows], snap.as_of
+    )
     return {"lists": int(len(rows)), "redis_lists": counts, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def newer_vectors(layout: Layout, model_version: str, prev: GraphSnapshot, as_of: datetime,
-                  forget: ForgetList | None = None) -> UserVectors:
+def newer_vectors(
+    layout: Layout, model_version: str, prev: GraphSnapshot, as_of: datetime, forget: ForgetList | None = None
+) -> UserVectors:
     """The vectors of the embedding snapshots published after ``prev`` (empty when there are none),
     without the forgotten users."""
     if not snapshot_times(layout, model_version, after=prev.as_of, until=as_of):

@@ -80,8 +80,13 @@ class StoreNeighbours(NeighbourSource):
 class StorePositives(PositivesSource):
     """Recent positives in the store (store.graph.redis_io), those younger than the window at ``now``."""
 
-    def __init__(self, redis_settings: RedisSettings, window_hours: float, now: datetime | None = None,
-                 store: VectorStore | None = None):
+    def __init__(
+        self,
+        redis_settings: RedisSettings,
+        window_hours: float,
+        now: datetime | None = None,
+        store: VectorStore | None = None,
+    ):
         from store.backends import open_store
 
         self.rs, self.window, self.now = redis_settings, window_hours, now
@@ -93,9 +98,9 @@ class StorePositives(PositivesSource):
         return read_positives(self.rs, user_ids, self.window, self.now, store=self.store)
 
 
-
-def score_items(nbr_ids: np.ndarray, nbr_scores: np.ndarray, nbr_positives: list[np.ndarray],
-                own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def score_items(
+    nbr_ids: np.ndarray, nbr_scores: np.ndarray, nbr_positives: list[np.ndarray], own: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Similarity-weighted votes of the neighbours' positives, the user's own removed; top k."""
     lists = [np.unique(p) for p in nbr_positives]  # one vote per neighbour and item
     if not lists or not sum(len(p) for p in lists):
@@ -110,8 +115,9 @@ def score_items(nbr_ids: np.ndarray, nbr_scores: np.ndarray, nbr_positives: list
     return uniq[order], score[order].astype(np.float32)
 
 
-def candidates(user_id: int, k: int, neighbours: NeighbourSource, positives: PositivesSource,
-               exclude_own: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def candidates(
+    user_id: int, k: int, neighbours: NeighbourSource, positives: PositivesSource, exclude_own: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (item ids, scores) for ``user_id``; raises LookupError when the user has no neighbours."""
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")

@@ -38,13 +38,19 @@ def update_index(index, old: UserVectors, new: UserVectors) -> None:
     if len(replaced):
         removed = index.remove_ids(faiss.IDSelectorBatch(len(replaced), faiss.swig_ptr(replaced)))
         if removed != len(replaced):
-            raise RuntimeError(f"index held {removed} of the {len(replaced)} replaced users: "
-                               "snapshot corrupt?")
+            raise RuntimeError(
+                f"index held {removed} of the {len(replaced)} replaced users: snapshot corrupt?"
+            )
     index.add_with_ids(new.vectors, new.ids)
 
 
-def carry_over(old_ids: np.ndarray, old_nbr: np.ndarray, old_scores: np.ndarray, uv: UserVectors,
-               old_next: np.ndarray | None = None):
+def carry_over(
+    old_ids: np.ndarray,
+    old_nbr: np.ndarray,
+    old_scores: np.ndarray,
+    uv: UserVectors,
+    old_next: np.ndarray | None = None,
+):
     """Previous neighbour rows re-aligned to the merged user set (new users get empty rows).
 
     With ``old_next`` also returns the re-aligned (k+1)-th scores (+inf for new users)."""
@@ -60,8 +66,14 @@ def carry_over(old_ids: np.ndarray, old_nbr: np.ndarray, old_scores: np.ndarray,
     return nbr, scores, nxt
 
 
-def rescore(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, fixed: np.ndarray,
-            moved_ids: np.ndarray, next_scores: np.ndarray) -> np.ndarray:
+def rescore(
+    uv: UserVectors,
+    nbr: np.ndarray,
+    scores: np.ndarray,
+    fixed: np.ndarray,
+    moved_ids: np.ndarray,
+    next_scores: np.ndarray,
+) -> np.ndarray:
     """Re-score entries of rows not in ``fixed`` that point at a moved user; returns the rows that
     must be searched again: a moved neighbour fell below the row's (k+1)-th score, so a user outside
     the list may now belong in it. Rows whose moved neighbours stay above that bar remain exact."""
@@ -75,8 +87,14 @@ def rescore(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, fixed: np.ndar
     return np.unique(r[new < next_scores[r]])
 
 
-def repair_untouched(uv: UserVectors, nbr: np.ndarray, scores: np.ndarray, touched: np.ndarray,
-                     next_scores: np.ndarray, fixed: np.ndarray | None = None) -> int:
+def repair_untouched(
+    uv: UserVectors,
+    nbr: np.ndarray,
+    scores: np.ndarray,
+    touched: np.ndarray,
+    next_scores: np.ndarray,
+    fixed: np.ndarray | None = None,
+) -> int:
     """Re-score entries pointing at touched users and insert touched users where they now belong.
 
     ``nbr``/``scores`` (N, k) and ``next_scores`` (N,) are modified in place (an evicted entry raises

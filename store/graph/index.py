@@ -47,8 +47,12 @@ class IndexSpec:
 
     def params(self) -> dict:
         """The parameters that matter for this kind (for the manifest)."""
-        keep = {"flat": (), "ivf": ("nlist", "nprobe"), "ivf_pq": ("nlist", "nprobe", "pq_m", "k_factor"),
-                "hnsw": ("hnsw_m", "ef_construction", "ef_search")}
+        keep = {
+            "flat": (),
+            "ivf": ("nlist", "nprobe"),
+            "ivf_pq": ("nlist", "nprobe", "pq_m", "k_factor"),
+            "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
+        }
         return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k in keep[self.kind]}}
 
 
@@ -56,19 +60,22 @@ def choose_spec(n_users: int, cfg: GraphSettings, dim: int = 64) -> IndexSpec:
     """The index for ``n_users`` under the config (``auto``: flat when small, IVF, then IVF-PQ when large)."""
     kind = cfg.index
     if kind == "auto":
-        kind = ("flat" if n_users <= cfg.flat_max_users
-                else "ivf" if n_users <= cfg.ivf_max_users else "ivf_pq")
+        kind = (
+            "flat" if n_users <= cfg.flat_max_users else "ivf" if n_users <= cfg.ivf_max_users else "ivf_pq"
+        )
     if kind in ("ivf", "ivf_pq"):
         nlist = cfg.ivf_nlist or int(4 * math.sqrt(max(n_users, 1)))
         nlist = max(1, min(nlist, n_users // 39 or 1))  # faiss k-means wants >= 39 training points per list
         if kind == "ivf":
             return IndexSpec("ivf", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist))
         pq_m = max(m for m in range(1, dim // 2 + 1) if dim % m == 0)  # 2 dims per 4-bit code
-        return IndexSpec("ivf_pq", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist), pq_m=pq_m,
-                         k_factor=cfg.pq_k_factor)
+        return IndexSpec(
+            "ivf_pq", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist), pq_m=pq_m, k_factor=cfg.pq_k_factor
+        )
     if kind == "hnsw":
-        return IndexSpec("hnsw", hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction,
-                         ef_search=cfg.hnsw_ef_search)
+        return IndexSpec(
+            "hnsw", hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search
+        )
     return IndexSpec("flat")
 
 
@@ -162,15 +169,16 @@ class Searcher:
         out_d = np.full((len(x), k), -np.inf, np.float32)
         out_i = np.full((len(x), k), -1, np.int64)
         for lo in range(0, len(x), self.chunk):
-            q = x[lo:lo + self.chunk]
+            q = x[lo : lo + self.chunk]
             _, cand = self.index.search(q, k * self.k_factor)  # (b, m) approximate
             pos = self.uv.positions(cand)  # -1 for padding / unknown
             exact = np.einsum("bd,bmd->bm", q, self.uv.vectors[np.maximum(pos, 0)])  # (b, m)
             exact[pos < 0] = -np.inf
             top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-            out_d[lo:lo + len(q)] = np.take_along_axis(exact, top, axis=1)
-            out_i[lo:lo + len(q)] = np.where(np.isfinite(out_d[lo:lo + len(q)]),
-                                             np.take_along_axis(cand, top, axis=1), -1)
+            out_d[lo : lo + len(q)] = np.take_along_axis(exact, top, axis=1)
+            out_i[lo : lo + len(q)] = np.where(
+                np.isfinite(out_d[lo : lo + len(q)]), np.take_along_axis(cand, top, axis=1), -1
+            )
         return out_d, out_i
 
 

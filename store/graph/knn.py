@@ -25,8 +25,9 @@ from store.graph.vectors import UserVectors
 PAD = -1
 
 
-def drop_self(query_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray,
-              k: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_self(
+    query_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """From (n, k+1) search results keep the first k hits that are not the query user (nor padding)."""
     bad = (ids == query_ids[:, None]) | (ids < 0)  # (n, k+1)
     order = np.argsort(bad, axis=1, kind="stable")[:, :k]  # good hits first, rank order kept
@@ -38,8 +39,15 @@ def drop_self(query_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray,
     return out_ids, out_scores
 
 
-def search_neighbours(index, uv: UserVectors, rows: np.ndarray, k: int, batch: int = 16_384,
-                      on_batch=None, with_next: bool = False):
+def search_neighbours(
+    index,
+    uv: UserVectors,
+    rows: np.ndarray,
+    k: int,
+    batch: int = 16_384,
+    on_batch=None,
+    with_next: bool = False,
+):
     """Neighbours of the users at ``rows`` of ``uv`` by batched search of ``index`` (ids = user ids).
 
     Returns (ids (n, k), scores (n, k)); with ``with_next`` also the (k+1)-th score (n,), the bar a
@@ -50,9 +58,9 @@ def search_neighbours(index, uv: UserVectors, rows: np.ndarray, k: int, batch: i
     out_ids = np.full((len(rows), kk), PAD, dtype=np.int64)
     out_scores = np.full((len(rows), kk), -np.inf, dtype=np.float32)
     for lo in range(0, len(rows), batch):
-        r = rows[lo:lo + batch]
+        r = rows[lo : lo + batch]
         scores, ids = index.search(uv.vectors[r], kk + 1)  # (b, kk+1)
-        out_ids[lo:lo + len(r)], out_scores[lo:lo + len(r)] = drop_self(uv.ids[r], ids, scores, kk)
+        out_ids[lo : lo + len(r)], out_scores[lo : lo + len(r)] = drop_self(uv.ids[r], ids, scores, kk)
         if on_batch is not None:
             on_batch(len(r))
     if with_next:
@@ -99,9 +107,15 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
-def sample_recall(index, uv: UserVectors, k: int, n_sample: int, seed: int,
-                  neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-                  rows_of: np.ndarray | None = None) -> tuple[float, int]:
+def sample_recall(
+    index,
+    uv: UserVectors,
+    k: int,
+    n_sample: int,
+    seed: int,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+    rows_of: np.ndarray | None = None,
+) -> tuple[float, int]:
     """recall@k of the graph on a random sample of users against exact search.
 
     With ``neighbours`` (the graph's stored lists, row-aligned with ``rows_of``) the stored lists are
@@ -117,8 +131,9 @@ def sample_recall(index, uv: UserVectors, k: int, n_sample: int, seed: int,
     return recall_at_k(approx_ids, exact_ids), len(rows)
 
 
-def neighbours_table(user_ids: np.ndarray, nbr_ids: np.ndarray, scores: np.ndarray,
-                     model_version: str, as_of: datetime) -> pa.Table:
+def neighbours_table(
+    user_ids: np.ndarray, nbr_ids: np.ndarray, scores: np.ndarray, model_version: str, as_of: datetime
+) -> pa.Table:
     """Rows of the *neighbours* contract (padding dropped, so lists may be shorter than k)."""
     valid = nbr_ids != PAD  # (n, k)
     counts = valid.sum(axis=1)
@@ -127,8 +142,13 @@ def neighbours_table(user_ids: np.ndarray, nbr_ids: np.ndarray, scores: np.ndarr
     score_list = pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores[valid], pa.float32()))
     n = len(user_ids)
     return pa.Table.from_arrays(
-        [pa.array(user_ids, pa.int64()), ids_list, score_list,
-         pa.array([model_version] * n, pa.string()), pa.array([as_of] * n, TS)],
+        [
+            pa.array(user_ids, pa.int64()),
+            ids_list,
+            score_list,
+            pa.array([model_version] * n, pa.string()),
+            pa.array([as_of] * n, TS),
+        ],
         schema=NEIGHBOURS.schema,
     )
 

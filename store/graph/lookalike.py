@@ -44,8 +44,9 @@ def seed_centroids(seeds: np.ndarray, n_centroids: int, seed: int = 0) -> np.nda
     c = max(1, min(n_centroids, len(seeds) // 4 or 1))
     if c == 1:
         return normalise(seeds.mean(axis=0, keepdims=True))
-    km = faiss.Kmeans(seeds.shape[1], c, niter=20, spherical=True, seed=seed + 1, verbose=False,
-                      min_points_per_centroid=1)
+    km = faiss.Kmeans(
+        seeds.shape[1], c, niter=20, spherical=True, seed=seed + 1, verbose=False, min_points_per_centroid=1
+    )
     km.train(np.ascontiguousarray(seeds, np.float32))
     if km.centroids is None:  # faiss sets them in train()
         raise RuntimeError("faiss k-means produced no centroids")
@@ -56,7 +57,7 @@ def score_all(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 262_144) 
     """max over centroids of <x, c> for every row of ``vectors`` -> (N,) float32, chunked."""
     out = np.empty(len(vectors), np.float32)
     for lo in range(0, len(vectors), chunk):
-        out[lo:lo + chunk] = (vectors[lo:lo + chunk] @ centroids.T).max(axis=1)  # (n, C) -> (n,)
+        out[lo : lo + chunk] = (vectors[lo : lo + chunk] @ centroids.T).max(axis=1)  # (n, C) -> (n,)
     return out
 
 
@@ -64,16 +65,24 @@ def max_seed_scores(uv: UserVectors, seed_rows: np.ndarray, index, seed_k: int) 
     """Per user the max similarity to any seed among the seeds' ``seed_k`` nearest users; -inf elsewhere."""
     scores = np.full(len(uv), -np.inf, np.float32)
     for lo in range(0, len(seed_rows), 16_384):
-        d, ids = index.search(uv.vectors[seed_rows[lo:lo + 16_384]], seed_k)  # (b, seed_k)
+        d, ids = index.search(uv.vectors[seed_rows[lo : lo + 16_384]], seed_k)  # (b, seed_k)
         ok = ids >= 0
         rows = uv.positions(ids[ok])
         np.maximum.at(scores, rows[rows >= 0], d[ok][rows >= 0])
     return scores
 
 
-def lookalike(uv: UserVectors, seed_user_ids, size: int, exclude_seeds: bool = True,
-              method: str = "max_seed", n_centroids: int = 16, index=None, seed_k: int = 100,
-              seed: int = 0) -> Audience:
+def lookalike(
+    uv: UserVectors,
+    seed_user_ids,
+    size: int,
+    exclude_seeds: bool = True,
+    method: str = "max_seed",
+    n_centroids: int = 16,
+    index=None,
+    seed_k: int = 100,
+    seed: int = 0,
+) -> Audience:
     """The ``size`` users most similar to the seed set under ``method`` (see module docstring)."""
     if method not in METHODS:
         raise ValueError(f"lookalike method must be one of {METHODS}, got {method!r}")

@@ -81,7 +81,7 @@ def planted_positives(cfg: PlantedConfig, cluster: np.ndarray, day: int) -> list
     """One day of positive item ids per user (item id = cluster * items_per_cluster + rank)."""
     rng = np.random.default_rng([cfg.seed, day])
     ranks = np.arange(1, cfg.items_per_cluster + 1)
-    p = ranks ** -cfg.zipf
+    p = ranks**-cfg.zipf
     p /= p.sum()
     n = rng.poisson(cfg.positives_per_day, len(cluster))
     total = int(n.sum())
@@ -92,17 +92,27 @@ def planted_positives(cfg: PlantedConfig, cluster: np.ndarray, day: int) -> list
     return np.split(items.astype(np.int64), np.cumsum(n)[:-1])
 
 
-def write_embeddings(layout: Layout, model_version: str, as_of: datetime | str, user_ids: np.ndarray,
-                     vectors: np.ndarray, shard: int = 0) -> None:
+def write_embeddings(
+    layout: Layout,
+    model_version: str,
+    as_of: datetime | str,
+    user_ids: np.ndarray,
+    vectors: np.ndarray,
+    shard: int = 0,
+) -> None:
     """Publish vectors as one encoder shard: embeddings/<model>/as_of=<T>/shard=<i>/part-0.parquet."""
     as_of = utc(as_of)
     n, dim = vectors.shape
     contract = embedding_contract(dim)
     flat = pa.array(np.asarray(vectors, np.float16).ravel(), pa.float16())
     table = pa.Table.from_arrays(
-        [pa.array(user_ids, pa.int64()), pa.FixedSizeListArray.from_arrays(flat, dim),
-         pa.array([model_version] * n, pa.string()), pa.array([as_of] * n, TS),
-         pa.array(np.ones(n, np.int32))],
+        [
+            pa.array(user_ids, pa.int64()),
+            pa.FixedSizeListArray.from_arrays(flat, dim),
+            pa.array([model_version] * n, pa.string()),
+            pa.array([as_of] * n, TS),
+            pa.array(np.ones(n, np.int32)),
+        ],
         schema=contract.schema,
     )
     with publish_dir(layout.embeddings(model_version, as_of) / f"shard={shard:05d}", {"rows": n}) as tmp:

@@ -35,8 +35,9 @@ from store.graph.settings import GraphSettings
 from store.settings import RedisSettings
 
 
-def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime, window_hours: float,
-                     per_user: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+def recent_positives(
+    table: pa.Table, positive_types: list[str], as_of: datetime, window_hours: float, per_user: int
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """(user_ids (n,), items per user newest first, ages in hours per user) from sequence rows."""
     SEQUENCE.check_version(table.schema)
     user_ids = table.column("user_id").to_numpy()
@@ -70,16 +71,24 @@ def recent_positives(table: pa.Table, positive_types: list[str], as_of: datetime
 
 def active_shards(active_dir: Path) -> list[Path]:
     if not active_dir.is_dir():
-        raise FileNotFoundError(f"no active-user sequences at {active_dir}: "
-                                "run the pipeline for this hour first")
+        raise FileNotFoundError(
+            f"no active-user sequences at {active_dir}: run the pipeline for this hour first"
+        )
     if not is_complete(active_dir):
         raise FileNotFoundError(f"{active_dir} is not published (no _SUCCESS): the pipeline has not finished")
     return sorted(active_dir.glob("shard=*.parquet"))
 
 
-def publish_recent_positives(cfg: GraphSettings, events: EventSettings, redis: RedisSettings, layout: Layout,
-                             as_of: datetime | str, *, window_hours: float | None = None,
-                             store: VectorStore | None = None) -> dict:
+def publish_recent_positives(
+    cfg: GraphSettings,
+    events: EventSettings,
+    redis: RedisSettings,
+    layout: Layout,
+    as_of: datetime | str,
+    *,
+    window_hours: float | None = None,
+    store: VectorStore | None = None,
+) -> dict:
     """Write every active user's recent positive items at ``as_of`` to the store; returns counts.
 
     The upsert keeps the newest as_of per user, so rerunning an older hour never replaces newer positives.
@@ -96,11 +105,17 @@ def publish_recent_positives(cfg: GraphSettings, events: EventSettings, redis: R
         table = pq.read_table(shard, columns=list(SEQUENCE.required))
         if len(forget):
             table = table.filter(pa.array(~forget.mask(table.column("user_id").to_numpy())))
-        ids, items, ages = recent_positives(table, events.positive_event_types, as_of, window,
-                                            cfg.positives_per_user)
+        ids, items, ages = recent_positives(
+            table, events.positive_event_types, as_of, window, cfg.positives_per_user
+        )
         c = write_positives(redis, ids, items, ages, as_of, ttl_s=window * HOUR.total_seconds(), store=store)
         counts += UpsertCounts(**c)
         users += len(ids)
         with_positives += sum(1 for i in items if len(i))
-    return {"as_of": as_of.isoformat(), "users": users, "users_with_positives": with_positives,
-            "window_hours": window, **counts.as_dict()}
+    return {
+        "as_of": as_of.isoformat(),
+        "users": users,
+        "users_with_positives": with_positives,
+        "window_hours": window,
+        **counts.as_dict(),
+    }

@@ -33,9 +33,17 @@ if TYPE_CHECKING:
 POSITIVES_MODEL = "positives"  # model id in the header of positives values
 
 
-def write_neighbour_lists(redis_settings: RedisSettings, model: str, dim: int, user_ids: np.ndarray,
-                          nbr_ids: np.ndarray, scores: np.ndarray, as_of: datetime, *,
-                          store: VectorStore | None = None) -> dict[str, int]:
+def write_neighbour_lists(
+    redis_settings: RedisSettings,
+    model: str,
+    dim: int,
+    user_ids: np.ndarray,
+    nbr_ids: np.ndarray,
+    scores: np.ndarray,
+    as_of: datetime,
+    *,
+    store: VectorStore | None = None,
+) -> dict[str, int]:
     """Upsert (n, k) neighbour arrays (padding -1 dropped) as the users' neighbour lists; returns counts."""
     as_of = utc(as_of)
     store = store if store is not None else open_store(redis_settings)
@@ -44,14 +52,16 @@ def write_neighbour_lists(redis_settings: RedisSettings, model: str, dim: int, u
     counts = UpsertCounts()
     for lo in range(0, len(user_ids), redis_settings.publish_batch):
         sl = slice(lo, lo + redis_settings.publish_batch)
-        values = [encode_neighbours(i[i >= 0], s[i >= 0], as_of, model)
-                  for i, s in zip(nbr_ids[sl], scores[sl])]
+        values = [
+            encode_neighbours(i[i >= 0], s[i >= 0], as_of, model) for i, s in zip(nbr_ids[sl], scores[sl])
+        ]
         counts += store.upsert("neighbours", model, user_ids[sl], values, as_of_ms(as_of))
     return counts.as_dict()
 
 
-def read_neighbour_lists(redis_settings: RedisSettings, model: str, user_ids,
-                         client: LookupClient | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
+def read_neighbour_lists(
+    redis_settings: RedisSettings, model: str, user_ids, client: LookupClient | None = None
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Each user's (neighbour ids, scores) of ``model``, or None when the user has no list."""
     from store.client import LookupClient
 
@@ -62,23 +72,38 @@ def read_neighbour_lists(redis_settings: RedisSettings, model: str, user_ids,
         return [None] * len(as_ids(user_ids))
 
 
-def write_positives(redis_settings: RedisSettings, user_ids: np.ndarray, items: list[np.ndarray],
-                    ages_h: list[np.ndarray], as_of: datetime, ttl_s: float | None, batch: int = 20_000, *,
-                    store: VectorStore | None = None) -> dict[str, int]:
+def write_positives(
+    redis_settings: RedisSettings,
+    user_ids: np.ndarray,
+    items: list[np.ndarray],
+    ages_h: list[np.ndarray],
+    as_of: datetime,
+    ttl_s: float | None,
+    batch: int = 20_000,
+    *,
+    store: VectorStore | None = None,
+) -> dict[str, int]:
     """Upsert each user's recent positive items (newest first) with their ages in hours; returns counts."""
     as_of = utc(as_of)
     store = store if store is not None else open_store(redis_settings)
     ids = as_ids(user_ids)
     counts = UpsertCounts()
     for lo in range(0, len(ids), batch):
-        values = [encode_neighbours(items[p], ages_h[p], as_of, POSITIVES_MODEL)
-                  for p in range(lo, min(lo + batch, len(ids)))]
-        counts += store.upsert("positives", None, ids[lo:lo + batch], values, as_of_ms(as_of), ttl_s=ttl_s)
+        values = [
+            encode_neighbours(items[p], ages_h[p], as_of, POSITIVES_MODEL)
+            for p in range(lo, min(lo + batch, len(ids)))
+        ]
+        counts += store.upsert("positives", None, ids[lo : lo + batch], values, as_of_ms(as_of), ttl_s=ttl_s)
     return counts.as_dict()
 
 
-def read_positives(redis_settings: RedisSettings, user_ids, window_hours: float, now: datetime | None = None,
-                   store: VectorStore | None = None) -> list[np.ndarray]:
+def read_positives(
+    redis_settings: RedisSettings,
+    user_ids,
+    window_hours: float,
+    now: datetime | None = None,
+    store: VectorStore | None = None,
+) -> list[np.ndarray]:
     """Each user's positive item ids younger than ``window_hours`` at ``now`` (default: the value's as_of)."""
     store = store if store is not None else open_store(redis_settings)
     out = []

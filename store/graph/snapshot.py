@@ -52,9 +52,17 @@ NEXT_FILE = "next_scores.npy"
 CHANGED_FILE = "changed_ids.npy"
 
 
-def write_snapshot(tmp: Path, uv: UserVectors, nbr_ids: np.ndarray, nbr_scores: np.ndarray,
-                   next_scores: np.ndarray, index, model_version: str, as_of: datetime,
-                   changed_rows: np.ndarray | None = None) -> None:
+def write_snapshot(
+    tmp: Path,
+    uv: UserVectors,
+    nbr_ids: np.ndarray,
+    nbr_scores: np.ndarray,
+    next_scores: np.ndarray,
+    index,
+    model_version: str,
+    as_of: datetime,
+    changed_rows: np.ndarray | None = None,
+) -> None:
     """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically)."""
     pq.write_table(neighbours_table(uv.ids, nbr_ids, nbr_scores, model_version, as_of), tmp / NEIGHBOURS_FILE)
     np.save(tmp / IDS_FILE, uv.ids)
@@ -108,7 +116,7 @@ class GraphSnapshot:
         return searcher(self.index(), self.spec, self.vectors)
 
     def changed_ids(self) -> np.ndarray:
-        """The users whose lists this build changed (every user for snapshots written before the file existed)."""
+        """The users whose lists this build changed (every user for snapshots older than the file)."""
         path = self.path / CHANGED_FILE
         return np.load(path) if path.is_file() else self.vectors.ids
 
@@ -122,9 +130,12 @@ class GraphSnapshot:
         return ids, scores
 
 
-def scrub_snapshot(path: Path, forget: ForgetList, search_batch: int = 16_384,
-                   on_relisted: Callable[[np.ndarray, np.ndarray, np.ndarray, GraphSnapshot], object]
-                   | None = None) -> dict:
+def scrub_snapshot(
+    path: Path,
+    forget: ForgetList,
+    search_batch: int = 16_384,
+    on_relisted: Callable[[np.ndarray, np.ndarray, np.ndarray, GraphSnapshot], object] | None = None,
+) -> dict:
     """Rewrite a published graph snapshot without the forgotten users (see the module docstring).
 
     Returns ``users`` (rows removed), ``relisted`` (ids of the users whose lists named a forgotten user
@@ -165,17 +176,32 @@ def scrub_snapshot(path: Path, forget: ForgetList, search_batch: int = 16_384,
     if len(rows) and len(out) > 1:
         from store.graph.index import searcher
 
-        found = search_neighbours(searcher(index, snap.spec, out), out, rows, snap.k, search_batch,
-                                  with_next=True)
+        found = search_neighbours(
+            searcher(index, snap.spec, out), out, rows, snap.k, search_batch, with_next=True
+        )
         nbr[rows], scores[rows], nxt[rows] = found
     if on_relisted is not None and len(rows):
         on_relisted(relisted, nbr[rows], scores[rows], snap)
     changed = np.union1d(changed[~forget.mask(changed)], relisted)
-    manifest.update({"n_users": len(out), DIGEST_KEY: forget.digest,
-                     "forgotten_removed": int(manifest.get("forgotten_removed", 0)) + int(gone_rows.sum())})
+    manifest.update(
+        {
+            "n_users": len(out),
+            DIGEST_KEY: forget.digest,
+            "forgotten_removed": int(manifest.get("forgotten_removed", 0)) + int(gone_rows.sum()),
+        }
+    )
     with publish_dir(Path(path), manifest) as tmp:
-        write_snapshot(tmp, out, nbr, scores, nxt, index, snap.model_version, snap.as_of,
-                       changed_rows=out.positions(changed))
+        write_snapshot(
+            tmp,
+            out,
+            nbr,
+            scores,
+            nxt,
+            index,
+            snap.model_version,
+            snap.as_of,
+            changed_rows=out.positions(changed),
+        )
     return {"users": int(gone_rows.sum()), "relisted": relisted, "rewritten": True}
 
 
@@ -186,8 +212,11 @@ def is_accepted(path: Path) -> bool:
 
 def graph_times(layout: Layout, model_version: str) -> list[datetime]:
     """as_of times of the model's published, accepted graphs, oldest first."""
-    return [t for t in snapshot_times(layout.model_graphs(model_version))
-            if is_accepted(layout.graph(model_version, t))]
+    return [
+        t
+        for t in snapshot_times(layout.model_graphs(model_version))
+        if is_accepted(layout.graph(model_version, t))
+    ]
 
 
 def accept_snapshot(layout: Layout, model_version: str, as_of: datetime) -> dict:
@@ -198,8 +227,9 @@ def accept_snapshot(layout: Layout, model_version: str, as_of: datetime) -> dict
     return manifest
 
 
-def latest_snapshot(layout: Layout, model_version: str,
-                    before: datetime | None = None) -> GraphSnapshot | None:
+def latest_snapshot(
+    layout: Layout, model_version: str, before: datetime | None = None
+) -> GraphSnapshot | None:
     """The newest published graph of the model (strictly before ``before`` when given), or None."""
     times = [t for t in graph_times(layout, model_version) if before is None or t < utc(before)]
     return GraphSnapshot(layout.graph(model_version, times[-1])) if times else None

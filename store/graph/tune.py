@@ -26,8 +26,11 @@ from store.graph.knn import exact_neighbours, recall_at_k, search_neighbours
 from store.graph.vectors import UserVectors
 
 _NPROBE = ("nprobe", (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256))
-LADDERS = {"ivf": _NPROBE, "ivf_pq": _NPROBE,
-           "hnsw": ("ef_search", (32, 48, 64, 96, 128, 192, 256, 384, 512))}
+LADDERS = {
+    "ivf": _NPROBE,
+    "ivf_pq": _NPROBE,
+    "hnsw": ("ef_search", (32, 48, 64, 96, 128, 192, 256, 384, 512)),
+}
 
 
 EARLY_STOP_AFTER = 3  # ladder steps measured before an extrapolation is trusted
@@ -49,9 +52,11 @@ def unreachable(tried: list[dict], name: str, cap: int, target: float) -> str | 
     projected = r1 + EXTRAPOLATION_SLACK * per_doubling * np.log2(cap / v1) + 0.02
     if projected >= target:
         return None
-    return (f"recall@k cannot reach {target} with {name} <= {cap}: {r1:.3f} at {name}={v1}, "
-            f"+{per_doubling:.3f} per doubling, at most ~{min(projected, 1.0):.3f} at the cap "
-            "(vectors with little neighbourhood structure, e.g. an untrained model)")
+    return (
+        f"recall@k cannot reach {target} with {name} <= {cap}: {r1:.3f} at {name}={v1}, "
+        f"+{per_doubling:.3f} per doubling, at most ~{min(projected, 1.0):.3f} at the cap "
+        "(vectors with little neighbourhood structure, e.g. an untrained model)"
+    )
 
 
 def _with_knob(spec: IndexSpec, name: str, value: int) -> IndexSpec:
@@ -59,8 +64,9 @@ def _with_knob(spec: IndexSpec, name: str, value: int) -> IndexSpec:
     return replace(spec, nprobe=value) if name == "nprobe" else replace(spec, ef_search=value)
 
 
-def calibrate(index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_sample: int, seed: int,
-              limit: int) -> tuple[IndexSpec, list[dict]]:
+def calibrate(
+    index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_sample: int, seed: int, limit: int
+) -> tuple[IndexSpec, list[dict]]:
     """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried), applied
     to ``index``. Raises `RecallUnreachable` early when the target is out of reach (see module doc)."""
     if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:

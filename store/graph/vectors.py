@@ -90,8 +90,9 @@ class UserVectors:
     def merged(self, newer: UserVectors) -> UserVectors:
         """These vectors with ``newer``'s replacing/adding users (newer wins)."""
         if len(self) and len(newer) and self.dim != newer.dim:
-            raise ValueError(f"vector dim changed from {self.dim} to {newer.dim}: "
-                             "a new model needs a full build")
+            raise ValueError(
+                f"vector dim changed from {self.dim} to {newer.dim}: a new model needs a full build"
+            )
         ids = np.concatenate([self.ids, newer.ids])
         vecs = np.concatenate([self.vectors, newer.vectors]) if len(self) else newer.vectors
         return UserVectors.from_arrays(ids, vecs)
@@ -104,8 +105,13 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def latest_vectors(layout: Layout, model_version: str, as_of: datetime,
-                   after: datetime | None = None, forget: ForgetList | None = None) -> UserVectors:
+def latest_vectors(
+    layout: Layout,
+    model_version: str,
+    as_of: datetime,
+    after: datetime | None = None,
+    forget: ForgetList | None = None,
+) -> UserVectors:
     """Every user's latest vector from the model's snapshots in ``(after, as_of]`` (newest snapshot wins),
     without the forgotten users (``forget``, default: the data root's forget list).
 

@@ -21,7 +21,6 @@ Handlers are plain ``def``: FastAPI runs them in its thread pool, so a lookalike
 not block the event loop.
 """
 
-
 import time
 from collections.abc import Callable
 from pathlib import Path as FsPath
@@ -81,8 +80,13 @@ def _metrics(registry: Any) -> dict[str, Any]:
     }
 
 
-def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, layout: Layout,
-               state: ServiceState | None = None) -> FastAPI:
+def create_app(
+    serve: ServeSettings,
+    gcfg: GraphSettings,
+    redis: RedisSettings,
+    layout: Layout,
+    state: ServiceState | None = None,
+) -> FastAPI:
     """The FastAPI app over the ``serve``, ``graph`` and ``redis`` sections and the data layout."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -98,11 +102,13 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
         t0 = time.perf_counter()
         length = request.headers.get("content-length")
         if request.method in ("POST", "PUT", "PATCH") and length is None:
-            response = JSONResponse({"detail": "a request body needs a Content-Length header"},
-                                    status_code=411)
+            response = JSONResponse(
+                {"detail": "a request body needs a Content-Length header"}, status_code=411
+            )
         elif length is not None and (not length.isdigit() or int(length) > serve.max_body_bytes):
-            response = JSONResponse({"detail": f"request body over {serve.max_body_bytes} bytes"},
-                                    status_code=413)
+            response = JSONResponse(
+                {"detail": f"request body over {serve.max_body_bytes} bytes"}, status_code=413
+            )
         else:
             response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
@@ -133,8 +139,9 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
         @app.exception_handler(RedisConnectionError)
         @app.exception_handler(RedisTimeout)
         async def store_down(_: Request, exc: Exception):
-            return JSONResponse({"detail": f"the vector store is unavailable: {type(exc).__name__}"},
-                                status_code=503)
+            return JSONResponse(
+                {"detail": f"the vector store is unavailable: {type(exc).__name__}"}, status_code=503
+            )
     except ImportError:  # redis-py is a dependency; kept optional only for graph-only deployments
         pass
 
@@ -179,28 +186,34 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
             raise LookupError(f"user {user_id} has no vector in model {model!r}")
         return VectorResponse(user_id=user_id, model_version=model, vector=vecs[0].tolist())
 
-    @app.get("/v1/users/{user_id}/neighbours", response_model=NeighboursResponse, responses=ERRORS,
-             tags=["graph"])
+    @app.get(
+        "/v1/users/{user_id}/neighbours", response_model=NeighboursResponse, responses=ERRORS, tags=["graph"]
+    )
     def neighbours(user_id: UserPath, k: Annotated[int, Query(ge=1, le=serve.max_k)] = gcfg.k):
         source, model = state.neighbours()  # the model is resolved once: the label is the lists' model
         (found,) = source.neighbours([user_id])
         if found is None:
             raise LookupError(f"user {user_id} has no neighbour list in model {model!r}")
         ids, scores = found
-        return NeighboursResponse(user_id=user_id, model_version=model,
-                                  neighbours=[Neighbour(user_id=int(i), score=float(s))
-                                              for i, s in zip(ids[:k], scores[:k])])
+        return NeighboursResponse(
+            user_id=user_id,
+            model_version=model,
+            neighbours=[Neighbour(user_id=int(i), score=float(s)) for i, s in zip(ids[:k], scores[:k])],
+        )
 
-    @app.get("/v1/users/{user_id}/candidates", response_model=CandidatesResponse, responses=ERRORS,
-             tags=["graph"])
+    @app.get(
+        "/v1/users/{user_id}/candidates", response_model=CandidatesResponse, responses=ERRORS, tags=["graph"]
+    )
     def candidates(user_id: UserPath, k: Annotated[int, Query(ge=1, le=serve.max_k)] = 50):
         from store.graph.candidates import candidates as score_candidates
 
         source, model = state.neighbours()
         items, scores = score_candidates(user_id, k, source, state.positives())
-        return CandidatesResponse(user_id=user_id, model_version=model,
-                                  candidates=[Candidate(item_id=int(i), score=float(s))
-                                              for i, s in zip(items, scores)])
+        return CandidatesResponse(
+            user_id=user_id,
+            model_version=model,
+            candidates=[Candidate(item_id=int(i), score=float(s)) for i, s in zip(items, scores)],
+        )
 
     @app.post("/v1/lookalike", response_model=LookalikeResponse, responses=ERRORS, tags=["graph"])
     @with_body(req.lookalike)
@@ -209,13 +222,26 @@ def create_app(serve: ServeSettings, gcfg: GraphSettings, redis: RedisSettings, 
 
         g = state.graph()
         method = body.method or gcfg.lookalike_method
-        aud = expand(g.uv, body.seed_user_ids, body.size, exclude_seeds=body.exclude_seeds, method=method,
-                     n_centroids=gcfg.lookalike_centroids, index=g.index() if method == "max_seed" else None,
-                     seed_k=gcfg.lookalike_seed_k, seed=gcfg.seed)
-        return LookalikeResponse(model_version=g.snap.model_version, graph_as_of=g.snap.manifest["as_of"],
-                                 method=method, user_ids=aud.user_ids.tolist(),
-                                 scores=[round(float(s), 6) for s in aud.scores], seeds_used=aud.n_seeds_used,
-                                 missing_seeds=aud.missing_seeds[:1000].tolist())
+        aud = expand(
+            g.uv,
+            body.seed_user_ids,
+            body.size,
+            exclude_seeds=body.exclude_seeds,
+            method=method,
+            n_centroids=gcfg.lookalike_centroids,
+            index=g.index() if method == "max_seed" else None,
+            seed_k=gcfg.lookalike_seed_k,
+            seed=gcfg.seed,
+        )
+        return LookalikeResponse(
+            model_version=g.snap.model_version,
+            graph_as_of=g.snap.manifest["as_of"],
+            method=method,
+            user_ids=aud.user_ids.tolist(),
+            scores=[round(float(s), 6) for s in aud.scores],
+            seeds_used=aud.n_seeds_used,
+            missing_seeds=aud.missing_seeds[:1000].tolist(),
+        )
 
     return app
 
@@ -225,6 +251,10 @@ def openapi_spec(serve: ServeSettings | None = None, gcfg: GraphSettings | None 
 
     Only ``serve`` and ``graph`` shape the spec (limits, defaults); the store and the data root do not.
     """
-    app = create_app(serve or ServeSettings(), gcfg or GraphSettings(), RedisSettings(mode="memory"),
-                     Layout(FsPath("data")))
+    app = create_app(
+        serve or ServeSettings(),
+        gcfg or GraphSettings(),
+        RedisSettings(mode="memory"),
+        Layout(FsPath("data")),
+    )
     return app.openapi()

@@ -84,7 +84,8 @@ class LookalikeRequest(Strict):
     size: StrictInt = 1000
     exclude_seeds: bool = True
     method: Literal["centroid", "multi_centroid", "max_seed"] | None = Field(
-        default=None, description="seed scoring; default graph.lookalike_method")
+        default=None, description="seed scoring; default graph.lookalike_method"
+    )
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,14 @@ def request_models(serve: ServeSettings, graph: GraphSettings) -> Requests:
     """Request bodies whose limits come from the settings (one class per app)."""
 
     vectors = create_model(
-        "VectorsRequest", __base__=VectorsRequest,
-        user_ids=(list[UserId], Field(min_length=1, max_length=serve.max_batch)))
+        "VectorsRequest",
+        __base__=VectorsRequest,
+        user_ids=(list[UserId], Field(min_length=1, max_length=serve.max_batch)),
+    )
     lookalike = create_model(
-        "LookalikeRequest", __base__=LookalikeRequest,
+        "LookalikeRequest",
+        __base__=LookalikeRequest,
         seed_user_ids=(list[UserId], Field(min_length=1, max_length=min(serve.max_seeds, graph.max_seeds))),
-        size=(StrictInt, Field(default=1000, ge=1, le=min(serve.max_audience, graph.max_audience))))
+        size=(StrictInt, Field(default=1000, ge=1, le=min(serve.max_audience, graph.max_audience))),
+    )
     return Requests(vectors, lookalike)

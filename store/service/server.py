@@ -66,8 +66,11 @@ class BodyReadTimeout:
 
 async def _reply_408(send: Any, timeout_s: float) -> None:
     body = json.dumps({"detail": f"the request body did not arrive within {timeout_s:g} s"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": 408, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -160,12 +163,23 @@ def protocol_class(http: HttpImpl, header_timeout_s: float) -> type:
     return type(base.__name__, (base,), {"header_timeout_s": float(header_timeout_s)})
 
 
-def make_server(app: Any, serve: ServeSettings, *, host: str | None = None, port: int | None = None,
-                log_level: str = "info") -> Any:
+def make_server(
+    app: Any,
+    serve: ServeSettings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+) -> Any:
     """The uvicorn server `soe serve` runs (``.run()``; tests run it in a thread)."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host or serve.host, port=port or serve.port, log_level=log_level,
-                            http=protocol_class(serve.http, serve.header_timeout_s),
-                            timeout_keep_alive=serve.keep_alive_s)
+    config = uvicorn.Config(
+        app,
+        host=host or serve.host,
+        port=port or serve.port,
+        log_level=log_level,
+        http=protocol_class(serve.http, serve.header_timeout_s),
+        timeout_keep_alive=serve.keep_alive_s,
+    )
     return uvicorn.Server(config)

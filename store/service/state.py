@@ -106,8 +106,10 @@ class ServiceState:
             if model is None:
                 snap = latest_any_model(self.layout)
                 if snap is None:
-                    raise NotReady("no model to serve: set serve.model_version, switch the Redis pointer, "
-                                   "or build a graph")
+                    raise NotReady(
+                        "no model to serve: set serve.model_version, switch the Redis pointer, "
+                        "or build a graph"
+                    )
                 model = snap.model_version
             self._pointer = (now, model)
         return model
@@ -120,8 +122,11 @@ class ServiceState:
                 self._checked = now
                 snap = latest_snapshot(self.layout, self.model())
                 forget = ForgetList.load(self.layout.root)
-                if snap is not None and (self._graph is None or snap.path != self._graph.snap.path
-                                         or forget.digest != self._graph.forget.digest):
+                if snap is not None and (
+                    self._graph is None
+                    or snap.path != self._graph.snap.path
+                    or forget.digest != self._graph.forget.digest
+                ):
                     self._graph = LoadedGraph(snap, forget)
             if self._graph is None:
                 raise NotReady(f"no published graph for model {self.model()!r}: run `soe graph` first")
@@ -147,8 +152,9 @@ class ServiceState:
             vecs = np.where((pos >= 0)[:, None], g.uv.vectors[np.maximum(pos, 0)], 0.0).astype(np.float32)
             return vecs, pos >= 0, g.snap.model_version
         model = self.model()
-        client = self._per_model(self._clients, model,
-                                 lambda: LookupClient(self.redis, model=model, store=self.store()))
+        client = self._per_model(
+            self._clients, model, lambda: LookupClient(self.redis, model=model, store=self.store())
+        )
         try:
             vecs, found = client.get(user_ids)
         except LookupError:  # the model namespace is not in the store: nobody is found
@@ -161,8 +167,9 @@ class ServiceState:
             g = self.graph()
             return g.neighbour_source(), g.snap.model_version
         model = self.model()
-        return self._per_model(self._sources, model,
-                               lambda: StoreNeighbours(self.redis, model, store=self.store())), model
+        return self._per_model(
+            self._sources, model, lambda: StoreNeighbours(self.redis, model, store=self.store())
+        ), model
 
     def positives(self) -> StorePositives:
         """Recent positives, aged at the served graph's as_of (data time, not the wall clock)."""
@@ -172,8 +179,9 @@ class ServiceState:
         except NotReady:
             now = None  # no graph: ages as of each value's own publication
         if self._positives is None or self._positives.now != now:
-            self._positives = StorePositives(self.redis, self.graph_cfg.positives_window_hours, now=now,
-                                             store=self.store())
+            self._positives = StorePositives(
+                self.redis, self.graph_cfg.positives_window_hours, now=now, store=self.store()
+            )
         return self._positives
 
     def store_ok(self) -> bool:
