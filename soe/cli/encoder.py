@@ -106,15 +106,8 @@ def register(app: typer.Typer) -> None:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
         if promote:
             _require_state(cfg)  # before training, not after
-        name, seqs = load_source(
-            cfg.layout(),
-            cfg.events,
-            ml100k=ml100k,
-            sasrec_file=sasrec_file,
-            events=events,
-            interval=interval,
-            sequences=sequences,
-        )
+        name, seqs = load_source(cfg.layout(), cfg.events, ml100k=ml100k, sasrec_file=sasrec_file,
+                                 events=events, interval=interval, sequences=sequences)
         overrides = {"pooling": pooling} if pooling else {}
         if plain:
             overrides = plain_sasrec_overrides(overrides)
@@ -183,15 +176,8 @@ def register(app: typer.Typer) -> None:
                     f"no published model under {cfg.layout().models}: run `soe train` first"
                 )
             model = known[0]["version"]
-        name, seqs = load_source(
-            cfg.layout(),
-            cfg.events,
-            ml100k=ml100k,
-            sasrec_file=sasrec_file,
-            events=events,
-            interval=interval,
-            sequences=sequences,
-        )
+        name, seqs = load_source(cfg.layout(), cfg.events, ml100k=ml100k, sasrec_file=sasrec_file,
+                                 events=events, interval=interval, sequences=sequences)
         if truth is None and events and (cfg.layout().ground_truth / "users.parquet").is_file():
             truth = cfg.layout().ground_truth / "users.parquet"
         metrics = evaluate_model(

@@ -157,6 +157,12 @@ def build_incremental(
     return GraphResult(uv, nbr, scores, nxt, index, prev.spec, changed, stats)
 
 
+def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:
+    """(recall@k of the built lists against exact search on a seeded sample, sample size)."""
+    return sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
+                         neighbours=(result.nbr_ids, result.nbr_scores))
+
+
 def full_reason(
     cfg: GraphSettings, incremental: bool, prev: GraphSnapshot | None, as_of: datetime
 ) -> str | None:
@@ -206,14 +212,7 @@ def build_graph(
         reason = incremental_blocker(cfg, prev, new)
         if reason is None:
             result = build_incremental(prev, new, cfg, forget)
-            recall, n_sample = sample_recall(
-                None,
-                result.uv,
-                cfg.k,
-                cfg.recall_sample,
-                cfg.seed,
-                neighbours=(result.nbr_ids, result.nbr_scores),
-            )
+            recall, n_sample = measured_recall(result, cfg)
             if recall < cfg.min_recall:
                 reason = f"incremental recall {recall:.3f} below graph.min_recall {cfg.min_recall}"
                 result = None
@@ -221,14 +220,7 @@ def build_graph(
     if result is None:
         uv = latest_vectors(layout, model_version, as_of, forget=forget)
         result = build_full(uv, cfg, on_batch)
-        recall, n_sample = sample_recall(
-            None,
-            result.uv,
-            cfg.k,
-            cfg.recall_sample,
-            cfg.seed,
-            neighbours=(result.nbr_ids, result.nbr_scores),
-        )
+        recall, n_sample = measured_recall(result, cfg)
     device = choose_device(cfg.use_gpu, num_gpus(), result.spec.kind)
     last_full = (
         stamp(as_of)
