@@ -40,6 +40,8 @@ class DeviceChoice:
         return self.device.type == "cuda"
 
 
+_ANNOUNCED: set[tuple[str, str]] = set()  # (purpose, requested) already logged in this process
+
 def select_device(
     requested: str = "auto", *, strict: bool = False, purpose: str = "inference"
 ) -> DeviceChoice:
@@ -74,9 +76,12 @@ def select_device(
                 raise DeviceError(
                     f"{purpose}.device={requested!r} but {why}; set {purpose}.device=auto or cpu"
                 )
-            log.warning("%s.device=%r but %s: falling back to the CPU", purpose, requested, why)
+            if (purpose, requested) not in _ANNOUNCED:
+                log.warning("%s.device=%r but %s: falling back to the CPU", purpose, requested, why)
             choice = DeviceChoice(torch.device("cpu"), requested, f"{spec} requested but {why}: CPU fallback")
-    log.info("%s device: %s (%s)", purpose, choice.device, choice.reason)
+    if (purpose, requested) not in _ANNOUNCED:  # one device line per process, not one per shard
+        _ANNOUNCED.add((purpose, requested))
+        log.info("%s device: %s (%s)", purpose, choice.device, choice.reason)
     return choice
 
 
