@@ -22,7 +22,7 @@ In order, on one deployment (the tests share it and run in file order):
    manifest of every hour.
 
 Run it: ``.venv/bin/python -m pytest tests/test_airflow_scheduler.py -m slow -s`` (-s prints the log:
-each run's type and state, and the timings). About 13 minutes on 2 cores.
+each run's type and state, and the timings). 13 to 17 minutes on 2 shared cores.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class World:
 @pytest.fixture(scope="module", autouse=True)
 def sigterm_runs_the_finalizers():
     """A SIGTERM (a CI timeout) becomes KeyboardInterrupt, so pytest still stops Airflow and PostgreSQL."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
