@@ -1,8 +1,9 @@
 """The training and backfill DAGs through `airflow dags test` (slow: two Airflow runs with training).
 
 The same flows run in-process in tests/test_e2e_airflow.py (every default test run); this module proves
-the Airflow wiring of them: trainset -> train -> evaluate -> gate -> trigger_backfill, then the
-backfill DAG with the promoted model's conf -> pointer switch.
+the Airflow wiring of them: trainset -> train -> evaluate -> gate -> promote (the promoted-model
+asset event), then the backfill DAG with the promoted model's conf -> pointer switch. (The scheduler
+itself running the asset-triggered backfill is tests/test_airflow_scheduler.py.)
 """
 
 from __future__ import annotations
