@@ -12,233 +12,33 @@ let the following hour run.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from bench.bad_input import (  # the catalogue of bad kinds, shared with bench/chaos.py
+    KINDS,
+    RULES,
+    TYPES,
+    H,
+    T,
+    contract_table,
+    event,
+    expected_totals,
+    zero_bytes,
+)
 from core.atomic import publish_dir, read_marker
 from core.contracts import EVENT
 from core.layout import HOUR, Layout
-from core.validation import QUARANTINE_SCHEMA, ValidationRules, validate_files
+from core.validation import QUARANTINE_SCHEMA, validate_files
 from soe.cli.app import app
 from tests.fixtures.spark import TEST_SPARK_CONF
 
-H = datetime(2026, 1, 1, 5, tzinfo=UTC)  # the arrival hour with every bad kind
-T = H + timedelta(minutes=30)
-TYPES = ("impression", "click", "conversion", "view", "search")
-RULES = ValidationRules(event_types=TYPES, interval_start=H, interval_end=H + HOUR, max_lateness_hours=72)
-NULLABLE = pa.schema([f.with_nullable(True) for f in EVENT.schema])
 runner = CliRunner()
-
-
-def event(user_id, ts=None, event_type="click", item_id=None, **over):
-    row = dict(user_id=user_id, ts=T if ts is None else ts, event_type=event_type,
-               item_id=100 + (user_id if isinstance(user_id, int) and 0 < user_id < 10**6 else 0),
-               category_id=3, advertiser_id=4, campaign_id=5, device="ios", country="US")
-    if item_id is not None:
-        row["item_id"] = item_id
-    row.update(over)
-    return row
-
-
-def contract_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=NULLABLE)
-
-
-def invalid_utf8(values: list[bytes | None]) -> pa.Array:
-    """A ``string`` array holding bytes that are not UTF-8 (pyarrow writes it to Parquet unchecked)."""
-    data = b"".join(v or b"" for v in values)
-    offsets = np.cumsum([0] + [len(v or b"") for v in values]).astype(np.int32)
-    validity = pa.array([v is not None for v in values]).buffers()[1]
-    return pa.Array.from_buffers(pa.string(), len(values), [validity, pa.py_buffer(offsets.tobytes()),
-                                                            pa.py_buffer(data)])
-
-
-def set_column(t: pa.Table, name: str, values) -> pa.Table:
-    return t.set_column(t.schema.get_field_index(name), name, values)
-
-
-def ms(t: datetime) -> int:
-    return int(t.timestamp() * 1000)
-
-
-# -- the catalogue: one writer per bad kind -------------------------------------------------------
-
-
-def good_and_row_kinds(path: Path) -> None:
-    """20 good rows, a valid late one, 25 duplicates (20 exact, 5 differing only in `device`) and one
-    row of each row-level kind."""
-    good = [event(1001 + i, ts=T + timedelta(seconds=i), event_type=TYPES[i % 5]) for i in range(20)]
-    late = [event(1021, ts=H - timedelta(hours=2))]  # late but inside the lateness window: valid
-    dups = [dict(r) for r in good] + [dict(r, device="web") for r in good[:5]]
-    bad = [
-        event(None),  # null_user_id
-        event(-5),  # negative_user_id
-        event(0, item_id=7),  # absurd_value:user_id (0: the "no user" sentinel)
-        event(2**63 - 1, item_id=8),  # absurd_value:user_id (int64 max)
-        event(1101, ts=None) | {"ts": None},  # null_ts
-        event(1102, ts=H + HOUR + timedelta(minutes=5)),  # ts_after_interval (from the run's future)
-        event(1103, ts=H - timedelta(hours=100)),  # ts_before_lateness_window
-        event(1104, ts=datetime(1999, 12, 31, tzinfo=UTC)),  # absurd_value:ts
-        event(1105, event_type="hover"),  # unknown_event_type
-        event(1106, event_type=None),  # null_event_type
-        event(1107) | {"item_id": None},  # null_item_id
-        event(1108, category_id=-7),  # absurd_value:category_id
-    ]
-    pq.write_table(contract_table(good + late + dups + bad), path)
-
-
-def user_id_as_text(path: Path) -> None:
-    t = contract_table([event(2001 + i) for i in range(5)])
-    ids = pa.array(["2001", "2002", "abc", "007", "99999999999999999999"])
-    pq.write_table(t.set_column(0, "user_id", ids), path)
-
-
-def user_id_uint64(path: Path) -> None:
-    t = contract_table([event(3001 + i) for i in range(4)])
-    pq.write_table(t.set_column(0, "user_id", pa.array([3001, 3002, 2**63, 2**64 - 1], pa.uint64())), path)
-
-
-def ts_ns_naive(path: Path) -> None:  # pandas' default: nanoseconds, no zone (UTC by contract)
-    t = contract_table([event(4001), event(4002)])
-    ns = pa.array([ms(T) * 10**6 + 123_456, ms(T) * 10**6 + 999_999], pa.timestamp("ns"))
-    pq.write_table(t.set_column(1, "ts", ns), path)
-
-
-def ts_us_tz_aware(path: Path) -> None:
-    t = contract_table([event(4101), event(4102)])
-    pq.write_table(t.set_column(1, "ts", t["ts"].cast(pa.timestamp("us", tz="America/New_York"))), path)
-
-
-def ts_seconds(path: Path) -> None:
-    t = contract_table([event(4201), event(4202)])
-    pq.write_table(t.set_column(1, "ts", t["ts"].cast(pa.timestamp("s", tz="UTC"))), path)
-
-
-def ts_as_text(path: Path) -> None:
-    t = contract_table([event(4301), event(4302), event(4303)])
-    text = pa.array(["2026-01-01T05:20:00Z", "2026-01-01 05:21:00", "yesterday"])
-    pq.write_table(t.set_column(1, "ts", text), path)
-
-
-def zero_bytes(path: Path) -> None:
-    path.write_bytes(b"")
-
-
-def truncated(path: Path) -> None:
-    pq.write_table(contract_table([event(4401 + i) for i in range(10)]), path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def not_parquet(path: Path) -> None:
-    path.write_text("user_id,ts,event_type,item_id\n4501,2026-01-01T05:30:00Z,click,1\n")
-
-
-def missing_required_column(path: Path) -> None:
-    pq.write_table(contract_table([event(4601 + i) for i in range(7)]).drop_columns(["item_id"]), path)
-
-
-def not_utf8_text(path: Path) -> None:
-    """device / country bytes that are not UTF-8 null that value only; in event_type they reject the row."""
-    t = contract_table([event(4701 + i) for i in range(4)])
-    t = set_column(t, "device", invalid_utf8([b"\xff\xfeios", b"web", b"ios", b"ctv"]))
-    t = set_column(t, "country", invalid_utf8([b"US", b"D\xe9", b"US", None]))
-    t = t.set_column(2, "event_type", invalid_utf8([b"click", b"view", b"cl\xffick", b"view"]))
-    pq.write_table(t, path)
-
-
-def optional_attribute_wrong_type(path: Path) -> None:
-    t = contract_table([event(4801 + i) for i in range(3)])
-    t = set_column(t, "category_id", pa.array([True, False, None]))
-    t = set_column(t, "advertiser_id", pa.array(["4", "x", None]))
-    t = set_column(t, "campaign_id", pa.array([1.0, 2.5, None]))
-    pq.write_table(t, path)
-
-
-def narrow_types(path: Path) -> None:  # int32 / int16 / uint32 ids, large_string, dictionary text: safe casts
-    t = contract_table([event(4901), event(4902)])
-    t = t.set_column(0, "user_id", t["user_id"].cast(pa.int32()))
-    t = t.set_column(3, "item_id", t["item_id"].cast(pa.int16()))
-    t = set_column(t, "category_id", t["category_id"].cast(pa.uint32()))
-    t = t.set_column(2, "event_type", t["event_type"].cast(pa.large_string()))
-    t = set_column(t, "device", t["device"].combine_chunks().dictionary_encode())
-    pq.write_table(t, path)
-
-
-def user_id_bool(path: Path) -> None:
-    t = contract_table([event(5001 + i) for i in range(3)])
-    pq.write_table(t.set_column(0, "user_id", pa.array([True, False, True])), path)
-
-
-def event_type_int(path: Path) -> None:
-    t = contract_table([event(5101), event(5102)])
-    pq.write_table(t.set_column(2, "event_type", pa.array([1, 2], pa.int64())), path)
-
-
-def only_required_plus_unknown_column(path: Path) -> None:
-    t = contract_table([event(5201), event(5202)]).select(["user_id", "ts", "event_type", "item_id"])
-    pq.write_table(t.append_column("session", pa.array(["a", "b"])), path)
-
-
-def another_contract(path: Path) -> None:
-    t = contract_table([event(5301)])
-    pq.write_table(t.replace_schema_metadata({"soe.contract": "sequence", "soe.contract_version": "1"}), path)
-
-
-def newer_contract_version(path: Path) -> None:
-    t = contract_table([event(5401), event(5402)])
-    pq.write_table(t.replace_schema_metadata({"soe.contract": "event", "soe.contract_version": "9"}), path)
-
-
-@dataclass(frozen=True)
-class Kind:
-    write: Callable[[Path], None]
-    valid: int  # rows of the file that are valid
-    counts: dict[str, int]  # reason -> rows
-    whole_file: bool = False  # quarantined as one record
-
-
-KINDS: dict[str, Kind] = {
-    "good_and_row_kinds": Kind(good_and_row_kinds, 21, {
-        "duplicate": 25, "null_user_id": 1, "negative_user_id": 1, "absurd_value:user_id": 2, "null_ts": 1,
-        "ts_after_interval": 1, "ts_before_lateness_window": 1, "absurd_value:ts": 1, "unknown_event_type": 1,
-        "null_event_type": 1, "null_item_id": 1, "absurd_value:category_id": 1}),
-    "user_id_as_text": Kind(user_id_as_text, 2, {"bad_type:user_id": 3}),
-    "user_id_uint64": Kind(user_id_uint64, 2, {"bad_type:user_id": 2}),
-    "ts_ns_naive": Kind(ts_ns_naive, 2, {}),
-    "ts_us_tz_aware": Kind(ts_us_tz_aware, 2, {}),
-    "ts_seconds": Kind(ts_seconds, 2, {}),
-    "ts_as_text": Kind(ts_as_text, 2, {"bad_type:ts": 1}),
-    "zero_bytes": Kind(zero_bytes, 0, {"unreadable_file": 0}, True),
-    "truncated": Kind(truncated, 0, {"unreadable_file": 0}, True),
-    "not_parquet": Kind(not_parquet, 0, {"unreadable_file": 0}, True),
-    "missing_required_column": Kind(missing_required_column, 0, {"missing_column:item_id": 7}, True),
-    "not_utf8_text": Kind(not_utf8_text, 3, {"bad_type:event_type": 1}),
-    "optional_attribute_wrong_type": Kind(optional_attribute_wrong_type, 3, {}),
-    "narrow_types": Kind(narrow_types, 2, {}),
-    "user_id_bool": Kind(user_id_bool, 0, {"bad_physical_type:user_id:bool": 3}, True),
-    "event_type_int": Kind(event_type_int, 0, {"bad_physical_type:event_type:int64": 2}, True),
-    "only_required_plus_unknown_column": Kind(only_required_plus_unknown_column, 2, {}),
-    "another_contract": Kind(another_contract, 0, {"unsupported_contract": 1}, True),
-    "newer_contract_version": Kind(newer_contract_version, 0, {"unsupported_contract": 2}, True),
-}
-
-
-def expected_totals() -> tuple[int, dict[str, int]]:
-    valid, counts = 0, {}
-    for kind in KINDS.values():
-        valid += kind.valid
-        for reason, n in kind.counts.items():
-            counts[reason] = counts.get(reason, 0) + n
-    return valid, dict(sorted(counts.items()))
 
 
 # -- each kind on its own (the reader and the rules, no Spark) -----------------------------------

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from pyarrow import ArrowException
 
 from core.atomic import is_complete
 from core.layout import HOUR, check_interval, hours, stamp, utc
@@ -157,6 +158,11 @@ def validate_vectors(
             try:
                 previous = stages.read_vectors(settings, model, utc(prev["as_of"]))
             except FileNotFoundError:  # expired by retention
+                previous = None
+            except (OSError, ArrowException) as exc:  # a corrupt done shard must not block every later hour
+                log.warning("drift not judged: the previous generation %s as_of=%s is unreadable (%s); "
+                            "restore its embedding shards from a copy, or backfill", model, prev["as_of"],
+                            exc)
                 previous = None
         report = judge_vectors(Thresholds.from_settings(settings), expected, ids, vecs, previous)
         out.update(report.as_dict())
