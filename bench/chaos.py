@@ -182,10 +182,11 @@ class Campaign:
                 "ok": False,
                 "seconds": round(time.perf_counter() - t0, 2),
                 "error": f"{type(exc).__name__}: {str(exc)[:300]}",
-                "where": [
-                    f"{f.filename.rsplit('/', 2)[-2:]!s}:{f.lineno} {f.name}"
-                    for f in traceback.extract_tb(exc.__traceback__)[-3:]
-                ],
+                "where": [  # the innermost frames of the product (not of pyarrow or redis-py)
+                    f"{Path(f.filename).relative_to(faults.REPO)}:{f.lineno} {f.name}"
+                    for f in traceback.extract_tb(exc.__traceback__)
+                    if f.filename.startswith(str(faults.REPO)) and "/.venv/" not in f.filename
+                ][-4:],
             }
 
     def judge(self, settings=None, extra=()) -> dict[str, Any]:
@@ -478,12 +479,12 @@ class Campaign:
         for model in exp.vectors:
             try:
                 c = LookupClient(s.redis, model=model)
+                found = np.asarray(c.get(ids)[1])
+                lists = c.neighbours(exp.users(model))
             except LookupError:  # this store has no namespace of that model: nothing of it is visible
                 continue
-            found = np.asarray(c.get(ids)[1])
             seen |= set(ids[found].tolist())
-            others = exp.users(model)
-            for lst in c.neighbours(others):
+            for lst in lists:
                 if lst is not None:
                     seen |= self.forgotten & set(np.asarray(lst[0]).tolist())
         return len(seen)

@@ -77,9 +77,17 @@ def test_expected_view_newest_done_wins_and_classifies_reads(tmp_path):
 @pytest.fixture
 def campaign(tmp_path):
     from bench.chaos import Campaign
-    from store.publish import publish_embeddings
 
     c = Campaign(tmp_path, users=5, quick=True)
+    try:
+        yield from _seeded(c)
+    finally:
+        c.close()
+
+
+def _seeded(c):
+    from store.publish import publish_embeddings
+
     ids = np.arange(10_000_001, 10_000_041)
     write_done_generation(c.root, "m1", "20260101T0200Z", ids, unit(40, 16, 3))
     c.model_a = "m1"
@@ -89,7 +97,6 @@ def campaign(tmp_path):
     publish_embeddings(c.settings.redis, c.settings.layout(), "m1", utc("2026-01-01T02:00Z"), shard=None)
     switch_current(c.settings.redis, "m1")
     yield c
-    c.close()
 
 
 def test_the_cheapest_cases_through_the_campaign_code(campaign, monkeypatch):
