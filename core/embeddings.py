@@ -17,6 +17,7 @@ engine's `encode_all` does it; a distributed run calls it after its K workers).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +28,8 @@ import pyarrow.parquet as pq
 from core.atomic import is_complete, read_marker, write_marker
 from core.contracts import ContractError, embedding_contract
 from core.layout import Layout, utc
+
+log = logging.getLogger("soe.embeddings")
 
 
 def shard_dirs(layout: Layout, model_version: str, as_of: datetime) -> list[Path]:
@@ -78,9 +81,27 @@ def vector_array(
     return out if dtype is None else out.astype(dtype, copy=False)
 
 
-def _read_shards(dirs: list[Path], columns: list[str] | None = None) -> pa.Table:
-    """The shards' Parquet files as one table in the embedding contract (only ``columns`` when given)."""
-    tables = [pq.read_table(f, columns=columns) for d in dirs for f in sorted(d.glob("*.parquet"))]
+def _read_shards(
+    dirs: list[Path], columns: list[str] | None = None, *, skip_unreadable: bool = False
+) -> pa.Table:
+    """The shards' Parquet files as one table in the embedding contract (only ``columns`` when given).
+
+    ``skip_unreadable``: a file that cannot be read (corrupt, truncated) is left out with one warning
+    naming it, instead of failing the read (see `latest_embeddings`).
+    """
+    tables = []
+    for f in (f for d in dirs for f in sorted(d.glob("*.parquet"))):
+        try:
+            tables.append(pq.read_table(f, columns=columns))
+        except (OSError, pa.ArrowException) as exc:
+            if not skip_unreadable:
+                raise
+            log.warning(
+                "embedding file %s is unreadable (%s): left out; its users keep their previous "
+                "vector in this read. Restore or re-encode that snapshot.",
+                f,
+                type(exc).__name__,
+            )
     if not tables:
         raise FileNotFoundError(f"published embedding shards hold no Parquet file: {dirs}")
     dims = {t.schema.field("vector").type.list_size for t in tables if "vector" in t.column_names}
@@ -112,7 +133,8 @@ def latest_embeddings(
     columns: list[str] | None = None,
 ) -> pa.Table:
     """Every user's newest vector of this model across the snapshots in ``(after, until]`` (all by
-    default): for each user the row of the newest as_of wins; rows sorted by user_id.
+    default): for each user the row of the newest as_of wins; rows sorted by user_id. An unreadable
+    file is left out with a warning (its users fall back to their previous readable vector).
 
     ``columns``: read only these (they must include ``user_id``). Raises FileNotFoundError when no
     snapshot is published in the window.
@@ -124,7 +146,8 @@ def latest_embeddings(
             f"{layout.model_embeddings(model_version)}; run the encoder first (soe encode)"
         )
     dirs = [d for t in reversed(times) for d in shard_dirs(layout, model_version, t)]  # newest first
-    table = _read_shards(dirs, columns)
+    # one corrupt file of an older, finished snapshot must not block every later graph build
+    table = _read_shards(dirs, columns, skip_unreadable=True)
     uid = table.column("user_id").to_numpy()  # (R,)
     order = np.argsort(uid, kind="stable")  # equal ids keep newest-first order
     first = np.ones(len(order), dtype=bool)

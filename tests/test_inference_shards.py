@@ -246,6 +246,26 @@ def test_latest_embeddings_keeps_each_users_newest_vector(setup):
     assert newest.sum() == 80 and not newest[:40].any() and newest[40:].all()
 
 
+def test_a_corrupt_file_of_an_older_snapshot_never_blocks_the_merge(setup, caplog):
+    """bench.chaos found it: one corrupt shard of a finished hour failed every later graph build."""
+    settings, version, *_rest, table = setup
+    layout = settings.layout()
+    later = AS_OF + timedelta(hours=1)
+    write_active_snapshot(layout, AS_OF, table.slice(0, 80), num_shards=2)
+    write_active_snapshot(layout, later, table.slice(40, 80), num_shards=1)
+    encode_all(settings.layout(), settings.inference, version, AS_OF)
+    encode_all(settings.layout(), settings.inference, version, later)
+    bad = sorted((layout.embeddings(version, AS_OF) / "shard=00000").glob("*.parquet"))[0]
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # truncated on disk
+    with pytest.raises((OSError, pa.ArrowException)):  # one snapshot on its own (validate, publish) still fails loudly
+        read_embeddings(layout, version, AS_OF)
+    latest = latest_embeddings(layout, version)
+    assert str(bad) in caplog.text and "unreadable" in caplog.text
+    newest = pc.equal(latest["as_of"], later).to_numpy(zero_copy_only=False)
+    assert newest.sum() == 80  # every user of the newer snapshot is there, from it
+    assert set(latest["user_id"].to_pylist()) >= set(table.slice(40, 80)["user_id"].to_pylist())
+
+
 def test_clear_errors_for_missing_or_mismatched_inputs(setup):
     settings, version, *_rest, table = setup
     with pytest.raises(FileNotFoundError, match="run the sequence pipeline"):

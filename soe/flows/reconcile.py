@@ -23,6 +23,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from pyarrow import ArrowException
+
 from core.layout import stamp
 from soe.flows import stages
 from soe.flows.manifest import done_times, read_manifest, timed
@@ -62,12 +64,24 @@ def reconcile(settings) -> dict[str, Any]:
         if current is None:
             current = restore = switched_model(settings)
         repaired: list[str] = []
+        unrepairable: list[str] = []  # done hours whose shards on disk can no longer be read
         if current is not None:
             present = stages.published_hours(settings, current)
             for t in done_hours(settings, current):
                 if stamp(t) in present:
                     continue
-                stages.publish_shard(settings, current, t, None)
+                try:
+                    stages.publish_shard(settings, current, t, None)
+                except (OSError, ArrowException, ValueError) as exc:  # a corrupt shard: never block the hour
+                    log.warning(
+                        "reconcile: cannot republish %s of %s from disk (%s): %s",
+                        stamp(t),
+                        current,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    unrepairable.append(stamp(t))
+                    continue
                 try:
                     stages.publish_recent_positives(settings, t)
                 except (
@@ -90,6 +104,8 @@ def reconcile(settings) -> dict[str, Any]:
             log.warning("reconcile: the store had no current model; restored the pointer to %s", restore)
             out["pointer_restored"] = restore
         out["republished_hours"] = len(repaired)
+        if unrepairable:
+            out["unrepairable"] = ",".join(unrepairable)
         if repaired:
             out["republished"] = ",".join(repaired)
     return out
