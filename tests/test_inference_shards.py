@@ -257,7 +257,7 @@ def test_a_corrupt_file_of_an_older_snapshot_never_blocks_the_merge(setup, caplo
     encode_all(settings.layout(), settings.inference, version, later)
     bad = sorted((layout.embeddings(version, AS_OF) / "shard=00000").glob("*.parquet"))[0]
     bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # truncated on disk
-    with pytest.raises((OSError, pa.ArrowException)):  # one snapshot on its own (validate, publish) still fails loudly
+    with pytest.raises((OSError, pa.ArrowException)):  # one snapshot alone still fails loudly
         read_embeddings(layout, version, AS_OF)
     latest = latest_embeddings(layout, version)
     assert str(bad) in caplog.text and "unreadable" in caplog.text
