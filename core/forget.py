@@ -22,6 +22,7 @@ snapshot is scanned again only when the list has grown.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ TOMBSTONES = pa.schema(
 )
 EMPTY_DIGEST = "none"  # the digest of an empty forget list (and of a marker that never recorded one)
 DIGEST_KEY = "forget_digest"
+
+
+log = logging.getLogger("soe.forget")
 
 
 def forget_root(root: Path | str) -> Path:
@@ -177,10 +181,14 @@ def scrub_files(
     out: dict[Path, np.ndarray] = {}
     for group in groups.values():
         first = group[0]
-        pf = pq.ParquetFile(first)
-        if column not in pf.schema_arrow.names:
+        try:
+            pf = pq.ParquetFile(first)
+            if column not in pf.schema_arrow.names:
+                continue
+            ids = pq.read_table(first, columns=[column]).column(column)
+        except (OSError, pa.ArrowException) as exc:  # a corrupt file: reported, never blocks the run
+            log.warning("forget: %s is unreadable (%s) and could not be scrubbed", first, type(exc).__name__)
             continue
-        ids = pq.read_table(first, columns=[column]).column(column)
         hit = _user_mask(ids, forget)
         if not hit.any():
             continue

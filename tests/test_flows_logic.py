@@ -143,6 +143,18 @@ def test_retention_removes_expired_snapshots_but_keeps_the_newest(settings):
         apply_retention(layout, T0, hours_to_keep=0)
 
 
+def test_retention_never_fails_on_a_corrupt_older_snapshot(settings, caplog):
+    """bench.chaos: a corrupt embedding file of a done hour made every later hour's retention fail."""
+    layout = settings.layout()
+    _embedding_snapshot(layout, "v-a", T0 - HOUR * 50, [1, 2])
+    _embedding_snapshot(layout, "v-a", T0, [1])
+    bad = next(layout.embeddings("v-a", T0 - HOUR * 50).rglob("*.parquet"))
+    bad.write_bytes(b"PAR1 not really")
+    out = apply_retention(layout, T0, hours_to_keep=24)  # no exception
+    assert str(bad) in caplog.text and "unreadable" in caplog.text
+    assert out["n_removed"] == 1  # expired, and nothing readable in it to keep for anyone
+
+
 def test_retention_keeps_an_expired_embedding_snapshot_while_it_holds_a_users_only_vector(settings):
     layout = settings.layout()
     _embedding_snapshot(layout, "v-a", T0 - HOUR * 90, [1, 2, 3])  # backfill: every user

@@ -24,11 +24,16 @@ def one_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 
 
-def test_auto_picks_cpu_without_a_gpu_and_logs_it(no_gpu, caplog):
+def test_auto_picks_cpu_without_a_gpu_and_logs_it_once(no_gpu, caplog):
+    import encoder.device
+
+    encoder.device._ANNOUNCED.clear()  # a fresh process
     with caplog.at_level(logging.INFO, logger="soe.inference"):
         choice = select_device("auto")
+        select_device("auto")  # a second shard of the same run: no second line
     assert choice.device == torch.device("cpu") and not choice.is_cuda
     assert "inference device: cpu" in caplog.text and "no CUDA GPU" in caplog.text
+    assert caplog.text.count("inference device: cpu") == 1
 
 
 def test_auto_picks_the_gpu_when_present(one_gpu):

@@ -478,7 +478,11 @@ def test_a_numeric_password_is_a_secret_string_end_to_end(redis_acl_single_serve
         assert down.exit_code == 2 and "cannot reach Redis" in down.output and pw not in down.output
         bad = cli({**base, "SOE_REDIS__PASSWORD": pw, "SOE_REDIS__BUCKETS": "x"}, "config")
         assert bad.exit_code == 2 and "redis.buckets" in bad.output and pw not in bad.output
-        boolean = cli({**base, "SOE_REDIS__PASSWORD": "yes"}, "config")
+        verbatim = cli({**base, "SOE_REDIS__PASSWORD": "yes"}, "config")  # the environment is taken verbatim
+        assert verbatim.exit_code == 0 and json.loads(verbatim.stdout)["redis"]["password"] != "yes"  # masked
+        yaml_bool = tmp_path / "bool.yaml"
+        yaml_bool.write_text("redis:\n  password: yes\n")  # YAML 1.1 reads a boolean: refused, never guessed
+        boolean = cli(base, "-c", str(yaml_bool), "config")
         assert boolean.exit_code == 2 and "redis.password" in boolean.output and "quote it" in boolean.output
     admin.execute_command("ACL", "DELUSER", "num-reader")
     assert pw not in caplog.text

@@ -182,7 +182,7 @@ def test_the_user_id_range_comes_from_the_settings():
 
 def test_bytes_that_are_not_utf8_in_device_null_the_value_and_keep_every_event(tmp_path):
     """On main one such value sent all 23 rows of the file to quarantine, the 20 good ones included."""
-    from tests.test_bad_input import invalid_utf8
+    from bench.bad_input import invalid_utf8
 
     t = table([row(user_id=i + 1, item_id=100 + i) for i in range(23)])
     devices = [b"ios"] * 20 + [b"\xff\xfe", b"w\xe9b", b"ok"]

@@ -31,6 +31,7 @@ read of it drops a forgotten user's events, see docs/operations.md "Forget").
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -40,10 +41,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from pyarrow import ArrowException
 
 from core.atomic import clean_temp, is_complete, read_marker, write_marker
 from core.forget import DIGEST_KEY, ForgetList, scrub_files, scrub_state
 from core.layout import Layout, stamp, utc
+
+log = logging.getLogger("soe.flows")
 
 
 def snapshot_parents(layout: Layout) -> list[Path]:
@@ -68,8 +72,17 @@ def _snapshots(parent: Path) -> list[tuple[datetime, Path]]:
 
 
 def _user_ids(snapshot: Path) -> np.ndarray:
+    """The users of a snapshot; an unreadable file is left out with a warning (retention must never
+    block an hour: a corrupt older snapshot is kept, and reported, until someone restores it)."""
     files = sorted(snapshot.glob("shard=*/*.parquet")) or sorted(snapshot.glob("*.parquet"))
-    ids = [pq.read_table(f, columns=["user_id"]).column("user_id").to_numpy() for f in files]
+    ids = []
+    for f in files:
+        try:
+            ids.append(pq.read_table(f, columns=["user_id"]).column("user_id").to_numpy())
+        except (OSError, ArrowException) as exc:
+            log.warning(
+                "retention: %s is unreadable (%s): its users count as not covered", f, type(exc).__name__
+            )
     return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
 
 
