@@ -38,6 +38,7 @@ import numpy as np
 
 from bench import bad_input, faults
 from bench.common import emit, machine, parse_args
+from bench.refresh import random_model as refresh_random_model
 
 START = "2026-01-01T00:00Z"
 SPARK_CONF = {
@@ -49,28 +50,8 @@ SPARK_CONF = {
 
 
 def random_model(settings, seed: int) -> str:
-    """A randomly initialised encoder (as bench.refresh), seeded: two seeds are two models."""
-    import torch
-
-    from encoder.artifact import save_model
-    from encoder.model import ModelConfig, UserEncoder
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        max_len=settings.sequences.max_len,
-        actions=tuple(settings.events.event_types),
-    )
-    return save_model(
-        settings.layout(),
-        UserEncoder(cfg).eval(),
-        cfg,
-        train_window={"bench": f"chaos seed {seed}"},
-        metrics={},
-        card="bench.chaos: random weights",
-    )
+    """A randomly initialised encoder (a smaller `bench.refresh.random_model`); two seeds, two models."""
+    return refresh_random_model(settings, seed=seed, d_model=32, n_layers=1, label="bench.chaos")
 
 
 class Campaign:

@@ -31,17 +31,20 @@ GOAL_S = 15 * 60
 STAGES = ("sequences", "encode", "publish", "graph", "validate", "retention")
 
 
-def random_model(settings) -> str:
-    """Publish a randomly initialised encoder artifact (a benchmark of throughput, not of quality)."""
+def random_model(
+    settings, *, seed: int = 0, d_model: int = 64, n_layers: int = 2, label: str = "bench.refresh"
+) -> str:
+    """Publish a randomly initialised encoder artifact (a benchmark of throughput, not of quality);
+    two seeds are two distinct models."""
     import torch
 
     from encoder.artifact import save_model
     from encoder.model import ModelConfig, UserEncoder
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = ModelConfig(
-        d_model=64,
-        n_layers=2,
+        d_model=d_model,
+        n_layers=n_layers,
         n_heads=2,
         max_len=settings.sequences.max_len,
         actions=tuple(settings.events.event_types),
@@ -50,9 +53,9 @@ def random_model(settings) -> str:
         settings.layout(),
         UserEncoder(cfg).eval(),
         cfg,
-        train_window={"bench": "random init"},
+        train_window={"bench": f"random init, seed {seed}" if seed else "random init"},
         metrics={},
-        card="bench.refresh: random weights",
+        card=f"{label}: random weights",
     )
 
 
