@@ -19,6 +19,7 @@ directory counts as published only when it holds a ``_SUCCESS`` marker (see core
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,13 @@ def utc(value: datetime | str) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def epoch_ms(t) -> int:
+    """A time (aware or naive-UTC datetime, ISO string, or already epoch ms) -> epoch milliseconds (int)."""
+    if isinstance(t, numbers.Integral):  # int, numpy integers
+        return int(t)
+    return round(utc(t).timestamp() * 1000)
 
 
 def stamp(t: datetime) -> str:

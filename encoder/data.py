@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.contracts import ATTRIBUTE_COLUMNS, TS
-from core.layout import utc
+from core.layout import epoch_ms
 from core.sequence_state import read_state
 
 LIST_COLUMNS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
@@ -46,13 +46,6 @@ def events_to_sequences(events: pa.Table, as_of=None) -> pa.Table:
         if name in ev.column_names:
             cols[name] = pa.ListArray.from_arrays(offsets, ev[name].combine_chunks())
     return pa.table(cols)
-
-
-def epoch_ms(t) -> int:
-    """A time (aware or naive-UTC datetime, ISO string, or already epoch ms) -> epoch milliseconds (int)."""
-    if isinstance(t, (int, np.integer)):
-        return int(t)
-    return round(utc(t).timestamp() * 1000)
 
 
 def read_sasrec(path: str | Path) -> pa.Table:

@@ -30,9 +30,8 @@ import pyarrow.compute as pc
 import torch
 
 from core.hashing import GOLDEN, as_uint64, mix64
-from core.layout import DAY_MS, HOUR_MS
+from core.layout import DAY_MS, HOUR_MS, epoch_ms
 from encoder.config import ModelConfig
-from encoder.data import epoch_ms
 
 
 @dataclass

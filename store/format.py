@@ -25,10 +25,11 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
+
+from core.layout import epoch_ms
 
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<BBHqI")  # version, kind, n, as_of_ms, model_id
@@ -48,15 +49,6 @@ class FormatError(ValueError):
 def model_id(model_version: str) -> int:
     """The 4-byte id of a model version stored in every value header."""
     return int.from_bytes(hashlib.sha256(model_version.encode()).digest()[:4], "little")
-
-
-def as_of_ms(as_of) -> int:
-    """datetime (naive = UTC) or int ms -> int ms since the epoch."""
-    if isinstance(as_of, datetime):
-        from core.layout import utc
-
-        return round(utc(as_of).timestamp() * 1000)
-    return int(as_of)
 
 
 def value_size(dtype: str, dim: int) -> int:
@@ -99,7 +91,7 @@ def encode_vector(vector, as_of, model_version: str, dtype: str = "float16") -> 
         raise ValueError(f"dtype must be one of {sorted(KINDS)}, got {dtype!r}")
     v = np.asarray(vector, dtype=np.float32).reshape(-1)  # (d,)
     kind = KINDS[dtype]
-    out = HEADER.pack(FORMAT_VERSION, kind, v.size, as_of_ms(as_of), model_id(model_version))
+    out = HEADER.pack(FORMAT_VERSION, kind, v.size, epoch_ms(as_of), model_id(model_version))
     if kind == 3:
         q, scale = _quantize(v[None])
         return out + struct.pack("<f", float(scale[0])) + q.tobytes()
@@ -159,7 +151,7 @@ def encode_vectors(vectors, as_of, model_version: str, dtype: str = "float16") -
     n, d = x.shape
     rec = np.zeros(n, dtype=record_dtype(dtype, d))
     rec["version"], rec["kind"], rec["n"] = FORMAT_VERSION, KINDS[dtype], d
-    rec["as_of"] = as_of if isinstance(as_of, np.ndarray) else as_of_ms(as_of)
+    rec["as_of"] = as_of if isinstance(as_of, np.ndarray) else epoch_ms(as_of)
     rec["model_id"] = model_id(model_version)
     if dtype == "int8":
         rec["payload"], rec["scale"] = _quantize(x)
@@ -224,7 +216,7 @@ def encode_neighbours(neighbor_ids, scores, as_of, model_version: str) -> bytes:
         raise ValueError(
             f"neighbour ids ({ids.size}) and scores ({sc.size}) must have one equal length <= 65535"
         )
-    header = HEADER.pack(FORMAT_VERSION, NEIGHBOURS, ids.size, as_of_ms(as_of), model_id(model_version))
+    header = HEADER.pack(FORMAT_VERSION, NEIGHBOURS, ids.size, epoch_ms(as_of), model_id(model_version))
     return header + ids.tobytes() + sc.tobytes()
 
 

@@ -30,10 +30,10 @@ from core.contracts import ContractError, embedding_contract
 from core.embeddings import shard_dirs as embedding_shard_dirs
 from core.embeddings import vector_array
 from core.forget import ForgetList
-from core.layout import Layout, stamp, utc
+from core.layout import Layout, epoch_ms, stamp, utc
 from store.backends import open_store
 from store.base import UpsertCounts, VectorStore
-from store.format import as_of_ms, encode_vectors
+from store.format import encode_vectors
 from store.settings import RedisSettings
 
 log = logging.getLogger("soe.store.publish")
@@ -219,5 +219,5 @@ def _advance_last_as_of(store: VectorStore, model_version: str, as_of: datetime)
     if meta is None:
         return
     last = meta.extra.get("last_as_of")
-    if last is None or as_of_ms(utc(last)) < as_of_ms(as_of):
+    if last is None or epoch_ms(utc(last)) < epoch_ms(as_of):
         store.update_meta(model_version, last_as_of=as_of.isoformat())

@@ -13,6 +13,7 @@ import redis
 
 from core.atomic import publish_dir
 from core.contracts import embedding_contract
+from core.layout import epoch_ms
 from store import format as fmt
 from store.backends import open_store
 from store.backends.redis import connect
@@ -83,7 +84,7 @@ def test_conditional_upsert_rejects_older_as_of_server_side(redis_any):
     store.ensure_model("m1", 8, "float16", 32)
     ids = np.arange(200)
     new, old = unit(200, 8, 1), unit(200, 8, 2)
-    t_new, t_old = fmt.as_of_ms(T0), fmt.as_of_ms(T0 - timedelta(hours=3))
+    t_new, t_old = epoch_ms(T0), epoch_ms(T0 - timedelta(hours=3))
     assert store.upsert_vectors("m1", ids, fmt.encode_vectors(new, t_new, "m1"), t_new).written == 200
     late = store.upsert_vectors("m1", ids, fmt.encode_vectors(old, t_old, "m1"), t_old)  # a late backfill
     assert (late.written, late.stale) == (0, 200)
@@ -91,7 +92,7 @@ def test_conditional_upsert_rejects_older_as_of_server_side(redis_any):
     np.testing.assert_allclose(got.vectors, new, atol=1e-3)
     assert (got.as_of == t_new).all()
     # a newer as_of wins; mixed batches are decided per user; a duplicate in one batch keeps the newest
-    t_newer = fmt.as_of_ms(T0 + timedelta(hours=1))
+    t_newer = epoch_ms(T0 + timedelta(hours=1))
     mixed_as_of = np.where(ids % 2 == 0, t_newer, t_old)
     stamps = np.r_[mixed_as_of, t_old]
     rows = fmt.encode_vectors(np.r_[old, old[:1]], stamps, "m1")

@@ -18,9 +18,8 @@ import pyarrow.parquet as pq
 
 from core.atomic import publish_dir
 from core.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
-from core.layout import Layout, utc
+from core.layout import Layout, epoch_ms, utc
 from core.sequence_state import BASE, DELTA, LAYOUT, Layer, layer_name
-from encoder.data import epoch_ms
 
 EVENT_TYPES = ("impression", "click", "conversion", "view", "search")
 

@@ -21,8 +21,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import publish_dir
 from core.contracts import TS, embedding_contract
-from core.layout import Layout
-from encoder.data import epoch_ms
+from core.layout import Layout, epoch_ms
 
 PART = "part-00000.parquet"
 

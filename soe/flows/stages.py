@@ -102,14 +102,10 @@ def mark_embeddings(settings, model: str, as_of: datetime, num_shards: int) -> d
 
 def read_vectors(settings, model: str, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
     """(user ids (N,), float32 vectors (N, D)) of one published embedding snapshot."""
-    from core.embeddings import read_embeddings
+    from core.embeddings import read_embeddings, vector_array
 
     table = read_embeddings(settings.layout(), model, utc(as_of))
-    ids = table.column("user_id").to_numpy()  # (N,)
-    vec = table.column("vector").combine_chunks()
-    dim = vec.type.list_size
-    flat = vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return ids, flat.reshape(len(ids), dim)  # (N, D)
+    return table.column("user_id").to_numpy(), vector_array(table.column("vector"))  # (N,), (N, D)
 
 
 def list_models(settings) -> list[dict[str, Any]]:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.layout import HOUR_MS, utc
+from core.layout import HOUR_MS, epoch_ms, utc
 from store.backends import open_store
 from store.base import UpsertCounts, VectorStore, as_ids
-from store.format import as_of_ms, decode_neighbours, encode_neighbours
+from store.format import decode_neighbours, encode_neighbours
 from store.settings import RedisSettings
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def write_neighbour_lists(
         values = [
             encode_neighbours(i[i >= 0], s[i >= 0], as_of, model) for i, s in zip(nbr_ids[sl], scores[sl])
         ]
-        counts += store.upsert("neighbours", model, user_ids[sl], values, as_of_ms(as_of))
+        counts += store.upsert("neighbours", model, user_ids[sl], values, epoch_ms(as_of))
     return counts.as_dict()
 
 
@@ -93,7 +93,7 @@ def write_positives(
             encode_neighbours(items[p], ages_h[p], as_of, POSITIVES_MODEL)
             for p in range(lo, min(lo + batch, len(ids)))
         ]
-        counts += store.upsert("positives", None, ids[lo : lo + batch], values, as_of_ms(as_of), ttl_s=ttl_s)
+        counts += store.upsert("positives", None, ids[lo : lo + batch], values, epoch_ms(as_of), ttl_s=ttl_s)
     return counts.as_dict()
 
 
@@ -113,6 +113,6 @@ def read_positives(
             continue
         items, ages, header = decode_neighbours(v)
         if now is not None:
-            ages = ages + (as_of_ms(utc(now)) - header.as_of) / float(HOUR_MS)
+            ages = ages + (epoch_ms(utc(now)) - header.as_of) / float(HOUR_MS)
         out.append(items[ages < window_hours])
     return out
