@@ -52,6 +52,9 @@ class RedisSettings(Section):
     pointer_ttl_s: float = 1.0  # lookup client: how long the current-model pointer is cached
     socket_timeout_s: float = 5.0  # per command
     max_connections: int = 32  # connection pool size per node
+    # cluster: how long a command or pipeline keeps retrying (with backoff, refreshing the slot map)
+    # through a master's failover before it raises; > cluster-node-timeout + the replica's election
+    failover_retry_s: Annotated[float, Field(ge=0)] = 15.0
     # batched reads: "packed" = HMGETs packed into one RESP buffer per node (store.wire, the fast path);
     # "pipeline" = redis-py's pipeline (the reference path; also the fallback of "packed" on MOVED/ASK
     # or a dropped connection). Both return the same bytes (tests/test_store_read_paths.py).

@@ -15,15 +15,20 @@ Reads group the requested users by bucket, one HMGET per bucket; a single user i
 them into one RESP buffer per node (store.wire) and falls back to the redis-py pipeline when a
 cluster node answers MOVED/ASK or a connection drops; ``pipeline`` always uses redis-py's pipeline
 (the reference path). Both return the same bytes (tests/test_store_read_paths.py). The pointer
-switch and rollback are one-key functions (atomic). Model versions read back from the store (the
-pointer, the set of models) are checked before a key is built from them. Nothing here logs secrets.
+switch and rollback are one-key functions (atomic). In a cluster, commands and the write and read
+pipelines retry through a master's failover for ``redis.failover_retry_s`` (`ride_failover`;
+tests/test_rehearsal_redis.py kills masters of a cluster with replicas). Model versions read back
+from the store (the pointer, the set of models) are checked before a key is built from them.
+Nothing here logs secrets.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +83,45 @@ class FcallKeys:
         return getattr(self._parser, name)
 
 
+def ride_failover(fn: Callable[[], Any], seconds: float, what: str = "command") -> Any:
+    """``fn()``, retried with backoff for up to ``seconds`` while the cluster answers with a connection
+    error, a timeout, CLUSTERDOWN or an uncovered slot: a master's failover (its replica is promoted
+    after cluster-node-timeout plus an election, ~1-3 s for a 1 s timeout). redis-py's cluster client
+    refreshes its slot map after each such error but retries at once, so its own retries are spent
+    within milliseconds, long before the replica takes over. Every command the store sends is safe to
+    repeat: reads, and writes that are idempotent (the conditional upsert, HSET of the same fields)."""
+    from redis.cluster import RedisCluster
+
+    deadline = time.monotonic() + seconds
+    pause = 0.05
+    while True:
+        try:
+            return fn()
+        except RedisCluster.ERRORS_ALLOW_RETRY as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            log.warning("cluster %s failed (%s); retrying for a failover", what, type(exc).__name__)
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.5)
+
+
+@functools.cache
+def _failover_cluster_class() -> type:
+    from redis.cluster import RedisCluster
+
+    class FailoverCluster(RedisCluster):
+        """RedisCluster whose single commands ride through a failover (`ride_failover`)."""
+
+        failover_s = 15.0
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            run = super().execute_command
+            return ride_failover(lambda: run(*args, **kwargs), self.failover_s, _s(args[0]) if args else "")
+
+    return FailoverCluster
+
+
 def connect(s: RedisSettings) -> Any:
     """A redis-py client for the settings: `redis.Redis` (single) or `redis.cluster.RedisCluster`."""
     import redis
@@ -99,10 +143,11 @@ def connect(s: RedisSettings) -> Any:
             "ssl_keyfile": s.tls_key,
         }
     if s.mode == "cluster":
-        from redis.cluster import ClusterNode, RedisCluster
+        from redis.cluster import ClusterNode
 
-        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes()], **kw)
-        client.commands_parser = FcallKeys(client.commands_parser)  # type: ignore[assignment]  # pipelines share it
+        client = _failover_cluster_class()(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes()], **kw)
+        client.failover_s = s.failover_retry_s
+        client.commands_parser = FcallKeys(client.commands_parser)  # pipelines share it
         return client
     return redis.Redis(host=s.host, port=s.port, **kw)
 
@@ -248,10 +293,17 @@ class RedisVectorStore(VectorStore):
         raise AssertionError("unreachable")
 
     def _execute(self, function: str, calls: list[Call]) -> list:
-        pipe = self.r.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.execute_command("FCALL", function, len(keys), *keys, *args)
-        return pipe.execute()
+        def send() -> list:
+            pipe = self.r.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("FCALL", function, len(keys), *keys, *args)
+            return pipe.execute()
+
+        return self._retrying(send, f"FCALL {function}")  # the functions are idempotent
+
+    def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
+        """``fn()``; in a cluster retried through a failover for ``redis.failover_retry_s``."""
+        return ride_failover(fn, self.settings.failover_retry_s, what) if self.cluster else fn()
 
     # -- records: writes ----------------------------------------------------------------------
     def upsert(
@@ -307,10 +359,14 @@ class RedisVectorStore(VectorStore):
         """PEXPIRE every touched bucket (Redis 7.0 has no per-field expiry)."""
         ms = max(1, round(ttl_s * 1000))
         for i in range(0, len(buckets), 4096):
-            pipe = self.r.pipeline(transaction=False)
-            for b in buckets[i : i + 4096]:
-                pipe.pexpire(key_fn(b), ms)
-            pipe.execute()
+
+            def send(part: list[int] = buckets[i : i + 4096]) -> list:
+                pipe = self.r.pipeline(transaction=False)
+                for b in part:
+                    pipe.pexpire(key_fn(b), ms)
+                return pipe.execute()
+
+            self._retrying(send, "PEXPIRE pipeline")
 
     # -- records: reads -----------------------------------------------------------------------
     def get(
@@ -362,10 +418,14 @@ class RedisVectorStore(VectorStore):
                 # refreshes the slot map
                 log.info("packed read failed (%s); retrying via the redis-py pipeline", type(exc).__name__)
         if replies is None:  # reference path; the cluster pipeline routes by slot and follows MOVED/ASK
-            pipe = self.r.pipeline(transaction=False)
-            for key, flds in commands:
-                pipe.execute_command("HMGET", key, *flds)
-            replies = pipe.execute()
+
+            def send() -> list:
+                pipe = self.r.pipeline(transaction=False)
+                for key, flds in commands:
+                    pipe.execute_command("HMGET", key, *flds)
+                return pipe.execute()
+
+            replies = self._retrying(send, "HMGET pipeline")
         out: list[bytes | None] = [None] * len(ids)
         for p, v in zip(order.tolist(), chain.from_iterable(replies)):
             out[p] = v
@@ -464,4 +524,4 @@ class RedisVectorStore(VectorStore):
         return checked_pointer(_pairs(res))
 
 
-__all__ = ["RedisVectorStore", "bucket_groups", "connect", "upsert_calls"]
+__all__ = ["RedisVectorStore", "bucket_groups", "connect", "ride_failover", "upsert_calls"]
