@@ -42,6 +42,7 @@ class DeviceChoice:
 
 _ANNOUNCED: set[tuple[str, str]] = set()  # (purpose, requested) already logged in this process
 
+
 def select_device(
     requested: str = "auto", *, strict: bool = False, purpose: str = "inference"
 ) -> DeviceChoice:

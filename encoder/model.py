@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoder.config import ModelConfig
+from encoder.optim import EncoderOptimizer
 
 Attention = Literal[
     "sdpa", "reference"
@@ -127,8 +128,8 @@ class UserEncoder(nn.Module):
         self.cfg = cfg
         D = cfg.d_model
         self.tables = nn.ModuleDict(
-            {t.name: nn.Embedding(t.num_embeddings, D, padding_idx=0) for t in cfg.tables}
-        )
+            {t.name: nn.Embedding(t.num_embeddings, D, padding_idx=0, sparse=True) for t in cfg.tables}
+        )  # sparse gradients: a step updates only its ids' rows (encoder.optim)
         self.action = nn.Embedding(len(cfg.actions) + 2, D, padding_idx=0)  # 0 pad, 1..n types, n+1 unknown
         self.time = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
         self.pos = nn.Embedding(cfg.max_len, D)
@@ -179,15 +180,19 @@ class UserEncoder(nn.Module):
 
     # -- optimisation ---------------------------------------------------------------------------
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups chosen by module type (nanoGPT style): Linear weights decay; embedding and
-        LayerNorm weights and every bias do not. A parameter of any other module type is an error, so a
-        new layer must be classified here before it can be trained."""
+        """Optimiser groups chosen by module type (nanoGPT style): Linear weights decay; embedding and
+        LayerNorm weights and every bias do not; the hashed tables (sparse gradients) form their own
+        group for the sparse optimiser. A parameter of any other module type is an error, so a new
+        layer must be classified here before it can be trained."""
         decay: dict[str, nn.Parameter] = {}
         no_decay: dict[str, nn.Parameter] = {}
+        sparse: dict[str, nn.Parameter] = {}
         for mn, m in self.named_modules():
             for pn, p in m.named_parameters(recurse=False):
                 name = f"{mn}.{pn}" if mn else pn
-                if pn.endswith("bias") or (pn.endswith("weight") and isinstance(m, NO_DECAY_MODULES)):
+                if isinstance(m, nn.Embedding) and m.sparse:
+                    sparse[name] = p
+                elif pn.endswith("bias") or (pn.endswith("weight") and isinstance(m, NO_DECAY_MODULES)):
                     no_decay[name] = p
                 elif pn.endswith("weight") and isinstance(m, DECAY_MODULES):
                     decay[name] = p
@@ -196,12 +201,12 @@ class UserEncoder(nn.Module):
         return [
             {"params": list(decay.values()), "names": list(decay), "weight_decay": weight_decay},
             {"params": list(no_decay.values()), "names": list(no_decay), "weight_decay": 0.0},
+            {"params": list(sparse.values()), "names": list(sparse), "weight_decay": 0.0, "sparse": True},
         ]
 
-    def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.98)) -> torch.optim.AdamW:
-        """AdamW over `param_groups`."""
-        groups = [{k: v for k, v in g.items() if k != "names"} for g in self.param_groups(weight_decay)]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.98)) -> EncoderOptimizer:
+        """AdamW over the dense groups, SparseAdam over the hashed tables (`encoder.optim`)."""
+        return EncoderOptimizer(self.param_groups(weight_decay), lr, betas)
 
     # -- embeddings -----------------------------------------------------------------------------
     def _used_tables(self) -> list[nn.Embedding]:

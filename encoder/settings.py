@@ -21,6 +21,7 @@ DeviceName = Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]  # "auto"
 GpuDtype = Literal["auto", "bf16", "fp16", "fp32"]  # GPU autocast dtype; "auto": bf16 if supported, else fp16
 Objective = Literal["next_positive", "future_window"]  # see encoder.objectives
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
+Loss = Literal["auto", "full_softmax", "sampled_softmax"]  # see encoder.objectives; "auto": by catalogue size
 
 
 def _model_overrides() -> type[Section]:
@@ -48,7 +49,9 @@ class TrainSettings(Section):
     )
     window_hours: float = 24.0 * 7  # future_window: targets are positives this many hours after a position
     targets_per_batch: int = 4096  # positions sampled per objective and step (bounds the (N, M) logits)
-    logq: bool = True  # subtract log(sampling probability) of in-batch negatives (popularity correction)
+    loss: Loss = "auto"  # "full_softmax" (CE over every item), "sampled_softmax" (in-batch + logQ), "auto"
+    full_softmax_max_items: int = 65_536  # auto: full softmax up to this many catalogue items, sampled above
+    logq: bool = True  # sampled softmax: subtract log(sampling probability) of in-batch negatives
     positive_event_types: list[str] | None = None  # None: events.positive_event_types
     min_positives: int = 3  # leave-last-out: users with fewer positives only train
     patience: int = 3  # early stopping: epochs without validation NDCG@10 improvement

@@ -62,11 +62,20 @@ from encoder.data import (
 )
 from encoder.device import autocast, autocast_dtype, select_device
 from encoder.evaluate import leave_last_out_report, model_leave_last_out
-from encoder.features import featurize
+from encoder.features import featurize, hash_items
 from encoder.model import UserEncoder
-from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
+from encoder.objectives import (
+    LogQ,
+    choose_loss,
+    full_softmax,
+    future_window_targets,
+    next_positive_targets,
+    sampled_softmax,
+)
+from encoder.optim import lr_factor
 from encoder.settings import TrainSettings
 
+CHECKPOINT_FORMAT = 2  # 2: EncoderOptimizer state, no scheduler (part of the checkpoint key)
 # train settings that do not change the result
 RUNTIME_ONLY = ("threads", "device", "strict_device", "resume", "mlflow_tracking_uri")
 
@@ -88,14 +97,6 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / max(warmup, 1)
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
 @dataclass
 class FitResult:
     model: UserEncoder
@@ -108,15 +109,39 @@ class FitResult:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where it was trained
 
 
-def _batch_loss(
-    model, batch, cfg: ModelConfig, ts: TrainSettings, positive_idx, logq, rng, gen, device
-) -> torch.Tensor:
-    positive = torch.isin(batch.action, positive_idx) & batch.valid  # (B, T)
+@dataclass
+class LossInputs:
+    """What the loss of every step needs besides the batch (built once per `fit`)."""
+
+    kind: str  # "full_softmax" or "sampled_softmax" (`encoder.objectives.choose_loss`)
+    positive_idx: torch.Tensor  # (P,) action indexes that count as positives
+    logq: LogQ | None  # sampled softmax: popularity correction
+    catalogue: Catalogue  # full softmax: the items scored
+    catalogue_idx: torch.Tensor | None  # full softmax: (I, A, H) catalogue buckets, on the device
+
+
+def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue, positive_types, device):
+    kind = choose_loss(ts.loss, len(catalogue), ts.full_softmax_max_items)
+    positive_idx = torch.tensor(
+        [cfg.actions.index(p) + 1 for p in positive_types if p in cfg.actions], device=device
+    )
+    logq = LogQ(*positive_counts(train, positive_types)) if ts.logq and kind == "sampled_softmax" else None
+    idx = hash_items(catalogue.ids, cfg, catalogue.attributes).to(device) if kind == "full_softmax" else None
+    return LossInputs(kind, positive_idx, logq, catalogue, idx)
+
+
+def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, device) -> torch.Tensor:
+    positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid  # (B, T)
     hour = (batch.ts // HOUR_MS) % 24  # (B, T) context of each position's query time
     weekday = (batch.ts // DAY_MS + 3) % 7
     user = model.encode_positions(batch, hour, weekday)  # (B, T, D)
+    every_item = None
+    if inputs.kind == "full_softmax":
+        every_item = model.item_vectors(inputs.catalogue_idx).float()  # (I, D)
     loss = torch.zeros((), device=device)
     for name, weight in ts.objectives.items():
+        if not weight:
+            continue
         if name == "next_positive":
             target = next_positive_targets(positive)
         else:
@@ -129,8 +154,13 @@ def _batch_loss(
             b, t = b[keep], t[keep]
         j = target[b, t]
         items = batch.item_id[b, j]  # (N,) raw ids
+        if every_item is not None:
+            rows = torch.from_numpy(inputs.catalogue.index(items.cpu().numpy())).to(device)  # (N,)
+            ok = rows >= 0
+            loss = loss + weight * full_softmax(user[b, t][ok].float(), every_item, rows[ok], ts.temperature)
+            continue
         vec = model.item_vectors(batch.attrs[b, j])  # (N, D)
-        log_q = logq(items) if logq is not None else None
+        log_q = inputs.logq(items) if inputs.logq is not None else None
         loss = loss + weight * sampled_softmax(user[b, t].float(), vec.float(), items, log_q, ts.temperature)
     return loss
 
@@ -183,16 +213,13 @@ def fit(
     device = select_device(ts.device, strict=ts.strict_device, purpose="train").device
     torch.manual_seed(_seed(ts.seed, 0))
     model = UserEncoder(cfg).to(device)
-    opt = model.configure_optimizer(ts.lr, ts.weight_decay)
+    opt = model.configure_optimizer(ts.lr, ts.weight_decay)  # AdamW + SparseAdam (encoder.optim)
     train = chunk_rows(split.train, cfg.max_len)  # long histories become several training rows
     lengths = pc.list_value_length(train["item_id"]).to_numpy()
     steps_per_epoch = max(math.ceil(train.num_rows / ts.batch_size), 1)
     total = steps_per_epoch * ts.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, int(ts.warmup_frac * total)))
-    positive_idx = torch.tensor(
-        [cfg.actions.index(p) + 1 for p in positive_types if p in cfg.actions], device=device
-    )
-    logq = LogQ(*positive_counts(train, positive_types)) if ts.logq else None
+    warmup = int(ts.warmup_frac * total)
+    inputs = loss_inputs(cfg, ts, train, catalogue, positive_types, device)
     vsel = np.random.default_rng(_seed(ts.seed, 1)).permutation(split.valid.num_rows)[: ts.eval_users]
     valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]
     amp_dtype = autocast_dtype(device, "bf16")  # bf16 on a GPU, plain fp32 on the CPU
@@ -211,7 +238,6 @@ def fit(
         saved = load_checkpoint(checkpoint, device)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
         state = saved["state"]
         resumed = state["epoch"]
     t0 = time.perf_counter() - state["elapsed"]
@@ -236,14 +262,14 @@ def fit(
             rng = np.random.default_rng(_seed(ts.seed, 4, epoch, step))  # target subsampling
             gen = torch.Generator().manual_seed(_seed(ts.seed, 5, epoch, step))  # future-window draws
             batch = featurize(train.take(pa.array(idx)), cfg).to(device)
+            opt.set_lr(lr_factor(state["step"], total, warmup))
             with autocast(device, amp_dtype):
-                loss = _batch_loss(model, batch, cfg, ts, positive_idx, logq, rng, gen, device)
-            opt.zero_grad(set_to_none=True)
+                loss = _batch_loss(model, batch, ts, inputs, rng, gen, device)
+            opt.zero_grad()
             if loss.requires_grad:
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.clip_grad_norm(1.0)
                 opt.step()
-            sched.step()
             state["step"] += 1
             losses.append(float(loss.detach()))
             seen += len(idx)
@@ -278,7 +304,6 @@ def fit(
                 {
                     "model": model.state_dict(),
                     "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
                     "state": state,
                 },
             )
@@ -393,15 +418,15 @@ def model_config(
     """ModelConfig from ``train.model`` + ``overrides``; the action vocabulary from ``events``.
 
     ``max_len`` is the sequences' N (the pipeline's ``sequences.max_len``), unless ``train.model``
-    or ``overrides`` set it. SASRec text files carry no time or event types (schema metadata
-    ``soe.features=item_only``): the action, time and context features are switched off for them.
+    or ``overrides`` set it. SASRec text files carry no time, event types or attributes (schema
+    metadata ``soe.features=item_only``): every feature but the item id is switched off for them.
     """
     fields = {"actions": tuple(events.event_types), "max_len": max_len}
     fields.update(train.model_overrides())
     fields.update(overrides or {})
     meta = sequences.schema.metadata or {}
     if meta.get(b"soe.features") == b"item_only":
-        fields.update(use_action=False, use_time=False, use_context=False)
+        fields.update(use_action=False, use_time=False, use_context=False, use_attributes=False)
     return ModelConfig(**fields)
 
 
@@ -418,7 +443,9 @@ def train_window(sequences: pa.Table) -> dict:
 
 def checkpoint_path(layout: Layout, cfg: ModelConfig, ts: TrainSettings, window: dict) -> Path:
     key = hashlib.sha256(
-        json.dumps([cfg.to_dict(), result_settings(ts), window], sort_keys=True, default=str).encode()
+        json.dumps(
+            [CHECKPOINT_FORMAT, cfg.to_dict(), result_settings(ts), window], sort_keys=True, default=str
+        ).encode()
     ).hexdigest()[:16]
     return Path(layout.cache) / "train" / key / "checkpoint.pt"
 

@@ -151,8 +151,9 @@ def test_weights_saved_with_positional_table_keys_still_load(sequences):
 
 def test_weight_decay_groups_by_module_type():
     model = _model(pooling="attention")
-    decay, no_decay = model.param_groups(0.1)
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decay, no_decay, sparse = model.param_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0 and sparse["weight_decay"] == 0.0
+    assert sparse["sparse"] and set(sparse["names"]) == {f"tables.{t.name}.weight" for t in model.cfg.tables}
     modules = dict(model.named_modules())
     for name in decay["names"]:
         assert name.endswith(".weight") and isinstance(modules[name.rsplit(".", 1)[0]], nn.Linear), name
@@ -160,14 +161,13 @@ def test_weight_decay_groups_by_module_type():
         owner = modules[name.rsplit(".", 1)[0]]
         assert name.endswith(".bias") or isinstance(owner, (nn.Embedding, nn.LayerNorm)), name
     assert "head.weight" in decay["names"] and "pool_query.weight" in decay["names"]
-    assert {"tables.item.weight", "pos.weight", "ln_f.weight", "head.bias", "blocks.0.attn.qkv.bias"} <= set(
-        no_decay["names"]
-    )
+    assert {"pos.weight", "ln_f.weight", "head.bias", "blocks.0.attn.qkv.bias"} <= set(no_decay["names"])
     every = {n for n, _ in model.named_parameters()}
-    assert set(decay["names"]) | set(no_decay["names"]) == every  # each parameter in exactly one group
-    assert not set(decay["names"]) & set(no_decay["names"])
+    groups = [set(g["names"]) for g in (decay, no_decay, sparse)]
+    assert set.union(*groups) == every and sum(map(len, groups)) == len(every)  # each in exactly one group
     opt = model.configure_optimizer(1e-3, 0.1)
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert [g["weight_decay"] for g in opt.dense.param_groups] == [0.1, 0.0]
+    assert isinstance(opt.sparse, torch.optim.SparseAdam)
     model.extra = nn.Conv1d(2, 2, 1)  # an unclassified module type must be classified, not guessed
     with pytest.raises(TypeError, match="classify"):
         model.param_groups(0.1)

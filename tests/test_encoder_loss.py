@@ -1,0 +1,125 @@
+"""The training loss and optimiser: full softmax vs sampled softmax chosen by catalogue size, and the
+sparse/dense optimiser split (hashed tables: lazy Adam on touched rows; the rest: AdamW)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.datasets.synthetic import SyntheticConfig, generate
+from encoder.config import ModelConfig
+from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out
+from encoder.features import featurize
+from encoder.model import UserEncoder
+from encoder.objectives import choose_loss, full_softmax
+from encoder.optim import EncoderOptimizer, lr_factor
+from encoder.settings import TrainSettings
+from encoder.train import _batch_loss, fit, loss_inputs
+
+torch.set_num_threads(1)  # shared test machine
+CFG = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=20, item_buckets=2**10, attr_buckets=2**8)
+POS = ["click", "conversion", "view"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    log = generate(SyntheticConfig(n_users=120, n_items=200, n_clusters=3, hours=12, base_events_per_user=40))
+    seq = events_to_sequences(log.events)
+    return leave_last_out(seq, POS, 3), item_catalogue(seq, CFG.attributes)
+
+
+def test_auto_loss_is_full_softmax_up_to_the_threshold_then_sampled():
+    assert choose_loss("auto", 18_357, 65_536) == "full_softmax"
+    assert choose_loss("auto", 65_536, 65_536) == "full_softmax"
+    assert choose_loss("auto", 65_537, 65_536) == "sampled_softmax"
+    assert choose_loss("auto", 10**8, 65_536) == "sampled_softmax"
+    assert choose_loss("sampled_softmax", 10, 65_536) == "sampled_softmax"  # explicit choice wins
+    assert choose_loss("full_softmax", 10**6, 65_536) == "full_softmax"
+    with pytest.raises(ValueError, match="loss must be one of"):
+        choose_loss("softmax", 10, 10)
+
+
+def test_full_softmax_is_cross_entropy_over_every_item():
+    torch.manual_seed(0)
+    user = F.normalize(torch.randn(5, 8), dim=-1)
+    items = F.normalize(torch.randn(50, 8), dim=-1)
+    target = torch.tensor([0, 7, 7, 49, 3])
+    want = -torch.log_softmax(user @ items.T / 0.1, dim=-1)[torch.arange(5), target].mean()
+    assert torch.allclose(full_softmax(user, items, target, 0.1), want, atol=1e-5)
+
+
+def test_loss_inputs_follow_the_catalogue_size(data):
+    split, cat = data
+    train = chunk_rows(split.train, CFG.max_len)
+    small = loss_inputs(CFG, TrainSettings(), train, cat, POS, "cpu")
+    assert small.kind == "full_softmax" and small.logq is None
+    assert small.catalogue_idx.shape == (len(cat), len(CFG.features), CFG.n_hashes)
+    big = loss_inputs(CFG, TrainSettings(full_softmax_max_items=len(cat) - 1), train, cat, POS, "cpu")
+    assert big.kind == "sampled_softmax" and big.logq is not None and big.catalogue_idx is None
+
+
+def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data):
+    split, cat = data
+    train = chunk_rows(split.train, CFG.max_len)
+    ts = TrainSettings(objectives={"next_positive": 1.0}, positive_event_types=POS)
+    inputs = loss_inputs(CFG, ts, train, cat, POS, "cpu")
+    model = UserEncoder(CFG).eval()  # no dropout: deterministic
+    batch = featurize(train.slice(0, 16), CFG)
+    got = _batch_loss(model, batch, ts, inputs, np.random.default_rng(0), torch.Generator(), "cpu")
+    # by hand: every position with a later positive, its next positive's catalogue row as the class
+    with torch.no_grad():
+        user = model.encode_positions(batch, (batch.ts // 3_600_000) % 24, (batch.ts // 86_400_000 + 3) % 7)
+        items = model.item_vectors(inputs.catalogue_idx)
+    logits, labels = [], []
+    action = batch.action.numpy()
+    pos_idx = set(inputs.positive_idx.tolist())
+    for b in range(len(batch)):
+        real = [t for t in range(action.shape[1]) if batch.valid[b, t]]
+        for t in real:
+            nxt = [j for j in real if j > t and action[b, j] in pos_idx]
+            if nxt:
+                logits.append(user[b, t] @ items.T / ts.temperature)
+                labels.append(int(cat.index(np.array([int(batch.item_id[b, nxt[0]])]))[0]))
+    want = F.cross_entropy(torch.stack(logits), torch.tensor(labels))
+    assert torch.allclose(got.detach(), want, atol=1e-4)
+
+
+def test_sparse_tables_update_only_touched_rows_and_clipping_covers_both_kinds():
+    torch.manual_seed(0)
+    model = UserEncoder(CFG)
+    opt = model.configure_optimizer(1e-2, 0.0)
+    table = model.tables["item"].weight
+    before = table.detach().clone()
+    rows = torch.tensor([[[3, 9], [0, 0], [0, 0], [0, 0]]])  # (N=1, A, H): item rows 3 and 9 only
+    loss = model.item_vectors(rows).sum() + model.head.weight.sum()
+    loss.backward()
+    assert table.grad.is_sparse and not model.head.weight.grad.is_sparse
+    dense_norm = model.head.weight.grad.norm()
+    sparse_norm = table.grad.coalesce().values().norm()
+    total = opt.clip_grad_norm(0.5)
+    assert total == pytest.approx(float((dense_norm**2 + sparse_norm**2).sqrt()), rel=1e-5)
+    clipped = (model.head.weight.grad.norm() ** 2 + table.grad.coalesce().values().norm() ** 2).sqrt()
+    assert float(clipped) == pytest.approx(0.5, rel=1e-4)
+    opt.step()
+    changed = (table.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [3, 9]  # lazy Adam: untouched rows (and the padding row 0) stay as they were
+    # the state round-trips (checkpoint / resume)
+    again = EncoderOptimizer(model.param_groups(0.0), 1e-2)
+    again.load_state_dict(opt.state_dict())
+    assert again.state_dict()["sparse"]["state"].keys() == opt.state_dict()["sparse"]["state"].keys()
+    opt.set_lr(lr_factor(0, 10, 2))
+    assert {g["lr"] for g in opt.param_groups} == {1e-2 * 0.5}
+
+
+@pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])
+def test_both_losses_learn(data, loss):
+    split, cat = data
+    ts = TrainSettings(
+        epochs=4, batch_size=16, lr=3e-3, loss=loss, positive_event_types=POS, eval_users=200, patience=9
+    )
+    result = fit(CFG, ts, split, cat, POS, show_progress=False)
+    assert len(result.history) == 4
+    assert result.history[-1]["loss"] < result.history[0]["loss"]  # it learns
+    assert result.best_valid_ndcg10 > 0.0
