@@ -223,6 +223,7 @@ def fit(
     vsel = np.random.default_rng(_seed(ts.seed, 1)).permutation(split.valid.num_rows)[: ts.eval_users]
     valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]
     amp_dtype = autocast_dtype(device, "bf16")  # bf16 on a GPU, plain fp32 on the CPU
+    pinned = device.type == "cuda"
 
     state = {
         "epoch": -1,
@@ -261,7 +262,11 @@ def fit(
             torch.manual_seed(_seed(ts.seed, 3, epoch, step))  # dropout
             rng = np.random.default_rng(_seed(ts.seed, 4, epoch, step))  # target subsampling
             gen = torch.Generator().manual_seed(_seed(ts.seed, 5, epoch, step))  # future-window draws
-            batch = featurize(train.take(pa.array(idx)), cfg).to(device)
+            batch = featurize(train.take(pa.array(idx)), cfg)
+            if pinned:  # page-locked host memory: the copy to the GPU runs asynchronously
+                batch = batch.pin_memory().to(device, non_blocking=True)
+            else:
+                batch = batch.to(device)
             opt.set_lr(lr_factor(state["step"], total, warmup))
             with autocast(device, amp_dtype):
                 loss = _batch_loss(model, batch, ts, inputs, rng, gen, device)

@@ -7,7 +7,8 @@ On a CUDA machine it checks what the CPU suite can only reason about:
 * the pinned-memory path is really taken (every featurised batch is pinned before its non-blocking copy);
 * out-of-memory halving: a forward that raises ``torch.cuda.OutOfMemoryError`` on big batches, and a
   tiny free-memory budget, both still give every user's vector;
-* FAISS on the GPU finds the same neighbours as on the CPU (skipped when faiss has no GPU support).
+* FAISS on the GPU finds the same neighbours as on the CPU (skipped when faiss has no GPU support);
+* training on the GPU (bf16 autocast, pinned batches, both losses) learns and ends on the GPU.
 """
 
 from __future__ import annotations
@@ -160,3 +161,29 @@ def test_faiss_gpu_recall_matches_the_cpu(kind):
     if kind == "flat":
         assert cpu > 0.99 and gpu > 0.99, (cpu, gpu)
     assert gpu >= cpu - 0.02, (cpu, gpu)
+
+
+@pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])
+def test_training_on_the_gpu_learns_with_pinned_batches(loss, monkeypatch):
+    from core.datasets.synthetic import SyntheticConfig, generate
+    from encoder.data import events_to_sequences, item_catalogue, leave_last_out
+    from encoder.features import SequenceBatch
+    from encoder.settings import TrainSettings
+    from encoder.train import fit
+
+    pinned = []
+    original = SequenceBatch.pin_memory
+    monkeypatch.setattr(SequenceBatch, "pin_memory", lambda self: pinned.append(1) or original(self))
+    log = generate(SyntheticConfig(n_users=200, n_items=300, n_clusters=3, hours=12, base_events_per_user=40))
+    seq = events_to_sequences(log.events)
+    positives = ["click", "conversion", "view"]
+    split = leave_last_out(seq, positives, 3)
+    cfg = ModelConfig(
+        d_model=32, n_heads=2, n_layers=1, max_len=MAX_LEN, item_buckets=2**12, attr_buckets=2**8
+    )
+    ts = TrainSettings(
+        epochs=3, batch_size=32, lr=3e-3, loss=loss, device="cuda", strict_device=True, patience=9
+    )
+    result = fit(cfg, ts, split, item_catalogue(seq, cfg.attributes), positives, show_progress=False)
+    assert result.device.type == "cuda" and next(result.model.parameters()).is_cuda
+    assert pinned and result.history[-1]["loss"] < result.history[0]["loss"]
