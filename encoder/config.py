@@ -22,6 +22,10 @@ ITEM_FEATURE = "item_id"
 
 # the user vector: the output at the newest position, or learned-query attention pooling
 Pooling = Literal["last", "attention"]
+# where position 0 is: the newest event (SASRec's padded positions: the newest always at the same
+# embedding) or the oldest kept event (the newest's position then moves with the history's length)
+Positions = Literal["from_newest", "from_oldest"]
+LEGACY_POSITIONS = "from_oldest"  # artifacts saved before `positions` existed counted from the oldest
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class ModelConfig:
     use_attributes: bool = True  # add the attribute tables (False: item id only, plain SASRec)
     use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
     pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)
+    positions: Positions = "from_newest"  # position embeddings count back from the newest event
 
     def __post_init__(self):
         self.attributes = tuple(self.attributes)
@@ -67,6 +72,8 @@ class ModelConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.pooling not in get_args(Pooling):
             raise ValueError(f"pooling must be one of {get_args(Pooling)}, got {self.pooling!r}")
+        if self.positions not in get_args(Positions):
+            raise ValueError(f"positions must be one of {get_args(Positions)}, got {self.positions!r}")
         if min(self.item_buckets, self.attr_buckets) < 2 or self.n_hashes < 1 or self.n_time_buckets < 2:
             raise ValueError("hash tables need >= 2 buckets, >= 1 hash function, >= 2 time buckets")
         names = [table_name(f) for f in self.features]
@@ -92,4 +99,4 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"positions": LEGACY_POSITIONS, **{k: v for k, v in d.items() if k in known}})

@@ -5,7 +5,7 @@ Token embedding (sum of parts, each switchable for the plain-SASRec ablation)::
     token = Σ_attr Σ_h E_attr[hash_h(raw id)]     hashed tables: item, category, advertiser, campaign
           + E_action[event_type]                  use_action
           + E_time[log2 bucket of (as_of - ts)]   use_time  (ATRank-style time-gap buckets)
-          + E_pos[index from the oldest kept event]
+          + E_pos[position]                       from the newest event (0) back, or from the oldest
 
 Hashing is done by `encoder.features` (numpy, no vocabulary); this module only sees bucket indexes
 ``(B, T, A, H)``: A hashed tables (item first), H hash functions whose rows are *summed*. Bucket 0
@@ -14,8 +14,10 @@ of every table is the padding / missing-value row and stays zero. The tables are
 `encoder.config.TableConfig` each); weights saved under the older positional keys (``tables.0`` ...)
 are renamed on load.
 
-**Padding is on the left**: the newest event is always at position ``T-1``. Positions count from the
-oldest *kept* event, so a user gets the same positions whatever padded length its batch has. The
+**Padding is on the left**: the newest event is always at position ``T-1``. Position embeddings count
+back from the newest event (``positions="from_newest"``, SASRec's layout) or up from the oldest *kept*
+event (``"from_oldest"``, artifacts saved before the switch existed); either way a user gets the same
+positions whatever padded length its batch has. The
 attention mask lets a real query see only real keys at or before it; a padding query sees only
 itself (so no softmax row is empty and nothing leaks into real positions). The vector of a user is
 therefore the same (up to float rounding) in any batch, which the inference engineer relies on.
@@ -236,7 +238,12 @@ class UserEncoder(nn.Module):
             x = x + self.time(batch.time_bucket)
         valid = batch.valid  # (B, T)
         T = valid.shape[1]
-        pos = torch.arange(T, device=valid.device)[None, :] - (T - batch.lengths)[:, None]  # (B, T)
+        if self.cfg.positions == "from_newest":
+            pos = (T - 1 - torch.arange(T, device=valid.device))[None, :].expand(
+                len(batch.lengths), T
+            )  # (B, T)
+        else:  # from_oldest
+            pos = torch.arange(T, device=valid.device)[None, :] - (T - batch.lengths)[:, None]  # (B, T)
         x = x + self.pos(pos.clamp(0, self.cfg.max_len - 1))
         return x * valid[..., None]  # (B, T, D) padding tokens are exactly zero
 

@@ -3,13 +3,14 @@ named tables (and loading positional ones), weight-decay groups by module type."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from core.datasets.synthetic import SyntheticConfig, generate
 from encoder.config import ModelConfig
-from encoder.data import events_to_sequences
+from encoder.data import events_to_sequences, truncate
 from encoder.features import featurize
 from encoder.model import UserEncoder
 
@@ -171,3 +172,23 @@ def test_weight_decay_groups_by_module_type():
     model.extra = nn.Conv1d(2, 2, 1)  # an unclassified module type must be classified, not guessed
     with pytest.raises(TypeError, match="classify"):
         model.param_groups(0.1)
+
+
+def test_positions_count_back_from_the_newest_and_old_artifacts_keep_their_layout(sequences):
+    assert ModelConfig().positions == "from_newest"
+    legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "positions"}
+    assert ModelConfig.from_dict(legacy).positions == "from_oldest"  # saved before the switch existed
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).positions == "from_newest"
+    with pytest.raises(ValueError, match="positions must be one of"):
+        ModelConfig(positions="middle")
+    # the newest event always sits on position embedding 0, whatever the history's length
+    for positions, newest_rows in (("from_newest", {0}), ("from_oldest", {1, 4})):
+        model = _model(positions=positions, use_action=False, use_time=False, use_attributes=False)
+        with torch.no_grad():
+            model.tables["item"].weight.zero_()
+            model.pos.weight.copy_(torch.arange(model.cfg.max_len, dtype=torch.float32)[:, None])
+        got = set()
+        for n in (2, 5):
+            batch = featurize(truncate(sequences.slice(0, 1), np.array([n])), model.cfg)
+            got.add(int(model.token_embedding(batch)[0, -1, 0]))
+        assert got == newest_rows, positions
