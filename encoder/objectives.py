@@ -93,11 +93,20 @@ def sampled_softmax(
 
 
 def full_softmax(
-    user: torch.Tensor, items: torch.Tensor, target: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue: user (N, D), items (I, D) L2-normalised, target (N,) rows."""
-    logits = (user / temperature) @ items.T  # (N, I): scale the N x D side, not the N x I logits
-    return F.cross_entropy(logits.float(), target)
+    user: torch.Tensor,
+    items: torch.Tensor,
+    targets: list[tuple[torch.Tensor, torch.Tensor]],
+    temperature: float,
+) -> list[torch.Tensor]:
+    """Cross-entropy over the whole catalogue, for several target sets that share user rows.
+
+    user (U, D), items (I, D) L2-normalised; each target set is (rows (N,) into user, rows (N,) into
+    items). The (U, I) logits and their log-softmax are computed once for every objective: a second
+    objective (the future window) costs a gather, not another pass over the catalogue.
+    Returns the mean cross-entropy of each set.
+    """
+    log_p = torch.log_softmax(((user / temperature) @ items.T).float(), dim=-1)  # (U, I)
+    return [-log_p[u, i].mean() for u, i in targets]
 
 
 class LogQ:

@@ -135,10 +135,8 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
     hour = (batch.ts // HOUR_MS) % 24  # (B, T) context of each position's query time
     weekday = (batch.ts // DAY_MS + 3) % 7
     user = model.encode_positions(batch, hour, weekday)  # (B, T, D)
-    every_item = None
-    if inputs.kind == "full_softmax":
-        every_item = model.item_vectors(inputs.catalogue_idx).float()  # (I, D)
-    loss = torch.zeros((), device=device)
+    T = user.shape[1]
+    picked = []  # (weight, b, t, raw target item) per objective
     for name, weight in ts.objectives.items():
         if not weight:
             continue
@@ -152,13 +150,31 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
         if len(b) > ts.targets_per_batch:
             keep = torch.from_numpy(rng.choice(len(b), ts.targets_per_batch, replace=False)).to(b.device)
             b, t = b[keep], t[keep]
-        j = target[b, t]
-        items = batch.item_id[b, j]  # (N,) raw ids
-        if every_item is not None:
+        picked.append((weight, b, t, target[b, t]))
+    loss = torch.zeros((), device=device)
+    if not picked:
+        return loss
+    if inputs.kind == "full_softmax":  # one (positions x catalogue) pass shared by every objective
+        every_item = model.item_vectors(inputs.catalogue_idx).float()  # (I, D)
+        flat = torch.cat([b * T + t for _, b, t, _ in picked])  # (ΣN,) positions of all objectives
+        positions, where = torch.unique(flat, return_inverse=True)  # (U,), (ΣN,)
+        sets, weights, lo = [], [], 0
+        for weight, b, _, j in picked:
+            items = batch.item_id[b, j]  # (N,) raw ids
             rows = torch.from_numpy(inputs.catalogue.index(items.cpu().numpy())).to(device)  # (N,)
             ok = rows >= 0
-            loss = loss + weight * full_softmax(user[b, t][ok].float(), every_item, rows[ok], ts.temperature)
-            continue
+            if ok.any():
+                sets.append((where[lo : lo + len(b)][ok], rows[ok]))
+                weights.append(weight)
+            lo += len(b)
+        user_rows = user.reshape(-1, user.shape[-1])[positions].float()  # (U, D)
+        for weight, ce in zip(
+            weights, full_softmax(user_rows, every_item, sets, ts.temperature), strict=True
+        ):
+            loss = loss + weight * ce
+        return loss
+    for weight, b, t, j in picked:
+        items = batch.item_id[b, j]  # (N,) raw ids
         vec = model.item_vectors(batch.attrs[b, j])  # (N, D)
         log_q = inputs.logq(items) if inputs.logq is not None else None
         loss = loss + weight * sampled_softmax(user[b, t].float(), vec.float(), items, log_q, ts.temperature)

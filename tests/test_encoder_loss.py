@@ -46,8 +46,15 @@ def test_full_softmax_is_cross_entropy_over_every_item():
     user = F.normalize(torch.randn(5, 8), dim=-1)
     items = F.normalize(torch.randn(50, 8), dim=-1)
     target = torch.tensor([0, 7, 7, 49, 3])
-    want = -torch.log_softmax(user @ items.T / 0.1, dim=-1)[torch.arange(5), target].mean()
-    assert torch.allclose(full_softmax(user, items, target, 0.1), want, atol=1e-5)
+    want = F.cross_entropy(user @ items.T / 0.1, target)
+    (got,) = full_softmax(user, items, [(torch.arange(5), target)], 0.1)
+    assert torch.allclose(got, want, atol=1e-5)
+    # two target sets over shared user rows: each is the cross-entropy of its own rows
+    first, second = full_softmax(
+        user, items, [(torch.tensor([0, 2]), target[:2]), (torch.tensor([4]), target[4:])], 0.1
+    )
+    assert torch.allclose(first, F.cross_entropy(user[[0, 2]] @ items.T / 0.1, target[:2]), atol=1e-5)
+    assert torch.allclose(second, F.cross_entropy(user[[4]] @ items.T / 0.1, target[4:]), atol=1e-5)
 
 
 def test_loss_inputs_follow_the_catalogue_size(data):
@@ -123,3 +130,20 @@ def test_both_losses_learn(data, loss):
     assert len(result.history) == 4
     assert result.history[-1]["loss"] < result.history[0]["loss"]  # it learns
     assert result.best_valid_ndcg10 > 0.0
+
+
+def test_objectives_sharing_one_full_softmax_pass_add_up_to_their_separate_losses(data):
+    split, cat = data
+    train = chunk_rows(split.train, CFG.max_len)
+    model = UserEncoder(CFG).eval()
+    batch = featurize(train.slice(0, 24), CFG)
+
+    def loss(objectives):
+        ts = TrainSettings(objectives=objectives, positive_event_types=POS, window_hours=3.0)
+        inputs = loss_inputs(CFG, ts, train, cat, POS, "cpu")
+        gen = torch.Generator().manual_seed(7)  # the same future-window draws each time
+        return _batch_loss(model, batch, ts, inputs, np.random.default_rng(0), gen, "cpu").detach()
+
+    both = loss({"next_positive": 1.0, "future_window": 0.5})
+    apart = loss({"next_positive": 1.0}) + 0.5 * loss({"future_window": 1.0})
+    assert torch.allclose(both, apart, atol=1e-5)
