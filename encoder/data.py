@@ -88,6 +88,11 @@ def read_sasrec(path: str | Path) -> pa.Table:
     return events_to_sequences(events).replace_schema_metadata({"soe.features": "item_only"})
 
 
+def has_real_time(sequences: pa.Table) -> bool:
+    """False for SASRec text files (``soe.features=item_only``): their ``ts`` is only the event's index."""
+    return (sequences.schema.metadata or {}).get(b"soe.features") != b"item_only"
+
+
 def read_sequences(path: str | Path) -> pa.Table:
     """A Parquet file or directory of sequence rows (e.g. a pipeline trainset or a layered state snapshot)."""
     return read_state(path)

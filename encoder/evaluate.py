@@ -29,6 +29,7 @@ from encoder.config import ModelConfig
 from encoder.data import (
     Catalogue,
     Split,
+    has_real_time,
     history_items,
     is_positive,
     item_catalogue,
@@ -256,8 +257,7 @@ def evaluate_model(
     split = leave_last_out(sequences, positive_types, train.min_positives)
     catalogue = item_catalogue(sequences, cfg.attributes)
     metrics = leave_last_out_report(model, cfg, split, catalogue, positive_types, device=device)
-    timed = (sequences.schema.metadata or {}).get(b"soe.features") != b"item_only"
-    if staleness and timed:
+    if staleness and has_real_time(sequences):
         T = busiest_time(sequences, positive_types)
         metrics.update(staleness_metrics(model, cfg, sequences, catalogue, T, positive_types, device=device))
     if truth is not None:

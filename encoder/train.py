@@ -56,6 +56,7 @@ from encoder.data import (
     Split,
     as_sequences,
     chunk_rows,
+    has_real_time,
     item_catalogue,
     leave_last_out,
     positive_counts,
@@ -445,10 +446,22 @@ def model_config(
     fields = {"actions": tuple(events.event_types), "max_len": max_len}
     fields.update(train.model_overrides())
     fields.update(overrides or {})
-    meta = sequences.schema.metadata or {}
-    if meta.get(b"soe.features") == b"item_only":
+    if not has_real_time(sequences):
         fields.update(use_action=False, use_time=False, use_context=False, use_attributes=False)
     return ModelConfig(**fields)
+
+
+def settings_for_data(train: TrainSettings, sequences: pa.Table) -> TrainSettings:
+    """``train`` adapted to what the data carries: without real time (SASRec files) the future-window
+    objective has no window to speak of (every later item would be in it), so only next_positive trains.
+    """
+    if has_real_time(sequences) or "future_window" not in train.objectives:
+        return train
+    objectives = {k: v for k, v in train.objectives.items() if k != "future_window"}
+    if not objectives:
+        raise ValueError("the data has no timestamps (a SASRec file): train.objectives needs next_positive")
+    log.info("no timestamps in the data: training next_positive only (future_window needs real time)")
+    return train.model_copy(update={"objectives": objectives})
 
 
 def train_window(sequences: pa.Table) -> dict:
@@ -489,6 +502,7 @@ def train_model(
     (default: the path, when ``source`` is one).
     """
     sequences = as_sequences(source)
+    train = settings_for_data(train, sequences)
     positive_types = train.positive_types(events)
     cfg = model_config(train, events, sequences, max_len=max_len, overrides=overrides)
     split = leave_last_out(sequences, positive_types, train.min_positives)

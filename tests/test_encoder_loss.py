@@ -147,3 +147,19 @@ def test_objectives_sharing_one_full_softmax_pass_add_up_to_their_separate_losse
     both = loss({"next_positive": 1.0, "future_window": 0.5})
     apart = loss({"next_positive": 1.0}) + 0.5 * loss({"future_window": 1.0})
     assert torch.allclose(both, apart, atol=1e-5)
+
+
+def test_without_timestamps_only_next_positive_trains(tmp_path):
+    from encoder.data import read_sasrec
+    from encoder.train import settings_for_data
+
+    path = tmp_path / "tiny.txt"
+    path.write_text("1 10 11 12\n2 11 12 13 14\n")
+    sasrec = read_sasrec(path)  # item ids only: ts is the event's index
+    both = TrainSettings()
+    assert set(both.objectives) == {"next_positive", "future_window"}
+    assert settings_for_data(both, sasrec).objectives == {"next_positive": 1.0}
+    log = generate(SyntheticConfig(n_users=5, n_items=20, hours=2))
+    assert settings_for_data(both, events_to_sequences(log.events)) is both  # real time: unchanged
+    with pytest.raises(ValueError, match="needs next_positive"):
+        settings_for_data(TrainSettings(objectives={"future_window": 1.0}), sasrec)
