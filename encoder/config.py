@@ -26,6 +26,8 @@ Pooling = Literal["last", "attention"]
 # embedding) or the oldest kept event (the newest's position then moves with the history's length)
 Positions = Literal["from_newest", "from_oldest"]
 LEGACY_POSITIONS = "from_oldest"  # artifacts saved before `positions` existed counted from the oldest
+# fields added after artifacts existed: the value that reproduces what those artifacts were trained with
+LEGACY_DEFAULTS = {"positions": LEGACY_POSITIONS, "unit_items": True}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class ModelConfig:
     use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
     pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)
     positions: Positions = "from_newest"  # position embeddings count back from the newest event
+    unit_items: bool = (
+        True  # L2-normalise target-item vectors (False: their norm is learned, a popularity prior)
+    )
 
     def __post_init__(self):
         self.attributes = tuple(self.attributes)
@@ -99,4 +104,4 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{"positions": LEGACY_POSITIONS, **{k: v for k, v in d.items() if k in known}})
+        return cls(**{**LEGACY_DEFAULTS, **{k: v for k, v in d.items() if k in known}})

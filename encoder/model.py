@@ -224,11 +224,15 @@ class UserEncoder(nn.Module):
         return out
 
     def item_vectors(self, idx: torch.Tensor) -> torch.Tensor:
-        """Target-item vectors, tied with the token tables: (N, A, H) indexes -> (N, D), L2-normalised.
+        """Target-item vectors, tied with the token tables: (N, A, H) indexes -> (N, D).
 
-        Attribute indexes of 0 (unknown) contribute nothing, so item ids alone work too.
+        L2-normalised with ``cfg.unit_items``; otherwise the norm is learned (the score of an item is
+        its norm x the cosine with the unit user vector: a per-item popularity prior, and the user
+        vectors stay unit length for the user graph). Attribute indexes of 0 (unknown) contribute
+        nothing, so item ids alone work too.
         """
-        return F.normalize(self.attribute_embedding(idx), dim=-1)
+        v = self.attribute_embedding(idx)
+        return F.normalize(v, dim=-1) if self.cfg.unit_items else v
 
     def token_embedding(self, batch) -> torch.Tensor:
         x = self.attribute_embedding(batch.attrs)  # (B, T, D)
