@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,59 +26,32 @@ import pytest
 
 from core.layout import utc
 from soe.config import load_settings
+from tests import test_spark_submit_cluster
 from tests.fixtures.spark_standalone import java_available, start_standalone
 from tests.test_spark_submit_cluster import (
     COMPARED,
     INTERVALS,
-    JVM_OPTS,
     REPO,
     SHARDS,
-    SUBMIT_APP,
     driver_env,
-    interval_arg,
     soe_env,
+    submit_command,
     write_messy_log,
 )
 
 pytestmark = pytest.mark.slow
+embedded = test_spark_submit_cluster.embedded  # the same fixture: both hours on the embedded default
 SUBMIT_TIMEOUT_S = 420
 
 
 def submit_cmd(cluster, start, end, shuffle_partitions: str) -> list[str]:
-    return [
-        str(Path(sys.executable).parent / "spark-submit"),
-        "--master",
-        cluster.master_url,
-        "--conf",
-        f"spark.pyspark.python={sys.executable}",
-        "--conf",
-        "spark.driver.host=127.0.0.1",
-        "--conf",
-        f"spark.local.dir={cluster.root / 'local'}",
-        "--properties-file",
-        str(REPO / "deploy" / "spark" / "spark-defaults.conf"),
-        "--conf",
-        f"spark.sql.shuffle.partitions={shuffle_partitions}",
-        # one 1-core executor on each worker (the standalone master spreads them out)
-        "--conf",
-        "spark.executor.cores=1",
-        "--conf",
-        "spark.dynamicAllocation.initialExecutors=2",
-        "--conf",
-        "spark.dynamicAllocation.minExecutors=2",
-        "--conf",
-        f"spark.driver.extraJavaOptions={JVM_OPTS}",
-        "--conf",
-        f"spark.executor.extraJavaOptions={JVM_OPTS}",
-        "--executor-memory",
-        "768m",
-        "--driver-memory",
-        "768m",
-        str(SUBMIT_APP),
-        "sequences",
-        "--interval",
-        interval_arg(start, end),
-    ]
+    # one 1-core executor on each worker (the standalone master spreads them out)
+    conf = {
+        "spark.executor.cores": "1",
+        "spark.dynamicAllocation.initialExecutors": "2",
+        "spark.dynamicAllocation.minExecutors": "2",
+    }
+    return submit_command(cluster, start, end, shuffle_partitions, conf, memory="768m")
 
 
 def executor_logs(cluster) -> dict[str, list[Path]]:
@@ -165,17 +137,6 @@ def shard_digest(root: Path, as_of) -> tuple[int, str]:
             h.update(json.dumps(row, default=str, sort_keys=True).encode())
             rows += 1
     return rows, h.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def embedded(spark, tmp_path_factory):
-    from pipelines.hourly import update_sequences
-
-    root = tmp_path_factory.mktemp("embedded") / "data"
-    write_messy_log(root)
-    settings = load_settings(environ=soe_env(root))
-    manifests = [update_sequences(settings.pipeline(), s, e, spark=spark) for s, e in INTERVALS]
-    return root, manifests, spark.conf.get("spark.sql.shuffle.partitions")
 
 
 def test_a_worker_killed_mid_job_the_hour_still_completes_and_equals_the_embedded_run(

@@ -120,41 +120,40 @@ def driver_env(cluster, root: Path) -> dict[str, str]:
     return env
 
 
-def spark_submit(cluster, root: Path, start, end, shuffle_partitions: str) -> dict:
-    """Run the real spark-submit command line; returns its exit code, output and wall time."""
-    venv_bin = Path(sys.executable).parent
+def submit_command(
+    cluster, start, end, shuffle_partitions: str, conf: dict[str, str], memory: str = "1g"
+) -> list[str]:
+    """The real spark-submit command line of one hour: the deploy's properties file, loopback, and
+    ``conf`` (sizing for the test) on top."""
     cmd = [
-        str(venv_bin / "spark-submit"),
+        str(Path(sys.executable).parent / "spark-submit"),
         "--master",
         cluster.master_url,
-        "--conf",
-        f"spark.pyspark.python={sys.executable}",
-        "--conf",
-        "spark.driver.host=127.0.0.1",
-        "--conf",
-        f"spark.local.dir={cluster.root / 'local'}",
-        # the deploy's starting point for the cluster, and the sizing given on the command line
-        "--properties-file",
+        "--properties-file",  # the deploy's starting point for the cluster
         str(REPO / "deploy" / "spark" / "spark-defaults.conf"),
-        "--conf",
-        f"spark.sql.shuffle.partitions={shuffle_partitions}",
-        # its dynamic allocation stays on; one executor asked for at once instead of at the first job
-        "--conf",
-        "spark.dynamicAllocation.initialExecutors=1",
-        # short JVMs on 2 shared cores: no C2 compiler, serial GC (test speed only)
-        "--conf",
-        f"spark.driver.extraJavaOptions={JVM_OPTS}",
-        "--conf",
-        f"spark.executor.extraJavaOptions={JVM_OPTS}",
-        "--executor-memory",
-        "1g",
-        "--driver-memory",
-        "1g",
-        str(SUBMIT_APP),
-        "sequences",
-        "--interval",
-        interval_arg(start, end),
     ]
+    conf = {
+        "spark.pyspark.python": sys.executable,
+        "spark.driver.host": "127.0.0.1",
+        "spark.local.dir": str(cluster.root / "local"),
+        "spark.sql.shuffle.partitions": shuffle_partitions,
+        # short JVMs on 2 shared cores: no C2 compiler, serial GC (test speed only)
+        "spark.driver.extraJavaOptions": JVM_OPTS,
+        "spark.executor.extraJavaOptions": JVM_OPTS,
+        **conf,
+    }
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    cmd += ["--executor-memory", memory, "--driver-memory", memory]
+    return [*cmd, str(SUBMIT_APP), "sequences", "--interval", interval_arg(start, end)]
+
+
+def spark_submit(cluster, root: Path, start, end, shuffle_partitions: str) -> dict:
+    """Run the real spark-submit command line; returns its exit code, output and wall time."""
+    # dynamic allocation stays on; one executor asked for at once instead of at the first job
+    cmd = submit_command(
+        cluster, start, end, shuffle_partitions, {"spark.dynamicAllocation.initialExecutors": "1"}
+    )
     t0 = time.monotonic()
     proc = subprocess.run(
         cmd,
