@@ -2,8 +2,8 @@
 
 The hashed embedding tables hold almost every parameter (2^18 item rows x D, plus the attribute
 tables) but a step touches only the rows of its batch's ids. With dense gradients every step would
-zero, accumulate and Adam-update all of them: on a 2-core CPU that was ~85 % of a step on the Sports
-benchmark (330 ms of 390 ms). The tables therefore produce sparse gradients (``nn.Embedding(sparse=
+zero, accumulate and Adam-update all of them: on a 2-core CPU that was ~90 % of a step on the Sports
+benchmark (330 ms of 360 ms). The tables therefore produce sparse gradients (``nn.Embedding(sparse=
 True)``) and `torch.optim.SparseAdam` updates only the touched rows (lazy Adam, the usual choice for
 large embedding tables); the rest (transformer, heads, positions) is AdamW, fused where the build
 supports it. Neither group has weight decay on embeddings (`UserEncoder.param_groups`).
