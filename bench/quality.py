@@ -118,10 +118,7 @@ def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
     runs = [_fit(settings, seq, positive_types, {}, {**train, "seed": seed})[2] for seed in range(seeds)]
     main = runs[0]
     if seeds > 1:
-        out["ml100k_seeds"] = {
-            "ndcg10": spread([r["ndcg@10"] for r in runs]),
-            "hr10": spread([r["hr@10"] for r in runs]),
-        }
+        out["ml100k_seeds"] = seed_spread(runs)
     out.update(
         ml100k_ndcg10=main["ndcg@10"],
         ml100k_hr10=main["hr@10"],
@@ -196,15 +193,19 @@ def synthetic(settings, quick: bool, train: dict) -> dict:
     }
 
 
-def spread(values: list[float]) -> dict:
-    """Mean, sample standard deviation, min and max of a headline figure over seeds."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
+def seed_spread(runs: list[dict]) -> dict:
+    """Mean, sample standard deviation, min and max over seeds of each headline figure of the runs."""
+    out = {}
+    for name, key in (("ndcg10", "ndcg@10"), ("hr10", "hr@10"), ("train_s", "train_s")):
+        values = [r[key] for r in runs]
+        out[name] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "n": len(values),
+        }
+    return out
 
 
 def sports(settings, quick: bool, train: dict, seeds: int, path: Path) -> dict:
@@ -230,11 +231,7 @@ def sports(settings, quick: bool, train: dict, seeds: int, path: Path) -> dict:
         "sports_published_ndcg10": SPORTS_PUBLISHED_NDCG10,
     }
     if seeds > 1:
-        out["sports_seeds"] = {
-            "ndcg10": spread([r["ndcg@10"] for r in runs]),
-            "hr10": spread([r["hr@10"] for r in runs]),
-            "train_s": spread([r["train_s"] for r in runs]),
-        }
+        out["sports_seeds"] = seed_spread(runs)
     plain_train = {**train, **PLAIN_SASREC_TRAIN}
     _, _, plain, _ = _fit(settings, seq, positive_types, plain_sasrec_overrides(), plain_train, split)
     out.update(

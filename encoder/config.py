@@ -25,9 +25,8 @@ Pooling = Literal["last", "attention"]
 # where position 0 is: the newest event (SASRec's padded positions: the newest always at the same
 # embedding) or the oldest kept event (the newest's position then moves with the history's length)
 Positions = Literal["from_newest", "from_oldest"]
-LEGACY_POSITIONS = "from_oldest"  # artifacts saved before `positions` existed counted from the oldest
 # fields added after artifacts existed: the value that reproduces what those artifacts were trained with
-LEGACY_DEFAULTS = {"positions": LEGACY_POSITIONS, "unit_items": True}
+LEGACY_DEFAULTS = {"positions": "from_oldest", "unit_items": True}
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,7 @@ class ModelConfig:
     use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
     pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)
     positions: Positions = "from_newest"  # position embeddings count back from the newest event
-    unit_items: bool = (
-        True  # L2-normalise target-item vectors (False: their norm is learned, a popularity prior)
-    )
+    unit_items: bool = True  # L2-normalised target-item vectors (False: a learned norm, a per-item prior)
 
     def __post_init__(self):
         self.attributes = tuple(self.attributes)

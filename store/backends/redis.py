@@ -15,8 +15,8 @@ Reads group the requested users by bucket, one HMGET per bucket; a single user i
 them into one RESP buffer per node (store.wire) and falls back to the redis-py pipeline when a
 cluster node answers MOVED/ASK or a connection drops; ``pipeline`` always uses redis-py's pipeline
 (the reference path). Both return the same bytes (tests/test_store_read_paths.py). The pointer
-switch and rollback are one-key functions (atomic). In a cluster, commands and the write and read
-pipelines retry through a master's failover for ``redis.failover_retry_s`` (`ride_failover`;
+switch and rollback are one-key functions (atomic). In a cluster, commands and every pipeline
+retry through a master's failover for ``redis.failover_retry_s`` (`ride_failover`;
 tests/test_rehearsal_redis.py kills masters of a cluster with replicas). Model versions read back
 from the store (the pointer, the set of models) are checked before a key is built from them.
 Nothing here logs secrets.
@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any
@@ -293,17 +293,24 @@ class RedisVectorStore(VectorStore):
         raise AssertionError("unreachable")
 
     def _execute(self, function: str, calls: list[Call]) -> list:
+        return self._pipeline(
+            (("FCALL", function, len(keys), *keys, *args) for keys, args in calls), f"FCALL {function}"
+        )
+
+    def _pipeline(self, commands: Iterable[tuple], what: str) -> list:
+        """The replies of ``commands`` (raw command tuples), sent as one non-transactional pipeline; in a
+        cluster retried through a master's failover for ``redis.failover_retry_s`` (`ride_failover`).
+        Every command the store pipelines is safe to repeat: the idempotent functions, HMGET, PEXPIRE,
+        HDEL and UNLINK (a repeated HDEL/UNLINK may report fewer removals, never remove more)."""
+        commands = list(commands)
+
         def send() -> list:
             pipe = self.r.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.execute_command("FCALL", function, len(keys), *keys, *args)
+            for command in commands:
+                pipe.execute_command(*command)
             return pipe.execute()
 
-        return self._retrying(send, f"FCALL {function}")  # the functions are idempotent
-
-    def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
-        """``fn()``; in a cluster retried through a failover for ``redis.failover_retry_s``."""
-        return ride_failover(fn, self.settings.failover_retry_s, what) if self.cluster else fn()
+        return ride_failover(send, self.settings.failover_retry_s, what) if self.cluster else send()
 
     # -- records: writes ----------------------------------------------------------------------
     def upsert(
@@ -359,14 +366,7 @@ class RedisVectorStore(VectorStore):
         """PEXPIRE every touched bucket (Redis 7.0 has no per-field expiry)."""
         ms = max(1, round(ttl_s * 1000))
         for i in range(0, len(buckets), 4096):
-
-            def send(part: list[int] = buckets[i : i + 4096]) -> list:
-                pipe = self.r.pipeline(transaction=False)
-                for b in part:
-                    pipe.pexpire(key_fn(b), ms)
-                return pipe.execute()
-
-            self._retrying(send, "PEXPIRE pipeline")
+            self._pipeline((("PEXPIRE", key_fn(b), ms) for b in buckets[i : i + 4096]), "PEXPIRE pipeline")
 
     # -- records: reads -----------------------------------------------------------------------
     def get(
@@ -418,14 +418,7 @@ class RedisVectorStore(VectorStore):
                 # refreshes the slot map
                 log.info("packed read failed (%s); retrying via the redis-py pipeline", type(exc).__name__)
         if replies is None:  # reference path; the cluster pipeline routes by slot and follows MOVED/ASK
-
-            def send() -> list:
-                pipe = self.r.pipeline(transaction=False)
-                for key, flds in commands:
-                    pipe.execute_command("HMGET", key, *flds)
-                return pipe.execute()
-
-            replies = self._retrying(send, "HMGET pipeline")
+            replies = self._pipeline((("HMGET", key, *flds) for key, flds in commands), "HMGET pipeline")
         out: list[bytes | None] = [None] * len(ids)
         for p, v in zip(order.tolist(), chain.from_iterable(replies)):
             out[p] = v
@@ -449,10 +442,11 @@ class RedisVectorStore(VectorStore):
             if not len(ids):
                 out[name] = 0
                 continue
-            pipe = self.r.pipeline(transaction=False)
-            for bucket, pos in bucket_groups(ids, buckets):
-                pipe.hdel(key_fn(bucket), *[str(i) for i in ids[pos].tolist()])
-            out[name] = sum(int(x) for x in pipe.execute())
+            deletes = (
+                ("HDEL", key_fn(bucket), *[str(i) for i in ids[pos].tolist()])
+                for bucket, pos in bucket_groups(ids, buckets)
+            )
+            out[name] = sum(int(x) for x in self._pipeline(deletes, "HDEL pipeline"))
         return out
 
     # -- model namespaces ---------------------------------------------------------------------
@@ -482,10 +476,8 @@ class RedisVectorStore(VectorStore):
                 for k in (self.keys.vectors(model, b), self.keys.neighbours(model, b))
             ]
             for i in range(0, len(keys), 4096):
-                pipe = self.r.pipeline(transaction=False)
-                for k in keys[i : i + 4096]:
-                    pipe.unlink(k)
-                removed += sum(int(x) for x in pipe.execute())
+                unlinks = (("UNLINK", k) for k in keys[i : i + 4096])
+                removed += sum(int(x) for x in self._pipeline(unlinks, "UNLINK pipeline"))
         removed += int(self.r.unlink(self.keys.meta(model))) + int(self.r.unlink(self.keys.manifests(model)))
         self.r.srem(self.keys.models(), model)
         return removed
