@@ -159,8 +159,9 @@ def build_incremental(
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:
     """(recall@k of the built lists against exact search on a seeded sample, sample size)."""
-    return sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed,
-                         neighbours=(result.nbr_ids, result.nbr_scores))
+    return sample_recall(
+        None, result.uv, cfg.k, cfg.recall_sample, cfg.seed, neighbours=(result.nbr_ids, result.nbr_scores)
+    )
 
 
 def full_reason(
