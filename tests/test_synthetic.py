@@ -101,3 +101,24 @@ def test_late_arrivals_land_in_a_later_partition(log):
     event_hour = log.events["ts"].cast("int64").to_numpy() // HOUR_MS
     late = log.arrival_hour > event_hour
     assert 0.002 < late.mean() < 0.03
+
+
+def test_user_slices_share_the_catalogue_and_keep_their_users_across_configs():
+    """A population generated in slices (``user_offset``): one catalogue, disjoint user ids, and a
+    slice's users keep their planted interests whatever the time window (history vs one later hour)."""
+    base = dict(n_users=300, n_items=2_000, n_clusters=8, seed=3)
+    history = generate(SyntheticConfig(**base, user_offset=1_000, hours=6))
+    hour = generate(
+        SyntheticConfig(
+            **base, user_offset=1_000, hours=1, start="2026-01-01T06:00:00Z", base_events_per_user=4.0
+        )
+    )
+    other = generate(SyntheticConfig(**base, user_offset=2_000, hours=6))
+    first = generate(SyntheticConfig(**base, hours=6))
+    assert history.items.equals(first.items) and other.items.equals(first.items)
+    assert history.users.equals(hour.users)  # same users, same clusters
+    ids = history.users["user_id"].to_numpy()
+    assert ids.min() == USER_ID_BASE + 1_000 and ids.max() == USER_ID_BASE + 1_299
+    assert not set(ids) & set(other.users["user_id"].to_numpy())
+    assert set(history.events["user_id"].to_numpy()) <= set(ids)
+    assert not history.users["clusters"].equals(other.users["clusters"])  # own draws per slice

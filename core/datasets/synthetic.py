@@ -79,6 +79,7 @@ class SyntheticConfig:
     late_fraction: float = 0.01  # events that arrive 1-3 hours after their ts
     malformed_fraction: float = 0.0  # share of extra malformed rows injected
     seed: int = 0  # everything derives from this
+    user_offset: int = 0  # first user index: a slice of a bigger population (same catalogue, own users)
 
 
 @dataclass
@@ -139,6 +140,9 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
 
     # 2. Users: 1-3 interest clusters (distinct), weights favour the primary one; heavy-tailed activity.
     U = cfg.n_users
+    if cfg.user_offset:  # a slice: its users (and their events) depend on (seed, offset), not on other slices
+        rng = np.random.default_rng([cfg.seed, cfg.user_offset])
+    first_user = USER_ID_BASE + cfg.user_offset
     n_interests = rng.choice([1, 2, 3], size=U, p=[0.5, 0.3, 0.2])
     user_clusters = np.argsort(rng.random((U, cfg.n_clusters)), axis=1)[:, :3]  # 3 distinct clusters
     raw_w = np.array([0.6, 0.25, 0.15])[None, :] * (np.arange(3)[None, :] < n_interests[:, None])
@@ -212,7 +216,7 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
     arrival = np.minimum(event_hour + lag, last_hour)
 
     columns = {
-        "user_id": pa.array(USER_ID_BASE + u_of, pa.int64()),
+        "user_id": pa.array(first_user + u_of, pa.int64()),
         "ts": pa.array(ts_ms, pa.int64()).cast(EVENT.schema.field("ts").type),
         "event_type": pa.DictionaryArray.from_arrays(pa.array(etype), pa.array(EVENT_TYPES)).cast(
             pa.string()
@@ -232,7 +236,7 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
 
     users = pa.table(
         {
-            "user_id": pa.array(USER_ID_BASE + np.arange(U), pa.int64()),
+            "user_id": pa.array(first_user + np.arange(U), pa.int64()),
             "clusters": pa.array(
                 [row[:k].tolist() for row, k in zip(user_clusters, n_interests)], pa.list_(pa.int32())
             ),

@@ -1,0 +1,352 @@
+"""The world an hourly refresh runs in at production shape, built once and cached on disk.
+
+Production is not "every user active": an hour touches a small share of the *known* users, while the
+state, the store and the graph hold all of them. `prepare_world` builds that world for a `WorldShape`:
+
+1. **A trained model** (`trained_model`): the production trainer (`soe.flows.stages.train_model`)
+   on the last events of ``TRAIN_USERS`` users of the same synthetic catalogue (their own slice of
+   the population). Cached by the catalogue, the training slice and the train settings.
+2. **Every known user's history** as the state snapshot at ``T0`` (a layered base layer, exactly
+   what the sequence pipeline publishes), generated slice by slice (`SyntheticConfig.user_offset`:
+   one catalogue, each slice its own users), so memory follows the slice, not the population.
+3. **The measured hour's events** ``[T0, T0 + 1h)``: ``active_users`` of the known users (a fixed
+   share of every slice), generated from the same users (same planted interests) and published as
+   the hour's event partition.
+4. **The previous generation**: the production backfill (`soe.flows.backfill.run_backfill`) encodes
+   every known user from the state, validates, builds the full graph, publishes vectors and
+   neighbour lists to Redis and makes the model current. Redis is saved (RDB) into the cache.
+
+`World.checkout` gives a run its own copy: the data directory hard-linked (published snapshots are
+never modified, only replaced, so links are safe) and a redis-server loaded from the saved RDB, so a
+rerun pays only for the hour. The cache lives under ``<data_dir>/world-<key>`` where the key hashes
+every parameter of the setup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from core.atomic import publish_dir, write_json_atomic
+from core.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
+from core.layout import HOUR, utc
+from core.sequence_state import BASE, LAYOUT, Layer, layer_name
+
+T0 = utc("2026-03-02T00:00Z")  # the state's as_of; the measured hour is [T0, T0 + 1h)
+TRAIN_USERS = 60_000  # users whose histories train the model
+TRAIN_OFFSET = 1 << 40  # the training users' slice of the population (ids disjoint from the known users)
+LIST_COLUMNS = ("ts", "event_type", "item_id", *ATTRIBUTE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class WorldShape:
+    known_users: int  # users with a history: in the state, the store and the graph
+    active_users: int  # of them, active in the measured hour
+    history_hours: int = 48  # event time the histories span before T0
+    history_events: float = 24.0  # mean base events per known user over the history (heavy-tailed)
+    hour_events: float = 8.0  # mean base events per active user in the measured hour
+    n_items: int = 200_000  # catalogue size (the model is trained on the same catalogue)
+    n_clusters: int = 50  # planted interest clusters
+    slice_users: int = 250_000  # users generated at a time (bounds the generator's memory)
+    seed: int = 0  # catalogue and users derive from this
+
+    @property
+    def label(self) -> str:
+        return f"{self.known_users:,} known / {self.active_users:,} active"
+
+    def key(self, *extra: object) -> str:
+        text = json.dumps([asdict(self), *extra], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+SIZES: dict[str, WorldShape] = {
+    "quick": WorldShape(known_users=100_000, active_users=10_000),
+    "default": WorldShape(known_users=10_000_000, active_users=1_000_000),
+    "all-active": WorldShape(known_users=1_000_000, active_users=1_000_000),
+}
+
+
+def shape_for(size: str, known: int | None = None, active: int | None = None) -> WorldShape:
+    """A named size, optionally with other counts (the scaling table: 1M / 3M / 10M known, 10 % active)."""
+    shape = SIZES[size]
+    if known is not None:
+        shape = replace(shape, known_users=known, active_users=active or max(1, known // 10))
+    elif active is not None:
+        shape = replace(shape, active_users=active)
+    if shape.active_users > shape.known_users:
+        raise ValueError(f"active users ({shape.active_users}) exceed known users ({shape.known_users})")
+    return shape
+
+
+# -- events -> sequences ----------------------------------------------------------------------------
+def sequences_of(events: pa.Table, as_of: datetime, max_len: int) -> pa.Table:
+    """Each user's newest ``max_len`` events as one SEQUENCE-contract row, oldest -> newest."""
+    uid = events["user_id"].to_numpy()
+    ts = events["ts"].cast(pa.int64()).to_numpy()
+    order = np.lexsort((ts, uid))  # (E,) by user, then time
+    uid_sorted = uid[order]
+    starts = np.flatnonzero(np.r_[True, uid_sorted[1:] != uid_sorted[:-1]])
+    counts = np.diff(np.r_[starts, len(uid_sorted)])
+    from_newest = np.repeat(starts + counts, counts) - np.arange(len(uid_sorted))  # 1 = newest
+    keep = order[from_newest <= max_len]
+    kept = np.minimum(counts, max_len)
+    offsets = pa.array(np.r_[0, np.cumsum(kept)].astype(np.int32))
+    taken = events.select(list(LIST_COLUMNS)).take(pa.array(keep)).combine_chunks()
+    columns = {
+        "user_id": pa.array(uid_sorted[starts]),
+        "as_of": pa.array(np.full(len(starts), int(as_of.timestamp() * 1000), "datetime64[ms]"), TS),
+        "n_events": pa.array(kept.astype(np.int32)),
+        **{c: pa.ListArray.from_arrays(offsets, taken[c].chunk(0)) for c in LIST_COLUMNS},
+    }
+    return pa.table(columns).cast(SEQUENCE.schema)
+
+
+def _slices(shape: WorldShape) -> Iterator[tuple[int, int, int]]:
+    """(slice index, first user index, users) covering the known users; the active share per slice."""
+    for i, first in enumerate(range(0, shape.known_users, shape.slice_users)):
+        yield i, first, min(shape.slice_users, shape.known_users - first)
+
+
+def _config(shape: WorldShape, offset: int, users: int, **kw):
+    from core.datasets.synthetic import SyntheticConfig
+
+    return SyntheticConfig(
+        n_users=users,
+        n_items=shape.n_items,
+        n_clusters=shape.n_clusters,
+        seed=shape.seed,
+        user_offset=offset,
+        **kw,
+    )
+
+
+def history(shape: WorldShape, offset: int, users: int, as_of: datetime, max_len: int):
+    """(sequences as of ``as_of``, planted users) of one slice: its events in the history window."""
+    from core.datasets.synthetic import generate
+
+    log = generate(
+        _config(
+            shape,
+            offset,
+            users,
+            hours=shape.history_hours,
+            start=str(as_of - timedelta(hours=shape.history_hours)),
+            base_events_per_user=shape.history_events,
+            late_fraction=0.0,
+        )
+    )
+    return sequences_of(log.events, as_of, max_len), log.users
+
+
+def hour_events(shape: WorldShape, offset: int, users: int, start: datetime, active: int) -> pa.Table:
+    """The events of ``active`` of the slice's users in [start, start + 1h) (the same planted users)."""
+    from core.datasets.synthetic import generate
+
+    log = generate(
+        _config(shape, offset, users, hours=1, start=str(start), base_events_per_user=shape.hour_events)
+    )
+    rng = np.random.default_rng([shape.seed, offset, 7])
+    chosen = log.users["user_id"].to_numpy()[rng.choice(users, size=active, replace=False)]
+    return log.events.filter(pc.is_in(log.events["user_id"], pa.array(chosen)))
+
+
+# -- the cached setup -------------------------------------------------------------------------------
+@dataclass
+class World:
+    shape: WorldShape
+    root: Path  # the cache directory: data/, redis/dump.rdb, world.json
+    model: str  # the current model version (trained on this catalogue)
+    info: dict  # what the setup measured (seconds per step, counts)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def rdb(self) -> Path:
+        return self.root / "redis" / "dump.rdb"
+
+    def checkout(self, work: Path) -> Path:
+        """A run's own copy of the data directory (hard links), returned; Redis: see `start_redis`."""
+        target = work / "data"
+        subprocess.run(["cp", "-al", str(self.data), str(target)], check=True)
+        return target
+
+    def start_redis(self, work: Path):
+        """A redis-server on a free port, loaded from the setup's RDB (not persisting further writes)."""
+        from store import local_server
+
+        rdb_dir = work / "redis-data"
+        rdb_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.rdb, rdb_dir / "dump.rdb")
+        return local_server.start_single(work / "redis", extra_conf={"dir": str(rdb_dir)}, timeout=600)
+
+
+def settings_for(data: Path, redis=None, known_users: int = 0):
+    """The settings every setup step and the measured hour run with (embedded defaults, this data root)."""
+    from soe.config import load_settings
+
+    s = load_settings(environ={"SOE_DATA__ROOT": str(data)})
+    if redis is not None:
+        s.redis = redis.redis_settings(buckets=max(64, known_users // 64))
+    s.graph.publish_redis = True
+    return s
+
+
+def trained_model(shape: WorldShape, cache: Path, say: Callable[[str], None] = print) -> tuple[Path, str]:
+    """A model trained on the world's catalogue (cached): (its models directory, version)."""
+    from soe.flows import stages
+
+    base = load_defaults()
+    train = base.train.model_copy(update={"epochs": 6, "time_budget_s": 300.0, "eval_users": 1000})
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                shape.n_items,
+                shape.n_clusters,
+                shape.seed,
+                shape.history_hours,
+                shape.history_events,
+                TRAIN_USERS,
+                base.sequences.max_len,
+                train.model_dump(mode="json"),
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
+    root = cache / f"model-{key}"
+    done = root / "model.json"
+    if done.exists():
+        return root / "data" / "models", json.loads(done.read_text())["version"]
+    if root.exists():
+        shutil.rmtree(root)
+    t0 = time.perf_counter()
+    s = settings_for(root / "data")
+    s.train = train
+    seqs, _ = history(shape, TRAIN_OFFSET, TRAIN_USERS, T0, s.sequences.max_len)
+    from encoder.inference.sample import write_state_snapshot
+
+    write_state_snapshot(s.layout(), T0, seqs, num_files=4)
+    say(f"training the bench model on {seqs.num_rows:,} users' histories (cached under {root})")
+    version = stages.train_model(s, s.layout().state(T0))
+    write_json_atomic(done, {"version": version, "train_s": round(time.perf_counter() - t0, 1)})
+    return root / "data" / "models", version
+
+
+def load_defaults():
+    from soe.config import load_settings
+
+    return load_settings(environ={})
+
+
+def write_state(layout, as_of: datetime, parts: Iterator[pa.Table]) -> int:
+    """Publish the state snapshot at ``as_of``: one base layer, one part file per slice."""
+    manifest: dict = {}
+    rows = 0
+    with publish_dir(layout.state(as_of), manifest) as tmp:
+        (tmp / layer_name(as_of)).mkdir()
+        for i, part in enumerate(parts):
+            pq.write_table(part, tmp / layer_name(as_of) / f"part-{i:05d}.parquet")
+            rows += part.num_rows
+        manifest.update(
+            as_of=as_of.isoformat(),
+            layout=LAYOUT,
+            layers=[Layer(layer_name(as_of), BASE, as_of, rows).to_json()],
+            state_users=rows,
+        )
+    return rows
+
+
+def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = print) -> World:
+    """The cached world of ``shape`` (built on the first call; later calls only read world.json)."""
+    from store import local_server
+
+    cache.mkdir(parents=True, exist_ok=True)
+    models_dir, model = trained_model(shape, cache, say)
+    root = cache / f"world-{shape.key(model)}"
+    done = root / "world.json"
+    if done.exists():
+        return World(shape, root, model, json.loads(done.read_text()))
+    if root.exists():
+        shutil.rmtree(root)
+    info: dict = {"shape": asdict(shape), "model": model}
+    t0 = time.perf_counter()
+    s = settings_for(root / "data")
+    layout, max_len = s.layout(), s.sequences.max_len
+    shutil.copytree(models_dir, layout.models)
+    planted: list[pa.Table] = []
+    hour: list[pa.Table] = []
+    share = shape.active_users / shape.known_users
+
+    staged = root / "staging-active"  # the last hour's active users, as the hourly run at T0 left them
+    staged.mkdir(parents=True)
+
+    def state_parts() -> Iterator[pa.Table]:
+        for i, first, users in _slices(shape):
+            seqs, users_table = history(shape, first, users, T0, max_len)
+            planted.append(users_table.select(["user_id", "primary_cluster"]))
+            ts = seqs["ts"].combine_chunks()
+            newest = ts.values.cast(pa.int64()).to_numpy()[ts.offsets.to_numpy()[1:] - 1]  # (U,)
+            recent = pa.array(newest >= int((T0 - HOUR).timestamp() * 1000))
+            pq.write_table(seqs.filter(recent), staged / layout.active_shard(T0, i).name)
+            active = min(users, round(share * (first + users)) - round(share * first))
+            hour.append(hour_events(shape, first, users, T0, active))
+            say(f"  slice {i}: {seqs.num_rows:,} histories, {hour[-1].num_rows:,} events in the hour")
+            yield seqs
+
+    info["state_users"] = write_state(layout, T0, state_parts())
+    shards = sorted(staged.glob("shard=*.parquet"))
+    recent_users = sum(pq.ParquetFile(f).metadata.num_rows for f in shards)
+    with publish_dir(layout.active(T0), {"num_shards": len(shards), "active_users": recent_users}) as tmp:
+        for f in shards:
+            os.replace(f, tmp / f.name)
+    staged.rmdir()
+    with publish_dir(layout.event_partition(T0), {"contract": "event/1"}) as tmp:
+        for i, part in enumerate(hour):
+            pq.write_table(part, tmp / f"part-{i:05d}.parquet")
+    info["hour_events"] = sum(t.num_rows for t in hour)
+    layout.ground_truth.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.concat_tables(planted), layout.ground_truth / "users.parquet")
+    info["generate_s"] = round(time.perf_counter() - t0, 1)
+    say(f"world {shape.label}: state and hour written in {info['generate_s']} s; backfill next")
+
+    server = local_server.start_single(root / "redis-run", timeout=600)
+    try:
+        s = settings_for(root / "data", server, shape.known_users)
+        from soe.flows.backfill import run_backfill
+
+        t0 = time.perf_counter()
+        out = run_backfill(s, model)
+        info["backfill_s"] = round(time.perf_counter() - t0, 1)
+        info["backfill"] = {k: v for k, v in out.items() if isinstance(v, (int, float, str))}
+        client = server.client()
+        client.save()
+        info["redis_used_mb"] = round(client.info("memory")["used_memory"] / 2**20, 1)
+        node = next((root / "redis-run").glob("node-*"))
+        (root / "redis").mkdir()
+        os.replace(node / "dump.rdb", root / "redis" / "dump.rdb")
+    finally:
+        local_server.stop(root / "redis-run")
+        shutil.rmtree(root / "redis-run", ignore_errors=True)
+    say(f"world {shape.label}: backfill (previous generation + graph + store) in {info['backfill_s']} s")
+    write_json_atomic(done, info)
+    return World(shape, root, model, info)
+
+
+def planted_clusters(world_data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(user ids, primary planted cluster) of the world's known users."""
+    t = pq.read_table(Path(world_data) / "ground_truth" / "users.parquet")
+    return t["user_id"].to_numpy(), t["primary_cluster"].to_numpy()
