@@ -52,3 +52,76 @@ def emit(result: dict[str, Any]) -> None:
         if not isinstance(value, (dict, list)):
             print(f"  {key:>32}: {value}")
     print(json.dumps(result, sort_keys=True, default=str), flush=True)
+
+
+class StageMeter:
+    """Peak RSS and core-seconds of this process and its children (Spark's JVM included), per stage.
+
+    A thread samples the resident memory of the process tree every ``interval`` seconds; `mark(stage)`
+    closes the current stage: the peak RSS seen since the previous mark and the CPU seconds (user +
+    system, all cores) spent since then. ``exclude`` holds pids measured apart (a redis-server the
+    benchmark started is not part of any stage's footprint).
+    """
+
+    def __init__(self, exclude: tuple[int, ...] = (), interval: float = 0.1):
+        import threading
+
+        import psutil
+
+        self._me, self._exclude, self._interval = psutil.Process(), set(exclude), interval
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._peak = self._rss()
+        self._cpu = self._cpu_s()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="stage-meter")
+        self._thread.start()
+
+    def _tree(self):
+        import psutil
+
+        procs = [self._me]
+        try:
+            procs += [p for p in self._me.children(recursive=True) if p.pid not in self._exclude]
+        except psutil.Error:
+            pass
+        return procs
+
+    def _rss(self) -> int:
+        import psutil
+
+        total = 0
+        for p in self._tree():
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:  # exited meanwhile
+                pass
+        return total
+
+    def _cpu_s(self) -> float:
+        import psutil
+
+        total = 0.0
+        for p in self._tree():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + (t.children_user + t.children_system if p is self._me else 0)
+            except psutil.Error:
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            rss = self._rss()
+            with self._lock:
+                self._peak = max(self._peak, rss)
+
+    def mark(self) -> dict[str, float]:
+        """Close the stage that just ended: {"peak_rss_mb", "core_s"} since the previous mark."""
+        rss, cpu = self._rss(), self._cpu_s()
+        with self._lock:
+            peak, self._peak = max(self._peak, rss), rss
+        used, self._cpu = cpu - self._cpu, cpu
+        return {"peak_rss_mb": round(peak / 2**20, 1), "core_s": round(used, 2)}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,21 +1,29 @@
-"""One hourly refresh end to end at scale: per-stage seconds, and Airflow's overhead on the same hour.
+"""One hourly refresh at production shape: N known users, a share of them active in the hour.
 
-    python -m bench.refresh [--quick] [--users U] [--no-airflow]
+    python -m bench.refresh [--quick | --size default|all-active] [--known N [--active M]]
+                            [--data-dir DIR] [--airflow]
 
-The world: a synthetic log of U users over one hour (so every user is active in the measured
-interval, ~10 events each), a randomly initialised encoder (d = 64, 2 layers, 2 heads: the weights
-do not change the work), a local redis-server on a free port, Spark ``local[*]``, faiss-cpu.
+Sizes (known users / active in the hour): ``--quick`` 100k / 10k; the default 10M / 1M;
+``--size all-active`` 1M / 1M (every known user active: the graph is rebuilt in full).
+``--known N`` (active 10 % unless ``--active``) gives the points of the scaling table.
 
-* **in-process** (the baseline): `soe.flows.hourly.run_interval`, what `soe refresh` runs:
-  sequences (Spark, bootstrap of the first state) -> encode every shard -> publish every shard ->
-  graph -> validate -> record -> retention. Per-stage seconds come from the run manifest.
-* **airflow**: the same interval again through ``airflow dags test soe_hourly`` (an idempotent rerun:
-  the same work, except that Redis accepts 0 vectors). ``airflow_over_inprocess`` = its wall time /
-  the in-process wall time: what the Airflow launcher costs (process start, DAG parse, one task per
-  step, Spark/torch start in the task process).
+The world (`bench.world`, built once and cached under ``--data-dir``, keyed by every parameter): a
+model trained on the same synthetic catalogue, every known user's history as the state snapshot, the
+previous generation of vectors, the full graph and the Redis store holding every known user (the
+production backfill made them), and the hour's events of the active users. A run checks out its
+own copy (hard links + Redis loaded from the saved RDB) and pays only for the hour:
 
-Goal (issue 9): 1M active users in <= 15 min on this machine (``goal_met``). The machine is shared
-with other work: quote medians and ratios from one run.
+    `soe.flows.hourly.run_interval` (what ``soe refresh`` runs): sequences (Spark, the state's layers
+    fetched for the active users) -> reconcile -> encode every shard -> validate -> graph (incremental
+    on the previous one) -> publish -> publish_graph -> record -> retention.
+
+Per stage: wall seconds (run manifest), core-seconds and peak RSS of this process tree with Spark's
+JVM (`bench.common.StageMeter`; the redis-server is measured apart, ``redis_used_mb``). Baselines from
+the same world: the setup's backfill of every known user (what the hour would cost without the state
+and the incremental graph), and with ``--airflow`` the same hour rerun through ``airflow dags test``.
+
+Targets (issue 14; 2-core machine, quiet): default size ``validated``, ``graph_recall`` >= 0.95 and
+``total_s`` <= 900; all-active ``validated`` and ``total_s`` <= 600.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import emit, machine, parse_args
+from bench.common import StageMeter, emit, machine, parse_args
 
-GOAL_S = 15 * 60
-STAGES = ("sequences", "encode", "publish", "graph", "validate", "retention")
+STAGES = ("sequences", "reconcile", "encode", "validate", "graph", "publish", "publish_graph", "retention")
+TARGET_S = {"default": 900, "all-active": 600}
+MIN_RECALL = 0.95
 
 
 def random_model(
@@ -59,104 +68,135 @@ def random_model(
     )
 
 
-def main() -> None:
-    args = parse_args(
-        __doc__.splitlines()[0],
-        extra=lambda p: (
-            p.add_argument("--users", type=int, default=None),
-            p.add_argument("--no-airflow", action="store_true", help="skip the airflow dags test rerun"),
-        ),
-    )
-    users = args.users or (10_000 if args.quick else 1_000_000)
-
-    from core.datasets.synthetic import SyntheticConfig, generate, write_log
-    from core.layout import HOUR, utc
-    from soe.config import load_settings
+def run_hour(world, work: Path, say=print) -> dict:
+    """The measured hour on a checkout of ``world``: per-stage seconds, core-seconds and peak RSS."""
+    from bench.world import T0, settings_for
+    from core.layout import HOUR
     from soe.flows import hourly
-    from soe.flows.airflow_run import AirflowHome
     from soe.flows.checks import GenerationRejected
-    from soe.flows.manifest import read_manifest
     from store import local_server
 
-    work = Path(tempfile.mkdtemp(prefix="soe-bench-refresh-"))
-    server = local_server.start_single(work / "redis")
+    data = world.checkout(work)
+    t0 = time.perf_counter()
+    server = world.start_redis(work)
+    load_s = time.perf_counter() - t0
+    meter = StageMeter(exclude=tuple(server.pids))
+    per_stage: dict[str, dict] = {}
     try:
-        s = load_settings(environ={"SOE_DATA__ROOT": str(work / "data")})
-        s.redis = server.redis_settings(buckets=max(64, users // 64))
-        s.orchestration.min_drift_cosine = -1.0  # a first hour has no previous generation anyway
-        start = utc("2026-01-01T00:00Z")
-        t0 = time.perf_counter()
-        log = generate(
-            SyntheticConfig(
-                n_users=users,
-                n_items=max(10_000, users // 5),
-                n_clusters=50,
-                hours=1,
-                start=str(start),
-                base_events_per_user=8.0,
-                seed=0,
-            )
-        )
-        write_log(log, s.layout())
-        gen_s = time.perf_counter() - t0
-        n_events = log.manifest["n_events"]
-        del log
-        model = random_model(s)
-        print(f"{users} users, {n_events} events generated in {gen_s:.1f}s; model {model}", flush=True)
-
-        seen: dict[str, dict] = {}  # stage -> summed result (per-shard stages add up)
+        s = settings_for(data, server, world.shape.known_users)
 
         def on_stage(r: dict) -> None:
-            print(f"  {r['stage']:<10} {r.get('seconds', 0):8.2f} s", flush=True)
-            acc = seen.setdefault(r["stage"], {"seconds": 0.0, "users": 0})
-            acc["seconds"] += r.get("seconds") or 0.0
-            acc["users"] += r.get("users", 0) if isinstance(r.get("users"), int) else 0
-            acc.update({k: v for k, v in r.items() if k in ("recall_at_k", "mode", "active_users")})
+            use = meter.mark()
+            acc = per_stage.setdefault(r["stage"], {"seconds": 0.0, "core_s": 0.0, "peak_rss_mb": 0.0})
+            acc["seconds"] = round(acc["seconds"] + (r.get("seconds") or 0.0), 2)
+            acc["core_s"] = round(acc["core_s"] + use["core_s"], 2)
+            acc["peak_rss_mb"] = max(acc["peak_rss_mb"], use["peak_rss_mb"])
+            acc.update({k: r[k] for k in ("recall_at_k", "mode", "full_reason", "active_users") if k in r})
+            say(
+                f"  {r['stage']:<14} {r.get('seconds') or 0:8.2f} s  {use['core_s']:8.1f} core-s"
+                f"  {use['peak_rss_mb']:8.0f} MB"
+            )
 
         t0 = time.perf_counter()
         rejected = None
         try:
-            hourly.run_interval(s, start, start + HOUR, model=model, on_stage=on_stage)
-        except (
-            GenerationRejected
-        ) as exc:  # still a measurement: every stage ran, the hour was not marked done
+            hourly.run_interval(s, T0, T0 + HOUR, model=world.model, on_stage=on_stage)
+        except GenerationRejected as exc:  # still a measurement: every stage ran, the hour is not done
             rejected = str(exc)
-        inproc_s = time.perf_counter() - t0
+        total_s = time.perf_counter() - t0
+        redis_mb = server.client().info("memory")["used_memory"] / 2**20
+    finally:
+        meter.close()
+        local_server.stop(work / "redis")
+    graph = per_stage.get("graph", {})
+    return {
+        "total_s": round(total_s, 2),
+        "validated": rejected is None,
+        "rejected": rejected,
+        "active_users": per_stage.get("sequences", {}).get("active_users"),
+        "graph_recall": graph.get("recall_at_k"),
+        "graph_mode": graph.get("mode"),
+        "graph_full_reason": graph.get("full_reason"),
+        "stages": per_stage,
+        "redis_load_s": round(load_s, 2),
+        "redis_used_mb": round(redis_mb, 1),
+        "settings": s,
+    }
+
+
+def main() -> None:
+    args = parse_args(
+        __doc__.splitlines()[0],
+        extra=lambda p: (
+            p.add_argument("--size", choices=("default", "all-active"), default="default"),
+            p.add_argument("--known", type=int, default=None, help="known users (scaling points)"),
+            p.add_argument("--active", type=int, default=None, help="active users (default: 10 %% of known)"),
+            p.add_argument("--data-dir", type=Path, default=Path("data/bench"), help="the world cache"),
+            p.add_argument("--airflow", action="store_true", help="rerun the hour through airflow dags test"),
+        ),
+    )
+    from bench.world import T0, prepare_world, shape_for
+    from core.layout import HOUR
+
+    size = "quick" if args.quick else args.size
+    shape = shape_for(size, args.known, args.active)
+    t0 = time.perf_counter()
+    world = prepare_world(shape, args.data_dir)
+    setup_s = time.perf_counter() - t0
+    print(f"world {shape.label} ready in {setup_s:.1f} s (cached: {world.root})", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="soe-bench-refresh-", dir=args.data_dir))
+    try:
+        hour = run_hour(world, work)
+        settings = hour.pop("settings")
+        stages = hour.pop("stages")
+        target = TARGET_S.get(size) if args.known is None and args.active is None else None
         result = {
             "bench": "refresh",
-            "quick": args.quick,
-            "users": users,
-            "events": n_events,
-            "active_users": seen["sequences"].get("active_users"),
-            "encoded": seen["encode"]["users"],
-            "total_s": round(inproc_s, 2),
-            "goal_s": GOAL_S,
-            "goal_met": inproc_s <= GOAL_S,
-            **{f"{k}_s": round(seen[k]["seconds"], 2) if k in seen else None for k in STAGES},
-            "graph_recall": seen["graph"].get("recall_at_k"),
-            "graph_mode": seen["graph"].get("mode"),
-            "validated": rejected is None,
-            "rejected": rejected,
-            "users_per_s": round(users / inproc_s, 1),
-            "generate_s": round(gen_s, 2),
+            "size": size,
+            "known_users": shape.known_users,
+            "active_users_planned": shape.active_users,
+            **hour,
+            "hour_events": world.info.get("hour_events"),
+            "target_s": target,
+            "targets_met": bool(
+                hour["validated"]
+                and (hour["graph_recall"] or 0) >= MIN_RECALL
+                and (target is None or hour["total_s"] <= target)
+            ),
+            **{f"{k}_s": stages[k]["seconds"] for k in STAGES if k in stages},
+            **{f"{k}_core_s": stages[k]["core_s"] for k in STAGES if k in stages},
+            **{f"{k}_peak_rss_mb": stages[k]["peak_rss_mb"] for k in STAGES if k in stages},
+            "peak_rss_mb": max(v["peak_rss_mb"] for v in stages.values()),
+            "baseline_backfill_s": world.info.get("backfill_s"),
+            "baseline_backfill_users": world.info.get("state_users"),
+            "hour_over_backfill": round(hour["total_s"] / world.info["backfill_s"], 3)
+            if world.info.get("backfill_s")
+            else None,
+            "setup_s": round(setup_s, 1),
+            "model": world.model,
+            "world": str(world.root),
             "machine": machine(),
         }
-        if not args.no_airflow and rejected is None:
-            home = AirflowHome(work / "airflow", s)
-            result["airflow_migrate_s"] = home.migrate()
-            r = home.dags_test("soe_hourly", start + HOUR, conf={"model": model})
-            if not r.ok:
-                raise RuntimeError(f"airflow dags test failed:\n{r.tail()}")
-            result["airflow_total_s"] = r.seconds
-            result["airflow_over_inprocess"] = round(r.seconds / inproc_s, 3)
-            rerun = read_manifest(s.layout(), "soe_hourly", start + HOUR)["stages"]
-            result["airflow_stage_s"] = {
-                k: rerun.get(k, {}).get("seconds") for k in STAGES if k != "retention"
-            }
-            result["airflow_rerun_written"] = rerun["publish"].get("written")
+        if args.airflow and hour["validated"]:
+            from soe.flows.airflow_run import AirflowHome
+            from store import local_server
+
+            server = world.start_redis(work / "airflow-run")
+            try:
+                from bench.world import settings_for
+
+                s = settings_for(settings.layout().root, server, shape.known_users)
+                home = AirflowHome(work / "airflow", s)
+                result["airflow_migrate_s"] = home.migrate()
+                r = home.dags_test("soe_hourly", T0 + HOUR, conf={"model": world.model})
+                if not r.ok:
+                    raise RuntimeError(f"airflow dags test failed:\n{r.tail()}")
+                result["airflow_total_s"] = r.seconds
+                result["airflow_over_inprocess"] = round(r.seconds / hour["total_s"], 3)
+            finally:
+                local_server.stop(work / "airflow-run" / "redis")
         emit(result)
     finally:
-        local_server.stop(work / "redis")
         shutil.rmtree(work, ignore_errors=True)
 
 
