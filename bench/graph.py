@@ -8,11 +8,11 @@ the users' planted primary interest cluster; ``--indexes`` then builds each inde
 side by side (full build, calibrated to recall 0.95). Candidates need planted engagements: planted only.
 
 Data of the default ``planted`` mode (stated, not hidden): planted-cluster vectors from
-`store.graph.planted` (clusters of ~1000 users in families of 10 similar siblings, an 8-dim subspace of variation per cluster plus isotropic
-noise, d=64), written as an encoder snapshot and read back by the real `build_graph` (full build,
-Parquet in and out, Redis off). Engagements for candidates are drawn from the same planted clusters:
-80% of a user's positives are Zipf-popular items of its own cluster, 20% items of a random cluster;
-day 1 feeds the candidates, day 2 is the truth.
+`store.graph.planted` (clusters of ~1000 users in families of 10 similar siblings, an 8-dim subspace
+of variation per cluster plus isotropic noise, d=64), written as an encoder snapshot and read back
+by the real `build_graph` (full build, Parquet in and out, Redis off). Engagements for candidates
+are drawn from the same planted clusters: 80% of a user's positives are Zipf-popular items of its
+own cluster, 20% items of a random cluster; day 1 feeds the candidates, day 2 is the truth.
 
 Figures (one build; the machine is shared, so wall times are noisy, ratios less so):
 * build_s, recall_at_k (manifest: 1000 random users vs exact search), index/calibrate/search split;

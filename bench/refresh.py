@@ -156,7 +156,7 @@ def main() -> None:
             "known_users": shape.known_users,
             "active_users_planned": shape.active_users,
             **hour,
-            "hour_events": world.info.get("hour_events"),
+            "hour_events": world.hour_events,
             "target_s": target,
             "targets_met": bool(
                 hour["validated"]

@@ -11,7 +11,7 @@ state, the store and the graph hold all of them. `prepare_world` builds that wor
    one catalogue, each slice its own users), so memory follows the slice, not the population.
 3. **The measured hour's events** ``[T0, T0 + 1h)``: ``active_users`` of the known users (a fixed
    share of every slice), generated from the same users (same planted interests) and published as
-   the hour's event partition.
+   the hour's event partition (one per active count; the rest of the world is shared).
 4. **The previous generation**: the production backfill (`soe.flows.backfill.run_backfill`) encodes
    every known user from the state, validates, builds the full graph, publishes vectors and
    neighbour lists to Redis and makes the model current. Redis is saved (RDB) into the cache.
@@ -40,9 +40,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.atomic import publish_dir, write_json_atomic
+from core.atomic import is_complete, publish_dir, read_marker, write_json_atomic
 from core.contracts import ATTRIBUTE_COLUMNS, SEQUENCE, TS
-from core.layout import HOUR, utc
+from core.layout import HOUR, Layout, utc
 from core.sequence_state import BASE, LAYOUT, Layer, layer_name
 
 T0 = utc("2026-03-02T00:00Z")  # the state's as_of; the measured hour is [T0, T0 + 1h)
@@ -179,10 +179,38 @@ class World:
     def rdb(self) -> Path:
         return self.root / "redis" / "dump.rdb"
 
+    @property
+    def hour(self) -> Path:
+        """The measured hour's event partition for this shape's active users (one per active count)."""
+        return self.root / "hours" / f"active={self.shape.active_users}"
+
+    @property
+    def hour_events(self) -> int:
+        return int(read_marker(self.hour)["rows"])
+
+    def ensure_hour(self, say: Callable[[str], None] = print) -> None:
+        """Generate the hour's events of ``active_users`` of the known users, once per active count."""
+        if is_complete(self.hour):
+            return
+        shape, share = self.shape, self.shape.active_users / self.shape.known_users
+        manifest: dict = {"contract": "event/1"}
+        with publish_dir(self.hour, manifest) as tmp:
+            rows = 0
+            for i, first, users in _slices(shape):
+                active = min(users, round(share * (first + users)) - round(share * first))
+                part = hour_events(shape, first, users, T0, active)
+                pq.write_table(part, tmp / f"part-{i:05d}.parquet")
+                rows += part.num_rows
+            manifest["rows"] = rows
+        say(f"world {shape.label}: {rows:,} events in the measured hour")
+
     def checkout(self, work: Path) -> Path:
-        """A run's own copy of the data directory (hard links), returned; Redis: see `start_redis`."""
+        """A run's own copy of the data (hard links), the hour's events linked in; Redis: `start_redis`."""
         target = work / "data"
         subprocess.run(["cp", "-al", str(self.data), str(target)], check=True)
+        partition = Layout(target).event_partition(T0)
+        partition.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-al", str(self.hour), str(partition)], check=True)
         return target
 
     def start_redis(self, work: Path):
@@ -276,10 +304,12 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
 
     cache.mkdir(parents=True, exist_ok=True)
     models_dir, model = trained_model(shape, cache, say)
-    root = cache / f"world-{shape.key(model)}"
+    root = cache / f"world-{replace(shape, active_users=0).key(model)}"  # one base for every active share
     done = root / "world.json"
     if done.exists():
-        return World(shape, root, model, json.loads(done.read_text()))
+        world = World(shape, root, model, json.loads(done.read_text()))
+        world.ensure_hour(say)
+        return world
     if root.exists():
         shutil.rmtree(root)
     info: dict = {"shape": asdict(shape), "model": model}
@@ -288,8 +318,6 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
     layout, max_len = s.layout(), s.sequences.max_len
     shutil.copytree(models_dir, layout.models)
     planted: list[pa.Table] = []
-    hour: list[pa.Table] = []
-    share = shape.active_users / shape.known_users
 
     staged = root / "staging-active"  # the last hour's active users, as the hourly run at T0 left them
     staged.mkdir(parents=True)
@@ -302,9 +330,7 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
             newest = ts.values.cast(pa.int64()).to_numpy()[ts.offsets.to_numpy()[1:] - 1]  # (U,)
             recent = pa.array(newest >= int((T0 - HOUR).timestamp() * 1000))
             pq.write_table(seqs.filter(recent), staged / layout.active_shard(T0, i).name)
-            active = min(users, round(share * (first + users)) - round(share * first))
-            hour.append(hour_events(shape, first, users, T0, active))
-            say(f"  slice {i}: {seqs.num_rows:,} histories, {hour[-1].num_rows:,} events in the hour")
+            say(f"  slice {i}: {seqs.num_rows:,} histories")
             yield seqs
 
     info["state_users"] = write_state(layout, T0, state_parts())
@@ -314,14 +340,10 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
         for f in shards:
             os.replace(f, tmp / f.name)
     staged.rmdir()
-    with publish_dir(layout.event_partition(T0), {"contract": "event/1"}) as tmp:
-        for i, part in enumerate(hour):
-            pq.write_table(part, tmp / f"part-{i:05d}.parquet")
-    info["hour_events"] = sum(t.num_rows for t in hour)
     layout.ground_truth.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.concat_tables(planted), layout.ground_truth / "users.parquet")
     info["generate_s"] = round(time.perf_counter() - t0, 1)
-    say(f"world {shape.label}: state and hour written in {info['generate_s']} s; backfill next")
+    say(f"world of {shape.known_users:,} known users: state written in {info['generate_s']} s; backfill next")
 
     server = local_server.start_single(root / "redis-run", timeout=600)
     try:
@@ -343,7 +365,9 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
         shutil.rmtree(root / "redis-run", ignore_errors=True)
     say(f"world {shape.label}: backfill (previous generation + graph + store) in {info['backfill_s']} s")
     write_json_atomic(done, info)
-    return World(shape, root, model, info)
+    world = World(shape, root, model, info)
+    world.ensure_hour(say)
+    return world
 
 
 def planted_clusters(world_data: Path) -> tuple[np.ndarray, np.ndarray]:
