@@ -93,7 +93,7 @@ def test_full_build_publishes_snapshot_and_manifest(settings, planted):
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_pq"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_sq8", "ivf_pq"])
 def test_incremental_equals_rebuild_for_touched_users(settings, planted, kind):
     s = _settings(settings, index=kind, min_recall=0.0)
     layout = s.layout()

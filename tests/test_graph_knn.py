@@ -33,10 +33,14 @@ def test_faiss_exact_equals_numpy_reference(uv):
     assert recall_at_k(ids, ref_ids) > 0.999  # equal up to float ties
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_pq", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw", "ivf_hnsw_quantizer"])
 def test_index_agrees_with_exact_search(uv, kind):
-    cfg = GraphSettings(index=kind, ivf_nprobe=8, k=10)
+    if kind == "ivf_hnsw_quantizer":  # IVF whose centroids are found through an HNSW graph
+        cfg = GraphSettings(index="ivf", ivf_nprobe=8, k=10, hnsw_quantizer_min_nlist=8)
+    else:
+        cfg = GraphSettings(index=kind, ivf_nprobe=8, k=10)
     spec = choose_spec(len(uv), cfg)
+    assert (spec.quantizer_hnsw_m > 0) == (kind == "ivf_hnsw_quantizer")
     index = searcher(build_index(uv, spec, cfg), spec, uv)
     rows = np.arange(0, len(uv), 11)
     approx, approx_scores = search_neighbours(index, uv, rows, 10, batch=97)  # several batches
@@ -48,13 +52,13 @@ def test_index_agrees_with_exact_search(uv, kind):
     else:
         assert recall >= 0.9, recall
     assert (np.diff(approx_scores, axis=1) <= 1e-6).all()  # best first
-    if kind == "ivf_pq":  # re-ranked scores are exact similarities, not PQ approximations
+    if spec.k_factor:  # re-ranked scores are exact similarities, not quantised approximations
         r, c = np.nonzero(approx != PAD)
         true = np.einsum("nd,nd->n", uv.vectors[rows[r]], uv.vectors[uv.positions(approx[r, c])])
         np.testing.assert_allclose(approx_scores[r, c], true, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_pq"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf_sq8", "ivf_pq"])
 def test_self_is_never_a_neighbour_even_with_duplicate_vectors(uv, kind):
     vecs = uv.vectors.copy()
     vecs[1] = vecs[0]  # two users with the same vector: each must list the other, never itself
@@ -90,7 +94,13 @@ def test_auto_spec_is_flat_for_small_and_ivf_for_large():
     assert choose_spec(1000, cfg).kind == "flat"
     assert choose_spec(100_000, cfg).kind == "ivf"
     spec = choose_spec(1_000_000, cfg, dim=64)
-    assert spec.kind == "ivf_pq" and spec.nlist == 4000 and spec.nprobe == cfg.ivf_nprobe and spec.pq_m == 32
+    assert spec.kind == "ivf_sq8" and spec.nlist == 4000 and spec.nprobe == cfg.ivf_nprobe
+    assert spec.k_factor == cfg.sq_k_factor and spec.quantizer_hnsw_m == 0  # 4000 centroids: scanned
+    big = choose_spec(10_000_000, cfg, dim=64)
+    assert big.nlist == 12_649 and big.quantizer_hnsw_m == 32  # the FAISS guideline at 10M: HNSW quantiser
+    assert choose_spec(10_000_000, cfg, dim=64, device="gpu").quantizer_hnsw_m == 0  # a GPU scans them
+    pq = choose_spec(1_000_000, GraphSettings(index="ivf_pq"), dim=64)
+    assert pq.pq_m == 32 and pq.k_factor == GraphSettings().pq_k_factor
     assert choose_spec(500, GraphSettings(index="hnsw")).params()["hnsw_m"] == 32
 
 

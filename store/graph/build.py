@@ -72,7 +72,8 @@ def build_full(
     uv: UserVectors, cfg: GraphSettings, on_batch: Callable[[int], object] | None = None
 ) -> GraphResult:
     t0 = time.perf_counter()
-    spec = choose_spec(len(uv), cfg, uv.dim)
+    ivf_device = choose_device(cfg.use_gpu, num_gpus(), "ivf")  # where an IVF index would be searched
+    spec = choose_spec(len(uv), cfg, uv.dim, device=ivf_device)
     index = build_index(uv, spec, cfg)
     tc = time.perf_counter()
     spec, tried = calibrate(

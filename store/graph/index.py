@@ -9,12 +9,21 @@ Which index (``graph.index``, default ``auto``):
 * ``ivf``   IVF-Flat: k-means coarse quantiser with ``nlist`` (default 4·sqrt(N)) lists, ``nprobe``
   lists scanned per query. Chosen by ``auto`` above ``flat_max_users``. Supports ``remove_ids`` (one
   pass over every list per call, so the incremental build removes all touched users in *one* call).
+* ``ivf_sq8`` the same IVF lists holding 8-bit scalar-quantised vectors (64 bytes per user at d=64,
+  4x less than float32), then the ``sq_k_factor`` x k best candidates re-ranked exactly against the
+  stored float vectors (`Searcher`). Chosen by ``auto`` above ``graph.ivf_max_users``. Supports
+  ``remove_ids``; faiss has a GPU version.
 * ``ivf_pq`` the same IVF lists holding 4-bit product-quantised codes scanned with SIMD ("fast scan",
-  16 bytes per user at d=64), then the ``k_factor`` x k best candidates re-ranked exactly against the
-  stored float vectors (`Searcher`). ~2.5x less CPU per query than IVF-Flat at equal recall here, and
-  16x less index memory. Chosen by ``auto`` above ``graph.ivf_max_users``. Supports ``remove_ids``.
+  16 bytes per user at d=64), re-ranked like ``ivf_sq8`` (``pq_k_factor``). Good on well-separated
+  clusters, but on trained encoder vectors (low intrinsic dimension, neighbours within ~1e-4 cosine
+  of each other) its codes cannot rank the neighbourhood: recall@20 0.25-0.72 at 1M where IVF-Flat
+  and IVF-SQ8 reach 0.97 (BENCHMARKS.md). Never chosen by ``auto``.
 * ``hnsw``  graph index, fastest queries, slow build, and it cannot remove vectors; an incremental
   build on HNSW therefore always falls back to a full rebuild (see store.graph.build).
+
+Large ``nlist`` (>= ``graph.hnsw_quantizer_min_nlist``, e.g. 10M users): the coarse quantiser is an
+HNSW graph over the centroids instead of an exact scan of them (``IVF<nlist>_HNSW32``, what the FAISS
+guidelines suggest for 1M-100M vectors), on the CPU; a GPU scans the centroids exactly.
 
 Device: faiss GPU (``index_cpu_to_gpu``) only when ``faiss.get_num_gpus() > 0`` (``use_gpu=auto``) or
 when asked (``always``: error without a GPU); HNSW has no GPU version and stays on the CPU. Indexes are
@@ -24,7 +33,7 @@ always saved in their CPU form.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +45,12 @@ from store.graph.vectors import UserVectors
 
 @dataclass(frozen=True)
 class IndexSpec:
-    kind: str  # "flat" | "ivf" | "ivf_pq" | "hnsw"
-    nlist: int = 0  # ivf, ivf_pq: inverted lists
-    nprobe: int = 0  # ivf, ivf_pq: lists scanned per query
+    kind: str  # "flat" | "ivf" | "ivf_sq8" | "ivf_pq" | "hnsw"
+    nlist: int = 0  # ivf*: inverted lists
+    nprobe: int = 0  # ivf*: lists scanned per query
+    quantizer_hnsw_m: int = 0  # ivf*: HNSW links of the coarse quantiser (0: exact scan of the centroids)
     pq_m: int = 0  # ivf_pq: sub-quantisers (4 bits each)
-    k_factor: int = 0  # ivf_pq: candidates re-ranked exactly = k_factor x k
+    k_factor: int = 0  # ivf_sq8, ivf_pq: candidates re-ranked exactly = k_factor x k
     hnsw_m: int = 0  # hnsw: links per node
     ef_construction: int = 0  # hnsw: build beam
     ef_search: int = 0  # hnsw: search beam
@@ -49,29 +59,33 @@ class IndexSpec:
         """The parameters that matter for this kind (for the manifest)."""
         keep = {
             "flat": (),
-            "ivf": ("nlist", "nprobe"),
-            "ivf_pq": ("nlist", "nprobe", "pq_m", "k_factor"),
+            "ivf": ("nlist", "nprobe", "quantizer_hnsw_m"),
+            "ivf_sq8": ("nlist", "nprobe", "quantizer_hnsw_m", "k_factor"),
+            "ivf_pq": ("nlist", "nprobe", "quantizer_hnsw_m", "pq_m", "k_factor"),
             "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
         }
         return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k in keep[self.kind]}}
 
 
-def choose_spec(n_users: int, cfg: GraphSettings, dim: int = 64) -> IndexSpec:
-    """The index for ``n_users`` under the config (``auto``: flat when small, IVF, then IVF-PQ when large)."""
+def choose_spec(n_users: int, cfg: GraphSettings, dim: int = 64, device: str = "cpu") -> IndexSpec:
+    """The index for ``n_users`` under the config (``auto``: flat when small, IVF-Flat, then IVF-SQ8
+    with exact re-ranking when large); ``device``: where it will be searched (a GPU quantiser is exact)."""
     kind = cfg.index
     if kind == "auto":
         kind = (
-            "flat" if n_users <= cfg.flat_max_users else "ivf" if n_users <= cfg.ivf_max_users else "ivf_pq"
+            "flat" if n_users <= cfg.flat_max_users else "ivf" if n_users <= cfg.ivf_max_users else "ivf_sq8"
         )
-    if kind in ("ivf", "ivf_pq"):
+    if kind in IVF_KINDS:
         nlist = cfg.ivf_nlist or int(4 * math.sqrt(max(n_users, 1)))
         nlist = max(1, min(nlist, n_users // 39 or 1))  # faiss k-means wants >= 39 training points per list
-        if kind == "ivf":
-            return IndexSpec("ivf", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist))
-        pq_m = max(m for m in range(1, dim // 2 + 1) if dim % m == 0)  # 2 dims per 4-bit code
-        return IndexSpec(
-            "ivf_pq", nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist), pq_m=pq_m, k_factor=cfg.pq_k_factor
-        )
+        hnsw_m = 32 if device == "cpu" and nlist >= cfg.hnsw_quantizer_min_nlist else 0
+        ivf = IndexSpec(kind, nlist=nlist, nprobe=min(cfg.ivf_nprobe, nlist), quantizer_hnsw_m=hnsw_m)
+        if kind == "ivf_sq8":
+            return replace(ivf, k_factor=cfg.sq_k_factor)
+        if kind == "ivf_pq":
+            pq_m = max(m for m in range(1, dim // 2 + 1) if dim % m == 0)  # 2 dims per 4-bit code
+            return replace(ivf, pq_m=pq_m, k_factor=cfg.pq_k_factor)
+        return ivf
     if kind == "hnsw":
         return IndexSpec(
             "hnsw", hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search
@@ -79,18 +93,20 @@ def choose_spec(n_users: int, cfg: GraphSettings, dim: int = 64) -> IndexSpec:
     return IndexSpec("flat")
 
 
+IVF_KINDS = ("ivf", "ivf_sq8", "ivf_pq")
+IVF_CODES = {"ivf": "Flat", "ivf_sq8": "SQ8", "ivf_pq": None}  # ivf_pq: PQ<pq_m>x4fs
+
+
 def empty_index(spec: IndexSpec, dim: int):
     """An untrained, empty CPU index of this spec that accepts ``add_with_ids``."""
     import faiss
 
     index: Any  # faiss's SWIG proxies: index_factory returns the concrete subclass at run time
-    if spec.kind == "ivf":
-        index = faiss.index_factory(dim, f"IVF{spec.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        faiss.extract_index_ivf(index).nprobe = spec.nprobe
-        return index
-    if spec.kind == "ivf_pq":
-        index = faiss.index_factory(dim, f"IVF{spec.nlist},PQ{spec.pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
-        faiss.extract_index_ivf(index).nprobe = spec.nprobe
+    if spec.kind in IVF_KINDS:
+        quantizer = f"_HNSW{spec.quantizer_hnsw_m}" if spec.quantizer_hnsw_m else ""
+        codes = IVF_CODES[spec.kind] or f"PQ{spec.pq_m}x4fs"
+        index = faiss.index_factory(dim, f"IVF{spec.nlist}{quantizer},{codes}", faiss.METRIC_INNER_PRODUCT)
+        set_search_params(index, spec)
         return index
     if spec.kind == "hnsw":
         index = faiss.index_factory(dim, f"IDMap2,HNSW{spec.hnsw_m},Flat", faiss.METRIC_INNER_PRODUCT)
@@ -106,7 +122,7 @@ def build_index(uv: UserVectors, spec: IndexSpec, cfg: GraphSettings):
     import faiss
 
     index = empty_index(spec, uv.dim)
-    if spec.kind in ("ivf", "ivf_pq"):
+    if spec.kind in IVF_KINDS:
         rng = np.random.default_rng(cfg.seed)
         n_train = min(len(uv), spec.nlist * cfg.ivf_train_per_list)
         sample = np.sort(rng.choice(len(uv), n_train, replace=False))
@@ -123,8 +139,11 @@ def set_search_params(index, spec: IndexSpec) -> None:
     """Apply the query-time knobs (nprobe / efSearch) to a CPU index read back from disk."""
     import faiss
 
-    if spec.kind in ("ivf", "ivf_pq"):
-        faiss.extract_index_ivf(index).nprobe = spec.nprobe
+    if spec.kind in IVF_KINDS:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = spec.nprobe
+        if spec.quantizer_hnsw_m:  # the centroid graph's beam must cover the lists probed
+            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(64, 2 * spec.nprobe)
     elif spec.kind == "hnsw":
         _hnsw(index).efSearch = spec.ef_search
 
@@ -183,8 +202,8 @@ class Searcher:
 
 
 def searcher(index, spec: IndexSpec, uv: UserVectors):
-    """What to call ``.search`` on: the index itself, or a re-ranking `Searcher` for ``ivf_pq``."""
-    return Searcher(index, uv, spec.k_factor) if spec.kind == "ivf_pq" else index
+    """What to call ``.search`` on: the index itself, or a re-ranking `Searcher` for quantised codes."""
+    return Searcher(index, uv, spec.k_factor) if spec.k_factor else index
 
 
 def num_gpus() -> int:

@@ -10,13 +10,15 @@ from core.section import Section
 class GraphSettings(Section):
     k: int = 20  # neighbours per user
     # -- index choice (see store.graph.index) ------------------------------------------------
-    index: Literal["auto", "flat", "ivf", "ivf_pq", "hnsw"] = "auto"  # auto: flat, IVF, then IVF-PQ by N
+    index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: flat, IVF, IVF-SQ8 by N
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
-    ivf_max_users: int = 300_000  # auto: IVF-Flat up to this many users, IVF-PQ fast-scan + re-rank above
+    ivf_max_users: int = 300_000  # auto: IVF-Flat up to this many users, IVF-SQ8 + exact re-rank above
     ivf_nlist: int = 0  # IVF inverted lists; 0 = 4 * sqrt(N)
     ivf_nprobe: int = 16  # IVF lists scanned per query when not calibrated (target_recall = 0)
     ivf_train_per_list: int = 16  # IVF k-means training sample = nlist * this (capped at N)
+    sq_k_factor: int = 2  # ivf_sq8: re-rank this many x k approximate candidates exactly
     pq_k_factor: int = 4  # ivf_pq: re-rank this many x k approximate candidates exactly
+    hnsw_quantizer_min_nlist: int = 8192  # IVF on CPU: an HNSW coarse quantiser from this many lists
     hnsw_m: int = 32  # HNSW links per node
     hnsw_ef_construction: int = 80  # HNSW build beam width
     hnsw_ef_search: int = 96  # HNSW search beam width

@@ -28,6 +28,7 @@ from store.graph.vectors import UserVectors
 _NPROBE = ("nprobe", (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256))
 LADDERS = {
     "ivf": _NPROBE,
+    "ivf_sq8": _NPROBE,
     "ivf_pq": _NPROBE,
     "hnsw": ("ef_search", (32, 48, 64, 96, 128, 192, 256, 384, 512)),
 }
