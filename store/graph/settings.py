@@ -10,7 +10,7 @@ from core.section import Section
 class GraphSettings(Section):
     k: int = 20  # neighbours per user
     # -- index choice (see store.graph.index) ------------------------------------------------
-    index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: flat, IVF, IVF-SQ8 by N
+    index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
     ivf_max_users: int = 300_000  # auto: IVF-Flat up to this many users, IVF-SQ8 + exact re-rank above
     ivf_nlist: int = 0  # IVF inverted lists; 0 = 4 * sqrt(N)
