@@ -144,7 +144,7 @@ def main() -> None:
     world = prepare_world(shape, args.data_dir)
     setup_s = time.perf_counter() - t0
     print(f"world {shape.label} ready in {setup_s:.1f} s (cached: {world.root})", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="soe-bench-refresh-", dir=args.data_dir))
+    work = Path(tempfile.mkdtemp(prefix="soe-bench-refresh-", dir=world.root.parent))
     try:
         hour = run_hour(world, work)
         settings = hour.pop("settings")

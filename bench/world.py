@@ -302,6 +302,7 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
     """The cached world of ``shape`` (built on the first call; later calls only read world.json)."""
     from store import local_server
 
+    cache = Path(cache).resolve()  # redis-server resolves its paths after changing into its dir
     cache.mkdir(parents=True, exist_ok=True)
     models_dir, model = trained_model(shape, cache, say)
     root = cache / f"world-{replace(shape, active_users=0).key(model)}"  # one base for every active share
