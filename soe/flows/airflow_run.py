@@ -9,11 +9,13 @@ For the cron data-interval timetable of ``soe_hourly``, ``airflow dags test soe_
 the interval ``[T - 1h, T)``: the logical date is the run's ``as_of``.
 
 `AirflowDeployment` is the same home run as a real Airflow 3 deployment on loopback: the API
-server, the DAG processor, the scheduler (LocalExecutor: it runs the tasks) and the triggerer, each
-its own process, on a PostgreSQL metadata DB (`PostgresCluster`: a throw-away cluster from the
-Debian binaries, or any ``postgresql://`` URL). The scheduler itself creates and runs the DAG runs
-(scheduled, catch-up, asset-triggered, backfill); the helpers read them back through the REST API
-(``/api/v2``) and wait on them with bounded timeouts. ``deploy/airflow/README.md`` documents it.
+server, the DAG processor, the scheduler and the triggerer, each its own process, on a PostgreSQL
+metadata DB (`PostgresCluster`: a throw-away cluster from the Debian binaries, or any
+``postgresql://`` URL). With the LocalExecutor the scheduler runs the tasks itself; with the
+CeleryExecutor (a Redis broker URL) the tasks go to ``airflow celery worker`` processes, each serving
+its own list of queues (`AirflowDeployment.start_worker`). The scheduler itself creates and runs the
+DAG runs (scheduled, catch-up, asset-triggered, backfill); the helpers read them back through the REST
+API (``/api/v2``) and wait on them with bounded timeouts. ``deploy/airflow/README.md`` documents it.
 """
 
 from __future__ import annotations
@@ -144,8 +146,9 @@ class AirflowHome:
         return RunResult(dag_id, when, state, proc.returncode, seconds, log)
 
 
-# -- a real deployment: API server, DAG processor, scheduler (LocalExecutor), triggerer -----------------
+# -- a real deployment: API server, DAG processor, scheduler, triggerer (+ Celery workers) ------------------
 COMPONENTS = ("api-server", "dag-processor", "triggerer", "scheduler")  # start order; stopped in reverse
+EXECUTORS = ("LocalExecutor", "CeleryExecutor")
 FINISHED = ("success", "failed")  # terminal DAG run states
 
 
@@ -311,11 +314,15 @@ class AirflowDeployment(AirflowHome):
     """A real Airflow 3 deployment of the SoE DAGs on loopback, in one Airflow home.
 
     Components (one process each, logs in ``<home>/components/<name>.log``): the API server (REST API
-    ``/api/v2`` and the Execution API the task processes talk to), the DAG processor, the scheduler with
-    the LocalExecutor (it forks the task processes: ``parallelism`` at once), and the triggerer. The
-    metadata DB is ``db_url`` (e.g. `PostgresCluster.url`); None = SQLite in the home (one task at a time:
-    tests only). The SoE settings reach every task through ``SOE_CONFIG`` (the home's ``soe.yaml``) plus
-    ``extra_env`` (``SOE_*`` overrides, read by the DAG processor at parse time and by the tasks).
+    ``/api/v2`` and the Execution API the task processes talk to), the DAG processor, the scheduler, and
+    the triggerer (``components`` may leave it out when no DAG defers). ``executor``: ``LocalExecutor``
+    (the scheduler forks the task processes: ``parallelism`` at once) or ``CeleryExecutor``: the scheduler
+    sends each task to its queue (the operator's ``queue``) on the Redis broker ``broker_url`` (result
+    backend: the metadata DB), and ``airflow celery worker`` processes started with `start_worker` run
+    them; a worker is not a component (`kill_worker` may kill one on purpose). The metadata DB is
+    ``db_url`` (e.g. `PostgresCluster.url`); None = SQLite in the home (LocalExecutor only, one task at a
+    time: tests only). The SoE settings reach every task through ``SOE_CONFIG`` (the home's ``soe.yaml``)
+    plus ``extra_env`` (``SOE_*`` overrides, read by the DAG processor at parse time and by the tasks).
 
     Auth: the simple auth manager with ``all_admins`` (no login on loopback) and one JWT secret shared by
     the components. Pools named in the ``orchestration`` section (other than ``default_pool``) are created
@@ -333,9 +340,20 @@ class AirflowDeployment(AirflowHome):
         extra_env: dict[str, str] | None = None,
         pools: dict[str, int] | None = None,
         dags_folder: Path = DAGS_FOLDER,
+        executor: str = "LocalExecutor",
+        broker_url: str | None = None,
+        components: tuple[str, ...] = COMPONENTS,
     ):
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
+        if executor == "CeleryExecutor" and not (db_url and broker_url):
+            raise ValueError("the CeleryExecutor needs a PostgreSQL metadata DB (db_url) and a broker_url")
+        if not {"api-server", "dag-processor", "scheduler"} <= set(components) <= set(COMPONENTS):
+            raise ValueError(f"components: the API server, DAG processor and scheduler, of {COMPONENTS}")
         super().__init__(home, settings, dags_folder)
         self.db_url = db_url
+        self.executor, self.broker_url = executor, broker_url
+        self.components = tuple(c for c in COMPONENTS if c in components)
         self.api_port = api_port or free_port()
         self.worker_log_port, self.triggerer_log_port = free_port(), free_port()
         self.parallelism = parallelism if db_url else 1
@@ -346,6 +364,8 @@ class AirflowDeployment(AirflowHome):
         self.pools = pools if pools is not None else {n: k for n, k in wanted if n != "default_pool"}
         self.logs = self.home / "components"
         self.procs: dict[str, subprocess.Popen] = {}
+        self.workers: dict[str, subprocess.Popen] = {}  # Celery workers by name (not components)
+        self.orphans: list[Any] = []  # psutil.Process of tasks that outlived a killed worker (`kill_worker`)
 
     # -- configuration ------------------------------------------------------------------------------------
     @property
@@ -356,7 +376,7 @@ class AirflowDeployment(AirflowHome):
         env = super().env()
         env.update(
             {
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
@@ -374,15 +394,18 @@ class AirflowDeployment(AirflowHome):
         )
         if self.db_url:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.db_url
+        if self.executor == "CeleryExecutor" and self.broker_url and self.db_url:
+            env["AIRFLOW__CELERY__BROKER_URL"] = self.broker_url
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.db_url  # task states: the metadata DB
         env.update(self.extra_env)
         env.update(extra or {})
         return env
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 300) -> AirflowDeployment:
-        """Migrate the DB, start the API server, create the pools, then the DAG processor, triggerer and
-        scheduler; returns once the health endpoint reports all of them healthy. On error, stops what it
-        started."""
+        """Migrate the DB, start the API server, create the pools, then the DAG processor, triggerer (if
+        one of the components) and scheduler; returns once the health endpoint reports all of them healthy.
+        On error, stops what it started. Celery workers are started apart (`start_worker`)."""
         try:
             self.migrate()
             self.logs.mkdir(exist_ok=True)
@@ -403,31 +426,115 @@ class AirflowDeployment(AirflowHome):
             )
             for name, slots in self.pools.items():
                 self.set_pool(name, slots)
-            for name in ("dag-processor", "triggerer", "scheduler"):
+            for name in self.components[1:]:
                 self._spawn(name, name)
-            self.wait_until(self.healthy, timeout, "healthy scheduler, triggerer and DAG processor")
+            self.wait_until(self.healthy, timeout, f"healthy {', '.join(self.components[1:])}")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, *args: str, into: dict[str, subprocess.Popen] | None = None) -> None:
         log = open(self.logs / f"{name}.log", "ab")
         try:
-            self.procs[name] = subprocess.Popen(
+            (self.procs if into is None else into)[name] = subprocess.Popen(
                 [str(Path(sys.executable).with_name("airflow")), *args],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=self.home,
-                start_new_session=True,
+                start_new_session=True,  # its own process group (and session)
             )
         finally:
             log.close()
 
+    # -- Celery workers -------------------------------------------------------------------------------------
+    def start_worker(self, name: str, queues: list[str], concurrency: int = 1) -> subprocess.Popen:
+        """``airflow celery worker -q <queues> -c <concurrency>`` as Celery node ``<name>@localhost``, in its
+        own session and process group, log in ``<home>/components/<name>.log``; returns without waiting
+        (`wait_worker_ready`). It serves no logs over HTTP: the task logs are files in this home."""
+        if self.executor != "CeleryExecutor":
+            raise RuntimeError("Celery workers need executor='CeleryExecutor'")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        args = ["celery", "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency)]
+        args += ["--celery-hostname", f"{name}@localhost", "--skip-serve-logs"]
+        args += ["--without-gossip", "--without-mingle"]  # no chatter between the nodes: nothing uses it
+        self._spawn(name, *args, into=self.workers)
+        return self.workers[name]
+
+    def worker_ready(self, name: str) -> bool:
+        """The worker logged Celery's ``ready.`` line (connected to the broker, consuming its queues);
+        RuntimeError when it exited."""
+        proc = self.workers[name]
+        if proc.poll() is not None:
+            raise RuntimeError(f"celery worker {name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+        return f"{name}@localhost ready." in (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def wait_worker_ready(self, name: str, timeout: float = 180) -> None:
+        self.wait_until(lambda: self.worker_ready(name), timeout, f"celery worker {name}", poll=0.5)
+
+    def worker_tree(self, name: str) -> list[int]:
+        """Pids of the worker and of everything it started (its pool process, the task supervisor and the
+        task process, which the supervisor puts in a process group of its own)."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.workers[name].pid)
+            return [root.pid, *(p.pid for p in root.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill_worker(self, name: str, *, with_tasks: bool = True) -> dict[str, list[int]]:
+        """SIGKILL a worker. ``with_tasks``: every process group of its process tree (its own, and each task
+        process's), as a lost machine or pod dies; else only the worker's own group (``kill -9 -<pgid>``),
+        which leaves its task processes running as orphans (``survivors``; `stop` kills them).
+        Returns the pids of the tree, the process groups killed and the survivors."""
+        import psutil
+
+        pids = self.worker_tree(name)
+        groups = [self.workers[name].pid]  # its own session and group (start_new_session)
+        if with_tasks:
+            for pid in pids:
+                try:
+                    groups.append(os.getpgid(pid))
+                except ProcessLookupError:
+                    pass
+        groups = sorted(set(groups), key=groups.index)
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.workers[name].wait(timeout=30)
+        survivors = []
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    survivors.append(pid)
+                    self.orphans.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        return {"pids": pids, "process_groups": groups, "survivors": survivors}
+
     def stop(self, timeout: float = 30) -> None:
-        """Stop every component and everything it started (task processes, Spark JVMs): SIGTERM to the process
-        tree, SIGKILL to what is left after ``timeout``. Safe to call twice."""
+        """Stop the Celery workers (and orphans of killed ones), then every component, and everything they
+        started (task processes, Spark JVMs): SIGTERM to the process tree, SIGKILL to what is left after
+        ``timeout``. Safe to call twice."""
+        for name in list(self.workers):
+            proc = self.workers.pop(name)
+            if proc.poll() is None:
+                _stop_tree(proc, timeout)
+        import psutil
+
+        while self.orphans:
+            proc = self.orphans.pop()
+            try:
+                if proc.is_running():  # the same process (pid and start time), not a reused pid
+                    proc.kill()
+            except psutil.NoSuchProcess:
+                pass
         for name in reversed(COMPONENTS):
             proc = self.procs.pop(name, None)
             if proc is not None:
@@ -480,10 +587,8 @@ class AirflowDeployment(AirflowHome):
 
     def healthy(self) -> bool:
         h = self.health()
-        return all(
-            (h.get(k) or {}).get("status") == "healthy"
-            for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
-        )
+        parts = ["metadatabase", *(c.replace("-", "_") for c in self.components if c != "api-server")]
+        return all((h.get(k) or {}).get("status") == "healthy" for k in parts)
 
     def set_pool(self, name: str, slots: int) -> None:
         import httpx
