@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.redis_servers",  # real redis-server: single node and a 3-master cluster (store)
     "tests.fixtures.spark",  # one real local Spark session per test run (pipelines)
     "tests.fixtures.spark_standalone",  # real Spark standalone master + worker on loopback (spark-submit)
+    "tests.fixtures.airflow",  # a throw-away PostgreSQL metadata DB for real Airflow deployments (flows)
 ]
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,8 +41,13 @@ import pytest
 from core.layout import HOUR, utc
 from soe.flows.dag_support import PROMOTED_MODEL_URI
 from soe.flows.manifest import read_manifest
+from tests.fixtures.airflow import log
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(2400),
+    pytest.mark.usefixtures("sigterm_runs_the_finalizers"),
+]
 
 START = utc("2026-01-01T00:00Z")  # first hour of the synthetic log
 BOOT = 3  # hours of history before the first scheduled run
@@ -52,10 +56,6 @@ SCHEDULED = [T0 + HOUR * i for i in range(3)]  # logical dates (interval starts)
 BACKFILLED = [T0 + HOUR * i for i in (3, 4)]  # logical dates `airflow backfill create` runs
 DRILL_AS_OF = SCHEDULED[0] + HOUR  # the hour whose encoder shard 1 fails its first try
 LATE_HOUR = SCHEDULED[2]  # the arrival hour whose partition lands after the sensor's first poke
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def as_of(run: dict) -> datetime:
@@ -95,37 +95,6 @@ class World:
 
     def elapsed(self) -> str:
         return f"{time.monotonic() - self.t0:.0f}s"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def sigterm_runs_the_finalizers():
-    """A SIGTERM (a CI timeout) becomes KeyboardInterrupt, so pytest still stops Airflow and PostgreSQL."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-
-
-@pytest.fixture(scope="module")
-def metadata_db(request):
-    """A throw-away PostgreSQL cluster's URL; None (SQLite) only when PostgreSQL cannot start here."""
-    from soe.flows.airflow_run import PostgresCluster
-
-    reason = PostgresCluster.unavailable()
-    if reason is None:
-        pg = PostgresCluster()
-        request.addfinalizer(pg.stop)
-        try:
-            pg.start()
-            log(f"PostgreSQL cluster up on 127.0.0.1:{pg.port} ({pg.root}, owner {pg.owner or 'the caller'})")
-            return pg.url
-        except (RuntimeError, OSError) as e:
-            reason = str(e)
-    log(f"FALLBACK to SQLite: PostgreSQL cannot serve here: {reason}")
-    return None
 
 
 @pytest.fixture(scope="module")
