@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -889,6 +890,41 @@ def test_airflow_pools_and_queues_match_the_orchestration_settings(tmp_path):
         == VALUES["data"]["brokerUrlSecretName"]
     )
     assert env["AIRFLOW__CORE__EXECUTOR"]["value"] == VALUES["executor"] == "CeleryExecutor"
+    # a task of a lost GPU worker is redelivered by the broker only after the chart's visibility timeout
+    visibility = VALUES["config"]["celery_broker_transport_options"]["visibility_timeout"]
+    assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]["value"]) == visibility
+
+
+def airflow_options(home: Path) -> dict[str, set[str]]:
+    """Every Airflow configuration option (core and installed providers): section -> option names."""
+    code = (
+        "import json; from airflow.configuration import conf; d = conf.configuration_description; "
+        "print(json.dumps({k: sorted(v.get('options', {})) for k, v in d.items()}))"
+    )
+    env = {"AIRFLOW_HOME": str(home), "PATH": "/usr/bin:/bin"}  # a throw-away home: no config leaks in
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return {k: set(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+def airflow_config_problems(config: dict[str, dict[str, Any]], options: dict[str, set[str]]) -> list[str]:
+    """Options of the chart's ``config`` (rendered into airflow.cfg) that Airflow does not know."""
+    return [
+        f"[{section}] {key}"
+        for section, keys in config.items()
+        for key in keys
+        if key not in options.get(section, set())
+    ]
+
+
+def test_airflow_values_config_options_exist(tmp_path):
+    options = airflow_options(tmp_path)
+    assert airflow_config_problems(VALUES["config"], options) == []
+    broken = {
+        "scheduler": {"task_instance_heartbeat_timeot": 300},
+        "celery_broker": {"visibility_timeout": 1},
+    }
+    assert len(airflow_config_problems(broken, options)) == 2
 
 
 def test_airflow_values_dags_from_the_image_and_spark_connection(tmp_path):
