@@ -36,6 +36,8 @@ from pathlib import Path
 from bench.common import StageMeter, emit, machine, parse_args
 
 STAGES = ("sequences", "reconcile", "encode", "validate", "graph", "publish", "publish_graph", "retention")
+GRAPH_DETAIL = ("recall_at_k", "mode", "full_reason", "index_s", "search_s", "n_touched", "n_researched",
+                "n_repaired", "users")  # what the graph stage reports beside its seconds
 TARGET_S = {"default": 900, "all-active": 600}
 MIN_RECALL = 0.95
 
@@ -91,7 +93,7 @@ def run_hour(world, work: Path, say=print) -> dict:
             acc["seconds"] = round(acc["seconds"] + (r.get("seconds") or 0.0), 2)
             acc["core_s"] = round(acc["core_s"] + use["core_s"], 2)
             acc["peak_rss_mb"] = max(acc["peak_rss_mb"], use["peak_rss_mb"])
-            acc.update({k: r[k] for k in ("recall_at_k", "mode", "full_reason", "active_users") if k in r})
+            acc.update({k: r[k] for k in GRAPH_DETAIL + ("active_users",) if k in r})
             say(
                 f"  {r['stage']:<14} {r.get('seconds') or 0:8.2f} s  {use['core_s']:8.1f} core-s"
                 f"  {use['peak_rss_mb']:8.0f} MB"
@@ -117,6 +119,7 @@ def run_hour(world, work: Path, say=print) -> dict:
         "graph_recall": graph.get("recall_at_k"),
         "graph_mode": graph.get("mode"),
         "graph_full_reason": graph.get("full_reason"),
+        "graph_detail": {k: graph[k] for k in GRAPH_DETAIL if k in graph},
         "stages": per_stage,
         "redis_load_s": round(load_s, 2),
         "redis_used_mb": round(redis_mb, 1),

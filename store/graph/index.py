@@ -143,7 +143,8 @@ def set_search_params(index, spec: IndexSpec) -> None:
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = spec.nprobe
         if spec.quantizer_hnsw_m:  # the centroid graph's beam must cover the lists probed
-            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(64, 2 * spec.nprobe)
+            quantizer: Any = faiss.downcast_index(ivf.quantizer)  # IndexHNSWFlat at run time
+            quantizer.hnsw.efSearch = max(64, 2 * spec.nprobe)
     elif spec.kind == "hnsw":
         _hnsw(index).efSearch = spec.ef_search
 
