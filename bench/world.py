@@ -224,10 +224,12 @@ class World:
 
 
 def settings_for(data: Path, redis=None, known_users: int = 0):
-    """The settings every setup step and the measured hour run with (embedded defaults, this data root)."""
+    """The settings every setup step and the measured hour run with: the embedded defaults, this data
+    root, and any ``SOE_*`` environment override, e.g. ``SOE_GRAPH__RESEARCH_WITH=local`` (meant for
+    the hour: the world's cache key does not include overrides)."""
     from soe.config import load_settings
 
-    s = load_settings(environ={"SOE_DATA__ROOT": str(data)})
+    s = load_settings(environ={**os.environ, "SOE_DATA__ROOT": str(data)})  # SOE_* overrides apply
     if redis is not None:
         s.redis = redis.redis_settings(buckets=max(64, known_users // 64))
     s.graph.publish_redis = True

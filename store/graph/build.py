@@ -32,7 +32,7 @@ from core.contracts import NEIGHBOURS
 from core.embeddings import snapshot_times
 from core.forget import DIGEST_KEY, ForgetList
 from core.layout import HOUR, Layout, stamp, utc
-from store.graph.incremental import carry_over, repair_untouched, rescore, update_index
+from store.graph.incremental import carry_over, local_neighbours, repair_untouched, rescore, update_index
 from store.graph.index import (
     IndexSpec,
     build_index,
@@ -132,9 +132,12 @@ def build_incremental(
     dropped = np.zeros(0, np.int64)
     if cfg.research_dropped:  # rows a moved neighbour fell out of: search them again
         dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids, nxt), touched)
-        nbr[dropped], scores[dropped], nxt[dropped] = search_neighbours(
-            search_index, uv, dropped, cfg.k, cfg.search_batch, with_next=True
-        )
+        if cfg.research_with == "local":  # their 2-hop neighbourhood, ~k² dot products per row
+            nbr[dropped], scores[dropped], nxt[dropped] = local_neighbours(uv, nbr, dropped, cfg.k)
+        else:  # the index, as a full build would
+            nbr[dropped], scores[dropped], nxt[dropped] = search_neighbours(
+                search_index, uv, dropped, cfg.k, cfg.search_batch, with_next=True
+            )
     holes = np.setdiff1d(uv.positions(holed), np.union1d(touched, dropped))  # lost a forgotten neighbour
     if len(holes):
         nbr[holes], scores[holes], nxt[holes] = search_neighbours(

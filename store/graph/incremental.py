@@ -145,3 +145,44 @@ def repair_untouched(
     nbr[all_rows[top], rank[top]] = all_ids[top]
     scores[all_rows[top], rank[top]] = all_scores[top]
     return len(rows)
+
+
+def local_neighbours(
+    uv: UserVectors, nbr: np.ndarray, rows: np.ndarray, k: int, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbours of the users at ``rows``, ranked exactly among their 2-hop neighbourhood in ``nbr``.
+
+    The candidates of a row are its current neighbours and their neighbours (k + k² ids; NN-descent's
+    "local join"), so the cost per row is ~k² dot products whatever N is, where an index search costs
+    nprobe x N / nlist. The cheap re-search of the rows a moved neighbour left (``graph.research_with:
+    local``); it can miss a better user outside the 2-hop neighbourhood, which the build's measured
+    recall (and ``graph.min_recall``'s full rebuild) guards. Returns (ids (n, k), scores (n, k),
+    (k+1)-th score (n,)) like `store.graph.knn.search_neighbours` with ``with_next``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out_ids = np.full((len(rows), k), PAD, dtype=np.int64)
+    out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    out_next = np.full(len(rows), -np.inf, dtype=np.float32)
+    for lo in range(0, len(rows), chunk):
+        r = rows[lo : lo + chunk]
+        first = nbr[r]  # (b, k)
+        second = nbr[np.maximum(uv.positions(first), 0)]  # (b, k, k)
+        second = np.where((first != PAD)[:, :, None], second, PAD)
+        cand = np.concatenate([first, second.reshape(len(r), -1)], axis=1)  # (b, m)
+        cand = np.where(cand == uv.ids[r][:, None], PAD, cand)  # never the user itself
+        cand.sort(axis=1)
+        cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = PAD  # each candidate once
+        pos = uv.positions(cand)  # (b, m), -1 for PAD
+        sims = np.matmul(uv.vectors[np.maximum(pos, 0)], uv.vectors[r][:, :, None])[:, :, 0]  # (b, m)
+        sims[pos < 0] = -np.inf
+        kk = min(k + 1, sims.shape[1])
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]  # (b, kk) unordered
+        top_s = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_s, axis=1, kind="stable")
+        top, top_s = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_s, order, axis=1)
+        ids = np.where(np.isfinite(top_s), np.take_along_axis(cand, top, axis=1), PAD)
+        n = min(k, kk)
+        out_ids[lo : lo + len(r), :n], out_scores[lo : lo + len(r), :n] = ids[:, :n], top_s[:, :n]
+        if kk > k:
+            out_next[lo : lo + len(r)] = top_s[:, k]
+    return out_ids, out_scores, out_next

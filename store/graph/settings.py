@@ -34,6 +34,7 @@ class GraphSettings(Section):
     incremental: bool = True  # hourly builds update the previous graph when one exists
     full_rebuild_every_hours: int = 24  # ... and rebuild from scratch when the last full build is this old
     research_dropped: bool = True  # incremental: search again the lists a moved user left (incremental.py)
+    research_with: Literal["index", "local"] = "index"  # ... through the index, or their 2-hop neighbourhood
     max_incremental_fraction: float = 0.3  # more touched users than this share -> full rebuild is cheaper
     publish_redis: bool = True  # write neighbour lists to Redis (off for offline builds / benchmarks)
     # -- lookalike / candidates -------------------------------------------------------------
