@@ -51,6 +51,8 @@ bench() {
 }
 
 bench graph-1m bench.graph --users 1000000
+# the trained encoder's vectors (bench.world builds and caches them first), IVF-Flat and IVF-SQ8 on the GPU
+bench graph-encoder-1m bench.graph --users 1000000 --vectors encoder --indexes ivf,ivf_sq8
 # bench.inference measures the CPU engine (its figures in BENCHMARKS.md); kept for the same-machine ratio
 bench inference-cpu bench.inference --users 10000
 
