@@ -301,28 +301,38 @@ def write_state(layout, as_of: datetime, parts: Iterator[pa.Table]) -> int:
 
 
 def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = print) -> World:
-    """The cached world of ``shape`` (built on the first call; later calls only read world.json)."""
-    from store import local_server
-
+    """The cached world of ``shape``, built on the first call. Each step is kept once done (the state,
+    the backfill's manifest, the saved store), so an interrupted setup resumes where it stopped."""
     cache = Path(cache).resolve()  # redis-server resolves its paths after changing into its dir
     cache.mkdir(parents=True, exist_ok=True)
     models_dir, model = trained_model(shape, cache, say)
     root = cache / f"world-{replace(shape, active_users=0).key(model)}"  # one base for every active share
     done = root / "world.json"
-    if done.exists():
-        world = World(shape, root, model, json.loads(done.read_text()))
-        world.ensure_hour(say)
-        return world
-    if root.exists():
-        shutil.rmtree(root)
-    info: dict = {"shape": asdict(shape), "model": model}
-    t0 = time.perf_counter()
-    s = settings_for(root / "data")
-    layout, max_len = s.layout(), s.sequences.max_len
-    shutil.copytree(models_dir, layout.models)
-    planted: list[pa.Table] = []
+    if not done.exists():
+        info: dict = {"shape": asdict(shape), "model": model}
+        s = settings_for(root / "data")
+        if not (is_complete(s.layout().state(T0)) and (s.layout().ground_truth / "users.parquet").exists()):
+            if root.exists():
+                shutil.rmtree(root)
+            t0 = time.perf_counter()
+            shutil.copytree(models_dir, s.layout().models)
+            write_histories(shape, s.layout(), s.sequences.max_len, root / "staging-active", say)
+            info["generate_s"] = round(time.perf_counter() - t0, 1)
+            say(f"world of {shape.known_users:,} known users: state written in {info['generate_s']} s")
+        info["state_users"] = int(read_marker(s.layout().state(T0))["state_users"])
+        info.update(previous_generation(root, model, shape.known_users, say))
+        write_json_atomic(done, info)
+    world = World(shape, root, model, json.loads(done.read_text()))
+    world.ensure_hour(say)
+    return world
 
-    staged = root / "staging-active"  # the last hour's active users, as the hourly run at T0 left them
+
+def write_histories(
+    shape: WorldShape, layout, max_len: int, staged: Path, say: Callable[[str], None]
+) -> None:
+    """Every known user's history as the state at T0, the users active in the hour before T0 as the
+    active snapshot at T0 (what the hourly run at T0 left), and the planted truth."""
+    planted: list[pa.Table] = []
     staged.mkdir(parents=True)
 
     def state_parts() -> Iterator[pa.Table]:
@@ -336,7 +346,7 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
             say(f"  slice {i}: {seqs.num_rows:,} histories")
             yield seqs
 
-    info["state_users"] = write_state(layout, T0, state_parts())
+    write_state(layout, T0, state_parts())
     shards = sorted(staged.glob("shard=*.parquet"))
     recent_users = sum(pq.ParquetFile(f).metadata.num_rows for f in shards)
     with publish_dir(layout.active(T0), {"num_shards": len(shards), "active_users": recent_users}) as tmp:
@@ -345,32 +355,44 @@ def prepare_world(shape: WorldShape, cache: Path, say: Callable[[str], None] = p
     staged.rmdir()
     layout.ground_truth.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.concat_tables(planted), layout.ground_truth / "users.parquet")
-    info["generate_s"] = round(time.perf_counter() - t0, 1)
-    say(f"world of {shape.known_users:,} known users: state written in {info['generate_s']} s; backfill next")
 
+
+def previous_generation(root: Path, model: str, known_users: int, say: Callable[[str], None]) -> dict:
+    """The production backfill of every known user (vectors, validation, full graph, store, current
+    pointer), and the store saved as an RDB under ``root/redis``. When the backfill's manifest exists
+    already (a setup interrupted after it), only the store is published again from its outputs."""
+    from soe.flows import backfill, hourly, stages
+    from store import local_server
+
+    info: dict = {}
     server = local_server.start_single(root / "redis-run", timeout=600)
     try:
-        s = settings_for(root / "data", server, shape.known_users)
-        from soe.flows.backfill import run_backfill
-
-        t0 = time.perf_counter()
-        out = run_backfill(s, model)
-        info["backfill_s"] = round(time.perf_counter() - t0, 1)
-        info["backfill"] = {k: v for k, v in out.items() if isinstance(v, (int, float, str))}
-        client = server.client()
+        s = settings_for(root / "data", server, known_users)
+        manifest = s.layout().manifest(backfill.DAG_ID, T0)
+        if manifest.exists():
+            say("backfill done before: publishing its vectors and graph to a fresh store")
+            n = json.loads(manifest.read_text())["stages"]["encode"]["shards"]
+            for shard in range(n):
+                hourly.publish(s, model, T0, shard)
+            backfill.publish_graph(s, model, T0)
+            stages.switch_current(s, model)
+        else:
+            say("backfill: every known user encoded, validated, graph built, published")
+            backfill.run_backfill(s, model)
+        stages_run = json.loads(manifest.read_text())["stages"]
+        info["backfill_s"] = round(sum(v.get("seconds") or 0.0 for v in stages_run.values()), 1)
+        info["backfill_stages_s"] = {k: v.get("seconds") for k, v in stages_run.items()}
+        client = server.client(socket_timeout=None)  # SAVE of millions of keys takes minutes
         client.save()
         info["redis_used_mb"] = round(client.info("memory")["used_memory"] / 2**20, 1)
         node = next((root / "redis-run").glob("node-*"))
-        (root / "redis").mkdir()
+        (root / "redis").mkdir(exist_ok=True)
         os.replace(node / "dump.rdb", root / "redis" / "dump.rdb")
     finally:
         local_server.stop(root / "redis-run")
         shutil.rmtree(root / "redis-run", ignore_errors=True)
-    say(f"world {shape.label}: backfill (previous generation + graph + store) in {info['backfill_s']} s")
-    write_json_atomic(done, info)
-    world = World(shape, root, model, info)
-    world.ensure_hour(say)
-    return world
+    say(f"previous generation of {known_users:,} users ready (backfill stages {info['backfill_s']} s)")
+    return info
 
 
 def planted_clusters(world_data: Path) -> tuple[np.ndarray, np.ndarray]:
