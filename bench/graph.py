@@ -149,10 +149,14 @@ def index_row(s, layout, as_of, index: str, cluster_of_sorted) -> dict:
     """One full build with ``index`` on the snapshot under ``layout``: time, recall, purity."""
     from store.graph.build import build_graph
     from store.graph.snapshot import latest_snapshot
+    from store.graph.tune import RecallUnreachable
 
     graph = s.graph.model_copy(update={"index": index})
-    c0 = time.process_time()
-    m = build_graph(graph, s.redis, layout, "bench", as_of, incremental=False)
+    c0, t0 = time.process_time(), time.perf_counter()
+    try:
+        m = build_graph(graph, s.redis, layout, "bench", as_of, incremental=False)
+    except RecallUnreachable as exc:  # calibration's early verdict is a result too
+        return {"index": index, "verdict": str(exc), "seconds_to_verdict": round(time.perf_counter() - t0, 1)}
     cpu = time.process_time() - c0
     snap = latest_snapshot(layout, "bench")
     nbr, _ = snap.neighbours()
