@@ -493,13 +493,15 @@ class AirflowDeployment(AirflowHome):
         import psutil
 
         pids = self.worker_tree(name)
+        group_of: dict[int, int] = {}
+        for pid in pids:
+            try:
+                group_of[pid] = os.getpgid(pid)
+            except ProcessLookupError:
+                pass
         groups = [self.workers[name].pid]  # its own session and group (start_new_session)
         if with_tasks:
-            for pid in pids:
-                try:
-                    groups.append(os.getpgid(pid))
-                except ProcessLookupError:
-                    pass
+            groups += list(group_of.values())
         groups = sorted(set(groups), key=groups.index)
         for group in groups:
             try:
@@ -507,15 +509,26 @@ class AirflowDeployment(AirflowHome):
             except ProcessLookupError:
                 pass
         self.workers[name].wait(timeout=30)
-        survivors = []
+        procs = []
         for pid in pids:
             try:
-                proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    survivors.append(pid)
-                    self.orphans.append(proc)
+                procs.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
+
+        def alive(proc) -> bool:
+            try:
+                return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        # SIGKILL is asynchronous: the killed groups' processes may take a moment to be gone (a zombie
+        # nobody reaps yet counts as gone); only processes outside the killed groups survive
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in procs if group_of.get(p.pid) in groups) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        survivors = [p.pid for p in procs if alive(p)]
+        self.orphans += [p for p in procs if p.pid in survivors]
         return {"pids": pids, "process_groups": groups, "survivors": survivors}
 
     def stop(self, timeout: float = 30) -> None:
