@@ -16,7 +16,9 @@ class SparkSettings(Section):
         "local"  # local: in-process PySpark; spark-submit: SparkSubmitOperator
     )
     app_name: str = "soe"  # Spark application name
-    driver_memory: str = "4g"  # only used when the driver JVM is started by us (local launcher)
+    # local launcher only (the driver JVM we start, which also runs the tasks): "auto" = half the host's
+    # memory, 2g-32g (1M active users of 1M known needed more than 4g); or a JVM size like "4g"
+    driver_memory: str = "auto"
     shuffle_partitions: int = 8  # spark.sql.shuffle.partitions; raise it on a cluster
     arrow_batch_rows: int = 100_000  # rows per Arrow batch handed to the validator in the executors
     conf: dict[str, str] = {}  # any extra spark.* settings, passed through verbatim

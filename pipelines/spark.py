@@ -74,9 +74,19 @@ def spark_conf(spark: SparkSettings, submitted: Collection[str] = ()) -> dict[st
             conf[key] = str(getattr(spark, field))
     if spark.launcher == "local":
         conf.update(LOCAL_CONF)
-        conf["spark.driver.memory"] = spark.driver_memory
+        conf["spark.driver.memory"] = local_driver_memory(spark.driver_memory)
     conf.update(spark.conf)
     return conf
+
+
+def local_driver_memory(setting: str, host_bytes: int | None = None) -> str:
+    """The local driver JVM's heap: ``setting`` as given, or for "auto" half the host's physical memory,
+    clamped to 2g-32g (the local driver runs every task, so its heap is the job's memory)."""
+    if setting != "auto":
+        return setting
+    if host_bytes is None:
+        host_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(2048, min(32 * 1024, host_bytes // 2 // 2**20))}m"
 
 
 def spark_session(spark: SparkSettings) -> SparkSession:

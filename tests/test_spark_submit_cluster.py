@@ -313,7 +313,7 @@ def test_the_log_was_messy_enough(embedded):
 def test_which_settings_win_under_spark_submit():
     """No Spark needed: the precedence the cluster run relies on, case by case."""
     from pipelines.settings import SparkSettings
-    from pipelines.spark import BASE_CONF, spark_conf
+    from pipelines.spark import BASE_CONF, local_driver_memory, spark_conf
 
     shuffle = "spark.sql.shuffle.partitions"
     submit = SparkSettings(launcher="spark-submit")  # master stays the default local[*]
@@ -327,5 +327,8 @@ def test_which_settings_win_under_spark_submit():
     assert (
         local["spark.ui.enabled"] == "false"
         and local[shuffle] == "8"
-        and local["spark.driver.memory"] == "4g"
+        and local["spark.driver.memory"] == local_driver_memory("auto")
     )
+    assert spark_conf(SparkSettings(driver_memory="4g"))["spark.driver.memory"] == "4g"
+    gib = 2**30  # "auto": half the host's memory, 2g-32g
+    assert [local_driver_memory("auto", n * gib) for n in (2, 24, 256)] == ["2048m", "12288m", "32768m"]
