@@ -57,7 +57,7 @@ def emit(result: dict[str, Any]) -> None:
 class StageMeter:
     """Peak RSS and core-seconds of this process and its children (Spark's JVM included), per stage.
 
-    A thread samples the resident memory of the process tree every ``interval`` seconds; `mark(stage)`
+    A thread samples the resident memory of the process tree every ``interval`` seconds; `mark()`
     closes the current stage: the peak RSS seen since the previous mark and the CPU seconds (user +
     system, all cores) spent since then. ``exclude`` holds pids measured apart (a redis-server the
     benchmark started is not part of any stage's footprint).
@@ -85,28 +85,27 @@ class StageMeter:
             pass
         return procs
 
-    def _rss(self) -> int:
-        import psutil
-
-        total = 0
-        for p in self._tree():
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:  # exited meanwhile
-                pass
-        return total
-
-    def _cpu_s(self) -> float:
+    def _tree_sum(self, measure) -> float:
+        """``measure(process)`` summed over the tree; a process that exited meanwhile counts 0."""
         import psutil
 
         total = 0.0
         for p in self._tree():
             try:
-                t = p.cpu_times()
-                total += t.user + t.system + (t.children_user + t.children_system if p is self._me else 0)
+                total += measure(p)
             except psutil.Error:
                 pass
         return total
+
+    def _rss(self) -> float:
+        return self._tree_sum(lambda p: p.memory_info().rss)
+
+    def _cpu_s(self) -> float:
+        def cpu(p) -> float:
+            t = p.cpu_times()
+            return t.user + t.system + (t.children_user + t.children_system if p is self._me else 0.0)
+
+        return self._tree_sum(cpu)
 
     def _sample(self) -> None:
         while not self._stop.wait(self._interval):

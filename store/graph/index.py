@@ -67,6 +67,10 @@ class IndexSpec:
         return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k in keep[self.kind]}}
 
 
+IVF_KINDS = ("ivf", "ivf_sq8", "ivf_pq")
+IVF_CODES = {"ivf": "Flat", "ivf_sq8": "SQ8", "ivf_pq": None}  # ivf_pq: PQ<pq_m>x4fs
+
+
 def choose_spec(n_users: int, cfg: GraphSettings, dim: int = 64, device: str = "cpu") -> IndexSpec:
     """The index for ``n_users`` under the config (``auto``: flat when small, IVF-Flat, then IVF-SQ8
     with exact re-ranking when large); ``device``: where it will be searched (a GPU quantiser is exact)."""
@@ -91,10 +95,6 @@ def choose_spec(n_users: int, cfg: GraphSettings, dim: int = 64, device: str = "
             "hnsw", hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search
         )
     return IndexSpec("flat")
-
-
-IVF_KINDS = ("ivf", "ivf_sq8", "ivf_pq")
-IVF_CODES = {"ivf": "Flat", "ivf_sq8": "SQ8", "ivf_pq": None}  # ivf_pq: PQ<pq_m>x4fs
 
 
 def empty_index(spec: IndexSpec, dim: int):
