@@ -17,12 +17,14 @@ Scores are cosines / temperature. Two losses, chosen by catalogue size (`choose_
 * ``sampled_softmax``: softmax over the *unique* target items of the step (in-batch negatives),
   with the logQ correction ``logit - log q(item)`` where ``q`` is the item's frequency among
   training positives, so popular items are not over-penalised for appearing as negatives more
-  often (Yi et al. 2019). Its cost does not depend on the catalogue: the loss of 10^8-item
-  catalogues.
+  often (Yi et al. 2019), plus ``train.negatives`` items drawn uniformly from the catalogue and
+  shared by the step (mixed negative sampling; the correction then uses each candidate's expected
+  count). Its cost does not depend on the catalogue: the loss of 10^8-item catalogues.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import get_args
 
 import numpy as np
@@ -70,26 +72,53 @@ def future_window_targets(
     return torch.where(n > 0, j, -1)
 
 
+@dataclass
+class Negatives:
+    """K catalogue items drawn uniformly for one step, shared by every row of the sampled softmax."""
+
+    vectors: torch.Tensor  # (K, D) L2-normalised item vectors
+    ids: torch.Tensor  # (K,) raw item ids
+    log_q: torch.Tensor  # (K,) log popularity (`LogQ`), for the mixed correction
+    catalogue_size: int  # I, the number of items they were drawn from
+
+
 def sampled_softmax(
     user: torch.Tensor,
     item: torch.Tensor,
     item_ids: torch.Tensor,
     log_q: torch.Tensor | None,
     temperature: float,
+    negatives: Negatives | None = None,
 ) -> torch.Tensor:
-    """In-batch sampled softmax. user, item (N, D) L2-normalised; item_ids (N,) raw; log_q (N,) or None.
+    """Sampled softmax over in-batch (+ uniform) negatives. user, item (N, D) L2-normalised; item_ids
+    (N,) raw; log_q (N,) log popularity of each target or None (no correction).
 
-    Negatives are the unique target items of the batch (a row's own item appears once, so no
-    false negatives from duplicates).
+    Candidates are the unique target items of the batch (a row's own item appears once, so no false
+    negatives from duplicates) and, with ``negatives``, K items drawn uniformly from the catalogue and
+    shared by every row (mixed negative sampling, Yang et al. 2020); a uniform draw equal to a row's
+    own target is masked for that row. The correction subtracts the log of each candidate's expected
+    count in the candidate set, ``log(N q(j) + K / I)``: with no uniform negatives that is logQ
+    (``log q(j)`` up to a constant), with only uniform ones a constant.
     """
     uniq, inverse = torch.unique(item_ids, return_inverse=True)  # (M,), (N,)
     first = torch.full((len(uniq),), len(item_ids), device=item_ids.device).scatter_reduce(
         0, inverse, torch.arange(len(item_ids), device=item_ids.device), reduce="amin"
     )  # (M,) a row holding each unique item
-    logits = user @ item[first].T / temperature  # (N, M)
-    if log_q is not None:
-        logits = logits - log_q[first][None, :]
-    return F.cross_entropy(logits.float(), inverse)
+    cand = item[first]  # (M, D)
+    cand_log_q = log_q[first] if log_q is not None else None  # (M,)
+    if negatives is not None:
+        cand = torch.cat([cand, negatives.vectors])  # (M + K, D)
+        if cand_log_q is not None:
+            cand_log_q = torch.cat([cand_log_q, negatives.log_q])  # (M + K,)
+    logits = (user @ cand.T / temperature).float()  # (N, M [+ K])
+    if cand_log_q is not None:
+        uniform = len(negatives.ids) / negatives.catalogue_size if negatives is not None else 0.0
+        logits = logits - torch.log(len(item_ids) * cand_log_q.exp() + uniform)[None, :]
+    if negatives is not None:  # a uniform draw of the row's own target is not a negative
+        own = negatives.ids[None, :] == item_ids[:, None]  # (N, K)
+        in_batch = torch.zeros(len(item_ids), len(uniq), dtype=torch.bool, device=own.device)  # (N, M)
+        logits = logits.masked_fill(torch.cat([in_batch, own], dim=1), float("-inf"))
+    return F.cross_entropy(logits, inverse)
 
 
 def full_softmax(

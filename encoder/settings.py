@@ -51,6 +51,7 @@ class TrainSettings(Section):
     targets_per_batch: int = 4096  # positions sampled per objective and step (bounds the (N, M) logits)
     loss: Loss = "auto"  # "full_softmax" (CE over every item), "sampled_softmax" (in-batch + logQ), "auto"
     full_softmax_max_items: int = 65_536  # auto: full softmax up to this many catalogue items, sampled above
+    negatives: int = 0  # sampled softmax: items drawn uniformly per step, beside the in-batch ones (0: none)
     logq: bool = True  # sampled softmax: subtract log(sampling probability) of in-batch negatives
     positive_event_types: list[str] | None = None  # None: events.positive_event_types
     min_positives: int = 3  # leave-last-out: users with fewer positives only train

@@ -67,6 +67,7 @@ from encoder.features import featurize, hash_items
 from encoder.model import UserEncoder
 from encoder.objectives import (
     LogQ,
+    Negatives,
     choose_loss,
     full_softmax,
     future_window_targets,
@@ -118,7 +119,8 @@ class LossInputs:
     positive_idx: torch.Tensor  # (P,) action indexes that count as positives
     logq: LogQ | None  # sampled softmax: popularity correction
     catalogue: Catalogue  # full softmax: the items scored
-    catalogue_idx: torch.Tensor | None  # full softmax: (I, A, H) catalogue buckets, on the device
+    catalogue_idx: torch.Tensor | None  # full softmax / uniform negatives: (I, A, H) catalogue buckets
+    negatives: int = 0  # sampled softmax: uniform catalogue negatives per step (`train.negatives`)
 
 
 def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue, positive_types, device):
@@ -127,8 +129,21 @@ def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue
         [cfg.actions.index(p) + 1 for p in positive_types if p in cfg.actions], device=device
     )
     logq = LogQ(*positive_counts(train, positive_types)) if ts.logq and kind == "sampled_softmax" else None
-    idx = hash_items(catalogue.ids, cfg, catalogue.attributes).to(device) if kind == "full_softmax" else None
-    return LossInputs(kind, positive_idx, logq, catalogue, idx)
+    negatives = ts.negatives if kind == "sampled_softmax" else 0
+    every = kind == "full_softmax" or negatives > 0
+    idx = hash_items(catalogue.ids, cfg, catalogue.attributes).to(device) if every else None
+    return LossInputs(kind, positive_idx, logq, catalogue, idx, negatives)
+
+
+def draw_negatives(model, inputs: LossInputs, rng: np.random.Generator, device) -> Negatives | None:
+    """``inputs.negatives`` catalogue items drawn uniformly (with replacement) for one step, or None."""
+    if not inputs.negatives or not len(inputs.catalogue):
+        return None
+    rows = torch.from_numpy(rng.integers(0, len(inputs.catalogue), inputs.negatives)).to(device)  # (K,)
+    ids = torch.from_numpy(inputs.catalogue.ids).to(device)[rows]  # (K,) raw ids
+    log_q = inputs.logq(ids) if inputs.logq is not None else torch.zeros(len(rows), device=device)
+    vectors = model.item_vectors(inputs.catalogue_idx[rows]).float()  # (K, D)
+    return Negatives(vectors, ids, log_q, len(inputs.catalogue))
 
 
 def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, device) -> torch.Tensor:
@@ -174,11 +189,14 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
         ):
             loss = loss + weight * ce
         return loss
+    negatives = draw_negatives(model, inputs, rng, device)  # shared by every objective of the step
     for weight, b, t, j in picked:
         items = batch.item_id[b, j]  # (N,) raw ids
         vec = model.item_vectors(batch.attrs[b, j])  # (N, D)
         log_q = inputs.logq(items) if inputs.logq is not None else None
-        loss = loss + weight * sampled_softmax(user[b, t].float(), vec.float(), items, log_q, ts.temperature)
+        loss = loss + weight * sampled_softmax(
+            user[b, t].float(), vec.float(), items, log_q, ts.temperature, negatives
+        )
     return loss
 
 

@@ -13,7 +13,13 @@ from core.contracts import EVENT, TS, conform
 from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out, read_sasrec
 from encoder.features import featurize, hash_ids, hash_items, time_buckets
 from encoder.model import ModelConfig, UserEncoder
-from encoder.objectives import LogQ, future_window_targets, next_positive_targets, sampled_softmax
+from encoder.objectives import (
+    LogQ,
+    Negatives,
+    future_window_targets,
+    next_positive_targets,
+    sampled_softmax,
+)
 
 torch.set_num_threads(1)  # shared test machine
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=4, item_buckets=2**12, attr_buckets=2**8)
@@ -164,3 +170,26 @@ def test_sampled_softmax_and_logq():
     flat = sampled_softmax(u, v, ids, q, 1.0)
     assert torch.allclose(flat, torch.log(torch.tensor(4.0)), atol=1e-5)
     assert sampled_softmax(u, v, ids, None, 1.0) > flat  # uncorrected: rare targets are penalised
+
+
+def test_sampled_softmax_with_uniform_negatives_equals_a_hand_computed_mixed_softmax():
+    torch.manual_seed(1)
+    norm = torch.nn.functional.normalize
+    user, item = norm(torch.randn(4, 8), dim=-1), norm(torch.randn(4, 8), dim=-1)
+    ids = torch.tensor([3, 4, 5, 4])
+    item[3] = item[1]
+    log_q = torch.tensor([-1.0, -2.0, -3.0, -2.0])
+    neg = Negatives(
+        norm(torch.randn(3, 8), dim=-1), torch.tensor([9, 5, 8]), torch.tensor([-4.0, -3.0, -5.0]), 10
+    )
+    got = sampled_softmax(user, item, ids, log_q, 0.1, neg)
+    cand = torch.cat([item[[0, 1, 2]], neg.vectors])  # in-batch items 3, 4, 5, then the draws 9, 5, 8
+    count = 4 * torch.cat([log_q[[0, 1, 2]], neg.log_q]).exp() + 3 / 10  # expected count in the candidates
+    logits = user @ cand.T / 0.1 - count.log()
+    logits[2, 4] = float("-inf")  # row 2's target is item 5: its uniform draw is not a negative
+    want = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 1]))
+    assert torch.allclose(got, want, atol=1e-5)
+    # without draws the mixed correction is plain logQ (a constant log N apart, which softmax ignores)
+    assert torch.allclose(
+        sampled_softmax(user, item, ids, log_q, 0.1), sampled_softmax(user, item, ids, log_q - 5, 0.1)
+    )

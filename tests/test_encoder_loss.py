@@ -16,7 +16,7 @@ from encoder.model import UserEncoder
 from encoder.objectives import choose_loss, full_softmax
 from encoder.optim import EncoderOptimizer, lr_factor
 from encoder.settings import TrainSettings
-from encoder.train import _batch_loss, fit, loss_inputs
+from encoder.train import _batch_loss, draw_negatives, fit, loss_inputs
 
 torch.set_num_threads(1)  # shared test machine
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=20, item_buckets=2**10, attr_buckets=2**8)
@@ -65,6 +65,15 @@ def test_loss_inputs_follow_the_catalogue_size(data):
     assert small.catalogue_idx.shape == (len(cat), len(CFG.features), CFG.n_hashes)
     big = loss_inputs(CFG, TrainSettings(full_softmax_max_items=len(cat) - 1), train, cat, POS, "cpu")
     assert big.kind == "sampled_softmax" and big.logq is not None and big.catalogue_idx is None
+    # uniform negatives are drawn from the catalogue, so the sampled loss then hashes it once too
+    mixed = TrainSettings(full_softmax_max_items=len(cat) - 1, negatives=8)
+    drawn = loss_inputs(CFG, mixed, train, cat, POS, "cpu")
+    assert drawn.negatives == 8 and drawn.catalogue_idx.shape[0] == len(cat)
+    negatives = draw_negatives(UserEncoder(CFG), drawn, np.random.default_rng(0), "cpu")
+    assert negatives.vectors.shape == (8, CFG.d_model) and set(negatives.ids.tolist()) <= set(
+        cat.ids.tolist()
+    )
+    assert loss_inputs(CFG, TrainSettings(negatives=8), train, cat, POS, "cpu").negatives == 0  # full: none
 
 
 def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data):
@@ -120,11 +129,20 @@ def test_sparse_tables_update_only_touched_rows_and_clipping_covers_both_kinds()
     assert {g["lr"] for g in opt.param_groups} == {1e-2 * 0.5}
 
 
-@pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])
-def test_both_losses_learn(data, loss):
+@pytest.mark.parametrize(
+    "loss, negatives", [("full_softmax", 0), ("sampled_softmax", 0), ("sampled_softmax", 32)]
+)
+def test_both_losses_learn(data, loss, negatives):
     split, cat = data
     ts = TrainSettings(
-        epochs=4, batch_size=16, lr=3e-3, loss=loss, positive_event_types=POS, eval_users=200, patience=9
+        epochs=4,
+        batch_size=16,
+        lr=3e-3,
+        loss=loss,
+        negatives=negatives,
+        positive_event_types=POS,
+        eval_users=200,
+        patience=9,
     )
     result = fit(CFG, ts, split, cat, POS, show_progress=False)
     assert len(result.history) == 4
