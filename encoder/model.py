@@ -206,9 +206,11 @@ class UserEncoder(nn.Module):
             {"params": list(sparse.values()), "names": list(sparse), "weight_decay": 0.0, "sparse": True},
         ]
 
-    def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.98)) -> EncoderOptimizer:
-        """AdamW over the dense groups, SparseAdam over the hashed tables (`encoder.optim`)."""
-        return EncoderOptimizer(self.param_groups(weight_decay), lr, betas)
+    def configure_optimizer(
+        self, lr: float, weight_decay: float, betas=(0.9, 0.98), table_lr_scale: float = 1.0
+    ) -> EncoderOptimizer:
+        """AdamW over the dense groups, SparseAdam over the hashed tables at ``lr * table_lr_scale``."""
+        return EncoderOptimizer(self.param_groups(weight_decay), lr, betas, table_lr_scale)
 
     # -- embeddings -----------------------------------------------------------------------------
     def _used_tables(self) -> list[nn.Embedding]:

@@ -37,14 +37,15 @@ def _adamw(groups: list[dict], lr: float, betas) -> torch.optim.AdamW:
 class EncoderOptimizer:
     """AdamW (dense groups) + SparseAdam (the ``sparse`` group), stepped, zeroed and saved together."""
 
-    def __init__(self, groups: list[dict], lr: float, betas=(0.9, 0.98)):
+    def __init__(self, groups: list[dict], lr: float, betas=(0.9, 0.98), table_lr_scale: float = 1.0):
         dense = [g for g in groups if not g.get("sparse") and g["params"]]
         sparse = [g for g in groups if g.get("sparse") and g["params"]]
         strip = ("names", "sparse")
         self.base_lr = lr
+        self.table_lr = lr * table_lr_scale  # the hashed tables' peak rate (`train.table_lr_scale`)
         self.dense = _adamw([{k: v for k, v in g.items() if k not in strip} for g in dense], lr, betas)
         self.sparse = (
-            torch.optim.SparseAdam([p for g in sparse for p in g["params"]], lr=lr, betas=betas)
+            torch.optim.SparseAdam([p for g in sparse for p in g["params"]], lr=self.table_lr, betas=betas)
             if sparse
             else None
         )
@@ -61,8 +62,10 @@ class EncoderOptimizer:
         return [p for g in self.param_groups for p in g["params"]]
 
     def set_lr(self, factor: float) -> None:
-        for g in self.param_groups:
+        for g in self.dense.param_groups:
             g["lr"] = self.base_lr * factor
+        for g in self.sparse.param_groups if self.sparse is not None else ():
+            g["lr"] = self.table_lr * factor
 
     def zero_grad(self) -> None:
         for o in self.optimizers:

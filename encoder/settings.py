@@ -41,6 +41,9 @@ class TrainSettings(Section):
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # users per step
     lr: float = 1e-3  # AdamW peak learning rate
+    table_lr_scale: float = (
+        1.0  # the hashed tables' rate = lr x this (lazy Adam: a rare id's row moves rarely)
+    )
     weight_decay: float = 0.01  # AdamW decoupled weight decay (Linear weights only: UserEncoder.param_groups)
     warmup_frac: float = 0.05  # share of all steps spent in linear warmup, then cosine decay to 0
     temperature: float = 0.1  # softmax temperature on cosine scores (Sports sweep: 0.1 best of 0.02-0.5)

@@ -248,7 +248,7 @@ def fit(
     device = select_device(ts.device, strict=ts.strict_device, purpose="train").device
     torch.manual_seed(_seed(ts.seed, 0))
     model = UserEncoder(cfg).to(device)
-    opt = model.configure_optimizer(ts.lr, ts.weight_decay)  # AdamW + SparseAdam (encoder.optim)
+    opt = model.configure_optimizer(ts.lr, ts.weight_decay, table_lr_scale=ts.table_lr_scale)  # encoder.optim
     train = chunk_rows(split.train, cfg.max_len)  # long histories become several training rows
     lengths = pc.list_value_length(train["item_id"]).to_numpy()
     steps_per_epoch = max(math.ceil(train.num_rows / ts.batch_size), 1)

@@ -127,6 +127,11 @@ def test_sparse_tables_update_only_touched_rows_and_clipping_covers_both_kinds()
     assert again.state_dict()["sparse"]["state"].keys() == opt.state_dict()["sparse"]["state"].keys()
     opt.set_lr(lr_factor(0, 10, 2))
     assert {g["lr"] for g in opt.param_groups} == {1e-2 * 0.5}
+    # the hashed tables may run at a multiple of the dense rate, through warmup and decay alike
+    scaled = model.configure_optimizer(1e-2, 0.0, table_lr_scale=4.0)
+    scaled.set_lr(0.5)
+    assert {g["lr"] for g in scaled.dense.param_groups} == {1e-2 * 0.5}
+    assert {g["lr"] for g in scaled.sparse.param_groups} == {4e-2 * 0.5}
 
 
 @pytest.mark.parametrize(
