@@ -119,7 +119,7 @@ class LossInputs:
     positive_idx: torch.Tensor  # (P,) action indexes that count as positives
     logq: LogQ | None  # sampled softmax: popularity correction
     catalogue: Catalogue  # full softmax: the items scored
-    catalogue_idx: torch.Tensor | None  # full softmax / uniform negatives: (I, A, H) catalogue buckets
+    catalogue_idx: torch.Tensor | None  # full softmax: (I, A, H) catalogue buckets, on the device
     negatives: int = 0  # sampled softmax: uniform catalogue negatives per step (`train.negatives`)
 
 
@@ -130,20 +130,22 @@ def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue
     )
     logq = LogQ(*positive_counts(train, positive_types)) if ts.logq and kind == "sampled_softmax" else None
     negatives = ts.negatives if kind == "sampled_softmax" else 0
-    every = kind == "full_softmax" or negatives > 0
-    idx = hash_items(catalogue.ids, cfg, catalogue.attributes).to(device) if every else None
+    idx = hash_items(catalogue.ids, cfg, catalogue.attributes).to(device) if kind == "full_softmax" else None
     return LossInputs(kind, positive_idx, logq, catalogue, idx, negatives)
 
 
-def draw_negatives(model, inputs: LossInputs, rng: np.random.Generator, device) -> Negatives | None:
-    """``inputs.negatives`` catalogue items drawn uniformly (with replacement) for one step, or None."""
+def draw_negatives(model, inputs: LossInputs, rng: np.random.Generator, cfg: ModelConfig, device):
+    """``inputs.negatives`` catalogue items drawn uniformly (with replacement) for one step, or None.
+
+    Only the drawn ids are hashed, per step: a 10^8-item catalogue is never hashed as a whole."""
     if not inputs.negatives or not len(inputs.catalogue):
         return None
-    rows = torch.from_numpy(rng.integers(0, len(inputs.catalogue), inputs.negatives)).to(device)  # (K,)
-    ids = torch.from_numpy(inputs.catalogue.ids).to(device)[rows]  # (K,) raw ids
-    log_q = inputs.logq(ids) if inputs.logq is not None else torch.zeros(len(rows), device=device)
-    vectors = model.item_vectors(inputs.catalogue_idx[rows]).float()  # (K, D)
-    return Negatives(vectors, ids, log_q, len(inputs.catalogue))
+    cat = inputs.catalogue
+    drawn = rng.integers(0, len(cat), inputs.negatives)  # (K,) catalogue rows
+    idx = hash_items(cat.ids[drawn], cfg, {k: v[drawn] for k, v in cat.attributes.items()}).to(device)
+    ids = torch.from_numpy(cat.ids[drawn]).to(device)  # (K,) raw ids
+    log_q = inputs.logq(ids) if inputs.logq is not None else torch.zeros(len(ids), device=device)
+    return Negatives(model.item_vectors(idx).float(), ids, log_q, len(cat))  # vectors (K, D)
 
 
 def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, device) -> torch.Tensor:
@@ -189,7 +191,7 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
         ):
             loss = loss + weight * ce
         return loss
-    negatives = draw_negatives(model, inputs, rng, device)  # shared by every objective of the step
+    negatives = draw_negatives(model, inputs, rng, model.cfg, device)  # shared by every objective of the step
     for weight, b, t, j in picked:
         items = batch.item_id[b, j]  # (N,) raw ids
         vec = model.item_vectors(batch.attrs[b, j])  # (N, D)

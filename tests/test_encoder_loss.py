@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from core.datasets.synthetic import SyntheticConfig, generate
 from encoder.config import ModelConfig
 from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out
-from encoder.features import featurize
+from encoder.features import featurize, hash_items
 from encoder.model import UserEncoder
 from encoder.objectives import choose_loss, full_softmax
 from encoder.optim import EncoderOptimizer, lr_factor
@@ -65,14 +65,18 @@ def test_loss_inputs_follow_the_catalogue_size(data):
     assert small.catalogue_idx.shape == (len(cat), len(CFG.features), CFG.n_hashes)
     big = loss_inputs(CFG, TrainSettings(full_softmax_max_items=len(cat) - 1), train, cat, POS, "cpu")
     assert big.kind == "sampled_softmax" and big.logq is not None and big.catalogue_idx is None
-    # uniform negatives are drawn from the catalogue, so the sampled loss then hashes it once too
+    # uniform negatives are drawn from the catalogue and hashed per step (the catalogue never is)
     mixed = TrainSettings(full_softmax_max_items=len(cat) - 1, negatives=8)
     drawn = loss_inputs(CFG, mixed, train, cat, POS, "cpu")
-    assert drawn.negatives == 8 and drawn.catalogue_idx.shape[0] == len(cat)
-    negatives = draw_negatives(UserEncoder(CFG), drawn, np.random.default_rng(0), "cpu")
+    assert drawn.negatives == 8 and drawn.catalogue_idx is None
+    model = UserEncoder(CFG)
+    negatives = draw_negatives(model, drawn, np.random.default_rng(0), CFG, "cpu")
     assert negatives.vectors.shape == (8, CFG.d_model) and set(negatives.ids.tolist()) <= set(
         cat.ids.tolist()
     )
+    rows = cat.index(negatives.ids.numpy())
+    every = model.item_vectors(hash_items(cat.ids, CFG, cat.attributes))  # (I, D)
+    assert torch.allclose(negatives.vectors, every[torch.from_numpy(rows)], atol=1e-6)
     assert loss_inputs(CFG, TrainSettings(negatives=8), train, cat, POS, "cpu").negatives == 0  # full: none
 
 
