@@ -41,9 +41,7 @@ class TrainSettings(Section):
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # users per step
     lr: float = 1e-3  # AdamW peak learning rate
-    table_lr_scale: float = (
-        1.0  # the hashed tables' rate = lr x this (lazy Adam: a rare id's row moves rarely)
-    )
+    table_lr_scale: float = 4.0  # hashed tables' lr = lr x this (lazy Adam: rare ids' rows move rarely)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (Linear weights only: UserEncoder.param_groups)
     warmup_frac: float = 0.05  # share of all steps spent in linear warmup, then cosine decay to 0
     temperature: float = 0.1  # softmax temperature on cosine scores (Sports sweep: 0.1 best of 0.02-0.5)
@@ -53,8 +51,8 @@ class TrainSettings(Section):
     window_hours: float = 24.0 * 7  # future_window: targets are positives this many hours after a position
     targets_per_batch: int = 4096  # positions sampled per objective and step (bounds the (N, M) logits)
     loss: Loss = "auto"  # "full_softmax" (CE over every item), "sampled_softmax" (in-batch + logQ), "auto"
-    full_softmax_max_items: int = 65_536  # auto: full softmax up to this many catalogue items, sampled above
-    negatives: int = 0  # sampled softmax: items drawn uniformly per step, beside the in-batch ones (0: none)
+    full_softmax_max_items: int = 4096  # auto: full softmax up to this many items (~4x negatives)
+    negatives: int = 1024  # sampled softmax: items drawn uniformly per step beside the in-batch ones
     logq: bool = True  # sampled softmax: subtract log(sampling probability) of in-batch negatives
     positive_event_types: list[str] | None = None  # None: events.positive_event_types
     min_positives: int = 3  # leave-last-out: users with fewer positives only train

@@ -37,6 +37,11 @@ def test_auto_loss_is_full_softmax_up_to_the_threshold_then_sampled():
     assert choose_loss("auto", 10**8, 65_536) == "sampled_softmax"
     assert choose_loss("sampled_softmax", 10, 65_536) == "sampled_softmax"  # explicit choice wins
     assert choose_loss("full_softmax", 10**6, 65_536) == "full_softmax"
+    # the default: full softmax only while the catalogue is a few times the uniform negatives
+    default = TrainSettings()
+    assert default.full_softmax_max_items <= 4 * default.negatives
+    assert choose_loss("auto", 1_682, default.full_softmax_max_items) == "full_softmax"  # ML-100K
+    assert choose_loss("auto", 18_357, default.full_softmax_max_items) == "sampled_softmax"  # Sports
     with pytest.raises(ValueError, match="loss must be one of"):
         choose_loss("softmax", 10, 10)
 
