@@ -116,8 +116,7 @@ def sampled_softmax(
         logits = logits - torch.log(len(item_ids) * cand_log_q.exp() + uniform)[None, :]
     if negatives is not None:  # a uniform draw of the row's own target is not a negative
         own = negatives.ids[None, :] == item_ids[:, None]  # (N, K)
-        in_batch = torch.zeros(len(item_ids), len(uniq), dtype=torch.bool, device=own.device)  # (N, M)
-        logits = logits.masked_fill(torch.cat([in_batch, own], dim=1), float("-inf"))
+        logits = logits.masked_fill(F.pad(own, (len(uniq), 0)), float("-inf"))  # (N, M + K)
     return F.cross_entropy(logits, inverse)
 
 

@@ -120,7 +120,6 @@ class LossInputs:
     logq: LogQ | None  # sampled softmax: popularity correction
     catalogue: Catalogue  # full softmax: the items scored
     catalogue_idx: torch.Tensor | None  # full softmax: (I, A, H) catalogue buckets, on the device
-    negatives: int = 0  # sampled softmax: uniform catalogue negatives per step (`train.negatives`)
 
 
 def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue, positive_types, device):
@@ -129,22 +128,22 @@ def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue
         [cfg.actions.index(p) + 1 for p in positive_types if p in cfg.actions], device=device
     )
     logq = LogQ(*positive_counts(train, positive_types)) if ts.logq and kind == "sampled_softmax" else None
-    negatives = ts.negatives if kind == "sampled_softmax" else 0
     idx = hash_items(catalogue.ids, cfg, catalogue.attributes).to(device) if kind == "full_softmax" else None
-    return LossInputs(kind, positive_idx, logq, catalogue, idx, negatives)
+    return LossInputs(kind, positive_idx, logq, catalogue, idx)
 
 
-def draw_negatives(model, inputs: LossInputs, rng: np.random.Generator, cfg: ModelConfig, device):
-    """``inputs.negatives`` catalogue items drawn uniformly (with replacement) for one step, or None.
+def draw_negatives(model, inputs: LossInputs, k: int, rng: np.random.Generator, device) -> Negatives | None:
+    """``k`` catalogue items drawn uniformly (with replacement) for one step, or None when ``k`` is 0.
 
     Only the drawn ids are hashed, per step: a 10^8-item catalogue is never hashed as a whole."""
-    if not inputs.negatives or not len(inputs.catalogue):
-        return None
     cat = inputs.catalogue
-    drawn = rng.integers(0, len(cat), inputs.negatives)  # (K,) catalogue rows
-    idx = hash_items(cat.ids[drawn], cfg, {k: v[drawn] for k, v in cat.attributes.items()}).to(device)
-    ids = torch.from_numpy(cat.ids[drawn]).to(device)  # (K,) raw ids
-    log_q = inputs.logq(ids) if inputs.logq is not None else torch.zeros(len(ids), device=device)
+    if not k or not len(cat):
+        return None
+    drawn = rng.integers(0, len(cat), k)  # (K,) catalogue rows
+    raw = cat.ids[drawn]  # (K,) raw ids
+    idx = hash_items(raw, model.cfg, {name: v[drawn] for name, v in cat.attributes.items()}).to(device)
+    ids = torch.from_numpy(raw).to(device)
+    log_q = inputs.logq(ids) if inputs.logq is not None else torch.zeros(k, device=device)
     return Negatives(model.item_vectors(idx).float(), ids, log_q, len(cat))  # vectors (K, D)
 
 
@@ -191,7 +190,7 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
         ):
             loss = loss + weight * ce
         return loss
-    negatives = draw_negatives(model, inputs, rng, model.cfg, device)  # shared by every objective of the step
+    negatives = draw_negatives(model, inputs, ts.negatives, rng, device)  # shared by every objective
     for weight, b, t, j in picked:
         items = batch.item_id[b, j]  # (N,) raw ids
         vec = model.item_vectors(batch.attrs[b, j])  # (N, D)

@@ -527,9 +527,9 @@ class AirflowDeployment(AirflowHome):
         deadline = time.monotonic() + 5
         while any(alive(p) for p in procs if group_of.get(p.pid) in groups) and time.monotonic() < deadline:
             time.sleep(0.02)
-        survivors = [p.pid for p in procs if alive(p)]
-        self.orphans += [p for p in procs if p.pid in survivors]
-        return {"pids": pids, "process_groups": groups, "survivors": survivors}
+        left = [p for p in procs if alive(p)]
+        self.orphans += left
+        return {"pids": pids, "process_groups": groups, "survivors": [p.pid for p in left]}
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the Celery workers (and orphans of killed ones), then every component, and everything they
