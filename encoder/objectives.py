@@ -89,6 +89,7 @@ def sampled_softmax(
     log_q: torch.Tensor | None,
     temperature: float,
     negatives: Negatives | None = None,
+    in_batch: bool = True,
 ) -> torch.Tensor:
     """Sampled softmax over in-batch (+ uniform) negatives. user, item (N, D) L2-normalised; item_ids
     (N,) raw; log_q (N,) log popularity of each target or None (no correction).
@@ -99,13 +100,16 @@ def sampled_softmax(
     own target is masked for that row. The correction subtracts the log of each candidate's expected
     count in the candidate set, ``log(N q(j) + K / I)``: with no uniform negatives that is logQ
     (``log q(j)`` up to a constant), with only uniform ones a constant.
+
+    ``in_batch=False`` masks the other rows' targets: each row's candidates are its own target and
+    the K uniform draws (RecTools' sampled softmax), whose correction is a constant, so none is applied.
     """
     uniq, inverse = torch.unique(item_ids, return_inverse=True)  # (M,), (N,)
     first = torch.full((len(uniq),), len(item_ids), device=item_ids.device).scatter_reduce(
         0, inverse, torch.arange(len(item_ids), device=item_ids.device), reduce="amin"
     )  # (M,) a row holding each unique item
     cand = item[first]  # (M, D)
-    cand_log_q = log_q[first] if log_q is not None else None  # (M,)
+    cand_log_q = log_q[first] if log_q is not None and in_batch else None  # (M,)
     if negatives is not None:
         cand = torch.cat([cand, negatives.vectors])  # (M + K, D)
         if cand_log_q is not None:
@@ -117,6 +121,9 @@ def sampled_softmax(
     if negatives is not None:  # a uniform draw of the row's own target is not a negative
         own = negatives.ids[None, :] == item_ids[:, None]  # (N, K)
         logits = logits.masked_fill(F.pad(own, (len(uniq), 0)), float("-inf"))  # (N, M + K)
+    if not in_batch:  # other rows' targets are not candidates of this row
+        others = inverse[:, None] != torch.arange(len(uniq), device=inverse.device)[None, :]  # (N, M)
+        logits = logits.masked_fill(F.pad(others, (0, logits.shape[1] - len(uniq))), float("-inf"))
     return F.cross_entropy(logits, inverse)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Annotated, Any, Literal, get_args, get_type_hints
 
-from pydantic import Field, StringConstraints, create_model, field_validator
+from pydantic import Field, StringConstraints, create_model, field_validator, model_validator
 
 from core.section import Section
 from core.settings import EventSettings
@@ -54,6 +54,7 @@ class TrainSettings(Section):
     full_softmax_max_items: int = 4096  # auto: full softmax up to this many items (~4x negatives)
     negatives: int = 1024  # sampled softmax: items drawn uniformly per step beside the in-batch ones
     logq: bool = True  # sampled softmax: subtract log(sampling probability) of in-batch negatives
+    in_batch_negatives: bool = True  # sampled softmax: other rows' targets are negatives (False: draws only)
     positive_event_types: list[str] | None = None  # None: events.positive_event_types
     min_positives: int = 3  # leave-last-out: users with fewer positives only train
     patience: int = 3  # early stopping: epochs without validation NDCG@10 improvement
@@ -72,6 +73,12 @@ class TrainSettings(Section):
         if not v:
             raise ValueError(f"name at least one objective of {OBJECTIVES}")
         return v
+
+    @model_validator(mode="after")
+    def _some_negatives(self) -> TrainSettings:
+        if not self.in_batch_negatives and self.negatives < 1:
+            raise ValueError("in_batch_negatives=false needs negatives >= 1 (the only negatives then)")
+        return self
 
     def model_overrides(self) -> dict[str, Any]:
         """The `ModelConfig` fields set in ``train.model`` (unset ones keep their defaults)."""

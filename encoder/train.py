@@ -196,7 +196,7 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
         vec = model.item_vectors(batch.attrs[b, j])  # (N, D)
         log_q = inputs.logq(items) if inputs.logq is not None else None
         loss = loss + weight * sampled_softmax(
-            user[b, t].float(), vec.float(), items, log_q, ts.temperature, negatives
+            user[b, t].float(), vec.float(), items, log_q, ts.temperature, negatives, ts.in_batch_negatives
         )
     return loss
 

@@ -193,3 +193,21 @@ def test_sampled_softmax_with_uniform_negatives_equals_a_hand_computed_mixed_sof
     assert torch.allclose(
         sampled_softmax(user, item, ids, log_q, 0.1), sampled_softmax(user, item, ids, log_q - 5, 0.1)
     )
+
+
+def test_sampled_softmax_with_uniform_negatives_only_sees_its_own_target_and_the_draws():
+    torch.manual_seed(2)
+    norm = torch.nn.functional.normalize
+    user, item = norm(torch.randn(4, 8), dim=-1), norm(torch.randn(4, 8), dim=-1)
+    ids = torch.tensor([3, 4, 5, 4])
+    item[3] = item[1]
+    log_q = torch.tensor([-1.0, -2.0, -3.0, -2.0])
+    neg = Negatives(norm(torch.randn(3, 8), dim=-1), torch.tensor([9, 5, 8]), torch.zeros(3), 10)
+    got = sampled_softmax(user, item, ids, log_q, 0.1, neg, in_batch=False)
+    want = []
+    for r in range(4):  # each row: its own target, then the draws that are not its target; no correction
+        draws = [k for k in range(3) if neg.ids[k] != ids[r]]
+        logits = user[r] @ torch.cat([item[r : r + 1], neg.vectors[draws]]).T / 0.1
+        want.append(torch.nn.functional.cross_entropy(logits[None], torch.tensor([0])))
+    assert torch.allclose(got, torch.stack(want).mean(), atol=1e-5)
+    assert not torch.allclose(got, sampled_softmax(user, item, ids, log_q, 0.1, neg))  # in-batch differs

@@ -247,6 +247,8 @@ def test_model_config_is_typed_and_checked_when_loaded(settings):
         assert where[name] in str(err.value), (name, str(err.value))
     with pytest.raises(ValueError, match="at least one objective"):
         TrainSettings(objectives={})
+    with pytest.raises(ValueError, match="needs negatives >= 1"):
+        TrainSettings(in_batch_negatives=False, negatives=0)
 
 
 def test_version_ids_ignore_unset_and_runtime_train_settings():
