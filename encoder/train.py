@@ -249,13 +249,15 @@ def fit(
     device = select_device(ts.device, strict=ts.strict_device, purpose="train").device
     torch.manual_seed(_seed(ts.seed, 0))
     model = UserEncoder(cfg).to(device)
-    opt = model.configure_optimizer(ts.lr, ts.weight_decay, table_lr_scale=ts.table_lr_scale)  # encoder.optim
     train = chunk_rows(split.train, cfg.max_len)  # long histories become several training rows
     lengths = pc.list_value_length(train["item_id"]).to_numpy()
     steps_per_epoch = max(math.ceil(train.num_rows / ts.batch_size), 1)
     total = steps_per_epoch * ts.epochs
     warmup = int(ts.warmup_frac * total)
     inputs = loss_inputs(cfg, ts, train, catalogue, positive_types, device)
+    opt = model.configure_optimizer(
+        ts.lr, ts.weight_decay, table_lr_scale=ts.tables_lr_scale(inputs.kind)
+    )  # encoder.optim
     vsel = np.random.default_rng(_seed(ts.seed, 1)).permutation(split.valid.num_rows)[: ts.eval_users]
     valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]
     amp_dtype = autocast_dtype(device, "bf16")  # bf16 on a GPU, plain fp32 on the CPU

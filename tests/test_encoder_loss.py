@@ -195,3 +195,33 @@ def test_without_timestamps_only_next_positive_trains(tmp_path):
     assert settings_for_data(both, events_to_sequences(log.events)) is both  # real time: unchanged
     with pytest.raises(ValueError, match="needs next_positive"):
         settings_for_data(TrainSettings(objectives={"future_window": 1.0}), sasrec)
+
+
+@pytest.mark.parametrize(
+    "loss, table_lr_scale, want",
+    [("full_softmax", None, 4.0), ("sampled_softmax", None, 16.0), ("auto", None, 4.0), ("auto", 2.5, 2.5)],
+)
+def test_tables_learn_at_the_rate_of_the_loss_trained_unless_set(
+    data, monkeypatch, loss, table_lr_scale, want
+):
+    # by default the tables' rate follows the loss actually trained ("auto" resolves by catalogue size:
+    # this 200-item catalogue takes the full softmax); an explicit train.table_lr_scale always wins
+    split, cat = data
+    seen = []
+    build = UserEncoder.configure_optimizer
+
+    def spy(self, lr, weight_decay, betas=(0.9, 0.98), table_lr_scale=1.0):
+        seen.append(table_lr_scale)
+        return build(self, lr, weight_decay, betas, table_lr_scale)
+
+    monkeypatch.setattr(UserEncoder, "configure_optimizer", spy)
+    ts = TrainSettings(
+        epochs=1,
+        batch_size=64,
+        loss=loss,
+        table_lr_scale=table_lr_scale,
+        positive_event_types=POS,
+        eval_users=20,
+    )
+    fit(CFG, ts, split, cat, POS, show_progress=False)
+    assert seen == [want]
