@@ -43,12 +43,21 @@ from encoder.model import UserEncoder
 from encoder.settings import TrainSettings
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device the model's weights are on."""
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def encode_users(
-    model: UserEncoder, cfg: ModelConfig, sequences: pa.Table, as_of=None, batch_size: int = 256, device="cpu"
+    model: UserEncoder, cfg: ModelConfig, sequences: pa.Table, as_of=None, batch_size: int = 256, device=None
 ) -> torch.Tensor:
-    """(U, D) user vectors in the row order of ``sequences`` (batches sorted by length for speed)."""
+    """(U, D) user vectors in the row order of ``sequences`` (batches sorted by length for speed).
+
+    ``device``: where the batches go; None = the model's own device (a GPU-trained model stays there).
+    """
     model.eval()
+    device = device or model_device(model)
     if sequences.num_rows == 0:
         return torch.zeros(0, cfg.d_model)
     lengths = pc.list_value_length(sequences["item_id"]).to_numpy()
@@ -66,9 +75,10 @@ def encode_users(
 
 
 @torch.no_grad()
-def item_matrix(model: UserEncoder, cfg: ModelConfig, catalogue: Catalogue, device="cpu") -> torch.Tensor:
-    """(I, D) target vectors of every catalogue item."""
+def item_matrix(model: UserEncoder, cfg: ModelConfig, catalogue: Catalogue, device=None) -> torch.Tensor:
+    """(I, D) target vectors of every catalogue item (``device`` None: the model's own device)."""
     model.eval()
+    device = device or model_device(model)
     idx = hash_items(catalogue.ids, cfg, catalogue.attributes)
     return torch.cat(
         [
@@ -99,7 +109,7 @@ def leave_last_out_metrics(
 
 
 def model_leave_last_out(
-    model, cfg, inputs: pa.Table, targets: np.ndarray, catalogue: Catalogue, device="cpu", ks=KS
+    model, cfg, inputs: pa.Table, targets: np.ndarray, catalogue: Catalogue, device=None, ks=KS
 ) -> dict:
     users = encode_users(model, cfg, inputs, device=device)
     items = item_matrix(model, cfg, catalogue, device=device)
@@ -126,7 +136,7 @@ def staleness_metrics(
     positive_types,
     horizon_h: float = 24.0,
     k: int = 10,
-    device="cpu",
+    device=None,
 ) -> dict:
     """Vectors at T vs vectors recomputed just before each target, on positives in (T, T+horizon]."""
     ts, row, idx, items, pos = _positive_flat(sequences, positive_types)
@@ -198,7 +208,7 @@ def busiest_time(sequences: pa.Table, positive_types, horizon_h: float = 24.0, q
 
 # -- planted structure --------------------------------------------------------------------------
 def planted_purity(
-    model, cfg, sequences: pa.Table, truth: pa.Table, k: int = 20, min_events: int = 1, device="cpu"
+    model, cfg, sequences: pa.Table, truth: pa.Table, k: int = 20, min_events: int = 1, device=None
 ) -> dict:
     """purity@k of user vectors against the planted primary cluster, and the random level."""
     seq = sequences.filter(pc.greater_equal(pc.list_value_length(sequences["item_id"]), min_events))
@@ -215,7 +225,7 @@ def planted_purity(
 
 
 def leave_last_out_report(
-    model, cfg, split: Split, catalogue: Catalogue, positive_types, device="cpu", ks=KS
+    model, cfg, split: Split, catalogue: Catalogue, positive_types, device=None, ks=KS
 ) -> dict:
     """The model and the popularity / bag-of-items baselines on the test split, one metric code.
 

@@ -184,6 +184,12 @@ def test_training_on_the_gpu_learns_with_pinned_batches(loss, monkeypatch):
     ts = TrainSettings(
         epochs=3, batch_size=32, lr=3e-3, loss=loss, device="cuda", strict_device=True, patience=9
     )
-    result = fit(cfg, ts, split, item_catalogue(seq, cfg.attributes), positives, show_progress=False)
+    catalogue = item_catalogue(seq, cfg.attributes)
+    result = fit(cfg, ts, split, catalogue, positives, show_progress=False)
     assert result.device.type == "cuda" and next(result.model.parameters()).is_cuda
     assert pinned and result.history[-1]["loss"] < result.history[0]["loss"]
+    # the GPU-trained model is evaluated where it is (bench.quality reports straight after fit)
+    from encoder.evaluate import leave_last_out_report
+
+    report = leave_last_out_report(result.model, cfg, split, catalogue, positives)
+    assert 0 < report["test_users"] <= split.test.num_rows and 0.0 <= report["ndcg@10"] <= 1.0

@@ -79,6 +79,7 @@ class NaiveEncoder(nn.Module):
                 theirs.linear2.load_state_dict(ours.mlp[2].state_dict())
                 theirs.norm1.load_state_dict(ours.ln1.state_dict())
                 theirs.norm2.load_state_dict(ours.ln2.state_dict())
+        self.encoder.to(next(model.parameters()).device)  # beside the model's weights (a GPU engine too)
         self.eval()
 
     def forward(self, batch) -> torch.Tensor:
