@@ -25,6 +25,11 @@ import torch
 from encoder.settings import DEVICE_PATTERN, GpuDtype
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a built model's weights are on (where its inputs and companions must go)."""
+    return next(model.parameters()).device
+
+
 class DeviceError(ValueError):
     """The requested device cannot be used (only raised with ``strict``); a user error."""
 

@@ -36,16 +36,11 @@ from encoder.data import (
     leave_last_out,
     truncate,
 )
-from encoder.device import select_device
+from encoder.device import model_device, select_device
 from encoder.features import featurize, hash_items
 from encoder.metrics import KS, csr, purity, random_purity, ranking_metrics
 from encoder.model import UserEncoder
 from encoder.settings import TrainSettings
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device the model's weights are on."""
-    return next(model.parameters()).device
 
 
 @torch.no_grad()

@@ -86,7 +86,7 @@ class TrainSettings(Section):
             raise ValueError("in_batch_negatives=false needs negatives >= 1 (the only negatives then)")
         return self
 
-    def tables_lr_scale(self, loss: str) -> float:
+    def table_lr_scale_for(self, loss: str) -> float:
         """The hashed tables' lr over ``lr`` when training with ``loss`` (a chosen one, not "auto")."""
         return self.table_lr_scale if self.table_lr_scale is not None else TABLE_LR_SCALE[loss]
 

@@ -256,7 +256,7 @@ def fit(
     warmup = int(ts.warmup_frac * total)
     inputs = loss_inputs(cfg, ts, train, catalogue, positive_types, device)
     opt = model.configure_optimizer(
-        ts.lr, ts.weight_decay, table_lr_scale=ts.tables_lr_scale(inputs.kind)
+        ts.lr, ts.weight_decay, table_lr_scale=ts.table_lr_scale_for(inputs.kind)
     )  # encoder.optim
     vsel = np.random.default_rng(_seed(ts.seed, 1)).permutation(split.valid.num_rows)[: ts.eval_users]
     valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]

@@ -172,16 +172,21 @@ def test_sampled_softmax_and_logq():
     assert sampled_softmax(u, v, ids, None, 1.0) > flat  # uncorrected: rare targets are penalised
 
 
-def test_sampled_softmax_with_uniform_negatives_equals_a_hand_computed_mixed_softmax():
-    torch.manual_seed(1)
+def _four_rows_and_three_draws(seed: int, draws_log_q: torch.Tensor):
+    """4 unit user/target rows (items 3, 4, 5, 4: rows 1 and 3 share a target) and 3 uniform draws
+    (items 9, 5, 8: item 5 is row 2's own target) from a 10-item catalogue."""
+    torch.manual_seed(seed)
     norm = torch.nn.functional.normalize
     user, item = norm(torch.randn(4, 8), dim=-1), norm(torch.randn(4, 8), dim=-1)
     ids = torch.tensor([3, 4, 5, 4])
     item[3] = item[1]
     log_q = torch.tensor([-1.0, -2.0, -3.0, -2.0])
-    neg = Negatives(
-        norm(torch.randn(3, 8), dim=-1), torch.tensor([9, 5, 8]), torch.tensor([-4.0, -3.0, -5.0]), 10
-    )
+    neg = Negatives(norm(torch.randn(3, 8), dim=-1), torch.tensor([9, 5, 8]), draws_log_q, 10)
+    return user, item, ids, log_q, neg
+
+
+def test_sampled_softmax_with_uniform_negatives_equals_a_hand_computed_mixed_softmax():
+    user, item, ids, log_q, neg = _four_rows_and_three_draws(1, torch.tensor([-4.0, -3.0, -5.0]))
     got = sampled_softmax(user, item, ids, log_q, 0.1, neg)
     cand = torch.cat([item[[0, 1, 2]], neg.vectors])  # in-batch items 3, 4, 5, then the draws 9, 5, 8
     count = 4 * torch.cat([log_q[[0, 1, 2]], neg.log_q]).exp() + 3 / 10  # expected count in the candidates
@@ -196,13 +201,7 @@ def test_sampled_softmax_with_uniform_negatives_equals_a_hand_computed_mixed_sof
 
 
 def test_sampled_softmax_with_uniform_negatives_only_sees_its_own_target_and_the_draws():
-    torch.manual_seed(2)
-    norm = torch.nn.functional.normalize
-    user, item = norm(torch.randn(4, 8), dim=-1), norm(torch.randn(4, 8), dim=-1)
-    ids = torch.tensor([3, 4, 5, 4])
-    item[3] = item[1]
-    log_q = torch.tensor([-1.0, -2.0, -3.0, -2.0])
-    neg = Negatives(norm(torch.randn(3, 8), dim=-1), torch.tensor([9, 5, 8]), torch.zeros(3), 10)
+    user, item, ids, log_q, neg = _four_rows_and_three_draws(2, torch.zeros(3))
     got = sampled_softmax(user, item, ids, log_q, 0.1, neg, in_batch=False)
     want = []
     for r in range(4):  # each row: its own target, then the draws that are not its target; no correction

@@ -26,6 +26,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from encoder.device import model_device
 from encoder.features import featurize
 from encoder.inference.batching import padded_fixed_batches
 from encoder.model import UserEncoder
@@ -79,7 +80,7 @@ class NaiveEncoder(nn.Module):
                 theirs.linear2.load_state_dict(ours.mlp[2].state_dict())
                 theirs.norm1.load_state_dict(ours.ln1.state_dict())
                 theirs.norm2.load_state_dict(ours.ln2.state_dict())
-        self.encoder.to(next(model.parameters()).device)  # beside the model's weights (a GPU engine too)
+        self.encoder.to(model_device(model))  # beside the model's weights (a GPU engine too)
         self.eval()
 
     def forward(self, batch) -> torch.Tensor:
