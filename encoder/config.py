@@ -66,6 +66,7 @@ class ModelConfig:
     pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)
     positions: Positions = "from_newest"  # position embeddings count back from the newest event
     unit_items: bool = True  # L2-normalised target-item vectors (False: a learned norm, a per-item prior)
+    tie_items: bool = True  # target-item vectors share the token tables (False: own output tables, 2x rows)
 
     def __post_init__(self):
         self.attributes = tuple(self.attributes)

@@ -132,6 +132,13 @@ class UserEncoder(nn.Module):
         self.tables = nn.ModuleDict(
             {t.name: nn.Embedding(t.num_embeddings, D, padding_idx=0, sparse=True) for t in cfg.tables}
         )  # sparse gradients: a step updates only its ids' rows (encoder.optim)
+        self.output_tables = (
+            None
+            if cfg.tie_items
+            else nn.ModuleDict(
+                {t.name: nn.Embedding(t.num_embeddings, D, padding_idx=0, sparse=True) for t in cfg.tables}
+            )
+        )  # untied target-item side (cfg.tie_items False): same hashing, its own rows
         self.action = nn.Embedding(len(cfg.actions) + 2, D, padding_idx=0)  # 0 pad, 1..n types, n+1 unknown
         self.time = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
         self.pos = nn.Embedding(cfg.max_len, D)
@@ -213,30 +220,35 @@ class UserEncoder(nn.Module):
         return EncoderOptimizer(self.param_groups(weight_decay), lr, betas, table_lr_scale)
 
     # -- embeddings -----------------------------------------------------------------------------
-    def _used_tables(self) -> list[nn.Embedding]:
-        """The tables summed into a token, in feature order: all of them, or the item table alone."""
-        tables = list(self.tables.values())
+    def _used_tables(self, side: nn.ModuleDict) -> list[nn.Embedding]:
+        """The tables of ``side`` summed into a vector, in feature order: all, or the item table alone."""
+        tables = list(side.values())
         return tables if self.cfg.use_attributes else tables[:1]
 
-    def attribute_embedding(self, idx: torch.Tensor) -> torch.Tensor:
-        """(..., A, H) hashed bucket indexes -> (..., D): Σ over used tables and hash functions."""
+    def attribute_embedding(self, idx: torch.Tensor, side: nn.ModuleDict | None = None) -> torch.Tensor:
+        """(..., A, H) hashed bucket indexes -> (..., D): Σ over used tables (of ``side``, default the
+        token tables) and hash functions."""
         out = 0
-        for a, table in enumerate(self._used_tables()):
+        for a, table in enumerate(self._used_tables(self.tables if side is None else side)):
             out = out + table(idx[..., a, :]).sum(dim=-2)  # (..., H, D) -> (..., D)
         return out
 
     def item_vectors(self, idx: torch.Tensor) -> torch.Tensor:
-        """Target-item vectors, tied with the token tables: (N, A, H) indexes -> (N, D).
+        """Target-item vectors, tied with the token tables (or the output tables when ``cfg.tie_items``
+        is False): (N, A, H) indexes -> (N, D).
 
         L2-normalised with ``cfg.unit_items``; otherwise the norm is learned (the score of an item is
         its norm x the cosine with the unit user vector: a per-item popularity prior, and the user
         vectors stay unit length for the user graph). Attribute indexes of 0 (unknown) contribute
         nothing, so item ids alone work too.
         """
-        v = self.attribute_embedding(idx)
+        v = self.attribute_embedding(idx, self.output_tables)
         return F.normalize(v, dim=-1) if self.cfg.unit_items else v
 
-    def token_embedding(self, batch) -> torch.Tensor:
+    def token_embedding(self, batch, newest: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) token embeddings. ``newest`` (B,) is the slot each row's "from the newest" positions
+        count back from (default: the last slot, T-1); later slots get position 0 too (training only:
+        no query with a target ever sees them, see `encode_positions`)."""
         x = self.attribute_embedding(batch.attrs)  # (B, T, D)
         if self.cfg.use_action:
             x = x + self.action(batch.action)
@@ -245,9 +257,9 @@ class UserEncoder(nn.Module):
         valid = batch.valid  # (B, T)
         T = valid.shape[1]
         if self.cfg.positions == "from_newest":
-            pos = (T - 1 - torch.arange(T, device=valid.device))[None, :].expand(
-                len(batch.lengths), T
-            )  # (B, T)
+            slot = torch.arange(T, device=valid.device)[None, :]  # (1, T)
+            pos = (T - 1 if newest is None else newest[:, None]) - slot  # (B, T) or (1, T)
+            pos = pos.expand(len(batch.lengths), T)  # (B, T)
         else:  # from_oldest
             pos = torch.arange(T, device=valid.device)[None, :] - (T - batch.lengths)[:, None]  # (B, T)
         x = x + self.pos(pos.clamp(0, self.cfg.max_len - 1))
@@ -260,10 +272,10 @@ class UserEncoder(nn.Module):
         return self.hour(hour) + self.weekday(weekday)
 
     # -- encoder --------------------------------------------------------------------------------
-    def _hidden(self, batch) -> torch.Tensor:
+    def _hidden(self, batch, newest: torch.Tensor | None = None) -> torch.Tensor:
         valid = batch.valid  # (B, T)
         mask = attention_mask(valid)[:, None]  # (B, 1, T, T)
-        x = self.drop(self.token_embedding(batch))  # (B, T, D)
+        x = self.drop(self.token_embedding(batch, newest))  # (B, T, D)
         for block in self.blocks:
             x = block(x, mask)  # (B, T, D)
         h = self.ln_f(x)  # (B, T, D)
@@ -280,12 +292,17 @@ class UserEncoder(nn.Module):
         ctx = self.context(hour, weekday)
         return F.normalize(self.head(h + ctx), dim=-1)
 
-    def encode_positions(self, batch, hour=None, weekday=None) -> torch.Tensor:
+    def encode_positions(self, batch, hour=None, weekday=None, newest=None) -> torch.Tensor:
         """(B, T, D) L2-normalised vector after every position (training: each predicts the future).
 
         ``hour``/``weekday`` (B, T) are the context of each position's query time (default: as_of's).
+        ``newest`` (B,): the slot of each row's last query that has a target. Training passes it so
+        that this query sits at position 0 "from the newest", exactly where the query of `forward` (the
+        newest event) sits at inference; the row's later events only ever serve as targets. Without it
+        the inference position would be one that training never uses as a query (the newest event of a
+        training row has no target).
         """
-        h = self._hidden(batch)  # (B, T, D)
+        h = self._hidden(batch, newest)  # (B, T, D)
         hour = batch.hour[:, None] if hour is None else hour  # (B, 1) or (B, T)
         weekday = batch.weekday[:, None] if weekday is None else weekday
         return self.user_head(h, hour, weekday)

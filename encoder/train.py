@@ -147,18 +147,30 @@ def draw_negatives(model, inputs: LossInputs, k: int, rng: np.random.Generator, 
     return Negatives(model.item_vectors(idx).float(), ids, log_q, len(cat))  # vectors (K, D)
 
 
+def last_query_slot(target: torch.Tensor) -> torch.Tensor:
+    """(B, T) target index per position (-1: none) -> (B,) the last slot with a target (T-1 if none).
+
+    It is the query a training row shares with inference (whose query is the newest event): the
+    model places it at position 0 "from the newest" (`UserEncoder.encode_positions`)."""
+    T = target.shape[1]
+    slots = torch.arange(T, device=target.device).expand_as(target)  # (B, T)
+    last = torch.where(target >= 0, slots, -1).amax(dim=1)  # (B,)
+    return torch.where(last >= 0, last, T - 1)
+
+
 def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, device) -> torch.Tensor:
     positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid  # (B, T)
     hour = (batch.ts // HOUR_MS) % 24  # (B, T) context of each position's query time
     weekday = (batch.ts // DAY_MS + 3) % 7
-    user = model.encode_positions(batch, hour, weekday)  # (B, T, D)
+    next_target = next_positive_targets(positive)  # (B, T) every objective's queries are a subset
+    user = model.encode_positions(batch, hour, weekday, newest=last_query_slot(next_target))  # (B, T, D)
     T = user.shape[1]
     picked = []  # (weight, b, t, raw target item) per objective
     for name, weight in ts.objectives.items():
         if not weight:
             continue
         if name == "next_positive":
-            target = next_positive_targets(positive)
+            target = next_target
         else:
             target = future_window_targets(positive, batch.ts, int(ts.window_hours * HOUR_MS), gen)
         b, t = torch.nonzero((target >= 0) & batch.valid, as_tuple=True)

@@ -93,21 +93,26 @@ def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data):
     model = UserEncoder(CFG).eval()  # no dropout: deterministic
     batch = featurize(train.slice(0, 16), CFG)
     got = _batch_loss(model, batch, ts, inputs, np.random.default_rng(0), torch.Generator(), "cpu")
-    # by hand: every position with a later positive, its next positive's catalogue row as the class
-    with torch.no_grad():
-        user = model.encode_positions(batch, (batch.ts // 3_600_000) % 24, (batch.ts // 86_400_000 + 3) % 7)
-        items = model.item_vectors(inputs.catalogue_idx)
-    logits, labels = [], []
+    # by hand: every position with a later positive, its next positive's catalogue row as the class;
+    # each row's last such position is its query at position 0 "from the newest", as at inference
     action = batch.action.numpy()
     pos_idx = set(inputs.positive_idx.tolist())
+    queries = []  # (b, t, class)
     for b in range(len(batch)):
         real = [t for t in range(action.shape[1]) if batch.valid[b, t]]
         for t in real:
             nxt = [j for j in real if j > t and action[b, j] in pos_idx]
             if nxt:
-                logits.append(user[b, t] @ items.T / ts.temperature)
-                labels.append(int(cat.index(np.array([int(batch.item_id[b, nxt[0]])]))[0]))
-    want = F.cross_entropy(torch.stack(logits), torch.tensor(labels))
+                queries.append((b, t, int(cat.index(np.array([int(batch.item_id[b, nxt[0]])]))[0])))
+    newest = torch.full((len(batch),), action.shape[1] - 1)
+    for b, t, _ in queries:
+        newest[b] = t
+    with torch.no_grad():
+        hour, weekday = (batch.ts // 3_600_000) % 24, (batch.ts // 86_400_000 + 3) % 7
+        user = model.encode_positions(batch, hour, weekday, newest=newest)
+        items = model.item_vectors(inputs.catalogue_idx)
+    logits = torch.stack([user[b, t] @ items.T / ts.temperature for b, t, _ in queries])
+    want = F.cross_entropy(logits, torch.tensor([c for _, _, c in queries]))
     assert torch.allclose(got.detach(), want, atol=1e-4)
 
 

@@ -133,6 +133,22 @@ def test_tables_are_named_one_config_each():
         ModelConfig(attributes=("category_id", "category"))
 
 
+def test_untied_output_tables_score_items_and_train_sparsely(sequences):
+    tied, untied = _model(), _model(tie_items=False)
+    assert tied.output_tables is None and list(untied.output_tables) == list(untied.tables)
+    batch = featurize(sequences.slice(0, 8), untied.cfg)
+    idx = batch.attrs[:, -1]  # (8, A, H) the newest items
+    untied.load_state_dict(tied.state_dict(), strict=False)  # the same token side ...
+    with torch.no_grad():
+        for name, table in untied.output_tables.items():  # ... and an output side of its own
+            table.weight.copy_(-tied.tables[name].weight)
+        assert torch.allclose(tied(batch), untied(batch), atol=1e-6)  # user vectors: token side only
+        assert torch.allclose(untied.item_vectors(idx), -tied.item_vectors(idx), atol=1e-6)
+    sparse = untied.param_groups(0.1)[2]
+    assert {f"output_tables.{t.name}.weight" for t in untied.cfg.tables} <= set(sparse["names"])
+    assert ModelConfig().tie_items and ModelConfig.from_dict(ModelConfig().to_dict()).tie_items
+
+
 def test_weights_saved_with_positional_table_keys_still_load(sequences):
     model = _model()
     old = {
@@ -192,3 +208,24 @@ def test_positions_count_back_from_the_newest_and_old_artifacts_keep_their_layou
             batch = featurize(truncate(sequences.slice(0, 1), np.array([n])), model.cfg)
             got.add(int(model.token_embedding(batch)[0, -1, 0]))
         assert got == newest_rows, positions
+
+
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+def test_training_query_sits_where_the_inference_query_sits(sequences, pooling):
+    """A training row's last query with a target (``newest``) is encoded exactly as inference encodes
+    the history that ends there: same positions, same vector. Without ``newest`` it is not (it would
+    sit one position further back than any inference query)."""
+    model = _model(pooling=pooling, use_time=False, use_context=False, max_len=1024)  # no row is cut
+    rows = sequences.slice(0, 6)
+    n = np.array([len(x) for x in rows["item_id"].to_pylist()])
+    cut = np.maximum(n - np.array([1, 2, 3, 1, 4, 2]), 1)  # each row's last query, as a prefix length
+    full = featurize(rows, model.cfg)
+    T = full.action.shape[1]
+    assert n.max() == T < model.cfg.max_len
+    newest = torch.as_tensor(T - n + cut - 1)  # (B,) slot of each row's last query
+    with torch.no_grad():
+        training = model.encode_positions(full, newest=newest)[torch.arange(6), newest]  # (B, D)
+        inference = model(featurize(truncate(rows, cut), model.cfg))  # (B, D)
+        unanchored = model.encode_positions(full)[torch.arange(6), newest]
+    assert torch.allclose(training, inference, atol=1e-5)
+    assert not torch.allclose(unanchored, inference, atol=1e-3)
