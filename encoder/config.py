@@ -51,6 +51,7 @@ class ModelConfig:
     max_len: int = 200  # newest events kept per user (T upper bound)
     dropout: float = 0.3  # dropout on tokens, residual branches, MLP (training; Sports: 0.3 > 0.1, 0.5)
     attn_dropout: float = 0.0  # dropout on attention weights (costly on CPU; off by default)
+    item_dropout: float = 0.0  # training: share of tokens whose item and attribute embedding is dropped
     mlp_ratio: int = 4  # hidden width of the block MLP = mlp_ratio * d_model
     item_buckets: int = 2**18  # rows of the item table (2 hashes: ~2^36 distinct pairs, fine for 1e8+ ids)
     attr_buckets: int = 2**14  # rows of each attribute hash table (category, advertiser, campaign)

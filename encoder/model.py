@@ -250,6 +250,9 @@ class UserEncoder(nn.Module):
         count back from (default: the last slot, T-1); later slots get position 0 too (training only:
         no query with a target ever sees them, see `encode_positions`)."""
         x = self.attribute_embedding(batch.attrs)  # (B, T, D)
+        if self.training and self.cfg.item_dropout > 0:  # whole tokens lose their item (not position, type)
+            keep = torch.rand(x.shape[:2], device=x.device) >= self.cfg.item_dropout  # (B, T)
+            x = x * keep[..., None]
         if self.cfg.use_action:
             x = x + self.action(batch.action)
         if self.cfg.use_time:

@@ -149,6 +149,24 @@ def test_untied_output_tables_score_items_and_train_sparsely(sequences):
     assert ModelConfig().tie_items and ModelConfig.from_dict(ModelConfig().to_dict()).tie_items
 
 
+def test_item_dropout_drops_whole_items_in_training_only(sequences):
+    model = _model(item_dropout=0.5, use_action=False, use_time=False)
+    batch = featurize(sequences.slice(0, 8), model.cfg)
+    with torch.no_grad():
+        positions_only = (
+            model.token_embedding(batch) - model.attribute_embedding(batch.attrs) * batch.valid[..., None]
+        )  # (B, T, D) what is left of a token without its item
+        assert torch.equal(model.token_embedding(batch), model.token_embedding(batch))  # eval: nothing drops
+        model.train()
+        torch.manual_seed(1)
+        x = model.token_embedding(batch)
+    dropped = torch.isclose(x, positions_only, atol=1e-6).all(dim=-1) & batch.valid  # (B, T)
+    kept = torch.isclose(x, model.eval().token_embedding(batch), atol=1e-6).all(dim=-1) & batch.valid
+    assert torch.equal(dropped | kept, batch.valid)  # every real token is either whole or lost its item
+    share = dropped.sum() / batch.valid.sum()
+    assert 0.4 < share < 0.6
+
+
 def test_weights_saved_with_positional_table_keys_still_load(sequences):
     model = _model()
     old = {
