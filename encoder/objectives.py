@@ -145,17 +145,28 @@ def full_softmax(
 
 
 class LogQ:
-    """log of the in-batch sampling probability of each item, from its count among training positives."""
+    """log of the in-batch sampling probability of each item, from its count among training positives.
+
+    The lookup runs where the ids are (a sorted-id search in torch), so a GPU step never waits on the
+    host for it; the table is copied to each device once."""
 
     def __init__(self, ids: np.ndarray, counts: np.ndarray):
-        self.ids = np.asarray(ids, dtype=np.int64)
         p = np.asarray(counts, dtype=np.float64) / max(float(np.sum(counts)), 1.0)
-        self.log_p = np.log(np.maximum(p, 1e-12))
-        self.floor = float(self.log_p.min()) if len(p) else 0.0
+        log_p = np.log(np.maximum(p, 1e-12))
+        self.floor = float(log_p.min()) if len(p) else 0.0  # ids never seen as positives
+        self._tables = {
+            "cpu": (torch.as_tensor(np.asarray(ids, dtype=np.int64)), torch.as_tensor(log_p).float())
+        }
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._tables:
+            self._tables[key] = tuple(t.to(device) for t in self._tables["cpu"])
+        return self._tables[key]
 
     def __call__(self, item_ids: torch.Tensor) -> torch.Tensor:
-        raw = item_ids.cpu().numpy()
-        pos = np.clip(np.searchsorted(self.ids, raw), 0, max(len(self.ids) - 1, 0))
-        found = (len(self.ids) > 0) & (self.ids[pos] == raw)
-        out = np.where(found, self.log_p[pos] if len(self.ids) else 0.0, self.floor)
-        return torch.as_tensor(out, dtype=torch.float32, device=item_ids.device)
+        ids, log_p = self._on(item_ids.device)  # (I,) sorted raw ids, (I,) their log share
+        if not len(ids):
+            return torch.full(item_ids.shape, self.floor, dtype=torch.float32, device=item_ids.device)
+        pos = torch.searchsorted(ids, item_ids).clamp(max=len(ids) - 1)
+        return torch.where(ids[pos] == item_ids, log_p[pos], self.floor)

@@ -71,20 +71,25 @@ class EncoderOptimizer:
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
 
-    def clip_grad_norm(self, max_norm: float) -> float:
-        """Scale every gradient (dense and sparse) so that their global L2 norm is at most ``max_norm``."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
-            return 0.0
-        squares = [
-            (g.coalesce().values() if g.is_sparse else g).float().pow(2).sum() for g in grads
-        ]  # a sparse grad may repeat a row before coalescing: coalesce first
-        total = float(torch.stack(squares).sum().sqrt())
-        if total > max_norm:
-            scale = max_norm / (total + 1e-6)
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad = p.grad.coalesce() * scale if p.grad.is_sparse else p.grad.mul_(scale)
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Scale every gradient (dense and sparse) so that their global L2 norm is at most ``max_norm``.
+
+        Returns the norm before clipping, as a tensor: nothing here waits for the device (the scale is
+        ``min(1, max_norm / norm)``, applied to every gradient, exactly 1 when no clipping is due)."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros(())
+        for p in params:  # a sparse grad may repeat a row before coalescing: coalesce first
+            if p.grad.is_sparse:
+                p.grad = p.grad.coalesce()
+        squares = [(p.grad.values() if p.grad.is_sparse else p.grad).float().pow(2).sum() for p in params]
+        total = torch.stack(squares).sum().sqrt()
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in params:
+            if p.grad.is_sparse:
+                p.grad = p.grad * scale.to(p.grad.dtype)
+            else:
+                p.grad.mul_(scale.to(p.grad.dtype))
         return total
 
     def step(self) -> None:

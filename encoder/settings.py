@@ -69,6 +69,7 @@ class TrainSettings(Section):
     device: DeviceName = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
     strict_device: bool = False  # True: a requested GPU that is absent is an error, not a CPU fallback
     time_budget_s: float = 0.0  # stop after this many seconds of training (0: no limit)
+    prefetch: bool | None = None  # featurise the next batch in a worker thread (None: on a GPU only)
     resume: bool = True  # resume from the run's checkpoint after a crash
     mlflow_tracking_uri: str | None = None  # MLflow URI for params/metrics/history (if mlflow is installed)
     model: ModelOverrides = Field(default_factory=ModelOverrides)  # type: ignore[valid-type]  # e.g. {"d_model": 128}
@@ -89,6 +90,11 @@ class TrainSettings(Section):
     def table_lr_scale_for(self, loss: str) -> float:
         """The hashed tables' lr over ``lr`` when training with ``loss`` (a chosen one, not "auto")."""
         return self.table_lr_scale if self.table_lr_scale is not None else TABLE_LR_SCALE[loss]
+
+    def prefetch_for(self, device_type: str) -> bool:
+        """Whether batches are featurised one step ahead: ``prefetch``, else only on a GPU (on a small
+        CPU the worker thread would take the cores the step itself uses)."""
+        return self.prefetch if self.prefetch is not None else device_type == "cuda"
 
     def model_overrides(self) -> dict[str, Any]:
         """The `ModelConfig` fields set in ``train.model`` (unset ones keep their defaults)."""

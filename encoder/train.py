@@ -38,6 +38,7 @@ import pickle
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,7 @@ from encoder.data import (
 )
 from encoder.device import autocast, autocast_dtype, select_device
 from encoder.evaluate import leave_last_out_report, model_leave_last_out
-from encoder.features import featurize, hash_items
+from encoder.features import SequenceBatch, featurize, hash_items
 from encoder.model import UserEncoder
 from encoder.objectives import (
     LogQ,
@@ -79,7 +80,7 @@ from encoder.settings import TrainSettings
 
 CHECKPOINT_FORMAT = 2  # 2: EncoderOptimizer state, no scheduler (part of the checkpoint key)
 # train settings that do not change the result
-RUNTIME_ONLY = ("threads", "device", "strict_device", "resume", "mlflow_tracking_uri")
+RUNTIME_ONLY = ("threads", "device", "strict_device", "resume", "mlflow_tracking_uri", "prefetch")
 
 log = logging.getLogger("soe.train")
 
@@ -213,6 +214,24 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
     return loss
 
 
+def prefetched(fn: Callable, items: list, ahead: bool):
+    """``fn(item)`` for every item in order; with ``ahead``, each is computed in a worker thread while
+    the caller works on the one before (host featurisation overlapping the GPU's step). The results
+    are the same either way: ``fn`` takes no randomness from the caller."""
+    if not ahead:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for item in items:
+            nxt = pool.submit(fn, item)
+            if pending is not None:
+                yield pending.result()
+            pending = nxt
+        if pending is not None:
+            yield pending.result()
+
+
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar lengths (little padding): sort shuffled groups of 16 batches by length."""
     order = rng.permutation(len(lengths))
@@ -274,6 +293,12 @@ def fit(
     valid_in, valid_tg = split.valid.take(pa.array(np.sort(vsel))), split.valid_target[np.sort(vsel)]
     amp_dtype = autocast_dtype(device, "bf16")  # bf16 on a GPU, plain fp32 on the CPU
     pinned = device.type == "cuda"
+    ahead = ts.prefetch_for(device.type)  # featurise the next batch while the device runs this one
+
+    def host_batch(idx: np.ndarray) -> SequenceBatch:
+        """The featurised rows ``idx``, in page-locked memory for a GPU (its copy then runs async)."""
+        batch = featurize(train.take(pa.array(idx)), cfg)
+        return batch.pin_memory() if pinned else batch
 
     state = {
         "epoch": -1,
@@ -305,6 +330,7 @@ def fit(
         batches = length_batches(lengths, ts.batch_size, np.random.default_rng(_seed(ts.seed, 2, epoch)))
         losses, seen = [], 0
         t_epoch = time.perf_counter()
+        host_batches = prefetched(host_batch, batches, ahead)  # `ahead`: in a worker thread
         for step, idx in enumerate(batches):
             if budget and time.perf_counter() - t0 > budget:  # between batches: at most one batch over
                 stopped = True
@@ -312,11 +338,7 @@ def fit(
             torch.manual_seed(_seed(ts.seed, 3, epoch, step))  # dropout
             rng = np.random.default_rng(_seed(ts.seed, 4, epoch, step))  # target subsampling
             gen = torch.Generator().manual_seed(_seed(ts.seed, 5, epoch, step))  # future-window draws
-            batch = featurize(train.take(pa.array(idx)), cfg)
-            if pinned:  # page-locked host memory: the copy to the GPU runs asynchronously
-                batch = batch.pin_memory().to(device, non_blocking=True)
-            else:
-                batch = batch.to(device)
+            batch = next(host_batches).to(device, non_blocking=pinned)  # pinned: an asynchronous copy
             opt.set_lr(lr_factor(state["step"], total, warmup))
             with autocast(device, amp_dtype):
                 loss = _batch_loss(model, batch, ts, inputs, rng, gen, device)
@@ -326,18 +348,19 @@ def fit(
                 opt.clip_grad_norm(1.0)
                 opt.step()
             state["step"] += 1
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # on the device: no host sync per step
             seen += len(idx)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{losses[-1]:.3f}", rows_s=f"{seen / (time.perf_counter() - t_epoch):.0f}"
+                    loss=f"{float(losses[-1]):.3f}", rows_s=f"{seen / (time.perf_counter() - t_epoch):.0f}"
                 )
+        host_batches.close()  # a budget stop leaves a batch in flight: let the worker finish it
         metrics = model_leave_last_out(model, cfg, valid_in, valid_tg, catalogue, device=device, ks=(10,))
         ndcg = metrics["ndcg@10"]
         record = {
             "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "loss": float(torch.stack(losses).float().mean()) if losses else float("nan"),
             "valid_ndcg10": ndcg,
             "valid_hr10": metrics["hr@10"],
             "lr": float(opt.param_groups[0]["lr"]),

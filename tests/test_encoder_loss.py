@@ -128,8 +128,16 @@ def test_sparse_tables_update_only_touched_rows_and_clipping_covers_both_kinds()
     assert table.grad.is_sparse and not model.head.weight.grad.is_sparse
     dense_norm = model.head.weight.grad.norm()
     sparse_norm = table.grad.coalesce().values().norm()
+    grads = (model.head.weight.grad.clone(), table.grad.coalesce().values().clone())
+    unclipped = opt.clip_grad_norm(1e6)  # far above the norm: every gradient stays exactly as it was
+    assert torch.equal(model.head.weight.grad, grads[0]) and torch.equal(table.grad.values(), grads[1])
     total = opt.clip_grad_norm(0.5)
-    assert total == pytest.approx(float((dense_norm**2 + sparse_norm**2).sqrt()), rel=1e-5)
+    assert isinstance(total, torch.Tensor)  # no host sync inside: the caller decides when to read it
+    assert (
+        float(total)
+        == float(unclipped)
+        == pytest.approx(float((dense_norm**2 + sparse_norm**2).sqrt()), rel=1e-5)
+    )
     clipped = (model.head.weight.grad.norm() ** 2 + table.grad.coalesce().values().norm() ** 2).sqrt()
     assert float(clipped) == pytest.approx(0.5, rel=1e-4)
     opt.step()

@@ -87,6 +87,18 @@ def test_checkpoint_resume_gives_the_same_model(settings, log, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_prefetching_batches_in_a_worker_thread_trains_the_same_model(settings, log):
+    s = _settings(settings, epochs=2, patience=10, time_budget_s=0.0)
+    seq = events_to_sequences(log.events)
+    split, cat, cfg = leave_last_out(seq, POS), item_catalogue(seq), ModelConfig(**TINY)
+    assert not s.train.prefetch_for("cpu") and s.train.prefetch_for("cuda")  # default: on a GPU only
+    inline = fit(cfg, s.train, split, cat, POS, show_progress=False)
+    ahead = fit(cfg, s.train.model_copy(update={"prefetch": True}), split, cat, POS, show_progress=False)
+    assert [h["loss"] for h in ahead.history] == [h["loss"] for h in inline.history]
+    for (name, a), b in zip(inline.model.state_dict().items(), ahead.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_train_model_publishes_an_evaluated_artifact(settings, log):
     s = _settings(settings)
     version = _train(s, log.events)
@@ -255,4 +267,6 @@ def test_version_ids_ignore_unset_and_runtime_train_settings():
     plain = result_settings(TrainSettings())
     assert plain["model"] == {} and "device" not in plain and "strict_device" not in plain
     assert result_settings(TrainSettings(model={"d_model": 32}))["model"] == {"d_model": 32}
-    assert result_settings(TrainSettings(device="cuda:1", threads=3, strict_device=True)) == plain
+    assert (
+        result_settings(TrainSettings(device="cuda:1", threads=3, strict_device=True, prefetch=True)) == plain
+    )
