@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from store.graph.index import build_index, choose_spec
 from store.graph.settings import GraphSettings
-from store.graph.tune import RecallUnreachable, calibrate, unreachable
+from store.graph.tune import RecallUnreachable, calibrate, knob, unreachable
 from store.graph.vectors import UserVectors
 
 
@@ -57,3 +58,12 @@ def test_the_extrapolation_is_generous_near_the_target():
     flat = [{"nprobe": 4, "recall": 0.10}, {"nprobe": 8, "recall": 0.12}, {"nprobe": 16, "recall": 0.14}]
     assert "cannot reach" in unreachable(flat, "nprobe", 256, 0.95)
     assert unreachable(flat[:2], "nprobe", 256, 0.95) is None  # too few measurements to judge
+
+
+def test_a_floor_keeps_the_knob_from_going_down():
+    uv = vectors(20_000, 32, 40)
+    spec = choose_spec(len(uv), CFG, uv.dim)
+    index = build_index(uv, spec, CFG)
+    chosen, tried = calibrate(index, spec, uv, 20, 0.5, CFG.calibration_sample, 0, CFG.max_nprobe, floor=16)
+    assert [t["nprobe"] for t in tried] == [16] and chosen.nprobe == 16  # 4 and 8 would do, not tried
+    assert knob(chosen) == 16 and knob(replace(spec, kind="flat")) is None

@@ -46,7 +46,7 @@ from store.graph.knn import PAD, sample_recall, search_neighbours
 from store.graph.redis_io import write_neighbour_lists
 from store.graph.settings import GraphSettings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
-from store.graph.tune import calibrate
+from store.graph.tune import calibrate, knob
 from store.graph.vectors import UserVectors, latest_vectors
 from store.keys import check_name
 from store.settings import RedisSettings
@@ -122,10 +122,22 @@ def build_incremental(
     uv = old.merged(new)
     update_index(index, old, new)
     nbr, scores, nxt = carry_over(old.ids, old_nbr, old_scores, uv, old_next)
+    tc = time.perf_counter()
+    spec, tried = calibrate(  # the hour's vectors moved: re-check the knob, never below the last one
+        index,
+        prev.spec,
+        uv,
+        cfg.k,
+        min(cfg.target_recall + cfg.incremental_recall_margin, 1.0) if cfg.target_recall > 0 else 0.0,
+        cfg.calibration_sample,
+        cfg.seed,
+        cfg.max_nprobe,
+        floor=knob(prev.spec) or 0,
+    )
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
-    device = choose_device(cfg.use_gpu, num_gpus(), prev.spec.kind)
-    search_index = searcher(on_device(index, device), prev.spec, uv)
+    device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
+    search_index = searcher(on_device(index, device), spec, uv)
     nbr[touched], scores[touched], nxt[touched] = search_neighbours(
         search_index, uv, touched, cfg.k, cfg.search_batch, with_next=True
     )
@@ -149,16 +161,18 @@ def build_incremental(
     changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
     changed = np.union1d(np.union1d(changed, touched), holes)
     stats = {
-        "index_s": round(t1 - t0, 3),
+        "index_s": round(tc - t0, 3),
+        "calibrate_s": round(t1 - tc, 3),
         "search_s": round(t2 - t1, 3),
         "n_touched": len(touched),
+        "calibration": tried,
         "n_new_users": int(len(uv) - len(old)),
         "n_researched": len(dropped),
         "n_repaired": int(repaired),
         "n_forgotten": n_forgotten,
         "n_relisted": len(holes),
     }
-    return GraphResult(uv, nbr, scores, nxt, index, prev.spec, changed, stats)
+    return GraphResult(uv, nbr, scores, nxt, index, spec, changed, stats)
 
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:

@@ -31,6 +31,9 @@ class GraphSettings(Section):
     max_nprobe: int = 256  # calibration ceiling (IVF nprobe / HNSW efSearch)
     recall_sample: int = 1_000  # users whose neighbours are checked against exact search per build
     min_recall: float = 0.93  # incremental build whose sampled recall@k falls below this -> full rebuild
+    # incremental builds re-calibrate (the knob only climbs until the next full build) to target_recall
+    # + this: the lists they keep drift a little below the lists they search again
+    incremental_recall_margin: float = 0.005
     incremental: bool = True  # hourly builds update the previous graph when one exists
     full_rebuild_every_hours: int = 24  # ... and rebuild from scratch when the last full build is this old
     research_dropped: bool = True  # incremental: search again the lists a moved user left (incremental.py)

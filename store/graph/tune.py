@@ -65,16 +65,32 @@ def _with_knob(spec: IndexSpec, name: str, value: int) -> IndexSpec:
     return replace(spec, nprobe=value) if name == "nprobe" else replace(spec, ef_search=value)
 
 
+def knob(spec: IndexSpec) -> int | None:
+    """The value of ``spec``'s query-time knob (``nprobe`` / ``ef_search``), None for an exact index."""
+    if spec.kind not in LADDERS:
+        return None
+    return spec.nprobe if LADDERS[spec.kind][0] == "nprobe" else spec.ef_search
+
+
 def calibrate(
-    index, spec: IndexSpec, uv: UserVectors, k: int, target: float, n_sample: int, seed: int, limit: int
+    index,
+    spec: IndexSpec,
+    uv: UserVectors,
+    k: int,
+    target: float,
+    n_sample: int,
+    seed: int,
+    limit: int,
+    floor: int = 0,
 ) -> tuple[IndexSpec, list[dict]]:
     """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried), applied
-    to ``index``. Raises `RecallUnreachable` early when the target is out of reach (see module doc)."""
+    to ``index``; ladder values below ``floor`` are not tried. Raises `RecallUnreachable` early when
+    the target is out of reach (see module doc)."""
     if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:
         return spec, []
     name, ladder = LADDERS[spec.kind]
     cap = min(limit, spec.nlist) if name == "nprobe" else limit
-    steps = [v for v in ladder if v <= cap] or [cap]
+    steps = [v for v in ladder if min(floor, cap) <= v <= cap] or [cap]
     rng = np.random.default_rng(seed + 13)  # not the seed of the reported recall sample
     rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
     exact, _ = exact_neighbours(uv, rows, k)
