@@ -112,6 +112,7 @@ def test_incremental_equals_rebuild_for_touched_users(settings, planted, kind):
     index.reset()
     index.add_with_ids(uv.vectors, uv.ids)
     assert (snap.spec.nprobe or 0) >= (prev.spec.nprobe or 0)  # re-calibrated: the knob only climbs
+    assert m["search_knob"] == (None if kind == "flat" else snap.spec.nprobe)  # the knob it searched with
     set_search_params(index, snap.spec)  # ... and the hour searched with it
     fresh, _ = search_neighbours(searcher(index, snap.spec, uv), uv, rows, 8)
     if kind == "ivf_pq":  # fast-scan ranks by 16-bit quantised distances: ties at the re-rank cut-off

@@ -91,6 +91,7 @@ def build_full(
         "search_s": round(t2 - t1, 3),
         "n_touched": len(uv),
         "calibration": tried,
+        "search_knob": knob(spec),  # the nprobe / efSearch the lists were searched with
     }
     return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
 
@@ -166,6 +167,7 @@ def build_incremental(
         "search_s": round(t2 - t1, 3),
         "n_touched": len(touched),
         "calibration": tried,
+        "search_knob": knob(spec),  # the nprobe / efSearch the hour searched with
         "n_new_users": int(len(uv) - len(old)),
         "n_researched": len(dropped),
         "n_repaired": int(repaired),
