@@ -38,7 +38,6 @@ import pickle
 import subprocess
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +64,7 @@ from encoder.data import (
 from encoder.device import autocast, autocast_dtype, select_device
 from encoder.evaluate import leave_last_out_report, model_leave_last_out
 from encoder.features import SequenceBatch, featurize, hash_items
+from encoder.inference.loader import prefetch
 from encoder.model import UserEncoder
 from encoder.objectives import (
     LogQ,
@@ -214,24 +214,6 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
     return loss
 
 
-def prefetched(fn: Callable, items: list, ahead: bool):
-    """``fn(item)`` for every item in order; with ``ahead``, each is computed in a worker thread while
-    the caller works on the one before (host featurisation overlapping the GPU's step). The results
-    are the same either way: ``fn`` takes no randomness from the caller."""
-    if not ahead:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for item in items:
-            nxt = pool.submit(fn, item)
-            if pending is not None:
-                yield pending.result()
-            pending = nxt
-        if pending is not None:
-            yield pending.result()
-
-
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar lengths (little padding): sort shuffled groups of 16 batches by length."""
     order = rng.permutation(len(lengths))
@@ -330,7 +312,8 @@ def fit(
         batches = length_batches(lengths, ts.batch_size, np.random.default_rng(_seed(ts.seed, 2, epoch)))
         losses, seen = [], 0
         t_epoch = time.perf_counter()
-        host_batches = prefetched(host_batch, batches, ahead)  # `ahead`: in a worker thread
+        featurised = map(host_batch, batches)  # lazily, in order
+        host_batches = prefetch(featurised, depth=2, name="soe-train-loader") if ahead else featurised
         for step, idx in enumerate(batches):
             if budget and time.perf_counter() - t0 > budget:  # between batches: at most one batch over
                 stopped = True
@@ -355,7 +338,8 @@ def fit(
                 bar.set_postfix(
                     loss=f"{float(losses[-1]):.3f}", rows_s=f"{seen / (time.perf_counter() - t_epoch):.0f}"
                 )
-        host_batches.close()  # a budget stop leaves a batch in flight: let the worker finish it
+        if ahead:  # a budget stop leaves batches in flight: stop the loader thread
+            host_batches.close()
         metrics = model_leave_last_out(model, cfg, valid_in, valid_tg, catalogue, device=device, ks=(10,))
         ndcg = metrics["ndcg@10"]
         record = {
