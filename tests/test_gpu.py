@@ -13,6 +13,8 @@ On a CUDA machine it checks what the CPU suite can only reason about:
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -173,7 +175,11 @@ def test_training_on_the_gpu_learns_with_pinned_batches(loss, monkeypatch):
 
     pinned = []
     original = SequenceBatch.pin_memory
-    monkeypatch.setattr(SequenceBatch, "pin_memory", lambda self: pinned.append(1) or original(self))
+    monkeypatch.setattr(
+        SequenceBatch,
+        "pin_memory",
+        lambda self: pinned.append(threading.current_thread().name) or original(self),
+    )
     log = generate(SyntheticConfig(n_users=200, n_items=300, n_clusters=3, hours=12, base_events_per_user=40))
     seq = events_to_sequences(log.events)
     positives = ["click", "conversion", "view"]
@@ -188,6 +194,7 @@ def test_training_on_the_gpu_learns_with_pinned_batches(loss, monkeypatch):
     result = fit(cfg, ts, split, catalogue, positives, show_progress=False)
     assert result.device.type == "cuda" and next(result.model.parameters()).is_cuda
     assert pinned and result.history[-1]["loss"] < result.history[0]["loss"]
+    assert set(pinned) == {"soe-train-loader"}  # on a GPU, batches are made ahead in the loader thread
     # the GPU-trained model is evaluated where it is (bench.quality reports straight after fit)
     from encoder.evaluate import leave_last_out_report
 
