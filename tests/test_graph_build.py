@@ -224,3 +224,29 @@ def test_neighbour_lists_in_the_store_match_parquet(settings, planted, redis_mem
     _touch(planted, layout, T2)
     m2 = build_graph(s.graph, s.redis, s.layout(), "m1", T2)
     assert m2["mode"] == "incremental" and m2["redis_lists"]["written"] == m2["n_changed_lists"] < 3020
+
+
+def test_chunked_vector_merge_is_bit_identical():
+    """`from_arrays` / `merged` build the result block by block: the same bits as one whole-matrix pass."""
+    from store.graph.vectors import UserVectors
+
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 500, 800)  # duplicates: the last row of an id wins
+    x = rng.standard_normal((800, 8)) * 3  # float64 in, float32 out
+    got = UserVectors.from_arrays(ids, x, chunk=7)
+    order = np.argsort(ids, kind="stable")
+    last = np.r_[ids[order][1:] != ids[order][:-1], True]
+    np.testing.assert_array_equal(got.ids, ids[order][last])
+    assert got.vectors.dtype == np.float32
+    np.testing.assert_array_equal(got.vectors, normalise(x.astype(np.float32)[order[last]]))
+    newer = UserVectors.from_arrays(rng.integers(400, 700, 100), rng.standard_normal((100, 8)), chunk=3)
+    merged = got.merged(newer, chunk=5)
+    whole = UserVectors.from_arrays(
+        np.concatenate([got.ids, newer.ids]), np.concatenate([got.vectors, newer.vectors]), chunk=10**9
+    )
+    np.testing.assert_array_equal(merged.ids, whole.ids)
+    np.testing.assert_array_equal(merged.vectors, whole.vectors)
+    f16 = rng.standard_normal((50, 8)).astype(np.float16)  # the snapshots' dtype, converted per block
+    np.testing.assert_array_equal(
+        UserVectors.from_arrays(np.arange(50), f16, chunk=4).vectors, normalise(f16.astype(np.float32))
+    )

@@ -22,6 +22,8 @@ from core.embeddings import latest_embeddings, vector_array
 from core.forget import ForgetList
 from core.layout import Layout
 
+CHUNK_ROWS = 65_536  # default rows per block of the row-wise passes (graph.chunk_rows)
+
 
 @dataclass
 class UserVectors:
@@ -70,32 +72,57 @@ class UserVectors:
         return table
 
     @classmethod
-    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray) -> UserVectors:
-        """Sort by id, drop duplicate ids (last wins), normalise rows."""
+    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray, chunk: int = CHUNK_ROWS) -> UserVectors:
+        """Sort by id, drop duplicate ids (last wins), normalise rows (``vectors`` of any float dtype;
+        converted to float32 ``chunk`` rows at a time, so the only full-size copy is the result)."""
         ids = np.asarray(ids, dtype=np.int64)
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors)
         if vectors.ndim != 2 or len(ids) != len(vectors):
             raise ValueError(f"need (N,) ids and (N, D) vectors, got {ids.shape} and {vectors.shape}")
+        return cls._sorted_unique(ids, [vectors], vectors.shape[1], chunk)
+
+    @classmethod
+    def _sorted_unique(cls, ids: np.ndarray, parts: list[np.ndarray], dim: int, chunk: int) -> UserVectors:
+        """`from_arrays` of ``ids`` and the row-wise concatenation of ``parts``, without concatenating."""
         order = np.argsort(ids, kind="stable")
-        ids, vectors = ids[order], vectors[order]
+        ids = ids[order]
         last = np.ones(len(ids), bool)
         last[:-1] = ids[1:] != ids[:-1]
-        return cls(ids[last], normalise(vectors[last]))
+        return cls(ids[last], normalised_rows(parts, order[last], dim, chunk))
 
     def without(self, user_ids: np.ndarray) -> UserVectors:
         """These vectors without ``user_ids`` (e.g. the forgotten users)."""
         keep = ~np.isin(self.ids, np.asarray(user_ids, dtype=np.int64))
         return self if keep.all() else UserVectors(self.ids[keep], self.vectors[keep])
 
-    def merged(self, newer: UserVectors) -> UserVectors:
-        """These vectors with ``newer``'s replacing/adding users (newer wins)."""
+    def merged(self, newer: UserVectors, chunk: int = CHUNK_ROWS) -> UserVectors:
+        """These vectors with ``newer``'s replacing/adding users (newer wins); the two matrices are
+        never concatenated (rows are gathered into the result ``chunk`` at a time)."""
         if len(self) and len(newer) and self.dim != newer.dim:
             raise ValueError(
                 f"vector dim changed from {self.dim} to {newer.dim}: a new model needs a full build"
             )
         ids = np.concatenate([self.ids, newer.ids])
-        vecs = np.concatenate([self.vectors, newer.vectors]) if len(self) else newer.vectors
-        return UserVectors.from_arrays(ids, vecs)
+        parts = [self.vectors, newer.vectors] if len(self) else [newer.vectors]
+        return UserVectors._sorted_unique(ids, parts, self.dim if len(self) else newer.dim, chunk)
+
+
+def normalised_rows(
+    parts: list[np.ndarray], rows: np.ndarray, dim: int, chunk: int = CHUNK_ROWS
+) -> np.ndarray:
+    """``normalise(np.concatenate(parts)[rows])`` (float32), built ``chunk`` rows at a time: scratch
+    memory is one block, not a copy of every part; the result is bit-identical (row-wise arithmetic)."""
+    out = np.empty((len(rows), dim), np.float32)
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    for lo in range(0, len(rows), chunk):
+        r = rows[lo : lo + chunk]
+        block = np.empty((len(r), dim), np.float32)
+        for part, start, stop in zip(parts, starts[:-1], starts[1:]):
+            inside = (r >= start) & (r < stop)
+            if inside.any():
+                block[inside] = part[r[inside] - start]  # float16/float64 -> float32 like astype
+        out[lo : lo + len(r)] = normalise(block)
+    return out
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -123,4 +150,8 @@ def latest_vectors(
     if len(forget):
         keep = ~forget.mask(ids)
         table, ids = table.filter(pa.array(keep)), ids[keep]
-    return UserVectors.from_arrays(ids, vector_array(table.column("vector")))
+    # the stored dtype (float16): from_arrays converts block by block, never the whole matrix at once
+    uv = UserVectors.from_arrays(ids, vector_array(table.column("vector"), dtype=None))
+    del table
+    pa.default_memory_pool().release_unused()  # the snapshots' Arrow buffers, kept by the allocator
+    return uv
