@@ -34,6 +34,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.atomic import is_complete, publish_dir, read_marker, write_marker
@@ -42,7 +43,7 @@ from core.forget import DIGEST_KEY, ForgetList
 from core.layout import Layout, snapshot_times, utc
 from store.graph.index import IndexSpec, load_index, save_index
 from store.graph.knn import PAD, neighbours_from_table, neighbours_table, search_neighbours
-from store.graph.vectors import UserVectors
+from store.graph.vectors import CHUNK_ROWS, UserVectors
 
 NEIGHBOURS_FILE = "neighbours.parquet"
 IDS_FILE = "ids.npy"
@@ -62,9 +63,17 @@ def write_snapshot(
     model_version: str,
     as_of: datetime,
     changed_rows: np.ndarray | None = None,
+    chunk: int = CHUNK_ROWS,
 ) -> None:
-    """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically)."""
-    pq.write_table(neighbours_table(uv.ids, nbr_ids, nbr_scores, model_version, as_of), tmp / NEIGHBOURS_FILE)
+    """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically).
+
+    The neighbours table is written ``chunk`` rows at a time, one row group each: neither the whole
+    Arrow table nor its encoded file is ever held in memory, and readers can stream it back."""
+    with pq.ParquetWriter(tmp / NEIGHBOURS_FILE, NEIGHBOURS.schema) as writer:
+        for lo in range(0, max(len(uv), 1), chunk):
+            sl = slice(lo, lo + chunk)
+            table = neighbours_table(uv.ids[sl], nbr_ids[sl], nbr_scores[sl], model_version, as_of)
+            writer.write_table(table, row_group_size=chunk)
     np.save(tmp / IDS_FILE, uv.ids)
     np.save(tmp / VECTORS_FILE, uv.vectors)
     np.save(tmp / NEXT_FILE, next_scores.astype(np.float32))
@@ -100,6 +109,11 @@ class GraphSnapshot:
     def vectors(self) -> UserVectors:
         return UserVectors(np.load(self.path / IDS_FILE), np.load(self.path / VECTORS_FILE))
 
+    def drop_vectors(self) -> None:
+        """Forget the cached `vectors` (a build that merged them into new ones frees the old copy);
+        the next access reads them again."""
+        self.__dict__.pop("vectors", None)
+
     def index(self):
         """A fresh CPU copy of the saved index (callers may mutate it)."""
         return load_index(self.path / INDEX_FILE, self.spec)
@@ -120,12 +134,23 @@ class GraphSnapshot:
         path = self.path / CHANGED_FILE
         return np.load(path) if path.is_file() else self.vectors.ids
 
-    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
-        """(nbr_ids (N, k), scores (N, k)) row-aligned with ``vectors.ids``."""
-        table = pq.read_table(self.path / NEIGHBOURS_FILE)
-        NEIGHBOURS.check_version(table.schema)
-        user_ids, ids, scores = neighbours_from_table(table, self.k)
-        if not np.array_equal(user_ids, self.vectors.ids):
+    def neighbours(self, chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+        """(nbr_ids (N, k), scores (N, k)) row-aligned with ``vectors.ids``, read ``chunk`` rows at a
+        time into the two arrays (the Arrow table of every list is never materialised)."""
+        file = pq.ParquetFile(self.path / NEIGHBOURS_FILE, pre_buffer=False)  # one row group at a time
+        NEIGHBOURS.check_version(file.schema_arrow)
+        n, k = file.metadata.num_rows, self.k
+        user_ids = np.empty(n, np.int64)
+        ids = np.full((n, k), PAD, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        lo = 0
+        for batch in file.iter_batches(batch_size=chunk, columns=["user_id", "neighbor_ids", "scores"]):
+            hi = lo + batch.num_rows
+            part = pa.Table.from_batches([batch])
+            user_ids[lo:hi], ids[lo:hi], scores[lo:hi] = neighbours_from_table(part, k)
+            lo = hi
+        pa.default_memory_pool().release_unused()  # the decoded batches' pages, kept by the allocator
+        if lo != n or not np.array_equal(user_ids, self.vectors.ids):
             raise ValueError(f"{self.path}: neighbours rows are not aligned with ids.npy (corrupt snapshot?)")
         return ids, scores
 
