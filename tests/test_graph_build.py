@@ -250,3 +250,34 @@ def test_chunked_vector_merge_is_bit_identical():
     np.testing.assert_array_equal(
         UserVectors.from_arrays(np.arange(50), f16, chunk=4).vectors, normalise(f16.astype(np.float32))
     )
+
+
+@pytest.mark.parametrize("research_dropped", [True, False])  # False: the repair pass does the work
+def test_chunk_rows_bounds_memory_not_the_graph(settings, planted, tmp_path, research_dropped):
+    """graph.chunk_rows only sizes the blocks of the row-wise passes: a full then an incremental build
+    in blocks of 7 rows (merge, re-scoring, change detection, Parquet row groups written and read back)
+    publishes exactly the graph of one block."""
+    built = {}
+    for chunk in (7, 1_000_000):
+        s = _settings(
+            settings, index="ivf", min_recall=0.0, chunk_rows=chunk, research_dropped=research_dropped
+        )
+        s = s.model_copy(update={"data": s.data.model_copy(update={"root": tmp_path / f"chunk{chunk}"})})
+        layout = s.layout()
+        write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
+        build_graph(s.graph, s.redis, layout, "m1", T1)
+        _touch(planted, layout, T2, n=300)
+        m = build_graph(s.graph, s.redis, layout, "m1", T2)
+        assert m["mode"] == "incremental" and (m["n_researched"] if research_dropped else m["n_repaired"]) > 0
+        rows = pq.ParquetFile(layout.graph("m1", utc(T2)) / "neighbours.parquet").metadata.num_row_groups
+        assert rows == (-(-3020 // chunk) if chunk == 7 else 1)
+        snaps = [GraphSnapshot(layout.graph("m1", utc(t))) for t in (T1, T2)]
+        built[chunk] = (m, [(x.vectors, *x.neighbours(), x.next_scores(), x.changed_ids()) for x in snaps])
+    (m_small, small), (m_one, one) = built[7], built[1_000_000]
+    for key in ("recall_at_k", "n_touched", "n_researched", "n_repaired", "n_changed_lists", "search_knob"):
+        assert m_small[key] == m_one[key], key
+    for a, b in zip(small, one):
+        np.testing.assert_array_equal(a[0].ids, b[0].ids)
+        np.testing.assert_array_equal(a[0].vectors, b[0].vectors)
+        for x, y in zip(a[1:], b[1:]):
+            np.testing.assert_array_equal(x, y)

@@ -32,7 +32,14 @@ from core.contracts import NEIGHBOURS
 from core.embeddings import snapshot_times
 from core.forget import DIGEST_KEY, ForgetList
 from core.layout import HOUR, Layout, stamp, utc
-from store.graph.incremental import carry_over, local_neighbours, repair_untouched, rescore, update_index
+from store.graph.incremental import (
+    carry_over,
+    changed_lists,
+    local_neighbours,
+    repair_untouched,
+    rescore,
+    update_index,
+)
 from store.graph.index import (
     IndexSpec,
     build_index,
@@ -102,7 +109,7 @@ def build_incremental(
     t0 = time.perf_counter()
     old = prev.vectors
     index = prev.index()
-    old_nbr, old_scores = prev.neighbours()
+    old_nbr, old_scores = prev.neighbours(cfg.chunk_rows)
     old_next = prev.next_scores()
     holed = np.zeros(0, np.int64)  # users whose previous list named a forgotten user
     n_forgotten = 0
@@ -120,9 +127,13 @@ def build_incremental(
             old_scores = np.where(listed, -np.inf, old_scores)[keep].astype(np.float32)
             old, old_next = UserVectors(old.ids[keep], old.vectors[keep]), old_next[keep]
             n_forgotten = len(gone)
-    uv = old.merged(new)
     update_index(index, old, new)
-    nbr, scores, nxt = carry_over(old.ids, old_nbr, old_scores, uv, old_next)
+    uv = old.merged(new, cfg.chunk_rows)
+    old_ids, n_old = old.ids, len(old)
+    del old  # the merged vectors replace the previous ones: one (N, D) copy held, not two
+    prev.drop_vectors()
+    nbr, scores, nxt = carry_over(old_ids, old_nbr, old_scores, uv, old_next)
+    del old_scores, old_next  # carried over; the previous ids stay to tell which lists changed
     tc = time.perf_counter()
     spec, tried = calibrate(  # the hour's vectors moved: re-check the knob, never below the last one
         index,
@@ -139,27 +150,21 @@ def build_incremental(
     touched = uv.positions(new.ids)
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
     search_index = searcher(on_device(index, device), spec, uv)
-    nbr[touched], scores[touched], nxt[touched] = search_neighbours(
-        search_index, uv, touched, cfg.k, cfg.search_batch, with_next=True
-    )
+    search_into(search_index, uv, touched, cfg, nbr, scores, nxt)
     dropped = np.zeros(0, np.int64)
     if cfg.research_dropped:  # rows a moved neighbour fell out of: search them again
-        dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids, nxt), touched)
+        dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids, nxt, cfg.chunk_rows), touched)
         if cfg.research_with == "local":  # their 2-hop neighbourhood, ~k² dot products per row
             nbr[dropped], scores[dropped], nxt[dropped] = local_neighbours(uv, nbr, dropped, cfg.k)
         else:  # the index, as a full build would
-            nbr[dropped], scores[dropped], nxt[dropped] = search_neighbours(
-                search_index, uv, dropped, cfg.k, cfg.search_batch, with_next=True
-            )
+            search_into(search_index, uv, dropped, cfg, nbr, scores, nxt)
     holes = np.setdiff1d(uv.positions(holed), np.union1d(touched, dropped))  # lost a forgotten neighbour
     if len(holes):
-        nbr[holes], scores[holes], nxt[holes] = search_neighbours(
-            search_index, uv, holes, cfg.k, cfg.search_batch, with_next=True
-        )
+        search_into(search_index, uv, holes, cfg, nbr, scores, nxt)
     fixed = np.union1d(np.union1d(touched, dropped), holes)
-    repaired = repair_untouched(uv, nbr, scores, touched, nxt, fixed=fixed)
+    repaired = repair_untouched(uv, nbr, scores, touched, nxt, fixed=fixed, chunk=cfg.chunk_rows)
     t2 = time.perf_counter()
-    changed = np.flatnonzero(np.any(nbr != carry_over(old.ids, old_nbr, old_scores, uv)[0], axis=1))
+    changed = changed_lists(nbr, uv.positions(old_ids), old_nbr, cfg.chunk_rows)
     changed = np.union1d(np.union1d(changed, touched), holes)
     stats = {
         "index_s": round(tc - t0, 3),
@@ -168,13 +173,21 @@ def build_incremental(
         "n_touched": len(touched),
         "calibration": tried,
         "search_knob": knob(spec),  # the nprobe / efSearch the hour searched with
-        "n_new_users": int(len(uv) - len(old)),
+        "n_new_users": int(len(uv) - n_old),
         "n_researched": len(dropped),
         "n_repaired": int(repaired),
         "n_forgotten": n_forgotten,
         "n_relisted": len(holes),
     }
     return GraphResult(uv, nbr, scores, nxt, index, spec, changed, stats)
+
+
+def search_into(index, uv: UserVectors, rows: np.ndarray, cfg: GraphSettings, nbr, scores, nxt) -> None:
+    """`search_neighbours` of ``rows`` written into the (N, k) lists and (N,) bars one search batch at
+    a time (the same searches; no (rows, k+1) result of every row at once)."""
+    for lo in range(0, len(rows), cfg.search_batch):
+        r = rows[lo : lo + cfg.search_batch]
+        nbr[r], scores[r], nxt[r] = search_neighbours(index, uv, r, cfg.k, cfg.search_batch, with_next=True)
 
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:
@@ -279,6 +292,7 @@ def build_graph(
             model_version,
             as_of,
             changed_rows=result.changed_rows,
+            chunk=cfg.chunk_rows,
         )
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
     if cfg.publish_redis if publish_redis is None else publish_redis:

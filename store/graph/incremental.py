@@ -29,6 +29,8 @@ import numpy as np
 from store.graph.knn import PAD
 from store.graph.vectors import UserVectors
 
+CHUNK_ROWS = 65_536  # default rows per block of the row-wise passes (graph.chunk_rows)
+
 
 def update_index(index, old: UserVectors, new: UserVectors) -> None:
     """Replace the vectors of ``new``'s users in ``index`` (ids = user ids) in one remove + one add."""
@@ -66,6 +68,37 @@ def carry_over(
     return nbr, scores, nxt
 
 
+def changed_lists(
+    nbr: np.ndarray, old_rows: np.ndarray, old_nbr: np.ndarray, chunk: int = CHUNK_ROWS
+) -> np.ndarray:
+    """Rows of ``nbr`` whose ids differ from the previous lists (``old_nbr``, the rows ``old_rows`` of
+    ``nbr``; other rows had no list, so any neighbour is a change), sorted. Block by block: the same
+    rows as comparing with the whole `carry_over`, without building it."""
+    differs = np.zeros(len(nbr), bool)
+    for lo in range(0, len(nbr), chunk):
+        differs[lo : lo + chunk] = np.any(nbr[lo : lo + chunk] != PAD, axis=1)
+    for lo in range(0, len(old_rows), chunk):
+        rows = old_rows[lo : lo + chunk]
+        differs[rows] = np.any(nbr[rows] != old_nbr[lo : lo + chunk], axis=1)
+    return np.flatnonzero(differs)
+
+
+def moved_entries(
+    uv: UserVectors, nbr: np.ndarray, is_fixed: np.ndarray, moved_ids: np.ndarray, chunk: int = CHUNK_ROWS
+):
+    """Yield ``(r, c, score)`` per block of ``chunk`` rows: the entries ``nbr[r, c]`` of rows not in
+    ``is_fixed`` that name a user of ``moved_ids``, with their similarity under the current vectors.
+
+    Block by block so that the scratch (the (rows, k) id test, two (entries, D) gathers) stays
+    bounded by ``chunk`` whatever N is; the scores are exactly those of one unchunked pass."""
+    for lo in range(0, len(nbr), chunk):
+        hit = np.isin(nbr[lo : lo + chunk], moved_ids) & ~is_fixed[lo : lo + chunk, None]
+        r, c = np.nonzero(hit)
+        r += lo
+        score = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
+        yield r, c, score
+
+
 def rescore(
     uv: UserVectors,
     nbr: np.ndarray,
@@ -73,18 +106,19 @@ def rescore(
     fixed: np.ndarray,
     moved_ids: np.ndarray,
     next_scores: np.ndarray,
+    chunk: int = CHUNK_ROWS,
 ) -> np.ndarray:
     """Re-score entries of rows not in ``fixed`` that point at a moved user; returns the rows that
     must be searched again: a moved neighbour fell below the row's (k+1)-th score, so a user outside
-    the list may now belong in it. Rows whose moved neighbours stay above that bar remain exact."""
-    n = len(nbr)
-    is_fixed = np.zeros(n, bool)
+    the list may now belong in it. Rows whose moved neighbours stay above that bar remain exact.
+    ``chunk``: rows per block of the pass (bounds its scratch memory, not its result)."""
+    is_fixed = np.zeros(len(nbr), bool)
     is_fixed[fixed] = True
-    hit = np.isin(nbr, moved_ids) & ~is_fixed[:, None]  # (N, k)
-    r, c = np.nonzero(hit)
-    new = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
-    scores[r, c] = new
-    return np.unique(r[new < next_scores[r]])
+    dropped = [np.zeros(0, np.int64)]
+    for r, c, new in moved_entries(uv, nbr, is_fixed, moved_ids, chunk):
+        scores[r, c] = new
+        dropped.append(r[new < next_scores[r]])
+    return np.unique(np.concatenate(dropped))
 
 
 def repair_untouched(
@@ -94,11 +128,13 @@ def repair_untouched(
     touched: np.ndarray,
     next_scores: np.ndarray,
     fixed: np.ndarray | None = None,
+    chunk: int = CHUNK_ROWS,
 ) -> int:
     """Re-score entries pointing at touched users and insert touched users where they now belong.
 
     ``nbr``/``scores`` (N, k) and ``next_scores`` (N,) are modified in place (an evicted entry raises
     its row's bar); rows in ``fixed`` (default ``touched``: already recomputed) are left alone.
+    ``chunk``: rows per block of the re-scoring pass (bounds its scratch memory, not its result).
     Returns the number of rows changed.
     """
     n, k = nbr.shape
@@ -107,10 +143,11 @@ def repair_untouched(
     is_fixed[fixed] = True
     touched_ids = uv.ids[touched]
     # 1. re-score: entries of the other rows whose neighbour got a new vector
-    hit = np.isin(nbr, touched_ids) & ~is_fixed[:, None]  # (N, k) entries re-scored by `rescore`
-    hit_rows = np.unique(np.nonzero(hit)[0])
-    r, c = np.nonzero(hit)
-    scores[r, c] = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])
+    blocks = [np.zeros(0, np.int64)]
+    for r, c, new in moved_entries(uv, nbr, is_fixed, touched_ids, chunk):
+        scores[r, c] = new
+        blocks.append(np.unique(r))
+    hit_rows = np.concatenate(blocks)  # sorted and unique: blocks are disjoint and in row order
     # 2. reverse insertion candidates: (v <- u) for each touched u and each of its new neighbours v
     cand_rows = uv.positions(nbr[touched].ravel())  # (T*k,)
     cand_ids = np.repeat(touched_ids, k)

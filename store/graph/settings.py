@@ -24,6 +24,9 @@ class GraphSettings(Section):
     hnsw_ef_search: int = 96  # HNSW search beam width
     use_gpu: Literal["auto", "never", "always"] = "auto"  # auto = faiss GPU when faiss.get_num_gpus() > 0
     search_batch: int = 16_384  # queries per faiss search call
+    # rows per block of the passes over all N users (vector merge, re-scoring, change detection, neighbour
+    # lists read / written as Parquet row groups): their scratch memory follows this, not N; results don't
+    chunk_rows: int = 65_536
     seed: int = 0  # training sample / recall sample seed (reruns are identical)
     # -- quality and incremental refresh ------------------------------------------------------
     target_recall: float = 0.95  # full builds calibrate nprobe / efSearch to reach this (0 = fixed values)
