@@ -27,9 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from store.graph.knn import PAD
-from store.graph.vectors import UserVectors
-
-CHUNK_ROWS = 65_536  # default rows per block of the row-wise passes (graph.chunk_rows)
+from store.graph.vectors import CHUNK_ROWS, UserVectors
 
 
 def update_index(index, old: UserVectors, new: UserVectors) -> None:
