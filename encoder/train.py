@@ -38,7 +38,7 @@ import pickle
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,7 @@ from encoder.data import (
 )
 from encoder.device import autocast, autocast_dtype, select_device
 from encoder.evaluate import leave_last_out_report, model_leave_last_out
-from encoder.features import SequenceBatch, featurize, hash_items, time_buckets
+from encoder.features import SequenceBatch, featurize, hash_items
 from encoder.inference.loader import prefetch
 from encoder.model import UserEncoder
 from encoder.objectives import (
@@ -157,20 +157,6 @@ def last_query_slot(target: torch.Tensor) -> torch.Tensor:
     slots = torch.arange(T, device=target.device).expand_as(target)  # (B, T)
     last = torch.where(target >= 0, slots, -1).amax(dim=1)  # (B,)
     return torch.where(last >= 0, last, T - 1)
-
-
-def anchor_time_gaps(batch: SequenceBatch, positive_idx: torch.Tensor, n_buckets: int) -> SequenceBatch:
-    """The batch with its time-gap buckets measured from just after each row's last query with a target.
-
-    Evaluation and inference measure gaps from just after the newest event they see (or from the
-    refresh time); a training row's own end is its last target, so measured from there the last
-    query's gap bucket would carry the time to that target, which no inference query can know. The
-    events after the query are targets only (no query with a target sees them) and get bucket 1."""
-    positive = torch.isin(batch.action, positive_idx) & batch.valid  # (B, T)
-    slot = last_query_slot(next_positive_targets(positive))  # (B,)
-    anchor = batch.ts.gather(1, slot[:, None]) + 1  # (B, 1) ms just after the query event
-    buckets = torch.from_numpy(time_buckets((anchor - batch.ts).numpy(), n_buckets))  # (B, T)
-    return replace(batch, time_bucket=buckets * batch.valid)
 
 
 def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, device) -> torch.Tensor:
@@ -291,13 +277,9 @@ def fit(
     pinned = device.type == "cuda"
     ahead = ts.prefetch_for(device.type)  # featurise the next batch while the device runs this one
 
-    positives_on_host = inputs.positive_idx.cpu()
-
     def host_batch(idx: np.ndarray) -> SequenceBatch:
         """The featurised rows ``idx``, in page-locked memory for a GPU (its copy then runs async)."""
         batch = featurize(train.take(pa.array(idx)), cfg)
-        if cfg.use_time:
-            batch = anchor_time_gaps(batch, positives_on_host, cfg.n_time_buckets)
         return batch.pin_memory() if pinned else batch
 
     state = {

@@ -13,8 +13,6 @@ from encoder.config import ModelConfig
 from encoder.data import events_to_sequences, truncate
 from encoder.features import featurize
 from encoder.model import UserEncoder
-from encoder.objectives import next_positive_targets
-from encoder.train import anchor_time_gaps, last_query_slot
 
 torch.set_num_threads(1)  # the test machine is shared: one thread avoids oversubscription
 
@@ -249,33 +247,3 @@ def test_training_query_sits_where_the_inference_query_sits(sequences, pooling):
         unanchored = model.encode_positions(full)[torch.arange(6), newest]
     assert torch.allclose(training, inference, atol=1e-5)
     assert not torch.allclose(unanchored, inference, atol=1e-3)
-
-
-def test_training_time_gaps_are_measured_from_the_last_query_as_inference_measures_them(sequences):
-    """A training row's last query with a target gets the time-gap buckets inference gives the history
-    that ends there (as_of just after its newest event); measured from the row's end instead, the
-    query's own bucket would carry the time to its target."""
-    cfg = ModelConfig(**{**SMALL, "max_len": 1024})  # no row is cut
-    positive_idx = torch.tensor([cfg.actions.index(a) + 1 for a in ("click", "conversion")])
-
-    def last_query(batch):
-        return last_query_slot(next_positive_targets(torch.isin(batch.action, positive_idx) & batch.valid))
-
-    probe = featurize(sequences, cfg)
-    has_target = last_query(probe) < probe.action.shape[1] - 1  # (rows without a target: slot T-1)
-    rows = sequences.take(np.flatnonzero(has_target.numpy())[:8])
-    assert rows.num_rows == 8
-    full = featurize(rows, cfg)
-    anchored = anchor_time_gaps(full, positive_idx, cfg.n_time_buckets)
-    slot = last_query(full)  # (B,)
-    T = full.action.shape[1]
-    cut = (slot - (T - full.lengths) + 1).numpy()  # each row's history up to its last query
-    assert (cut < full.lengths.numpy()).all()  # a strict prefix: a target follows it
-    as_of = (full.ts.gather(1, slot[:, None])[:, 0] + 1).numpy()  # just after the query event
-    inference = featurize(truncate(rows, cut), cfg, as_of=as_of)
-    for b in range(8):
-        n, s = int(cut[b]), int(slot[b])
-        assert torch.equal(anchored.time_bucket[b, s - n + 1 : s + 1], inference.time_bucket[b, -n:])
-    assert (anchored.time_bucket[~full.valid] == 0).all()
-    at_query = torch.arange(8), slot
-    assert not torch.equal(full.time_bucket[at_query], anchored.time_bucket[at_query])  # the leak, gone
