@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from bench.common import emit, machine, parse_args
 from bench.quality import REPO, SPORTS_FILE
 from encoder.baselines import popularity_scores
-from encoder.data import Catalogue, item_catalogue, leave_last_out, read_sasrec
+from encoder.data import Catalogue, history_items, item_catalogue, leave_last_out, read_sasrec
 from encoder.evaluate import leave_last_out_metrics
 
 
@@ -106,14 +106,11 @@ class ReferenceSASRec(nn.Module):
 
 
 def item_rows(sequences: pa.Table, catalogue: Catalogue, max_len: int) -> torch.Tensor:
-    """(U, max_len) left-padded catalogue positions + 1 of each row's newest ``max_len`` items."""
-    items = sequences["item_id"].combine_chunks()
-    lengths = pc.list_value_length(items).to_numpy().astype(np.int64)
-    flat = catalogue.index(pc.fill_null(items.flatten(), -1).to_numpy()) + 1  # 0 = unknown / padding
-    out = np.zeros((len(lengths), max_len), np.int64)
-    ends = np.cumsum(lengths)
-    for r, (end, n) in enumerate(zip(ends, lengths)):
-        keep = flat[end - min(n, max_len) : end]
+    """(U, max_len) left-padded catalogue positions + 1 of each row's newest ``max_len`` catalogue items."""
+    offsets, flat = history_items(sequences, catalogue)  # CSR of catalogue positions, in time order
+    out = np.zeros((len(offsets) - 1, max_len), np.int64)  # 0 = padding
+    for r, (lo, hi) in enumerate(pairwise(offsets)):
+        keep = flat[max(lo, hi - max_len) : hi] + 1
         out[r, max_len - len(keep) :] = keep
     return torch.from_numpy(out)
 

@@ -21,8 +21,9 @@ import pyarrow as pa
 from core.embeddings import latest_embeddings, vector_array
 from core.forget import ForgetList
 from core.layout import Layout
+from store.graph.settings import GraphSettings
 
-CHUNK_ROWS = 65_536  # default rows per block of the row-wise passes (graph.chunk_rows)
+CHUNK_ROWS: int = GraphSettings.model_fields["chunk_rows"].default  # rows per block of the row-wise passes
 
 
 @dataclass
