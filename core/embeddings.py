@@ -11,13 +11,18 @@ engine's `encode_all` does it; a distributed run calls it after its K workers).
 
 * `read_embeddings(layout, model, as_of)`: every published shard of one snapshot.
 * `latest_embeddings(layout, model, after=, until=)`: every user's newest vector across the snapshots
-  of a window (newest as_of wins), the input of the user-similarity graph.
+  of a window (newest as_of wins), as one table.
+* `latest_ids(layout, model, after=, until=)` then `latest_vectors_of(latest, ids)`: the same merge,
+  streamed (the user-similarity graph's input): the window's user ids first, then each user's newest
+  vector batch by batch, so memory follows one batch, never every shard at once.
 * `vector_array(column)`: the one converter of the ``vector`` column to a numpy (N, D) array.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -81,6 +86,13 @@ def vector_array(
     return out if dtype is None else out.astype(dtype, copy=False)
 
 
+def _contract_schema(dim: int, columns: list[str] | None) -> pa.Schema:
+    schema = embedding_contract(dim).schema
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    return schema
+
+
 def _read_shards(
     dirs: list[Path], columns: list[str] | None = None, *, skip_unreadable: bool = False
 ) -> pa.Table:
@@ -107,9 +119,7 @@ def _read_shards(
     dims = {t.schema.field("vector").type.list_size for t in tables if "vector" in t.column_names}
     if len(dims) > 1:
         raise ValueError(f"embedding shards disagree on the vector dim {sorted(dims)}: {dirs}")
-    schema = embedding_contract(dims.pop() if dims else 1).schema
-    if columns is not None:
-        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    schema = _contract_schema(dims.pop() if dims else 1, columns)
     return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
 
@@ -122,6 +132,19 @@ def read_embeddings(layout: Layout, model_version: str, as_of: datetime) -> pa.T
             f"run `soe encode --model {model_version} --as-of {utc(as_of):%Y-%m-%dT%H:%MZ}` first"
         )
     return _read_shards(dirs)
+
+
+def _window_dirs(
+    layout: Layout, model_version: str, after: datetime | None, until: datetime | None
+) -> list[Path]:
+    """The published shard directories of the snapshots in ``(after, until]``, newest snapshot first."""
+    times = snapshot_times(layout, model_version, after=after, until=until)
+    if not times:
+        raise FileNotFoundError(
+            f"no published embeddings for model {model_version!r} in ({after}, {until}] under "
+            f"{layout.model_embeddings(model_version)}; run the encoder first (soe encode)"
+        )
+    return [d for t in reversed(times) for d in shard_dirs(layout, model_version, t)]
 
 
 def latest_embeddings(
@@ -139,13 +162,7 @@ def latest_embeddings(
     ``columns``: read only these (they must include ``user_id``). Raises FileNotFoundError when no
     snapshot is published in the window.
     """
-    times = snapshot_times(layout, model_version, after=after, until=until)
-    if not times:
-        raise FileNotFoundError(
-            f"no published embeddings for model {model_version!r} in ({after}, {until}] under "
-            f"{layout.model_embeddings(model_version)}; run the encoder first (soe encode)"
-        )
-    dirs = [d for t in reversed(times) for d in shard_dirs(layout, model_version, t)]  # newest first
+    dirs = _window_dirs(layout, model_version, after, until)  # newest first
     # one corrupt file of an older, finished snapshot must not block every later graph build
     table = _read_shards(dirs, columns, skip_unreadable=True)
     uid = table.column("user_id").to_numpy()  # (R,)
@@ -153,6 +170,112 @@ def latest_embeddings(
     first = np.ones(len(order), dtype=bool)
     first[1:] = uid[order][1:] != uid[order][:-1]
     return table.take(pa.array(order[first]))
+
+
+@dataclass(frozen=True)
+class LatestIds:
+    """The users of a window of snapshots, before any vector is read (`latest_ids`)."""
+
+    files: tuple[Path, ...]  # the readable Parquet files, newest snapshot first (the merge order)
+    ids: np.ndarray  # (N,) int64 sorted unique user ids: every user with a row in ``files``
+    dim: int  # the vector width all files agree on
+    rows: int  # rows in ``files`` (>= N: a user active in several hours has several)
+
+
+# rows per batch of the streamed read, at most: batches that span row groups (the encoder writes ~32k
+# rows per group) cost the allocator ~100 MB of retained pages at 64k rows, ~25 MB at 8k (measured at 1M)
+READ_BATCH_ROWS = 8192
+
+
+def _batches(path: Path, columns: list[str], dim: int, batch_rows: int) -> Iterator[pa.Table]:
+    """The file's ``columns`` in the embedding contract, ``batch_rows`` rows (at most `READ_BATCH_ROWS`)
+    at a time."""
+    schema = _contract_schema(dim, columns)
+    file = pq.ParquetFile(path, pre_buffer=False)
+    batch_rows = max(1, min(batch_rows, READ_BATCH_ROWS))
+    for batch in file.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+        yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+
+
+def latest_ids(
+    layout: Layout,
+    model_version: str,
+    *,
+    after: datetime | None = None,
+    until: datetime | None = None,
+    batch_rows: int = 65_536,
+) -> LatestIds:
+    """Pass 1 of the streamed `latest_embeddings`: which users the window holds, reading one batch of
+    one file at a time. Every file is read through (vectors decoded and dropped), so a file that cannot
+    be read is left out here with the same warning, and the second pass (`latest_vectors_of`) reads
+    exactly the files this one could. Memory: the ids (8 B per user, twice while merging) + one batch.
+    """
+    dirs = _window_dirs(layout, model_version, after, until)
+    paths = [f for d in dirs for f in sorted(d.glob("*.parquet"))]
+    files: list[Path] = []
+    seen = np.zeros(0, np.int64)
+    dims: dict[int, Path] = {}
+    rows = 0
+    for f in paths:
+        try:
+            dim = pq.read_schema(f).field("vector").type.list_size
+            parts = [
+                np.unique(t.column("user_id").to_numpy())
+                for t in _batches(f, ["user_id", "vector"], dim, batch_rows)
+            ]
+            n_rows = pq.ParquetFile(f).metadata.num_rows
+        except (OSError, pa.ArrowException, KeyError, AttributeError) as exc:
+            log.warning(
+                "embedding file %s is unreadable (%s): left out; its users keep their previous "
+                "vector in this read. Restore or re-encode that snapshot.",
+                f,
+                type(exc).__name__,
+            )
+            continue
+        dims.setdefault(dim, f)
+        files.append(f)
+        rows += n_rows
+        # sorted runs merged by a stable sort (timsort: linear in the runs), then deduplicated
+        merged = np.sort(np.concatenate([seen, *parts]), kind="stable")
+        keep = np.ones(len(merged), bool)
+        keep[1:] = merged[1:] != merged[:-1]
+        seen = merged[keep]
+        del merged, keep, parts
+    if not files:
+        raise FileNotFoundError(f"published embedding shards hold no Parquet file: {dirs}")
+    if len(dims) > 1:
+        raise ValueError(f"embedding shards disagree on the vector dim {sorted(dims)}: {dirs}")
+    pa.default_memory_pool().release_unused()
+    return LatestIds(tuple(files), seen, dims.popitem()[0], rows)
+
+
+def latest_vectors_of(
+    latest: LatestIds, ids: np.ndarray, batch_rows: int = 65_536
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pass 2: ``(rows, vectors)`` batch by batch, ``vectors`` (n, D) in the stored dtype (float16)
+    being the newest vector of the users ``ids[rows]``; ``ids`` is a sorted subset of ``latest.ids``
+    (e.g. without the forgotten users). Every user of ``ids`` comes exactly once, from the row that
+    `latest_embeddings` keeps (the newest snapshot's; within it the first row), so the two agree bit
+    for bit. Memory: one byte per user (written yet?) + one batch."""
+    ids = np.asarray(ids, np.int64)
+    written = np.zeros(len(ids), bool)
+    for f in latest.files:
+        for t in _batches(f, ["user_id", "vector"], latest.dim, batch_rows):
+            uid = t.column("user_id").to_numpy()
+            pos = np.minimum(np.searchsorted(ids, uid), max(len(ids) - 1, 0))
+            hit = np.flatnonzero((ids[pos] == uid) & ~written[pos]) if len(ids) else np.zeros(0, np.int64)
+            if not len(hit):
+                continue
+            _, first = np.unique(pos[hit], return_index=True)  # a user twice in one batch: its first row
+            hit = hit[np.sort(first)]
+            written[pos[hit]] = True
+            yield pos[hit], vector_array(t.column("vector"), dtype=None)[hit]
+    pa.default_memory_pool().release_unused()
+    if not written.all():
+        missing = ids[~written][:5]
+        raise ValueError(
+            f"{int((~written).sum())} users (e.g. {missing.tolist()}) have no row in {latest.files}"
+        )
 
 
 def mark_snapshot(layout: Layout, model_version: str, as_of: datetime, num_shards: int) -> dict:

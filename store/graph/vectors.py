@@ -6,8 +6,11 @@ snapshot that contains the user. `latest_vectors` takes the snapshots in ``(afte
 build: every snapshot up to ``as_of``; incremental build: only those newer than the previous graph).
 
 Snapshots are read only through `core.embeddings` (which shards are published, the newest-wins merge,
-the vector column as numpy). The result is a `UserVectors`: user ids sorted ascending and their
-float32 L2-normalised vectors, the layout the rest of the graph code works in.
+the vector column as numpy), streamed: `window_vectors` first learns the window's users (ids only; the
+build sizes itself on their number, see store.graph.memory), then `WindowVectors.load` fills the
+(N, D) result one batch of one shard at a time, so the read adds one batch to the result, never a copy
+of every shard. The result is a `UserVectors`: user ids sorted ascending and their float32
+L2-normalised vectors, the layout the rest of the graph code works in.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-import pyarrow as pa
 
-from core.embeddings import latest_embeddings, vector_array
+from core.embeddings import LatestIds, latest_ids, latest_vectors_of
 from core.forget import ForgetList
 from core.layout import Layout
 from store.graph.settings import GraphSettings
@@ -91,6 +93,10 @@ class UserVectors:
         last[:-1] = ids[1:] != ids[:-1]
         return cls(ids[last], normalised_rows(parts, order[last], dim, chunk))
 
+    def load(self, chunk: int = CHUNK_ROWS) -> UserVectors:
+        """These vectors (already read: `WindowVectors.load`'s interface)."""
+        return self
+
     def without(self, user_ids: np.ndarray) -> UserVectors:
         """These vectors without ``user_ids`` (e.g. the forgotten users)."""
         keep = ~np.isin(self.ids, np.asarray(user_ids, dtype=np.int64))
@@ -133,26 +139,60 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+@dataclass
+class WindowVectors:
+    """The users of a window of embedding snapshots, their vectors not read yet (`window_vectors`)."""
+
+    latest: LatestIds
+    ids: np.ndarray  # (N,) sorted user ids whose vectors `load` reads (the forgotten users left out)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return self.latest.dim
+
+    def load(self, chunk: int = CHUNK_ROWS) -> UserVectors:
+        """Every user's newest vector, normalised to float32, read ``chunk`` rows at a time into the
+        result (bit-identical to `UserVectors.from_arrays` of the whole merged table)."""
+        out = np.empty((len(self.ids), self.dim), np.float32)
+        for rows, vectors in latest_vectors_of(self.latest, self.ids, chunk):
+            out[rows] = normalise(vectors)  # float16 -> float32 as astype, then row-wise
+        return UserVectors(self.ids, out)
+
+
+def window_vectors(
+    layout: Layout,
+    model_version: str,
+    as_of: datetime,
+    after: datetime | None = None,
+    forget: ForgetList | None = None,
+    chunk: int = CHUNK_ROWS,
+) -> WindowVectors:
+    """The users of the model's snapshots in ``(after, as_of]`` without the forgotten ones (``forget``,
+    default: the data root's forget list); reads ids only (and checks every file can be read).
+
+    Raises FileNotFoundError when no published snapshot exists in the window.
+    """
+    latest = latest_ids(layout, model_version, after=after, until=as_of, batch_rows=chunk)
+    forget = forget if forget is not None else ForgetList.load(layout.root)
+    ids = latest.ids[~forget.mask(latest.ids)] if len(forget) else latest.ids
+    return WindowVectors(latest, ids)
+
+
 def latest_vectors(
     layout: Layout,
     model_version: str,
     as_of: datetime,
     after: datetime | None = None,
     forget: ForgetList | None = None,
+    chunk: int = CHUNK_ROWS,
 ) -> UserVectors:
     """Every user's latest vector from the model's snapshots in ``(after, as_of]`` (newest snapshot wins),
-    without the forgotten users (``forget``, default: the data root's forget list).
+    without the forgotten users (``forget``, default: the data root's forget list), read shard by shard
+    in blocks of ``chunk`` rows.
 
     Raises FileNotFoundError when no published snapshot exists in the window.
     """
-    table = latest_embeddings(layout, model_version, after=after, until=as_of, columns=["user_id", "vector"])
-    forget = forget if forget is not None else ForgetList.load(layout.root)
-    ids = table.column("user_id").to_numpy()
-    if len(forget):
-        keep = ~forget.mask(ids)
-        table, ids = table.filter(pa.array(keep)), ids[keep]
-    # the stored dtype (float16): from_arrays converts block by block, never the whole matrix at once
-    uv = UserVectors.from_arrays(ids, vector_array(table.column("vector"), dtype=None))
-    del table
-    pa.default_memory_pool().release_unused()  # the snapshots' Arrow buffers, kept by the allocator
-    return uv
+    return window_vectors(layout, model_version, as_of, after, forget, chunk).load(chunk)
