@@ -15,6 +15,12 @@ index is HNSW (it cannot remove vectors), the dim changed, the last full build i
 ``graph.full_rebuild_every_hours``, more than ``graph.max_incremental_fraction`` of users changed, or
 the incremental result's sampled recall falls below ``graph.min_recall``. The manifest records which
 mode ran and why. Re-running the same (model, as_of) rewrites the same directory (idempotent).
+
+Memory (store.graph.memory): before the vectors are read, the build knows N (the window's user ids, or
+the previous graph's size plus the hour's users) and estimates its peak from N, D, k and the index.
+Over ``graph.memory_budget_mb`` it raises `MemoryBudgetError` at once (nothing built, nothing
+published); under it, the row-wise passes run in blocks of ``graph.chunk_rows`` rows or fewer, as the
+budget allows. The estimate goes into the manifest (``memory``).
 """
 
 from __future__ import annotations
@@ -50,11 +56,12 @@ from store.graph.index import (
     searcher,
 )
 from store.graph.knn import PAD, sample_recall, search_neighbours
+from store.graph.memory import Estimate, plan
 from store.graph.redis_io import write_neighbour_lists
 from store.graph.settings import GraphSettings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
 from store.graph.tune import calibrate, knob
-from store.graph.vectors import UserVectors, latest_vectors
+from store.graph.vectors import UserVectors, WindowVectors, window_vectors
 from store.keys import check_name
 from store.settings import RedisSettings
 
@@ -241,20 +248,38 @@ def build_graph(
     forget = ForgetList.load(layout.root)  # forgotten users: in no index and no list
     reason = full_reason(cfg, incremental, prev, as_of)
     result: GraphResult | None = None
+    estimate: Estimate | None = None
     if reason is None and prev is not None:  # full_reason is None only when there is a previous graph
-        new = newer_vectors(layout, model_version, prev, as_of, forget)
-        reason = incremental_blocker(cfg, prev, new)
+        window = newer_window(layout, model_version, prev, as_of, forget, cfg.chunk_rows)
+        reason = incremental_blocker(cfg, prev, window)
         if reason is None:
-            result = build_incremental(prev, new, cfg, forget)
+            # N: the previous graph's users plus the hour's (an upper bound: most of them are known);
+            # from the manifest and the window's ids, before any vector is read
+            estimate = plan(
+                prev.n_users + len(window),
+                prev.dim,
+                cfg.k,
+                prev.spec,
+                "incremental",
+                cfg.chunk_rows,
+                cfg.memory_budget_mb,
+            )
+            inc_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
+            result = build_incremental(prev, window.load(inc_cfg.chunk_rows), inc_cfg, forget)
             recall, n_sample = measured_recall(result, cfg)
             if recall < cfg.min_recall:
                 reason = f"incremental recall {recall:.3f} below graph.min_recall {cfg.min_recall}"
                 result = None
     mode = "incremental" if result is not None else "full"
     if result is None:
-        uv = latest_vectors(layout, model_version, as_of, forget=forget)
-        result = build_full(uv, cfg, on_batch)
+        window = window_vectors(layout, model_version, as_of, forget=forget, chunk=cfg.chunk_rows)
+        spec = choose_spec(len(window), cfg, window.dim, device=choose_device(cfg.use_gpu, num_gpus(), "ivf"))
+        estimate = plan(len(window), window.dim, cfg.k, spec, "full", cfg.chunk_rows, cfg.memory_budget_mb)
+        full_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
+        result = build_full(window.load(full_cfg.chunk_rows), full_cfg, on_batch)
         recall, n_sample = measured_recall(result, cfg)
+    assert estimate is not None
+    chunk = estimate.block_rows
     device = choose_device(cfg.use_gpu, num_gpus(), result.spec.kind)
     last_full = (
         stamp(as_of)
@@ -279,6 +304,7 @@ def build_graph(
         "previous_as_of": stamp(prev.as_of) if prev is not None else None,
         "contract": {"neighbours": NEIGHBOURS.version},
         "accepted": bool(accept),
+        "memory": {**estimate.as_dict(), "budget_mb": cfg.memory_budget_mb},
         DIGEST_KEY: forget.digest,
     }
     with publish_dir(layout.graph(model_version, as_of), manifest) as tmp:
@@ -292,20 +318,20 @@ def build_graph(
             model_version,
             as_of,
             changed_rows=result.changed_rows,
-            chunk=cfg.chunk_rows,
+            chunk=chunk,
         )
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
     if cfg.publish_redis if publish_redis is None else publish_redis:
         t1 = time.perf_counter()
-        rows = result.changed_rows
-        manifest["redis_lists"] = write_neighbour_lists(
+        manifest["redis_lists"] = write_lists_in_blocks(
             redis,
             model_version,
-            result.uv.dim,
-            result.uv.ids[rows],
-            result.nbr_ids[rows],
-            result.nbr_scores[rows],
+            result.uv,
+            result.nbr_ids,
+            result.nbr_scores,
+            result.changed_rows,
             as_of,
+            chunk,
         )
         manifest["redis_s"] = round(time.perf_counter() - t1, 3)
     log.info(
@@ -336,10 +362,48 @@ def publish_lists(
     ids = snap.vectors.ids
     rows = np.arange(len(ids)) if every_list else np.searchsorted(ids, snap.changed_ids())
     t0 = time.perf_counter()
-    counts = write_neighbour_lists(
-        redis, model_version, snap.vectors.dim, ids[rows], nbr_ids[rows], nbr_scores[rows], snap.as_of
-    )
+    counts = write_lists_in_blocks(redis, model_version, snap.vectors, nbr_ids, nbr_scores, rows, snap.as_of)
     return {"lists": int(len(rows)), "redis_lists": counts, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def write_lists_in_blocks(
+    redis: RedisSettings,
+    model_version: str,
+    uv: UserVectors,
+    nbr_ids: np.ndarray,
+    nbr_scores: np.ndarray,
+    rows: np.ndarray,
+    as_of: datetime,
+    chunk: int = 65_536,
+) -> dict[str, int]:
+    """`write_neighbour_lists` of the lists at ``rows``, gathered ``chunk`` rows at a time (a full build
+    writes every list: one gathered copy of all of them would add ~12k bytes per user to the peak)."""
+    from store.backends import open_store
+
+    store = open_store(redis)
+    total: dict[str, int] = {}
+    for lo in range(0, len(rows), chunk):
+        r = rows[lo : lo + chunk]
+        counts = write_neighbour_lists(
+            redis, model_version, uv.dim, uv.ids[r], nbr_ids[r], nbr_scores[r], as_of, store=store
+        )
+        total = {key: total.get(key, 0) + n for key, n in counts.items()}
+    return total
+
+
+def newer_window(
+    layout: Layout,
+    model_version: str,
+    prev: GraphSnapshot,
+    as_of: datetime,
+    forget: ForgetList | None = None,
+    chunk: int = 65_536,
+) -> WindowVectors | UserVectors:
+    """The users of the embedding snapshots published after ``prev``, vectors not read yet (an empty
+    `UserVectors` when there are none), without the forgotten users."""
+    if not snapshot_times(layout, model_version, after=prev.as_of, until=as_of):
+        return UserVectors(np.zeros(0, np.int64), np.zeros((0, prev.dim), np.float32))
+    return window_vectors(layout, model_version, as_of, after=prev.as_of, forget=forget, chunk=chunk)
 
 
 def newer_vectors(
@@ -347,15 +411,16 @@ def newer_vectors(
 ) -> UserVectors:
     """The vectors of the embedding snapshots published after ``prev`` (empty when there are none),
     without the forgotten users."""
-    if not snapshot_times(layout, model_version, after=prev.as_of, until=as_of):
-        return UserVectors(np.zeros(0, np.int64), np.zeros((0, prev.vectors.dim), np.float32))
-    return latest_vectors(layout, model_version, as_of, after=prev.as_of, forget=forget)
+    new = newer_window(layout, model_version, prev, as_of, forget)
+    return new if isinstance(new, UserVectors) else new.load()
 
 
-def incremental_blocker(cfg: GraphSettings, prev: GraphSnapshot, new: UserVectors) -> str | None:
+def incremental_blocker(
+    cfg: GraphSettings, prev: GraphSnapshot, new: UserVectors | WindowVectors
+) -> str | None:
     """Why the new vectors cannot be applied incrementally (None: they can)."""
-    if len(new) and new.dim != prev.vectors.dim:
-        return f"vector dim changed from {prev.vectors.dim} to {new.dim}"
-    if len(new) > cfg.max_incremental_fraction * max(len(prev.vectors), 1):
+    if len(new) and new.dim != prev.dim:
+        return f"vector dim changed from {prev.dim} to {new.dim}"
+    if len(new) > cfg.max_incremental_fraction * max(prev.n_users, 1):
         return f"{len(new)} changed users exceed {cfg.max_incremental_fraction:.0%} of the graph"
     return None

@@ -27,6 +27,10 @@ class GraphSettings(Section):
     # rows per block of the passes over all N users (vector merge, re-scoring, change detection, neighbour
     # lists read / written as Parquet row groups): their scratch memory follows this, not N; results don't
     chunk_rows: int = 65_536
+    # most memory (MB) a build may add to its process (peak RSS above its start); 0 = no cap. The build
+    # estimates its need from N, D, k and the index first (store.graph.memory, docs/graph.md "Memory"):
+    # over the budget it stops at once, publishing nothing; under it, chunk_rows shrinks to what fits
+    memory_budget_mb: int = 0
     seed: int = 0  # training sample / recall sample seed (reruns are identical)
     # -- quality and incremental refresh ------------------------------------------------------
     target_recall: float = 0.95  # full builds calibrate nprobe / efSearch to reach this (0 = fixed values)

@@ -105,6 +105,18 @@ class GraphSnapshot:
     def spec(self) -> IndexSpec:
         return IndexSpec(**self.manifest["index"])
 
+    @property
+    def n_users(self) -> int:
+        """Users in the graph, from the manifest (no array is read)."""
+        n = self.manifest.get("n_users")
+        return int(n) if n is not None else len(np.load(self.path / IDS_FILE, mmap_mode="r"))
+
+    @property
+    def dim(self) -> int:
+        """The vectors' width, from the manifest (no array is read)."""
+        dim = self.manifest.get("dim")
+        return int(dim) if dim is not None else int(np.load(self.path / VECTORS_FILE, mmap_mode="r").shape[1])
+
     @cached_property
     def vectors(self) -> UserVectors:
         return UserVectors(np.load(self.path / IDS_FILE), np.load(self.path / VECTORS_FILE))
