@@ -20,7 +20,9 @@ Exact peaks, not sampled ones: Linux's VmHWM (the process's peak resident memory
 are exact too. The steps are functions of ``store.graph`` wrapped for the run only (`instrumented`,
 inside `main`; restored afterwards). Per step: calls, seconds, the largest rise of one call over the
 RSS at its start, and its peak over the build's start. The baseline beside them: the bytes of the
-(N, D) float32 vectors themselves, and the build's peak per user.
+(N, D) float32 vectors themselves, and the build's peak per user. Beside the measured peak, the
+build's own estimate of it (``estimate_mb``: `store.graph.memory`, the figure ``graph.memory_budget_mb``
+is checked against) and their ratio.
 
 faiss, BLAS and torch run on ``--threads`` threads (1 by default: the machine is shared).
 """
@@ -159,8 +161,8 @@ def instrumented(meter: PeakMeter) -> Iterator[None]:
 
     build_steps = (
         "latest_snapshot",
-        "newer_vectors",
-        "latest_vectors",
+        "newer_window",
+        "window_vectors",
         "build_incremental",
         "build_full",
         "build_index",
@@ -183,6 +185,7 @@ def instrumented(meter: PeakMeter) -> Iterator[None]:
     ]
     targets.append((snapshot.GraphSnapshot, "vectors", _measured_cached_property(meter, "snap.vectors")))
     targets.append((vectors.UserVectors, "merged", step("uv.merged")))
+    targets.append((vectors.WindowVectors, "load", step("window.load")))
     with patched(targets):
         yield
 
@@ -287,6 +290,10 @@ def measure(world, mode: str, moved: int, noise: float) -> dict:
         "vectors_mb": round(vectors_mb, 1),
         "peak_over_vectors": round(peak / vectors_mb, 2),
         "peak_bytes_per_user": round(peak * MB / n, 1),
+        # the build's own estimate (store.graph.memory, before it read a vector) beside the measured peak
+        "estimate_mb": m["memory"]["peak_mb"],
+        "estimate_over_measured": round(m["memory"]["peak_mb"] / peak, 2),
+        "estimate": m["memory"],
         "steps": steps,
     }
 
@@ -354,6 +361,7 @@ def main() -> None:
             model=first["model"],
             **{f"{mode}_peak_above_start_mb": r["peak_above_start_mb"] for mode, r in runs.items()},
             **{f"{mode}_peak_bytes_per_user": r["peak_bytes_per_user"] for mode, r in runs.items()},
+            **{f"{mode}_estimate_mb": r["estimate_mb"] for mode, r in runs.items()},
             runs={mode: {k: v for k, v in r.items() if k not in machine()} for mode, r in runs.items()},
         )
     else:
