@@ -44,6 +44,7 @@ from store.graph.incremental import (
     local_neighbours,
     repair_untouched,
     rescore,
+    thin,
     update_index,
 )
 from store.graph.index import (
@@ -73,13 +74,22 @@ class GraphResult:
     """What one build produced, before it is written."""
 
     uv: UserVectors
-    nbr_ids: np.ndarray  # (N, k) int64, -1 padded
-    nbr_scores: np.ndarray  # (N, k) float32
-    next_scores: np.ndarray  # (N,) float32 (k+1)-th score of each list
+    nbr_ids: np.ndarray  # (N, k + B) int64, -1 padded (B = graph.spare_neighbours, never served)
+    nbr_scores: np.ndarray  # (N, k + B) float32
+    next_scores: np.ndarray  # (N,) float32 each list's bar: its (k+B+1)-th score, raised by evictions
     index: object  # CPU faiss index
     spec: IndexSpec
     changed_rows: np.ndarray  # rows whose lists changed (all rows on a full build)
     stats: dict = field(default_factory=dict)
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The served lists: the first ``k`` entries of each row (views, no copy)."""
+        return self.nbr_ids[:, :k], self.nbr_scores[:, :k]
+
+
+def width(cfg: GraphSettings) -> int:
+    """Entries kept per list: k served + ``graph.spare_neighbours``."""
+    return cfg.k + cfg.spare_neighbours
 
 
 def build_full(
@@ -96,7 +106,7 @@ def build_full(
     t1 = time.perf_counter()
     search_index = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind)), spec, uv)
     nbr, scores, nxt = search_neighbours(
-        search_index, uv, np.arange(len(uv)), cfg.k, cfg.search_batch, on_batch, with_next=True
+        search_index, uv, np.arange(len(uv)), width(cfg), cfg.search_batch, on_batch, with_next=True
     )
     t2 = time.perf_counter()
     stats = {
@@ -116,7 +126,7 @@ def build_incremental(
     t0 = time.perf_counter()
     old = prev.vectors
     index = prev.index()
-    old_nbr, old_scores = prev.neighbours(cfg.chunk_rows)
+    old_nbr, old_scores = prev.neighbours(cfg.chunk_rows, spare=True)
     old_next = prev.next_scores()
     holed = np.zeros(0, np.int64)  # users whose previous list named a forgotten user
     n_forgotten = 0
@@ -139,7 +149,7 @@ def build_incremental(
     old_ids, n_old = old.ids, len(old)
     del old  # the merged vectors replace the previous ones: one (N, D) copy held, not two
     prev.drop_vectors()
-    nbr, scores, nxt = carry_over(old_ids, old_nbr, old_scores, uv, old_next)
+    nbr, scores, nxt = carry_over(old_ids, old_nbr, old_scores, uv, old_next, width(cfg))
     del old_scores, old_next  # carried over; the previous ids stay to tell which lists changed
     tc = time.perf_counter()
     spec, tried = calibrate(  # the hour's vectors moved: re-check the knob, never below the last one
@@ -158,20 +168,26 @@ def build_incremental(
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
     search_index = searcher(on_device(index, device), spec, uv)
     search_into(search_index, uv, touched, cfg, nbr, scores, nxt)
-    dropped = np.zeros(0, np.int64)
-    if cfg.research_dropped:  # rows a moved neighbour fell out of: search them again
+    dropped = thinned = np.zeros(0, np.int64)
+    if cfg.research_dropped and cfg.spare_neighbours > 0:  # drop what fell below the bar; search rows < k
+        dropped, thinned = thin(uv, nbr, scores, touched, new.ids, nxt, cfg.k, cfg.chunk_rows)
+    elif cfg.research_dropped:  # rows a moved neighbour fell out of: search them again
         dropped = np.setdiff1d(rescore(uv, nbr, scores, touched, new.ids, nxt, cfg.chunk_rows), touched)
+    if len(dropped):
         if cfg.research_with == "local":  # their 2-hop neighbourhood, ~k² dot products per row
-            nbr[dropped], scores[dropped], nxt[dropped] = local_neighbours(uv, nbr, dropped, cfg.k)
+            nbr[dropped], scores[dropped], nxt[dropped] = local_neighbours(uv, nbr, dropped, width(cfg))
         else:  # the index, as a full build would
             search_into(search_index, uv, dropped, cfg, nbr, scores, nxt)
     holes = np.setdiff1d(uv.positions(holed), np.union1d(touched, dropped))  # lost a forgotten neighbour
     if len(holes):
         search_into(search_index, uv, holes, cfg, nbr, scores, nxt)
     fixed = np.union1d(np.union1d(touched, dropped), holes)
-    repaired = repair_untouched(uv, nbr, scores, touched, nxt, fixed=fixed, chunk=cfg.chunk_rows)
+    repaired = repair_untouched(
+        uv, nbr, scores, touched, nxt, fixed=fixed, chunk=cfg.chunk_rows, resort=np.setdiff1d(thinned, holes)
+    )
     t2 = time.perf_counter()
-    changed = changed_lists(nbr, uv.positions(old_ids), old_nbr, cfg.chunk_rows)
+    k = cfg.k  # a list changed when its served top k did
+    changed = changed_lists(nbr[:, :k], uv.positions(old_ids), old_nbr[:, :k], cfg.chunk_rows)
     changed = np.union1d(np.union1d(changed, touched), holes)
     stats = {
         "index_s": round(tc - t0, 3),
@@ -182,6 +198,7 @@ def build_incremental(
         "search_knob": knob(spec),  # the nprobe / efSearch the hour searched with
         "n_new_users": int(len(uv) - n_old),
         "n_researched": len(dropped),
+        "n_thinned": len(thinned),  # rows that dropped spare entries and kept >= k (not searched again)
         "n_repaired": int(repaired),
         "n_forgotten": n_forgotten,
         "n_relisted": len(holes),
@@ -194,14 +211,14 @@ def search_into(index, uv: UserVectors, rows: np.ndarray, cfg: GraphSettings, nb
     a time (the same searches; no (rows, k+1) result of every row at once)."""
     for lo in range(0, len(rows), cfg.search_batch):
         r = rows[lo : lo + cfg.search_batch]
-        nbr[r], scores[r], nxt[r] = search_neighbours(index, uv, r, cfg.k, cfg.search_batch, with_next=True)
+        nbr[r], scores[r], nxt[r] = search_neighbours(
+            index, uv, r, width(cfg), cfg.search_batch, with_next=True
+        )
 
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:
     """(recall@k of the built lists against exact search on a seeded sample, sample size)."""
-    return sample_recall(
-        None, result.uv, cfg.k, cfg.recall_sample, cfg.seed, neighbours=(result.nbr_ids, result.nbr_scores)
-    )
+    return sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed, neighbours=result.top(cfg.k))
 
 
 def full_reason(
@@ -263,6 +280,7 @@ def build_graph(
                 "incremental",
                 cfg.chunk_rows,
                 cfg.memory_budget_mb,
+                cfg.spare_neighbours,
             )
             inc_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
             result = build_incremental(prev, window.load(inc_cfg.chunk_rows), inc_cfg, forget)
@@ -274,7 +292,16 @@ def build_graph(
     if result is None:
         window = window_vectors(layout, model_version, as_of, forget=forget, chunk=cfg.chunk_rows)
         spec = choose_spec(len(window), cfg, window.dim, device=choose_device(cfg.use_gpu, num_gpus(), "ivf"))
-        estimate = plan(len(window), window.dim, cfg.k, spec, "full", cfg.chunk_rows, cfg.memory_budget_mb)
+        estimate = plan(
+            len(window),
+            window.dim,
+            cfg.k,
+            spec,
+            "full",
+            cfg.chunk_rows,
+            cfg.memory_budget_mb,
+            cfg.spare_neighbours,
+        )
         full_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
         result = build_full(window.load(full_cfg.chunk_rows), full_cfg, on_batch)
         recall, n_sample = measured_recall(result, cfg)
@@ -294,6 +321,7 @@ def build_graph(
         "n_users": len(result.uv),
         "dim": result.uv.dim,
         "k": cfg.k,
+        "spare_neighbours": cfg.spare_neighbours,
         "index": result.spec.params(),
         "device": device,
         "recall_at_k": round(recall, 5),
@@ -319,6 +347,7 @@ def build_graph(
             as_of,
             changed_rows=result.changed_rows,
             chunk=chunk,
+            k=cfg.k,
         )
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
     if cfg.publish_redis if publish_redis is None else publish_redis:
@@ -327,8 +356,7 @@ def build_graph(
             redis,
             model_version,
             result.uv,
-            result.nbr_ids,
-            result.nbr_scores,
+            *result.top(cfg.k),
             result.changed_rows,
             as_of,
             chunk,

@@ -54,15 +54,16 @@ def index_bytes_per_user(spec: IndexSpec, dim: int) -> float:
     raise ValueError(f"unknown index kind {spec.kind!r}")
 
 
-def per_user(dim: int, k: int, spec: IndexSpec, mode: str) -> dict[str, float]:
+def per_user(dim: int, k: int, spec: IndexSpec, mode: str, spare: int = 0) -> dict[str, float]:
     """Bytes per user of the N-row arrays alive together at the worst moment of a ``mode`` build
-    ("full" or "incremental"), item by item."""
+    ("full" or "incremental"), item by item. Lists hold k + ``spare`` entries (graph.spare_neighbours)."""
     vectors = 4 * dim  # (N, D) float32
-    lists = 12 * k + 4  # (N, k) int64 ids + (N, k) float32 scores + (N,) float32 (k+1)-th score
+    k = k + spare  # entries per list: the served k and the spare ones
+    lists = 12 * k + 4  # (N, k+B) int64 ids + (N, k+B) float32 scores + (N,) float32 bar
     parts: dict[str, float] = {"vectors": vectors, "ids + id->row table": 8 + 4}
     parts["index"] = index_bytes_per_user(spec, dim)
     if mode == "full":
-        # the search writes (N, k+1) ids and scores (the lists are views of them) and copies the bar out;
+        # the search writes (N, k+B+1) ids and scores (the lists are views of them) and copies the bar out;
         # the rows searched and the changed rows (np.arange), the changed ids written
         parts["neighbour lists"] = 12 * (k + 1) + 4
         parts["row numbers"] = 8 + 8
@@ -82,7 +83,8 @@ def per_user(dim: int, k: int, spec: IndexSpec, mode: str) -> dict[str, float]:
 
 
 def per_block_row(dim: int, k: int) -> float:
-    """Scratch bytes per row of a block of the row-wise passes (~2 copies of a list row and a vector)."""
+    """Scratch bytes per row of a block of the row-wise passes (~2 copies of a list row and a vector);
+    ``k``: entries per list (k + spare)."""
     return 2 * (12 * k + 4 * dim)
 
 
@@ -98,6 +100,7 @@ class Estimate:
     parts: dict[str, float]  # bytes per user, item by item
     block_rows: int  # rows per block of the row-wise passes (graph.chunk_rows, or fewer under a budget)
     centroid_bytes: float = 0.0  # IVF: nlist x D float32
+    spare: int = 0  # spare entries per list beyond k (graph.spare_neighbours)
 
     @property
     def bytes_per_user(self) -> float:
@@ -110,7 +113,7 @@ class Estimate:
 
     @property
     def peak_bytes(self) -> float:
-        return self.resident_bytes + self.block_rows * per_block_row(self.dim, self.k)
+        return self.resident_bytes + self.block_rows * per_block_row(self.dim, self.k + self.spare)
 
     def as_dict(self) -> dict:
         """For the manifest and the bench (MB, rounded)."""
@@ -135,19 +138,27 @@ def block_rows(budget_mb: int, resident: float, dim: int, k: int, chunk_rows: in
 
 
 def plan(
-    n_users: int, dim: int, k: int, spec: IndexSpec, mode: str, chunk_rows: int, budget_mb: int = 0
+    n_users: int,
+    dim: int,
+    k: int,
+    spec: IndexSpec,
+    mode: str,
+    chunk_rows: int,
+    budget_mb: int = 0,
+    spare: int = 0,
 ) -> Estimate:
-    """The estimate of a ``mode`` build of ``n_users`` under ``budget_mb`` (0: none); raises
-    `MemoryBudgetError` when even the smallest blocks do not fit."""
-    parts = per_user(dim, k, spec, mode)
+    """The estimate of a ``mode`` build of ``n_users`` with lists of k + ``spare`` entries under
+    ``budget_mb`` (0: none); raises `MemoryBudgetError` when even the smallest blocks do not fit."""
+    parts = per_user(dim, k, spec, mode, spare)
     centroids = 4.0 * spec.nlist * dim if spec.kind in IVF_KINDS else 0.0
-    est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids)
-    rows = block_rows(budget_mb, est.resident_bytes, dim, k, chunk_rows)
-    est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids)
+    est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare)
+    rows = block_rows(budget_mb, est.resident_bytes, dim, k + spare, chunk_rows)
+    est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare)
     if budget_mb > 0 and est.peak_bytes > budget_mb * MB:
+        plus = f"+{spare}" if spare else ""  # spare entries per list
         raise MemoryBudgetError(
             f"graph build needs ~{est.peak_bytes / MB:,.0f} MB > graph.memory_budget_mb={budget_mb:,} "
-            f"({mode}, {n_users:,} users x {est.bytes_per_user:,.0f} B [D={dim}, k={k}, {spec.kind}] "
+            f"({mode}, {n_users:,} users x {est.bytes_per_user:,.0f} B [D={dim}, k={k}{plus}, {spec.kind}] "
             f"+ {FIXED_MB} MB fixed + {rows:,}-row blocks); raise the budget or shard the graph; "
             f"nothing was built or published"
         )

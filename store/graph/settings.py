@@ -9,6 +9,9 @@ from core.section import Section
 
 class GraphSettings(Section):
     k: int = 20  # neighbours per user
+    # spare entries kept beyond k per list (never served): an incremental hour searches a row again only
+    # when fewer than k of its k + this entries stay above its bar (docs/graph.md "Incremental hourly builds")
+    spare_neighbours: int = 0
     # -- index choice (see store.graph.index) ------------------------------------------------
     index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users

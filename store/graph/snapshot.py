@@ -6,9 +6,18 @@
     ids.npy              (N,) int64 user ids, sorted: the users the graph covers
     vectors.npy          (N, D) float32 L2-normalised vectors those users had at this as_of
     index.faiss          the CPU form of the FAISS index (user ids inside), ready for incremental updates
-    next_scores.npy      (N,) float32 each list's (k+1)-th score: the bar an outsider must beat
+    next_scores.npy      (N,) float32 each list's bar: the score an outsider must beat (its (k+B+1)-th
+                         score, raised when an incremental build evicts an entry)
+    spare_ids.npy        (N, B) int64 the spare entries k+1 .. k+B of each list (-1 padded), only when
+    spare_scores.npy     (N, B) float32  graph.spare_neighbours B > 0; never served (see below)
     changed_ids.npy      (C,) int64 the users whose lists this build changed (all users on a full build)
     _SUCCESS             the manifest: N, k, index params, recall@k, build time, model, as_of, mode, accepted
+
+**Spare neighbours.** With ``graph.spare_neighbours`` B > 0 a build keeps k + B entries per list so
+that the next incremental hour can drop moved entries without searching the row again (store.graph.
+incremental `thin`). ``neighbours.parquet`` still holds exactly the top k (the neighbours contract is
+unchanged, every reader sees k as before); the B spare entries lie beside it in two arrays, and the
+manifest records B (``spare_neighbours``; absent = 0: older snapshots load with no spare entries).
 
 **Accepted.** A flow builds the hour's graph before it has judged it (``accepted: false`` in the
 manifest) and marks it accepted (`accept_snapshot`) only once its checks pass. Every reader — the query
@@ -51,6 +60,8 @@ VECTORS_FILE = "vectors.npy"
 INDEX_FILE = "index.faiss"
 NEXT_FILE = "next_scores.npy"
 CHANGED_FILE = "changed_ids.npy"
+SPARE_IDS_FILE = "spare_ids.npy"
+SPARE_SCORES_FILE = "spare_scores.npy"
 
 
 def write_snapshot(
@@ -64,11 +75,19 @@ def write_snapshot(
     as_of: datetime,
     changed_rows: np.ndarray | None = None,
     chunk: int = CHUNK_ROWS,
+    k: int | None = None,
 ) -> None:
     """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically).
 
     The neighbours table is written ``chunk`` rows at a time, one row group each: neither the whole
-    Arrow table nor its encoded file is ever held in memory, and readers can stream it back."""
+    Arrow table nor its encoded file is ever held in memory, and readers can stream it back. Lists
+    wider than ``k`` (default: their width) keep their first k entries there and the rest, the spare
+    entries, in ``spare_ids.npy`` / ``spare_scores.npy``."""
+    k = nbr_ids.shape[1] if k is None else k
+    if nbr_ids.shape[1] > k:
+        np.save(tmp / SPARE_IDS_FILE, nbr_ids[:, k:])
+        np.save(tmp / SPARE_SCORES_FILE, nbr_scores[:, k:])
+        nbr_ids, nbr_scores = nbr_ids[:, :k], nbr_scores[:, :k]
     with pq.ParquetWriter(tmp / NEIGHBOURS_FILE, NEIGHBOURS.schema) as writer:
         for lo in range(0, max(len(uv), 1), chunk):
             sl = slice(lo, lo + chunk)
@@ -100,6 +119,11 @@ class GraphSnapshot:
     @property
     def k(self) -> int:
         return int(self.manifest["k"])
+
+    @property
+    def spare(self) -> int:
+        """Spare entries kept per list beyond k (0 for snapshots older than ``graph.spare_neighbours``)."""
+        return int(self.manifest.get("spare_neighbours", 0))
 
     @property
     def spec(self) -> IndexSpec:
@@ -146,20 +170,26 @@ class GraphSnapshot:
         path = self.path / CHANGED_FILE
         return np.load(path) if path.is_file() else self.vectors.ids
 
-    def neighbours(self, chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    def neighbours(self, chunk: int = CHUNK_ROWS, spare: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(nbr_ids (N, k), scores (N, k)) row-aligned with ``vectors.ids``, read ``chunk`` rows at a
-        time into the two arrays (the Arrow table of every list is never materialised)."""
+        time into the two arrays (the Arrow table of every list is never materialised). With ``spare``
+        (the incremental build) the lists are k + `spare` wide: the spare entries follow the top k."""
         file = pq.ParquetFile(self.path / NEIGHBOURS_FILE, pre_buffer=False)  # one row group at a time
         NEIGHBOURS.check_version(file.schema_arrow)
         n, k = file.metadata.num_rows, self.k
+        extra = self.spare if spare else 0
         user_ids = np.empty(n, np.int64)
-        ids = np.full((n, k), PAD, dtype=np.int64)
-        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        ids = np.full((n, k + extra), PAD, dtype=np.int64)
+        scores = np.full((n, k + extra), -np.inf, dtype=np.float32)
+        if extra:
+            ids[:, k:] = np.load(self.path / SPARE_IDS_FILE, mmap_mode="r")
+            scores[:, k:] = np.load(self.path / SPARE_SCORES_FILE, mmap_mode="r")
+        top_ids, top_scores = ids[:, :k], scores[:, :k]
         lo = 0
         for batch in file.iter_batches(batch_size=chunk, columns=["user_id", "neighbor_ids", "scores"]):
             hi = lo + batch.num_rows
             part = pa.Table.from_batches([batch])
-            user_ids[lo:hi], ids[lo:hi], scores[lo:hi] = neighbours_from_table(part, k)
+            user_ids[lo:hi], top_ids[lo:hi], top_scores[lo:hi] = neighbours_from_table(part, k)
             lo = hi
         pa.default_memory_pool().release_unused()  # the decoded batches' pages, kept by the allocator
         if lo != n or not np.array_equal(user_ids, self.vectors.ids):
@@ -187,7 +217,7 @@ def scrub_snapshot(
     snap = GraphSnapshot(Path(path))
     manifest = dict(snap.manifest)
     uv = snap.vectors
-    nbr, scores = snap.neighbours()
+    nbr, scores = snap.neighbours(spare=True)  # k + B wide: the spare entries are scrubbed too
     gone_rows, listed = forget.mask(uv.ids), forget.mask(nbr)
     if not gone_rows.any() and not listed.any():
         write_marker(path, {**manifest, DIGEST_KEY: forget.digest})
@@ -214,11 +244,11 @@ def scrub_snapshot(
         from store.graph.index import searcher
 
         found = search_neighbours(
-            searcher(index, snap.spec, out), out, rows, snap.k, search_batch, with_next=True
+            searcher(index, snap.spec, out), out, rows, snap.k + snap.spare, search_batch, with_next=True
         )
         nbr[rows], scores[rows], nxt[rows] = found
     if on_relisted is not None and len(rows):
-        on_relisted(relisted, nbr[rows], scores[rows], snap)
+        on_relisted(relisted, nbr[rows, : snap.k], scores[rows, : snap.k], snap)
     changed = np.union1d(changed[~forget.mask(changed)], relisted)
     manifest.update(
         {
@@ -238,6 +268,7 @@ def scrub_snapshot(
             snap.model_version,
             snap.as_of,
             changed_rows=out.positions(changed),
+            k=snap.k,
         )
     return {"users": int(gone_rows.sum()), "relisted": relisted, "rewritten": True}
 
