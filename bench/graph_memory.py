@@ -172,6 +172,7 @@ def instrumented(meter: PeakMeter) -> Iterator[None]:
         "search_into",
         "search_neighbours",
         "rescore",
+        "thin",
         "local_neighbours",
         "repair_untouched",
         "changed_lists",
@@ -218,8 +219,12 @@ def regroup(path: Path, rows: int) -> bool:
     return True
 
 
-def prepare_root(world, root: Path, mode: str, moved: int, noise: float, chunk_rows: int) -> dict:
-    """The run's data root (hard links into the world) and, for ``inc``, the next hour's snapshot."""
+def prepare_root(world, root: Path, mode: str, moved: int, noise: float, s) -> dict:
+    """The run's data root (hard links into the world) and, for ``inc``, the next hour's snapshot.
+
+    ``inc`` with ``graph.spare_neighbours`` (e.g. ``SOE_GRAPH__SPARE_NEIGHBOURS=10``) other than the
+    world's graph's: the previous graph is first rebuilt in full with it (not measured), so the hour
+    updates lists of the width it would in production, not the first hour after the setting changed."""
     import numpy as np
 
     from bench.world import T0
@@ -233,13 +238,25 @@ def prepare_root(world, root: Path, mode: str, moved: int, noise: float, chunk_r
         shutil.rmtree(root / "graph")
         return {"as_of": T0}
     snap = latest_snapshot(Layout(root), world.model)
-    regrouped = regroup(snap.path / NEIGHBOURS_FILE, chunk_rows)
+    assert snap is not None
+    rebuilt = None
+    if snap.spare != s.graph.spare_neighbours:
+        from store.graph.build import build_graph
+
+        t0 = time.perf_counter()
+        shutil.rmtree(root / "graph")
+        build_graph(s.graph, s.redis, Layout(root), world.model, T0, incremental=False, publish_redis=False)
+        rebuilt = round(time.perf_counter() - t0, 1)
+        print(f"previous graph rebuilt with spare_neighbours={s.graph.spare_neighbours} in {rebuilt} s")
+        snap = latest_snapshot(Layout(root), world.model)
+        assert snap is not None
+    regrouped = regroup(snap.path / NEIGHBOURS_FILE, s.graph.chunk_rows)
     uv = snap.vectors
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(len(uv), moved, replace=False))
     drift = uv.vectors[rows].astype(np.float32) + noise * rng.standard_normal((moved, uv.dim), np.float32)
     write_embeddings(Layout(root), world.model, T0 + HOUR, uv.ids[rows], drift)
-    return {"as_of": T0 + HOUR, "regrouped": regrouped}
+    return {"as_of": T0 + HOUR, "regrouped": regrouped, "previous_rebuilt_s": rebuilt}
 
 
 def measure(world, mode: str, moved: int, noise: float) -> dict:
@@ -252,7 +269,7 @@ def measure(world, mode: str, moved: int, noise: float) -> dict:
     work = Path(tempfile.mkdtemp(prefix="soe-bench-graphmem-", dir=world.root.parent))
     try:
         s = settings_for(work)
-        prep = prepare_root(world, work, mode, moved, noise, s.graph.chunk_rows)
+        prep = prepare_root(world, work, mode, moved, noise, s)
         gc.collect()
         pa.default_memory_pool().release_unused()
         meter = PeakMeter()
@@ -279,6 +296,8 @@ def measure(world, mode: str, moved: int, noise: float) -> dict:
         "dim": dim,
         "moved": moved if mode == "inc" else None,
         "regrouped": prep.get("regrouped"),
+        "spare_neighbours": s.graph.spare_neighbours,
+        "previous_rebuilt_s": prep.get("previous_rebuilt_s"),
         "index": m["index"],
         "start_rss_mb": round(start, 1),
         "peak_above_start_mb": peak,
@@ -286,6 +305,8 @@ def measure(world, mode: str, moved: int, noise: float) -> dict:
         "recall_at_k": m["recall_at_k"],
         "n_touched": m.get("n_touched"),
         "n_researched": m.get("n_researched"),
+        "n_thinned": m.get("n_thinned"),
+        "search_s": m.get("search_s"),
         "n_changed_lists": m["n_changed_lists"],
         "vectors_mb": round(vectors_mb, 1),
         "peak_over_vectors": round(peak / vectors_mb, 2),

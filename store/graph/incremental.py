@@ -210,7 +210,31 @@ def repair_untouched(
     rows = np.unique(np.concatenate([hit_rows, cand_rows, extra]))
     if not len(rows):
         return 0
-    # 3. merge each affected row's list with its candidates: dedupe (row, id), top k by score
+    # 3. merge each affected row's list with its candidates: dedupe (row, id), top k by score; rows in
+    # blocks of ``chunk`` (their scratch follows the block: with spare entries nearly every row is merged)
+    by_row = np.argsort(cand_rows, kind="stable")
+    cand_rows, cand_ids, cand_scores = cand_rows[by_row], cand_ids[by_row], cand_scores[by_row]
+    for lo in range(0, len(rows), chunk):
+        block = rows[lo : lo + chunk]
+        a = int(np.searchsorted(cand_rows, block[0], side="left"))
+        b = int(np.searchsorted(cand_rows, block[-1], side="right"))
+        merge_rows(nbr, scores, next_scores, block, cand_rows[a:b], cand_ids[a:b], cand_scores[a:b])
+    return len(rows)
+
+
+def merge_rows(
+    nbr: np.ndarray,
+    scores: np.ndarray,
+    next_scores: np.ndarray,
+    rows: np.ndarray,
+    cand_rows: np.ndarray,
+    cand_ids: np.ndarray,
+    cand_scores: np.ndarray,
+) -> None:
+    """Merge the lists at ``rows`` (sorted) with their candidates (rows among ``rows``), in place: each
+    (row, id) once (the list's entry first), best first, the first ``k`` kept, evicted ones raising the
+    row's bar, holes (PAD) last."""
+    k = nbr.shape[1]
     all_rows = np.concatenate([np.repeat(rows, k), cand_rows])
     all_ids = np.concatenate([nbr[rows].ravel(), cand_ids])
     all_scores = np.concatenate([scores[rows].ravel(), cand_scores])
@@ -231,7 +255,6 @@ def repair_untouched(
     nbr[rows], scores[rows] = PAD, -np.inf
     nbr[all_rows[top], rank[top]] = all_ids[top]
     scores[all_rows[top], rank[top]] = all_scores[top]
-    return len(rows)
 
 
 def local_neighbours(
