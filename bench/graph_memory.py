@@ -306,6 +306,7 @@ def measure(world, mode: str, moved: int, noise: float) -> dict:
         "n_touched": m.get("n_touched"),
         "n_researched": m.get("n_researched"),
         "n_thinned": m.get("n_thinned"),
+        "mean_entries": m.get("mean_entries"),
         "search_s": m.get("search_s"),
         "n_changed_lists": m["n_changed_lists"],
         "vectors_mb": round(vectors_mb, 1),

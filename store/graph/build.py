@@ -203,6 +203,17 @@ def build_incremental(
         "n_forgotten": n_forgotten,
         "n_relisted": len(holes),
     }
+    if cfg.spare_neighbours > 0:  # entries left per list (k + B when full): how fast the spares wear down
+        stats["mean_entries"] = round(
+            float(
+                sum(
+                    int((nbr[lo : lo + cfg.chunk_rows] != PAD).sum())
+                    for lo in range(0, len(nbr), cfg.chunk_rows)
+                )
+                / max(len(nbr), 1)
+            ),
+            3,
+        )
     return GraphResult(uv, nbr, scores, nxt, index, spec, changed, stats)
 
 
