@@ -47,6 +47,7 @@ GRAPH_DETAIL = (
     "n_touched",
     "n_researched",
     "n_thinned",
+    "mean_entries",
     "n_repaired",
     "users",
     "search_knob",
