@@ -210,16 +210,25 @@ def repair_untouched(
     rows = np.unique(np.concatenate([hit_rows, cand_rows, extra]))
     if not len(rows):
         return 0
+    n_rows = len(rows)
     # 3. merge each affected row's list with its candidates: dedupe (row, id), top k by score; rows in
-    # blocks of ``chunk`` (their scratch follows the block: with spare entries nearly every row is merged)
+    # blocks of ``chunk`` (their scratch follows the block: with spare entries nearly every row is merged).
+    # A row without candidates is only sorted again, in place (the merge's order: score, then id)
     by_row = np.argsort(cand_rows, kind="stable")
     cand_rows, cand_ids, cand_scores = cand_rows[by_row], cand_ids[by_row], cand_scores[by_row]
+    alone = np.setdiff1d(rows, cand_rows, assume_unique=False)  # no candidate: only sorted again
+    for lo in range(0, len(alone), chunk):
+        block = alone[lo : lo + chunk]
+        order = np.lexsort((nbr[block], -scores[block]), axis=1)  # best first, ties by id, holes last
+        nbr[block] = np.take_along_axis(nbr[block], order, axis=1)
+        scores[block] = np.take_along_axis(scores[block], order, axis=1)
+    rows = np.setdiff1d(rows, alone, assume_unique=True)
     for lo in range(0, len(rows), chunk):
         block = rows[lo : lo + chunk]
         a = int(np.searchsorted(cand_rows, block[0], side="left"))
         b = int(np.searchsorted(cand_rows, block[-1], side="right"))
         merge_rows(nbr, scores, next_scores, block, cand_rows[a:b], cand_ids[a:b], cand_scores[a:b])
-    return len(rows)
+    return n_rows
 
 
 def merge_rows(
