@@ -23,8 +23,10 @@ N users; the incremental path touches only what changed:
    (k+B+1)-th score. `thin` drops the moved entries that fell below the bar instead of searching the
    row again; every entry left is still above the bar, so the row's top k stays exact while at least
    k entries remain, and only rows left with fewer are searched again (for k + B). On dense encoder
-   neighbourhoods with 10 % of users moved this takes the re-searched share from ~78 % of all lists
-   to ~0 (BENCHMARKS.md "spare neighbours"). Readers see the first k entries only.
+   neighbourhoods with 10 % of users moved by noise (1M) this took the re-searched lists from 793 k
+   to 67, but on a real encoder hour the kept lists reached recall 0.920 only: the touched users'
+   reverse insertion misses lists they moved into, which B = 0's re-searches repaired in passing
+   (BENCHMARKS.md "spare neighbours"); hence the default 0. Readers see the first k entries only.
    Every build measures recall@k of the stored lists on a random sample against exact search,
    and a drop below ``graph.min_recall`` triggers the full rebuild at once.
 """

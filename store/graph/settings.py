@@ -10,7 +10,8 @@ from core.section import Section
 class GraphSettings(Section):
     k: int = 20  # neighbours per user
     # spare entries kept beyond k per list (never served): an incremental hour searches a row again only
-    # when fewer than k of its k + this entries stay above its bar (docs/graph.md "Incremental hourly builds")
+    # when fewer than k of its k + this entries stay above its bar (docs/graph.md "Incremental hourly
+    # builds"). 0 = lists of exactly k: at 1M 10 reached recall 0.920 on a real hour (0 reaches 0.957)
     spare_neighbours: int = 0
     # -- index choice (see store.graph.index) ------------------------------------------------
     index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
