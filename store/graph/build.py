@@ -182,8 +182,19 @@ def build_incremental(
     if len(holes):
         search_into(search_index, uv, holes, cfg, nbr, scores, nxt)
     fixed = np.union1d(np.union1d(touched, dropped), holes)
+    reverse = None
+    if cfg.reverse_neighbours > width(cfg):  # the lists the touched users may have moved into
+        reverse = search_neighbours(search_index, uv, touched, cfg.reverse_neighbours, cfg.search_batch)
     repaired = repair_untouched(
-        uv, nbr, scores, touched, nxt, fixed=fixed, chunk=cfg.chunk_rows, resort=np.setdiff1d(thinned, holes)
+        uv,
+        nbr,
+        scores,
+        touched,
+        nxt,
+        fixed=fixed,
+        chunk=cfg.chunk_rows,
+        resort=np.setdiff1d(thinned, holes),
+        reverse=reverse,
     )
     t2 = time.perf_counter()
     k = cfg.k  # a list changed when its served top k did

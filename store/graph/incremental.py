@@ -176,6 +176,7 @@ def repair_untouched(
     fixed: np.ndarray | None = None,
     chunk: int = CHUNK_ROWS,
     resort: np.ndarray | None = None,
+    reverse: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> int:
     """Re-score entries pointing at touched users and insert touched users where they now belong.
 
@@ -183,10 +184,12 @@ def repair_untouched(
     its row's bar); rows in ``fixed`` (default ``touched``: already recomputed) are left alone.
     ``chunk``: rows per block of the re-scoring pass (bounds its scratch memory, not its result).
     ``resort``: further rows to merge (rows `thin` dropped entries from: sorted again, holes last).
+    ``reverse``: (ids, scores) (T, m) of the touched users' neighbours to insert them into (default:
+    their lists).
     A row that is not full takes a touched user only above its bar (when the bar is known), so every
     kept entry stays above it. Returns the number of rows changed.
     """
-    n, k = nbr.shape
+    n = len(nbr)
     fixed = touched if fixed is None else fixed
     is_fixed = np.zeros(n, bool)
     is_fixed[fixed] = True
@@ -198,9 +201,10 @@ def repair_untouched(
         blocks.append(np.unique(r))
     hit_rows = np.concatenate(blocks)  # sorted and unique: blocks are disjoint and in row order
     # 2. reverse insertion candidates: (v <- u) for each touched u and each of its new neighbours v
-    cand_rows = uv.positions(nbr[touched].ravel())  # (T*k,)
-    cand_ids = np.repeat(touched_ids, k)
-    cand_scores = scores[touched].ravel()
+    rev_ids, rev_scores = (nbr[touched], scores[touched]) if reverse is None else reverse  # (T, m)
+    cand_rows = uv.positions(rev_ids.ravel())  # (T*m,)
+    cand_ids = np.repeat(touched_ids, rev_ids.shape[1])
+    cand_scores = rev_scores.ravel()
     keep = (cand_rows >= 0) & ~is_fixed[np.maximum(cand_rows, 0)]
     cand_rows, cand_ids, cand_scores = cand_rows[keep], cand_ids[keep], cand_scores[keep]
     kth = scores.min(axis=1)  # current worst kept score (-inf when the row is not full)

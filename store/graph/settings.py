@@ -13,6 +13,9 @@ class GraphSettings(Section):
     # when fewer than k of its k + this entries stay above its bar (docs/graph.md "Incremental hourly
     # builds"). 0 = lists of exactly k: at 1M 10 reached recall 0.920 on a real hour (0 reaches 0.957)
     spare_neighbours: int = 0
+    # touched users' neighbours searched for reverse insertion (0 = the lists' own k + spare); > k + spare
+    # inserts each touched user into the lists of its wider neighbourhood (lists it may have moved into)
+    reverse_neighbours: int = 0
     # -- index choice (see store.graph.index) ------------------------------------------------
     index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
