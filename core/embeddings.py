@@ -161,6 +161,9 @@ def latest_embeddings(
 
     ``columns``: read only these (they must include ``user_id``). Raises FileNotFoundError when no
     snapshot is published in the window.
+
+    The plain, whole-table form of the merge: the graph reads the same rows streamed (`latest_ids`,
+    then `latest_vectors_of`), and tests compare the two bit for bit.
     """
     dirs = _window_dirs(layout, model_version, after, until)  # newest first
     # one corrupt file of an older, finished snapshot must not block every later graph build
@@ -185,6 +188,7 @@ class LatestIds:
 # rows per batch of the streamed read, at most: batches that span row groups (the encoder writes ~32k
 # rows per group) cost the allocator ~100 MB of retained pages at 64k rows, ~25 MB at 8k (measured at 1M)
 READ_BATCH_ROWS = 8192
+DEFAULT_BATCH_ROWS = 65_536  # a caller's block size when it names none (capped by READ_BATCH_ROWS)
 
 
 def _batches(path: Path, columns: list[str], dim: int, batch_rows: int) -> Iterator[pa.Table]:
@@ -203,7 +207,7 @@ def latest_ids(
     *,
     after: datetime | None = None,
     until: datetime | None = None,
-    batch_rows: int = 65_536,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> LatestIds:
     """Pass 1 of the streamed `latest_embeddings`: which users the window holds, reading one batch of
     one file at a time. Every file is read through (vectors decoded and dropped), so a file that cannot
@@ -250,7 +254,7 @@ def latest_ids(
 
 
 def latest_vectors_of(
-    latest: LatestIds, ids: np.ndarray, batch_rows: int = 65_536
+    latest: LatestIds, ids: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Pass 2: ``(rows, vectors)`` batch by batch, ``vectors`` (n, D) in the stored dtype (float16)
     being the newest vector of the users ``ids[rows]``; ``ids`` is a sorted subset of ``latest.ids``

@@ -9,7 +9,7 @@ it needs:
   newest graph of an idle model stays serving);
 * an expired **embedding** snapshot is removed only when every user in it has a vector in a newer
   snapshot of the same model: the graph is built over every user's newest vector across snapshots
-  (`core.embeddings.latest_embeddings`), so a user idle for longer than the window
+  (`core.embeddings.latest_ids` / `latest_vectors_of`), so a user idle for longer than the window
   keeps their last vector on disk (the backfill snapshot of a model typically stays for that);
 * a snapshot is removed by renaming it to a hidden ``.old-`` sibling first (readers then see it
   as absent, never half-deleted), then deleting it;

@@ -62,7 +62,7 @@ from store.graph.redis_io import write_neighbour_lists
 from store.graph.settings import GraphSettings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot, write_snapshot
 from store.graph.tune import calibrate, knob
-from store.graph.vectors import UserVectors, WindowVectors, window_vectors
+from store.graph.vectors import CHUNK_ROWS, UserVectors, WindowVectors, window_vectors
 from store.keys import check_name
 from store.settings import RedisSettings
 
@@ -424,7 +424,7 @@ def write_lists_in_blocks(
     nbr_scores: np.ndarray,
     rows: np.ndarray,
     as_of: datetime,
-    chunk: int = 65_536,
+    chunk: int = CHUNK_ROWS,
 ) -> dict[str, int]:
     """`write_neighbour_lists` of the lists at ``rows``, gathered ``chunk`` rows at a time (a full build
     writes every list: one gathered copy of all of them would add ~12k bytes per user to the peak)."""
@@ -447,7 +447,7 @@ def newer_window(
     prev: GraphSnapshot,
     as_of: datetime,
     forget: ForgetList | None = None,
-    chunk: int = 65_536,
+    chunk: int = CHUNK_ROWS,
 ) -> WindowVectors | UserVectors:
     """The users of the embedding snapshots published after ``prev``, vectors not read yet (an empty
     `UserVectors` when there are none), without the forgotten users."""
