@@ -15,13 +15,9 @@ from store.graph.knn import PAD, recall_at_k, reference_neighbours, search_neigh
 from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
 from store.graph.snapshot import GraphSnapshot, latest_snapshot
 from store.graph.vectors import latest_vectors, normalise
+from tests.fixtures.graph import graph_settings as _settings
 
 T1, T2, T3 = "2026-01-01T01:00Z", "2026-01-01T02:00Z", "2026-01-01T03:00Z"
-
-
-def _settings(settings, **graph):
-    graph = {"publish_redis": False, "k": 8, "recall_sample": 300, **graph}
-    return settings.model_copy(update={"graph": settings.graph.model_copy(update=graph)})
 
 
 @pytest.fixture

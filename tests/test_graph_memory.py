@@ -23,13 +23,9 @@ from store.graph.memory import MB, MemoryBudgetError, per_block_row, per_user, p
 from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
 from store.graph.snapshot import GraphSnapshot
 from store.graph.vectors import UserVectors, latest_vectors
+from tests.fixtures.graph import graph_settings as _settings
 
 T1, T2, T3 = "2026-01-01T01:00Z", "2026-01-01T02:00Z", "2026-01-01T03:00Z"
-
-
-def _settings(settings, **graph):
-    graph = {"publish_redis": False, "k": 8, "recall_sample": 300, **graph}
-    return settings.model_copy(update={"graph": settings.graph.model_copy(update=graph)})
 
 
 @pytest.fixture

@@ -12,21 +12,14 @@ from store.graph.knn import PAD, reference_neighbours
 from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
 from store.graph.snapshot import SPARE_IDS_FILE, GraphSnapshot
 from store.graph.vectors import normalise
+from tests.fixtures.graph import graph_settings
 
 T1, T2, T3 = "2026-01-01T01:00Z", "2026-01-01T02:00Z", "2026-01-01T03:00Z"
 K = 8
 
 
 def _settings(settings, **graph):
-    graph = {
-        "publish_redis": False,
-        "k": K,
-        "recall_sample": 300,
-        "index": "flat",
-        "min_recall": 0.0,
-        **graph,
-    }
-    return settings.model_copy(update={"graph": settings.graph.model_copy(update=graph)})
+    return graph_settings(settings, **{"k": K, "index": "flat", "min_recall": 0.0, **graph})
 
 
 @pytest.fixture(scope="module")
