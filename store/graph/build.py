@@ -44,6 +44,7 @@ from store.graph.incremental import (
     local_neighbours,
     repair_untouched,
     rescore,
+    reverse_search,
     thin,
     update_index,
 )
@@ -152,12 +153,13 @@ def build_incremental(
     nbr, scores, nxt = carry_over(old_ids, old_nbr, old_scores, uv, old_next, width(cfg))
     del old_scores, old_next  # carried over; the previous ids stay to tell which lists changed
     tc = time.perf_counter()
+    inc_target = min(cfg.target_recall + cfg.incremental_recall_margin, 1.0) if cfg.target_recall > 0 else 0.0
     spec, tried = calibrate(  # the hour's vectors moved: re-check the knob, never below the last one
         index,
         prev.spec,
         uv,
         cfg.k,
-        min(cfg.target_recall + cfg.incremental_recall_margin, 1.0) if cfg.target_recall > 0 else 0.0,
+        inc_target,
         cfg.calibration_sample,
         cfg.seed,
         cfg.max_nprobe,
@@ -182,9 +184,14 @@ def build_incremental(
     if len(holes):
         search_into(search_index, uv, holes, cfg, nbr, scores, nxt)
     fixed = np.union1d(np.union1d(touched, dropped), holes)
-    reverse = None
+    reverse = found = None
     if cfg.reverse_neighbours > width(cfg):  # the lists the touched users may have moved into
         reverse = search_neighbours(search_index, uv, touched, cfg.reverse_neighbours, cfg.search_batch)
+    reverse_stats: dict = {}
+    if cfg.reverse_search and len(touched):  # ... and every other list's own look at the touched users
+        tr = time.perf_counter()
+        found, reverse_stats = reverse_search(uv, touched, fixed, nxt, width(cfg), cfg, inc_target)
+        reverse_stats["s"] = round(time.perf_counter() - tr, 3)
     repaired = repair_untouched(
         uv,
         nbr,
@@ -195,6 +202,7 @@ def build_incremental(
         chunk=cfg.chunk_rows,
         resort=np.setdiff1d(thinned, holes),
         reverse=reverse,
+        found=found,
     )
     t2 = time.perf_counter()
     k = cfg.k  # a list changed when its served top k did
@@ -214,6 +222,8 @@ def build_incremental(
         "n_forgotten": n_forgotten,
         "n_relisted": len(holes),
     }
+    if reverse_stats:  # the touched users found from the other lists' side
+        stats["reverse_search"] = reverse_stats
     if cfg.spare_neighbours > 0:  # entries left per list (k + B when full): how fast the spares wear down
         stats["mean_entries"] = round(
             float(

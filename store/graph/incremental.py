@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from store.graph.index import build_index, choose_spec, searcher
 from store.graph.knn import PAD
+from store.graph.settings import GraphSettings
+from store.graph.tune import calibrate
 from store.graph.vectors import CHUNK_ROWS, UserVectors
 
 
@@ -167,6 +170,54 @@ def thin(
     return thinned[short], thinned[~short]
 
 
+def reverse_search(
+    uv: UserVectors,
+    touched: np.ndarray,
+    fixed: np.ndarray,
+    next_scores: np.ndarray,
+    width: int,
+    cfg: GraphSettings,
+    target_recall: float,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict]:
+    """The touched users that now belong in the other users' lists, found from the lists' side.
+
+    An index of the touched users' new vectors only (T of them, a few % of N: flat, IVF or IVF-SQ8 as
+    `choose_spec` picks for T, calibrated on them to ``target_recall``) is searched by every user not in
+    ``fixed`` for its ``width`` nearest touched users; those scoring above the row's bar
+    (``next_scores``) are the row's candidates. The reverse of the touched users' own search: a user
+    that moved *into* v's neighbourhood is found even when v is not among its own nearest (what the
+    forward insertion misses). Each of the (N - fixed) queries scans T·nprobe/nlist vectors, not the
+    N·nprobe/nlist of a search of the full index.
+
+    Returns ((row positions, touched ids, scores) flat, for `repair_untouched`'s ``found``; stats).
+    """
+    rows_out, ids_out, scores_out = (
+        [np.zeros(0, np.int64)],
+        [np.zeros(0, np.int64)],
+        [np.zeros(0, np.float32)],
+    )
+    tv = UserVectors(uv.ids[touched], uv.vectors[touched])  # (T, D): uv's ids are sorted, so are these
+    spec = choose_spec(len(tv), cfg, tv.dim)
+    index = build_index(tv, spec, cfg)
+    spec, tried = calibrate(
+        index, spec, tv, cfg.k, target_recall, cfg.calibration_sample, cfg.seed, cfg.max_nprobe
+    )
+    search = searcher(index, spec, tv)
+    is_fixed = np.zeros(len(uv), bool)
+    is_fixed[fixed] = True
+    queries = np.flatnonzero(~is_fixed)
+    for lo in range(0, len(queries), cfg.search_batch):
+        r = queries[lo : lo + cfg.search_batch]
+        s, ids = search.search(uv.vectors[r], min(width, len(tv)))  # (b, m) best first
+        keep = (ids != PAD) & (s > next_scores[r][:, None])  # only above the bar can enter a list
+        rows_out.append(np.broadcast_to(r[:, None], ids.shape)[keep])
+        ids_out.append(ids[keep])
+        scores_out.append(s[keep].astype(np.float32))
+    found = (np.concatenate(rows_out), np.concatenate(ids_out), np.concatenate(scores_out))
+    stats = {"index": spec.params(), "calibration": tried, "queries": len(queries), "found": len(found[0])}
+    return found, stats
+
+
 def repair_untouched(
     uv: UserVectors,
     nbr: np.ndarray,
@@ -177,6 +228,7 @@ def repair_untouched(
     chunk: int = CHUNK_ROWS,
     resort: np.ndarray | None = None,
     reverse: tuple[np.ndarray, np.ndarray] | None = None,
+    found: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> int:
     """Re-score entries pointing at touched users and insert touched users where they now belong.
 
@@ -185,7 +237,8 @@ def repair_untouched(
     ``chunk``: rows per block of the re-scoring pass (bounds its scratch memory, not its result).
     ``resort``: further rows to merge (rows `thin` dropped entries from: sorted again, holes last).
     ``reverse``: (ids, scores) (T, m) of the touched users' neighbours to insert them into (default:
-    their lists).
+    their lists). ``found``: further candidates (row positions, touched ids, scores), flat: what
+    `reverse_search` found from the lists' side.
     A row that is not full takes a touched user only above its bar (when the bar is known), so every
     kept entry stays above it. Returns the number of rows changed.
     """
@@ -205,6 +258,10 @@ def repair_untouched(
     cand_rows = uv.positions(rev_ids.ravel())  # (T*m,)
     cand_ids = np.repeat(touched_ids, rev_ids.shape[1])
     cand_scores = rev_scores.ravel()
+    if found is not None:
+        cand_rows = np.concatenate([cand_rows, found[0]])
+        cand_ids = np.concatenate([cand_ids, found[1]])
+        cand_scores = np.concatenate([cand_scores, found[2]])
     keep = (cand_rows >= 0) & ~is_fixed[np.maximum(cand_rows, 0)]
     cand_rows, cand_ids, cand_scores = cand_rows[keep], cand_ids[keep], cand_scores[keep]
     kth = scores.min(axis=1)  # current worst kept score (-inf when the row is not full)

@@ -16,6 +16,10 @@ class GraphSettings(Section):
     # touched users' neighbours searched for reverse insertion (0 = the lists' own k + spare); > k + spare
     # inserts each touched user into the lists of its wider neighbourhood (lists it may have moved into)
     reverse_neighbours: int = 0
+    # the other users' lists are also searched from their side: every user not searched again queries an
+    # index of the hour's touched users only, for the touched users that moved into its list
+    # (store.graph.incremental.reverse_search; docs/graph.md "Incremental hourly builds")
+    reverse_search: bool = False
     # -- index choice (see store.graph.index) ------------------------------------------------
     index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
