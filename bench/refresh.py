@@ -51,6 +51,7 @@ GRAPH_DETAIL = (
     "n_repaired",
     "users",
     "search_knob",
+    "reverse_search",
 )
 TARGET_S = {"default": 900, "all-active": 600}
 MIN_RECALL = 0.95

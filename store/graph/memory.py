@@ -14,7 +14,9 @@ build estimates its peak as
   merge, re-scoring, the neighbour lists' Parquet row groups), ~2 x (12k + 4D) bytes per row.
 * ``FIXED``: what does not depend on N: the search batches, the re-rank of quantised candidates, the
   readers' and the allocators' retained pages (measured, BENCHMARKS.md "Graph build memory"), plus
-  the IVF centroids (nlist x D x 4 bytes: 3 MB at 10M users).
+  the IVF centroids (nlist x D x 4 bytes: 3 MB at 10M users), plus, with ``graph.reverse_search``,
+  the index of the hour's T touched users (`touched_index_bytes`: at most T x (8D + 56) bytes, a
+  copy of their vectors and flat codes; T is known before the build: the window's users).
 
 If ``FIXED + N · per_user`` plus the smallest block (`MIN_BLOCK_ROWS`) exceeds the budget the build
 stops at once with `MemoryBudgetError` (a ValueError: ``soe graph`` prints it as one line), before it
@@ -101,6 +103,7 @@ class Estimate:
     block_rows: int  # rows per block of the row-wise passes (graph.chunk_rows, or fewer under a budget)
     centroid_bytes: float = 0.0  # IVF: nlist x D float32
     spare: int = 0  # spare entries per list beyond k (graph.spare_neighbours)
+    touched_bytes: float = 0.0  # graph.reverse_search: the index of the hour's touched users
 
     @property
     def bytes_per_user(self) -> float:
@@ -109,7 +112,7 @@ class Estimate:
     @property
     def resident_bytes(self) -> float:
         """What no block size changes: FIXED + the centroids + N x per-user bytes."""
-        return FIXED_MB * MB + self.centroid_bytes + self.n_users * self.bytes_per_user
+        return FIXED_MB * MB + self.centroid_bytes + self.touched_bytes + self.n_users * self.bytes_per_user
 
     @property
     def peak_bytes(self) -> float:
@@ -125,7 +128,14 @@ class Estimate:
             "resident_mb": round(self.resident_bytes / MB, 1),
             "block_rows": self.block_rows,
             "peak_mb": round(self.peak_bytes / MB, 1),
+            **({"touched_index_mb": round(self.touched_bytes / MB, 1)} if self.touched_bytes else {}),
         }
+
+
+def touched_index_bytes(n_touched: int, dim: int) -> float:
+    """``graph.reverse_search``'s index of the touched users, bounded above: a float32 copy of their
+    vectors and the codes of a flat index (IVF-Flat holds fewer bytes, IVF-SQ8 a quarter)."""
+    return n_touched * (4 * dim + index_bytes_per_user(IndexSpec("flat"), dim))
 
 
 def block_rows(budget_mb: int, resident: float, dim: int, k: int, chunk_rows: int) -> int:
@@ -146,14 +156,17 @@ def plan(
     chunk_rows: int,
     budget_mb: int = 0,
     spare: int = 0,
+    reverse_touched: int = 0,
 ) -> Estimate:
     """The estimate of a ``mode`` build of ``n_users`` with lists of k + ``spare`` entries under
-    ``budget_mb`` (0: none); raises `MemoryBudgetError` when even the smallest blocks do not fit."""
+    ``budget_mb`` (0: none); ``reverse_touched``: the touched users of a ``graph.reverse_search``
+    hour (0: none). Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
     parts = per_user(dim, k, spec, mode, spare)
     centroids = 4.0 * spec.nlist * dim if spec.kind in IVF_KINDS else 0.0
-    est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare)
+    touched = touched_index_bytes(reverse_touched, dim)
+    est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare, touched)
     rows = block_rows(budget_mb, est.resident_bytes, dim, k + spare, chunk_rows)
-    est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare)
+    est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare, touched)
     if budget_mb > 0 and est.peak_bytes > budget_mb * MB:
         plus = f"+{spare}" if spare else ""  # spare entries per list
         raise MemoryBudgetError(
