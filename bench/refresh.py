@@ -51,7 +51,9 @@ GRAPH_DETAIL = (
     "n_repaired",
     "users",
     "search_knob",
-    "reverse_search",
+    "reverse_search_s",
+    "reverse_queries",
+    "reverse_found",
 )
 TARGET_S = {"default": 900, "all-active": 600}
 MIN_RECALL = 0.95

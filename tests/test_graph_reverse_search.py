@@ -66,11 +66,11 @@ def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path,
     assert [m["mode"] for m in rev] == ["full", "incremental", "incremental"]
     for hour, t in ((1, T2), (2, T3)):
         assert _wrong_rows(layout, t) == 0 and rev[hour]["recall_at_k"] == 1.0
-        stats = rev[hour]["reverse_search"]
-        assert stats["index"]["kind"] == "flat" and stats["found"] > 0
-        assert stats["queries"] == 2000 - rev[hour]["n_touched"] - rev[hour]["n_researched"]
+        m = rev[hour]
+        assert m["reverse_index"]["kind"] == "flat" and m["reverse_found"] > 0 and m["reverse_search_s"] > 0
+        assert m["reverse_queries"] == 2000 - m["n_touched"] - m["n_researched"]
         # the same hours without it: the forward insertion misses lists the moved users jumped into
-        assert plain[hour]["recall_at_k"] < 1.0 and "reverse_search" not in plain[hour]
+        assert plain[hour]["recall_at_k"] < 1.0 and "reverse_found" not in plain[hour]
 
 
 def test_reverse_search_through_an_ivf_index_of_the_touched(settings, planted, tmp_path):
@@ -80,8 +80,8 @@ def test_reverse_search_through_an_ivf_index_of_the_touched(settings, planted, t
     _, plain = _hours(settings, planted, tmp_path / "plain", **ivf)
     _, m = _hours(settings, planted, tmp_path / "rev", reverse_search=True, **ivf)
     for hour in (1, 2):
-        stats = m[hour]["reverse_search"]
-        assert stats["index"]["kind"] == "ivf" and stats["calibration"][-1]["recall"] >= 0.955, stats
+        assert m[hour]["reverse_index"]["kind"] == "ivf", m[hour]
+        assert m[hour]["reverse_calibration"][-1]["recall"] >= 0.955, m[hour]
         assert m[hour]["recall_at_k"] >= max(0.95, plain[hour]["recall_at_k"]), (m[hour], plain[hour])
 
 
@@ -94,7 +94,7 @@ def test_reverse_search_finds_what_brute_force_finds():
     fixed = np.union1d(touched, np.arange(5))  # the touched rows and five searched again
     bars = rng.uniform(0.1, 0.5, 600).astype(np.float32)
     (rows, ids, scores), stats = reverse_search(uv, touched, fixed, bars, 6, GraphSettings(), 0.95)
-    assert stats["queries"] == 600 - len(fixed) and stats["found"] == len(rows)
+    assert stats["reverse_queries"] == 600 - len(fixed) and stats["reverse_found"] == len(rows)
     sims = uv.vectors @ uv.vectors[touched].T  # (N, T)
     want = set()
     for r in np.setdiff1d(np.arange(600), fixed):

@@ -191,7 +191,7 @@ def build_incremental(
     if cfg.reverse_search and len(touched):  # ... and every other list's own look at the touched users
         tr = time.perf_counter()
         found, reverse_stats = reverse_search(uv, touched, fixed, nxt, width(cfg), cfg, inc_target)
-        reverse_stats["s"] = round(time.perf_counter() - tr, 3)
+        reverse_stats["reverse_search_s"] = round(time.perf_counter() - tr, 3)
     repaired = repair_untouched(
         uv,
         nbr,
@@ -222,8 +222,7 @@ def build_incremental(
         "n_forgotten": n_forgotten,
         "n_relisted": len(holes),
     }
-    if reverse_stats:  # the touched users found from the other lists' side
-        stats["reverse_search"] = reverse_stats
+    stats.update(reverse_stats)  # graph.reverse_search: what the other lists found (store.graph.incremental)
     if cfg.spare_neighbours > 0:  # entries left per list (k + B when full): how fast the spares wear down
         stats["mean_entries"] = round(
             float(

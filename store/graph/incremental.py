@@ -214,7 +214,12 @@ def reverse_search(
         ids_out.append(ids[keep])
         scores_out.append(s[keep].astype(np.float32))
     found = (np.concatenate(rows_out), np.concatenate(ids_out), np.concatenate(scores_out))
-    stats = {"index": spec.params(), "calibration": tried, "queries": len(queries), "found": len(found[0])}
+    stats = {
+        "reverse_index": spec.params(),  # the touched users' index
+        "reverse_calibration": tried,
+        "reverse_queries": len(queries),  # the lists that looked (every row not searched again)
+        "reverse_found": len(found[0]),  # (list, touched user) pairs above the list's bar
+    }
     return found, stats
 
 
