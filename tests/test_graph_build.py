@@ -110,7 +110,8 @@ def test_incremental_equals_rebuild_for_touched_users(settings, planted, kind):
     assert (snap.spec.nprobe or 0) >= (prev.spec.nprobe or 0)  # re-calibrated: the knob only climbs
     assert m["search_knob"] == (None if kind == "flat" else snap.spec.nprobe)  # the knob it searched with
     set_search_params(index, snap.spec)  # ... and the hour searched with it
-    fresh, _ = search_neighbours(searcher(index, snap.spec, uv), uv, rows, 8)
+    # touched rows are searched for k + spare entries (the quantised kinds re-rank k_factor x that)
+    fresh = search_neighbours(searcher(index, snap.spec, uv), uv, rows, 8 + snap.spare)[0][:, :8]
     if kind == "ivf_pq":  # fast-scan ranks by 16-bit quantised distances: ties at the re-rank cut-off
         assert recall_at_k(nbr[rows], fresh) > 0.95  # fall by list layout, which remove+add changes
     elif kind == "ivf_sq8":  # 8-bit codes: rarer ties at the cut-off, broken the same way
@@ -248,15 +249,23 @@ def test_chunked_vector_merge_is_bit_identical():
     )
 
 
-@pytest.mark.parametrize("research_dropped", [True, False])  # False: the repair pass does the work
-def test_chunk_rows_bounds_memory_not_the_graph(settings, planted, tmp_path, research_dropped):
+# B = 0: rows searched again (or, research_dropped False, the repair pass does the work); B = 10 (the
+# default): spare entries thinned, the reverse search's candidates merged
+@pytest.mark.parametrize("research_dropped, spare", [(True, 0), (False, 0), (True, 10)])
+def test_chunk_rows_bounds_memory_not_the_graph(settings, planted, tmp_path, research_dropped, spare):
     """graph.chunk_rows only sizes the blocks of the row-wise passes: a full then an incremental build
     in blocks of 7 rows (merge, re-scoring, change detection, Parquet row groups written and read back)
     publishes exactly the graph of one block."""
     built = {}
     for chunk in (7, 1_000_000):
         s = _settings(
-            settings, index="ivf", min_recall=0.0, chunk_rows=chunk, research_dropped=research_dropped
+            settings,
+            index="ivf",
+            min_recall=0.0,
+            chunk_rows=chunk,
+            research_dropped=research_dropped,
+            spare_neighbours=spare,
+            reverse_search=spare > 0,
         )
         s = s.model_copy(update={"data": s.data.model_copy(update={"root": tmp_path / f"chunk{chunk}"})})
         layout = s.layout()
@@ -264,13 +273,28 @@ def test_chunk_rows_bounds_memory_not_the_graph(settings, planted, tmp_path, res
         build_graph(s.graph, s.redis, layout, "m1", T1)
         _touch(planted, layout, T2, n=300)
         m = build_graph(s.graph, s.redis, layout, "m1", T2)
-        assert m["mode"] == "incremental" and (m["n_researched"] if research_dropped else m["n_repaired"]) > 0
+        did = (
+            m["n_thinned"] and m["reverse_found"]
+            if spare
+            else m["n_researched"]
+            if research_dropped
+            else m["n_repaired"]
+        )
+        assert m["mode"] == "incremental" and did > 0, m
         rows = pq.ParquetFile(layout.graph("m1", utc(T2)) / "neighbours.parquet").metadata.num_row_groups
         assert rows == (-(-3020 // chunk) if chunk == 7 else 1)
         snaps = [GraphSnapshot(layout.graph("m1", utc(t))) for t in (T1, T2)]
         built[chunk] = (m, [(x.vectors, *x.neighbours(), x.next_scores(), x.changed_ids()) for x in snaps])
     (m_small, small), (m_one, one) = built[7], built[1_000_000]
-    for key in ("recall_at_k", "n_touched", "n_researched", "n_repaired", "n_changed_lists", "search_knob"):
+    for key in (
+        "recall_at_k",
+        "n_touched",
+        "n_researched",
+        "n_thinned",
+        "n_repaired",
+        "n_changed_lists",
+        "search_knob",
+    ):
         assert m_small[key] == m_one[key], key
     for a, b in zip(small, one):
         np.testing.assert_array_equal(a[0].ids, b[0].ids)

@@ -147,8 +147,9 @@ def test_a_budget_below_the_estimate_stops_the_build_and_publishes_nothing(setti
 def test_a_budget_that_fits_changes_nothing(settings, planted, tmp_path):
     """A full then an incremental build under a budget that shrinks the blocks below N (1,024 rows) publish
     exactly the graph of an uncapped build (and the manifest says which blocks ran)."""
-    probe = plan(3_100, 64, 8, IndexSpec("ivf", nlist=219), "incremental", 65_536)
-    budget = math.ceil((probe.resident_bytes + 1500 * per_block_row(64, 8)) / MB)
+    spare = settings.graph.spare_neighbours  # the default lists and reverse search (300 users touched)
+    probe = plan(3_100, 64, 8, IndexSpec("ivf", nlist=219), "incremental", 65_536, 0, spare, 300)
+    budget = math.ceil((probe.resident_bytes + 1500 * per_block_row(64, 8 + spare)) / MB)
     built = {}
     for cap in (0, budget):
         s = _settings(settings, index="ivf", min_recall=0.0, memory_budget_mb=cap)

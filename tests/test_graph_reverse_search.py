@@ -61,7 +61,7 @@ def _wrong_rows(layout, as_of) -> int:
 
 @pytest.mark.parametrize("spare", [0, 8])
 def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path, spare):
-    _, plain = _hours(settings, planted, tmp_path / "plain", spare_neighbours=spare)
+    _, plain = _hours(settings, planted, tmp_path / "plain", spare_neighbours=spare, reverse_search=False)
     layout, rev = _hours(settings, planted, tmp_path / "rev", spare_neighbours=spare, reverse_search=True)
     assert [m["mode"] for m in rev] == ["full", "incremental", "incremental"]
     for hour, t in ((1, T2), (2, T3)):
@@ -77,7 +77,7 @@ def test_reverse_search_through_an_ivf_index_of_the_touched(settings, planted, t
     """More touched users than graph.flat_max_users: an IVF index of them (and of everyone), each
     calibrated to the target; the kept lists stay at the target recall."""
     ivf = {"spare_neighbours": 8, "index": "auto", "flat_max_users": 100}
-    _, plain = _hours(settings, planted, tmp_path / "plain", **ivf)
+    _, plain = _hours(settings, planted, tmp_path / "plain", reverse_search=False, **ivf)
     _, m = _hours(settings, planted, tmp_path / "rev", reverse_search=True, **ivf)
     for hour in (1, 2):
         assert m[hour]["reverse_index"]["kind"] == "ivf", m[hour]

@@ -26,7 +26,15 @@ N users; the incremental path touches only what changed:
    neighbourhoods with 10 % of users moved by noise (1M) this took the re-searched lists from 793 k
    to 67, but on a real encoder hour the kept lists reached recall 0.920 only: the touched users'
    reverse insertion misses lists they moved into, which B = 0's re-searches repaired in passing
-   (BENCHMARKS.md "spare neighbours"); hence the default 0. Readers see the first k entries only.
+   (BENCHMARKS.md "spare neighbours"). Readers see the first k entries only.
+
+   **Reverse search** (``graph.reverse_search``) closes that gap from the lists' side: every row not
+   searched again queries an index of the touched users' new vectors only (`reverse_search`), and the
+   touched users scoring above its bar join its candidates. A row's entries above the bar are exact
+   (no unmoved outsider beat it) and every touched user above the bar is found (up to that small
+   index's recall), so a row keeping at least k entries holds its exact top k, whichever way its
+   neighbours moved. Cost: (N - searched) queries against T vectors instead of the B = 0 re-search
+   of ~0.8 N rows against N.
    Every build measures recall@k of the stored lists on a random sample against exact search,
    and a drop below ``graph.min_recall`` triggers the full rebuild at once.
 """
