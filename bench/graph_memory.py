@@ -173,6 +173,7 @@ def instrumented(meter: PeakMeter) -> Iterator[None]:
         "search_neighbours",
         "rescore",
         "thin",
+        "reverse_search",
         "local_neighbours",
         "repair_untouched",
         "changed_lists",
