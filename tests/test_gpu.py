@@ -7,7 +7,8 @@ On a CUDA machine it checks what the CPU suite can only reason about:
 * the pinned-memory path is really taken (every featurised batch is pinned before its non-blocking copy);
 * out-of-memory halving: a forward that raises ``torch.cuda.OutOfMemoryError`` on big batches, and a
   tiny free-memory budget, both still give every user's vector;
-* FAISS on the GPU finds the same neighbours as on the CPU (skipped when faiss has no GPU support);
+* FAISS on the GPU finds the same neighbours as on the CPU, and the graph's reverse search the same
+  candidates (skipped when faiss has no GPU support);
 * training on the GPU (bf16 autocast, pinned batches, both losses) learns and ends on the GPU.
 """
 
@@ -163,6 +164,30 @@ def test_faiss_gpu_recall_matches_the_cpu(kind):
     if kind == "flat":
         assert cpu > 0.99 and gpu > 0.99, (cpu, gpu)
     assert gpu >= cpu - 0.02, (cpu, gpu)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_the_reverse_search_on_the_gpu_finds_what_the_cpu_finds(kind):
+    """graph.reverse_search's index of the touched users, searched on the GPU (use_gpu auto) and on the
+    CPU (never): the same (list, touched user) candidates, exactly for flat, nearly for IVF."""
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() < 1:
+        pytest.skip("faiss has no GPU support here (faiss-cpu installed)")
+    from store.graph.incremental import reverse_search
+
+    rng = np.random.default_rng(1)
+    uv = UserVectors.from_arrays(np.arange(1, 200_001), rng.normal(size=(200_000, 64)).astype(np.float32))
+    touched = np.sort(rng.choice(len(uv), 20_000, replace=False))
+    # cos of random 64-d users ~ N(0, 1/64): a few of each list's 30 nearest touched users beat 0.45
+    bars = np.full(len(uv), 0.45, np.float32)
+    kw = {"index": kind, "flat_max_users": 0, "ivf_nlist": 256}
+    pairs = {}
+    for use_gpu in ("auto", "never"):
+        cfg = GraphSettings(use_gpu=use_gpu, **kw)
+        (rows, ids, _), _ = reverse_search(uv, touched, touched, bars, 30, cfg, 0.955)
+        pairs[use_gpu] = set(zip(rows.tolist(), ids.tolist()))
+    both = len(pairs["auto"] & pairs["never"]) / max(len(pairs["never"]), 1)
+    assert len(pairs["never"]) > 1000 and both > (0.999 if kind == "flat" else 0.95), both
 
 
 @pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])

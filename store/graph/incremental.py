@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.graph.index import build_index, choose_spec, searcher
+from store.graph.index import build_index, choose_device, choose_spec, num_gpus, on_device, searcher
 from store.graph.knn import PAD
 from store.graph.settings import GraphSettings
 from store.graph.tune import calibrate
@@ -205,12 +205,12 @@ def reverse_search(
         [np.zeros(0, np.float32)],
     )
     tv = UserVectors(uv.ids[touched], uv.vectors[touched])  # (T, D): uv's ids are sorted, so are these
-    spec = choose_spec(len(tv), cfg, tv.dim)
+    spec = choose_spec(len(tv), cfg, tv.dim, device=choose_device(cfg.use_gpu, num_gpus(), "ivf"))
     index = build_index(tv, spec, cfg)
-    spec, tried = calibrate(
+    spec, tried = calibrate(  # on the CPU index, as the main index is; then searched where it runs best
         index, spec, tv, cfg.k, target_recall, cfg.calibration_sample, cfg.seed, cfg.max_nprobe
     )
-    search = searcher(index, spec, tv)
+    search = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind)), spec, tv)
     is_fixed = np.zeros(len(uv), bool)
     is_fixed[fixed] = True
     queries = np.flatnonzero(~is_fixed)
