@@ -41,7 +41,9 @@ from core.layout import HOUR, Layout, stamp, utc
 from store.graph.incremental import (
     carry_over,
     changed_lists,
+    drop_forgotten,
     local_neighbours,
+    mean_entries,
     repair_untouched,
     rescore,
     reverse_search,
@@ -57,7 +59,7 @@ from store.graph.index import (
     on_device,
     searcher,
 )
-from store.graph.knn import PAD, sample_recall, search_neighbours
+from store.graph.knn import sample_recall, search_neighbours
 from store.graph.memory import Estimate, plan
 from store.graph.redis_io import write_neighbour_lists
 from store.graph.settings import GraphSettings
@@ -129,22 +131,10 @@ def build_incremental(
     index = prev.index()
     old_nbr, old_scores = prev.neighbours(cfg.chunk_rows, spare=True)
     old_next = prev.next_scores()
-    holed = np.zeros(0, np.int64)  # users whose previous list named a forgotten user
-    n_forgotten = 0
-    if forget is not None and len(forget):  # forgotten since the previous graph: out of the index and lists
-        gone_rows, listed = forget.mask(old.ids), forget.mask(old_nbr)
-        if gone_rows.any() or listed.any():
-            import faiss
-
-            gone = np.ascontiguousarray(old.ids[gone_rows])
-            if len(gone):
-                index.remove_ids(faiss.IDSelectorBatch(len(gone), faiss.swig_ptr(gone)))
-            keep = ~gone_rows
-            holed = old.ids[listed.any(axis=1) & keep]
-            old_nbr = np.where(listed, PAD, old_nbr)[keep]
-            old_scores = np.where(listed, -np.inf, old_scores)[keep].astype(np.float32)
-            old, old_next = UserVectors(old.ids[keep], old.vectors[keep]), old_next[keep]
-            n_forgotten = len(gone)
+    # forgotten since the previous graph: out of the index and the lists; holed: lists that named one
+    old, old_nbr, old_scores, old_next, holed, n_forgotten = drop_forgotten(
+        forget, index, old, old_nbr, old_scores, old_next
+    )
     update_index(index, old, new)
     uv = old.merged(new, cfg.chunk_rows)
     old_ids, n_old = old.ids, len(old)
@@ -224,16 +214,7 @@ def build_incremental(
     }
     stats.update(reverse_stats)  # graph.reverse_search: what the other lists found (store.graph.incremental)
     if cfg.spare_neighbours > 0:  # entries left per list (k + B when full): how fast the spares wear down
-        stats["mean_entries"] = round(
-            float(
-                sum(
-                    int((nbr[lo : lo + cfg.chunk_rows] != PAD).sum())
-                    for lo in range(0, len(nbr), cfg.chunk_rows)
-                )
-                / max(len(nbr), 1)
-            ),
-            3,
-        )
+        stats["mean_entries"] = round(mean_entries(nbr, cfg.chunk_rows), 3)
     return GraphResult(uv, nbr, scores, nxt, index, spec, changed, stats)
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.forget import ForgetList
 from store.graph.index import build_index, choose_device, choose_spec, num_gpus, on_device, searcher
 from store.graph.knn import PAD
 from store.graph.settings import GraphSettings
@@ -62,6 +63,48 @@ def update_index(index, old: UserVectors, new: UserVectors) -> None:
                 f"index held {removed} of the {len(replaced)} replaced users: snapshot corrupt?"
             )
     index.add_with_ids(new.vectors, new.ids)
+
+
+def drop_forgotten(
+    forget: ForgetList | None,
+    index,
+    old: UserVectors,
+    old_nbr: np.ndarray,
+    old_scores: np.ndarray,
+    old_next: np.ndarray,
+) -> tuple[UserVectors, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The previous graph without the users of ``forget``: removed from ``index`` (in place), their rows
+    dropped, their entries in other lists emptied. Returns (vectors, lists, scores, bars, ids of the
+    users whose list named a forgotten user: to be searched again, number of users removed)."""
+    holed = np.zeros(0, np.int64)
+    if forget is None or not len(forget):
+        return old, old_nbr, old_scores, old_next, holed, 0
+    gone_rows, listed = forget.mask(old.ids), forget.mask(old_nbr)
+    if not (gone_rows.any() or listed.any()):
+        return old, old_nbr, old_scores, old_next, holed, 0
+    import faiss
+
+    gone = np.ascontiguousarray(old.ids[gone_rows])
+    if len(gone):
+        index.remove_ids(faiss.IDSelectorBatch(len(gone), faiss.swig_ptr(gone)))
+    keep = ~gone_rows
+    holed = old.ids[listed.any(axis=1) & keep]
+    old_nbr = np.where(listed, PAD, old_nbr)[keep]
+    old_scores = np.where(listed, -np.inf, old_scores)[keep].astype(np.float32)
+    return (
+        UserVectors(old.ids[keep], old.vectors[keep]),
+        old_nbr,
+        old_scores,
+        old_next[keep],
+        holed,
+        len(gone),
+    )
+
+
+def mean_entries(nbr: np.ndarray, chunk: int = CHUNK_ROWS) -> float:
+    """Entries per list (not PAD), block by block: k + B when the spares are full."""
+    kept = sum(int((nbr[lo : lo + chunk] != PAD).sum()) for lo in range(0, len(nbr), chunk))
+    return kept / max(len(nbr), 1)
 
 
 def carry_over(
