@@ -130,14 +130,3 @@ def test_served_lists_are_k_wide(settings, planted, redis_memory):
         np.testing.assert_array_equal(got[i][0], nbr[i])
         if snap.vectors.ids[i] in changed:  # unchanged ids are not written again (scores may be older)
             np.testing.assert_allclose(got[i][1], scores[i])
-
-
-def test_wider_reverse_insertion_keeps_lists_exact(settings, planted):
-    """graph.reverse_neighbours > k + B: the touched users are inserted into the lists of their wider
-    neighbourhood; lists stay exact where no miss is possible, B = 0 arrays are not affected."""
-    s = settings.model_copy(update={"graph": settings.graph.model_copy(update={"reverse_neighbours": 40})})
-    layout, m, moved = _hours(s, planted, 8, 8)
-    assert [x["mode"] for x in m] == ["full", "incremental", "incremental"]
-    for hour, t in ((1, T2), (2, T3)):
-        assert m[hour]["recall_at_k"] >= 0.99 and m[hour]["n_researched"] < 100
-        assert _exact_where_no_miss_is_possible(layout, t, np.concatenate(moved[:hour])) > 0.1

@@ -174,14 +174,10 @@ def build_incremental(
     if len(holes):
         search_into(search_index, uv, holes, cfg, nbr, scores, nxt)
     fixed = np.union1d(np.union1d(touched, dropped), holes)
-    reverse = found = None
-    if cfg.reverse_neighbours > width(cfg):  # the lists the touched users may have moved into
-        reverse = search_neighbours(search_index, uv, touched, cfg.reverse_neighbours, cfg.search_batch)
+    found = None
     reverse_stats: dict = {}
-    if cfg.reverse_search and len(touched):  # ... and every other list's own look at the touched users
-        tr = time.perf_counter()
+    if cfg.reverse_search and len(touched):  # every other list's own look at the touched users
         found, reverse_stats = reverse_search(uv, touched, fixed, nxt, width(cfg), cfg, inc_target)
-        reverse_stats["reverse_search_s"] = round(time.perf_counter() - tr, 3)
     repaired = repair_untouched(
         uv,
         nbr,
@@ -191,7 +187,6 @@ def build_incremental(
         fixed=fixed,
         chunk=cfg.chunk_rows,
         resort=np.setdiff1d(thinned, holes),
-        reverse=reverse,
         found=found,
     )
     t2 = time.perf_counter()

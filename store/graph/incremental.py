@@ -41,6 +41,8 @@ N users; the incremental path touches only what changed:
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from core.forget import ForgetList
@@ -242,6 +244,7 @@ def reverse_search(
 
     Returns ((row positions, touched ids, scores) flat, for `repair_untouched`'s ``found``; stats).
     """
+    t0 = time.perf_counter()
     rows_out, ids_out, scores_out = (
         [np.zeros(0, np.int64)],
         [np.zeros(0, np.int64)],
@@ -270,6 +273,7 @@ def reverse_search(
         "reverse_calibration": tried,
         "reverse_queries": len(queries),  # the lists that looked (every row not searched again)
         "reverse_found": len(found[0]),  # (list, touched user) pairs above the list's bar
+        "reverse_search_s": round(time.perf_counter() - t0, 3),
     }
     return found, stats
 
@@ -283,7 +287,6 @@ def repair_untouched(
     fixed: np.ndarray | None = None,
     chunk: int = CHUNK_ROWS,
     resort: np.ndarray | None = None,
-    reverse: tuple[np.ndarray, np.ndarray] | None = None,
     found: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> int:
     """Re-score entries pointing at touched users and insert touched users where they now belong.
@@ -292,9 +295,8 @@ def repair_untouched(
     its row's bar); rows in ``fixed`` (default ``touched``: already recomputed) are left alone.
     ``chunk``: rows per block of the re-scoring pass (bounds its scratch memory, not its result).
     ``resort``: further rows to merge (rows `thin` dropped entries from: sorted again, holes last).
-    ``reverse``: (ids, scores) (T, m) of the touched users' neighbours to insert them into (default:
-    their lists). ``found``: further candidates (row positions, touched ids, scores), flat: what
-    `reverse_search` found from the lists' side.
+    ``found``: further candidates (row positions, touched ids, scores), flat: what `reverse_search`
+    found from the lists' side (the forward candidates: each touched user into its own new list's rows).
     A row that is not full takes a touched user only above its bar (when the bar is known), so every
     kept entry stays above it. Returns the number of rows changed.
     """
@@ -310,7 +312,7 @@ def repair_untouched(
         blocks.append(np.unique(r))
     hit_rows = np.concatenate(blocks)  # sorted and unique: blocks are disjoint and in row order
     # 2. reverse insertion candidates: (v <- u) for each touched u and each of its new neighbours v
-    rev_ids, rev_scores = (nbr[touched], scores[touched]) if reverse is None else reverse  # (T, m)
+    rev_ids, rev_scores = nbr[touched], scores[touched]  # (T, k + B)
     cand_rows = uv.positions(rev_ids.ravel())  # (T*m,)
     cand_ids = np.repeat(touched_ids, rev_ids.shape[1])
     cand_scores = rev_scores.ravel()

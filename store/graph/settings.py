@@ -13,9 +13,6 @@ class GraphSettings(Section):
     # when fewer than k of its k + this entries stay above its bar (docs/graph.md "Incremental hourly
     # builds"). 0 = lists of exactly k (~80 % of lists searched again per hour on encoder vectors)
     spare_neighbours: int = 10
-    # touched users' neighbours searched for reverse insertion (0 = the lists' own k + spare); > k + spare
-    # inserts each touched user into the lists of its wider neighbourhood (lists it may have moved into)
-    reverse_neighbours: int = 0
     # the other users' lists are also searched from their side: every user not searched again queries an
     # index of the hour's touched users only, for the touched users that moved into its list
     # (store.graph.incremental.reverse_search; docs/graph.md "Incremental hourly builds"). With spare
