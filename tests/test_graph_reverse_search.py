@@ -59,15 +59,17 @@ def _wrong_rows(layout, as_of) -> int:
     return int((~same).sum())
 
 
-@pytest.mark.parametrize("spare", [0, 8])
-def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path, spare):
+@pytest.mark.parametrize(("spare", "method"), [(0, "join"), (8, "join"), (8, "index")])
+def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path, spare, method):
     _, plain = _hours(settings, planted, tmp_path / "plain", spare_neighbours=spare, reverse_search=False)
-    layout, rev = _hours(settings, planted, tmp_path / "rev", spare_neighbours=spare, reverse_search=True)
+    rev_settings = {"spare_neighbours": spare, "reverse_search": True, "reverse_search_with": method}
+    layout, rev = _hours(settings, planted, tmp_path / "rev", **rev_settings)
     assert [m["mode"] for m in rev] == ["full", "incremental", "incremental"]
     for hour, t in ((1, T2), (2, T3)):
         assert _wrong_rows(layout, t) == 0 and rev[hour]["recall_at_k"] == 1.0
         m = rev[hour]
         assert m["reverse_index"]["kind"] == "flat" and m["reverse_found"] > 0 and m["reverse_search_s"] > 0
+        assert m["reverse_method"] == method
         assert m["reverse_queries"] == 2000 - m["n_touched"] - m["n_researched"]
         # the same hours without it: the forward insertion misses lists the moved users jumped into
         assert plain[hour]["recall_at_k"] < 1.0 and "reverse_found" not in plain[hour]
@@ -85,20 +87,23 @@ def test_reverse_search_through_an_ivf_index_of_the_touched(settings, planted, t
         assert m[hour]["recall_at_k"] >= max(0.95, plain[hour]["recall_at_k"]), (m[hour], plain[hour])
 
 
-def test_reverse_search_finds_what_brute_force_finds():
-    """The candidates: for each query row, the touched users among its ``width`` nearest touched users
-    that score above its bar; exactly those of a brute-force scan (flat index)."""
+@pytest.mark.parametrize("method", ["index", "join"])
+def test_reverse_search_finds_what_brute_force_finds(method):
+    """The candidates of each query row: the touched users scoring above its bar, exactly those of a
+    brute-force scan (flat index); the index search keeps only its ``width`` nearest of them."""
     rng = np.random.default_rng(0)
     uv = UserVectors(np.arange(10, 610), normalise(rng.standard_normal((600, 16)).astype(np.float32)))
     touched = np.sort(rng.choice(600, 60, replace=False))
     fixed = np.union1d(touched, np.arange(5))  # the touched rows and five searched again
     bars = rng.uniform(0.1, 0.5, 600).astype(np.float32)
-    (rows, ids, scores), stats = reverse_search(uv, touched, fixed, bars, 6, GraphSettings(), 0.95)
+    cfg = GraphSettings(reverse_search_with=method)
+    (rows, ids, scores), stats = reverse_search(uv, touched, fixed, bars, 6, cfg, 0.95)
     assert stats["reverse_queries"] == 600 - len(fixed) and stats["reverse_found"] == len(rows)
+    assert stats["reverse_method"] == method
     sims = uv.vectors @ uv.vectors[touched].T  # (N, T)
     want = set()
     for r in np.setdiff1d(np.arange(600), fixed):
-        top = np.argsort(-sims[r])[:6]
+        top = np.argsort(-sims[r])[: 6 if method == "index" else None]
         want |= {(r, int(uv.ids[touched[j]])) for j in top if sims[r, j] > bars[r]}
     assert set(zip(rows.tolist(), ids.tolist())) == want and (ids != PAD).all()
     np.testing.assert_allclose(scores, sims[rows, np.searchsorted(uv.ids[touched], ids)], atol=1e-5)

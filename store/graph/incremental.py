@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from core.forget import ForgetList
+from store.graph import cell_join
 from store.graph.index import build_index, choose_device, choose_spec, num_gpus, on_device, searcher
 from store.graph.knn import PAD
 from store.graph.settings import GraphSettings
@@ -245,37 +246,60 @@ def reverse_search(
     Returns ((row positions, touched ids, scores) flat, for `repair_untouched`'s ``found``; stats).
     """
     t0 = time.perf_counter()
-    rows_out, ids_out, scores_out = (
-        [np.zeros(0, np.int64)],
-        [np.zeros(0, np.int64)],
-        [np.zeros(0, np.float32)],
-    )
     tv = UserVectors(uv.ids[touched], uv.vectors[touched])  # (T, D): uv's ids are sorted, so are these
     spec = choose_spec(len(tv), cfg, tv.dim, device=choose_device(cfg.use_gpu, num_gpus(), "ivf"))
     index = build_index(tv, spec, cfg)
     spec, tried = calibrate(  # on the CPU index, as the main index is; then searched where it runs best
         index, spec, tv, cfg.k, target_recall, cfg.calibration_sample, cfg.seed, cfg.max_nprobe
     )
-    search = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind)), spec, tv)
+    device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
     is_fixed = np.zeros(len(uv), bool)
     is_fixed[fixed] = True
     queries = np.flatnonzero(~is_fixed)
-    for lo in range(0, len(queries), cfg.search_batch):
-        r = queries[lo : lo + cfg.search_batch]
-        s, ids = search.search(uv.vectors[r], min(width, len(tv)))  # (b, m) best first
-        keep = (ids != PAD) & (s > next_scores[r][:, None])  # only above the bar can enter a list
-        rows_out.append(np.broadcast_to(r[:, None], ids.shape)[keep])
-        ids_out.append(ids[keep])
-        scores_out.append(s[keep].astype(np.float32))
-    found = (np.concatenate(rows_out), np.concatenate(ids_out), np.concatenate(scores_out))
+    method = reverse_method(cfg.reverse_search_with, device)
+    if method == "join":  # the same lists probed, every pair above the bar, by matrix products
+        found = cell_join.above_bar(uv.vectors, queries, next_scores, tv, index, spec, cfg.chunk_rows)
+    else:  # the index's top ``width`` per row, kept above the bar
+        search = searcher(on_device(index, device), spec, tv)
+        found = index_above_bar(
+            search, uv.vectors, queries, next_scores, min(width, len(tv)), cfg.search_batch
+        )
     stats = {
         "reverse_index": spec.params(),  # the touched users' index
+        "reverse_method": method,
         "reverse_calibration": tried,
         "reverse_queries": len(queries),  # the lists that looked (every row not searched again)
         "reverse_found": len(found[0]),  # (list, touched user) pairs above the list's bar
         "reverse_search_s": round(time.perf_counter() - t0, 3),
     }
     return found, stats
+
+
+def index_above_bar(
+    search, vectors: np.ndarray, rows: np.ndarray, bars: np.ndarray, width: int, batch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference of `cell_join.above_bar`: each row's ``width`` best targets by ``search`` (a faiss
+    index or `Searcher`), kept where they score above the row's bar. Same return shape."""
+    rows_out, ids_out, scores_out = (
+        [np.zeros(0, np.int64)],
+        [np.zeros(0, np.int64)],
+        [np.zeros(0, np.float32)],
+    )
+    for lo in range(0, len(rows), batch):
+        r = rows[lo : lo + batch]
+        s, ids = search.search(vectors[r], width)  # (b, m) best first
+        keep = (ids != PAD) & (s > bars[r][:, None])  # only above the bar can enter a list
+        rows_out.append(np.broadcast_to(r[:, None], ids.shape)[keep])
+        ids_out.append(ids[keep])
+        scores_out.append(s[keep].astype(np.float32))
+    return np.concatenate(rows_out), np.concatenate(ids_out), np.concatenate(scores_out)
+
+
+def reverse_method(setting: str, device: str) -> str:
+    """How `reverse_search` scores: ``graph.reverse_search_with``, ``auto`` resolved by the device."""
+    if setting == "auto":
+        return "index" if device == "gpu" else "join"
+    return setting
 
 
 def repair_untouched(
