@@ -15,8 +15,9 @@ build estimates its peak as
 * ``FIXED``: what does not depend on N: the search batches, the re-rank of quantised candidates, the
   readers' and the allocators' retained pages (measured, BENCHMARKS.md "Graph build memory"), plus
   the IVF centroids (nlist x D x 4 bytes: 3 MB at 10M users), plus, with ``graph.reverse_search``,
-  the index of the hour's T touched users (`touched_index_bytes`: at most T x (8D + 56) bytes, a
-  copy of their vectors and flat codes; T is known before the build: the window's users).
+  the index of the hour's T touched users (`touched_index_bytes`: at most T x (12D + 64) bytes, a
+  copy of their vectors, flat codes and the cell join's list-ordered copy; T is known before the build:
+  the window's users).
 
 If ``FIXED + N · per_user`` plus the smallest block (`MIN_BLOCK_ROWS`) exceeds the budget the build
 stops at once with `MemoryBudgetError` (a ValueError: ``soe graph`` prints it as one line), before it
@@ -134,8 +135,9 @@ class Estimate:
 
 def touched_index_bytes(n_touched: int, dim: int) -> float:
     """``graph.reverse_search``'s index of the touched users, bounded above: a float32 copy of their
-    vectors and the codes of a flat index (IVF-Flat holds fewer bytes, IVF-SQ8 a quarter)."""
-    return n_touched * (4 * dim + index_bytes_per_user(IndexSpec("flat"), dim))
+    vectors, the codes of a flat index (IVF-Flat holds fewer bytes, IVF-SQ8 a quarter) and the cell
+    join's list-ordered float32 copy with each vector's row (`store.graph.cell_join`)."""
+    return n_touched * (4 * dim + index_bytes_per_user(IndexSpec("flat"), dim) + 4 * dim + 8)
 
 
 def block_rows(budget_mb: int, resident: float, dim: int, k: int, chunk_rows: int) -> int:
