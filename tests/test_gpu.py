@@ -169,7 +169,8 @@ def test_faiss_gpu_recall_matches_the_cpu(kind):
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_the_reverse_search_on_the_gpu_finds_what_the_cpu_finds(kind):
     """graph.reverse_search's index of the touched users, searched on the GPU (use_gpu auto) and on the
-    CPU (never): the same (list, touched user) candidates, exactly for flat, nearly for IVF."""
+    CPU (never): the same (list, touched user) candidates, exactly for flat, nearly for IVF (the CPU's
+    default cell join is compared with this index search in tests/test_graph_cell_join.py)."""
     faiss = pytest.importorskip("faiss")
     if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() < 1:
         pytest.skip("faiss has no GPU support here (faiss-cpu installed)")
@@ -180,7 +181,7 @@ def test_the_reverse_search_on_the_gpu_finds_what_the_cpu_finds(kind):
     touched = np.sort(rng.choice(len(uv), 20_000, replace=False))
     # cos of random 64-d users ~ N(0, 1/64): a few of each list's 30 nearest touched users beat 0.45
     bars = np.full(len(uv), 0.45, np.float32)
-    kw = {"index": kind, "flat_max_users": 0, "ivf_nlist": 256}
+    kw = {"index": kind, "flat_max_users": 0, "ivf_nlist": 256, "reverse_search_with": "index"}
     pairs = {}
     for use_gpu in ("auto", "never"):
         cfg = GraphSettings(use_gpu=use_gpu, **kw)
