@@ -44,6 +44,8 @@ GRAPH_DETAIL = (
     "index_s",
     "calibrate_s",
     "search_s",
+    "forward_search_s",
+    "repair_s",
     "n_touched",
     "n_researched",
     "n_thinned",
@@ -52,6 +54,7 @@ GRAPH_DETAIL = (
     "users",
     "search_knob",
     "reverse_search_s",
+    "reverse_method",
     "reverse_queries",
     "reverse_found",
 )

@@ -70,6 +70,7 @@ def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path,
         m = rev[hour]
         assert m["reverse_index"]["kind"] == "flat" and m["reverse_found"] > 0 and m["reverse_search_s"] > 0
         assert m["reverse_method"] == method
+        assert 0 < m["forward_search_s"] + m["reverse_search_s"] + m["repair_s"] <= m["search_s"]
         assert m["reverse_queries"] == 2000 - m["n_touched"] - m["n_researched"]
         # the same hours without it: the forward insertion misses lists the moved users jumped into
         assert plain[hour]["recall_at_k"] < 1.0 and "reverse_found" not in plain[hour]

@@ -160,6 +160,7 @@ def build_incremental(
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
     search_index = searcher(on_device(index, device), spec, uv)
     search_into(search_index, uv, touched, cfg, nbr, scores, nxt)
+    forward_s = time.perf_counter() - t1
     dropped = thinned = np.zeros(0, np.int64)
     if cfg.research_dropped and cfg.spare_neighbours > 0:  # drop what fell below the bar; search rows < k
         dropped, thinned = thin(uv, nbr, scores, touched, new.ids, nxt, cfg.k, cfg.chunk_rows)
@@ -178,6 +179,7 @@ def build_incremental(
     reverse_stats: dict = {}
     if cfg.reverse_search and len(touched):  # every other list's own look at the touched users
         found, reverse_stats = reverse_search(uv, touched, fixed, nxt, width(cfg), cfg, inc_target)
+    tr = time.perf_counter()
     repaired = repair_untouched(
         uv,
         nbr,
@@ -196,7 +198,9 @@ def build_incremental(
     stats = {
         "index_s": round(tc - t0, 3),
         "calibrate_s": round(t1 - tc, 3),
-        "search_s": round(t2 - t1, 3),
+        "search_s": round(t2 - t1, 3),  # of which: the touched users' own search, the repair
+        "forward_search_s": round(forward_s, 3),
+        "repair_s": round(t2 - tr, 3),
         "n_touched": len(touched),
         "calibration": tried,
         "search_knob": knob(spec),  # the nprobe / efSearch the hour searched with
