@@ -181,7 +181,7 @@ def test_the_reverse_search_on_the_gpu_finds_what_the_cpu_finds(kind):
     touched = np.sort(rng.choice(len(uv), 20_000, replace=False))
     # cos of random 64-d users ~ N(0, 1/64): a few of each list's 30 nearest touched users beat 0.45
     bars = np.full(len(uv), 0.45, np.float32)
-    kw = {"index": kind, "flat_max_users": 0, "ivf_nlist": 256, "reverse_search_with": "index"}
+    kw = {"index": kind, "flat_max_users": 0, "ivf_nlist": 256, "scan_with": "index"}
     pairs = {}
     for use_gpu in ("auto", "never"):
         cfg = GraphSettings(use_gpu=use_gpu, **kw)

@@ -87,3 +87,66 @@ def test_no_queries_or_no_pair_above_the_bar():
     for rows, bar in ((queries[:0], bars), (queries, np.full_like(bars, 2.0))):
         r, i, s = cell_join.above_bar(uv.vectors, rows, bar, tv, index, spec)
         assert len(r) == len(i) == len(s) == 0 and r.dtype == i.dtype == np.int64
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", ["ivf", "ivf_sq8"])
+def test_the_join_search_is_the_exact_top_k_of_the_probed_lists(seed, kind):
+    """`ListJoin.search`: each query's k best by exact score over the lists its IVF search probes (a
+    per-row scan is the reference), whatever the block size or thread count; for IVF-Flat that is
+    exactly faiss's own search of the same index."""
+    uv, _, _, _ = _world(seed, n=4000, t=1)
+    nlist = 64 if seed else 400  # seed 0: lists of ~10 users, fewer than k: the nearest list gives no floor
+    cfg = GraphSettings(index=kind, ivf_nlist=nlist, ivf_nprobe=5)
+    spec = choose_spec(len(uv), cfg, uv.dim)
+    index = build_index(uv, spec, cfg)
+    k, x = 21, uv.vectors[::7]
+    join = cell_join.ListJoin(index, spec, uv, copy=False, workers=1)
+    scores, ids = join.search(x, k, block_rows=97)
+    again = cell_join.ListJoin(index, spec, uv, copy=True, workers=3).search(x, k, block_rows=512)
+    np.testing.assert_allclose(scores, again[0], atol=1e-5)  # products of other shapes round apart
+    assert (ids == again[1]).mean() > 0.999
+
+    offsets, list_ids = cell_join.ivf_lists(index)
+    for q, p, got_s, got_i in zip(x, cell_join.probes(index, spec, x), scores, ids, strict=True):
+        cand = np.concatenate([list_ids[offsets[c] : offsets[c + 1]] for c in p if c >= 0])
+        s = uv.vectors[uv.positions(cand)] @ q
+        top = np.argsort(-s, kind="stable")[:k]
+        np.testing.assert_allclose(got_s[: len(top)], s[top], atol=1e-5)
+        assert set(got_i[: len(top)].tolist()) == set(cand[top].tolist()) or np.isclose(s[top][-1], got_s[-1])
+        assert (got_i[len(top) :] == -1).all()
+    if kind == "ivf":
+        ref_s, ref_i = index.search(x, k)
+        np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+        assert (ids == ref_i).mean() > 0.999
+
+
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_a_graph_built_by_the_join_equals_one_built_by_the_index(settings, tmp_path, mode):
+    """The same IVF-Flat graph (full build, then an hour) with graph.scan_with join and index."""
+    from core.layout import utc
+    from store.graph.build import build_graph
+    from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
+    from store.graph.snapshot import GraphSnapshot
+    from tests.fixtures.graph import graph_settings
+
+    planted = planted_vectors(PlantedConfig(n_users=3000, n_clusters=10, seed=5))
+    lists = {}
+    for scan in ("index", "join"):
+        s = graph_settings(settings, k=10, index="ivf", flat_max_users=100, min_recall=0.0, scan_with=scan)
+        s = s.model_copy(update={"data": s.data.model_copy(update={"root": tmp_path / scan})})
+        layout = s.layout()
+        write_embeddings(layout, "m1", "2026-01-01T01:00Z", planted.user_ids, planted.vectors)
+        m = build_graph(s.graph, s.redis, layout, "m1", "2026-01-01T01:00Z")
+        as_of = "2026-01-01T01:00Z"
+        if mode == "incremental":
+            rng = np.random.default_rng(1)
+            sel = np.sort(rng.choice(3000, 300, replace=False))
+            moved = normalise(planted.vectors[sel] + 0.1 * rng.standard_normal((300, 64)).astype(np.float32))
+            as_of = "2026-01-01T02:00Z"
+            write_embeddings(layout, "m1", as_of, planted.user_ids[sel], moved)
+            m = build_graph(s.graph, s.redis, layout, "m1", as_of)
+        assert m["mode"] == mode and m["scan"] == scan, m
+        lists[scan] = GraphSnapshot(layout.graph("m1", utc(as_of))).neighbours()
+    assert (lists["join"][0] == lists["index"][0]).mean() > 0.999
+    np.testing.assert_allclose(lists["join"][1], lists["index"][1], atol=1e-5)

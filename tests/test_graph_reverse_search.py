@@ -62,7 +62,7 @@ def _wrong_rows(layout, as_of) -> int:
 @pytest.mark.parametrize(("spare", "method"), [(0, "join"), (8, "join"), (8, "index")])
 def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path, spare, method):
     _, plain = _hours(settings, planted, tmp_path / "plain", spare_neighbours=spare, reverse_search=False)
-    rev_settings = {"spare_neighbours": spare, "reverse_search": True, "reverse_search_with": method}
+    rev_settings = {"spare_neighbours": spare, "reverse_search": True, "scan_with": method}
     layout, rev = _hours(settings, planted, tmp_path / "rev", **rev_settings)
     assert [m["mode"] for m in rev] == ["full", "incremental", "incremental"]
     for hour, t in ((1, T2), (2, T3)):
@@ -97,7 +97,7 @@ def test_reverse_search_finds_what_brute_force_finds(method):
     touched = np.sort(rng.choice(600, 60, replace=False))
     fixed = np.union1d(touched, np.arange(5))  # the touched rows and five searched again
     bars = rng.uniform(0.1, 0.5, 600).astype(np.float32)
-    cfg = GraphSettings(reverse_search_with=method)
+    cfg = GraphSettings(scan_with=method)
     (rows, ids, scores), stats = reverse_search(uv, touched, fixed, bars, 6, cfg, 0.95)
     assert stats["reverse_queries"] == 600 - len(fixed) and stats["reverse_found"] == len(rows)
     assert stats["reverse_method"] == method

@@ -38,6 +38,7 @@ from core.contracts import NEIGHBOURS
 from core.embeddings import snapshot_times
 from core.forget import DIGEST_KEY, ForgetList
 from core.layout import HOUR, Layout, stamp, utc
+from store.graph.cell_join import bulk_scan, bulk_searcher
 from store.graph.incremental import (
     carry_over,
     changed_lists,
@@ -56,8 +57,6 @@ from store.graph.index import (
     choose_device,
     choose_spec,
     num_gpus,
-    on_device,
-    searcher,
 )
 from store.graph.knn import sample_recall, search_neighbours
 from store.graph.memory import Estimate, plan
@@ -107,9 +106,11 @@ def build_full(
         index, spec, uv, cfg.k, cfg.target_recall, cfg.calibration_sample, cfg.seed, cfg.max_nprobe
     )
     t1 = time.perf_counter()
-    search_index = searcher(on_device(index, choose_device(cfg.use_gpu, num_gpus(), spec.kind)), spec, uv)
+    device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
+    search_index = bulk_searcher(index, spec, uv, cfg.scan_with, device)
+    batch = getattr(search_index, "batch", cfg.search_batch)
     nbr, scores, nxt = search_neighbours(
-        search_index, uv, np.arange(len(uv)), width(cfg), cfg.search_batch, on_batch, with_next=True
+        search_index, uv, np.arange(len(uv)), width(cfg), batch, on_batch, with_next=True
     )
     t2 = time.perf_counter()
     stats = {
@@ -119,6 +120,7 @@ def build_full(
         "n_touched": len(uv),
         "calibration": tried,
         "search_knob": knob(spec),  # the nprobe / efSearch the lists were searched with
+        "scan": bulk_scan(spec, cfg.scan_with, device),  # graph.scan_with as applied
     }
     return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
 
@@ -158,7 +160,7 @@ def build_incremental(
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
-    search_index = searcher(on_device(index, device), spec, uv)
+    search_index = bulk_searcher(index, spec, uv, cfg.scan_with, device)
     search_into(search_index, uv, touched, cfg, nbr, scores, nxt)
     forward_s = time.perf_counter() - t1
     dropped = thinned = np.zeros(0, np.int64)
@@ -204,6 +206,7 @@ def build_incremental(
         "n_touched": len(touched),
         "calibration": tried,
         "search_knob": knob(spec),  # the nprobe / efSearch the hour searched with
+        "scan": bulk_scan(spec, cfg.scan_with, device),  # graph.scan_with as applied
         "n_new_users": int(len(uv) - n_old),
         "n_researched": len(dropped),
         "n_thinned": len(thinned),  # rows that dropped spare entries and kept >= k (not searched again)
@@ -220,11 +223,10 @@ def build_incremental(
 def search_into(index, uv: UserVectors, rows: np.ndarray, cfg: GraphSettings, nbr, scores, nxt) -> None:
     """`search_neighbours` of ``rows`` written into the (N, k) lists and (N,) bars one search batch at
     a time (the same searches; no (rows, k+1) result of every row at once)."""
-    for lo in range(0, len(rows), cfg.search_batch):
-        r = rows[lo : lo + cfg.search_batch]
-        nbr[r], scores[r], nxt[r] = search_neighbours(
-            index, uv, r, width(cfg), cfg.search_batch, with_next=True
-        )
+    batch = getattr(index, "batch", cfg.search_batch)  # a ListJoin wants more queries per call
+    for lo in range(0, len(rows), batch):
+        r = rows[lo : lo + batch]
+        nbr[r], scores[r], nxt[r] = search_neighbours(index, uv, r, width(cfg), batch, with_next=True)
 
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:

@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from store.graph.index import IVF_KINDS, IndexSpec
+from store.graph.index import IVF_KINDS, IndexSpec, on_device, searcher
 from store.graph.vectors import UserVectors
 
 PROBE_BLOCK = 1 << 21  # (row, list probed) pairs grouped at a time: ~32 B each of scratch (64 MB)
 SCORE_BLOCK = 1 << 22  # scores of one matrix product at most (16 MB): a flat spec's one list is all T
+SEARCH_BLOCK = 16_384  # `ListJoin.search` queries per block: ~5 KB of kept pairs and their sort each
+BAR_MARGIN = 1e-5  # `ListJoin.search`: products of different shapes may round the same score apart
 
 
 def ivf_lists(index: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +56,174 @@ def probes(index: Any, spec: IndexSpec, queries: np.ndarray) -> np.ndarray:
     return lists
 
 
+class ListJoin:
+    """The targets of an index arranged by inverted list (one list of every target for a flat spec),
+    scored against many queries at once, list by list.
+
+    ``copy``: hold a list-ordered float32 copy of the targets' vectors (T x D: the reverse search's few
+    touched users), else gather each list's vectors when it is scored (the full index's N users).
+    ``workers`` threads take the query blocks (0: one per CPU faiss uses; numpy releases the GIL in the
+    products, the comparisons and the gathers); any count gives the same result in the same order.
+    """
+
+    def __init__(
+        self, index: Any, spec: IndexSpec, targets: UserVectors, copy: bool = True, workers: int = 0
+    ):
+        import faiss
+
+        self.index, self.spec, self.targets = index, spec, targets
+        if spec.kind in IVF_KINDS:
+            self.offsets, list_ids = ivf_lists(index)
+            self.members = targets.positions(list_ids)  # (n,) target rows, list by list
+        else:  # one list holding every target
+            self.offsets, self.members = np.array([0, len(targets)]), np.arange(len(targets))
+        self.cells = np.flatnonzero(np.diff(self.offsets))  # the non-empty lists
+        self.member_ids = targets.ids[self.members]
+        self.copied = targets.vectors[self.members] if copy else None  # (n, D) list by list
+        self.workers = workers or faiss.omp_get_max_threads()
+        self.batch = SEARCH_BLOCK * self.workers  # queries per `search` call: a block for every worker
+
+    def list_vectors(self, cell: int | np.integer) -> np.ndarray:
+        a, b = self.offsets[cell], self.offsets[cell + 1]
+        if self.copied is not None:
+            return self.copied[a:b]
+        return self.targets.vectors[self.members[a:b]]
+
+    def probes(self, q: np.ndarray) -> np.ndarray:
+        if self.spec.kind in IVF_KINDS:
+            return probes(self.index, self.spec, q)
+        return np.zeros((len(q), 1), np.int64)
+
+    def _blocks(self, n: int, block_rows: int) -> list[slice]:
+        block_rows = max(1, min(block_rows, PROBE_BLOCK // max(1, self.spec.nprobe)))
+        return [slice(lo, lo + block_rows) for lo in range(0, n, block_rows)]
+
+    def _map(self, fn, blocks: list) -> list:
+        if self.workers > 1 and len(blocks) > 1:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="cell-join") as pool:
+                return list(pool.map(fn, blocks))
+        return [fn(b) for b in blocks]
+
+    def _join(self, q: np.ndarray, probed: np.ndarray, bars: np.ndarray):
+        """(query rows of ``q``, target ids, scores): every target above its query's bar in the lists
+        each query probes (``probed`` (b, P), -1 = none)."""
+        flat = probed.ravel()  # (b * P,)
+        order = np.argsort(flat, kind="stable")
+        by_list = flat[order]
+        asking = np.repeat(np.arange(len(q)), probed.shape[1])[order]  # query rows, grouped by list
+        starts = np.searchsorted(by_list, self.cells, "left")
+        ends = np.searchsorted(by_list, self.cells, "right")
+        out_q, out_t, out_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+        for cell, i, j in zip(self.cells, starts, ends, strict=True):
+            if i == j:
+                continue
+            a = self.offsets[cell]
+            v = self.list_vectors(cell)  # (t, D)
+            step = max(1, SCORE_BLOCK // len(v))  # rows per product: (step, t) scores at most
+            for lo in range(i, j, step):
+                who = asking[lo : min(j, lo + step)]
+                s = q[who] @ v.T  # (w, t)
+                hit_q, hit_t = np.nonzero(s > bars[who][:, None])
+                out_q.append(who[hit_q])
+                out_t.append(self.member_ids[a + hit_t])
+                out_s.append(s[hit_q, hit_t])
+        return np.concatenate(out_q), np.concatenate(out_t), np.concatenate(out_s)
+
+    def above_bar(
+        self, vectors: np.ndarray, rows: np.ndarray, bars: np.ndarray, block_rows: int = 65_536
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (row, target) with ``vectors[row] . target > bars[row]``, for each row in ``rows``,
+        among the targets in the lists an IVF search of that row's vector probes. Rows go ``block_rows``
+        at a time, fewer when ``nprobe`` is large (`PROBE_BLOCK`): the scratch is bounded, not the result.
+
+        Returns (row positions, target ids, scores), flat, in no particular order.
+        """
+
+        def block(sl: slice):
+            r = rows[sl]
+            q = vectors[r]  # (b, D)
+            hit_q, ids, scores = self._join(q, self.probes(q), bars[r])
+            return r[hit_q], ids, scores
+
+        return _concat(self._map(block, self._blocks(len(rows), block_rows)))
+
+    def search(self, x: np.ndarray, k: int, block_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (n, k), ids (n, k)) best first, as a faiss index's ``search``: each query's k best
+        targets in the lists its IVF search probes, by exact float scores (-inf / -1 where fewer).
+
+        Two passes per block: the k-th best score in each query's nearest list is a lower bound of its
+        k-th best overall (those k are candidates), so the join over every probed list keeps only what
+        beats it (less a rounding margin), and the k best of what it kept are the answer.
+        """
+        n = len(x)
+        out_s = np.full((n, k), -np.inf, np.float32)
+        out_i = np.full((n, k), -1, np.int64)
+
+        def block(sl: slice) -> None:
+            q = x[sl]  # (b, D)
+            probed = self.probes(q)  # (b, P)
+            floor = self._kth_in_nearest(q, probed[:, 0], k) - BAR_MARGIN  # (b,)
+            hit_q, ids, scores = self._join(q, probed, floor)  # ~100 per query (k = 30)
+            order = np.lexsort((ids, -scores, hit_q))  # by query, best first, ties by id
+            hit_q, ids, scores = hit_q[order], ids[order], scores[order]
+            first = np.searchsorted(hit_q, np.arange(len(q)))
+            rank = np.arange(len(hit_q)) - first[hit_q]
+            keep = rank < k
+            out_s[sl][hit_q[keep], rank[keep]] = scores[keep]
+            out_i[sl][hit_q[keep], rank[keep]] = ids[keep]
+
+        self._map(block, self._blocks(n, block_rows or SEARCH_BLOCK))
+        return out_s, out_i
+
+    def _kth_in_nearest(self, q: np.ndarray, nearest: np.ndarray, k: int) -> np.ndarray:
+        """(b,) each query's k-th best score within its nearest list (-inf when it holds fewer)."""
+        kth = np.full(len(q), -np.inf, np.float32)
+        order = np.argsort(nearest, kind="stable")
+        by_list = nearest[order]
+        starts = np.searchsorted(by_list, self.cells, "left")
+        ends = np.searchsorted(by_list, self.cells, "right")
+        for cell, i, j in zip(self.cells, starts, ends, strict=True):
+            v = self.list_vectors(cell)
+            if i == j or len(v) < k:
+                continue
+            step = max(1, SCORE_BLOCK // len(v))
+            for lo in range(i, j, step):
+                who = order[lo : min(j, lo + step)]
+                s = q[who] @ v.T  # (w, t)
+                kth[who] = np.partition(s, len(v) - k, axis=1)[:, len(v) - k]
+        return kth
+
+
+def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows, ids, scores = zip(*parts, strict=True) if parts else ((), (), ())
+    return (
+        np.concatenate([np.zeros(0, np.int64), *rows]),
+        np.concatenate([np.zeros(0, np.int64), *ids]),
+        np.concatenate([np.zeros(0, np.float32), *scores]),
+    )
+
+
+def scan_method(setting: str, device: str) -> str:
+    """``graph.scan_with`` resolved: ``auto`` is the join on the CPU, the index's search on a GPU."""
+    if setting == "auto":
+        return "index" if device == "gpu" else "join"
+    return setting
+
+
+def bulk_scan(spec: IndexSpec, scan_with: str, device: str) -> str:
+    """How a build's bulk searches of an index of ``spec`` scan: the join for IVF kinds (a flat index's
+    own search is already one matrix product; HNSW has no lists), else the index."""
+    return "join" if spec.kind in IVF_KINDS and scan_method(scan_with, device) == "join" else "index"
+
+
+def bulk_searcher(index: Any, spec: IndexSpec, uv: UserVectors, scan_with: str, device: str):
+    """What a build's bulk searches call ``.search`` on: a `ListJoin` of the index's lists (IVF kinds on
+    the CPU under the join), else the index on ``device`` (re-ranked for quantised codes)."""
+    if bulk_scan(spec, scan_with, device) == "join":
+        return ListJoin(index, spec, uv, copy=False)
+    return searcher(on_device(index, device), spec, uv)
+
+
 def above_bar(
     vectors: np.ndarray,
     rows: np.ndarray,
@@ -64,58 +234,7 @@ def above_bar(
     block_rows: int = 65_536,
     workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (row, target) with ``vectors[row] . target > bars[row]``, for each row in ``rows``, among the
-    targets in the lists an IVF search of that row's vector probes (every target for a flat spec).
-    ``index``: the targets' CPU index (holding ``targets``: its ids are theirs). Rows go ``block_rows``
-    at a time, fewer when ``nprobe`` is large (`PROBE_BLOCK`): the scratch is bounded, not the result.
-    ``workers`` threads take the blocks (0: one per CPU faiss uses; numpy releases the GIL in the
-    products, the comparisons and the gathers); any count gives the same pairs in the same order.
-
-    Returns (row positions, target ids, scores), flat, in no particular order.
-    """
-    import faiss
-
-    if spec.kind in IVF_KINDS:
-        offsets, list_ids = ivf_lists(index)
-        members = targets.positions(list_ids)  # (n,) target rows, list by list
-    else:  # one list holding every target
-        offsets, members = np.array([0, len(targets)]), np.arange(len(targets))
-    cells = np.flatnonzero(np.diff(offsets))  # the non-empty lists
-    cell_vectors = targets.vectors[members]  # (n, D) list by list
-    member_ids = targets.ids[members]
-
-    def join_block(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        q = vectors[r]  # (b, D)
-        probed = probes(index, spec, q) if spec.kind in IVF_KINDS else np.zeros((len(q), 1), np.int64)
-        flat = probed.ravel()  # (b * P,)
-        order = np.argsort(flat, kind="stable")
-        by_list = flat[order]
-        asking = np.repeat(np.arange(len(q)), probed.shape[1])[order]  # block rows, grouped by list
-        starts, ends = np.searchsorted(by_list, cells, "left"), np.searchsorted(by_list, cells, "right")
-        out_r, out_t, out_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
-        for cell, i, j in zip(cells, starts, ends, strict=True):
-            a, b = offsets[cell], offsets[cell + 1]
-            step = max(1, SCORE_BLOCK // (b - a))  # rows per product: (step, t) scores at most
-            for lo in range(i, j, step):
-                who = asking[lo : min(j, lo + step)]
-                s = q[who] @ cell_vectors[a:b].T  # (w, t)
-                hit_q, hit_t = np.nonzero(s > bars[r[who]][:, None])
-                out_r.append(r[who[hit_q]])
-                out_t.append(member_ids[a + hit_t])
-                out_s.append(s[hit_q, hit_t])
-        return np.concatenate(out_r), np.concatenate(out_t), np.concatenate(out_s)
-
-    block_rows = max(1, min(block_rows, PROBE_BLOCK // max(1, spec.nprobe)))
-    blocks = [rows[lo : lo + block_rows] for lo in range(0, len(rows), block_rows)]
-    workers = workers or faiss.omp_get_max_threads()
-    if workers > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(workers, thread_name_prefix="cell-join") as pool:
-            parts = list(pool.map(join_block, blocks))
-    else:
-        parts = [join_block(r) for r in blocks]
-    found_rows, found_ids, found_scores = zip(*parts, strict=True) if parts else ((), (), ())
-    return (
-        np.concatenate([np.zeros(0, np.int64), *found_rows]),
-        np.concatenate([np.zeros(0, np.int64), *found_ids]),
-        np.concatenate([np.zeros(0, np.float32), *found_scores]),
+    """`ListJoin.above_bar` over the targets of ``index`` (a list-ordered copy of them is held)."""
+    return ListJoin(index, spec, targets, copy=True, workers=workers).above_bar(
+        vectors, rows, bars, block_rows
     )

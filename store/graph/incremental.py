@@ -256,7 +256,7 @@ def reverse_search(
     is_fixed = np.zeros(len(uv), bool)
     is_fixed[fixed] = True
     queries = np.flatnonzero(~is_fixed)
-    method = reverse_method(cfg.reverse_search_with, device)
+    method = cell_join.scan_method(cfg.scan_with, device)
     if method == "join":  # the same lists probed, every pair above the bar, by matrix products
         found = cell_join.above_bar(uv.vectors, queries, next_scores, tv, index, spec, cfg.chunk_rows)
     else:  # the index's top ``width`` per row, kept above the bar
@@ -293,13 +293,6 @@ def index_above_bar(
         ids_out.append(ids[keep])
         scores_out.append(s[keep].astype(np.float32))
     return np.concatenate(rows_out), np.concatenate(ids_out), np.concatenate(scores_out)
-
-
-def reverse_method(setting: str, device: str) -> str:
-    """How `reverse_search` scores: ``graph.reverse_search_with``, ``auto`` resolved by the device."""
-    if setting == "auto":
-        return "index" if device == "gpu" else "join"
-    return setting
 
 
 def repair_untouched(

@@ -18,11 +18,11 @@ class GraphSettings(Section):
     # (store.graph.incremental.reverse_search; docs/graph.md "Incremental hourly builds"). With spare
     # neighbours it keeps the real hour's recall (1M: 0.963; spares alone 0.920) at 1.4x less graph work
     reverse_search: bool = True
-    # how the reverse search scores the lists against the touched users: "index" searches their faiss index
-    # (top k + spare per list; on a GPU where faiss sees one), "join" scores each inverted list's queries
-    # against its touched users in one matrix product (store.graph.cell_join; CPU, same lists probed,
-    # exact scores); auto = join on the CPU, index on a GPU
-    reverse_search_with: Literal["auto", "index", "join"] = "auto"
+    # how a build's bulk searches scan the IVF lists (the full build's kNN, the hour's searches and its
+    # reverse search): "index" = faiss's own search (also the path on a GPU); "join" = each probed list's
+    # queries scored against its vectors in one matrix product, exact float scores over the same lists
+    # (store.graph.cell_join; CPU). auto = join on the CPU, index on a GPU. Calibration uses the index
+    scan_with: Literal["auto", "index", "join"] = "auto"
     # -- index choice (see store.graph.index) ------------------------------------------------
     index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
