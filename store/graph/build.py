@@ -120,7 +120,7 @@ def build_full(
         "n_touched": len(uv),
         "calibration": tried,
         "search_knob": knob(spec),  # the nprobe / efSearch the lists were searched with
-        "scan": bulk_scan(spec, cfg.scan_with, device),  # graph.scan_with as applied
+        "scan": bulk_scan(spec, cfg.scan_with),  # graph.scan_with as applied
     }
     return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
 
@@ -206,7 +206,7 @@ def build_incremental(
         "n_touched": len(touched),
         "calibration": tried,
         "search_knob": knob(spec),  # the nprobe / efSearch the hour searched with
-        "scan": bulk_scan(spec, cfg.scan_with, device),  # graph.scan_with as applied
+        "scan": bulk_scan(spec, cfg.scan_with),  # graph.scan_with as applied
         "n_new_users": int(len(uv) - n_old),
         "n_researched": len(dropped),
         "n_thinned": len(thinned),  # rows that dropped spare entries and kept >= k (not searched again)

@@ -205,23 +205,16 @@ def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def scan_method(setting: str, device: str) -> str:
-    """``graph.scan_with`` resolved: ``auto`` is the join on the CPU, the index's search on a GPU."""
-    if setting == "auto":
-        return "index" if device == "gpu" else "join"
-    return setting
-
-
-def bulk_scan(spec: IndexSpec, scan_with: str, device: str) -> str:
-    """How a build's bulk searches of an index of ``spec`` scan: the join for IVF kinds (a flat index's
-    own search is already one matrix product; HNSW has no lists), else the index."""
-    return "join" if spec.kind in IVF_KINDS and scan_method(scan_with, device) == "join" else "index"
+def bulk_scan(spec: IndexSpec, scan_with: str) -> str:
+    """How a build's bulk searches of an index of ``spec`` scan under ``graph.scan_with``: the join
+    only for IVF kinds (a flat index's own search is already one matrix product; HNSW has no lists)."""
+    return "join" if spec.kind in IVF_KINDS and scan_with == "join" else "index"
 
 
 def bulk_searcher(index: Any, spec: IndexSpec, uv: UserVectors, scan_with: str, device: str):
-    """What a build's bulk searches call ``.search`` on: a `ListJoin` of the index's lists (IVF kinds on
-    the CPU under the join), else the index on ``device`` (re-ranked for quantised codes)."""
-    if bulk_scan(spec, scan_with, device) == "join":
+    """What a build's bulk searches call ``.search`` on: a `ListJoin` of the index's lists (IVF kinds
+    under the join: on the CPU), else the index on ``device`` (re-ranked for quantised codes)."""
+    if bulk_scan(spec, scan_with) == "join":
         return ListJoin(index, spec, uv, copy=False)
     return searcher(on_device(index, device), spec, uv)
 

@@ -256,7 +256,7 @@ def reverse_search(
     is_fixed = np.zeros(len(uv), bool)
     is_fixed[fixed] = True
     queries = np.flatnonzero(~is_fixed)
-    method = cell_join.scan_method(cfg.scan_with, device)
+    method = "join" if cfg.scan_with == "join" else "index"  # a flat T is one list: joined too
     if method == "join":  # the same lists probed, every pair above the bar, by matrix products
         found = cell_join.above_bar(uv.vectors, queries, next_scores, tv, index, spec, cfg.chunk_rows)
     else:  # the index's top ``width`` per row, kept above the bar

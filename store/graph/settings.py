@@ -19,10 +19,11 @@ class GraphSettings(Section):
     # neighbours it keeps the real hour's recall (1M: 0.963; spares alone 0.920) at 1.4x less graph work
     reverse_search: bool = True
     # how a build's bulk searches scan the IVF lists (the full build's kNN, the hour's searches and its
-    # reverse search): "index" = faiss's own search (also the path on a GPU); "join" = each probed list's
-    # queries scored against its vectors in one matrix product, exact float scores over the same lists
-    # (store.graph.cell_join; CPU). auto = join on the CPU, index on a GPU. Calibration uses the index
-    scan_with: Literal["auto", "index", "join"] = "auto"
+    # reverse search): "index" = faiss's own search (CPU or GPU); "join" = each probed list's queries
+    # scored against its vectors in one matrix product, exact float scores over the same lists
+    # (store.graph.cell_join; CPU). On the 2-core bench the join was no faster (1M hour: forward search
+    # 10.4 s vs 6.4 s, reverse 12.9 s vs 13.3 s; BENCHMARKS.md "Reverse search"), so index stays the default
+    scan_with: Literal["index", "join"] = "index"
     # -- index choice (see store.graph.index) ------------------------------------------------
     index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
     flat_max_users: int = 50_000  # auto: exact (flat) index up to this many users
