@@ -11,8 +11,13 @@ the lists they probe, and score each list's queries against that list's targets 
 which runs at BLAS speed and needs no heap. The lists probed are exactly the IVF search's (the index's
 coarse quantiser, its calibrated ``nprobe``), and scores are exact float inner products, so the pairs
 found are a superset of what the index search keeps above the bar (it keeps only its top m per query,
-and quantised codes re-ranked from 2 x k candidates). Measured with one thread on 50k queries against
-300k targets (1,024 lists, nprobe 24): 1.7 s against faiss's 5.5 s (BENCHMARKS.md "Reverse search").
+and quantised codes re-ranked from 2 x k candidates). `ListJoin.search` answers a top-k search the
+same way (the k-th best of each query's nearest list is the floor of what it keeps).
+
+Measured (BENCHMARKS.md "Reverse search"): with one thread, 50k queries against 300k targets (1,024
+lists, nprobe 24) took 1.7 s against faiss's 5.5 s; on the 2-core bench's 1M hour it was no faster
+than faiss, which parallelises over queries (forward 10.4 s vs 6.4 s, reverse 12.9 s vs 13.3 s). So
+``graph.scan_with`` defaults to faiss's own search and the join is the option.
 
 A flat spec (few targets) is the one-list case: every query is scored against every target.
 """
