@@ -200,7 +200,7 @@ def build_incremental(
     stats = {
         "index_s": round(tc - t0, 3),
         "calibrate_s": round(t1 - tc, 3),
-        "search_s": round(t2 - t1, 3),  # of which: the touched users' own search, the repair
+        "search_s": round(t2 - t1, 3),  # of which: forward, reverse, repair below
         "forward_search_s": round(forward_s, 3),
         "repair_s": round(t2 - tr, 3),
         "n_touched": len(touched),

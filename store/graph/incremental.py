@@ -241,7 +241,9 @@ def reverse_search(
     (``next_scores``) are the row's candidates. The reverse of the touched users' own search: a user
     that moved *into* v's neighbourhood is found even when v is not among its own nearest (what the
     forward insertion misses). Each of the (N - fixed) queries scans T·nprobe/nlist vectors, not the
-    N·nprobe/nlist of a search of the full index.
+    N·nprobe/nlist of a search of the full index. ``graph.scan_with`` picks how: the index's own search
+    (`index_above_bar`, top ``width`` per row) or the cell join (`cell_join.above_bar`, every pair above
+    the bar in the same lists).
 
     Returns ((row positions, touched ids, scores) flat, for `repair_untouched`'s ``found``; stats).
     """
@@ -256,7 +258,7 @@ def reverse_search(
     is_fixed = np.zeros(len(uv), bool)
     is_fixed[fixed] = True
     queries = np.flatnonzero(~is_fixed)
-    method = "join" if cfg.scan_with == "join" else "index"  # a flat T is one list: joined too
+    method = cfg.scan_with  # graph.scan_with; under the join a flat T is one list
     if method == "join":  # the same lists probed, every pair above the bar, by matrix products
         found = cell_join.above_bar(uv.vectors, queries, next_scores, tv, index, spec, cfg.chunk_rows)
     else:  # the index's top ``width`` per row, kept above the bar
