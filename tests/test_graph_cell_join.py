@@ -44,9 +44,9 @@ def test_the_join_finds_every_pair_above_the_bar_in_the_probed_lists(seed, kind)
     spec = choose_spec(len(tv), cfg, tv.dim)
     index = build_index(tv, spec, cfg)
     block = int(np.random.default_rng(seed).integers(50, 700))  # any block size gives the same pairs
-    found = cell_join.above_bar(uv.vectors, queries, bars, tv, index, spec, block_rows=block, workers=1)
+    found = cell_join.ListJoin(index, spec, tv, workers=1).above_bar(uv.vectors, queries, bars, block)
     got = _pairs(found)
-    threaded = cell_join.above_bar(uv.vectors, queries, bars, tv, index, spec, block_rows=block, workers=3)
+    threaded = cell_join.ListJoin(index, spec, tv, workers=3).above_bar(uv.vectors, queries, bars, block)
     for mine, theirs in zip(found, threaded, strict=True):  # threads change nothing, not even the order
         np.testing.assert_array_equal(mine, theirs)
 
@@ -85,7 +85,7 @@ def test_no_queries_or_no_pair_above_the_bar():
     spec = choose_spec(len(tv), cfg, tv.dim)
     index = build_index(tv, spec, cfg)
     for rows, bar in ((queries[:0], bars), (queries, np.full_like(bars, 2.0))):
-        r, i, s = cell_join.above_bar(uv.vectors, rows, bar, tv, index, spec)
+        r, i, s = cell_join.ListJoin(index, spec, tv).above_bar(uv.vectors, rows, bar)
         assert len(r) == len(i) == len(s) == 0 and r.dtype == i.dtype == np.int64
 
 

@@ -98,10 +98,14 @@ def test_the_estimate_itemised():
     assert sum(per_user(64, 20, IndexSpec("ivf", nlist=10), "full").values()) == sum(full.values()) + 192
     est = plan(10_000_000, 64, 20, sq8, "incremental", 65_536)
     assert est.block_rows == 65_536 and 8_600 < est.peak_bytes / MB < 8_700  # ~8.5 GiB at 10M
-    # graph.reverse_search adds the index of the hour's touched users and the cell join's copy of them:
-    # 1M x (4 x 64 + (4 x 64 + 56) + (4 x 64 + 8)) B
+    # graph.reverse_search adds the index of the hour's touched users: 1M x (4 x 64 + 4 x 64 + 56) B,
+    # and under graph.scan_with: join the cell join's copy of them: 1M x (4 x 64 + 8) B more
     rev = plan(10_000_000, 64, 20, sq8, "incremental", 65_536, reverse_touched=1_000_000)
-    assert rev.peak_bytes - est.peak_bytes == 1_000_000 * 832 and rev.as_dict()["touched_index_mb"] == 793.5
+    assert rev.peak_bytes - est.peak_bytes == 1_000_000 * 568 and rev.as_dict()["touched_index_mb"] == 541.7
+    joined = plan(
+        10_000_000, 64, 20, sq8, "incremental", 65_536, reverse_touched=1_000_000, reverse_join=True
+    )
+    assert joined.peak_bytes - rev.peak_bytes == 1_000_000 * 264
     assert "touched_index_mb" not in est.as_dict()
 
 

@@ -295,6 +295,7 @@ def build_graph(
                 cfg.memory_budget_mb,
                 cfg.spare_neighbours,
                 len(window) if cfg.reverse_search else 0,
+                cfg.scan_with == "join",
             )
             inc_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
             result = build_incremental(prev, window.load(inc_cfg.chunk_rows), inc_cfg, forget)

@@ -109,15 +109,19 @@ class ListJoin:
                 return list(pool.map(fn, blocks))
         return [fn(b) for b in blocks]
 
+    def _group(self, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(order, starts, ends): ``lists[order]`` grouped by list, list ``self.cells[c]``'s entries at
+        ``order[starts[c]:ends[c]]`` (entries of -1, no list, are left out)."""
+        order = np.argsort(lists, kind="stable")
+        by_list = lists[order]
+        starts = np.searchsorted(by_list, self.cells, "left")
+        return order, starts, np.searchsorted(by_list, self.cells, "right")
+
     def _join(self, q: np.ndarray, probed: np.ndarray, bars: np.ndarray):
         """(query rows of ``q``, target ids, scores): every target above its query's bar in the lists
         each query probes (``probed`` (b, P), -1 = none)."""
-        flat = probed.ravel()  # (b * P,)
-        order = np.argsort(flat, kind="stable")
-        by_list = flat[order]
-        asking = np.repeat(np.arange(len(q)), probed.shape[1])[order]  # query rows, grouped by list
-        starts = np.searchsorted(by_list, self.cells, "left")
-        ends = np.searchsorted(by_list, self.cells, "right")
+        order, starts, ends = self._group(probed.ravel())  # (b * P,) entries, grouped by list
+        asking = order // probed.shape[1]  # the query row of each entry
         out_q, out_t, out_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
         for cell, i, j in zip(self.cells, starts, ends, strict=True):
             if i == j:
@@ -185,10 +189,7 @@ class ListJoin:
     def _kth_in_nearest(self, q: np.ndarray, nearest: np.ndarray, k: int) -> np.ndarray:
         """(b,) each query's k-th best score within its nearest list (-inf when it holds fewer)."""
         kth = np.full(len(q), -np.inf, np.float32)
-        order = np.argsort(nearest, kind="stable")
-        by_list = nearest[order]
-        starts = np.searchsorted(by_list, self.cells, "left")
-        ends = np.searchsorted(by_list, self.cells, "right")
+        order, starts, ends = self._group(nearest)
         for cell, i, j in zip(self.cells, starts, ends, strict=True):
             v = self.list_vectors(cell)
             if i == j or len(v) < k:
@@ -222,19 +223,3 @@ def bulk_searcher(index: Any, spec: IndexSpec, uv: UserVectors, scan_with: str, 
     if bulk_scan(spec, scan_with) == "join":
         return ListJoin(index, spec, uv, copy=False)
     return searcher(on_device(index, device), spec, uv)
-
-
-def above_bar(
-    vectors: np.ndarray,
-    rows: np.ndarray,
-    bars: np.ndarray,
-    targets: UserVectors,
-    index: Any,
-    spec: IndexSpec,
-    block_rows: int = 65_536,
-    workers: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`ListJoin.above_bar` over the targets of ``index`` (a list-ordered copy of them is held)."""
-    return ListJoin(index, spec, targets, copy=True, workers=workers).above_bar(
-        vectors, rows, bars, block_rows
-    )

@@ -242,8 +242,8 @@ def reverse_search(
     that moved *into* v's neighbourhood is found even when v is not among its own nearest (what the
     forward insertion misses). Each of the (N - fixed) queries scans T·nprobe/nlist vectors, not the
     N·nprobe/nlist of a search of the full index. ``graph.scan_with`` picks how: the index's own search
-    (`index_above_bar`, top ``width`` per row) or the cell join (`cell_join.above_bar`, every pair above
-    the bar in the same lists).
+    (`index_above_bar`, top ``width`` per row) or the cell join (`cell_join.ListJoin.above_bar`, every
+    pair above the bar in the same lists).
 
     Returns ((row positions, touched ids, scores) flat, for `repair_untouched`'s ``found``; stats).
     """
@@ -260,7 +260,8 @@ def reverse_search(
     queries = np.flatnonzero(~is_fixed)
     method = cfg.scan_with  # graph.scan_with; under the join a flat T is one list
     if method == "join":  # the same lists probed, every pair above the bar, by matrix products
-        found = cell_join.above_bar(uv.vectors, queries, next_scores, tv, index, spec, cfg.chunk_rows)
+        join = cell_join.ListJoin(index, spec, tv, copy=True)
+        found = join.above_bar(uv.vectors, queries, next_scores, cfg.chunk_rows)
     else:  # the index's top ``width`` per row, kept above the bar
         search = searcher(on_device(index, device), spec, tv)
         found = index_above_bar(
@@ -280,8 +281,8 @@ def reverse_search(
 def index_above_bar(
     search, vectors: np.ndarray, rows: np.ndarray, bars: np.ndarray, width: int, batch: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The reference of `cell_join.above_bar`: each row's ``width`` best targets by ``search`` (a faiss
-    index or `Searcher`), kept where they score above the row's bar. Same return shape."""
+    """The reference of `cell_join.ListJoin.above_bar`: each row's ``width`` best targets by ``search``
+    (a faiss index or `Searcher`), kept where they score above the row's bar. Same return shape."""
     rows_out, ids_out, scores_out = (
         [np.zeros(0, np.int64)],
         [np.zeros(0, np.int64)],

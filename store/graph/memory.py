@@ -15,9 +15,9 @@ build estimates its peak as
 * ``FIXED``: what does not depend on N: the search batches, the re-rank of quantised candidates, the
   readers' and the allocators' retained pages (measured, BENCHMARKS.md "Graph build memory"), plus
   the IVF centroids (nlist x D x 4 bytes: 3 MB at 10M users), plus, with ``graph.reverse_search``,
-  the index of the hour's T touched users (`touched_index_bytes`: at most T x (12D + 64) bytes, a
-  copy of their vectors, flat codes and the cell join's list-ordered copy; T is known before the build:
-  the window's users).
+  the index of the hour's T touched users (`touched_index_bytes`: at most T x (8D + 56) bytes, a
+  copy of their vectors and flat codes; + T x (4D + 8) for the cell join's list-ordered copy under
+  ``graph.scan_with: join``; T is known before the build: the window's users).
 
 If ``FIXED + N · per_user`` plus the smallest block (`MIN_BLOCK_ROWS`) exceeds the budget the build
 stops at once with `MemoryBudgetError` (a ValueError: ``soe graph`` prints it as one line), before it
@@ -133,11 +133,12 @@ class Estimate:
         }
 
 
-def touched_index_bytes(n_touched: int, dim: int) -> float:
+def touched_index_bytes(n_touched: int, dim: int, join: bool = False) -> float:
     """``graph.reverse_search``'s index of the touched users, bounded above: a float32 copy of their
-    vectors, the codes of a flat index (IVF-Flat holds fewer bytes, IVF-SQ8 a quarter) and the cell
-    join's list-ordered float32 copy with each vector's row (`store.graph.cell_join`)."""
-    return n_touched * (4 * dim + index_bytes_per_user(IndexSpec("flat"), dim) + 4 * dim + 8)
+    vectors and the codes of a flat index (IVF-Flat holds fewer bytes, IVF-SQ8 a quarter); with
+    ``join`` (``graph.scan_with: join``) also the cell join's list-ordered float32 copy with each
+    vector's row (`store.graph.cell_join`)."""
+    return n_touched * (4 * dim + index_bytes_per_user(IndexSpec("flat"), dim) + (4 * dim + 8 if join else 0))
 
 
 def block_rows(budget_mb: int, resident: float, dim: int, k: int, chunk_rows: int) -> int:
@@ -159,13 +160,14 @@ def plan(
     budget_mb: int = 0,
     spare: int = 0,
     reverse_touched: int = 0,
+    reverse_join: bool = False,
 ) -> Estimate:
     """The estimate of a ``mode`` build of ``n_users`` with lists of k + ``spare`` entries under
     ``budget_mb`` (0: none); ``reverse_touched``: the touched users of a ``graph.reverse_search``
     hour (0: none). Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
     parts = per_user(dim, k, spec, mode, spare)
     centroids = 4.0 * spec.nlist * dim if spec.kind in IVF_KINDS else 0.0
-    touched = touched_index_bytes(reverse_touched, dim)
+    touched = touched_index_bytes(reverse_touched, dim, reverse_join)
     est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare, touched)
     rows = block_rows(budget_mb, est.resident_bytes, dim, k + spare, chunk_rows)
     est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare, touched)
