@@ -59,6 +59,10 @@ def _wrong_rows(layout, as_of) -> int:
     return int((~same).sum())
 
 
+# four figures, each rounded to 3 decimals: the three parts may exceed the whole by up to 2 ms
+ROUNDING_S = 0.002
+
+
 @pytest.mark.parametrize(("spare", "method"), [(0, "join"), (8, "join"), (8, "index")])
 def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path, spare, method):
     _, plain = _hours(settings, planted, tmp_path / "plain", spare_neighbours=spare, reverse_search=False)
@@ -70,7 +74,8 @@ def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path,
         m = rev[hour]
         assert m["reverse_index"]["kind"] == "flat" and m["reverse_found"] > 0 and m["reverse_search_s"] > 0
         assert m["reverse_method"] == method
-        assert 0 < m["forward_search_s"] + m["reverse_search_s"] + m["repair_s"] <= m["search_s"]
+        parts = m["forward_search_s"] + m["reverse_search_s"] + m["repair_s"]
+        assert 0 < parts <= m["search_s"] + ROUNDING_S  # each figure rounded to the millisecond
         assert m["reverse_queries"] == 2000 - m["n_touched"] - m["n_researched"]
         # the same hours without it: the forward insertion misses lists the moved users jumped into
         assert plain[hour]["recall_at_k"] < 1.0 and "reverse_found" not in plain[hour]
