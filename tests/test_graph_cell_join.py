@@ -121,6 +121,50 @@ def test_the_join_search_is_the_exact_top_k_of_the_probed_lists(seed, kind):
         assert (ids == ref_i).mean() > 0.999
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", ["ivf", "ivf_sq8"])
+def test_the_search_both_ways_also_keeps_every_scanned_pair_above_the_targets_bar(seed, kind):
+    """`ListJoin.search_both_ways`: the same top k as `search`, and from the same products every
+    (target, query) in the lists the query probes whose score beats the *target's* bar (a per-query
+    scan of those lists is the reference), whatever the block size or thread count."""
+    uv, _, _, _ = _world(seed, n=4000, t=1)
+    rng = np.random.default_rng(seed)
+    cfg = GraphSettings(index=kind, ivf_nlist=64, ivf_nprobe=5)
+    spec = choose_spec(len(uv), cfg, uv.dim)
+    index = build_index(uv, spec, cfg)
+    k, rows = 21, np.sort(rng.choice(len(uv), 300, replace=False))
+    target_bars = rng.uniform(0.5, 0.95, len(uv)).astype(np.float32)
+    target_bars[rows] = np.inf  # as the hour does: no pair into a list that is searched itself
+    target_bars[rng.choice(len(uv), 500, replace=False)] = np.inf
+    join = cell_join.ListJoin(index, spec, uv, copy=False, workers=1)
+    x = uv.vectors[join.in_list_order(rows)]
+    scores, ids, (t_rows, q_pos, t_scores) = join.search_both_ways(x, k, target_bars, block_rows=67)
+    plain_s, plain_i = join.search(x, k, block_rows=67)
+    np.testing.assert_array_equal(ids, plain_i)
+    np.testing.assert_array_equal(scores, plain_s)
+    threaded = cell_join.ListJoin(index, spec, uv, copy=True, workers=3).search_both_ways(x, k, target_bars)
+    np.testing.assert_allclose(scores, threaded[0], atol=1e-5)
+
+    got = {(int(t), int(q)): float(v) for t, q, v in zip(t_rows, q_pos, t_scores, strict=True)}
+    assert len(got) == len(t_rows), "a pair found twice"
+    again = {(int(t), int(q)) for t, q in zip(threaded[2][0], threaded[2][1], strict=True)}
+    offsets, list_ids = cell_join.ivf_lists(index)
+    want = {}
+    for qi, (q, p) in enumerate(zip(x, cell_join.probes(index, spec, x), strict=True)):
+        cand = uv.positions(np.concatenate([list_ids[offsets[c] : offsets[c + 1]] for c in p if c >= 0]))
+        s = uv.vectors[cand] @ q
+        want |= {(int(c), qi): float(v) for c, v in zip(cand, s, strict=True) if v > target_bars[c]}
+
+    def at_the_bar(pair) -> bool:  # products of other shapes may round a score at the bar either way
+        return abs(float(uv.vectors[pair[0]] @ x[pair[1]]) - target_bars[pair[0]]) < 1e-5
+
+    assert all(map(at_the_bar, want.keys() ^ got.keys())) and len(want) > 200
+    assert all(map(at_the_bar, again ^ got.keys()))
+    common = sorted(want.keys() & got.keys())
+    np.testing.assert_allclose([got[p] for p in common], [want[p] for p in common], atol=1e-5)
+    assert not np.isin(t_rows, rows).any()  # +inf bars: never
+
+
 @pytest.mark.parametrize("mode", ["full", "incremental"])
 def test_a_graph_built_by_the_join_equals_one_built_by_the_index(settings, tmp_path, mode):
     """The same IVF-Flat graph (full build, then an hour) with graph.scan_with join and index."""

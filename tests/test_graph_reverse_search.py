@@ -81,16 +81,30 @@ def test_reverse_search_makes_every_kept_list_exact(settings, planted, tmp_path,
         assert plain[hour]["recall_at_k"] < 1.0 and "reverse_found" not in plain[hour]
 
 
-def test_reverse_search_through_an_ivf_index_of_the_touched(settings, planted, tmp_path):
-    """More touched users than graph.flat_max_users: an IVF index of them (and of everyone), each
-    calibrated to the target; the kept lists stay at the target recall."""
+@pytest.mark.parametrize("by", ["touched_index", "forward_scan"])
+def test_reverse_search_through_an_ivf_index(settings, planted, tmp_path, by):
+    """More touched users than graph.flat_max_users: an IVF index of everyone, calibrated to the target.
+    touched_index: an IVF index of the touched users too, each calibrated; forward_scan: the touched
+    users' own scan of the full index finds the pairs. Either way the kept lists stay at the target."""
     ivf = {"spare_neighbours": 8, "index": "auto", "flat_max_users": 100}
     _, plain = _hours(settings, planted, tmp_path / "plain", reverse_search=False, **ivf)
-    _, m = _hours(settings, planted, tmp_path / "rev", reverse_search=True, **ivf)
+    _, m = _hours(settings, planted, tmp_path / "rev", reverse_search=True, reverse_search_by=by, **ivf)
     for hour in (1, 2):
-        assert m[hour]["reverse_index"]["kind"] == "ivf", m[hour]
-        assert m[hour]["reverse_calibration"][-1]["recall"] >= 0.955, m[hour]
+        if by == "touched_index":
+            assert m[hour]["reverse_index"]["kind"] == "ivf", m[hour]
+            assert m[hour]["reverse_calibration"][-1]["recall"] >= 0.955, m[hour]
+        else:
+            assert m[hour]["reverse_method"] == "forward_scan" and "reverse_index" not in m[hour], m[hour]
+        assert m[hour]["reverse_found"] > 100, m[hour]
         assert m[hour]["recall_at_k"] >= max(0.95, plain[hour]["recall_at_k"]), (m[hour], plain[hour])
+
+
+def test_forward_scan_on_a_flat_index_searches_an_index_of_the_touched(settings, planted, tmp_path):
+    """A flat index has no lists to scan both ways: graph.reverse_search_by: forward_scan falls back to
+    the index of the touched users, with the same exact lists."""
+    layout, m = _hours(settings, planted, tmp_path, spare_neighbours=8, reverse_search_by="forward_scan")
+    assert [h.get("reverse_method") for h in m[1:]] == ["index", "index"]
+    assert _wrong_rows(layout, T3) == 0
 
 
 @pytest.mark.parametrize("method", ["index", "join"])

@@ -38,7 +38,7 @@ from core.contracts import NEIGHBOURS
 from core.embeddings import snapshot_times
 from core.forget import DIGEST_KEY, ForgetList
 from core.layout import HOUR, Layout, stamp, utc
-from store.graph.cell_join import bulk_scan, bulk_searcher
+from store.graph.cell_join import ListJoin, bulk_scan, bulk_searcher, concat_pairs
 from store.graph.incremental import (
     carry_over,
     changed_lists,
@@ -52,13 +52,14 @@ from store.graph.incremental import (
     update_index,
 )
 from store.graph.index import (
+    IVF_KINDS,
     IndexSpec,
     build_index,
     choose_device,
     choose_spec,
     num_gpus,
 )
-from store.graph.knn import sample_recall, search_neighbours
+from store.graph.knn import drop_self, sample_recall, search_neighbours
 from store.graph.memory import Estimate, plan
 from store.graph.redis_io import write_neighbour_lists
 from store.graph.settings import GraphSettings
@@ -161,7 +162,14 @@ def build_incremental(
     touched = uv.positions(new.ids)
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
     search_index = bulk_searcher(index, spec, uv, cfg.scan_with, device)
-    search_into(search_index, uv, touched, cfg, nbr, scores, nxt)
+    found = None  # the reverse search's pairs: from the forward scan, or its own search below
+    reverse_stats: dict = {}
+    if cfg.reverse_search and reverse_in_forward_scan(cfg, spec) and len(touched):
+        join = search_index if isinstance(search_index, ListJoin) else ListJoin(index, spec, uv, copy=False)
+        found = search_both_ways(join, uv, touched, cfg, nbr, scores, nxt)
+        reverse_stats = {"reverse_method": "forward_scan", "reverse_found": len(found[0])}
+    else:
+        search_into(search_index, uv, touched, cfg, nbr, scores, nxt)
     forward_s = time.perf_counter() - t1
     dropped = thinned = np.zeros(0, np.int64)
     if cfg.research_dropped and cfg.spare_neighbours > 0:  # drop what fell below the bar; search rows < k
@@ -177,9 +185,7 @@ def build_incremental(
     if len(holes):
         search_into(search_index, uv, holes, cfg, nbr, scores, nxt)
     fixed = np.union1d(np.union1d(touched, dropped), holes)
-    found = None
-    reverse_stats: dict = {}
-    if cfg.reverse_search and len(touched):  # every other list's own look at the touched users
+    if cfg.reverse_search and len(touched) and found is None:  # every other list's look at the touched users
         found, reverse_stats = reverse_search(uv, touched, fixed, nxt, width(cfg), cfg, inc_target)
     tr = time.perf_counter()
     repaired = repair_untouched(
@@ -227,6 +233,33 @@ def search_into(index, uv: UserVectors, rows: np.ndarray, cfg: GraphSettings, nb
     for lo in range(0, len(rows), batch):
         r = rows[lo : lo + batch]
         nbr[r], scores[r], nxt[r] = search_neighbours(index, uv, r, width(cfg), batch, with_next=True)
+
+
+def reverse_in_forward_scan(cfg: GraphSettings, spec: IndexSpec) -> bool:
+    """Whether the hour's reverse search comes out of the touched users' own scan
+    (``graph.reverse_search_by: forward_scan``): only an IVF index has the lists the join scans."""
+    return cfg.reverse_search_by == "forward_scan" and spec.kind in IVF_KINDS
+
+
+def search_both_ways(
+    join: ListJoin, uv: UserVectors, touched: np.ndarray, cfg: GraphSettings, nbr, scores, nxt
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`search_into` for the ``touched`` rows by one scan of the full index's lists that also returns
+    the reverse search's pairs: (row, touched id, score) for every scanned pair above the other row's
+    bar (``nxt`` before this search; never a touched row, whose own list is searched here). The rows go
+    in the order of their inverted lists, so that a block of them probes neighbouring lists."""
+    bars = nxt.copy()
+    bars[touched] = np.inf
+    m = width(cfg)
+    found = []
+    rows = join.in_list_order(touched)
+    for lo in range(0, len(rows), join.batch):
+        r = rows[lo : lo + join.batch]
+        s, ids, (t_rows, q, t_scores) = join.search_both_ways(uv.vectors[r], m + 2, bars)  # (b, m + 2)
+        ids, s = drop_self(uv.ids[r], ids, s, m + 1)  # the user itself out: (b, m + 1)
+        nbr[r], scores[r], nxt[r] = ids[:, :m], s[:, :m], s[:, m]
+        found.append((t_rows, uv.ids[r[q]], t_scores))
+    return concat_pairs(found)
 
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:
@@ -294,8 +327,9 @@ def build_graph(
                 cfg.chunk_rows,
                 cfg.memory_budget_mb,
                 cfg.spare_neighbours,
-                len(window) if cfg.reverse_search else 0,
+                len(window) if cfg.reverse_search and not reverse_in_forward_scan(cfg, prev.spec) else 0,
                 cfg.scan_with == "join",
+                cfg.scan_with == "join" or (cfg.reverse_search and reverse_in_forward_scan(cfg, prev.spec)),
             )
             inc_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
             result = build_incremental(prev, window.load(inc_cfg.chunk_rows), inc_cfg, forget)
@@ -316,6 +350,7 @@ def build_graph(
             cfg.chunk_rows,
             cfg.memory_budget_mb,
             cfg.spare_neighbours,
+            list_join=cfg.scan_with == "join",
         )
         full_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
         result = build_full(window.load(full_cfg.chunk_rows), full_cfg, on_batch)

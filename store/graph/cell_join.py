@@ -28,13 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from store.graph.index import IVF_KINDS, IndexSpec, on_device, searcher
 from store.graph.vectors import UserVectors
 
 PROBE_BLOCK = 1 << 21  # (row, list probed) pairs grouped at a time: ~32 B each of scratch (64 MB)
 SCORE_BLOCK = 1 << 22  # scores of one matrix product at most (16 MB): a flat spec's one list is all T
-SEARCH_BLOCK = 16_384  # `ListJoin.search` queries per block: ~5 KB of kept pairs and their sort each
+SEARCH_BLOCK = 32_768  # `ListJoin.search` queries per block: ~5 KB of kept pairs and their sort each
 BAR_MARGIN = 1e-5  # `ListJoin.search`: products of different shapes may round the same score apart
 
 
@@ -87,6 +88,7 @@ class ListJoin:
         self.copied = targets.vectors[self.members] if copy else None  # (n, D) list by list
         self.workers = workers or faiss.omp_get_max_threads()
         self.batch = SEARCH_BLOCK * self.workers  # queries per `search` call: a block for every worker
+        self._cell_of: np.ndarray | None = None  # (n_targets,) the list of each target row, when asked
 
     def list_vectors(self, cell: int | np.integer) -> np.ndarray:
         a, b = self.offsets[cell], self.offsets[cell + 1]
@@ -104,8 +106,14 @@ class ListJoin:
         return [slice(lo, lo + block_rows) for lo in range(0, n, block_rows)]
 
     def _map(self, fn, blocks: list) -> list:
+        """``fn`` of each block, by ``workers`` threads when there are several: each thread's products
+        then run on one BLAS thread (BLAS's own threads on top of ours oversubscribe the cores: the 1M
+        hour's forward scan took 11.6 s so, 7.5 s on one BLAS thread per worker)."""
         if self.workers > 1 and len(blocks) > 1:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="cell-join") as pool:
+            with (
+                threadpool_limits(limits=1, user_api="blas"),
+                ThreadPoolExecutor(self.workers, thread_name_prefix="cell-join") as pool,
+            ):
                 return list(pool.map(fn, blocks))
         return [fn(b) for b in blocks]
 
@@ -117,26 +125,40 @@ class ListJoin:
         starts = np.searchsorted(by_list, self.cells, "left")
         return order, starts, np.searchsorted(by_list, self.cells, "right")
 
-    def _join(self, q: np.ndarray, probed: np.ndarray, bars: np.ndarray):
+    def _join(
+        self, q: np.ndarray, probed: np.ndarray, bars: np.ndarray, target_bars: np.ndarray | None = None
+    ):
         """(query rows of ``q``, target ids, scores): every target above its query's bar in the lists
-        each query probes (``probed`` (b, P), -1 = none)."""
+        each query probes (``probed`` (b, P), -1 = none). With ``target_bars`` ((n_targets,) by target
+        row) also the reverse pairs of the same products, (target rows, query rows, scores): every
+        scanned pair above its *target's* bar; else those three are empty."""
         order, starts, ends = self._group(probed.ravel())  # (b * P,) entries, grouped by list
         asking = order // probed.shape[1]  # the query row of each entry
-        out_q, out_t, out_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+        fwd, rev = _Pairs(), _Pairs()
         for cell, i, j in zip(self.cells, starts, ends, strict=True):
             if i == j:
                 continue
             a = self.offsets[cell]
             v = self.list_vectors(cell)  # (t, D)
+            t_bars = None if target_bars is None else target_bars[self.members[a : a + len(v)]]  # (t,)
             step = max(1, SCORE_BLOCK // len(v))  # rows per product: (step, t) scores at most
             for lo in range(i, j, step):
                 who = asking[lo : min(j, lo + step)]
+                q_bars = bars[who]  # (w,)
                 s = q[who] @ v.T  # (w, t)
-                hit_q, hit_t = np.nonzero(s > bars[who][:, None])
-                out_q.append(who[hit_q])
-                out_t.append(self.member_ids[a + hit_t])
-                out_s.append(s[hit_q, hit_t])
-        return np.concatenate(out_q), np.concatenate(out_t), np.concatenate(out_s)
+                hit = s > q_bars[:, None]
+                if t_bars is not None:
+                    hit |= s > t_bars[None, :]
+                flat = np.flatnonzero(hit)  # far cheaper than a 2-D nonzero
+                hit_q, hit_t = np.divmod(flat, len(v))
+                score = s.ravel()[flat]
+                if t_bars is None:
+                    fwd.add(who[hit_q], self.member_ids[a + hit_t], score)
+                    continue
+                up, back = score > q_bars[hit_q], score > t_bars[hit_t]
+                fwd.add(who[hit_q[up]], self.member_ids[a + hit_t[up]], score[up])
+                rev.add(self.members[a + hit_t[back]], who[hit_q[back]], score[back])
+        return fwd.arrays() + rev.arrays()
 
     def above_bar(
         self, vectors: np.ndarray, rows: np.ndarray, bars: np.ndarray, block_rows: int = 65_536
@@ -151,10 +173,10 @@ class ListJoin:
         def block(sl: slice):
             r = rows[sl]
             q = vectors[r]  # (b, D)
-            hit_q, ids, scores = self._join(q, self.probes(q), bars[r])
+            hit_q, ids, scores = self._join(q, self.probes(q), bars[r])[:3]
             return r[hit_q], ids, scores
 
-        return _concat(self._map(block, self._blocks(len(rows), block_rows)))
+        return concat_pairs(self._map(block, self._blocks(len(rows), block_rows)))
 
     def search(self, x: np.ndarray, k: int, block_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(scores (n, k), ids (n, k)) best first, as a faiss index's ``search``: each query's k best
@@ -164,15 +186,28 @@ class ListJoin:
         k-th best overall (those k are candidates), so the join over every probed list keeps only what
         beats it (less a rounding margin), and the k best of what it kept are the answer.
         """
+        return self._search(x, k, block_rows, None)[:2]
+
+    def search_both_ways(
+        self, x: np.ndarray, k: int, target_bars: np.ndarray, block_rows: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`search`, and from the same products the reverse pairs: every scanned (target, query) whose
+        score beats the *target's* bar (``target_bars`` (n_targets,) by target row; +inf: never). The
+        hour's touched users searching the full index find, in one scan, their own k best and the
+        lists they now belong in (what `store.graph.incremental.reverse_search` finds from the lists'
+        side). Returns (scores, ids, (target rows, query positions in ``x``, scores) flat)."""
+        return self._search(x, k, block_rows, target_bars)
+
+    def _search(self, x: np.ndarray, k: int, block_rows: int, target_bars: np.ndarray | None):
         n = len(x)
         out_s = np.full((n, k), -np.inf, np.float32)
         out_i = np.full((n, k), -1, np.int64)
 
-        def block(sl: slice) -> None:
+        def block(sl: slice):
             q = x[sl]  # (b, D)
             probed = self.probes(q)  # (b, P)
             floor = self._kth_in_nearest(q, probed[:, 0], k) - BAR_MARGIN  # (b,)
-            hit_q, ids, scores = self._join(q, probed, floor)  # ~100 per query (k = 30)
+            hit_q, ids, scores, *rev = self._join(q, probed, floor, target_bars)  # ~100 per query (k = 30)
             # by query, best first: one float64 key (query x 4 + 2 - score: scores lie in [-1, 1], and
             # 2^22 queries x 4 leave ~2^-28 of resolution for the score), far cheaper than a lexsort
             order = np.argsort(hit_q * 4.0 + (2.0 - scores), kind="stable")
@@ -182,9 +217,20 @@ class ListJoin:
             keep = rank < k
             out_s[sl][hit_q[keep], rank[keep]] = scores[keep]
             out_i[sl][hit_q[keep], rank[keep]] = ids[keep]
+            return rev[0], rev[1] + sl.start, rev[2]  # query rows of the block -> positions in x
 
-        self._map(block, self._blocks(n, block_rows or SEARCH_BLOCK))
-        return out_s, out_i
+        reverse = concat_pairs(self._map(block, self._blocks(n, block_rows or SEARCH_BLOCK)))
+        return out_s, out_i, reverse
+
+    def in_list_order(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (target rows) ordered by the inverted list holding each: a block of consecutive
+        queries then probes neighbouring lists, so each list's vectors are gathered by few blocks
+        (a block of scattered queries probes nearly every list). Rows not in any list go last."""
+        if self._cell_of is None:
+            cell_of = np.full(len(self.targets), np.iinfo(np.int64).max, np.int64)
+            cell_of[self.members] = np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
+            self._cell_of = cell_of
+        return rows[np.argsort(self._cell_of[rows], kind="stable")]
 
     def _kth_in_nearest(self, q: np.ndarray, nearest: np.ndarray, k: int) -> np.ndarray:
         """(b,) each query's k-th best score within its nearest list (-inf when it holds fewer)."""
@@ -202,7 +248,21 @@ class ListJoin:
         return kth
 
 
-def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class _Pairs:
+    """Pairs found block by block: (first, second, score) arrays appended, concatenated once."""
+
+    def __init__(self):
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, first: np.ndarray, second: np.ndarray, scores: np.ndarray) -> None:
+        self.parts.append((first, second, scores))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return concat_pairs(self.parts)
+
+
+def concat_pairs(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs found in parts, ``[(first, second, scores), ...]``, as three flat arrays (empty if none)."""
     rows, ids, scores = zip(*parts, strict=True) if parts else ((), (), ())
     return (
         np.concatenate([np.zeros(0, np.int64), *rows]),

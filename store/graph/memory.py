@@ -57,14 +57,20 @@ def index_bytes_per_user(spec: IndexSpec, dim: int) -> float:
     raise ValueError(f"unknown index kind {spec.kind!r}")
 
 
-def per_user(dim: int, k: int, spec: IndexSpec, mode: str, spare: int = 0) -> dict[str, float]:
+def per_user(
+    dim: int, k: int, spec: IndexSpec, mode: str, spare: int = 0, list_join: bool = False
+) -> dict[str, float]:
     """Bytes per user of the N-row arrays alive together at the worst moment of a ``mode`` build
-    ("full" or "incremental"), item by item. Lists hold k + ``spare`` entries (graph.spare_neighbours)."""
+    ("full" or "incremental"), item by item. Lists hold k + ``spare`` entries (graph.spare_neighbours).
+    ``list_join``: the build scans the index through a `store.graph.cell_join.ListJoin` of every user
+    (``graph.scan_with: join``, or ``graph.reverse_search_by: forward_scan``)."""
     vectors = 4 * dim  # (N, D) float32
     k = k + spare  # entries per list: the served k and the spare ones
     lists = 12 * k + 4  # (N, k+B) int64 ids + (N, k+B) float32 scores + (N,) float32 bar
     parts: dict[str, float] = {"vectors": vectors, "ids + id->row table": 8 + 4}
     parts["index"] = index_bytes_per_user(spec, dim)
+    if list_join and spec.kind in IVF_KINDS:  # int64 list ids, their rows and ids, each row's list
+        parts["cell join"] = 32
     if mode == "full":
         # the search writes (N, k+B+1) ids and scores (the lists are views of them) and copies the bar out;
         # the rows searched and the changed rows (np.arange), the changed ids written
@@ -161,11 +167,13 @@ def plan(
     spare: int = 0,
     reverse_touched: int = 0,
     reverse_join: bool = False,
+    list_join: bool = False,
 ) -> Estimate:
     """The estimate of a ``mode`` build of ``n_users`` with lists of k + ``spare`` entries under
-    ``budget_mb`` (0: none); ``reverse_touched``: the touched users of a ``graph.reverse_search``
-    hour (0: none). Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
-    parts = per_user(dim, k, spec, mode, spare)
+    ``budget_mb`` (0: none); ``reverse_touched``: the touched users of an hour whose reverse search
+    builds their own index (0: none); ``reverse_join``, ``list_join``: as in `touched_index_bytes`,
+    `per_user`. Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
+    parts = per_user(dim, k, spec, mode, spare, list_join)
     centroids = 4.0 * spec.nlist * dim if spec.kind in IVF_KINDS else 0.0
     touched = touched_index_bytes(reverse_touched, dim, reverse_join)
     est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare, touched)
