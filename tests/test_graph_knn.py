@@ -129,3 +129,17 @@ def test_positions_paths_agree(spread):
     np.testing.assert_array_equal(got, uv.positions_by_search(ask))
     assert (uv.ids[got[:300]] == ids[:300]).all()
     assert (uv._table() is not None) == (spread == 3)
+
+
+@pytest.mark.parametrize("spread", [3, 10**12])
+def test_marked_is_isin_on_either_path(spread):
+    """`UserVectors.marked`: the dense table's mask and np.isin give the same answer, PAD and unknown
+    ids included."""
+    rng = np.random.default_rng(5)
+    ids = rng.choice(1000 * spread, 1000, replace=False).astype(np.int64)
+    uv = UserVectors.from_arrays(ids, rng.standard_normal((1000, 4)))
+    rows = np.sort(rng.choice(1000, 120, replace=False))
+    ask = np.concatenate([uv.ids[rng.integers(0, 1000, 400)], rng.integers(-5, 1000 * spread, 100), [-1]])
+    got = uv.marked(ask.reshape(-1, 1), rows)
+    assert got.shape == (len(ask), 1) and got[:, 0].sum() > 20
+    np.testing.assert_array_equal(got[:, 0], np.isin(ask, uv.ids[rows]))

@@ -161,8 +161,10 @@ def moved_entries(
 
     Block by block so that the scratch (the (rows, k) id test, two (entries, D) gathers) stays
     bounded by ``chunk`` whatever N is; the scores are exactly those of one unchunked pass."""
+    moved_rows = uv.positions(moved_ids)
+    moved_rows = moved_rows[moved_rows >= 0]
     for lo in range(0, len(nbr), chunk):
-        hit = np.isin(nbr[lo : lo + chunk], moved_ids) & ~is_fixed[lo : lo + chunk, None]
+        hit = uv.marked(nbr[lo : lo + chunk], moved_rows) & ~is_fixed[lo : lo + chunk, None]
         r, c = np.nonzero(hit)
         r += lo
         score = np.einsum("nd,nd->n", uv.vectors[r], uv.vectors[uv.positions(nbr[r, c])])

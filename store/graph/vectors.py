@@ -57,6 +57,19 @@ class UserVectors:
             return np.where(inside, table[np.where(inside, user_ids - lo, 0)], -1).astype(np.int64)
         return self.positions_by_search(user_ids)
 
+    def marked(self, user_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Whether each user id (any shape) is the id of one of ``rows`` (False for unknown ids).
+
+        Many ids against many rows: by the dense id -> row table when there is one (two gathers), else
+        ``np.isin`` against those rows' ids (which sorts both: ~1 s for 2M ids against 1M at 10M users,
+        the table's path takes ~50 ms)."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        if not len(self.ids) or self._table() is None:
+            return np.isin(user_ids, self.ids[rows])
+        mask = np.zeros(len(self.ids) + 1, bool)  # the last slot answers for position -1 (unknown)
+        mask[rows] = True
+        return mask[self.positions(user_ids)]
+
     def positions_by_search(self, user_ids: np.ndarray) -> np.ndarray:
         """The reference path of `positions`: binary search over the sorted ids."""
         pos = np.minimum(np.searchsorted(self.ids, user_ids), len(self.ids) - 1)
