@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,8 +19,17 @@ from core.embeddings import latest_embeddings, vector_array
 from core.forget import ForgetList
 from core.layout import utc
 from store.graph.build import build_graph
+from store.graph.cell_join import SEARCH_BLOCK
 from store.graph.index import IndexSpec
-from store.graph.memory import MB, MemoryBudgetError, per_block_row, per_user, plan
+from store.graph.memory import (
+    JOIN_BYTES_PER_PROBE,
+    MB,
+    MemoryBudgetError,
+    join_scratch_bytes,
+    per_block_row,
+    per_user,
+    plan,
+)
 from store.graph.planted import PlantedConfig, planted_vectors, write_embeddings
 from store.graph.snapshot import GraphSnapshot
 from store.graph.vectors import UserVectors, latest_vectors
@@ -107,6 +117,12 @@ def test_the_estimate_itemised():
     )
     assert joined.peak_bytes - rev.peak_bytes == 1_000_000 * 264
     assert "touched_index_mb" not in est.as_dict()
+    # graph.reverse_search_by: forward_scan: no index of the touched; a cell join over all 10M users
+    # (32 B each) and its search scratch, by workers, nprobe and the block (2 x 32k x 48 x 460 B)
+    scan = plan(10_000_000, 64, 20, replace(sq8, nprobe=48), "incremental", 65_536, join_workers=2)
+    assert scan.peak_bytes - est.peak_bytes == 10_000_000 * 32 + 2 * SEARCH_BLOCK * 48 * JOIN_BYTES_PER_PROBE
+    assert 1_375 < join_scratch_bytes(replace(sq8, nprobe=48), 2) / MB < 1_385
+    assert join_scratch_bytes(IndexSpec("flat"), 2) == join_scratch_bytes(sq8, 0) == 0
 
 
 def test_the_budget_sizes_the_blocks_or_stops_the_plan():

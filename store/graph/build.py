@@ -38,7 +38,7 @@ from core.contracts import NEIGHBOURS
 from core.embeddings import snapshot_times
 from core.forget import DIGEST_KEY, ForgetList
 from core.layout import HOUR, Layout, stamp, utc
-from store.graph.cell_join import ListJoin, bulk_scan, bulk_searcher, concat_pairs
+from store.graph.cell_join import ListJoin, bulk_scan, bulk_searcher, concat_pairs, join_workers
 from store.graph.incremental import (
     carry_over,
     changed_lists,
@@ -241,6 +241,11 @@ def reverse_in_forward_scan(cfg: GraphSettings, spec: IndexSpec) -> bool:
     return cfg.reverse_search_by == "forward_scan" and spec.kind in IVF_KINDS
 
 
+def uses_list_join(cfg: GraphSettings, spec: IndexSpec) -> bool:
+    """Whether an hour's build scans the full index through a `ListJoin` (its memory is planned)."""
+    return cfg.scan_with == "join" or (cfg.reverse_search and reverse_in_forward_scan(cfg, spec))
+
+
 def search_both_ways(
     join: ListJoin, uv: UserVectors, touched: np.ndarray, cfg: GraphSettings, nbr, scores, nxt
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -329,7 +334,7 @@ def build_graph(
                 cfg.spare_neighbours,
                 len(window) if cfg.reverse_search and not reverse_in_forward_scan(cfg, prev.spec) else 0,
                 cfg.scan_with == "join",
-                cfg.scan_with == "join" or (cfg.reverse_search and reverse_in_forward_scan(cfg, prev.spec)),
+                join_workers() if uses_list_join(cfg, prev.spec) else 0,
             )
             inc_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
             result = build_incremental(prev, window.load(inc_cfg.chunk_rows), inc_cfg, forget)
@@ -350,7 +355,7 @@ def build_graph(
             cfg.chunk_rows,
             cfg.memory_budget_mb,
             cfg.spare_neighbours,
-            list_join=cfg.scan_with == "join",
+            join_workers=join_workers() if cfg.scan_with == "join" else 0,
         )
         full_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
         result = build_full(window.load(full_cfg.chunk_rows), full_cfg, on_batch)

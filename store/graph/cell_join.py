@@ -75,7 +75,6 @@ class ListJoin:
     def __init__(
         self, index: Any, spec: IndexSpec, targets: UserVectors, copy: bool = True, workers: int = 0
     ):
-        import faiss
 
         self.index, self.spec, self.targets = index, spec, targets
         if spec.kind in IVF_KINDS:
@@ -85,8 +84,10 @@ class ListJoin:
             self.offsets, self.members = np.array([0, len(targets)]), np.arange(len(targets))
         self.cells = np.flatnonzero(np.diff(self.offsets))  # the non-empty lists
         self.member_ids = targets.ids[self.members]
+        # a pair names its target by slot (its place in ``members``): 4 bytes, not an 8-byte id
+        self.slot_dtype = np.int32 if len(self.members) < 2**31 else np.int64
         self.copied = targets.vectors[self.members] if copy else None  # (n, D) list by list
-        self.workers = workers or faiss.omp_get_max_threads()
+        self.workers = workers or join_workers()
         self.batch = SEARCH_BLOCK * self.workers  # queries per `search` call: a block for every worker
         self._cell_of: np.ndarray | None = None  # (n_targets,) the list of each target row, when asked
 
@@ -128,12 +129,13 @@ class ListJoin:
     def _join(
         self, q: np.ndarray, probed: np.ndarray, bars: np.ndarray, target_bars: np.ndarray | None = None
     ):
-        """(query rows of ``q``, target ids, scores): every target above its query's bar in the lists
-        each query probes (``probed`` (b, P), -1 = none). With ``target_bars`` ((n_targets,) by target
-        row) also the reverse pairs of the same products, (target rows, query rows, scores): every
-        scanned pair above its *target's* bar; else those three are empty."""
+        """(query rows of ``q``, target slots, scores): every target above its query's bar in the lists
+        each query probes (``probed`` (b, P), -1 = none); a slot is the target's place in the
+        list-ordered ``members`` (``member_ids[slot]`` its id). With ``target_bars`` ((n_targets,) by
+        target row) also the reverse pairs of the same products, (target rows, query rows, scores):
+        every scanned pair above its *target's* bar; else those three are empty."""
         order, starts, ends = self._group(probed.ravel())  # (b * P,) entries, grouped by list
-        asking = order // probed.shape[1]  # the query row of each entry
+        asking = (order // probed.shape[1]).astype(np.int32)  # the query row of each entry (a block's)
         fwd, rev = _Pairs(), _Pairs()
         for cell, i, j in zip(self.cells, starts, ends, strict=True):
             if i == j:
@@ -153,10 +155,10 @@ class ListJoin:
                 hit_q, hit_t = np.divmod(flat, len(v))
                 score = s.ravel()[flat]
                 if t_bars is None:
-                    fwd.add(who[hit_q], self.member_ids[a + hit_t], score)
+                    fwd.add(who[hit_q], (a + hit_t).astype(self.slot_dtype), score)
                     continue
                 up, back = score > q_bars[hit_q], score > t_bars[hit_t]
-                fwd.add(who[hit_q[up]], self.member_ids[a + hit_t[up]], score[up])
+                fwd.add(who[hit_q[up]], (a + hit_t[up]).astype(self.slot_dtype), score[up])
                 rev.add(self.members[a + hit_t[back]], who[hit_q[back]], score[back])
         return fwd.arrays() + rev.arrays()
 
@@ -173,8 +175,8 @@ class ListJoin:
         def block(sl: slice):
             r = rows[sl]
             q = vectors[r]  # (b, D)
-            hit_q, ids, scores = self._join(q, self.probes(q), bars[r])[:3]
-            return r[hit_q], ids, scores
+            hit_q, slots, scores = self._join(q, self.probes(q), bars[r])[:3]
+            return r[hit_q], self.member_ids[slots], scores
 
         return concat_pairs(self._map(block, self._blocks(len(rows), block_rows)))
 
@@ -207,16 +209,18 @@ class ListJoin:
             q = x[sl]  # (b, D)
             probed = self.probes(q)  # (b, P)
             floor = self._kth_in_nearest(q, probed[:, 0], k) - BAR_MARGIN  # (b,)
-            hit_q, ids, scores, *rev = self._join(q, probed, floor, target_bars)  # ~100 per query (k = 30)
+            # ~100-300 pairs per query (k = 30, nprobe 16-48): the block's largest scratch
+            hit_q, slots, scores, *rev = self._join(q, probed, floor, target_bars)
             # by query, best first: one float64 key (query x 4 + 2 - score: scores lie in [-1, 1], and
-            # 2^22 queries x 4 leave ~2^-28 of resolution for the score), far cheaper than a lexsort
+            # 2^22 queries x 4 leave ~2^-28 of resolution for the score), far cheaper than a lexsort;
+            # only the kept pairs are gathered (~k per query), never the whole block's in sorted order
             order = np.argsort(hit_q * 4.0 + (2.0 - scores), kind="stable")
-            hit_q, ids, scores = hit_q[order], ids[order], scores[order]
-            first = np.searchsorted(hit_q, np.arange(len(q)))
-            rank = np.arange(len(hit_q)) - first[hit_q]
+            by_query = hit_q[order]
+            rank = np.arange(len(order)) - np.searchsorted(by_query, np.arange(len(q)))[by_query]
             keep = rank < k
-            out_s[sl][hit_q[keep], rank[keep]] = scores[keep]
-            out_i[sl][hit_q[keep], rank[keep]] = ids[keep]
+            top, rank = order[keep], rank[keep]
+            out_s[sl][hit_q[top], rank] = scores[top]
+            out_i[sl][hit_q[top], rank] = self.member_ids[slots[top]]
             return rev[0], rev[1] + sl.start, rev[2]  # query rows of the block -> positions in x
 
         reverse = concat_pairs(self._map(block, self._blocks(n, block_rows or SEARCH_BLOCK)))
@@ -269,6 +273,13 @@ def concat_pairs(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         np.concatenate([np.zeros(0, np.int64), *ids]),
         np.concatenate([np.zeros(0, np.float32), *scores]),
     )
+
+
+def join_workers() -> int:
+    """Threads a `ListJoin` uses by default: as many as faiss's CPU searches."""
+    import faiss
+
+    return faiss.omp_get_max_threads()
 
 
 def bulk_scan(spec: IndexSpec, scan_with: str) -> str:

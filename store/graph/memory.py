@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from store.graph.cell_join import SEARCH_BLOCK
 from store.graph.index import IVF_KINDS, IndexSpec
 
 MB = 2**20
@@ -36,6 +37,9 @@ FIXED_MB = 128  # not proportional to N (see the module docstring); measured at 
 MIN_BLOCK_ROWS = 1024  # the smallest block the budget may shrink graph.chunk_rows to
 HNSW_LEVEL_BYTES = 16  # HNSW: upper levels + per-node bookkeeping (assumed, levels thin out by 1/M)
 IDMAP_BYTES = 48  # IndexIDMap2's id -> position hash map entry (node, pointer, bucket)
+# the cell join's scratch per query and list probed (`join_scratch_bytes`), measured: 10M users' index
+# (nprobe 48), 2 workers of 32k-query blocks searching both ways: 1,451 MB above the start
+JOIN_BYTES_PER_PROBE = 460
 
 
 class MemoryBudgetError(ValueError):
@@ -110,7 +114,8 @@ class Estimate:
     block_rows: int  # rows per block of the row-wise passes (graph.chunk_rows, or fewer under a budget)
     centroid_bytes: float = 0.0  # IVF: nlist x D float32
     spare: int = 0  # spare entries per list beyond k (graph.spare_neighbours)
-    touched_bytes: float = 0.0  # graph.reverse_search: the index of the hour's touched users
+    # graph.reverse_search's index of the hour's touched users, and a cell join's search scratch
+    touched_bytes: float = 0.0
 
     @property
     def bytes_per_user(self) -> float:
@@ -147,6 +152,16 @@ def touched_index_bytes(n_touched: int, dim: int, join: bool = False) -> float:
     return n_touched * (4 * dim + index_bytes_per_user(IndexSpec("flat"), dim) + (4 * dim + 8 if join else 0))
 
 
+def join_scratch_bytes(spec: IndexSpec, workers: int) -> float:
+    """The cell join's search scratch (`store.graph.cell_join.ListJoin.search`), bounded by its blocks,
+    not by N: each of ``workers`` threads holds a block of `SEARCH_BLOCK` queries' pairs above their
+    floors (~6 per list probed on encoder vectors) and their sort: `JOIN_BYTES_PER_PROBE` per query and
+    list probed. 0 for no join or no IVF index."""
+    if workers <= 0 or spec.kind not in IVF_KINDS:
+        return 0.0
+    return workers * SEARCH_BLOCK * spec.nprobe * JOIN_BYTES_PER_PROBE
+
+
 def block_rows(budget_mb: int, resident: float, dim: int, k: int, chunk_rows: int) -> int:
     """``chunk_rows``, or fewer when the budget leaves less room for the blocks' scratch (never fewer
     than `MIN_BLOCK_ROWS`; 0 budget = no cap)."""
@@ -167,15 +182,16 @@ def plan(
     spare: int = 0,
     reverse_touched: int = 0,
     reverse_join: bool = False,
-    list_join: bool = False,
+    join_workers: int = 0,
 ) -> Estimate:
     """The estimate of a ``mode`` build of ``n_users`` with lists of k + ``spare`` entries under
     ``budget_mb`` (0: none); ``reverse_touched``: the touched users of an hour whose reverse search
-    builds their own index (0: none); ``reverse_join``, ``list_join``: as in `touched_index_bytes`,
-    `per_user`. Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
-    parts = per_user(dim, k, spec, mode, spare, list_join)
+    builds their own index (0: none); ``reverse_join``: as in `touched_index_bytes`; ``join_workers``:
+    the threads of a cell join over every user (0: none; `per_user`'s ``list_join``, `join_scratch_bytes`).
+    Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
+    parts = per_user(dim, k, spec, mode, spare, list_join=join_workers > 0)
     centroids = 4.0 * spec.nlist * dim if spec.kind in IVF_KINDS else 0.0
-    touched = touched_index_bytes(reverse_touched, dim, reverse_join)
+    touched = touched_index_bytes(reverse_touched, dim, reverse_join) + join_scratch_bytes(spec, join_workers)
     est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare, touched)
     rows = block_rows(budget_mb, est.resident_bytes, dim, k + spare, chunk_rows)
     est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare, touched)
