@@ -19,7 +19,7 @@ from core.embeddings import latest_embeddings, vector_array
 from core.forget import ForgetList
 from core.layout import utc
 from store.graph.build import build_graph
-from store.graph.cell_join import SEARCH_BLOCK
+from store.graph.cell_join import SEARCH_BLOCK, join_workers
 from store.graph.index import IndexSpec
 from store.graph.memory import (
     JOIN_BYTES_PER_PROBE,
@@ -119,10 +119,13 @@ def test_the_estimate_itemised():
     assert "touched_index_mb" not in est.as_dict()
     # graph.reverse_search_by: forward_scan: no index of the touched; a cell join over all 10M users
     # (32 B each) and its search scratch, by workers, nprobe and the block (2 x 32k x 48 x 460 B)
-    scan = plan(10_000_000, 64, 20, replace(sq8, nprobe=48), "incremental", 65_536, join_workers=2)
+    sq8_48 = replace(sq8, nprobe=48)
+    scan = plan(10_000_000, 64, 20, sq8_48, "incremental", 65_536, join_workers=2, join_queries=1_000_000)
     assert scan.peak_bytes - est.peak_bytes == 10_000_000 * 32 + 2 * SEARCH_BLOCK * 48 * JOIN_BYTES_PER_PROBE
-    assert 1_375 < join_scratch_bytes(replace(sq8, nprobe=48), 2) / MB < 1_385
-    assert join_scratch_bytes(IndexSpec("flat"), 2) == join_scratch_bytes(sq8, 0) == 0
+    assert 1_375 < join_scratch_bytes(sq8_48, 2, 1_000_000) / MB < 1_385
+    # fewer queries than two blocks: the blocks are smaller
+    assert join_scratch_bytes(sq8_48, 2, 1_000) == 1_000 * 48 * JOIN_BYTES_PER_PROBE
+    assert join_scratch_bytes(IndexSpec("flat"), 2, 10) == join_scratch_bytes(sq8, 0, 10) == 0
 
 
 def test_the_budget_sizes_the_blocks_or_stops_the_plan():
@@ -169,15 +172,24 @@ def test_a_budget_that_fits_changes_nothing(settings, planted, tmp_path):
     """A full then an incremental build under a budget that shrinks the blocks below N (1,024 rows) publish
     exactly the graph of an uncapped build (and the manifest says which blocks ran)."""
     spare = settings.graph.spare_neighbours  # the default lists and reverse search (300 users touched)
-    probe = plan(3_100, 64, 8, IndexSpec("ivf", nlist=219), "incremental", 65_536, 0, spare, 300)
-    budget = math.ceil((probe.resident_bytes + 1500 * per_block_row(64, 8 + spare)) / MB)
-    built = {}
-    for cap in (0, budget):
+
+    def budget_for(nprobe: int) -> int:  # the hour's plan: lists, and the cell join of its 300 queries
+        ivf = IndexSpec("ivf", nlist=219, nprobe=nprobe)
+        probe = plan(
+            3_100, 64, 8, ivf, "incremental", 65_536, 0, spare, join_workers=join_workers(), join_queries=300
+        )
+        return math.ceil((probe.resident_bytes + 1500 * per_block_row(64, 8 + spare)) / MB)
+
+    built, full_knob = {}, {}
+    for run in ("uncapped", "capped"):
+        # the capped run's budget follows the full build's calibrated nprobe (the join's scratch does)
+        cap = 0 if run == "uncapped" else budget_for(full_knob[0])
         s = _settings(settings, index="ivf", min_recall=0.0, memory_budget_mb=cap)
         s = s.model_copy(update={"data": s.data.model_copy(update={"root": tmp_path / f"cap{cap}"})})
         layout = s.layout()
         write_embeddings(layout, "m1", T1, planted.user_ids, planted.vectors)
         m1 = build_graph(s.graph, s.redis, layout, "m1", T1)
+        full_knob[cap] = m1["search_knob"]
         write_embeddings(layout, "m1", T2, planted.user_ids[:300], planted.vectors[300:600])
         m2 = build_graph(s.graph, s.redis, layout, "m1", T2)
         assert m2["mode"] == "incremental"
@@ -186,7 +198,7 @@ def test_a_budget_that_fits_changes_nothing(settings, planted, tmp_path):
         assert m2["memory"]["budget_mb"] == cap and m2["memory"]["peak_mb"] <= (cap or 1e9)
         snaps = [GraphSnapshot(layout.graph("m1", utc(t))) for t in (T1, T2)]
         built[cap] = (m2, [(x.vectors, *x.neighbours(), x.next_scores(), x.changed_ids()) for x in snaps])
-    (m_cap, capped), (m_free, free) = built[budget], built[0]
+    (m_cap, capped), (m_free, free) = built[cap], built[0]
     for key in ("recall_at_k", "n_touched", "n_researched", "n_repaired", "n_changed_lists", "search_knob"):
         assert m_cap[key] == m_free[key], key
     for a, b in zip(capped, free):

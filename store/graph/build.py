@@ -335,6 +335,7 @@ def build_graph(
                 len(window) if cfg.reverse_search and not reverse_in_forward_scan(cfg, prev.spec) else 0,
                 cfg.scan_with == "join",
                 join_workers() if uses_list_join(cfg, prev.spec) else 0,
+                len(window),  # the touched users: the join's queries
             )
             inc_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
             result = build_incremental(prev, window.load(inc_cfg.chunk_rows), inc_cfg, forget)
@@ -356,6 +357,7 @@ def build_graph(
             cfg.memory_budget_mb,
             cfg.spare_neighbours,
             join_workers=join_workers() if cfg.scan_with == "join" else 0,
+            join_queries=len(window),
         )
         full_cfg = cfg.model_copy(update={"chunk_rows": estimate.block_rows})
         result = build_full(window.load(full_cfg.chunk_rows), full_cfg, on_batch)

@@ -152,14 +152,15 @@ def touched_index_bytes(n_touched: int, dim: int, join: bool = False) -> float:
     return n_touched * (4 * dim + index_bytes_per_user(IndexSpec("flat"), dim) + (4 * dim + 8 if join else 0))
 
 
-def join_scratch_bytes(spec: IndexSpec, workers: int) -> float:
-    """The cell join's search scratch (`store.graph.cell_join.ListJoin.search`), bounded by its blocks,
-    not by N: each of ``workers`` threads holds a block of `SEARCH_BLOCK` queries' pairs above their
-    floors (~6 per list probed on encoder vectors) and their sort: `JOIN_BYTES_PER_PROBE` per query and
-    list probed. 0 for no join or no IVF index."""
-    if workers <= 0 or spec.kind not in IVF_KINDS:
+def join_scratch_bytes(spec: IndexSpec, workers: int, queries: int) -> float:
+    """The cell join's search scratch (`store.graph.cell_join.ListJoin.search`) for ``queries``, bounded
+    by its blocks, not by N: each of ``workers`` threads holds a block of at most `SEARCH_BLOCK` queries'
+    pairs above their floors (~6 per list probed on encoder vectors) and their sort:
+    `JOIN_BYTES_PER_PROBE` per query and list probed. 0 for no join or no IVF index."""
+    if workers <= 0 or queries <= 0 or spec.kind not in IVF_KINDS:
         return 0.0
-    return workers * SEARCH_BLOCK * spec.nprobe * JOIN_BYTES_PER_PROBE
+    block = min(SEARCH_BLOCK, -(-queries // workers))
+    return min(workers, queries) * block * spec.nprobe * JOIN_BYTES_PER_PROBE
 
 
 def block_rows(budget_mb: int, resident: float, dim: int, k: int, chunk_rows: int) -> int:
@@ -183,6 +184,7 @@ def plan(
     reverse_touched: int = 0,
     reverse_join: bool = False,
     join_workers: int = 0,
+    join_queries: int = 0,
 ) -> Estimate:
     """The estimate of a ``mode`` build of ``n_users`` with lists of k + ``spare`` entries under
     ``budget_mb`` (0: none); ``reverse_touched``: the touched users of an hour whose reverse search
@@ -191,7 +193,9 @@ def plan(
     Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
     parts = per_user(dim, k, spec, mode, spare, list_join=join_workers > 0)
     centroids = 4.0 * spec.nlist * dim if spec.kind in IVF_KINDS else 0.0
-    touched = touched_index_bytes(reverse_touched, dim, reverse_join) + join_scratch_bytes(spec, join_workers)
+    touched = touched_index_bytes(reverse_touched, dim, reverse_join) + join_scratch_bytes(
+        spec, join_workers, join_queries
+    )
     est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare, touched)
     rows = block_rows(budget_mb, est.resident_bytes, dim, k + spare, chunk_rows)
     est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare, touched)
