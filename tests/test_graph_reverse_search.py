@@ -127,3 +127,20 @@ def test_reverse_search_finds_what_brute_force_finds(method):
         want |= {(r, int(uv.ids[touched[j]])) for j in top if sims[r, j] > bars[r]}
     assert set(zip(rows.tolist(), ids.tolist())) == want and (ids != PAD).all()
     np.testing.assert_allclose(scores, sims[rows, np.searchsorted(uv.ids[touched], ids)], atol=1e-5)
+
+
+def test_the_forward_scan_applies_to_ivf_indexes_searched_on_the_cpu(monkeypatch):
+    """graph.reverse_search_by: forward_scan needs IVF lists and the CPU join: a flat index, or an index
+    that faiss searches on a GPU (use_gpu auto with GPUs, always), keeps the index of the touched."""
+    from store.graph import build
+    from store.graph.index import IndexSpec
+
+    ivf, flat = IndexSpec("ivf_sq8", nlist=64, nprobe=8), IndexSpec("flat")
+    scan, by_index = GraphSettings(), GraphSettings(reverse_search_by="touched_index")
+    monkeypatch.setattr(build, "num_gpus", lambda: 0)
+    assert build.reverse_in_forward_scan(scan, ivf) and build.uses_list_join(scan, ivf)
+    assert not build.reverse_in_forward_scan(scan, flat) and not build.reverse_in_forward_scan(by_index, ivf)
+    assert not build.uses_list_join(scan.model_copy(update={"reverse_search": False}), ivf)
+    monkeypatch.setattr(build, "num_gpus", lambda: 2)
+    assert not build.reverse_in_forward_scan(scan, ivf)  # faiss on the GPU searches both indexes
+    assert build.reverse_in_forward_scan(scan.model_copy(update={"use_gpu": "never"}), ivf)

@@ -237,8 +237,10 @@ def search_into(index, uv: UserVectors, rows: np.ndarray, cfg: GraphSettings, nb
 
 def reverse_in_forward_scan(cfg: GraphSettings, spec: IndexSpec) -> bool:
     """Whether the hour's reverse search comes out of the touched users' own scan
-    (``graph.reverse_search_by: forward_scan``): only an IVF index has the lists the join scans."""
-    return cfg.reverse_search_by == "forward_scan" and spec.kind in IVF_KINDS
+    (``graph.reverse_search_by: forward_scan``): only an IVF index has the lists the join scans, and
+    only where the index is searched on the CPU (on a GPU faiss's own search of both indexes stays)."""
+    on_cpu = choose_device(cfg.use_gpu, num_gpus(), spec.kind) == "cpu"
+    return cfg.reverse_search_by == "forward_scan" and spec.kind in IVF_KINDS and on_cpu
 
 
 def uses_list_join(cfg: GraphSettings, spec: IndexSpec) -> bool:

@@ -24,7 +24,8 @@ class GraphSettings(Section):
     # is among those the touched user probes. "touched_index" = every list not searched again queries an
     # index of the touched users' new vectors ((N - T) queries against T). Same world, one hour each
     # (BENCHMARKS.md "Reverse search"): 10M / 1M graph 668 s vs 1,414 s, recall 0.969 vs 0.970; 1M / 100k
-    # 44.6 s vs 65.5 s, recall 0.958 vs 0.963. IVF indexes only; a flat index uses touched_index
+    # 44.6 s vs 65.5 s, recall 0.958 vs 0.963. IVF indexes searched on the CPU only: a flat index, or an
+    # index on the GPU (use_gpu), uses touched_index
     reverse_search_by: Literal["forward_scan", "touched_index"] = "forward_scan"
     # how a build's bulk searches scan the IVF lists (the full build's kNN, the hour's searches and its
     # reverse search): "index" = faiss's own search (CPU or GPU); "join" = each probed list's queries
