@@ -70,6 +70,7 @@ class StageMeter:
 
         self._me, self._exclude, self._interval = psutil.Process(), set(exclude), interval
         self._lock, self._stop = threading.Lock(), threading.Event()
+        self._seen: dict[tuple[int, float], float] = {}  # (pid, start time) -> CPU s last seen
         self._peak = self._rss()
         self._cpu = self._cpu_s()
         self._thread = threading.Thread(target=self._sample, daemon=True, name="stage-meter")
@@ -101,15 +102,28 @@ class StageMeter:
         return self._tree_sum(lambda p: p.memory_info().rss)
 
     def _cpu_s(self) -> float:
-        def cpu(p) -> float:
-            t = p.cpu_times()
-            return t.user + t.system + (t.children_user + t.children_system if p is self._me else 0.0)
+        """CPU seconds of this process and of every descendant seen so far, alive or exited: an exited
+        one keeps the last time sampled (up to ``interval`` of its CPU lost). Summing only the live tree
+        went negative when a child (a Spark worker, the JVM) exited inside a stage."""
+        import psutil
 
-        return self._tree_sum(cpu)
+        t = self._me.cpu_times()
+        for p in self._tree()[1:]:
+            try:
+                with p.oneshot():
+                    c = p.cpu_times()
+                    key = (p.pid, p.create_time())  # a reused pid is another process
+            except psutil.Error:
+                continue
+            with self._lock:
+                self._seen[key] = max(self._seen.get(key, 0.0), c.user + c.system)
+        with self._lock:
+            return t.user + t.system + sum(self._seen.values())
 
     def _sample(self) -> None:
         while not self._stop.wait(self._interval):
             rss = self._rss()
+            self._cpu_s()  # keeps each descendant's last CPU time
             with self._lock:
                 self._peak = max(self._peak, rss)
 
