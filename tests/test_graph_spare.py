@@ -130,3 +130,66 @@ def test_served_lists_are_k_wide(settings, planted, redis_memory):
         np.testing.assert_array_equal(got[i][0], nbr[i])
         if snap.vectors.ids[i] in changed:  # unchanged ids are not written again (scores may be older)
             np.testing.assert_allclose(got[i][1], scores[i])
+
+
+def _merge_rows_by_lexsort(nbr, scores, next_scores, rows, cand_rows, cand_ids, cand_scores) -> None:
+    """The reference of `merge_rows` (its earlier code): every entry sorted by (row, id) to drop
+    duplicates, then by (row, -score), with two lexsorts."""
+    k = nbr.shape[1]
+    all_rows = np.concatenate([np.repeat(rows, k), cand_rows])
+    all_ids = np.concatenate([nbr[rows].ravel(), cand_ids])
+    all_scores = np.concatenate([scores[rows].ravel(), cand_scores])
+    valid = all_ids != PAD
+    all_rows, all_ids, all_scores = all_rows[valid], all_ids[valid], all_scores[valid]
+    order = np.lexsort((all_ids, all_rows))
+    all_rows, all_ids, all_scores = all_rows[order], all_ids[order], all_scores[order]
+    first = np.ones(len(all_rows), bool)
+    first[1:] = (all_rows[1:] != all_rows[:-1]) | (all_ids[1:] != all_ids[:-1])
+    all_rows, all_ids, all_scores = all_rows[first], all_ids[first], all_scores[first]
+    order = np.lexsort((-all_scores, all_rows))
+    all_rows, all_ids, all_scores = all_rows[order], all_ids[order], all_scores[order]
+    rank = np.arange(len(all_rows)) - np.searchsorted(all_rows, all_rows, side="left")
+    top = rank < k
+    np.maximum.at(next_scores, all_rows[~top], all_scores[~top])
+    nbr[rows], scores[rows] = PAD, -np.inf
+    nbr[all_rows[top], rank[top]] = all_ids[top]
+    scores[all_rows[top], rank[top]] = all_scores[top]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_rows_equals_its_lexsort_reference(seed):
+    """Random lists with holes, candidates that repeat list entries and each other (the forward
+    insertion and the reverse search find the same pair), distinct scores: the same lists, scores and
+    bars as the two-lexsort reference."""
+    from store.graph.incremental import merge_rows
+
+    rng = np.random.default_rng(seed)
+    n, k, n_ids = 500, 12, 3000
+    ids = np.sort(rng.choice(10**9, n_ids, replace=False))
+    score_of = rng.permutation(n_ids * 4)[:n_ids].astype(np.float32) / (n_ids * 4)  # distinct per id
+    nbr = np.stack([rng.choice(ids, k, replace=False) for _ in range(n)])
+    nbr[rng.random((n, k)) < 0.15] = PAD
+    row_shift = rng.random(n).astype(np.float32) * 1e-3  # a row's scores: its own, all distinct
+    scores = np.where(nbr == PAD, -np.inf, score_of[np.searchsorted(ids, nbr)] + row_shift[:, None])
+    scores = scores.astype(np.float32)
+    bars = rng.random(n).astype(np.float32) * 0.1
+    rows = np.sort(rng.choice(n, 300, replace=False))
+    cand_rows = np.sort(rng.choice(rows, 2000))
+    cand_ids = np.where(
+        rng.random(2000) < 0.3, nbr[cand_rows, rng.integers(0, k, 2000)], rng.choice(ids, 2000)
+    )
+    cand_ids = np.where(cand_ids == PAD, ids[0], cand_ids)
+    cand_scores = (score_of[np.searchsorted(ids, cand_ids)] + row_shift[cand_rows]).astype(np.float32)
+    dup = rng.random(2000) < 0.2  # the same pair found twice
+    cand_rows = np.concatenate([cand_rows, cand_rows[dup]])
+    cand_ids = np.concatenate([cand_ids, cand_ids[dup]])
+    cand_scores = np.concatenate([cand_scores, cand_scores[dup]])
+    by_row = np.argsort(cand_rows, kind="stable")
+    cand = (cand_rows[by_row], cand_ids[by_row], cand_scores[by_row])
+    got = (nbr.copy(), scores.copy(), bars.copy())
+    want = (nbr.copy(), scores.copy(), bars.copy())
+    merge_rows(*got, rows, *cand)
+    _merge_rows_by_lexsort(*want, rows, *cand)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (got[0][rows] != nbr[rows]).any(axis=1).mean() > 0.5  # the merge changed most rows

@@ -385,20 +385,28 @@ def merge_rows(
 ) -> None:
     """Merge the lists at ``rows`` (sorted) with their candidates (rows among ``rows``), in place: each
     (row, id) once (the list's entry first), best first, the first ``k`` kept, evicted ones raising the
-    row's bar, holes (PAD) last."""
+    row's bar, holes (PAD) last.
+
+    Duplicates are found without sorting the lists: a candidate already in its row's list is dropped
+    (one row-wise comparison), and only the candidates are sorted by (row, id) to keep each pair once.
+    The merged entries are then ordered by one float64 key, ``row * 4 + (2 - score)`` (scores lie in
+    [-1, 1]; a block of up to 2^22 rows leaves ~2^-30 of resolution), stably: ties keep the list's
+    order. Two int64 lexsorts over every entry took 9x longer (the 10M hour's repair: 207 s)."""
     k = nbr.shape[1]
-    all_rows = np.concatenate([np.repeat(rows, k), cand_rows])
-    all_ids = np.concatenate([nbr[rows].ravel(), cand_ids])
-    all_scores = np.concatenate([scores[rows].ravel(), cand_scores])
+    local = np.searchsorted(rows, cand_rows)  # each candidate's row within the block
+    fresh = ~(nbr[cand_rows] == cand_ids[:, None]).any(axis=1)  # not in its row's list already
+    local, cand_ids, cand_scores = local[fresh], cand_ids[fresh], cand_scores[fresh]
+    order = np.lexsort((cand_ids, local))  # the candidates only: a pair found twice is kept once
+    local, cand_ids, cand_scores = local[order], cand_ids[order], cand_scores[order]
+    first = np.ones(len(local), bool)
+    first[1:] = (local[1:] != local[:-1]) | (cand_ids[1:] != cand_ids[:-1])
+    all_local = np.concatenate([np.repeat(np.arange(len(rows)), k), local[first]])
+    all_ids = np.concatenate([nbr[rows].ravel(), cand_ids[first]])
+    all_scores = np.concatenate([scores[rows].ravel(), cand_scores[first]])
     valid = all_ids != PAD
-    all_rows, all_ids, all_scores = all_rows[valid], all_ids[valid], all_scores[valid]
-    order = np.lexsort((all_ids, all_rows))
-    all_rows, all_ids, all_scores = all_rows[order], all_ids[order], all_scores[order]
-    first = np.ones(len(all_rows), bool)
-    first[1:] = (all_rows[1:] != all_rows[:-1]) | (all_ids[1:] != all_ids[:-1])
-    all_rows, all_ids, all_scores = all_rows[first], all_ids[first], all_scores[first]
-    order = np.lexsort((-all_scores, all_rows))  # by row, best first
-    all_rows, all_ids, all_scores = all_rows[order], all_ids[order], all_scores[order]
+    all_local, all_ids, all_scores = all_local[valid], all_ids[valid], all_scores[valid]
+    order = np.argsort(all_local * 4.0 + (2.0 - all_scores.astype(np.float64)), kind="stable")
+    all_rows, all_ids, all_scores = rows[all_local[order]], all_ids[order], all_scores[order]
     starts = np.searchsorted(all_rows, all_rows, side="left")
     rank = np.arange(len(all_rows)) - starts
     top = rank < k
