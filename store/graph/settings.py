@@ -30,8 +30,9 @@ class GraphSettings(Section):
     # how a build's bulk searches scan the IVF lists (the full build's kNN, the hour's searches and its
     # reverse search): "index" = faiss's own search (CPU or GPU); "join" = each probed list's queries
     # scored against its vectors in one matrix product, exact float scores over the same lists
-    # (store.graph.cell_join; CPU). On the 2-core bench the join was no faster (1M hour: forward search
-    # 10.4 s vs 6.4 s, reverse 12.9 s vs 13.3 s; BENCHMARKS.md "Reverse search"), so index stays the default
+    # (store.graph.cell_join; CPU). 2-core 1M hour: forward search 7.8 s vs 7.6 s, the touched index's
+    # reverse search 7.1 s vs 17.7 s (BENCHMARKS.md "Reverse search"); index stays the default: the default
+    # forward_scan above runs the hour's touched search as a join anyway, full builds are unmeasured
     scan_with: Literal["index", "join"] = "index"
     # -- index choice (see store.graph.index) ------------------------------------------------
     index: Literal["auto", "flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw"] = "auto"  # auto: by N
