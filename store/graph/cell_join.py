@@ -114,7 +114,7 @@ class ListJoin:
     def _map(self, fn, blocks: list) -> list:
         """``fn`` of each block, by ``workers`` threads when there are several: each thread's products
         then run on one BLAS thread (BLAS's own threads on top of ours oversubscribe the cores: the 1M
-        hour's forward scan took 11.6 s so, 7.5 s on one BLAS thread per worker)."""
+        hour's forward scan took 11.6 s that way, 7.5 s on one BLAS thread per worker)."""
         if self.workers > 1 and len(blocks) > 1:
             with (
                 threadpool_limits(limits=1, user_api="blas"),
@@ -232,9 +232,10 @@ class ListJoin:
         return out_s, out_i, reverse
 
     def in_list_order(self, rows: np.ndarray) -> np.ndarray:
-        """``rows`` (target rows) ordered by the inverted list holding each: a block of consecutive
-        queries then probes neighbouring lists, so each list's vectors are gathered by few blocks
-        (a block of scattered queries probes nearly every list). Rows not in any list go last."""
+        """``rows`` (target rows) ordered by the inverted list holding each: the queries of one list go
+        into the same block and probe the same nearest list. List ids are not ordered in space, so a
+        block still probes most lists: 44.6 s against 46.4 s in random order (200k users of the 10M
+        world searched both ways). Rows not in any list go last."""
         if self._cell_of is None:
             cell_of = np.full(len(self.targets), np.iinfo(np.int64).max, np.int64)
             cell_of[self.members] = np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
