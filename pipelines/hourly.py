@@ -60,7 +60,7 @@ from pipelines import sequences as seq
 from pipelines import state as st
 from pipelines.settings import PipelineConfig
 from pipelines.shards import write_shards
-from pipelines.spark import spark_session, write_parquet
+from pipelines.spark import release_idle_heap, spark_session, write_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -234,7 +234,8 @@ def update_sequences(cfg: PipelineConfig, start: datetime, end: datetime, spark=
             manifest["seconds"] = round(time.perf_counter() - t0, 3)
     finally:
         for df in cached:
-            df.unpersist()
+            df.unpersist(blocking=True)
+        release_idle_heap(spark, cfg.spark)  # the encoder and the graph build follow in this host
     log.info(
         "sequences %s: %s",
         stamp(as_of),

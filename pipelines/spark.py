@@ -126,6 +126,15 @@ def spark_session(spark: SparkSettings) -> SparkSession:
     return session
 
 
+def release_idle_heap(session: SparkSession, spark: SparkSettings) -> None:
+    """Give the local driver's unused heap back to the OS now that a job is done: one full GC, after
+    which G1 keeps at most 30 % of the committed heap free (`RETURN_IDLE_HEAP`). The periodic GC alone
+    waits for 10 s without any GC, which the idle JVM's own small allocations can keep postponing (the
+    slow-lane test once saw no fall in 45 s). Under spark-submit the driver is not ours: nothing."""
+    if spark.launcher == "local":
+        session._jvm.java.lang.System.gc()  # type: ignore[union-attr]
+
+
 def spark_schema(schema: pa.Schema) -> StructType:
     """Arrow (contract) schema -> Spark schema, including nullability. The one conversion helper."""
     from pyspark.sql.pandas.types import from_arrow_schema
