@@ -123,6 +123,7 @@ def test_the_estimate_itemised():
     scan = plan(10_000_000, 64, 20, sq8_48, "incremental", 65_536, join_workers=2, join_queries=1_000_000)
     assert scan.peak_bytes - est.peak_bytes == 10_000_000 * 32 + 2 * SEARCH_BLOCK * 48 * JOIN_BYTES_PER_PROBE
     assert 1_375 < join_scratch_bytes(sq8_48, 2, 1_000_000) / MB < 1_385
+    assert "touched_index_mb" not in scan.as_dict() and 1_375 < scan.as_dict()["join_scratch_mb"] < 1_385
     # fewer queries than two blocks: the blocks are smaller
     assert join_scratch_bytes(sq8_48, 2, 1_000) == 1_000 * 48 * JOIN_BYTES_PER_PROBE
     assert join_scratch_bytes(IndexSpec("flat"), 2, 10) == join_scratch_bytes(sq8, 0, 10) == 0

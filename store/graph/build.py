@@ -326,6 +326,7 @@ def build_graph(
         if reason is None:
             # N: the previous graph's users plus the hour's (an upper bound: most of them are known);
             # from the manifest and the window's ids, before any vector is read
+            scan_both_ways = cfg.reverse_search and reverse_in_forward_scan(cfg, prev.spec)
             estimate = plan(
                 prev.n_users + len(window),
                 prev.dim,
@@ -335,7 +336,7 @@ def build_graph(
                 cfg.chunk_rows,
                 cfg.memory_budget_mb,
                 cfg.spare_neighbours,
-                len(window) if cfg.reverse_search and not reverse_in_forward_scan(cfg, prev.spec) else 0,
+                len(window) if cfg.reverse_search and not scan_both_ways else 0,
                 cfg.scan_with == "join",
                 join_workers() if uses_list_join(cfg, prev.spec) else 0,
                 len(window),  # the touched users: the join's queries

@@ -114,8 +114,8 @@ class Estimate:
     block_rows: int  # rows per block of the row-wise passes (graph.chunk_rows, or fewer under a budget)
     centroid_bytes: float = 0.0  # IVF: nlist x D float32
     spare: int = 0  # spare entries per list beyond k (graph.spare_neighbours)
-    # graph.reverse_search's index of the hour's touched users, and a cell join's search scratch
-    touched_bytes: float = 0.0
+    touched_bytes: float = 0.0  # graph.reverse_search_by touched_index: the index of the hour's touched users
+    join_bytes: float = 0.0  # a cell join's search scratch (`join_scratch_bytes`)
 
     @property
     def bytes_per_user(self) -> float:
@@ -124,7 +124,8 @@ class Estimate:
     @property
     def resident_bytes(self) -> float:
         """What no block size changes: FIXED + the centroids + N x per-user bytes."""
-        return FIXED_MB * MB + self.centroid_bytes + self.touched_bytes + self.n_users * self.bytes_per_user
+        extra = self.centroid_bytes + self.touched_bytes + self.join_bytes
+        return FIXED_MB * MB + extra + self.n_users * self.bytes_per_user
 
     @property
     def peak_bytes(self) -> float:
@@ -141,6 +142,7 @@ class Estimate:
             "block_rows": self.block_rows,
             "peak_mb": round(self.peak_bytes / MB, 1),
             **({"touched_index_mb": round(self.touched_bytes / MB, 1)} if self.touched_bytes else {}),
+            **({"join_scratch_mb": round(self.join_bytes / MB, 1)} if self.join_bytes else {}),
         }
 
 
@@ -193,12 +195,11 @@ def plan(
     Raises `MemoryBudgetError` when even the smallest blocks do not fit."""
     parts = per_user(dim, k, spec, mode, spare, list_join=join_workers > 0)
     centroids = 4.0 * spec.nlist * dim if spec.kind in IVF_KINDS else 0.0
-    touched = touched_index_bytes(reverse_touched, dim, reverse_join) + join_scratch_bytes(
-        spec, join_workers, join_queries
-    )
-    est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare, touched)
+    touched = touched_index_bytes(reverse_touched, dim, reverse_join)
+    join = join_scratch_bytes(spec, join_workers, join_queries)
+    est = Estimate(n_users, dim, k, mode, spec.kind, parts, chunk_rows, centroids, spare, touched, join)
     rows = block_rows(budget_mb, est.resident_bytes, dim, k + spare, chunk_rows)
-    est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare, touched)
+    est = Estimate(n_users, dim, k, mode, spec.kind, parts, rows, centroids, spare, touched, join)
     if budget_mb > 0 and est.peak_bytes > budget_mb * MB:
         plus = f"+{spare}" if spare else ""  # spare entries per list
         raise MemoryBudgetError(
