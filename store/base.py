@@ -181,17 +181,29 @@ def check_values(kind: Kind, batch: Batch, meta: ModelMeta | None, limits: Limit
         return
     most = limits.max_neighbours if kind == "neighbours" else limits.max_positives
     setting = "redis.max_neighbours" if kind == "neighbours" else "redis.max_positives"
-    for i in range(len(batch.ids)):
-        v = batch.value(i)
+    if isinstance(batch.values, np.ndarray):  # rows of one size (store.format.encode_neighbour_table)
+        rows = batch.values
+        if not len(rows):
+            return
+        head = rows[:, :4].astype(np.int64)  # version, kind, n (uint16 little-endian)
+        n = head[:, 2] | head[:, 3] << 8
+        bad = (head[:, 0] != FORMAT_VERSION) | (head[:, 1] != NEIGHBOURS) | (n > most)
+        bad |= HEADER_SIZE + 12 * n != rows.shape[1]
+        if not bad.any():
+            return
+        first = int(np.flatnonzero(bad)[0])
+        values: Sequence[bytes] = [rows[first].tobytes()]
+        ids = batch.ids[first : first + 1]
+    else:
+        values, ids = batch.values, batch.ids
+    for uid, v in zip(ids.tolist(), values):
         n = int.from_bytes(v[2:4], "little")
         if v[0] != FORMAT_VERSION or v[1] != NEIGHBOURS:
-            raise _refuse(kind, int(batch.ids[i]), f"is not a list of format version {FORMAT_VERSION}")
+            raise _refuse(kind, uid, f"is not a list of format version {FORMAT_VERSION}")
         if n > most:
-            raise _refuse(kind, int(batch.ids[i]), f"holds {n} entries, over {setting} = {most}")
+            raise _refuse(kind, uid, f"holds {n} entries, over {setting} = {most}")
         if len(v) != HEADER_SIZE + 12 * n:
-            raise _refuse(
-                kind, int(batch.ids[i]), f"is {len(v)} bytes, its header implies {HEADER_SIZE + 12 * n}"
-            )
+            raise _refuse(kind, uid, f"is {len(v)} bytes, its header implies {HEADER_SIZE + 12 * n}")
 
 
 def stored_model(value: object, where: str) -> str:

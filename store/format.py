@@ -14,8 +14,10 @@ then the payload: ``n`` float16 / float32 values; or a float32 scale and ``n`` i
 
 Two paths encode vectors: `encode_vector` (plain, one value with `struct`, the reference) and
 `encode_vectors` (a numpy record array for a whole batch, the fast path used by publish); tests
-check they produce identical bytes. The conditional upsert of every backend (in Redis the Lua script
-of store.scripts) reads only bytes 5-12 (1-based) of a value: the as_of.
+check they produce identical bytes. Neighbour lists likewise: `encode_neighbours` (one list, the
+reference) and `encode_neighbour_table` (a whole (n, k) table, grouped by list length). The
+conditional upsert of every backend (in Redis the Lua script of store.scripts) reads only bytes 5-12
+(1-based) of a value: the as_of.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,6 +227,53 @@ def encode_neighbour_lists(
 ) -> list[bytes]:
     """Many users' lists (ragged allowed) -> one value each."""
     return [encode_neighbours(i, s, as_of, model_version) for i, s in zip(neighbor_ids, scores, strict=True)]
+
+
+# -- neighbour lists: the batch fast path ---------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def neighbours_dtype(k: int) -> np.dtype:
+    """The numpy record layout of one encoded neighbour list of ``k`` entries (header + ids + scores)."""
+    return np.dtype(
+        [
+            ("version", "u1"),
+            ("kind", "u1"),
+            ("n", "<u2"),
+            ("as_of", "<i8"),
+            ("model_id", "<u4"),
+            ("ids", "<i8", (k,)),
+            ("scores", "<f4", (k,)),
+        ]
+    )
+
+
+def encode_neighbour_table(
+    neighbor_ids: np.ndarray, scores: np.ndarray, as_of, model_version: str
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(n, k) neighbour ids and scores, padding -1 dropped -> (positions, uint8 rows) per list length.
+
+    Each yielded ``rows`` is (m, value_size) and row j holds exactly the bytes `encode_neighbours`
+    writes for list ``positions[j]``; lists of equal length share one record array (the fast path of
+    the graph's publish, where nearly every list is full). Kept entries stay in their order.
+    """
+    ids = np.asarray(neighbor_ids, dtype=np.int64)
+    sc = np.asarray(scores, dtype=np.float32)
+    if ids.ndim != 2 or ids.shape != sc.shape:
+        raise ValueError(f"neighbour ids {ids.shape} and scores {sc.shape} must be one (n, k) shape")
+    if ids.shape[1] > 65535:
+        raise ValueError(f"neighbour lists of {ids.shape[1]} entries, over 65535")
+    keep = ids >= 0
+    counts = keep.sum(axis=1)
+    if not keep.all():  # move each row's kept entries to its front, in order (a stable sort of ~keep)
+        front = np.argsort(~keep, axis=1, kind="stable")
+        ids, sc = np.take_along_axis(ids, front, 1), np.take_along_axis(sc, front, 1)
+    stamp, mid = epoch_ms(as_of), model_id(model_version)
+    for k in np.unique(counts).tolist():
+        at = np.flatnonzero(counts == k)
+        rec = np.empty(len(at), dtype=neighbours_dtype(k))
+        rec["version"], rec["kind"], rec["n"] = FORMAT_VERSION, NEIGHBOURS, k
+        rec["as_of"], rec["model_id"] = stamp, mid
+        rec["ids"], rec["scores"] = ids[at, :k], sc[at, :k]
+        yield at, rec.view(np.uint8).reshape(len(at), rec.dtype.itemsize)
 
 
 def decode_neighbours(value: bytes) -> tuple[np.ndarray, np.ndarray, Header]:

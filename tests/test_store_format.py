@@ -71,6 +71,26 @@ def test_neighbour_lists_round_trip_and_ragged():
         fmt.encode_neighbours([1, 2], [0.5], AS_OF, "m")
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_neighbour_table_writes_the_reference_bytes_of_every_list(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 300, int(rng.integers(1, 30))
+    ids = rng.integers(0, 2**62, size=(n, k))
+    ids[rng.random((n, k)) < rng.choice([0.0, 0.05, 0.5])] = -1  # padding anywhere, whole rows too
+    ids[: n // 10] = -1
+    scores = rng.random((n, k)).astype(np.float32)
+    seen = np.zeros(n, int)
+    for at, rows in fmt.encode_neighbour_table(ids, scores, AS_OF, "m-1"):
+        assert rows.dtype == np.uint8 and rows.shape[0] == len(at)
+        for j, i in enumerate(at.tolist()):
+            keep = ids[i] >= 0
+            assert rows[j].tobytes() == fmt.encode_neighbours(ids[i][keep], scores[i][keep], AS_OF, "m-1")
+        seen[at] += 1
+    assert (seen == 1).all()  # every list exactly once
+    with pytest.raises(ValueError, match="one \\(n, k\\) shape"):
+        next(fmt.encode_neighbour_table(ids, scores[:, :-1], AS_OF, "m-1"))
+
+
 def test_bad_values_are_rejected_clearly():
     good = fmt.encode_vector(np.ones(8), AS_OF, "m")
     with pytest.raises(fmt.FormatError, match="shorter"):

@@ -309,6 +309,10 @@ def test_oversized_values_are_refused_by_the_functions_and_before_sending(redis_
         ("vectors", "m1", fmt.encode_vectors(np.ones((1, 8)), 9_000, "m1", "float32"), "float16 vector"),
         ("neighbours", "m1", [big], "over redis.max_neighbours = 1000"),
         ("neighbours", "m1", [over[5][1]], "its header implies"),
+        # the same lists as uint8 rows (store.format.encode_neighbour_table's output) are checked alike
+        ("neighbours", "m1", np.frombuffer(big, np.uint8)[None], "over redis.max_neighbours = 1000"),
+        ("neighbours", "m1", np.frombuffer(over[5][1], np.uint8)[None], "its header implies"),
+        ("neighbours", "m1", np.frombuffer(over[0][1], np.uint8)[None], "not a list of format version"),
         ("positives", None, [big], "over redis.max_positives = 1000"),
     ]:
         with pytest.raises(ValueError, match=why):

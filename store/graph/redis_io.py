@@ -24,7 +24,7 @@ import numpy as np
 from core.layout import HOUR_MS, epoch_ms, utc
 from store.backends import open_store
 from store.base import UpsertCounts, VectorStore, as_ids
-from store.format import decode_neighbours, encode_neighbours
+from store.format import decode_neighbours, encode_neighbour_table, encode_neighbours
 from store.settings import RedisSettings
 
 if TYPE_CHECKING:
@@ -50,12 +50,12 @@ def write_neighbour_lists(
     if store.model_meta(model) is None:  # the vectors were not published (yet): create the namespace
         store.ensure_model(model, dim, redis_settings.dtype, redis_settings.buckets)
     counts = UpsertCounts()
+    stamp = epoch_ms(as_of)
     for lo in range(0, len(user_ids), redis_settings.publish_batch):
         sl = slice(lo, lo + redis_settings.publish_batch)
-        values = [
-            encode_neighbours(i[i >= 0], s[i >= 0], as_of, model) for i, s in zip(nbr_ids[sl], scores[sl])
-        ]
-        counts += store.upsert("neighbours", model, user_ids[sl], values, epoch_ms(as_of))
+        ids = user_ids[sl]
+        for at, rows in encode_neighbour_table(nbr_ids[sl], scores[sl], as_of, model):  # one per length
+            counts += store.upsert("neighbours", model, ids[at], rows, stamp)
     return counts.as_dict()
 
 
