@@ -185,9 +185,9 @@ def check_values(kind: Kind, batch: Batch, meta: ModelMeta | None, limits: Limit
         rows = batch.values
         if not len(rows):
             return
-        head = rows[:, :4].astype(np.int64)  # version, kind, n (uint16 little-endian)
-        n = head[:, 2] | head[:, 3] << 8
-        bad = (head[:, 0] != FORMAT_VERSION) | (head[:, 1] != NEIGHBOURS) | (n > most)
+        lead = rows[:, :4].astype(np.int64)  # version, kind, n (uint16 little-endian)
+        n = lead[:, 2] | lead[:, 3] << 8
+        bad = (lead[:, 0] != FORMAT_VERSION) | (lead[:, 1] != NEIGHBOURS) | (n > most)
         bad |= HEADER_SIZE + 12 * n != rows.shape[1]
         if not bad.any():
             return
