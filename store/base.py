@@ -186,9 +186,9 @@ def check_values(kind: Kind, batch: Batch, meta: ModelMeta | None, limits: Limit
         if not len(rows):
             return
         lead = rows[:, :4].astype(np.int64)  # version, kind, n (uint16 little-endian)
-        n = lead[:, 2] | lead[:, 3] << 8
-        bad = (lead[:, 0] != FORMAT_VERSION) | (lead[:, 1] != NEIGHBOURS) | (n > most)
-        bad |= HEADER_SIZE + 12 * n != rows.shape[1]
+        entries = lead[:, 2] | lead[:, 3] << 8
+        bad = (lead[:, 0] != FORMAT_VERSION) | (lead[:, 1] != NEIGHBOURS) | (entries > most)
+        bad |= HEADER_SIZE + 12 * entries != rows.shape[1]
         if not bad.any():
             return
         first = int(np.flatnonzero(bad)[0])
