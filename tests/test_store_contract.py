@@ -245,3 +245,16 @@ def test_records_written_with_a_ttl_expire(store):
     kept = np.array([v is not None for v in store.get("positives", None, USERS[:10])])
     # Redis expires a whole bucket hash: users sharing a bucket with an expiring user may go too
     assert not kept[:5].any() and kept[5:].sum() >= 1
+
+
+def test_write_order_is_a_permutation_and_redis_groups_it_by_bucket(store):
+    from store.keys import bucket_of
+
+    ids = np.random.default_rng(3).permutation(10_000)[:3_000].astype(np.int64)
+    store.ensure_model("m1", 8, "float16", 64)
+    order = store.write_order("m1", ids)
+    assert np.array_equal(np.sort(order), np.arange(len(ids)))  # every user once: any order is correct
+    if type(store).__name__ == "RedisVectorStore":  # cut into batches, each holds whole buckets
+        assert (np.diff(bucket_of(ids[order], 64)) >= 0).all()
+    else:
+        assert np.array_equal(order, np.arange(len(ids)))
