@@ -168,6 +168,8 @@ def instrumented(meter: PeakMeter) -> Iterator[None]:
         "build_index",
         "update_index",
         "carry_over",
+        "fresh_exact",
+        "carry_exact",
         "calibrate",
         "search_into",
         "search_neighbours",

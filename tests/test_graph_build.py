@@ -152,6 +152,13 @@ def test_incremental_repairs_untouched_lists(settings, planted, research_with):
     repaired, stale = recall_at_k(nbr[untouched], exact), recall_at_k(kept[untouched], exact)
     floor = 0.99 if research_with == "index" else 0.97  # local: 2-hop candidates only
     assert repaired > stale + 0.05 and repaired >= floor, (repaired, stale)
+    # the samples' exact lists came from the previous build, updated by the hour's users alone, and the
+    # recall the manifest reports is what brute force gives on the same sample
+    m = snap.manifest
+    assert m["exact_carried"] > m["exact_searched"] and m["exact_s"] >= 0
+    sample_rows, sample_top = snap.exact_sample().checks(uv)[1]
+    np.testing.assert_array_equal(sample_top, exact_neighbours(uv, sample_rows, 8)[0])
+    assert m["recall_at_k"] == pytest.approx(recall_at_k(nbr[sample_rows], sample_top), abs=1e-5)
 
 
 def test_local_neighbours_rank_the_two_hop_neighbourhood_exactly():

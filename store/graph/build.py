@@ -39,6 +39,7 @@ from core.embeddings import snapshot_times
 from core.forget import DIGEST_KEY, ForgetList
 from core.layout import HOUR, Layout, stamp, utc
 from store.graph.cell_join import ListJoin, bulk_scan, bulk_searcher, concat_pairs, join_workers
+from store.graph.exact_sample import ExactSample, SampleKey, carry_exact, fresh_exact
 from store.graph.incremental import (
     carry_over,
     changed_lists,
@@ -84,6 +85,7 @@ class GraphResult:
     spec: IndexSpec
     changed_rows: np.ndarray  # rows whose lists changed (all rows on a full build)
     stats: dict = field(default_factory=dict)
+    exact: ExactSample | None = None  # the calibration and recall samples' exact lists (exact_sample.py)
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The served lists: the first ``k`` entries of each row (views, no copy)."""
@@ -95,6 +97,11 @@ def width(cfg: GraphSettings) -> int:
     return cfg.k + cfg.spare_neighbours
 
 
+def sample_key(cfg: GraphSettings) -> SampleKey:
+    """What the build's exact sample lists are made for (store.graph.exact_sample)."""
+    return SampleKey(cfg.seed, cfg.calibration_sample, cfg.recall_sample, cfg.k)
+
+
 def build_full(
     uv: UserVectors, cfg: GraphSettings, on_batch: Callable[[int], object] | None = None
 ) -> GraphResult:
@@ -103,8 +110,18 @@ def build_full(
     spec = choose_spec(len(uv), cfg, uv.dim, device=ivf_device)
     index = build_index(uv, spec, cfg)
     tc = time.perf_counter()
+    exact = fresh_exact(uv, sample_key(cfg))
+    te = time.perf_counter()
     spec, tried = calibrate(
-        index, spec, uv, cfg.k, cfg.target_recall, cfg.calibration_sample, cfg.seed, cfg.max_nprobe
+        index,
+        spec,
+        uv,
+        cfg.k,
+        cfg.target_recall,
+        cfg.calibration_sample,
+        cfg.seed,
+        cfg.max_nprobe,
+        sample=exact.checks(uv)[0],
     )
     t1 = time.perf_counter()
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
@@ -116,14 +133,16 @@ def build_full(
     t2 = time.perf_counter()
     stats = {
         "index_s": round(tc - t0, 3),
-        "calibrate_s": round(t1 - tc, 3),
+        "exact_s": round(te - tc, 3),  # the samples' exact lists
+        "calibrate_s": round(t1 - te, 3),
         "search_s": round(t2 - t1, 3),
         "n_touched": len(uv),
         "calibration": tried,
         "search_knob": knob(spec),  # the nprobe / efSearch the lists were searched with
         "scan": bulk_scan(spec, cfg.scan_with),  # graph.scan_with as applied
+        "exact_searched": len(exact.ids),
     }
-    return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats)
+    return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats, exact)
 
 
 def build_incremental(
@@ -146,6 +165,9 @@ def build_incremental(
     nbr, scores, nxt = carry_over(old_ids, old_nbr, old_scores, uv, old_next, width(cfg))
     del old_scores, old_next  # carried over; the previous ids stay to tell which lists changed
     tc = time.perf_counter()
+    # the samples' exact lists: last build's, updated by the hour's users (S x T, not S x N)
+    exact, exact_stats = carry_exact(prev.exact_sample(), uv, new.ids, sample_key(cfg), cfg.chunk_rows)
+    te = time.perf_counter()
     inc_target = min(cfg.target_recall + cfg.incremental_recall_margin, 1.0) if cfg.target_recall > 0 else 0.0
     spec, tried = calibrate(  # the hour's vectors moved: re-check the knob, never below the last one
         index,
@@ -157,6 +179,7 @@ def build_incremental(
         cfg.seed,
         cfg.max_nprobe,
         floor=knob(prev.spec) or 0,
+        sample=exact.checks(uv)[0],
     )
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
@@ -206,7 +229,8 @@ def build_incremental(
     changed = np.union1d(np.union1d(changed, touched), holes)
     stats = {
         "index_s": round(tc - t0, 3),
-        "calibrate_s": round(t1 - tc, 3),
+        "exact_s": round(te - tc, 3),  # the samples' exact lists
+        "calibrate_s": round(t1 - te, 3),
         "search_s": round(t2 - t1, 3),  # of which: forward, reverse, repair below
         "forward_search_s": round(forward_s, 3),
         "repair_s": round(t2 - tr, 3),
@@ -220,11 +244,12 @@ def build_incremental(
         "n_repaired": int(repaired),
         "n_forgotten": n_forgotten,
         "n_relisted": len(holes),
+        **exact_stats,
     }
     stats.update(reverse_stats)  # graph.reverse_search: what the other lists found (store.graph.incremental)
     if cfg.spare_neighbours > 0:  # entries left per list (k + B when full): how fast the spares wear down
         stats["mean_entries"] = round(mean_entries(nbr, cfg.chunk_rows), 3)
-    return GraphResult(uv, nbr, scores, nxt, index, spec, changed, stats)
+    return GraphResult(uv, nbr, scores, nxt, index, spec, changed, stats, exact)
 
 
 def search_into(index, uv: UserVectors, rows: np.ndarray, cfg: GraphSettings, nbr, scores, nxt) -> None:
@@ -271,8 +296,10 @@ def search_both_ways(
 
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:
-    """(recall@k of the built lists against exact search on a seeded sample, sample size)."""
-    return sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed, neighbours=result.top(cfg.k))
+    """(recall@k of the built lists against exact search on the recall sample, sample size)."""
+    check = result.exact.checks(result.uv)[1] if result.exact is not None else None
+    top = result.top(cfg.k)
+    return sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed, neighbours=top, sample=check)
 
 
 def full_reason(
@@ -409,6 +436,7 @@ def build_graph(
             changed_rows=result.changed_rows,
             chunk=chunk,
             k=cfg.k,
+            exact=result.exact,
         )
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
     if cfg.publish_redis if publish_redis is None else publish_redis:
@@ -466,10 +494,12 @@ def write_lists_in_blocks(
     chunk: int = CHUNK_ROWS,
 ) -> dict[str, int]:
     """`write_neighbour_lists` of the lists at ``rows``, gathered ``chunk`` rows at a time (a full build
-    writes every list: one gathered copy of all of them would add ~12k bytes per user to the peak)."""
+    writes every list: one gathered copy of all of them would add ~12k bytes per user to the peak), in
+    the store's write order (Redis: bucket by bucket)."""
     from store.backends import open_store
 
     store = open_store(redis)
+    rows = rows[store.write_order(model_version, uv.ids[rows])]
     total: dict[str, int] = {}
     for lo in range(0, len(rows), chunk):
         r = rows[lo : lo + chunk]

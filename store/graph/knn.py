@@ -115,15 +115,21 @@ def sample_recall(
     seed: int,
     neighbours: tuple[np.ndarray, np.ndarray] | None = None,
     rows_of: np.ndarray | None = None,
+    sample: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, int]:
     """recall@k of the graph on a random sample of users against exact search.
 
     With ``neighbours`` (the graph's stored lists, row-aligned with ``rows_of``) the stored lists are
     checked (this catches staleness after incremental builds); otherwise ``index`` is searched.
+    ``sample``: (rows, their exact top-k ids) to check (store.graph.exact_sample); without it,
+    ``n_sample`` seeded rows are searched exactly here.
     """
-    rng = np.random.default_rng(seed + 7)
-    rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
-    exact_ids, _ = exact_neighbours(uv, rows, k)
+    if sample is None:
+        rng = np.random.default_rng(seed + 7)
+        rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
+        exact_ids, _ = exact_neighbours(uv, rows, k)
+    else:
+        rows, exact_ids = sample
     if neighbours is None:
         approx_ids, _ = search_neighbours(index, uv, rows, k)
     else:

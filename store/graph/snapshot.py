@@ -11,6 +11,8 @@
     spare_ids.npy        (N, B) int64 the spare entries k+1 .. k+B of each list (-1 padded), only when
     spare_scores.npy     (N, B) float32  graph.spare_neighbours B > 0; never served (see below)
     changed_ids.npy      (C,) int64 the users whose lists this build changed (all users on a full build)
+    exact_sample.npz     the calibration and recall samples' exact lists, carried to the next build
+                         (store.graph.exact_sample)
     _SUCCESS             the manifest: N, k, index params, recall@k, build time, model, as_of, mode, accepted
 
 **Spare neighbours.** With ``graph.spare_neighbours`` B > 0 a build keeps k + B entries per list so
@@ -50,6 +52,7 @@ from core.atomic import is_complete, publish_dir, read_marker, write_marker
 from core.contracts import NEIGHBOURS
 from core.forget import DIGEST_KEY, ForgetList
 from core.layout import Layout, snapshot_times, utc
+from store.graph.exact_sample import ExactSample
 from store.graph.index import IndexSpec, load_index, save_index
 from store.graph.knn import PAD, neighbours_from_table, neighbours_table, search_neighbours
 from store.graph.vectors import CHUNK_ROWS, UserVectors
@@ -76,6 +79,7 @@ def write_snapshot(
     changed_rows: np.ndarray | None = None,
     chunk: int = CHUNK_ROWS,
     k: int | None = None,
+    exact: ExactSample | None = None,
 ) -> None:
     """Write the files of a snapshot into ``tmp`` (the caller publishes the directory atomically).
 
@@ -98,6 +102,8 @@ def write_snapshot(
     np.save(tmp / NEXT_FILE, next_scores.astype(np.float32))
     save_index(index, tmp / INDEX_FILE)
     np.save(tmp / CHANGED_FILE, uv.ids if changed_rows is None else uv.ids[changed_rows])
+    if exact is not None:
+        exact.save(tmp)
 
 
 @dataclass
@@ -164,6 +170,10 @@ class GraphSnapshot:
         from store.graph.index import searcher
 
         return searcher(self.index(), self.spec, self.vectors)
+
+    def exact_sample(self) -> ExactSample | None:
+        """The calibration and recall samples' exact lists at this snapshot (None for older ones)."""
+        return ExactSample.load(self.path)
 
     def changed_ids(self) -> np.ndarray:
         """The users whose lists this build changed (every user for snapshots older than the file)."""
@@ -269,6 +279,7 @@ def scrub_snapshot(
             snap.as_of,
             changed_rows=out.positions(changed),
             k=snap.k,
+            exact=snap.exact_sample(),  # the next build drops the forgotten users from it
         )
     return {"users": int(gone_rows.sum()), "relisted": relisted, "rewritten": True}
 

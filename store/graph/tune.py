@@ -82,18 +82,23 @@ def calibrate(
     seed: int,
     limit: int,
     floor: int = 0,
+    sample: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[IndexSpec, list[dict]]:
     """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried), applied
     to ``index``; ladder values below ``floor`` are not tried. Raises `RecallUnreachable` early when
-    the target is out of reach (see module doc)."""
+    the target is out of reach (see module doc). ``sample``: (rows, their exact top-k ids) to measure
+    on (store.graph.exact_sample); without it, ``n_sample`` seeded rows are searched exactly here."""
     if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:
         return spec, []
     name, ladder = LADDERS[spec.kind]
     cap = min(limit, spec.nlist) if name == "nprobe" else limit
     steps = [v for v in ladder if min(floor, cap) <= v <= cap] or [cap]
-    rng = np.random.default_rng(seed + 13)  # not the seed of the reported recall sample
-    rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
-    exact, _ = exact_neighbours(uv, rows, k)
+    if sample is None:
+        rng = np.random.default_rng(seed + 13)  # not the seed of the reported recall sample
+        rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
+        exact, _ = exact_neighbours(uv, rows, k)
+    else:
+        rows, exact = sample
     tried = []
     chosen = _with_knob(spec, name, steps[-1])
     for value in steps:
