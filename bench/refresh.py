@@ -1,11 +1,13 @@
 """One hourly refresh at production shape: N known users, a share of them active in the hour.
 
     python -m bench.refresh [--quick | --size default|all-active] [--known N [--active M]]
-                            [--data-dir DIR] [--airflow]
+                            [--hours H] [--data-dir DIR] [--airflow]
 
 Sizes (known users / active in the hour): ``--quick`` 100k / 10k; the default 10M / 1M;
 ``--size all-active`` 1M / 1M (every known user active: the graph is rebuilt in full).
-``--known N`` (active 10 % unless ``--active``) gives the points of the scaling table.
+``--known N`` (active 10 % unless ``--active``) gives the points of the scaling table. ``--hours H``
+runs H hours in a row (another draw of active users each; the first is the headline, the others are
+summarised in ``later_hours``).
 
 The world (`bench.world`, built once and cached under ``--data-dir``, keyed by every parameter): a
 model trained on the same synthetic catalogue, every known user's history as the state snapshot, the
@@ -136,48 +138,72 @@ def add_exact_sample(data: Path, model: str, say=print) -> float | None:
     return seconds
 
 
-def run_hour(world, work: Path, say=print) -> dict:
-    """The measured hour on a checkout of ``world``: per-stage seconds, core-seconds and peak RSS."""
+def run_hour(world, work: Path, say=print, hours: int = 1) -> dict:
+    """The measured hour on a checkout of ``world``: per-stage seconds, core-seconds and peak RSS.
+    With ``hours`` > 1 the hours after it run in a row on the same data and Redis (``later_hours``:
+    each one's summary), as an hourly deployment runs them."""
     from bench.world import T0, settings_for
     from core.layout import HOUR
-    from soe.flows import hourly
-    from soe.flows.checks import GenerationRejected
     from store import local_server
 
     exact_added_s = add_exact_sample(world.data, world.model, say)
-    data = world.checkout(work)
+    data = world.checkout(work, hours)
     respared_s = respare(data, world.model, say)
     t0 = time.perf_counter()
     server = world.start_redis(work)
     load_s = time.perf_counter() - t0
     meter = StageMeter(exclude=tuple(server.pids))
-    per_stage: dict[str, dict] = {}
     try:
         s = settings_for(data, server, world.shape.known_users)
-
-        def on_stage(r: dict) -> None:
-            use = meter.mark()
-            acc = per_stage.setdefault(r["stage"], {"seconds": 0.0, "core_s": 0.0, "peak_rss_mb": 0.0})
-            acc["seconds"] = round(acc["seconds"] + (r.get("seconds") or 0.0), 2)
-            acc["core_s"] = round(acc["core_s"] + use["core_s"], 2)
-            acc["peak_rss_mb"] = max(acc["peak_rss_mb"], use["peak_rss_mb"])
-            acc.update({k: r[k] for k in GRAPH_DETAIL + ("active_users", "phase_seconds") if k in r})
-            say(
-                f"  {r['stage']:<14} {r.get('seconds') or 0:8.2f} s  {use['core_s']:8.1f} core-s"
-                f"  {use['peak_rss_mb']:8.0f} MB"
-            )
-
-        t0 = time.perf_counter()
-        rejected = None
-        try:
-            hourly.run_interval(s, T0, T0 + HOUR, model=world.model, on_stage=on_stage)
-        except GenerationRejected as exc:  # still a measurement: every stage ran, the hour is not done
-            rejected = str(exc)
-        total_s = time.perf_counter() - t0
+        measured = []
+        for h in range(hours):
+            if h:
+                say(f"hour {h}")
+            measured.append(measure_hour(s, world.model, T0 + h * HOUR, meter, say))
         redis_mb = server.client().info("memory")["used_memory"] / 2**20
     finally:
         meter.close()
         local_server.stop(work / "redis")
+    first = measured[0]
+    return {
+        **first,
+        "later_hours": [later_summary(m) for m in measured[1:]] if hours > 1 else None,
+        "redis_load_s": round(load_s, 2),
+        "previous_graph_rebuilt_s": respared_s,
+        "previous_exact_sample_added_s": exact_added_s,
+        "redis_used_mb": round(redis_mb, 1),
+        "settings": s,
+    }
+
+
+def measure_hour(s, model: str, start, meter: StageMeter, say=print) -> dict:
+    """One hour ``[start, start + 1h)`` through `run_interval`, each stage metered."""
+    from core.layout import HOUR
+    from soe.flows import hourly
+    from soe.flows.checks import GenerationRejected
+
+    per_stage: dict[str, dict] = {}
+
+    def on_stage(r: dict) -> None:
+        use = meter.mark()
+        acc = per_stage.setdefault(r["stage"], {"seconds": 0.0, "core_s": 0.0, "peak_rss_mb": 0.0})
+        acc["seconds"] = round(acc["seconds"] + (r.get("seconds") or 0.0), 2)
+        acc["core_s"] = round(acc["core_s"] + use["core_s"], 2)
+        acc["peak_rss_mb"] = max(acc["peak_rss_mb"], use["peak_rss_mb"])
+        acc.update({k: r[k] for k in GRAPH_DETAIL + ("active_users", "phase_seconds") if k in r})
+        say(
+            f"  {r['stage']:<14} {r.get('seconds') or 0:8.2f} s  {use['core_s']:8.1f} core-s"
+            f"  {use['peak_rss_mb']:8.0f} MB"
+        )
+
+    meter.mark()  # the hour starts here (not at the previous hour's last stage)
+    t0 = time.perf_counter()
+    rejected = None
+    try:
+        hourly.run_interval(s, start, start + HOUR, model=model, on_stage=on_stage)
+    except GenerationRejected as exc:  # still a measurement: every stage ran, the hour is not done
+        rejected = str(exc)
+    total_s = time.perf_counter() - t0
     graph = per_stage.get("graph", {})
     return {
         "total_s": round(total_s, 2),
@@ -190,11 +216,15 @@ def run_hour(world, work: Path, say=print) -> dict:
         "graph_detail": {k: graph[k] for k in GRAPH_DETAIL if k in graph},
         "sequences_phases": per_stage.get("sequences", {}).get("phase_seconds"),  # pipelines.hourly
         "stages": per_stage,
-        "redis_load_s": round(load_s, 2),
-        "previous_graph_rebuilt_s": respared_s,
-        "previous_exact_sample_added_s": exact_added_s,
-        "redis_used_mb": round(redis_mb, 1),
-        "settings": s,
+    }
+
+
+def later_summary(m: dict) -> dict:
+    """What a later hour reports: its total, validation, recall and stage seconds."""
+    keep = ("total_s", "validated", "rejected", "active_users", "graph_recall", "graph_mode", "graph_detail")
+    return {
+        **{k: m[k] for k in keep},
+        **{f"{k}_s": m["stages"][k]["seconds"] for k in STAGES if k in m["stages"]},
     }
 
 
@@ -207,6 +237,7 @@ def main() -> None:
             p.add_argument("--active", type=int, default=None, help="active users (default: 10 %% of known)"),
             p.add_argument("--data-dir", type=Path, default=Path("data/bench"), help="the world cache"),
             p.add_argument("--airflow", action="store_true", help="rerun the hour through airflow dags test"),
+            p.add_argument("--hours", type=int, default=1, help="hours in a row (the first is the headline)"),
         ),
     )
     from bench.world import T0, prepare_world, shape_for
@@ -220,7 +251,7 @@ def main() -> None:
     print(f"world {shape.label} ready in {setup_s:.1f} s (cached: {world.root})", flush=True)
     work = Path(tempfile.mkdtemp(prefix="soe-bench-refresh-", dir=world.root.parent))
     try:
-        hour = run_hour(world, work)
+        hour = run_hour(world, work, hours=args.hours)
         settings = hour.pop("settings")
         stages = hour.pop("stages")
         target = TARGET_S.get(size) if args.known is None and args.active is None else None

@@ -151,14 +151,17 @@ def history(shape: WorldShape, offset: int, users: int, as_of: datetime, max_len
     return sequences_of(log.events, as_of, max_len), log.users
 
 
-def hour_events(shape: WorldShape, offset: int, users: int, start: datetime, active: int) -> pa.Table:
-    """The events of ``active`` of the slice's users in [start, start + 1h) (the same planted users)."""
+def hour_events(
+    shape: WorldShape, offset: int, users: int, start: datetime, active: int, draw: int = 0
+) -> pa.Table:
+    """The events of ``active`` of the slice's users in [start, start + 1h) (the same planted users);
+    ``draw`` > 0 picks another set of active users (the hours after the first)."""
     from core.datasets.synthetic import generate
 
     log = generate(
         _config(shape, offset, users, hours=1, start=str(start), base_events_per_user=shape.hour_events)
     )
-    rng = np.random.default_rng([shape.seed, offset, 7])
+    rng = np.random.default_rng([shape.seed, offset, 7, *([draw] if draw else [])])
     chosen = log.users["user_id"].to_numpy()[rng.choice(users, size=active, replace=False)]
     return log.events.filter(pc.is_in(log.events["user_id"], pa.array(chosen)))
 
@@ -184,33 +187,42 @@ class World:
         """The measured hour's event partition for this shape's active users (one per active count)."""
         return self.root / "hours" / f"active={self.shape.active_users}"
 
+    def hour_at(self, h: int) -> Path:
+        """The events of the measured hour ``h`` (0 = the first, `hour`): another draw of active users
+        each, the hour's events starting at T0 + h."""
+        return self.hour if h == 0 else self.root / "hours" / f"active={self.shape.active_users}-hour={h}"
+
     @property
     def hour_events(self) -> int:
         return int(read_marker(self.hour)["rows"])
 
-    def ensure_hour(self, say: Callable[[str], None] = print) -> None:
-        """Generate the hour's events of ``active_users`` of the known users, once per active count."""
-        if is_complete(self.hour):
+    def ensure_hour(self, say: Callable[[str], None] = print, h: int = 0) -> None:
+        """Generate hour ``h``'s events of ``active_users`` of the known users, once per active count."""
+        path = self.hour_at(h)
+        if is_complete(path):
             return
         shape, share = self.shape, self.shape.active_users / self.shape.known_users
         manifest: dict = {"contract": "event/1"}
-        with publish_dir(self.hour, manifest) as tmp:
+        with publish_dir(path, manifest) as tmp:
             rows = 0
             for i, first, users in _slices(shape):
                 active = min(users, round(share * (first + users)) - round(share * first))
-                part = hour_events(shape, first, users, T0, active)
+                part = hour_events(shape, first, users, T0 + h * HOUR, active, draw=h)
                 pq.write_table(part, tmp / f"part-{i:05d}.parquet")
                 rows += part.num_rows
             manifest["rows"] = rows
-        say(f"world {shape.label}: {rows:,} events in the measured hour")
+        say(f"world {shape.label}: {rows:,} events in measured hour {h}")
 
-    def checkout(self, work: Path) -> Path:
-        """A run's own copy of the data (hard links), the hour's events linked in; Redis: `start_redis`."""
+    def checkout(self, work: Path, hours: int = 1) -> Path:
+        """A run's own copy of the data (hard links), the measured hours' events linked in; Redis:
+        `start_redis`."""
         target = work / "data"
         subprocess.run(["cp", "-al", str(self.data), str(target)], check=True)
-        partition = Layout(target).event_partition(T0)
-        partition.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-al", str(self.hour), str(partition)], check=True)
+        for h in range(hours):
+            self.ensure_hour(h=h)
+            partition = Layout(target).event_partition(T0 + h * HOUR)
+            partition.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-al", str(self.hour_at(h)), str(partition)], check=True)
         return target
 
     def start_redis(self, work: Path):

@@ -35,3 +35,18 @@ def test_the_hour_comes_from_the_chosen_share_of_the_same_users():
     assert min(users) >= USER_ID_BASE + 1_000 and max(users) < USER_ID_BASE + 2_000
     ts = events["ts"].cast("int64").to_numpy()
     assert ts.min() >= T0.timestamp() * 1000 and ts.max() < T0.timestamp() * 1000 + 3_600_000
+
+
+def test_a_later_hour_draws_other_active_users_of_the_same_world():
+    from core.layout import HOUR
+
+    shape = WorldShape(known_users=2_000, active_users=200, n_items=1_000, n_clusters=5, slice_users=1_000)
+    first = set(hour_events(shape, 0, 1_000, T0, 100)["user_id"].to_pylist())
+    assert first == set(hour_events(shape, 0, 1_000, T0, 100)["user_id"].to_pylist())  # cached hours stay
+    later = hour_events(shape, 0, 1_000, T0 + 2 * HOUR, 100, draw=2)
+    users = set(later["user_id"].to_pylist())
+    assert 90 <= len(users) <= 100 and max(users) < USER_ID_BASE + 1_000
+    assert len(users & first) < 40  # another draw: ~10 % of them active in both hours
+    ts = later["ts"].cast("int64").to_numpy()
+    start = (T0 + 2 * HOUR).timestamp() * 1000
+    assert ts.min() >= start and ts.max() < start + 3_600_000
