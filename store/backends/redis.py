@@ -237,7 +237,7 @@ class RedisVectorStore(VectorStore):
     def write_order(self, model: str | None, user_ids) -> np.ndarray:
         """By bucket, so that each batch holds whole buckets: one HMGET and one HSET per bucket. Cut in
         id order, every batch touches most buckets for a user or two each (10M users in 156k buckets:
-        the 9M lists of an hour took 159 s, mostly per-bucket calls on the server)."""
+        the 9M lists of an hour took 159 s that way, 87-92 s in this order)."""
         meta = None if model is None else self.model_meta(model)
         buckets = meta.buckets if meta is not None else self.settings.buckets
         return np.argsort(bucket_of(as_ids(user_ids), buckets), kind="stable")

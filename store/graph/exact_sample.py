@@ -2,9 +2,9 @@
 
 Every build compares the graph with exact search on samples of users: calibration (``graph.
 calibration_sample``) picks the knob on one, the recall check (``graph.recall_sample``) reports on
-another. Brute force costs S x N x D per sample: at 10M users, 1,000 users each, ~45 s apiece on 2 cores,
-most of what an incremental hour spends outside its own search. An hour moves only the touched users'
-vectors, so last hour's exact lists stay exact apart from the touched users:
+another. Brute force costs S x N x D per sample: at 10M users, 1,000 users each, ~20 s apiece on 2
+cores, and the 10M hour's calibration took 49-78 s in all. An hour moves only the touched users'
+vectors, so last hour's exact lists stay exact apart from the touched users (10M: 18 s for both):
 
 * **The samples** are the users with the smallest ``splitmix64(id ^ salt)`` (one salt per sample):
   unbiased (the hash ignores the vectors) and stable from hour to hour; new users may enter a sample,
