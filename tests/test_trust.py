@@ -125,6 +125,9 @@ def test_the_same_hour_then_passes_and_is_served(world):
     out = hourly.run_interval(s, H[0] - HOUR, H[0])
     view = reader_view(s, H[0])
     assert view["graphs"][-1] == H[0] and view["found"].all()
+    # the run manifest says the graph was accepted where it was, never the build's unaccepted flag
+    assert out["stages"]["publish_graph"]["graph_accepted"] is True
+    assert "accepted" not in out["stages"]["graph"]
     assert out["stages"]["validate"]["ok"] and {c["name"] for c in out["stages"]["validate"]["checks"]} == {
         "coverage",
         "norms",

@@ -180,7 +180,9 @@ def graph(settings, model: str, as_of: datetime) -> dict[str, Any]:
         except RecallUnreachable as exc:  # calibration's early verdict: no setting reaches the target
             report = GenerationReport([Check("recall", False, None, t.min_graph_recall, str(exc))])
         else:
-            out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "seconds"})
+            # not the snapshot's build-time "accepted" (always false here): publish_graph reports acceptance
+            skip = ("seconds", "accepted")
+            out.update({k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k not in skip})
             report = judge_graph(t, m.get("recall_at_k"))
         out.update(report.as_dict())
     reject_if_failed(settings, model, as_of, report)
@@ -195,7 +197,7 @@ def publish_graph(
     with timed({"stage": "publish_graph"}) as out:
         out["lists"] = stages.publish_lists(settings, model, as_of)["lists"]
         out["positives_users"] = stages.publish_recent_positives(settings, as_of).get("users")
-        stages.accept_graph(settings, model, as_of)
+        out["graph_accepted"] = bool(stages.accept_graph(settings, model, as_of)["accepted"])
         expected = stages.active_user_ids(settings, as_of) if expected_ids is None else expected_ids
         sample_n = min(settings.orchestration.lookup_sample, len(np.unique(expected)))
         rng = np.random.default_rng(int(utc(as_of).timestamp()))
