@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.graph.exact_sample import ExactSample, SampleKey, carry_exact, fresh_exact, sample_ids
+from store.graph.exact_sample import (
+    CALIBRATION_SALT,
+    RECALL_SALT,
+    ExactSample,
+    SampleKey,
+    carry_exact,
+    fresh_exact,
+    sample_ids,
+)
 from store.graph.knn import exact_neighbours
 from store.graph.vectors import UserVectors
 
@@ -47,7 +55,9 @@ def test_carried_lists_equal_brute_force_hour_after_hour(seed, tmp_path):
         )
         carried += stats["exact_carried"]
         assert stats["exact_carried"] + stats["exact_searched"] == len(exact.ids)
-        assert np.array_equal(exact.ids, np.union1d(*key.samples(uv)))
+        ids, in_cal, in_rec = key.members(uv)
+        assert np.array_equal(exact.ids, ids)
+        assert np.array_equal(exact.in_calibration, in_cal) and np.array_equal(exact.in_recall, in_rec)
         ref_ids, ref_scores = exact_neighbours(uv, uv.positions(exact.ids), key.k)
         np.testing.assert_array_equal(exact.nbr_ids[:, : key.k], ref_ids, err_msg=f"hour {hour}")
         np.testing.assert_allclose(exact.scores[:, : key.k], ref_scores, atol=1e-6)
@@ -58,7 +68,9 @@ def test_carried_lists_equal_brute_force_hour_after_hour(seed, tmp_path):
         for i in range(len(exact.ids)):
             outside = np.setdiff1d(np.arange(len(uv)), uv.positions(exact.nbr_ids[i][listed[i]]))
             assert sims[i, outside].max(initial=-np.inf) <= exact.cut[i] + 1e-6
-        for rows, top in exact.checks(uv):  # the two samples: rows and their exact top k
+        checks = exact.checks(uv)  # the two samples: rows and their exact top k
+        for (rows, top), size, salt in zip(checks, (150, 100), (CALIBRATION_SALT, RECALL_SALT), strict=True):
+            assert np.array_equal(uv.ids[rows], sample_ids(uv.ids, size, seed + salt))
             np.testing.assert_array_equal(top, exact_neighbours(uv, rows, key.k)[0])
     assert carried > 0.5 * 8 * len(exact.ids)  # most rows came from the previous hour, not brute force
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from store.graph.exact_sample import CALIBRATION_SALT, exact_check
 from store.graph.index import build_index, choose_spec
 from store.graph.settings import GraphSettings
 from store.graph.tune import RecallUnreachable, calibrate, knob, unreachable
@@ -32,13 +33,18 @@ def vectors(n: int, dim: int, clusters: int | None, seed: int = 0) -> UserVector
 CFG = GraphSettings(index="ivf", ivf_nlist=400, target_recall=0.95, calibration_sample=300, max_nprobe=32)
 
 
+def check_of(uv):
+    """The calibration sample (300 users) and their exact top 20."""
+    return exact_check(uv, CFG.calibration_sample, CALIBRATION_SALT, 20)
+
+
 def test_uniform_vectors_get_an_early_verdict():
     uv = vectors(20_000, 32, None)
     spec = choose_spec(len(uv), CFG, uv.dim)
     index = build_index(uv, spec, CFG)
     t0 = time.perf_counter()
     with pytest.raises(RecallUnreachable, match=r"cannot reach 0\.95") as exc:
-        calibrate(index, spec, uv, 20, CFG.target_recall, CFG.calibration_sample, 0, CFG.max_nprobe)
+        calibrate(index, spec, uv, check_of(uv), CFG.target_recall, CFG.max_nprobe)
     assert "nprobe" in str(exc.value) and time.perf_counter() - t0 < 60
 
 
@@ -46,9 +52,7 @@ def test_clustered_vectors_reach_the_target():
     uv = vectors(20_000, 32, 40)
     spec = choose_spec(len(uv), CFG, uv.dim)
     index = build_index(uv, spec, CFG)
-    chosen, tried = calibrate(
-        index, spec, uv, 20, CFG.target_recall, CFG.calibration_sample, 0, CFG.max_nprobe
-    )
+    chosen, tried = calibrate(index, spec, uv, check_of(uv), CFG.target_recall, CFG.max_nprobe)
     assert tried[-1]["recall"] >= 0.95 and chosen.nprobe == tried[-1]["nprobe"]
 
 
@@ -64,6 +68,6 @@ def test_a_floor_keeps_the_knob_from_going_down():
     uv = vectors(20_000, 32, 40)
     spec = choose_spec(len(uv), CFG, uv.dim)
     index = build_index(uv, spec, CFG)
-    chosen, tried = calibrate(index, spec, uv, 20, 0.5, CFG.calibration_sample, 0, CFG.max_nprobe, floor=16)
+    chosen, tried = calibrate(index, spec, uv, check_of(uv), 0.5, CFG.max_nprobe, floor=16)
     assert [t["nprobe"] for t in tried] == [16] and chosen.nprobe == 16  # 4 and 8 would do, not tried
     assert knob(chosen) == 16 and knob(replace(spec, kind="flat")) is None

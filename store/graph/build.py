@@ -60,7 +60,7 @@ from store.graph.index import (
     choose_spec,
     num_gpus,
 )
-from store.graph.knn import drop_self, sample_recall, search_neighbours
+from store.graph.knn import drop_self, recall_at_k, search_neighbours
 from store.graph.memory import Estimate, plan
 from store.graph.redis_io import write_neighbour_lists
 from store.graph.settings import GraphSettings
@@ -84,8 +84,8 @@ class GraphResult:
     index: object  # CPU faiss index
     spec: IndexSpec
     changed_rows: np.ndarray  # rows whose lists changed (all rows on a full build)
+    exact: ExactSample  # the calibration and recall samples' exact lists (store.graph.exact_sample)
     stats: dict = field(default_factory=dict)
-    exact: ExactSample | None = None  # the calibration and recall samples' exact lists (exact_sample.py)
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The served lists: the first ``k`` entries of each row (views, no copy)."""
@@ -112,17 +112,7 @@ def build_full(
     tc = time.perf_counter()
     exact = fresh_exact(uv, sample_key(cfg))
     te = time.perf_counter()
-    spec, tried = calibrate(
-        index,
-        spec,
-        uv,
-        cfg.k,
-        cfg.target_recall,
-        cfg.calibration_sample,
-        cfg.seed,
-        cfg.max_nprobe,
-        sample=exact.checks(uv)[0],
-    )
+    spec, tried = calibrate(index, spec, uv, exact.checks(uv)[0], cfg.target_recall, cfg.max_nprobe)
     t1 = time.perf_counter()
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
     search_index = bulk_searcher(index, spec, uv, cfg.scan_with, device)
@@ -142,7 +132,7 @@ def build_full(
         "scan": bulk_scan(spec, cfg.scan_with),  # graph.scan_with as applied
         "exact_searched": len(exact.ids),
     }
-    return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), stats, exact)
+    return GraphResult(uv, nbr, scores, nxt, index, spec, np.arange(len(uv)), exact, stats)
 
 
 def build_incremental(
@@ -170,16 +160,7 @@ def build_incremental(
     te = time.perf_counter()
     inc_target = min(cfg.target_recall + cfg.incremental_recall_margin, 1.0) if cfg.target_recall > 0 else 0.0
     spec, tried = calibrate(  # the hour's vectors moved: re-check the knob, never below the last one
-        index,
-        prev.spec,
-        uv,
-        cfg.k,
-        inc_target,
-        cfg.calibration_sample,
-        cfg.seed,
-        cfg.max_nprobe,
-        floor=knob(prev.spec) or 0,
-        sample=exact.checks(uv)[0],
+        index, prev.spec, uv, exact.checks(uv)[0], inc_target, cfg.max_nprobe, floor=knob(prev.spec) or 0
     )
     t1 = time.perf_counter()
     touched = uv.positions(new.ids)
@@ -249,7 +230,7 @@ def build_incremental(
     stats.update(reverse_stats)  # graph.reverse_search: what the other lists found (store.graph.incremental)
     if cfg.spare_neighbours > 0:  # entries left per list (k + B when full): how fast the spares wear down
         stats["mean_entries"] = round(mean_entries(nbr, cfg.chunk_rows), 3)
-    return GraphResult(uv, nbr, scores, nxt, index, spec, changed, stats, exact)
+    return GraphResult(uv, nbr, scores, nxt, index, spec, changed, exact, stats)
 
 
 def search_into(index, uv: UserVectors, rows: np.ndarray, cfg: GraphSettings, nbr, scores, nxt) -> None:
@@ -297,9 +278,8 @@ def search_both_ways(
 
 def measured_recall(result: GraphResult, cfg: GraphSettings) -> tuple[float, int]:
     """(recall@k of the built lists against exact search on the recall sample, sample size)."""
-    check = result.exact.checks(result.uv)[1] if result.exact is not None else None
-    top = result.top(cfg.k)
-    return sample_recall(None, result.uv, cfg.k, cfg.recall_sample, cfg.seed, neighbours=top, sample=check)
+    rows, exact = result.exact.checks(result.uv)[1]
+    return recall_at_k(result.top(cfg.k)[0][rows], exact), len(rows)
 
 
 def full_reason(

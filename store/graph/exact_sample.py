@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from core.hashing import splitmix64
-from store.graph.knn import PAD, exact_neighbours
+from store.graph.knn import PAD, exact_neighbours, exact_top
 from store.graph.vectors import UserVectors
 
 EXACT_FILE = "exact_sample.npz"
@@ -52,12 +52,13 @@ class SampleKey(NamedTuple):
         """Entries kept per list: 2k (with ~10 % of users touched an hour, k or more stay exact)."""
         return 2 * self.k
 
-    def samples(self, uv: UserVectors) -> tuple[np.ndarray, np.ndarray]:
-        """(calibration sample ids, recall sample ids) among ``uv``'s users."""
-        return (
-            sample_ids(uv.ids, self.calibration, self.seed + CALIBRATION_SALT),
-            sample_ids(uv.ids, self.recall, self.seed + RECALL_SALT),
-        )
+    def members(self, uv: UserVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both samples among ``uv``'s users, hashed once a build: (their union's ids (M,) sorted, which
+        of them are in the calibration sample (M,) bool, which in the recall sample (M,) bool)."""
+        cal = sample_ids(uv.ids, self.calibration, self.seed + CALIBRATION_SALT)
+        rec = sample_ids(uv.ids, self.recall, self.seed + RECALL_SALT)
+        ids = np.union1d(cal, rec)
+        return ids, np.isin(ids, cal), np.isin(ids, rec)
 
 
 @dataclass
@@ -68,21 +69,23 @@ class ExactSample:
     nbr_ids: np.ndarray  # (M, depth) int64 exact neighbours, best first, PAD after the list's end
     scores: np.ndarray  # (M, depth) float32, -inf after the list's end
     cut: np.ndarray  # (M,) float32: every user not in the row's list scores at most this
+    in_calibration: np.ndarray  # (M,) bool: the row's user is in the calibration sample
+    in_recall: np.ndarray  # (M,) bool: ... in the recall sample
     key: SampleKey  # what it was made for
 
     def checks(self, uv: UserVectors) -> tuple[Check, Check]:
         """The calibration and recall samples, each as (rows in ``uv``, exact top-k ids (n, k))."""
         cal, rec = (
-            (uv.positions(ids), self.nbr_ids[np.searchsorted(self.ids, ids), : self.key.k])
-            for ids in self.key.samples(uv)
+            (uv.positions(self.ids[m]), self.nbr_ids[m, : self.key.k])
+            for m in (self.in_calibration, self.in_recall)
         )
         return cal, rec
 
     def save(self, path: Path) -> None:
-        key = np.array(self.key, np.int64)
-        np.savez(
-            path / EXACT_FILE, ids=self.ids, nbr_ids=self.nbr_ids, scores=self.scores, cut=self.cut, key=key
-        )
+        arrays = {
+            f: getattr(self, f) for f in ("ids", "nbr_ids", "scores", "cut", "in_calibration", "in_recall")
+        }
+        np.savez(path / EXACT_FILE, **arrays, key=np.array(self.key, np.int64))
 
     @classmethod
     def load(cls, path: Path) -> ExactSample | None:
@@ -92,7 +95,9 @@ class ExactSample:
             return None
         with np.load(file) as z:
             key = SampleKey(*(int(v) for v in z["key"]))
-            return cls(z["ids"], z["nbr_ids"], z["scores"], z["cut"], key)
+            return cls(
+                z["ids"], z["nbr_ids"], z["scores"], z["cut"], z["in_calibration"], z["in_recall"], key
+            )
 
 
 def sample_ids(ids: np.ndarray, size: int, salt: int) -> np.ndarray:
@@ -109,10 +114,17 @@ def exact_lists(uv: UserVectors, rows: np.ndarray, width: int) -> tuple[np.ndarr
     return ids, scores, scores[:, -1].copy()
 
 
+def exact_check(uv: UserVectors, size: int, salt: int, k: int) -> Check:
+    """A one-off sample (not carried): the ``size`` users of ``uv`` with the smallest hashes, with their
+    exact top k (the touched users' own index calibrates on it)."""
+    rows = uv.positions(sample_ids(uv.ids, size, salt))
+    return rows, exact_neighbours(uv, rows, k)[0]
+
+
 def fresh_exact(uv: UserVectors, key: SampleKey) -> ExactSample:
     """Both samples' lists by brute force (a full build, or no usable previous lists)."""
-    ids = np.union1d(*key.samples(uv))
-    return ExactSample(ids, *exact_lists(uv, uv.positions(ids), key.depth), key)
+    ids, in_cal, in_rec = key.members(uv)
+    return ExactSample(ids, *exact_lists(uv, uv.positions(ids), key.depth), in_cal, in_rec, key)
 
 
 def carry_exact(
@@ -124,10 +136,13 @@ def carry_exact(
     ``uv``: this build's vectors; ``touched_ids``: the users whose vectors changed or are new since
     ``prev`` (users of ``prev`` missing from ``uv`` were forgotten). ``block``: touched users scored per
     brute-force call (its scratch memory: block x D floats)."""
-    ids = np.union1d(*key.samples(uv))
+    ids, in_cal, in_rec = key.members(uv)
     if prev is None or prev.key != key or not len(ids):
-        out = fresh_exact(uv, key)
-        return out, {"exact_carried": 0, "exact_searched": len(out.ids)}
+        nbr, scores, cut = exact_lists(uv, uv.positions(ids), key.depth)
+        return ExactSample(ids, nbr, scores, cut, in_cal, in_rec, key), {
+            "exact_carried": 0,
+            "exact_searched": len(ids),
+        }
     t_rows = uv.positions(touched_ids)
     t_rows = t_rows[t_rows >= 0]
     at = np.minimum(np.searchsorted(prev.ids, ids), len(prev.ids) - 1)
@@ -163,19 +178,7 @@ def carry_exact(
     if len(search):
         nbr[search], scores[search], cut[search] = exact_lists(uv, uv.positions(ids[search]), width)
     stats = {"exact_carried": len(ids) - len(search), "exact_searched": len(search)}
-    return ExactSample(ids, nbr, scores, cut, key), stats
-
-
-def exact_top(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (n, k), positions in ``base`` (n, k), -1 padded): exact inner-product top k."""
-    import faiss
-
-    kk = min(k, len(base))
-    scores, pos = faiss.knn(queries, base, kk, metric=faiss.METRIC_INNER_PRODUCT)
-    if kk < k:
-        scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-        pos = np.pad(pos, ((0, 0), (0, k - kk)), constant_values=-1)
-    return scores, pos
+    return ExactSample(ids, nbr, scores, cut, in_cal, in_rec, key), stats
 
 
 def best_of(

@@ -47,6 +47,7 @@ import numpy as np
 
 from core.forget import ForgetList
 from store.graph import cell_join
+from store.graph.exact_sample import CALIBRATION_SALT, exact_check
 from store.graph.index import build_index, choose_device, choose_spec, num_gpus, on_device, searcher
 from store.graph.knn import PAD
 from store.graph.settings import GraphSettings
@@ -253,9 +254,9 @@ def reverse_search(
     tv = UserVectors(uv.ids[touched], uv.vectors[touched])  # (T, D): uv's ids are sorted, so are these
     spec = choose_spec(len(tv), cfg, tv.dim, device=choose_device(cfg.use_gpu, num_gpus(), "ivf"))
     index = build_index(tv, spec, cfg)
-    spec, tried = calibrate(  # on the CPU index, as the main index is; then searched where it runs best
-        index, spec, tv, cfg.k, target_recall, cfg.calibration_sample, cfg.seed, cfg.max_nprobe
-    )
+    check = exact_check(tv, cfg.calibration_sample, cfg.seed + CALIBRATION_SALT, cfg.k)
+    # calibrated on the CPU index, as the main index is; then searched where it runs best
+    spec, tried = calibrate(index, spec, tv, check, target_recall, cfg.max_nprobe)
     device = choose_device(cfg.use_gpu, num_gpus(), spec.kind)
     is_fixed = np.zeros(len(uv), bool)
     is_fixed[fixed] = True

@@ -4,9 +4,10 @@ Two paths that must agree (tests compare them):
 
 * `search_neighbours`   batched ``index.search`` (any faiss index, CPU or GPU) for k+1 results,
   then `drop_self` removes the user itself (or, if an approximate index missed it, the last hit).
-* `exact_neighbours`    the reference: brute-force inner product over every vector (faiss.knn, tiled
-  BLAS), used to measure recall@k on a random sample at every build; `reference_neighbours` is the
-  same in plain numpy, for tests on small data.
+* `exact_neighbours`    the reference: brute-force inner product over every vector (`exact_top`:
+  faiss.knn, tiled BLAS), behind the exact lists recall@k is measured against at every build
+  (store.graph.exact_sample); `reference_neighbours` is the same in plain numpy, for tests on small
+  data.
 
 Neighbour arrays are (n, k) int64 user ids with scores (n, k) float32, best first; a row with fewer
 than k neighbours (N <= k, or an approximate index returning fewer) is padded with id -1.
@@ -68,18 +69,24 @@ def search_neighbours(
     return out_ids, out_scores
 
 
-def exact_neighbours(uv: UserVectors, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact neighbours of the users at ``rows`` (brute force over all vectors, faiss BLAS kernels)."""
+def exact_top(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (n, k), positions in ``base`` (n, k)): exact inner-product top k by brute force (faiss.knn,
+    tiled BLAS); -inf / -1 padded when ``base`` holds fewer than k vectors."""
     import faiss
 
+    kk = min(k, len(base))
+    scores, pos = faiss.knn(queries, base, kk, metric=faiss.METRIC_INNER_PRODUCT)
+    if kk < k:
+        scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+        pos = np.pad(pos, ((0, 0), (0, k - kk)), constant_values=-1)
+    return scores, pos
+
+
+def exact_neighbours(uv: UserVectors, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact neighbours of the users at ``rows`` (brute force over all vectors, `exact_top`)."""
     rows = np.asarray(rows, dtype=np.int64)
-    kk = min(k + 1, len(uv))
-    scores, pos = faiss.knn(uv.vectors[rows], uv.vectors, kk, metric=faiss.METRIC_INNER_PRODUCT)
+    scores, pos = exact_top(uv.vectors[rows], uv.vectors, k + 1)  # (n, k+1): the user itself among them
     ids = np.where(pos >= 0, uv.ids[np.maximum(pos, 0)], PAD)
-    if kk < k + 1:  # fewer users than k+1: pad so drop_self sees (n, k+1)
-        pad = k + 1 - kk
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=PAD)
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
     return drop_self(uv.ids[rows], ids, scores, k)
 
 
@@ -105,36 +112,6 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
         total += len(e)
         hits += len(np.intersect1d(a[a != PAD], e, assume_unique=True))
     return hits / total if total else 1.0
-
-
-def sample_recall(
-    index,
-    uv: UserVectors,
-    k: int,
-    n_sample: int,
-    seed: int,
-    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-    rows_of: np.ndarray | None = None,
-    sample: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[float, int]:
-    """recall@k of the graph on a random sample of users against exact search.
-
-    With ``neighbours`` (the graph's stored lists, row-aligned with ``rows_of``) the stored lists are
-    checked (this catches staleness after incremental builds); otherwise ``index`` is searched.
-    ``sample``: (rows, their exact top-k ids) to check (store.graph.exact_sample); without it,
-    ``n_sample`` seeded rows are searched exactly here.
-    """
-    if sample is None:
-        rng = np.random.default_rng(seed + 7)
-        rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
-        exact_ids, _ = exact_neighbours(uv, rows, k)
-    else:
-        rows, exact_ids = sample
-    if neighbours is None:
-        approx_ids, _ = search_neighbours(index, uv, rows, k)
-    else:
-        approx_ids = neighbours[0][rows if rows_of is None else rows_of[rows]]
-    return recall_at_k(approx_ids, exact_ids), len(rows)
 
 
 def neighbours_table(

@@ -4,7 +4,7 @@ How hard a kNN graph is depends on the data (cluster tightness, intrinsic dimens
 with every model. Instead of a fixed ``nprobe``, each full build measures recall@k on a calibration
 sample of users against exact search for a ladder of settings (cheap: a few thousand queries against
 the millions of the graph) and keeps the smallest one that reaches ``graph.target_recall``. The
-build's reported recall is then measured on a *different* random sample, so it is not biased by
+build's reported recall is then measured on a *different* sample, so it is not biased by
 the choice. ``target_recall = 0`` turns calibration off and uses the configured value.
 
 **An early verdict.** Some vectors cannot reach the target at any setting the ladder allows — the
@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from store.graph.index import IndexSpec, searcher, set_search_params
-from store.graph.knn import exact_neighbours, recall_at_k, search_neighbours
+from store.graph.knn import recall_at_k, search_neighbours
 from store.graph.vectors import UserVectors
 
 _NPROBE = ("nprobe", (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256))
@@ -76,29 +76,22 @@ def calibrate(
     index,
     spec: IndexSpec,
     uv: UserVectors,
-    k: int,
+    check: tuple[np.ndarray, np.ndarray],
     target: float,
-    n_sample: int,
-    seed: int,
     limit: int,
     floor: int = 0,
-    sample: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[IndexSpec, list[dict]]:
     """The cheapest spec on the ladder reaching ``target`` recall@k (else the largest tried), applied
     to ``index``; ladder values below ``floor`` are not tried. Raises `RecallUnreachable` early when
-    the target is out of reach (see module doc). ``sample``: (rows, their exact top-k ids) to measure
-    on (store.graph.exact_sample); without it, ``n_sample`` seeded rows are searched exactly here."""
+    the target is out of reach (see module doc). ``check``: the calibration sample as (rows in ``uv``,
+    their exact top-k ids (n, k)), from store.graph.exact_sample; k is its width."""
+    rows, exact = check
+    k = exact.shape[1]
     if spec.kind not in LADDERS or target <= 0 or len(uv) <= k + 1:
         return spec, []
     name, ladder = LADDERS[spec.kind]
     cap = min(limit, spec.nlist) if name == "nprobe" else limit
     steps = [v for v in ladder if min(floor, cap) <= v <= cap] or [cap]
-    if sample is None:
-        rng = np.random.default_rng(seed + 13)  # not the seed of the reported recall sample
-        rows = np.sort(rng.choice(len(uv), min(n_sample, len(uv)), replace=False))
-        exact, _ = exact_neighbours(uv, rows, k)
-    else:
-        rows, exact = sample
     tried = []
     chosen = _with_knob(spec, name, steps[-1])
     for value in steps:
