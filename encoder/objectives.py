@@ -7,7 +7,8 @@ default click and conversion; impressions without a click are context only):
 * ``next_positive``: the first positive event after ``t``.
 * ``future_window`` (PinnerFormer's dense all-action loss): a uniformly random positive event in
   ``(t, ts_t + window]``. It trains the vector to stay good for the hours after it is computed,
-  which is how nearline vectors are used.
+  which is how nearline vectors are used. Data without a clock (SASRec files) counts the window in
+  events instead: one of the next few items, a smoothed next-item target.
 
 Scores are cosines / temperature. Two losses, chosen by catalogue size (`choose_loss`):
 
@@ -57,14 +58,20 @@ def next_positive_targets(positive: torch.Tensor) -> torch.Tensor:
 
 
 def future_window_targets(
-    positive: torch.Tensor, ts: torch.Tensor, window_ms: int, generator=None
+    positive: torch.Tensor, ts: torch.Tensor, window_ms: int | None, generator=None, window_events: int = 1
 ) -> torch.Tensor:
-    """(B, T) bool, (B, T) int64 ms -> (B, T) int64: a random positive in (t, ts_t + window], -1 if none."""
+    """(B, T) bool, (B, T) int64 ms -> (B, T) int64: a random positive in (t, ts_t + window], -1 if none.
+
+    ``window_ms`` None: data without a clock (SASRec files), the window is the next ``window_events``
+    events, (t, t + window_events]."""
     B, T = positive.shape
     cnt = positive.long().cumsum(dim=1)  # (B, T) positives at or before t
-    end = (
-        torch.searchsorted(ts.contiguous(), (ts + window_ms).contiguous(), right=True) - 1
-    )  # (B, T) last idx in window
+    if window_ms is None:
+        end = (torch.arange(T, device=ts.device) + window_events).clamp(max=T - 1).expand(B, T)  # (B, T)
+    else:
+        end = (
+            torch.searchsorted(ts.contiguous(), (ts + window_ms).contiguous(), right=True) - 1
+        )  # (B, T) last idx in window
     n = cnt.gather(1, end.clamp(min=0)) - cnt  # (B, T) positives in (t, end]
     r = (torch.rand(B, T, generator=generator, device="cpu").to(ts.device) * n).long()  # uniform in [0, n)
     want = cnt + r + 1  # the (cnt+r+1)-th positive of the row, 1-based

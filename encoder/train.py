@@ -173,7 +173,8 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
         if name == "next_positive":
             target = next_target
         else:
-            target = future_window_targets(positive, batch.ts, int(ts.window_hours * HOUR_MS), gen)
+            window_ms = None if ts.window_hours is None else int(ts.window_hours * HOUR_MS)
+            target = future_window_targets(positive, batch.ts, window_ms, gen, ts.window_events)
         b, t = torch.nonzero((target >= 0) & batch.valid, as_tuple=True)
         if len(b) == 0:
             continue
@@ -492,16 +493,23 @@ def model_config(
 
 
 def settings_for_data(train: TrainSettings, sequences: pa.Table) -> TrainSettings:
-    """``train`` adapted to what the data carries: without real time (SASRec files) the future-window
-    objective has no window to speak of (every later item would be in it), so only next_positive trains.
+    """``train`` adapted to what the data carries. Without real time (SASRec files) a window in hours
+    means nothing, so the future-window objective counts its window in events (one of the next
+    ``window_events`` items) at weight ``untimed_window_weight`` (0: next_positive only).
     """
     if has_real_time(sequences) or "future_window" not in train.objectives:
         return train
     objectives = {k: v for k, v in train.objectives.items() if k != "future_window"}
     if not objectives:
         raise ValueError("the data has no timestamps (a SASRec file): train.objectives needs next_positive")
-    log.info("no timestamps in the data: training next_positive only (future_window needs real time)")
-    return train.model_copy(update={"objectives": objectives})
+    if train.untimed_window_weight:
+        objectives["future_window"] = train.untimed_window_weight
+    log.info(
+        "no timestamps in the data: future_window counts the next %d events at weight %g",
+        train.window_events,
+        train.untimed_window_weight,
+    )
+    return train.model_copy(update={"objectives": objectives, "window_hours": None})
 
 
 def train_window(sequences: pa.Table) -> dict:

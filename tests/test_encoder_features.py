@@ -143,6 +143,16 @@ def test_objective_targets():
         future_window_targets(pos, ts, 100, torch.Generator().manual_seed(s))[0, 0].item() for s in range(40)
     }
     assert wide == {1, 3}  # a random positive of the window, both drawn
+    # no clock (SASRec files): the window is the next k events, whatever the timestamps say
+    for s in range(30):
+        tgt = future_window_targets(pos, ts, None, torch.Generator().manual_seed(s), window_events=2)
+        assert tgt[0].tolist()[1:] == [3, 3, -1, -1]  # t=1: (1, 3]; t=2: (2, 4]; t=3: (3, 4] has none
+        assert tgt[0, 0].item() == 1  # (0, 2]: index 1 only
+    three = {
+        future_window_targets(pos, ts, None, torch.Generator().manual_seed(s), window_events=3)[0, 0].item()
+        for s in range(40)
+    }
+    assert three == {1, 3}
 
 
 def test_sampled_softmax_and_logq():

@@ -177,14 +177,15 @@ def test_both_losses_learn(data, loss, negatives):
     assert result.best_valid_ndcg10 > 0.0
 
 
-def test_objectives_sharing_one_full_softmax_pass_add_up_to_their_separate_losses(data):
+@pytest.mark.parametrize("window_hours", [3.0, None])  # None: the window counts events (no clock)
+def test_objectives_sharing_one_full_softmax_pass_add_up_to_their_separate_losses(data, window_hours):
     split, cat = data
     train = chunk_rows(split.train, CFG.max_len)
     model = UserEncoder(CFG).eval()
     batch = featurize(train.slice(0, 24), CFG)
 
     def loss(objectives):
-        ts = TrainSettings(objectives=objectives, positive_event_types=POS, window_hours=3.0)
+        ts = TrainSettings(objectives=objectives, positive_event_types=POS, window_hours=window_hours)
         inputs = loss_inputs(CFG, ts, train, cat, POS, "cpu")
         gen = torch.Generator().manual_seed(7)  # the same future-window draws each time
         return _batch_loss(model, batch, ts, inputs, np.random.default_rng(0), gen, "cpu").detach()
@@ -194,7 +195,7 @@ def test_objectives_sharing_one_full_softmax_pass_add_up_to_their_separate_losse
     assert torch.allclose(both, apart, atol=1e-5)
 
 
-def test_without_timestamps_only_next_positive_trains(tmp_path):
+def test_without_timestamps_the_future_window_counts_events(tmp_path):
     from encoder.data import read_sasrec
     from encoder.train import settings_for_data
 
@@ -203,7 +204,11 @@ def test_without_timestamps_only_next_positive_trains(tmp_path):
     sasrec = read_sasrec(path)  # item ids only: ts is the event's index
     both = TrainSettings()
     assert set(both.objectives) == {"next_positive", "future_window"}
-    assert settings_for_data(both, sasrec).objectives == {"next_positive": 1.0}
+    untimed = settings_for_data(both, sasrec)
+    assert untimed.objectives == {"next_positive": 1.0, "future_window": both.untimed_window_weight}
+    assert untimed.window_hours is None  # the window is the next `window_events` events
+    off = settings_for_data(TrainSettings(untimed_window_weight=0.0), sasrec)
+    assert off.objectives == {"next_positive": 1.0}
     log = generate(SyntheticConfig(n_users=5, n_items=20, hours=2))
     assert settings_for_data(both, events_to_sequences(log.events)) is both  # real time: unchanged
     with pytest.raises(ValueError, match="needs next_positive"):
