@@ -19,11 +19,12 @@
    format; protocol and published numbers in the README beside it): leave-one-out (last item =
    test, the one before = validation), full ranking over all 18,357 items, the user's training
    items excluded, max length 50, all 35,598 users evaluated. The production encoder exactly as
-   ``soe train --sasrec-file`` trains it (the defaults), the plain-SASRec configuration (item ids
-   and positions, next-item objective, sampled softmax with in-batch negatives + logQ: the
-   published "SASRec with sampled softmax" row) and popularity. A SASRec file has only item ids,
-   so there the two differ only by the loss: the plain row is also the sampled-vs-full comparison.
-   Both train 12 epochs (cosine schedule, early stopping), cut at 840 s. ``--seeds N`` repeats the
+   ``soe train --sasrec-file`` trains it (the defaults: sampled softmax with in-batch and uniform
+   negatives, the tables at 16x the learning rate, the next item plus one of the next two items at
+   weight 0.3), the plain-SASRec configuration (item ids and positions, next-item objective, sampled
+   softmax over the in-batch items + logQ, one learning rate: the published "SASRec with sampled
+   softmax" recipe) and popularity. Both train at most 30 epochs (cosine schedule, early stopping
+   after 10 without a better validation NDCG@10), cut at 840 s. ``--seeds N`` repeats the
    headline rows (ML-100K and Sports, production encoder) over N seeds: mean and spread.
 
 Last line: one JSON object (bench.common.emit).
