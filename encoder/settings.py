@@ -56,8 +56,8 @@ class TrainSettings(Section):
     )
     window_hours: float | None = 24.0 * 7  # future_window: targets are positives this many hours after a
     # position; None on data without a clock (settings_for_data): the next `window_events` events instead
-    window_events: int = 2  # future_window without a clock: a random one of the next this many events
-    untimed_window_weight: float = 0.3  # its weight there (0: next item only; Sports: encoder.md rows 72-79)
+    window_events: int = Field(2, ge=1)  # future_window without a clock: one of the next this many events
+    untimed_window_weight: float = Field(0.3, ge=0.0)  # its weight there (0: next item only)
     targets_per_batch: int = 4096  # positions sampled per objective and step (bounds the (N, M) logits)
     loss: Loss = "auto"  # "full_softmax" (CE over every item), "sampled_softmax" (in-batch + logQ), "auto"
     full_softmax_max_items: int = 4096  # auto: full softmax up to this many items (~4x negatives)

@@ -213,6 +213,10 @@ def test_without_timestamps_the_future_window_counts_events(tmp_path):
     assert settings_for_data(both, events_to_sequences(log.events)) is both  # real time: unchanged
     with pytest.raises(ValueError, match="needs next_positive"):
         settings_for_data(TrainSettings(objectives={"future_window": 1.0}), sasrec)
+    with pytest.raises(ValueError, match="window_events"):  # an empty window is a configuration error
+        TrainSettings(window_events=0)
+    with pytest.raises(ValueError, match="untimed_window_weight"):
+        TrainSettings(untimed_window_weight=-0.1)
 
 
 @pytest.mark.parametrize(
