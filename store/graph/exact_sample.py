@@ -121,9 +121,12 @@ def exact_check(uv: UserVectors, size: int, salt: int, k: int) -> Check:
     return rows, exact_neighbours(uv, rows, k)[0]
 
 
-def fresh_exact(uv: UserVectors, key: SampleKey) -> ExactSample:
-    """Both samples' lists by brute force (a full build, or no usable previous lists)."""
-    ids, in_cal, in_rec = key.members(uv)
+def fresh_exact(
+    uv: UserVectors, key: SampleKey, members: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> ExactSample:
+    """Both samples' lists by brute force (a full build, or no usable previous lists). ``members``:
+    ``key.members(uv)`` when the caller has it already (each build hashes the ids once)."""
+    ids, in_cal, in_rec = key.members(uv) if members is None else members
     return ExactSample(ids, *exact_lists(uv, uv.positions(ids), key.depth), in_cal, in_rec, key)
 
 
@@ -138,11 +141,7 @@ def carry_exact(
     brute-force call (its scratch memory: block x D floats)."""
     ids, in_cal, in_rec = key.members(uv)
     if prev is None or prev.key != key or not len(ids):
-        nbr, scores, cut = exact_lists(uv, uv.positions(ids), key.depth)
-        return ExactSample(ids, nbr, scores, cut, in_cal, in_rec, key), {
-            "exact_carried": 0,
-            "exact_searched": len(ids),
-        }
+        return fresh_exact(uv, key, (ids, in_cal, in_rec)), {"exact_carried": 0, "exact_searched": len(ids)}
     t_rows = uv.positions(touched_ids)
     t_rows = t_rows[t_rows >= 0]
     at = np.minimum(np.searchsorted(prev.ids, ids), len(prev.ids) - 1)
