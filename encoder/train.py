@@ -215,10 +215,13 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
     return loss
 
 
-def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of similar lengths (little padding): sort shuffled groups of 16 batches by length."""
+def length_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_batches: int = 16
+) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths (little padding): shuffled groups of ``group_batches`` batches,
+    each sorted by length and cut into batches. ``group_batches=1``: uniformly random batches."""
     order = rng.permutation(len(lengths))
-    group = batch_size * 16
+    group = batch_size * group_batches
     batches = []
     for lo in range(0, len(order), group):
         g = order[lo : lo + group]
@@ -310,7 +313,8 @@ def fit(
         if state["bad"] >= ts.patience:
             break
         model.train()
-        batches = length_batches(lengths, ts.batch_size, np.random.default_rng(_seed(ts.seed, 2, epoch)))
+        rng = np.random.default_rng(_seed(ts.seed, 2, epoch))
+        batches = length_batches(lengths, ts.batch_size, rng, ts.length_group_batches)
         losses, seen = [], 0
         t_epoch = time.perf_counter()
         featurised = map(host_batch, batches)  # lazily, in order

@@ -19,7 +19,7 @@ from encoder.evaluate import evaluate_model
 from encoder.metrics import purity, random_purity, ranking_metrics
 from encoder.settings import TrainSettings
 from encoder.sources import load_source
-from encoder.train import CheckpointError, fit, result_settings, train_model
+from encoder.train import CheckpointError, fit, length_batches, result_settings, train_model
 
 torch.set_num_threads(1)  # shared test machine
 TINY = {
@@ -270,3 +270,22 @@ def test_version_ids_ignore_unset_and_runtime_train_settings():
     assert (
         result_settings(TrainSettings(device="cuda:1", threads=3, strict_device=True, prefetch=True)) == plain
     )
+
+
+@pytest.mark.parametrize("group_batches", [1, 4, 16])
+def test_length_batches_cover_every_user_once_and_group_by_length(group_batches):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, 4000)  # (U,)
+    batches = length_batches(lengths, 32, np.random.default_rng(1), group_batches)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))  # each user once
+    assert all(len(b) <= 32 for b in batches)
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])  # mean length range within a batch
+    if group_batches == 1:  # random batches: nearly the whole 1-50 range in each
+        assert spread > 40
+    else:  # sorted groups: far less padding, less the more batches a group holds
+        assert spread < 60 / group_batches
+
+
+def test_length_group_batches_must_be_positive():
+    with pytest.raises(ValueError, match="length_group_batches"):
+        TrainSettings(length_group_batches=0)
