@@ -47,6 +47,8 @@ class TrainSettings(Section):
     epochs: int = 30  # upper bound and the cosine schedule's length (Sports: 30 > 12 epochs; 60 no better)
     batch_size: int = 128  # users per step
     length_group_batches: int = Field(16, ge=1)  # batches per length-sorted group (less padding); 1: random
+    equal_target_weight: bool = False  # True: a step's loss scales with its next-item targets, so each
+    # target weighs the same whatever batch it lands in (an epoch-wide per-target mean); False: per batch
     lr: float = 1e-3  # AdamW peak learning rate
     table_lr_scale: float | None = None  # hashed tables' lr = lr x this; None: by the loss (TABLE_LR_SCALE)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (Linear weights only: UserEncoder.param_groups)

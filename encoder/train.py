@@ -159,7 +159,25 @@ def last_query_slot(target: torch.Tensor) -> torch.Tensor:
     return torch.where(last >= 0, last, T - 1)
 
 
-def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, device) -> torch.Tensor:
+def query_counts(train: pa.Table, positive_types) -> np.ndarray:
+    """(rows,) next-positive training queries of each row: the positions before its last positive event."""
+    types = train["event_type"].combine_chunks()  # list<string>
+    offsets = types.offsets.to_numpy()  # (rows + 1,)
+    positive = pc.is_in(types.flatten(), value_set=pa.array(list(positive_types))).to_numpy(
+        zero_copy_only=False
+    )
+    at = np.nonzero(positive)[0]  # flat positions of positive events
+    row = np.searchsorted(offsets, at, side="right") - 1  # (P,) their rows
+    last = np.zeros(len(types), dtype=np.int64)
+    np.maximum.at(last, row, at - offsets[row])  # index of each row's last positive (0: none or first)
+    return last
+
+
+def _batch_loss(
+    model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, device, targets_per_step: float = 0.0
+) -> torch.Tensor:
+    """The step's weighted loss over every objective; with ``targets_per_step`` (the epoch's mean next-item
+    targets per step) scaled by this step's targets over it, so that each target weighs the same."""
     positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid  # (B, T)
     hour = (batch.ts // HOUR_MS) % 24  # (B, T) context of each position's query time
     weekday = (batch.ts // DAY_MS + 3) % 7
@@ -185,6 +203,7 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
     loss = torch.zeros((), device=device)
     if not picked:
         return loss
+    scale = float(((next_target >= 0) & batch.valid).sum()) / targets_per_step if targets_per_step else 1.0
     if inputs.kind == "full_softmax":  # one (positions x catalogue) pass shared by every objective
         every_item = model.item_vectors(inputs.catalogue_idx).float()  # (I, D)
         flat = torch.cat([b * T + t for _, b, t, _ in picked])  # (ΣN,) positions of all objectives
@@ -203,7 +222,7 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
             weights, full_softmax(user_rows, every_item, sets, ts.temperature), strict=True
         ):
             loss = loss + weight * ce
-        return loss
+        return loss * scale
     negatives = draw_negatives(model, inputs, ts.negatives, rng, device)  # shared by every objective
     for weight, b, t, j in picked:
         items = batch.item_id[b, j]  # (N,) raw ids
@@ -212,7 +231,7 @@ def _batch_loss(model, batch, ts: TrainSettings, inputs: LossInputs, rng, gen, d
         loss = loss + weight * sampled_softmax(
             user[b, t].float(), vec.float(), items, log_q, ts.temperature, negatives, ts.in_batch_negatives
         )
-    return loss
+    return loss * scale
 
 
 def length_batches(
@@ -272,6 +291,9 @@ def fit(
     total = steps_per_epoch * ts.epochs
     warmup = int(ts.warmup_frac * total)
     inputs = loss_inputs(cfg, ts, train, catalogue, positive_types, device)
+    targets_per_step = (
+        query_counts(train, positive_types).sum() / steps_per_epoch if ts.equal_target_weight else 0.0
+    )
     opt = model.configure_optimizer(
         ts.lr, ts.weight_decay, table_lr_scale=ts.table_lr_scale_for(inputs.kind)
     )  # encoder.optim
@@ -329,7 +351,7 @@ def fit(
             batch = next(host_batches).to(device, non_blocking=pinned)  # pinned: an asynchronous copy
             opt.set_lr(lr_factor(state["step"], total, warmup))
             with autocast(device, amp_dtype):
-                loss = _batch_loss(model, batch, ts, inputs, rng, gen, device)
+                loss = _batch_loss(model, batch, ts, inputs, rng, gen, device, targets_per_step)
             opt.zero_grad()
             if loss.requires_grad:
                 loss.backward()

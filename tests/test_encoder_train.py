@@ -14,12 +14,21 @@ from typer.testing import CliRunner
 from core.datasets.synthetic import SyntheticConfig, generate
 from encoder.artifact import list_models, load_model, model_version
 from encoder.config import ModelConfig
-from encoder.data import events_to_sequences, item_catalogue, leave_last_out
+from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out
 from encoder.evaluate import evaluate_model
+from encoder.features import featurize
 from encoder.metrics import purity, random_purity, ranking_metrics
+from encoder.objectives import next_positive_targets
 from encoder.settings import TrainSettings
 from encoder.sources import load_source
-from encoder.train import CheckpointError, fit, length_batches, result_settings, train_model
+from encoder.train import (
+    CheckpointError,
+    fit,
+    length_batches,
+    query_counts,
+    result_settings,
+    train_model,
+)
 
 torch.set_num_threads(1)  # shared test machine
 TINY = {
@@ -289,3 +298,16 @@ def test_length_batches_cover_every_user_once_and_group_by_length(group_batches)
 def test_length_group_batches_must_be_positive():
     with pytest.raises(ValueError, match="length_group_batches"):
         TrainSettings(length_group_batches=0)
+
+
+def test_query_counts_are_the_rows_next_positive_targets(log):
+    """equal_target_weight's per-step mean comes from query_counts: it must count exactly the queries
+    that next_positive_targets gives a target, row by row (a mix of positive and other event types)."""
+    cfg = ModelConfig(**TINY)
+    train = chunk_rows(events_to_sequences(log.events), cfg.max_len)
+    batch = featurize(train, cfg)
+    positive_idx = torch.tensor([cfg.actions.index(p) + 1 for p in POS])
+    positive = torch.isin(batch.action, positive_idx) & batch.valid
+    expected = ((next_positive_targets(positive) >= 0) & batch.valid).sum(1).numpy()
+    assert expected.sum() > 0 and (expected < batch.lengths.numpy() - 1).any()  # rows ending in other types
+    assert query_counts(train, POS).tolist() == expected.tolist()
