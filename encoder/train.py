@@ -203,7 +203,9 @@ def _batch_loss(
     loss = torch.zeros((), device=device)
     if not picked:
         return loss
-    scale = float(((next_target >= 0) & batch.valid).sum()) / targets_per_step if targets_per_step else 1.0
+    scale = 1.0  # equal target weight: this step's next-item targets over the epoch's mean per step
+    if targets_per_step:  # a tensor: no host sync per step on a GPU
+        scale = ((next_target >= 0) & batch.valid).sum() / targets_per_step
     if inputs.kind == "full_softmax":  # one (positions x catalogue) pass shared by every objective
         every_item = model.item_vectors(inputs.catalogue_idx).float()  # (I, D)
         flat = torch.cat([b * T + t for _, b, t, _ in picked])  # (ΣN,) positions of all objectives

@@ -311,3 +311,18 @@ def test_query_counts_are_the_rows_next_positive_targets(log):
     expected = ((next_positive_targets(positive) >= 0) & batch.valid).sum(1).numpy()
     assert expected.sum() > 0 and (expected < batch.lengths.numpy() - 1).any()  # rows ending in other types
     assert query_counts(train, POS).tolist() == expected.tolist()
+
+
+def test_equal_target_weight_only_reweighs_the_steps(settings, log):
+    """One step per epoch: its targets are the mean, the scale is 1 and training is unchanged. Several
+    steps of different sizes: the steps are reweighed, so training changes."""
+    seq = events_to_sequences(log.events)
+    split, cat, cfg = leave_last_out(seq, POS), item_catalogue(seq), ModelConfig(**TINY)
+
+    def losses(**train):
+        ts = _settings(settings, patience=10, **train).train
+        return [h["loss"] for h in fit(cfg, ts, split, cat, POS, show_progress=False).history]
+
+    whole = losses(batch_size=100_000)
+    assert losses(batch_size=100_000, equal_target_weight=True) == pytest.approx(whole, rel=1e-4)
+    assert losses(batch_size=16, equal_target_weight=True) != pytest.approx(losses(batch_size=16), rel=1e-3)
