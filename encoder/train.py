@@ -57,6 +57,7 @@ from encoder.data import (
     as_sequences,
     chunk_rows,
     has_real_time,
+    is_positive,
     item_catalogue,
     leave_last_out,
     positive_counts,
@@ -162,11 +163,9 @@ def last_query_slot(target: torch.Tensor) -> torch.Tensor:
 def query_counts(train: pa.Table, positive_types) -> np.ndarray:
     """(rows,) next-positive training queries of each row: the positions before its last positive event."""
     types = train["event_type"].combine_chunks()  # list<string>
-    offsets = types.offsets.to_numpy()  # (rows + 1,)
-    positive = pc.is_in(types.flatten(), value_set=pa.array(list(positive_types))).to_numpy(
-        zero_copy_only=False
-    )
-    at = np.nonzero(positive)[0]  # flat positions of positive events
+    offsets = types.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]  # (rows + 1,) into the flattened events (a sliced array starts above 0)
+    at = np.flatnonzero(is_positive(types.flatten(), positive_types))  # flat positions of positive events
     row = np.searchsorted(offsets, at, side="right") - 1  # (P,) their rows
     last = np.zeros(len(types), dtype=np.int64)
     np.maximum.at(last, row, at - offsets[row])  # index of each row's last positive (0: none or first)
@@ -237,7 +236,7 @@ def _batch_loss(
 
 
 def length_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_batches: int = 16
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_batches: int
 ) -> list[np.ndarray]:
     """Shuffled batches of similar lengths (little padding): shuffled groups of ``group_batches`` batches,
     each sorted by length and cut into batches. ``group_batches=1``: uniformly random batches."""

@@ -25,6 +25,7 @@ from encoder.train import (
     CheckpointError,
     fit,
     length_batches,
+    loss_inputs,
     query_counts,
     result_settings,
     train_model,
@@ -304,13 +305,15 @@ def test_query_counts_are_the_rows_next_positive_targets(log):
     """equal_target_weight's per-step mean comes from query_counts: it must count exactly the queries
     that next_positive_targets gives a target, row by row (a mix of positive and other event types)."""
     cfg = ModelConfig(**TINY)
-    train = chunk_rows(events_to_sequences(log.events), cfg.max_len)
+    seq = events_to_sequences(log.events)
+    train = chunk_rows(seq, cfg.max_len)
     batch = featurize(train, cfg)
-    positive_idx = torch.tensor([cfg.actions.index(p) + 1 for p in POS])
-    positive = torch.isin(batch.action, positive_idx) & batch.valid
+    inputs = loss_inputs(cfg, TrainSettings(), train, item_catalogue(seq), POS, "cpu")
+    positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid
     expected = ((next_positive_targets(positive) >= 0) & batch.valid).sum(1).numpy()
     assert expected.sum() > 0 and (expected < batch.lengths.numpy() - 1).any()  # rows ending in other types
     assert query_counts(train, POS).tolist() == expected.tolist()
+    assert query_counts(train.slice(7), POS).tolist() == expected[7:].tolist()  # a slice's offsets start > 0
 
 
 def test_equal_target_weight_only_reweighs_the_steps(settings, log):
