@@ -292,7 +292,7 @@ def fit(
     total = steps_per_epoch * ts.epochs
     warmup = int(ts.warmup_frac * total)
     inputs = loss_inputs(cfg, ts, train, catalogue, positive_types, device)
-    targets_per_step = (
+    targets_per_step = (  # equal_target_weight None (not resolved by settings_for_data): off
         query_counts(train, positive_types).sum() / steps_per_epoch if ts.equal_target_weight else 0.0
     )
     opt = model.configure_optimizer(
@@ -523,20 +523,28 @@ def settings_for_data(train: TrainSettings, sequences: pa.Table) -> TrainSetting
     """``train`` adapted to what the data carries. Without real time (SASRec files) a window in hours
     means nothing, so the future-window objective counts its window in events (one of the next
     ``window_events`` items) at weight ``untimed_window_weight`` (0: next_positive only).
+    ``equal_target_weight: None`` becomes True without a clock and False with one, where each was measured
+    to pay (docs/encoder.md, ninth pass).
     """
-    if has_real_time(sequences) or "future_window" not in train.objectives:
-        return train
-    objectives = {k: v for k, v in train.objectives.items() if k != "future_window"}
-    if not objectives:
-        raise ValueError("the data has no timestamps (a SASRec file): train.objectives needs next_positive")
-    if train.untimed_window_weight:
-        objectives["future_window"] = train.untimed_window_weight
-    log.info(
-        "no timestamps in the data: future_window counts the next %d events at weight %g",
-        train.window_events,
-        train.untimed_window_weight,
-    )
-    return train.model_copy(update={"objectives": objectives, "window_hours": None})
+    timed = has_real_time(sequences)
+    update: dict = {}
+    if train.equal_target_weight is None:
+        update["equal_target_weight"] = not timed
+    if not timed and "future_window" in train.objectives:
+        objectives = {k: v for k, v in train.objectives.items() if k != "future_window"}
+        if not objectives:
+            raise ValueError(
+                "the data has no timestamps (a SASRec file): train.objectives needs next_positive"
+            )
+        if train.untimed_window_weight:
+            objectives["future_window"] = train.untimed_window_weight
+        log.info(
+            "no timestamps in the data: future_window counts the next %d events at weight %g",
+            train.window_events,
+            train.untimed_window_weight,
+        )
+        update.update(objectives=objectives, window_hours=None)
+    return train.model_copy(update=update) if update else train
 
 
 def train_window(sequences: pa.Table) -> dict:

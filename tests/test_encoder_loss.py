@@ -210,7 +210,14 @@ def test_without_timestamps_the_future_window_counts_events(tmp_path):
     off = settings_for_data(TrainSettings(untimed_window_weight=0.0), sasrec)
     assert off.objectives == {"next_positive": 1.0}
     log = generate(SyntheticConfig(n_users=5, n_items=20, hours=2))
-    assert settings_for_data(both, events_to_sequences(log.events)) is both  # real time: unchanged
+    timed = settings_for_data(both, events_to_sequences(log.events))
+    assert (timed.objectives, timed.window_hours) == (both.objectives, both.window_hours)  # real time
+    # each target weighs the same on SASRec files, each batch on event logs, unless set explicitly
+    assert both.equal_target_weight is None
+    assert (untimed.equal_target_weight, timed.equal_target_weight) == (True, False)
+    assert settings_for_data(TrainSettings(equal_target_weight=False), sasrec).equal_target_weight is False
+    explicit = TrainSettings(equal_target_weight=True)
+    assert settings_for_data(explicit, events_to_sequences(log.events)) is explicit
     with pytest.raises(ValueError, match="needs next_positive"):
         settings_for_data(TrainSettings(objectives={"future_window": 1.0}), sasrec)
     with pytest.raises(ValueError, match="window_events"):  # an empty window is a configuration error
