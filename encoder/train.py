@@ -524,7 +524,7 @@ def settings_for_data(train: TrainSettings, sequences: pa.Table) -> TrainSetting
     means nothing, so the future-window objective counts its window in events (one of the next
     ``window_events`` items) at weight ``untimed_window_weight`` (0: next_positive only).
     ``equal_target_weight: None`` becomes True without a clock and False with one, where each was measured
-    to pay (docs/encoder.md, ninth pass).
+    to pay (docs/encoder.md, ninth and tenth passes).
     """
     timed = has_real_time(sequences)
     update: dict = {}

@@ -212,18 +212,30 @@ def test_without_timestamps_the_future_window_counts_events(tmp_path):
     log = generate(SyntheticConfig(n_users=5, n_items=20, hours=2))
     timed = settings_for_data(both, events_to_sequences(log.events))
     assert (timed.objectives, timed.window_hours) == (both.objectives, both.window_hours)  # real time
-    # each target weighs the same on SASRec files, each batch on event logs, unless set explicitly
-    assert both.equal_target_weight is None
-    assert (untimed.equal_target_weight, timed.equal_target_weight) == (True, False)
-    assert settings_for_data(TrainSettings(equal_target_weight=False), sasrec).equal_target_weight is False
-    explicit = TrainSettings(equal_target_weight=True)
-    assert settings_for_data(explicit, events_to_sequences(log.events)) is explicit
     with pytest.raises(ValueError, match="needs next_positive"):
         settings_for_data(TrainSettings(objectives={"future_window": 1.0}), sasrec)
     with pytest.raises(ValueError, match="window_events"):  # an empty window is a configuration error
         TrainSettings(window_events=0)
     with pytest.raises(ValueError, match="untimed_window_weight"):
         TrainSettings(untimed_window_weight=-0.1)
+
+
+def test_equal_target_weight_follows_the_data_unless_set(tmp_path):
+    """None (the default) weighs each target the same on SASRec files and each batch on event logs,
+    where each was measured to pay; an explicit value is kept on either."""
+    from encoder.data import read_sasrec
+    from encoder.train import settings_for_data
+
+    path = tmp_path / "tiny.txt"
+    path.write_text("1 10 11 12\n2 11 12 13 14\n")
+    sasrec = read_sasrec(path)
+    events = events_to_sequences(generate(SyntheticConfig(n_users=5, n_items=20, hours=2)).events)
+    assert TrainSettings().equal_target_weight is None
+    assert settings_for_data(TrainSettings(), sasrec).equal_target_weight is True
+    assert settings_for_data(TrainSettings(), events).equal_target_weight is False
+    assert settings_for_data(TrainSettings(equal_target_weight=False), sasrec).equal_target_weight is False
+    explicit = TrainSettings(equal_target_weight=True)
+    assert settings_for_data(explicit, events) is explicit
 
 
 @pytest.mark.parametrize(
