@@ -47,6 +47,8 @@ class TrainSettings(Section):
     epochs: int = 30  # upper bound and the cosine schedule's length (Sports: 30 > 12 epochs; 60 no better)
     batch_size: int = 128  # users per step
     length_group_batches: int = Field(16, ge=1)  # batches per length-sorted group (less padding); 1: random
+    forward_length_buckets: int = Field(4, ge=1)  # a step's rows run through the model in this many groups
+    # of similar length, each trimmed to its longest row (random batches at sorted batches' padding cost)
     equal_target_weight: bool | None = None  # True: a step's loss scales with its next-item targets, so
     # each target weighs the same whatever batch it lands in (an epoch-wide per-target mean); False: per
     # batch. None: by the data (settings_for_data): on without a clock (SASRec files: Sports +4.0 %, ML-100K

@@ -18,12 +18,15 @@ from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_
 from encoder.evaluate import evaluate_model
 from encoder.features import featurize
 from encoder.metrics import purity, random_purity, ranking_metrics
+from encoder.model import UserEncoder
 from encoder.objectives import next_positive_targets
 from encoder.settings import TrainSettings
 from encoder.sources import load_source
 from encoder.train import (
     CheckpointError,
+    encode_in_length_buckets,
     fit,
+    last_query_slot,
     length_batches,
     loss_inputs,
     query_counts,
@@ -329,3 +332,45 @@ def test_equal_target_weight_only_reweighs_the_steps(settings, log):
     whole = losses(batch_size=100_000)
     assert losses(batch_size=100_000, equal_target_weight=True) == pytest.approx(whole, rel=1e-4)
     assert losses(batch_size=16, equal_target_weight=True) != pytest.approx(losses(batch_size=16), rel=1e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_length_buckets_give_the_one_pass_outputs_and_gradients(log, seed):
+    """The bucketed forward pass (each group of rows trimmed to its longest) is a fast path of the
+    one-pass forward over the whole padded batch: on random batches of mixed lengths every real
+    position's vector and every parameter's gradient must match."""
+    cfg = ModelConfig(**TINY)
+    train = chunk_rows(events_to_sequences(log.events), cfg.max_len)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(train.num_rows, 24, replace=False))
+    batch = featurize(train.take(rows), cfg)
+    assert batch.lengths.min() < batch.lengths.max() // 2  # mixed lengths: the buckets trim padding
+    inputs = loss_inputs(
+        cfg, TrainSettings(), train, item_catalogue(events_to_sequences(log.events)), POS, "cpu"
+    )
+    positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid
+    newest = last_query_slot(next_positive_targets(positive))
+    hour, weekday = (batch.ts // 3_600_000) % 24, (batch.ts // 86_400_000 + 3) % 7
+    torch.manual_seed(seed)
+    model = UserEncoder(cfg).eval()  # no dropout: both paths see the same function
+    weights = torch.randn(*batch.action.shape, cfg.d_model)  # (B, T, D) a random loss on real positions
+
+    def run(buckets):
+        model.zero_grad()
+        out = encode_in_length_buckets(model, batch, hour, weekday, newest, buckets)
+        (out * weights * batch.valid[..., None]).sum().backward()
+        grads = {n: p.grad.to_dense().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.detach()[batch.valid], grads
+
+    one_out, one_grads = run(1)
+    for buckets in (2, 5, 24, 100):
+        out, grads = run(buckets)
+        assert torch.allclose(out, one_out, atol=1e-5)
+        assert grads.keys() == one_grads.keys()
+        for name, grad in grads.items():
+            assert torch.allclose(grad, one_grads[name], atol=1e-4), name
+
+
+def test_forward_length_buckets_must_be_positive():
+    with pytest.raises(ValueError, match="forward_length_buckets"):
+        TrainSettings(forward_length_buckets=0)
