@@ -81,6 +81,10 @@ from encoder.settings import TrainSettings
 
 CHECKPOINT_FORMAT = 2  # 2: EncoderOptimizer state, no scheduler (part of the checkpoint key)
 # train settings that do not change the result
+# length_group_batches by the data (settings_for_data): sorted groups keep padding low and pay on event
+# logs; SASRec files train better on uniformly random batches (docs/encoder.md, tenth pass)
+TIMED_GROUP_BATCHES = 16
+UNTIMED_GROUP_BATCHES = 1
 RUNTIME_ONLY = ("threads", "device", "strict_device", "resume", "mlflow_tracking_uri", "prefetch")
 
 log = logging.getLogger("soe.train")
@@ -364,7 +368,8 @@ def fit(
             break
         model.train()
         rng = np.random.default_rng(_seed(ts.seed, 2, epoch))
-        batches = length_batches(lengths, ts.batch_size, rng, ts.length_group_batches)
+        groups = ts.length_group_batches or TIMED_GROUP_BATCHES  # None (not resolved by the data): 16
+        batches = length_batches(lengths, ts.batch_size, rng, groups)
         losses, seen = [], 0
         t_epoch = time.perf_counter()
         featurised = map(host_batch, batches)  # lazily, in order
@@ -550,13 +555,16 @@ def settings_for_data(train: TrainSettings, sequences: pa.Table) -> TrainSetting
     """``train`` adapted to what the data carries. Without real time (SASRec files) a window in hours
     means nothing, so the future-window objective counts its window in events (one of the next
     ``window_events`` items) at weight ``untimed_window_weight`` (0: next_positive only).
-    ``equal_target_weight: None`` becomes True without a clock and False with one, where each was measured
-    to pay (docs/encoder.md, ninth and tenth passes).
+    ``equal_target_weight: None`` becomes True without a clock and False with one, and
+    ``length_group_batches: None`` random batches (1) without a clock and sorted groups (16) with one,
+    where each was measured to pay (docs/encoder.md, ninth and tenth passes).
     """
     timed = has_real_time(sequences)
     update: dict = {}
     if train.equal_target_weight is None:
         update["equal_target_weight"] = not timed
+    if train.length_group_batches is None:
+        update["length_group_batches"] = UNTIMED_GROUP_BATCHES if not timed else TIMED_GROUP_BATCHES
     if not timed and "future_window" in train.objectives:
         objectives = {k: v for k, v in train.objectives.items() if k != "future_window"}
         if not objectives:

@@ -220,9 +220,10 @@ def test_without_timestamps_the_future_window_counts_events(tmp_path):
         TrainSettings(untimed_window_weight=-0.1)
 
 
-def test_equal_target_weight_follows_the_data_unless_set(tmp_path):
-    """None (the default) weighs each target the same on SASRec files and each batch on event logs,
-    where each was measured to pay; an explicit value is kept on either."""
+def test_target_weight_and_batching_follow_the_data_unless_set(tmp_path):
+    """None (the defaults): each target weighs the same and batches are uniformly random on SASRec
+    files; each batch weighs the same and batches come from sorted groups of 16 on event logs, where each
+    was measured to pay. An explicit value is kept on either."""
     from encoder.data import read_sasrec
     from encoder.train import settings_for_data
 
@@ -230,11 +231,14 @@ def test_equal_target_weight_follows_the_data_unless_set(tmp_path):
     path.write_text("1 10 11 12\n2 11 12 13 14\n")
     sasrec = read_sasrec(path)
     events = events_to_sequences(generate(SyntheticConfig(n_users=5, n_items=20, hours=2)).events)
-    assert TrainSettings().equal_target_weight is None
-    assert settings_for_data(TrainSettings(), sasrec).equal_target_weight is True
-    assert settings_for_data(TrainSettings(), events).equal_target_weight is False
-    assert settings_for_data(TrainSettings(equal_target_weight=False), sasrec).equal_target_weight is False
-    explicit = TrainSettings(equal_target_weight=True)
+    default = TrainSettings()
+    assert (default.equal_target_weight, default.length_group_batches) == (None, None)
+    untimed, timed = settings_for_data(default, sasrec), settings_for_data(default, events)
+    assert (untimed.equal_target_weight, untimed.length_group_batches) == (True, 1)
+    assert (timed.equal_target_weight, timed.length_group_batches) == (False, 16)
+    kept = settings_for_data(TrainSettings(equal_target_weight=False, length_group_batches=4), sasrec)
+    assert (kept.equal_target_weight, kept.length_group_batches) == (False, 4)
+    explicit = TrainSettings(equal_target_weight=True, length_group_batches=4)
     assert settings_for_data(explicit, events) is explicit
 
 
