@@ -80,11 +80,11 @@ from encoder.optim import lr_factor
 from encoder.settings import TrainSettings
 
 CHECKPOINT_FORMAT = 2  # 2: EncoderOptimizer state, no scheduler (part of the checkpoint key)
-# train settings that do not change the result
 # length_group_batches by the data (settings_for_data): sorted groups keep padding low and pay on event
 # logs; SASRec files train better on uniformly random batches (docs/encoder.md, tenth pass)
 TIMED_GROUP_BATCHES = 16
 UNTIMED_GROUP_BATCHES = 1
+# train settings that do not change the result
 RUNTIME_ONLY = ("threads", "device", "strict_device", "resume", "mlflow_tracking_uri", "prefetch")
 
 log = logging.getLogger("soe.train")
@@ -323,6 +323,7 @@ def fit(
     total = steps_per_epoch * ts.epochs
     warmup = int(ts.warmup_frac * total)
     inputs = loss_inputs(cfg, ts, train, catalogue, positive_types, device)
+    group_batches = ts.length_group_batches or TIMED_GROUP_BATCHES  # None (not resolved by the data): 16
     targets_per_step = (  # equal_target_weight None (not resolved by settings_for_data): off
         query_counts(train, positive_types).sum() / steps_per_epoch if ts.equal_target_weight else 0.0
     )
@@ -368,8 +369,7 @@ def fit(
             break
         model.train()
         rng = np.random.default_rng(_seed(ts.seed, 2, epoch))
-        groups = ts.length_group_batches or TIMED_GROUP_BATCHES  # None (not resolved by the data): 16
-        batches = length_batches(lengths, ts.batch_size, rng, groups)
+        batches = length_batches(lengths, ts.batch_size, rng, group_batches)
         losses, seen = [], 0
         t_epoch = time.perf_counter()
         featurised = map(host_batch, batches)  # lazily, in order
@@ -564,7 +564,7 @@ def settings_for_data(train: TrainSettings, sequences: pa.Table) -> TrainSetting
     if train.equal_target_weight is None:
         update["equal_target_weight"] = not timed
     if train.length_group_batches is None:
-        update["length_group_batches"] = UNTIMED_GROUP_BATCHES if not timed else TIMED_GROUP_BATCHES
+        update["length_group_batches"] = TIMED_GROUP_BATCHES if timed else UNTIMED_GROUP_BATCHES
     if not timed and "future_window" in train.objectives:
         objectives = {k: v for k, v in train.objectives.items() if k != "future_window"}
         if not objectives:

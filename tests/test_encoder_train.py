@@ -334,12 +334,12 @@ def test_equal_target_weight_only_reweighs_the_steps(settings, log):
     assert losses(batch_size=16, equal_target_weight=True) != pytest.approx(losses(batch_size=16), rel=1e-3)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_length_buckets_give_the_one_pass_outputs_and_gradients(log, seed):
+@pytest.mark.parametrize("seed, pooling", [(0, "last"), (1, "last"), (2, "attention")])
+def test_length_buckets_give_the_one_pass_outputs_and_gradients(log, seed, pooling):
     """The bucketed forward pass (each group of rows trimmed to its longest) is a fast path of the
     one-pass forward over the whole padded batch: on random batches of mixed lengths every real
     position's vector and every parameter's gradient must match."""
-    cfg = ModelConfig(**TINY)
+    cfg = ModelConfig(**TINY, pooling=pooling)
     train = chunk_rows(events_to_sequences(log.events), cfg.max_len)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(train.num_rows, 24, replace=False))
