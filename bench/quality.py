@@ -91,12 +91,13 @@ def _args(parser):
     )
 
 
-def _fit(settings, seq, positive_types, overrides, train_update, split=None):
+def fit_as_soe_train(settings, seq, positive_types, overrides, train_update, split=None):
+    """``fit`` on ``seq`` with the defaults + ``train_update`` resolved as `soe train` resolves them,
+    printing each epoch: (FitResult, ModelConfig, split, catalogue)."""
     ts = settings_for_data(settings.train.model_copy(update=train_update), seq)  # as `soe train`
     cfg = model_config(ts, settings.events, seq, max_len=MAX_LEN, overrides=overrides)  # as `soe train`
     split = split or leave_last_out(seq, positive_types, ts.min_positives)
     catalogue = item_catalogue(seq, ATTRIBUTE_COLUMNS)
-    t0 = time.perf_counter()
 
     def log(epoch, rec):
         print(
@@ -106,6 +107,14 @@ def _fit(settings, seq, positive_types, overrides, train_update, split=None):
         )
 
     result = fit(cfg, ts, split, catalogue, positive_types, show_progress=False, on_epoch_end=log)
+    return result, cfg, split, catalogue
+
+
+def _fit(settings, seq, positive_types, overrides, train_update, split=None):
+    t0 = time.perf_counter()
+    result, cfg, split, catalogue = fit_as_soe_train(
+        settings, seq, positive_types, overrides, train_update, split
+    )
     train_s = time.perf_counter() - t0
     report = leave_last_out_report(result.model, cfg, split, catalogue, positive_types)
     report.update(train_s=train_s, epochs=result.epochs_run, best_valid_ndcg10=result.best_valid_ndcg10)

@@ -2,9 +2,9 @@
 
     python -m bench.train_batching [--quick] [--threads N] [--epochs E]
 
-The Sports defaults of ``soe train --sasrec-file`` (`bench.quality`'s file and max length 50), trained
-``--epochs`` epochs (default 3; ``--quick``: 1 epoch on the first 5,000 users) with validation on 200
-users, once per batching:
+The Sports defaults of ``soe train --sasrec-file`` (`bench.quality.fit_as_soe_train`: its file and max
+length 50), trained ``--epochs`` epochs (default 3; ``--quick``: 1 epoch on the first 5,000 users) with
+validation on 200 users, once per batching:
 
 * ``sorted`` (the baseline): shuffled groups of 16 batches sorted by length, one padded forward pass
   per batch (`train.length_group_batches: 16`, `train.forward_length_buckets: 1`);
@@ -24,10 +24,8 @@ import time
 import torch
 
 from bench.common import emit, machine, parse_args
-from bench.quality import MAX_LEN, REPO, SPORTS_FILE
-from core.contracts import ATTRIBUTE_COLUMNS
-from encoder.data import item_catalogue, leave_last_out, read_sasrec
-from encoder.train import fit, model_config, settings_for_data
+from bench.quality import REPO, SPORTS_FILE, fit_as_soe_train
+from encoder.data import read_sasrec
 from soe.config import load_settings
 
 BATCHINGS = {  # name -> train settings; the first is the baseline
@@ -45,11 +43,8 @@ def _args(parser):
 
 
 def epoch_seconds(settings, seq, train: dict) -> list[float]:
-    """Seconds of each epoch of ``fit`` on ``seq`` with the defaults + ``train``."""
-    ts = settings_for_data(settings.train.model_copy(update=train), seq)  # as `soe train`
-    cfg = model_config(ts, settings.events, seq, max_len=MAX_LEN)
-    split = leave_last_out(seq, ["click"], ts.min_positives)
-    result = fit(cfg, ts, split, item_catalogue(seq, ATTRIBUTE_COLUMNS), ["click"], show_progress=False)
+    """Seconds of each epoch of ``fit`` on ``seq`` with the defaults + ``train``, as `soe train` runs it."""
+    result = fit_as_soe_train(settings, seq, ["click"], {}, train)[0]
     return [record["seconds"] for record in result.history]
 
 

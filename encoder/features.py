@@ -73,6 +73,16 @@ class SequenceBatch:
         return replace(out, **{name: getattr(out, name)[:, -T:] for name in per_pos})
 
 
+def hour_of_day(ms):
+    """Hour of day (0-23, UTC) of epoch-ms times, numpy array or tensor alike."""
+    return (ms // HOUR_MS) % 24
+
+
+def weekday_of(ms):
+    """Weekday (Monday = 0, UTC) of epoch-ms times, numpy array or tensor alike (1970-01-01: a Thursday)."""
+    return (ms // DAY_MS + 3) % 7
+
+
 def _salt(table: str, seed: int) -> np.uint64:
     return np.uint64((zlib.crc32(table.encode()) << 32 | (seed & 0xFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF)
 
@@ -199,6 +209,6 @@ def featurize(table: pa.Table, cfg: ModelConfig, as_of=None, pad_to: int | None 
         time_bucket=torch.from_numpy(scatter(tb_flat, 0)),
         ts=torch.from_numpy(scatter(ts_flat, 0)),
         item_id=torch.from_numpy(scatter(item_raw, -1)),
-        hour=torch.from_numpy((as_of_ms // HOUR_MS) % 24),
-        weekday=torch.from_numpy((as_of_ms // DAY_MS + 3) % 7),  # 1970-01-01 was a Thursday
+        hour=torch.from_numpy(hour_of_day(as_of_ms)),
+        weekday=torch.from_numpy(weekday_of(as_of_ms)),
     )

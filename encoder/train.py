@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from core.layout import DAY_MS, HOUR_MS, Layout
+from core.layout import HOUR_MS, Layout
 from core.progress import progress
 from core.settings import EventSettings
 from encoder.artifact import save_model
@@ -64,7 +64,7 @@ from encoder.data import (
 )
 from encoder.device import autocast, autocast_dtype, select_device
 from encoder.evaluate import leave_last_out_report, model_leave_last_out
-from encoder.features import SequenceBatch, featurize, hash_items
+from encoder.features import SequenceBatch, featurize, hash_items, hour_of_day, weekday_of
 from encoder.inference.loader import prefetch
 from encoder.model import UserEncoder
 from encoder.objectives import (
@@ -206,8 +206,7 @@ def _batch_loss(
     """The step's weighted loss over every objective; with ``targets_per_step`` (the epoch's mean next-item
     targets per step) scaled by this step's targets over it, so that each target weighs the same."""
     positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid  # (B, T)
-    hour = (batch.ts // HOUR_MS) % 24  # (B, T) context of each position's query time
-    weekday = (batch.ts // DAY_MS + 3) % 7
+    hour, weekday = hour_of_day(batch.ts), weekday_of(batch.ts)  # (B, T) each position's query time
     next_target = next_positive_targets(positive)  # (B, T) every objective's queries are a subset
     newest = last_query_slot(next_target)  # (B,)
     user = encode_in_length_buckets(

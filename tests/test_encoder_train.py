@@ -16,7 +16,7 @@ from encoder.artifact import list_models, load_model, model_version
 from encoder.config import ModelConfig
 from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out
 from encoder.evaluate import evaluate_model
-from encoder.features import featurize
+from encoder.features import featurize, hour_of_day, weekday_of
 from encoder.metrics import purity, random_purity, ranking_metrics
 from encoder.model import UserEncoder
 from encoder.objectives import next_positive_targets
@@ -340,17 +340,16 @@ def test_length_buckets_give_the_one_pass_outputs_and_gradients(log, seed, pooli
     one-pass forward over the whole padded batch: on random batches of mixed lengths every real
     position's vector and every parameter's gradient must match."""
     cfg = ModelConfig(**TINY, pooling=pooling)
-    train = chunk_rows(events_to_sequences(log.events), cfg.max_len)
+    seq = events_to_sequences(log.events)
+    train = chunk_rows(seq, cfg.max_len)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(train.num_rows, 24, replace=False))
     batch = featurize(train.take(rows), cfg)
     assert batch.lengths.min() < batch.lengths.max() // 2  # mixed lengths: the buckets trim padding
-    inputs = loss_inputs(
-        cfg, TrainSettings(), train, item_catalogue(events_to_sequences(log.events)), POS, "cpu"
-    )
+    inputs = loss_inputs(cfg, TrainSettings(), train, item_catalogue(seq), POS, "cpu")
     positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid
     newest = last_query_slot(next_positive_targets(positive))
-    hour, weekday = (batch.ts // 3_600_000) % 24, (batch.ts // 86_400_000 + 3) % 7
+    hour, weekday = hour_of_day(batch.ts), weekday_of(batch.ts)  # as the training step computes them
     torch.manual_seed(seed)
     model = UserEncoder(cfg).eval()  # no dropout: both paths see the same function
     weights = torch.randn(*batch.action.shape, cfg.d_model)  # (B, T, D) a random loss on real positions
