@@ -25,7 +25,8 @@
    softmax over the in-batch items + logQ, one learning rate: the published "SASRec with sampled
    softmax" recipe) and popularity. Both train at most 30 epochs (cosine schedule, early stopping
    after 10 without a better validation NDCG@10), cut at 840 s. ``--seeds N`` repeats the
-   headline rows (ML-100K and Sports, production encoder) over N seeds: mean and spread.
+   headline rows (ML-100K and Sports, production encoder) and the feature ablations (ML-100K and
+   synthetic) over N training seeds: mean and spread, and each feature's paired gain per seed.
 
 Last line: one JSON object (bench.common.emit).
 """
@@ -132,7 +133,10 @@ def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
     positive_types = list(settings.events.positive_event_types)
     seq = events_to_sequences(load_ml100k_events(settings.layout().cache))
     out = {}
-    runs = [_fit(settings, seq, positive_types, {}, {**train, "seed": seed})[2] for seed in range(seeds)]
+    split = leave_last_out(seq, positive_types, settings.train.min_positives)
+    runs = [
+        _fit(settings, seq, positive_types, {}, {**train, "seed": seed}, split)[2] for seed in range(seeds)
+    ]
     main = runs[0]
     if seeds > 1:
         out["ml100k_seeds"] = seed_spread(runs)
@@ -156,18 +160,44 @@ def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
     if not quick:
         _, _, att, _ = _fit(settings, seq, positive_types, {"pooling": "attention"}, train)
         out.update(ml100k_attention_ndcg10=att["ndcg@10"], ml100k_attention_hr10=att["hr@10"])
-        split = leave_last_out(seq, positive_types, settings.train.min_positives)
-        out.update(feature_ablation(settings, seq, positive_types, train, split, "ml100k"))
+        out.update(feature_ablation(settings, seq, positive_types, train, split, "ml100k", seeds, runs))
     return out
 
 
-def feature_ablation(settings, seq, positive_types, train: dict, split, prefix: str) -> dict:
-    """Test NDCG@10 / HR@10 of the encoder with each feature switched off, on one split, same seed."""
-    out = {}
+def feature_ablation(
+    settings, seq, positive_types, train: dict, split, prefix: str, seeds: int = 1, all_runs=()
+) -> dict:
+    """Test NDCG@10 / HR@10 of the encoder with each feature switched off, on one split, over ``seeds``
+    training seeds (mean; with more than one, the spread per variant and the paired gain of every
+    feature over item ids alone). ``all_runs``: reports of the full model already trained on this
+    split, by seed, reused as the "all" variant."""
+    reports = {name: [] for name in FEATURE_ABLATION}
     for name, overrides in FEATURE_ABLATION.items():
-        _, _, report, _ = _fit(settings, seq, positive_types, overrides, train, split)
-        out[f"{prefix}_features_{name}_ndcg10"] = report["ndcg@10"]
-        out[f"{prefix}_features_{name}_hr10"] = report["hr@10"]
+        for seed in range(seeds):
+            if name == "all" and seed < len(all_runs):
+                reports[name].append(all_runs[seed])
+                continue
+            _, _, report, _ = _fit(settings, seq, positive_types, overrides, {**train, "seed": seed}, split)
+            reports[name].append(report)
+    return summarise_ablation(reports, prefix)
+
+
+def summarise_ablation(reports: dict[str, list[dict]], prefix: str) -> dict:
+    """Flat figures of a feature ablation: reports[variant] = one test report per seed, in seed order."""
+    out = {}
+    for name, runs in reports.items():
+        out[f"{prefix}_features_{name}_ndcg10"] = statistics.fmean(r["ndcg@10"] for r in runs)
+        out[f"{prefix}_features_{name}_hr10"] = statistics.fmean(r["hr@10"] for r in runs)
+    if len(reports["all"]) > 1:
+        out[f"{prefix}_features_seeds"] = {
+            name: seed_spread(runs)["ndcg10"] for name, runs in reports.items()
+        }
+        ids = [r["ndcg@10"] for r in reports["item_ids_only"]]
+        out[f"{prefix}_features_gain_pct"] = {  # per seed, paired: 100 * (variant / item ids only - 1)
+            name: [round(100 * (r["ndcg@10"] / i - 1), 2) for r, i in zip(runs, ids, strict=True)]
+            for name, runs in reports.items()
+            if name != "item_ids_only"
+        }
     return out
 
 
@@ -178,8 +208,9 @@ def prefix_until(seq: pa.Table, T_ms: int) -> pa.Table:
     return truncate(seq, np.bincount(row[ts_flat <= T_ms], minlength=seq.num_rows))
 
 
-def synthetic(settings, quick: bool, train: dict) -> dict:
-    """One model trained on the first day of a 2-day log: purity at T, and staleness over (T, T+24h]."""
+def synthetic(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
+    """One model trained on the first day of a 2-day log: purity at T, and staleness over (T, T+24h];
+    the feature ablation over ``seeds`` training seeds on the same split."""
     n_users = 1000 if quick else 2500
     cfg = SyntheticConfig(
         n_users=n_users, n_items=10_000, n_clusters=20, hours=48, base_events_per_user=120.0
@@ -188,14 +219,16 @@ def synthetic(settings, quick: bool, train: dict) -> dict:
     seq = events_to_sequences(log.events)
     T = int(np.datetime64(cfg.start.replace("Z", ""), "ms").astype(np.int64)) + 24 * HOUR_MS
     known = prefix_until(seq, T)
-    model, mcfg, report, _ = _fit(settings, known, SYN_POSITIVES, {}, train)
+    split = leave_last_out(known, SYN_POSITIVES, settings.train.min_positives)
+    model, mcfg, report, _ = _fit(settings, known, SYN_POSITIVES, {}, {**train, "seed": 0}, split)
     p = planted_purity(model, mcfg, known, log.users, k=20)
     p5 = planted_purity(model, mcfg, known, log.users, k=20, min_events=5)
     st = staleness_metrics(model, mcfg, seq, item_catalogue(seq, ATTRIBUTE_COLUMNS), T, SYN_POSITIVES)
     ablation = {}
     if not quick:
-        split = leave_last_out(known, SYN_POSITIVES, settings.train.min_positives)
-        ablation = feature_ablation(settings, known, SYN_POSITIVES, train, split, "synthetic")
+        ablation = feature_ablation(
+            settings, known, SYN_POSITIVES, train, split, "synthetic", seeds, [report]
+        )
     return {
         **ablation,
         "synthetic_purity20": p["purity20"],
@@ -278,7 +311,9 @@ def main() -> None:
         targets["ml100k_ndcg10_ge_1.3x_best_baseline"] = result["ml100k_ratio_vs_best_baseline"] >= 1.3
         targets["ml100k_train_lt_600s"] = result["train_s"] < 600
     if "synthetic" in sections:
-        result.update(synthetic(settings, args.quick, {**train, "epochs": 2 if args.quick else 8}))
+        result.update(
+            synthetic(settings, args.quick, {**train, "epochs": 2 if args.quick else 8}, args.seeds)
+        )
         targets["synthetic_purity20_ge_0.8"] = result["synthetic_purity20"] >= 0.8
     if "sports" in sections:
         sports_train = {"threads": args.threads, **(SPORTS_QUICK if args.quick else SPORTS_TRAIN)}
