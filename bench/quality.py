@@ -60,13 +60,18 @@ SPORTS_PUBLISHED_NDCG10 = {  # the README beside the file: full ranking, history
     "usasrec": 0.0323,
     "duorec": 0.0262,
 }
-# what each event feature adds: the encoder with one feature switched off, and with item ids alone
+# what each event feature adds: the encoder with one feature switched off (what it adds beside the
+# others), with item ids alone, and with item ids + one feature (what it adds over item ids alone)
+_IDS_ONLY = {"use_action": False, "use_time": False, "use_attributes": False, "use_context": False}
 FEATURE_ABLATION = {
     "all": {},
     "no_action": {"use_action": False},
     "no_time": {"use_time": False},
     "no_attributes": {"use_attributes": False},
-    "item_ids_only": {"use_action": False, "use_time": False, "use_attributes": False, "use_context": False},
+    "item_ids_only": _IDS_ONLY,
+    "ids_and_action": {**_IDS_ONLY, "use_action": True},
+    "ids_and_time": {**_IDS_ONLY, "use_time": True},
+    "ids_and_attributes": {**_IDS_ONLY, "use_attributes": True},
 }
 # Sports trains with the defaults a new user gets from `soe train --sasrec-file` (30 epochs, cosine
 # schedule over them, early stopping after 10 without a better validation NDCG@10), cut at 840 s
