@@ -160,10 +160,10 @@ def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
     )
     out["ml100k_ratio_vs_best_baseline"] = main["ndcg@10"] / max(main["pop_ndcg@10"], main["bag_ndcg@10"])
     plain_train = {**train, "epochs": 1} if quick else train
-    _, _, plain, _ = _fit(settings, seq, positive_types, plain_sasrec_overrides(), plain_train)
+    _, _, plain, _ = _fit(settings, seq, positive_types, plain_sasrec_overrides(), plain_train, split)
     out.update(sasrec_plain_ndcg10=plain["ndcg@10"], sasrec_plain_hr10=plain["hr@10"])
     if not quick:
-        _, _, att, _ = _fit(settings, seq, positive_types, {"pooling": "attention"}, train)
+        _, _, att, _ = _fit(settings, seq, positive_types, {"pooling": "attention"}, train, split)
         out.update(ml100k_attention_ndcg10=att["ndcg@10"], ml100k_attention_hr10=att["hr@10"])
         out.update(feature_ablation(settings, seq, positive_types, train, split, "ml100k", seeds, runs))
     return out
@@ -172,7 +172,8 @@ def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
 def feature_ablation(
     settings, seq, positive_types, train: dict, split, prefix: str, seeds: int = 1, all_runs=()
 ) -> dict:
-    """Test NDCG@10 / HR@10 of the encoder with each feature switched off, on one split, over ``seeds``
+    """Test NDCG@10 / HR@10 of the encoder with each feature switched off, with item ids alone and with
+    item ids + one feature (`FEATURE_ABLATION`), on one split, over ``seeds``
     training seeds (mean; with more than one, the spread per variant and the paired gain of every
     feature over item ids alone). ``all_runs``: reports of the full model already trained on this
     split, by seed, reused as the "all" variant."""
