@@ -132,6 +132,17 @@ def _fit(settings, seq, positive_types, overrides, train_update, split=None):
     return result.model, cfg, report, catalogue
 
 
+def seed_runs(
+    settings, seq, positive_types, overrides, train: dict, split, seeds: int, done=()
+) -> list[dict]:
+    """Test reports of seeds 0..seeds-1 on one split; ``done``: reports of the first seeds, trained before."""
+    fresh = range(len(done), seeds)
+    return [
+        *done[:seeds],
+        *(_fit(settings, seq, positive_types, overrides, {**train, "seed": s}, split)[2] for s in fresh),
+    ]
+
+
 def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
     from core.datasets.movielens import load_ml100k_events
 
@@ -139,9 +150,7 @@ def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
     seq = events_to_sequences(load_ml100k_events(settings.layout().cache))
     out = {}
     split = leave_last_out(seq, positive_types, settings.train.min_positives)
-    runs = [
-        _fit(settings, seq, positive_types, {}, {**train, "seed": seed}, split)[2] for seed in range(seeds)
-    ]
+    runs = seed_runs(settings, seq, positive_types, {}, train, split, seeds)
     main = runs[0]
     if seeds > 1:
         out["ml100k_seeds"] = seed_spread(runs)
@@ -177,14 +186,12 @@ def feature_ablation(
     training seeds (mean; with more than one, the spread per variant and the paired gain of every
     feature over item ids alone). ``all_runs``: reports of the full model already trained on this
     split, by seed, reused as the "all" variant."""
-    reports = {name: [] for name in FEATURE_ABLATION}
-    for name, overrides in FEATURE_ABLATION.items():
-        for seed in range(seeds):
-            if name == "all" and seed < len(all_runs):
-                reports[name].append(all_runs[seed])
-                continue
-            _, _, report, _ = _fit(settings, seq, positive_types, overrides, {**train, "seed": seed}, split)
-            reports[name].append(report)
+    reports = {
+        name: seed_runs(
+            settings, seq, positive_types, overrides, train, split, seeds, all_runs if name == "all" else ()
+        )
+        for name, overrides in FEATURE_ABLATION.items()
+    }
     return summarise_ablation(reports, prefix)
 
 
@@ -269,9 +276,7 @@ def sports(settings, quick: bool, train: dict, seeds: int, path: Path) -> dict:
     seq = read_sasrec(path)
     positive_types = ["click"]  # a SASRec file's every event is a positive (encoder.data.read_sasrec)
     split = leave_last_out(seq, positive_types, settings.train.min_positives)
-    runs = [
-        _fit(settings, seq, positive_types, {}, {**train, "seed": seed}, split)[2] for seed in range(seeds)
-    ]
+    runs = seed_runs(settings, seq, positive_types, {}, train, split, seeds)
     main = runs[0]
     out = {
         "sports_ndcg10": main["ndcg@10"],
