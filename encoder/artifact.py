@@ -151,7 +151,8 @@ def _card(version: str, config: dict, metrics: dict, created_at: str | None = No
             "**Model**: SoE user-action-as-token encoder (causal pre-norm transformer, "
             f"d={m.get('d_model')}, layers={m.get('n_layers')}, heads={m.get('n_heads')}, "
             f"max_len={m.get('max_len')}, pooling={m.get('pooling')}; "
-            f"features: action={m.get('use_action')}, time={m.get('use_time')}, "
+            f"features: action={m.get('use_action')}, time={m.get('use_time')} "
+            f"(gap to the event before={m.get('use_event_gap', False)}), "
             f"attributes={m.get('use_attributes')}, context={m.get('use_context')})."
         ),
         f"**Training window**: {_window_text(window)}",

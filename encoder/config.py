@@ -26,7 +26,7 @@ Pooling = Literal["last", "attention"]
 # embedding) or the oldest kept event (the newest's position then moves with the history's length)
 Positions = Literal["from_newest", "from_oldest"]
 # fields added after artifacts existed: the value that reproduces what those artifacts were trained with
-LEGACY_DEFAULTS = {"positions": "from_oldest", "unit_items": True}
+LEGACY_DEFAULTS = {"positions": "from_oldest", "unit_items": True, "use_event_gap": False}
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class ModelConfig:
     actions: tuple[str, ...] = DEFAULT_ACTIONS  # action vocabulary; 0 = padding, len+1 = unknown type
     n_time_buckets: int = 24  # log2 time-gap buckets of (as_of - ts) in seconds; 0 = padding
     use_action: bool = True  # add the action-type embedding
-    use_time: bool = True  # add the time-gap bucket embedding
+    use_time: bool = True  # add the time-gap bucket embedding (and the gap to the event before, below)
+    use_event_gap: bool = True  # with use_time: add the log2 bucket of the gap to the event before
     use_attributes: bool = True  # add the attribute tables (False: item id only, plain SASRec)
     use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
     pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)

@@ -14,6 +14,9 @@ inference can featurise millions of users per worker.
 * **Action type**: index into ``cfg.actions`` + 1; 0 = padding, ``len+1`` = an unknown type.
 * **Time gap (ATRank)**: bucket = 1 + floor(log2(1 + gap seconds)), gap = as_of - ts (clipped at 0,
   capped at the last bucket). Time comes from ``as_of``, never the wall clock.
+* **Gap to the event before** (TiSASRec-style interval, the session structure): the same log2 buckets
+  of ts_i - ts_(i-1), read from the row's whole list (so the oldest kept event still sees the event
+  before it); ``n_time_buckets`` = no event before it in the row. It does not depend on ``as_of``.
 * **Context**: hour of day and weekday (Monday = 0) of ``as_of``, one per user, fed beside the
   sequence.
 """
@@ -33,6 +36,8 @@ from core.hashing import GOLDEN, as_uint64, mix64
 from core.layout import DAY_MS, HOUR_MS, epoch_ms
 from encoder.config import ModelConfig
 
+TS_MS = pa.timestamp("ms", tz="UTC")
+
 
 @dataclass
 class SequenceBatch:
@@ -42,6 +47,7 @@ class SequenceBatch:
     attrs: torch.Tensor  # (B, T, A, H) int64 hashed bucket of each table (item first), 0 = pad/missing
     action: torch.Tensor  # (B, T) int64 action-type index, 0 = pad
     time_bucket: torch.Tensor  # (B, T) int64 log2 time-gap bucket, 0 = pad
+    gap_bucket: torch.Tensor  # (B, T) int64 log2 bucket of the gap to the event before, 0 = pad, n = none
     ts: torch.Tensor  # (B, T) int64 ms event time, 0 = pad (training targets use it)
     item_id: torch.Tensor  # (B, T) int64 raw item id, -1 = pad (targets, history exclusion)
     hour: torch.Tensor  # (B,) int64 hour of day of as_of
@@ -69,7 +75,7 @@ class SequenceBatch:
         """Rows ``idx``, with the left padding trimmed to the longest selected row."""
         out = self._map(lambda t: t[idx])
         T = max(int(out.lengths.max()) if len(out) else 1, 1)
-        per_pos = ("attrs", "action", "time_bucket", "ts", "item_id")
+        per_pos = ("attrs", "action", "time_bucket", "gap_bucket", "ts", "item_id")
         return replace(out, **{name: getattr(out, name)[:, -T:] for name in per_pos})
 
 
@@ -137,7 +143,7 @@ def _as_of_ms(table: pa.Table, as_of) -> np.ndarray:
     if as_of is None:
         if "as_of" not in table.column_names:
             raise ValueError("featurize: the table has no as_of column; pass as_of=")
-        return _to_ms(table["as_of"].combine_chunks().cast(pa.timestamp("ms", tz="UTC")))
+        return _to_ms(table["as_of"].combine_chunks().cast(TS_MS))
     if isinstance(as_of, (datetime, str)):
         return np.full(n, epoch_ms(as_of), dtype=np.int64)
     return np.broadcast_to(np.asarray(as_of, dtype=np.int64), (n,)).copy()
@@ -193,9 +199,15 @@ def featurize(table: pa.Table, cfg: ModelConfig, as_of=None, pad_to: int | None 
         action_flat = pc.fill_null(pc.add(idx, 1), len(cfg.actions) + 1).to_numpy().astype(np.int64)
     else:
         action_flat = np.full(len(src), len(cfg.actions) + 1, dtype=np.int64)
+    gap_flat = np.full(len(src), cfg.n_time_buckets, dtype=np.int64)  # no event before (or no clock)
     if "ts" in table.column_names:
         ts_vals, _ = gather("ts")
-        ts_flat = _to_ms(ts_vals.cast(pa.timestamp("ms", tz="UTC")))
+        ts_flat = _to_ms(ts_vals.cast(TS_MS))
+        ts_off, ts_all = _list_parts(table["ts"])
+        has_prev = (n - L)[row] + j > 0  # (N,) the row's list holds an event before this one
+        at = ts_off[:-1][row] + (n - L)[row] + j  # (N,) position of each kept event in the flat ts values
+        prev = _to_ms(ts_all.take(pa.array(np.where(has_prev, at - 1, at))).cast(TS_MS))
+        gap_flat[has_prev] = time_buckets(ts_flat - prev, cfg.n_time_buckets)[has_prev]
     else:
         ts_flat = as_of_ms[row]
     tb_flat = time_buckets(as_of_ms[row] - ts_flat, cfg.n_time_buckets)
@@ -207,6 +219,7 @@ def featurize(table: pa.Table, cfg: ModelConfig, as_of=None, pad_to: int | None 
         attrs=torch.from_numpy(attrs),
         action=torch.from_numpy(scatter(action_flat, 0)),
         time_bucket=torch.from_numpy(scatter(tb_flat, 0)),
+        gap_bucket=torch.from_numpy(scatter(gap_flat, 0)),
         ts=torch.from_numpy(scatter(ts_flat, 0)),
         item_id=torch.from_numpy(scatter(item_raw, -1)),
         hour=torch.from_numpy(hour_of_day(as_of_ms)),

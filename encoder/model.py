@@ -5,6 +5,7 @@ Token embedding (sum of parts, each switchable for the plain-SASRec ablation)::
     token = Σ_attr Σ_h E_attr[hash_h(raw id)]     hashed tables: item, category, advertiser, campaign
           + E_action[event_type]                  use_action
           + E_time[log2 bucket of (as_of - ts)]   use_time  (ATRank-style time-gap buckets)
+          + E_gap[log2 bucket of (ts - ts_before)] use_time and use_event_gap (TiSASRec-style interval)
           + E_pos[position]                       from the newest event (0) back, or from the oldest
 
 Hashing is done by `encoder.features` (numpy, no vocabulary); this module only sees bucket indexes
@@ -141,6 +142,8 @@ class UserEncoder(nn.Module):
         )  # untied target-item side (cfg.tie_items False): same hashing, its own rows
         self.action = nn.Embedding(len(cfg.actions) + 2, D, padding_idx=0)  # 0 pad, 1..n types, n+1 unknown
         self.time = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
+        if cfg.use_event_gap:  # rows 1..n-1: log2 buckets; n: no event before
+            self.gap = nn.Embedding(cfg.n_time_buckets + 1, D, padding_idx=0)
         self.pos = nn.Embedding(cfg.max_len, D)
         self.hour = nn.Embedding(24, D)
         self.weekday = nn.Embedding(7, D)
@@ -257,6 +260,8 @@ class UserEncoder(nn.Module):
             x = x + self.action(batch.action)
         if self.cfg.use_time:
             x = x + self.time(batch.time_bucket)
+            if self.cfg.use_event_gap:
+                x = x + self.gap(batch.gap_bucket)
         valid = batch.valid  # (B, T)
         T = valid.shape[1]
         if self.cfg.positions == "from_newest":

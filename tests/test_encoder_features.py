@@ -94,6 +94,22 @@ def test_featurize_truncates_left_pads_and_maps_types():
     assert sel.action.shape == (1, 1) and sel.item_id.tolist() == [[900]]
 
 
+def test_gap_to_the_event_before_reads_the_whole_list():
+    gaps_s = [0, 1, 7, 3600, 2, 86_400]  # seconds between consecutive events of user 1
+    ts = T0 + 1000 * np.cumsum(gaps_s)
+    rows = [(1, int(t), "click", 100 + k, None) for k, t in enumerate(ts)] + [(2, T0, "click", 9, None)]
+    seq = events_to_sequences(_events(rows))
+    b = featurize(seq, CFG, as_of=T0 + 10**9)  # user 1 keeps the newest 4 of 6 events
+    none = CFG.n_time_buckets
+    # the oldest kept event (the third) still sees the one before it, outside the kept window
+    assert b.gap_bucket[0].tolist() == time_buckets(np.array(gaps_s[2:]) * 1000, none).tolist()
+    assert b.gap_bucket[1].tolist() == [0, 0, 0, none]  # padding, then a first event: nothing before it
+    # the gaps do not depend on as_of (the time-gap buckets do)
+    assert torch.equal(featurize(seq, CFG, as_of=T0 + 10**10).gap_bucket, b.gap_bucket)
+    assert featurize(seq.slice(1), CFG).gap_bucket.tolist() == [[none]]  # a sliced table's list offsets
+    assert (featurize(seq.drop_columns(["ts"]), CFG, as_of=T0).gap_bucket[0] == none).all()  # no clock
+
+
 def test_featurize_null_attribute_is_bucket_zero():
     seq = events_to_sequences(_events([(1, T0, "click", 5, None), (1, T0 + 1, "click", 6, 3)]))
     b = featurize(seq, CFG)
