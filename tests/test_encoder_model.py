@@ -99,6 +99,23 @@ def test_time_and_action_features_switch(sequences):
         assert same is expect_same
 
 
+def test_the_gap_to_the_event_before_counts_only_with_the_time_features(sequences):
+    batch = featurize(sequences.slice(0, 8), ModelConfig(**SMALL))
+    regapped = featurize(sequences.slice(0, 8), ModelConfig(**SMALL))
+    regapped.gap_bucket[regapped.valid] = 3
+    for fields, moves in (
+        ({}, True),
+        ({"use_event_gap": False}, False),
+        ({"use_time": False}, False),
+    ):
+        model = _model(**fields)
+        assert hasattr(model, "gap") is moves  # no table where it is not used: older artifacts load as saved
+        with torch.no_grad():
+            assert torch.allclose(model(batch), model(regapped), atol=1e-6) is not moves
+    legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "use_event_gap"}
+    assert ModelConfig.from_dict(legacy).use_event_gap is False  # saved before the feature existed
+
+
 def test_plain_config_ignores_attributes(sequences):
     model = _model(use_attributes=False, use_action=False, use_time=False, use_context=False)
     batch = featurize(sequences.slice(0, 8), model.cfg)
