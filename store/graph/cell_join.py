@@ -114,7 +114,8 @@ class ListJoin:
     def _map(self, fn, blocks: list) -> list:
         """``fn`` of each block, by ``workers`` threads when there are several: each thread's products
         then run on one BLAS thread (BLAS's own threads on top of ours oversubscribe the cores: the 1M
-        hour's forward scan took 11.6 s that way, 7.5 s on one BLAS thread per worker)."""
+        hour's forward scan took 11.6 s that way, 7.5 s on one BLAS thread per worker). One worker
+        leaves BLAS its threads, and a BLAS that splits a product may round a score's last bit apart."""
         if self.workers > 1 and len(blocks) > 1:
             with (
                 threadpool_limits(limits=1, user_api="blas"),
