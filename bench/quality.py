@@ -66,8 +66,8 @@ _IDS_ONLY = {"use_action": False, "use_time": False, "use_attributes": False, "u
 FEATURE_ABLATION = {
     "all": {},
     "no_action": {"use_action": False},
-    "no_time": {"use_time": False},  # neither time feature: the gap to as_of nor to the event before
-    "no_event_gap": {"use_event_gap": False},  # the gap to as_of kept, the gap to the event before dropped
+    "no_time": {"use_time": False},  # no gap to as_of (nor to the event before where that is on)
+    "with_event_gap": {"use_event_gap": True},  # the gap to the event before added (off by default)
     "no_attributes": {"use_attributes": False},
     "item_ids_only": _IDS_ONLY,
     "ids_and_action": {**_IDS_ONLY, "use_action": True},

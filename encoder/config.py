@@ -62,7 +62,8 @@ class ModelConfig:
     n_time_buckets: int = 24  # log2 time-gap buckets of (as_of - ts) in seconds; 0 = padding
     use_action: bool = True  # add the action-type embedding
     use_time: bool = True  # add the time-gap bucket embedding (and the gap to the event before, below)
-    use_event_gap: bool = True  # with use_time: add the log2 bucket of the gap to the event before
+    use_event_gap: bool = False  # with use_time: add the log2 bucket of the gap to the event before (off:
+    # level on ML-100K and the synthetic log over 3 seeds, docs/encoder.md twelfth pass)
     use_attributes: bool = True  # add the attribute tables (False: item id only, plain SASRec)
     use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
     pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)

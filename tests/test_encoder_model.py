@@ -104,15 +104,15 @@ def test_the_gap_to_the_event_before_counts_only_with_the_time_features(sequence
     regapped = featurize(sequences.slice(0, 8), ModelConfig(**SMALL))
     regapped.gap_bucket[regapped.valid] = 3
     for fields, moves in (
-        ({}, True),
-        ({"use_event_gap": False}, False),
-        ({"use_time": False}, False),
+        ({"use_event_gap": True}, True),
+        ({}, False),  # off by default
+        ({"use_time": False, "use_event_gap": True}, False),
     ):
         model = _model(**fields)
         assert hasattr(model, "gap") is moves  # no table where it is not used: older artifacts load as saved
         with torch.no_grad():
             assert torch.allclose(model(batch), model(regapped), atol=1e-6) is not moves
-    legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "use_event_gap"}
+    legacy = {k: v for k, v in ModelConfig(use_event_gap=True).to_dict().items() if k != "use_event_gap"}
     assert ModelConfig.from_dict(legacy).use_event_gap is False  # saved before the feature existed
 
 
