@@ -16,7 +16,8 @@ inference can featurise millions of users per worker.
   capped at the last bucket). Time comes from ``as_of``, never the wall clock.
 * **Gap to the event before** (TiSASRec-style interval, the session structure): the same log2 buckets
   of ts_i - ts_(i-1), read from the row's whole list (so the oldest kept event still sees the event
-  before it); ``n_time_buckets`` = no event before it in the row. It does not depend on ``as_of``.
+  before it); ``n_time_buckets`` = no event before it in the row. It does not depend on ``as_of``,
+  and is computed only where the model uses it (``use_time`` and ``use_event_gap``; else all "none").
 * **Context**: hour of day and weekday (Monday = 0) of ``as_of``, one per user, fed beside the
   sequence.
 """
@@ -199,17 +200,18 @@ def featurize(table: pa.Table, cfg: ModelConfig, as_of=None, pad_to: int | None 
         action_flat = pc.fill_null(pc.add(idx, 1), len(cfg.actions) + 1).to_numpy().astype(np.int64)
     else:
         action_flat = np.full(len(src), len(cfg.actions) + 1, dtype=np.int64)
-    gap_flat = np.full(len(src), cfg.n_time_buckets, dtype=np.int64)  # no event before (or no clock)
+    gap_flat = np.full(len(src), cfg.n_time_buckets, dtype=np.int64)  # no event before, no clock, or unused
     if "ts" in table.column_names:
         ts_vals, _ = gather("ts")
         ts_flat = _to_ms(ts_vals.cast(TS_MS))
+    else:
+        ts_flat = as_of_ms[row]
+    if "ts" in table.column_names and cfg.use_time and cfg.use_event_gap:  # else the model has no gap table
         ts_off, ts_all = _list_parts(table["ts"])
         has_prev = (n - L)[row] + j > 0  # (N,) the row's list holds an event before this one
         at = ts_off[:-1][row] + (n - L)[row] + j  # (N,) position of each kept event in the flat ts values
         prev = _to_ms(ts_all.take(pa.array(np.where(has_prev, at - 1, at))).cast(TS_MS))
         gap_flat[has_prev] = time_buckets(ts_flat - prev, cfg.n_time_buckets)[has_prev]
-    else:
-        ts_flat = as_of_ms[row]
     tb_flat = time_buckets(as_of_ms[row] - ts_flat, cfg.n_time_buckets)
 
     return SequenceBatch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -99,15 +100,18 @@ def test_gap_to_the_event_before_reads_the_whole_list():
     ts = T0 + 1000 * np.cumsum(gaps_s)
     rows = [(1, int(t), "click", 100 + k, None) for k, t in enumerate(ts)] + [(2, T0, "click", 9, None)]
     seq = events_to_sequences(_events(rows))
-    b = featurize(seq, CFG, as_of=T0 + 10**9)  # user 1 keeps the newest 4 of 6 events
-    none = CFG.n_time_buckets
+    cfg = replace(CFG, use_event_gap=True)
+    b = featurize(seq, cfg, as_of=T0 + 10**9)  # user 1 keeps the newest 4 of 6 events
+    none = cfg.n_time_buckets
     # the oldest kept event (the third) still sees the one before it, outside the kept window
     assert b.gap_bucket[0].tolist() == time_buckets(np.array(gaps_s[2:]) * 1000, none).tolist()
     assert b.gap_bucket[1].tolist() == [0, 0, 0, none]  # padding, then a first event: nothing before it
     # the gaps do not depend on as_of (the time-gap buckets do)
-    assert torch.equal(featurize(seq, CFG, as_of=T0 + 10**10).gap_bucket, b.gap_bucket)
-    assert featurize(seq.slice(1), CFG).gap_bucket.tolist() == [[none]]  # a sliced table's list offsets
-    assert (featurize(seq.drop_columns(["ts"]), CFG, as_of=T0).gap_bucket[0] == none).all()  # no clock
+    assert torch.equal(featurize(seq, cfg, as_of=T0 + 10**10).gap_bucket, b.gap_bucket)
+    assert featurize(seq.slice(1), cfg).gap_bucket.tolist() == [[none]]  # a sliced table's list offsets
+    assert (featurize(seq.drop_columns(["ts"]), cfg, as_of=T0).gap_bucket[0] == none).all()  # no clock
+    off = featurize(seq, CFG, as_of=T0 + 10**9)  # off (the default): not computed, every event "none"
+    assert off.gap_bucket[0].tolist() == [none] * 4 and torch.equal(off.time_bucket, b.time_bucket)
 
 
 def test_featurize_null_attribute_is_bucket_zero():
