@@ -92,6 +92,11 @@ class ModelConfig:
         return (ITEM_FEATURE, *self.attributes)
 
     @property
+    def uses_event_gap(self) -> bool:
+        """The token holds the gap to the event before (a time feature: only with ``use_time``)."""
+        return self.use_time and self.use_event_gap
+
+    @property
     def tables(self) -> tuple[TableConfig, ...]:
         """One config per embedding table, in feature order (item first)."""
         return tuple(TableConfig(table_name(f), f, self.buckets(f)) for f in self.features)

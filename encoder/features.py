@@ -17,7 +17,7 @@ inference can featurise millions of users per worker.
 * **Gap to the event before** (TiSASRec-style interval, the session structure): the same log2 buckets
   of ts_i - ts_(i-1), read from the row's whole list (so the oldest kept event still sees the event
   before it); ``n_time_buckets`` = no event before it in the row. It does not depend on ``as_of``,
-  and is computed only where the model uses it (``use_time`` and ``use_event_gap``; else all "none").
+  and is computed only where the model uses it (``cfg.uses_event_gap``; else all "none").
 * **Context**: hour of day and weekday (Monday = 0) of ``as_of``, one per user, fed beside the
   sequence.
 """
@@ -33,11 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from core.contracts import TS
 from core.hashing import GOLDEN, as_uint64, mix64
 from core.layout import DAY_MS, HOUR_MS, epoch_ms
 from encoder.config import ModelConfig
-
-TS_MS = pa.timestamp("ms", tz="UTC")
 
 
 @dataclass
@@ -136,7 +135,8 @@ def _list_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Arra
 
 
 def _to_ms(values) -> np.ndarray:
-    return np.array(pc.fill_null(values, 0).cast(pa.int64()).to_numpy(), dtype=np.int64)
+    """Timestamps (any unit or zone) as int64 epoch milliseconds, null as 0."""
+    return np.array(pc.fill_null(values.cast(TS), 0).cast(pa.int64()).to_numpy(), dtype=np.int64)
 
 
 def _as_of_ms(table: pa.Table, as_of) -> np.ndarray:
@@ -144,7 +144,7 @@ def _as_of_ms(table: pa.Table, as_of) -> np.ndarray:
     if as_of is None:
         if "as_of" not in table.column_names:
             raise ValueError("featurize: the table has no as_of column; pass as_of=")
-        return _to_ms(table["as_of"].combine_chunks().cast(TS_MS))
+        return _to_ms(table["as_of"].combine_chunks())
     if isinstance(as_of, (datetime, str)):
         return np.full(n, epoch_ms(as_of), dtype=np.int64)
     return np.broadcast_to(np.asarray(as_of, dtype=np.int64), (n,)).copy()
@@ -203,15 +203,15 @@ def featurize(table: pa.Table, cfg: ModelConfig, as_of=None, pad_to: int | None 
     gap_flat = np.full(len(src), cfg.n_time_buckets, dtype=np.int64)  # no event before, no clock, or unused
     if "ts" in table.column_names:
         ts_vals, _ = gather("ts")
-        ts_flat = _to_ms(ts_vals.cast(TS_MS))
+        ts_flat = _to_ms(ts_vals)
+        if cfg.uses_event_gap:  # else the model has no gap table
+            ts_off, ts_all = _list_parts(table["ts"])
+            has_prev = (n - L)[row] + j > 0  # (N,) the row's list holds an event before this one
+            at = ts_off[:-1][row] + (n - L)[row] + j  # (N,) place of each kept event in the flat ts values
+            prev = _to_ms(ts_all.take(pa.array(np.where(has_prev, at - 1, at))))
+            gap_flat[has_prev] = time_buckets(ts_flat - prev, cfg.n_time_buckets)[has_prev]
     else:
         ts_flat = as_of_ms[row]
-    if "ts" in table.column_names and cfg.use_time and cfg.use_event_gap:  # else the model has no gap table
-        ts_off, ts_all = _list_parts(table["ts"])
-        has_prev = (n - L)[row] + j > 0  # (N,) the row's list holds an event before this one
-        at = ts_off[:-1][row] + (n - L)[row] + j  # (N,) position of each kept event in the flat ts values
-        prev = _to_ms(ts_all.take(pa.array(np.where(has_prev, at - 1, at))).cast(TS_MS))
-        gap_flat[has_prev] = time_buckets(ts_flat - prev, cfg.n_time_buckets)[has_prev]
     tb_flat = time_buckets(as_of_ms[row] - ts_flat, cfg.n_time_buckets)
 
     return SequenceBatch(

@@ -142,7 +142,7 @@ class UserEncoder(nn.Module):
         )  # untied target-item side (cfg.tie_items False): same hashing, its own rows
         self.action = nn.Embedding(len(cfg.actions) + 2, D, padding_idx=0)  # 0 pad, 1..n types, n+1 unknown
         self.time = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
-        if cfg.use_time and cfg.use_event_gap:  # rows 1..n-1: log2 buckets; n: no event before
+        if cfg.uses_event_gap:  # rows 1..n-1: log2 buckets; n: no event before
             self.gap = nn.Embedding(cfg.n_time_buckets + 1, D, padding_idx=0)
         self.pos = nn.Embedding(cfg.max_len, D)
         self.hour = nn.Embedding(24, D)
@@ -260,8 +260,8 @@ class UserEncoder(nn.Module):
             x = x + self.action(batch.action)
         if self.cfg.use_time:
             x = x + self.time(batch.time_bucket)
-            if self.cfg.use_event_gap:
-                x = x + self.gap(batch.gap_bucket)
+        if self.cfg.uses_event_gap:
+            x = x + self.gap(batch.gap_bucket)
         valid = batch.valid  # (B, T)
         T = valid.shape[1]
         if self.cfg.positions == "from_newest":

@@ -45,15 +45,13 @@ def test_the_join_finds_every_pair_above_the_bar_in_the_probed_lists(seed, kind)
     spec = choose_spec(len(tv), cfg, tv.dim)
     index = build_index(tv, spec, cfg)
     block = int(np.random.default_rng(seed).integers(50, 700))  # any block size gives the same pairs
-    found = cell_join.ListJoin(index, spec, tv, workers=1).above_bar(uv.vectors, queries, bars, block)
-    got = _pairs(found)
-    # our threads change nothing, not even the order, when each product runs on one BLAS thread as the
-    # workers' do (a BLAS that splits one product over its own threads may round a score's last bit
-    # apart: OpenBLAS 0.3.31 does on a flat list's (w, 800) products)
+    # one BLAS thread per product, as the workers run theirs (a BLAS that splits one product over its own
+    # threads may round a score's last bit apart: OpenBLAS 0.3.31 does on a flat list's (w, 800) products)
     with threadpool_limits(limits=1, user_api="blas"):
-        single = cell_join.ListJoin(index, spec, tv, workers=1).above_bar(uv.vectors, queries, bars, block)
+        found = cell_join.ListJoin(index, spec, tv, workers=1).above_bar(uv.vectors, queries, bars, block)
+    got = _pairs(found)
     threaded = cell_join.ListJoin(index, spec, tv, workers=3).above_bar(uv.vectors, queries, bars, block)
-    for mine, theirs in zip(single, threaded, strict=True):
+    for mine, theirs in zip(found, threaded, strict=True):  # threads change nothing, not even the order
         np.testing.assert_array_equal(mine, theirs)
 
     # the reference: per row, every target in the lists its IVF search probes (all targets when flat)
