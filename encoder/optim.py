@@ -27,6 +27,17 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def budget_epochs(epochs: int, budget_s: float, elapsed_s: float, done: int) -> int:
+    """Epochs the cosine schedule spans: ``epochs``, or, under a time budget, as many as fit in it at
+    the mean pace of the ``done`` epochs so far (``elapsed_s``), never fewer than ``done``. Re-planned
+    after every epoch, so a machine too slow for ``epochs`` still decays the rate to 0 by the end of its
+    budget instead of being cut at a high rate; one fast enough keeps ``epochs`` exactly."""
+    if not budget_s or done <= 0 or elapsed_s <= 0:
+        return epochs
+    fit = math.floor(budget_s / (elapsed_s / done))
+    return max(done, min(epochs, fit))
+
+
 def _adamw(groups: list[dict], lr: float, betas) -> torch.optim.AdamW:
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)

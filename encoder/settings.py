@@ -81,7 +81,7 @@ class TrainSettings(Section):
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     device: DeviceName = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
     strict_device: bool = False  # True: a requested GPU that is absent is an error, not a CPU fallback
-    time_budget_s: float = 0.0  # stop after this many seconds of training (0: no limit)
+    time_budget_s: float = 0.0  # stop after this many seconds of training; the schedule fits it (0: none)
     prefetch: bool | None = None  # featurise the next batch in a worker thread (None: on a GPU only)
     resume: bool = True  # resume from the run's checkpoint after a crash
     mlflow_tracking_uri: str | None = None  # MLflow URI for params/metrics/history (if mlflow is installed)

@@ -18,7 +18,10 @@ refused (`CheckpointError`), never executed. Early stopping watches validation N
 
 Progress: one INFO line per epoch on the ``soe.train`` logger (epoch, loss, validation NDCG@10,
 seconds, ETA), whether or not a terminal shows the bar. ``train.time_budget_s`` is checked between
-batches, so a run ends within its budget plus one batch (and that epoch's validation). The per-epoch
+batches, so a run ends within its budget plus one batch (and that epoch's validation). Under a budget
+the cosine schedule is re-planned after every epoch to span as many epochs as fit at the pace so far
+(`encoder.optim.budget_epochs`): a machine too slow for ``train.epochs`` still ends its budget with the
+rate decayed, not cut at a high rate; one fast enough runs the configured schedule unchanged. The per-epoch
 history (loss, validation metrics, lr, seconds) goes into the artifact's metrics (``history``), with
 the lineage (git commit, data source and window, config hash) in its config and model card; when
 ``mlflow`` is importable and ``train.mlflow_tracking_uri`` is set, params, metrics and the history are
@@ -76,7 +79,7 @@ from encoder.objectives import (
     next_positive_targets,
     sampled_softmax,
 )
-from encoder.optim import lr_factor
+from encoder.optim import budget_epochs, lr_factor
 from encoder.settings import TrainSettings
 
 CHECKPOINT_FORMAT = 2  # 2: EncoderOptimizer state, no scheduler (part of the checkpoint key)
@@ -319,8 +322,7 @@ def fit(
     train = chunk_rows(split.train, cfg.max_len)  # long histories become several training rows
     lengths = pc.list_value_length(train["item_id"]).to_numpy()
     steps_per_epoch = max(math.ceil(train.num_rows / ts.batch_size), 1)
-    total = steps_per_epoch * ts.epochs
-    warmup = int(ts.warmup_frac * total)
+    warmup = int(ts.warmup_frac * steps_per_epoch * ts.epochs)  # fixed: a budget re-plans only the decay
     inputs = loss_inputs(cfg, ts, train, catalogue, positive_types, device)
     group_batches = ts.length_group_batches or TIMED_GROUP_BATCHES  # None (not resolved by the data): 16
     targets_per_step = (  # equal_target_weight None (not resolved by settings_for_data): off
@@ -348,24 +350,26 @@ def fit(
         "history": [],
         "elapsed": 0.0,
         "step": 0,
+        "planned_epochs": ts.epochs,  # the schedule's length (shorter when the time budget needs it)
     }
     resumed = -1
     if checkpoint is not None and ts.resume and checkpoint.is_file():
         saved = load_checkpoint(checkpoint, device)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
-        state = saved["state"]
+        state = {"planned_epochs": ts.epochs, **saved["state"]}  # checkpoints before the budget plan
         resumed = state["epoch"]
     t0 = time.perf_counter() - state["elapsed"]
     budget = ts.time_budget_s or 0.0
     stopped = False
     bar = None
     if show_progress:
-        bar = progress(total, "train", "step")
+        bar = progress(steps_per_epoch * state["planned_epochs"], "train", "step")
         bar.update(state["step"])
     for epoch in range(state["epoch"] + 1, ts.epochs):
-        if state["bad"] >= ts.patience:
+        if state["bad"] >= ts.patience or epoch >= state["planned_epochs"]:
             break
+        total = steps_per_epoch * state["planned_epochs"]  # the cosine ends with the planned epochs
         model.train()
         rng = np.random.default_rng(_seed(ts.seed, 2, epoch))
         batches = length_batches(lengths, ts.batch_size, rng, group_batches)
@@ -419,6 +423,10 @@ def fit(
         else:
             state["bad"] += 1
         state["epoch"], state["elapsed"] = epoch, time.perf_counter() - t0
+        state["planned_epochs"] = budget_epochs(ts.epochs, budget, state["elapsed"], epoch + 1)
+        record["planned_epochs"] = state["planned_epochs"]
+        if bar is not None:
+            bar.total = steps_per_epoch * state["planned_epochs"]  # tqdm reads its total on each update
         if checkpoint is not None:
             _save_checkpoint(
                 checkpoint,
@@ -453,7 +461,8 @@ def _log_epoch(record: dict, ts: TrainSettings, state: dict, budget: float) -> N
     """One INFO line per epoch (the progress of a run that no terminal watches)."""
     history = state["history"]
     mean_s = sum(h.get("seconds", 0.0) for h in history) / len(history)  # older checkpoints: no seconds
-    left = max(ts.epochs - record["epoch"] - 1, 0) * mean_s
+    planned = state["planned_epochs"]
+    left = max(planned - record["epoch"] - 1, 0) * mean_s
     if budget:
         left = min(left, max(budget - record["s"], 0.0))
     if record.get("stopped") or state["bad"] >= ts.patience:
@@ -461,7 +470,7 @@ def _log_epoch(record: dict, ts: TrainSettings, state: dict, budget: float) -> N
     log.info(
         "epoch %d/%d: loss %.4f, valid NDCG@10 %.4f (best %.4f), %.1f s, ETA %.1f s%s",
         record["epoch"] + 1,
-        ts.epochs,
+        planned,
         record["loss"],
         record["valid_ndcg10"],
         state["best"],

@@ -24,6 +24,7 @@ from core.datasets.synthetic import SyntheticConfig, generate, write_log
 from encoder.artifact import list_models, load_model, update_metrics
 from encoder.config import ModelConfig
 from encoder.data import events_to_sequences, item_catalogue, leave_last_out
+from encoder.optim import budget_epochs
 from encoder.settings import TrainSettings
 from encoder.train import fit, train_model
 
@@ -141,6 +142,38 @@ def test_time_budget_is_checked_between_batches(log, monkeypatch):
     assert 1 <= result.steps < full_epoch_steps / 2, (result.steps, full_epoch_steps)
     assert result.steps <= budget / tick + 1  # every batch reads the clock at least once: checked each batch
     assert result.best_valid_ndcg10 >= 0  # the cut epoch was still validated: its weights are kept
+
+
+def test_budget_epochs_fits_the_schedule_to_the_pace_so_far():
+    assert budget_epochs(30, 0.0, 100.0, 3) == 30  # no budget: the configured schedule
+    assert budget_epochs(30, 840.0, 18.0, 1) == 30  # a fast machine: 46 would fit, 30 are configured
+    assert budget_epochs(30, 840.0, 41.0, 1) == 20  # a slower one: the schedule shrinks to what fits
+    assert budget_epochs(30, 840.0, 410.0, 10) == 20  # re-planned at the mean pace of every epoch so far
+    assert budget_epochs(30, 840.0, 900.0, 12) == 12  # already over: never fewer than the epochs done
+
+
+def test_a_time_budget_too_short_for_the_epochs_still_completes_its_schedule(log, monkeypatch):
+    """With a fake clock (10 ms per reading) a 10-epoch schedule does not fit the budget: training
+    re-plans the cosine to the epochs that fit, runs them whole and ends with the rate decayed, instead
+    of being cut mid-epoch at a high rate."""
+    import itertools
+
+    import encoder.train
+
+    readings = itertools.count(0.0, 0.01)
+    monkeypatch.setattr(encoder.train.time, "perf_counter", lambda: next(readings))
+    seq = events_to_sequences(log.events)
+    split, cat = leave_last_out(seq, POS), item_catalogue(seq)
+    lr = 1e-3
+    probe = _train_settings(epochs=1, lr=lr, time_budget_s=1e9)  # a budget reads the clock every batch
+    epoch_s = fit(ModelConfig(**TINY), probe, split, cat, POS, None, show_progress=False).train_s
+    ts = _train_settings(epochs=10, patience=10, lr=lr, time_budget_s=3.5 * epoch_s)
+    result = fit(ModelConfig(**TINY), ts, split, cat, POS, None, show_progress=False)
+    assert 2 <= result.epochs_run < 10, [h["planned_epochs"] for h in result.history]
+    assert not any("stopped" in h for h in result.history)  # ended by the plan, not cut by the budget
+    assert result.history[-1]["planned_epochs"] == result.epochs_run
+    assert result.history[-1]["lr"] < 0.1 * lr  # the cosine reached its end (cut at 3 of 10: ~0.8 lr)
+    assert result.train_s <= ts.time_budget_s
 
 
 def _cli_env(monkeypatch, settings, **extra) -> None:
