@@ -79,12 +79,13 @@ FEATURE_ABLATION = {
 SPORTS_TRAIN = {"time_budget_s": 840.0}
 SPORTS_QUICK = {"epochs": 1, "eval_users": 500}
 # the classic SASRec setup on our model: item ids + positions, next item only, sampled softmax over the
-# in-batch items alone (no uniform negatives), one learning rate for every parameter
+# in-batch items alone (no uniform negatives), one learning rate for every parameter, no label smoothing
 PLAIN_SASREC_TRAIN = {
     "objectives": {"next_positive": 1.0},
     "loss": "sampled_softmax",
     "negatives": 0,
     "table_lr_scale": 1.0,
+    "label_smoothing": 0.0,
 }
 SYN_POSITIVES = ["click", "conversion", "view", "search"]  # every engagement with an item shows interest
 

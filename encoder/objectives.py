@@ -21,6 +21,10 @@ Scores are cosines / temperature. Two losses, chosen by catalogue size (`choose_
   often (Yi et al. 2019), plus ``train.negatives`` items drawn uniformly from the catalogue and
   shared by the step (mixed negative sampling; the correction then uses each candidate's expected
   count). Its cost does not depend on the catalogue: the loss of 10^8-item catalogues.
+
+Both take ``label_smoothing`` (Szegedy et al. 2016; `F.cross_entropy`'s semantics): that share of each
+target's probability mass is spread evenly over the candidates the query really has (every item under
+the full softmax; the unmasked candidates under the sampled one).
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ def sampled_softmax(
     temperature: float,
     negatives: Negatives | None = None,
     in_batch: bool = True,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Sampled softmax over in-batch (+ uniform) negatives. user, item (N, D) L2-normalised; item_ids
     (N,) raw; log_q (N,) log popularity of each target or None (no correction).
@@ -131,7 +136,24 @@ def sampled_softmax(
     if not in_batch:  # other rows' targets are not candidates of this row
         others = inverse[:, None] != torch.arange(len(uniq), device=inverse.device)[None, :]  # (N, M)
         logits = logits.masked_fill(F.pad(others, (0, logits.shape[1] - len(uniq))), float("-inf"))
-    return F.cross_entropy(logits, inverse)
+    if not label_smoothing:
+        return F.cross_entropy(logits, inverse)
+    log_p = logits.log_softmax(dim=-1)  # (N, M [+ K]), -inf where masked
+    nll = -log_p.gather(1, inverse[:, None]).squeeze(1)  # (N,)
+    return smoothed(nll, spread_nll(log_p, torch.isfinite(logits)), label_smoothing).mean()
+
+
+def spread_nll(log_p: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C) log-probabilities -> (N,) mean of -log p over each row's candidates (``candidates`` (N, C)
+    bool; default every column): the cross-entropy against a uniform target over them."""
+    if candidates is None:
+        return -log_p.mean(dim=-1)
+    return -log_p.masked_fill(~candidates, 0.0).sum(dim=-1) / candidates.sum(dim=-1)
+
+
+def smoothed(nll: torch.Tensor, spread: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Per-target cross-entropy with ``label_smoothing`` of the target's mass spread over its candidates."""
+    return (1.0 - label_smoothing) * nll + label_smoothing * spread
 
 
 def full_softmax(
@@ -139,6 +161,7 @@ def full_softmax(
     items: torch.Tensor,
     targets: list[tuple[torch.Tensor, torch.Tensor]],
     temperature: float,
+    label_smoothing: float = 0.0,
 ) -> list[torch.Tensor]:
     """Cross-entropy over the whole catalogue, for several target sets that share user rows.
 
@@ -148,7 +171,10 @@ def full_softmax(
     Returns the mean cross-entropy of each set.
     """
     log_p = torch.log_softmax(((user / temperature) @ items.T).float(), dim=-1)  # (U, I)
-    return [-log_p[u, i].mean() for u, i in targets]
+    if not label_smoothing:
+        return [-log_p[u, i].mean() for u, i in targets]
+    spread = spread_nll(log_p)  # (U,) once for every objective
+    return [smoothed(-log_p[u, i], spread[u], label_smoothing).mean() for u, i in targets]
 
 
 class LogQ:

@@ -253,7 +253,9 @@ def _batch_loss(
             lo += len(b)
         user_rows = user.reshape(-1, user.shape[-1])[positions].float()  # (U, D)
         for weight, ce in zip(
-            weights, full_softmax(user_rows, every_item, sets, ts.temperature), strict=True
+            weights,
+            full_softmax(user_rows, every_item, sets, ts.temperature, ts.label_smoothing),
+            strict=True,
         ):
             loss = loss + weight * ce
         return loss * scale
@@ -263,7 +265,14 @@ def _batch_loss(
         vec = model.item_vectors(batch.attrs[b, j])  # (N, D)
         log_q = inputs.logq(items) if inputs.logq is not None else None
         loss = loss + weight * sampled_softmax(
-            user[b, t].float(), vec.float(), items, log_q, ts.temperature, negatives, ts.in_batch_negatives
+            user[b, t].float(),
+            vec.float(),
+            items,
+            log_q,
+            ts.temperature,
+            negatives,
+            ts.in_batch_negatives,
+            ts.label_smoothing,
         )
     return loss * scale
 

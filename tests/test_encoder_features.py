@@ -230,6 +230,31 @@ def test_sampled_softmax_with_uniform_negatives_equals_a_hand_computed_mixed_sof
     )
 
 
+def test_label_smoothing_spreads_over_the_candidates_a_query_really_has():
+    F = torch.nn.functional
+    user, item, ids, log_q, neg = _four_rows_and_three_draws(3, torch.tensor([-4.0, -3.0, -5.0]))
+    target = torch.tensor([0, 1, 2, 1])
+    # in-batch candidates only, none masked: exactly F.cross_entropy's label smoothing
+    got = sampled_softmax(user, item, ids, log_q, 0.1, label_smoothing=0.2)
+    logits = user @ item[[0, 1, 2]].T / 0.1 - log_q[[0, 1, 2]]
+    assert torch.allclose(got, F.cross_entropy(logits, target, label_smoothing=0.2), atol=1e-5)
+    assert torch.allclose(
+        sampled_softmax(user, item, ids, log_q, 0.1, label_smoothing=0.0),
+        sampled_softmax(user, item, ids, log_q, 0.1),
+    )
+    # with draws: row 2's own target among the draws is no candidate of row 2, so it takes no share
+    got = sampled_softmax(user, item, ids, log_q, 0.1, neg, label_smoothing=0.2)
+    assert torch.isfinite(got)
+    cand = torch.cat([item[[0, 1, 2]], neg.vectors])
+    count = 4 * torch.cat([log_q[[0, 1, 2]], neg.log_q]).exp() + 3 / 10
+    want = []
+    for r in range(4):
+        keep = [0, 1, 2] + [3 + k for k in range(3) if neg.ids[k] != ids[r]]
+        log_p = (user[r] @ cand[keep].T / 0.1 - count[keep].log()).log_softmax(dim=-1)
+        want.append(-0.8 * log_p[int(target[r])] - 0.2 * log_p.mean())
+    assert torch.allclose(got, torch.stack(want).mean(), atol=1e-5)
+
+
 def test_sampled_softmax_with_uniform_negatives_only_sees_its_own_target_and_the_draws():
     user, item, ids, log_q, neg = _four_rows_and_three_draws(2, torch.zeros(3))
     got = sampled_softmax(user, item, ids, log_q, 0.1, neg, in_batch=False)

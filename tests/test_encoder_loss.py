@@ -60,6 +60,17 @@ def test_full_softmax_is_cross_entropy_over_every_item():
     )
     assert torch.allclose(first, F.cross_entropy(user[[0, 2]] @ items.T / 0.1, target[:2]), atol=1e-5)
     assert torch.allclose(second, F.cross_entropy(user[[4]] @ items.T / 0.1, target[4:]), atol=1e-5)
+    # label smoothing: F.cross_entropy's, over every item, for each set of the shared pass
+    (smooth,) = full_softmax(user, items, [(torch.arange(5), target)], 0.1, 0.2)
+    assert torch.allclose(
+        smooth, F.cross_entropy(user @ items.T / 0.1, target, label_smoothing=0.2), atol=1e-5
+    )
+    _, tail = full_softmax(
+        user, items, [(torch.tensor([0, 2]), target[:2]), (torch.tensor([4]), target[4:])], 0.1, 0.3
+    )
+    assert torch.allclose(
+        tail, F.cross_entropy(user[[4]] @ items.T / 0.1, target[4:], label_smoothing=0.3), atol=1e-5
+    )
 
 
 def test_loss_inputs_follow_the_catalogue_size(data):
@@ -85,10 +96,13 @@ def test_loss_inputs_follow_the_catalogue_size(data):
     assert torch.allclose(negatives.vectors, every[torch.from_numpy(rows)], atol=1e-6)
 
 
-def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data):
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data, label_smoothing):
     split, cat = data
     train = chunk_rows(split.train, CFG.max_len)
-    ts = TrainSettings(objectives={"next_positive": 1.0}, positive_event_types=POS)
+    ts = TrainSettings(
+        objectives={"next_positive": 1.0}, positive_event_types=POS, label_smoothing=label_smoothing
+    )
     inputs = loss_inputs(CFG, ts, train, cat, POS, "cpu")
     model = UserEncoder(CFG).eval()  # no dropout: deterministic
     batch = featurize(train.slice(0, 16), CFG)
@@ -112,7 +126,7 @@ def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data):
         user = model.encode_positions(batch, hour, weekday, newest=newest)
         items = model.item_vectors(inputs.catalogue_idx)
     logits = torch.stack([user[b, t] @ items.T / ts.temperature for b, t, _ in queries])
-    want = F.cross_entropy(logits, torch.tensor([c for _, _, c in queries]))
+    want = F.cross_entropy(logits, torch.tensor([c for _, _, c in queries]), label_smoothing=label_smoothing)
     assert torch.allclose(got.detach(), want, atol=1e-4)
 
 
@@ -193,6 +207,35 @@ def test_objectives_sharing_one_full_softmax_pass_add_up_to_their_separate_losse
     both = loss({"next_positive": 1.0, "future_window": 0.5})
     apart = loss({"next_positive": 1.0}) + 0.5 * loss({"future_window": 1.0})
     assert torch.allclose(both, apart, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_kind", ["full_softmax", "sampled_softmax"])
+def test_label_smoothing_reaches_every_objective_of_either_loss(data, loss_kind):
+    """The step's loss is (1 - e) x the target's cross-entropy + e x the spread term for every objective,
+    so with the same draws it is linear in e, and e = 0 is the unsmoothed loss."""
+    split, cat = data
+    train = chunk_rows(split.train, CFG.max_len)
+    model = UserEncoder(CFG).eval()
+    batch = featurize(train.slice(0, 24), CFG)
+
+    def loss(label_smoothing):
+        ts = TrainSettings(
+            objectives={"next_positive": 1.0, "future_window": 0.5},
+            positive_event_types=POS,
+            loss=loss_kind,
+            negatives=16,
+            label_smoothing=label_smoothing,
+        )
+        inputs = loss_inputs(CFG, ts, train, cat, POS, "cpu")
+        gen = torch.Generator().manual_seed(7)  # the same future-window draws each time
+        return _batch_loss(model, batch, ts, inputs, np.random.default_rng(0), gen, "cpu").detach()
+
+    plain, low, mid, high = loss(0.0), loss(1e-9), loss(0.2), loss(0.4)
+    assert torch.isfinite(mid) and torch.allclose(plain, low, atol=1e-6)
+    assert not torch.allclose(mid, plain, atol=1e-3)
+    assert torch.allclose(mid, (plain + high) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainSettings(label_smoothing=1.0)
 
 
 def test_without_timestamps_the_future_window_counts_events(tmp_path):
