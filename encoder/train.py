@@ -254,7 +254,7 @@ def _batch_loss(
         user_rows = user.reshape(-1, user.shape[-1])[positions].float()  # (U, D)
         for weight, ce in zip(
             weights,
-            full_softmax(user_rows, every_item, sets, ts.temperature, ts.label_smoothing),
+            full_softmax(user_rows, every_item, sets, ts.temperature, ts.label_smoothing_for(inputs.kind)),
             strict=True,
         ):
             loss = loss + weight * ce
@@ -272,7 +272,7 @@ def _batch_loss(
             ts.temperature,
             negatives,
             ts.in_batch_negatives,
-            ts.label_smoothing,
+            ts.label_smoothing_for(inputs.kind),
         )
     return loss * scale
 

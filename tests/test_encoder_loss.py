@@ -96,13 +96,12 @@ def test_loss_inputs_follow_the_catalogue_size(data):
     assert torch.allclose(negatives.vectors, every[torch.from_numpy(rows)], atol=1e-6)
 
 
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
-def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data, label_smoothing):
+# None: the full softmax's default smoothing (encoder.settings.LABEL_SMOOTHING)
+@pytest.mark.parametrize(("setting", "label_smoothing"), [(None, 0.1), (0.0, 0.0), (0.2, 0.2)])
+def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data, setting, label_smoothing):
     split, cat = data
     train = chunk_rows(split.train, CFG.max_len)
-    ts = TrainSettings(
-        objectives={"next_positive": 1.0}, positive_event_types=POS, label_smoothing=label_smoothing
-    )
+    ts = TrainSettings(objectives={"next_positive": 1.0}, positive_event_types=POS, label_smoothing=setting)
     inputs = loss_inputs(CFG, ts, train, cat, POS, "cpu")
     model = UserEncoder(CFG).eval()  # no dropout: deterministic
     batch = featurize(train.slice(0, 16), CFG)
@@ -212,7 +211,7 @@ def test_objectives_sharing_one_full_softmax_pass_add_up_to_their_separate_losse
 @pytest.mark.parametrize("loss_kind", ["full_softmax", "sampled_softmax"])
 def test_label_smoothing_reaches_every_objective_of_either_loss(data, loss_kind):
     """The step's loss is (1 - e) x the target's cross-entropy + e x the spread term for every objective,
-    so with the same draws it is linear in e, and e = 0 is the unsmoothed loss."""
+    so with the same draws it is linear in e, and e = 0 is the unsmoothed loss; unset, e follows the loss."""
     split, cat = data
     train = chunk_rows(split.train, CFG.max_len)
     model = UserEncoder(CFG).eval()
@@ -234,6 +233,10 @@ def test_label_smoothing_reaches_every_objective_of_either_loss(data, loss_kind)
     assert torch.isfinite(mid) and torch.allclose(plain, low, atol=1e-6)
     assert not torch.allclose(mid, plain, atol=1e-3)
     assert torch.allclose(mid, (plain + high) / 2, atol=1e-5)
+    # unset, it follows the loss: smoothed over every item, not over the sampled candidates
+    assert torch.allclose(loss(None), loss(0.1 if loss_kind == "full_softmax" else 0.0), atol=1e-6)
+    assert TrainSettings().label_smoothing_for(loss_kind) == (0.1 if loss_kind == "full_softmax" else 0.0)
+    assert TrainSettings(label_smoothing=0.3).label_smoothing_for(loss_kind) == 0.3
     with pytest.raises(ValueError, match="label_smoothing"):
         TrainSettings(label_smoothing=1.0)
 
