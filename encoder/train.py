@@ -129,6 +129,7 @@ class LossInputs:
     logq: LogQ | None  # sampled softmax: popularity correction
     catalogue: Catalogue  # full softmax: the items scored
     catalogue_idx: torch.Tensor | None  # full softmax: (I, A, H) catalogue buckets, on the device
+    label_smoothing: float  # of the loss trained (`TrainSettings.label_smoothing_for`)
 
 
 def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue, positive_types, device):
@@ -138,7 +139,7 @@ def loss_inputs(cfg: ModelConfig, ts: TrainSettings, train, catalogue: Catalogue
     )
     logq = LogQ(*positive_counts(train, positive_types)) if ts.logq and kind == "sampled_softmax" else None
     idx = hash_items(catalogue.ids, cfg, catalogue.attributes).to(device) if kind == "full_softmax" else None
-    return LossInputs(kind, positive_idx, logq, catalogue, idx)
+    return LossInputs(kind, positive_idx, logq, catalogue, idx, ts.label_smoothing_for(kind))
 
 
 def draw_negatives(model, inputs: LossInputs, k: int, rng: np.random.Generator, device) -> Negatives | None:
@@ -254,7 +255,7 @@ def _batch_loss(
         user_rows = user.reshape(-1, user.shape[-1])[positions].float()  # (U, D)
         for weight, ce in zip(
             weights,
-            full_softmax(user_rows, every_item, sets, ts.temperature, ts.label_smoothing_for(inputs.kind)),
+            full_softmax(user_rows, every_item, sets, ts.temperature, inputs.label_smoothing),
             strict=True,
         ):
             loss = loss + weight * ce
@@ -272,7 +273,7 @@ def _batch_loss(
             ts.temperature,
             negatives,
             ts.in_batch_negatives,
-            ts.label_smoothing_for(inputs.kind),
+            inputs.label_smoothing,
         )
     return loss * scale
 

@@ -81,6 +81,7 @@ def test_loss_inputs_follow_the_catalogue_size(data):
     assert small.catalogue_idx.shape == (len(cat), len(CFG.features), CFG.n_hashes)
     big = loss_inputs(CFG, TrainSettings(full_softmax_max_items=len(cat) - 1), train, cat, POS, "cpu")
     assert big.kind == "sampled_softmax" and big.logq is not None and big.catalogue_idx is None
+    assert (small.label_smoothing, big.label_smoothing) == (0.1, 0.0)  # resolved once, by the loss
     # uniform negatives are drawn from the catalogue and hashed per step (the catalogue never is)
     mixed = TrainSettings(full_softmax_max_items=len(cat) - 1, negatives=8)
     drawn = loss_inputs(CFG, mixed, train, cat, POS, "cpu")
