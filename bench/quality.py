@@ -1,6 +1,6 @@
 """Quality of the user vectors: ML-100K full ranking vs baselines, staleness, synthetic planted purity.
 
-    python -m bench.quality [--quick] [--threads N]
+    python -m bench.quality [--quick] [--threads N] [--seeds N] [--sections ...] [--session-focus F]
 
 1. **MovieLens-100K, leave-last-out, full ranking** (all 1,682 items; the user's history items are
    excluded from the candidates; target = the user's last positive = rating >= 4; validation = the
@@ -14,6 +14,9 @@
    * staleness: vectors at T score each user's positives in (T, T+24h]; vectors recomputed just
      before each target score the same events. staleness_loss_pct = 100 * (1 - recall@10 stale /
      recall@10 fresh), per target event. (ML-100K has too few users active on both sides of any T.)
+   ``--session-focus F`` plants session intent in this log (`SyntheticConfig.session_focus`: that share
+   of a session's interest draws keep to one interest), to ask whether the time features pay where
+   sessions carry the signal.
 
 3. **Amazon Sports and Outdoors** (`../shared/data/sasrec/Sports_and_Outdoors.txt`, SASRec text
    format; protocol and published numbers in the README beside it): leave-one-out (last item =
@@ -96,6 +99,12 @@ def _args(parser):
     parser.add_argument("--sports-file", default=SPORTS_FILE, help="the Sports SASRec file (repo-relative)")
     parser.add_argument(
         "--sections", default="ml100k,synthetic,sports", help="comma-separated sections to run"
+    )
+    parser.add_argument(
+        "--session-focus",
+        type=float,
+        default=0.0,
+        help="synthetic log: share of interest draws that take the session's one interest (0: independent)",
     )
 
 
@@ -223,12 +232,18 @@ def prefix_until(seq: pa.Table, T_ms: int) -> pa.Table:
     return truncate(seq, np.bincount(row[ts_flat <= T_ms], minlength=seq.num_rows))
 
 
-def synthetic(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
+def synthetic(settings, quick: bool, train: dict, seeds: int = 1, session_focus: float = 0.0) -> dict:
     """One model trained on the first day of a 2-day log: purity at T, and staleness over (T, T+24h];
-    the feature ablation over ``seeds`` training seeds on the same split."""
+    the feature ablation over ``seeds`` training seeds on the same split. ``session_focus``: the log's
+    sessions keep to one interest (`SyntheticConfig.session_focus`; 0: the bench's log)."""
     n_users = 1000 if quick else 2500
     cfg = SyntheticConfig(
-        n_users=n_users, n_items=10_000, n_clusters=20, hours=48, base_events_per_user=120.0
+        n_users=n_users,
+        n_items=10_000,
+        n_clusters=20,
+        hours=48,
+        base_events_per_user=120.0,
+        session_focus=session_focus,
     )
     log = generate(cfg)
     seq = events_to_sequences(log.events)
@@ -318,6 +333,8 @@ def main() -> None:
     sections = set(args.sections.split(","))
     t0 = time.perf_counter()
     result = {"bench": "quality", "quick": args.quick, "threads": args.threads, **machine()}
+    if args.session_focus:
+        result["synthetic_session_focus"] = args.session_focus
     targets = {}
     if "ml100k" in sections:
         result.update(ml100k(settings, args.quick, train, args.seeds))
@@ -325,7 +342,13 @@ def main() -> None:
         targets["ml100k_train_lt_600s"] = result["train_s"] < 600
     if "synthetic" in sections:
         result.update(
-            synthetic(settings, args.quick, {**train, "epochs": 2 if args.quick else 8}, args.seeds)
+            synthetic(
+                settings,
+                args.quick,
+                {**train, "epochs": 2 if args.quick else 8},
+                args.seeds,
+                args.session_focus,
+            )
         )
         targets["synthetic_purity20_ge_0.8"] = result["synthetic_purity20"] >= 0.8
     if "sports" in sections:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -122,3 +124,31 @@ def test_user_slices_share_the_catalogue_and_keep_their_users_across_configs():
     assert not set(ids) & set(other.users["user_id"].to_numpy())
     assert set(history.events["user_id"].to_numpy()) <= set(ids)
     assert not history.users["clusters"].equals(other.users["clusters"])  # own draws per slice
+
+
+def _same_interest_share(g) -> float:
+    """Of the views that follow a user's previous view within a minute (one session), the share from
+    the same planted cluster, over users with more than one interest."""
+    t = g.events.filter(pc.equal(g.events["event_type"], "view"))
+    t = t.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    uid = t["user_id"].to_numpy()
+    ts = t["ts"].cast("int64").to_numpy()
+    cl = g.items["cluster"].to_numpy()[t["item_id"].to_numpy() - ITEM_ID_BASE]
+    several = np.array([len(c) > 1 for c in g.users["clusters"].to_pylist()])[uid - uid.min()]
+    pair = (np.diff(uid) == 0) & (np.diff(ts) < 60_000) & several[1:]
+    return float(np.mean(cl[1:][pair] == cl[:-1][pair]))
+
+
+def test_session_focus_keeps_a_session_on_one_interest(log):
+    """``session_focus``: a session's interest draws take one of the user's interests, so views close in
+    time share a cluster more often than independent draws do; the users and their activity stay."""
+    focused = generate(replace(SMALL, session_focus=1.0))
+    assert focused.users.equals(log.users)
+    assert _same_interest_share(focused) > _same_interest_share(log) + 0.15
+    base_types = ["impression", "view", "search"]  # their times do not depend on the items drawn
+
+    def base_times(g):
+        t = g.events.filter(pc.is_in(g.events["event_type"], value_set=pa.array(base_types)))
+        return np.sort(t["ts"].cast("int64").to_numpy())
+
+    assert np.array_equal(base_times(focused), base_times(log))

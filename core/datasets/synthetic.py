@@ -7,7 +7,9 @@ What it plants, so that later stages can be measured against a known truth:
   campaigns belong to an advertiser.
 * **Users** have 1-3 interest clusters (the first is primary), heavy-tailed (log-normal) activity and
   bursty sessions: session starts follow a diurnal curve, gaps inside a session are log-normal
-  seconds to minutes.
+  seconds to minutes. Each interest draw picks one of the user's clusters by weight, independently
+  of time by default; with ``session_focus`` > 0 that share of the draws takes the session's own
+  interest instead (one pick per session), so a session stays on one topic, as real sessions do.
 * **A funnel**: an impression (ads are targeted imperfectly: ``impression_interest_prob`` of them
   come from the user's clusters) may lead to a click a few seconds later (CTR ``ctr_interest`` on
   interesting items, ``ctr_other`` otherwise, about 2-5 % overall) and a click to a conversion
@@ -76,6 +78,7 @@ class SyntheticConfig:
     view_share: float = 0.2  # share of base events that are views
     search_share: float = 0.05  # share of base events that are searches
     mean_session_events: float = 12.0  # mean base events per session
+    session_focus: float = 0.0  # share of interest draws that take the session's one interest (0 = none)
     late_fraction: float = 0.01  # events that arrive 1-3 hours after their ts
     malformed_fraction: float = 0.0  # share of extra malformed rows injected
     seed: int = 0  # everything derives from this
@@ -176,6 +179,11 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
     interest_prob = np.where(is_imp, cfg.impression_interest_prob, cfg.organic_interest_prob)
     from_interest = rng.random(E) < interest_prob
     pick = (rng.random(E)[:, None] < interest_cum[user]).argmax(axis=1)
+    if cfg.session_focus > 0:  # own stream: a log without session focus stays draw-for-draw the same
+        srng = np.random.default_rng([cfg.seed, cfg.user_offset, 1])
+        session_user = user[new_session]  # (n_sessions,)
+        session_pick = (srng.random(n_sessions)[:, None] < interest_cum[session_user]).argmax(axis=1)
+        pick = np.where(srng.random(E) < cfg.session_focus, session_pick[session], pick)
     chosen_cluster = user_clusters[user, pick]
     item = np.where(
         from_interest,
