@@ -269,6 +269,7 @@ def synthetic(settings, quick: bool, train: dict, seeds: int = 1, session_focus:
         "synthetic_pop_ndcg10": report["pop_ndcg@10"],
         "synthetic_bag_ndcg10": report["bag_ndcg@10"],
         "synthetic_train_s": report["train_s"],
+        "synthetic_session_focus": session_focus,
         **{k: v for k, v in st.items() if k != "staleness_T_ms"},
     }
 
@@ -333,8 +334,6 @@ def main() -> None:
     sections = set(args.sections.split(","))
     t0 = time.perf_counter()
     result = {"bench": "quality", "quick": args.quick, "threads": args.threads, **machine()}
-    if args.session_focus:
-        result["synthetic_session_focus"] = args.session_focus
     targets = {}
     if "ml100k" in sections:
         result.update(ml100k(settings, args.quick, train, args.seeds))

@@ -134,7 +134,7 @@ def _same_interest_share(g) -> float:
     uid = t["user_id"].to_numpy()
     ts = t["ts"].cast("int64").to_numpy()
     cl = g.items["cluster"].to_numpy()[t["item_id"].to_numpy() - ITEM_ID_BASE]
-    several = np.array([len(c) > 1 for c in g.users["clusters"].to_pylist()])[uid - uid.min()]
+    several = np.array([len(c) > 1 for c in g.users["clusters"].to_pylist()])[uid - USER_ID_BASE]
     pair = (np.diff(uid) == 0) & (np.diff(ts) < 60_000) & several[1:]
     return float(np.mean(cl[1:][pair] == cl[:-1][pair]))
 

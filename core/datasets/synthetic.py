@@ -178,11 +178,15 @@ def generate(cfg: SyntheticConfig) -> GeneratedLog:
     is_imp = ~(is_view | is_search)
     interest_prob = np.where(is_imp, cfg.impression_interest_prob, cfg.organic_interest_prob)
     from_interest = rng.random(E) < interest_prob
-    pick = (rng.random(E)[:, None] < interest_cum[user]).argmax(axis=1)
+
+    def pick_interest(users: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """(n,) users, (n,) uniforms -> (n,) index of one of each user's interests, drawn by weight."""
+        return (u[:, None] < interest_cum[users]).argmax(axis=1)
+
+    pick = pick_interest(user, rng.random(E))
     if cfg.session_focus > 0:  # own stream: a log without session focus stays draw-for-draw the same
         srng = np.random.default_rng([cfg.seed, cfg.user_offset, 1])
-        session_user = user[new_session]  # (n_sessions,)
-        session_pick = (srng.random(n_sessions)[:, None] < interest_cum[session_user]).argmax(axis=1)
+        session_pick = pick_interest(user[new_session], srng.random(n_sessions))  # (n_sessions,)
         pick = np.where(srng.random(E) < cfg.session_focus, session_pick[session], pick)
     chosen_cluster = user_clusters[user, pick]
     item = np.where(
