@@ -6,7 +6,11 @@
    excluded from the candidates; target = the user's last positive = rating >= 4; validation = the
    one before; max_len 50). Our model (last-position pooling), the same with attention pooling, the
    plain-SASRec ablation (item ids only), popularity and bag-of-items, all on the same split with the
-   same metric code (`encoder.metrics.ranking_metrics`).
+   same metric code (`encoder.metrics.ranking_metrics`). Beside it, the same test targets as the
+   hourly job serves them (``served_*``, `encoder.evaluate.served_hourly`): each scored by the vector
+   computed at the hour boundary before it, from the events before that boundary, so the vector does
+   not see the target's own hour and knows how long the user has been idle. The feature ablation
+   reports both.
 2. **Synthetic 2-day log** (`core.datasets.synthetic`, planted clusters), one model trained only on
    the first day (events <= T):
    * planted structure: purity@20 of each user's nearest neighbours (cosine, exact) at T against
@@ -69,8 +73,9 @@ _IDS_ONLY = {"use_action": False, "use_time": False, "use_attributes": False, "u
 FEATURE_ABLATION = {
     "all": {},
     "no_action": {"use_action": False},
-    "no_time": {"use_time": False},  # no gap to as_of (nor to the event before where that is on)
+    "no_time": {"use_time": False},  # no gap to as_of, no idle time (nor the gap to the event before)
     "with_event_gap": {"use_event_gap": True},  # the gap to the event before added (off by default)
+    "no_idle": {"use_idle": False},  # the time tokens without the idle time at as_of beside them
     "no_attributes": {"use_attributes": False},
     "item_ids_only": _IDS_ONLY,
     "ids_and_action": {**_IDS_ONLY, "use_action": True},
@@ -91,6 +96,9 @@ PLAIN_SASREC_TRAIN = {
     "label_smoothing": 0.0,
 }
 SYN_POSITIVES = ["click", "conversion", "view", "search"]  # every engagement with an item shows interest
+# (label, report key) of the ablation's figures: leave-last-out, and the same targets as the hourly job
+# serves them (`encoder.evaluate.served_hourly`: the vector of the hour boundary before each target)
+FIGURES = [("ndcg10", "ndcg@10"), ("hr10", "hr@10"), ("served_ndcg10", "served_ndcg@10")]
 
 
 def _args(parser):
@@ -174,6 +182,10 @@ def ml100k(settings, quick: bool, train: dict, seeds: int = 1) -> dict:
         pop_hr10=main["pop_hr@10"],
         bag_ndcg10=main["bag_ndcg@10"],
         bag_hr10=main["bag_hr@10"],
+        ml100k_served_ndcg10=main["served_ndcg@10"],
+        ml100k_served_hr10=main["served_hr@10"],
+        pop_served_ndcg10=main["pop_served_ndcg@10"],
+        ml100k_served_users=main["served_users"],
         train_s=main["train_s"],
         ml100k_epochs=main["epochs"],
         ml100k_test_users=main["test_users"],
@@ -207,21 +219,27 @@ def feature_ablation(
 
 
 def summarise_ablation(reports: dict[str, list[dict]], prefix: str) -> dict:
-    """Flat figures of a feature ablation: reports[variant] = one test report per seed, in seed order."""
+    """Flat figures of a feature ablation: reports[variant] = one test report per seed, in seed order.
+    Where the reports hold the hourly-served figures (data with a clock), those are summarised too."""
     out = {}
+    figures = [f for f in FIGURES if all(f[1] in r for runs in reports.values() for r in runs)]
     for name, runs in reports.items():
-        out[f"{prefix}_features_{name}_ndcg10"] = statistics.fmean(r["ndcg@10"] for r in runs)
-        out[f"{prefix}_features_{name}_hr10"] = statistics.fmean(r["hr@10"] for r in runs)
+        for label, key in figures:
+            out[f"{prefix}_features_{name}_{label}"] = statistics.fmean(r[key] for r in runs)
     if len(reports["all"]) > 1:
         out[f"{prefix}_features_seeds"] = {
             name: seed_spread(runs)["ndcg10"] for name, runs in reports.items()
         }
-        ids = [r["ndcg@10"] for r in reports["item_ids_only"]]
-        out[f"{prefix}_features_gain_pct"] = {  # per seed, paired: 100 * (variant / item ids only - 1)
-            name: [round(100 * (r["ndcg@10"] / i - 1), 2) for r, i in zip(runs, ids, strict=True)]
-            for name, runs in reports.items()
-            if name != "item_ids_only"
-        }
+        for label, key in figures:
+            if "ndcg" not in label:
+                continue
+            ids = [r[key] for r in reports["item_ids_only"]]
+            gain = f"{prefix}_features_{label.removesuffix('ndcg10')}gain_pct"  # or ..._served_gain_pct
+            out[gain] = {  # per seed, paired: 100 * (variant / item ids only - 1)
+                name: [round(100 * (r[key] / i - 1), 2) for r, i in zip(runs, ids, strict=True)]
+                for name, runs in reports.items()
+                if name != "item_ids_only"
+            }
     return out
 
 
@@ -266,6 +284,8 @@ def synthetic(settings, quick: bool, train: dict, seeds: int = 1, session_focus:
         "synthetic_purity20_min5": p5["purity20"],
         "synthetic_users": p["purity_users"],
         "synthetic_ndcg10": report["ndcg@10"],
+        "synthetic_served_ndcg10": report["served_ndcg@10"],
+        "synthetic_served_users": report["served_users"],
         "synthetic_pop_ndcg10": report["pop_ndcg@10"],
         "synthetic_bag_ndcg10": report["bag_ndcg@10"],
         "synthetic_train_s": report["train_s"],
@@ -277,7 +297,9 @@ def synthetic(settings, quick: bool, train: dict, seeds: int = 1, session_focus:
 def seed_spread(runs: list[dict]) -> dict:
     """Mean, sample standard deviation, min and max over seeds of each headline figure of the runs."""
     out = {}
-    for name, key in (("ndcg10", "ndcg@10"), ("hr10", "hr@10"), ("train_s", "train_s")):
+    for name, key in (*FIGURES, ("train_s", "train_s")):
+        if not all(key in r for r in runs):  # no served figures without a clock (Sports)
+            continue
         values = [r[key] for r in runs]
         out[name] = {
             "mean": statistics.fmean(values),

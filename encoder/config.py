@@ -26,7 +26,7 @@ Pooling = Literal["last", "attention"]
 # embedding) or the oldest kept event (the newest's position then moves with the history's length)
 Positions = Literal["from_newest", "from_oldest"]
 # fields added after artifacts existed: the value that reproduces what those artifacts were trained with
-LEGACY_DEFAULTS = {"positions": "from_oldest", "unit_items": True, "use_event_gap": False}
+LEGACY_DEFAULTS = {"positions": "from_oldest", "unit_items": True, "use_event_gap": False, "use_idle": False}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ class ModelConfig:
     use_time: bool = True  # add the time-gap bucket embedding (and the gap to the event before, below)
     use_event_gap: bool = False  # with use_time: add the log2 bucket of the gap to the event before (off:
     # level on ML-100K and the synthetic log over 3 seeds, docs/encoder.md twelfth pass)
+    use_idle: bool = True  # with use_time: condition the user vector on how long the user has been idle
+    # when it is computed (as_of - newest event; training: a random moment before each query's next event;
+    # ML-100K served hourly +14 % over the time tokens alone, docs/encoder.md sixteenth pass)
     use_attributes: bool = True  # add the attribute tables (False: item id only, plain SASRec)
     use_context: bool = True  # add hour-of-day / weekday of as_of beside the sequence
     pooling: Pooling = "last"  # "last" (newest position) or "attention" (learned-query pooling)
@@ -95,6 +98,11 @@ class ModelConfig:
     def uses_event_gap(self) -> bool:
         """The token holds the gap to the event before (a time feature: only with ``use_time``)."""
         return self.use_time and self.use_event_gap
+
+    @property
+    def uses_idle(self) -> bool:
+        """The user vector depends on the idle time at ``as_of`` (a time feature: only with ``use_time``)."""
+        return self.use_time and self.use_idle
 
     @property
     def tables(self) -> tuple[TableConfig, ...]:

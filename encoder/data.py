@@ -133,6 +133,7 @@ class Split:
     valid_target: np.ndarray  # (Uv,) int64 target item per validation row
     test: pa.Table  # inputs of test users (prefix before their last positive)
     test_target: np.ndarray  # (Ut,) int64 target item per test row
+    test_target_ts: np.ndarray | None = None  # (Ut,) int64 ms time of each test target (None: no ts column)
 
 
 def leave_last_out(sequences: pa.Table, positive_types, min_positives: int = 3) -> Split:
@@ -154,14 +155,20 @@ def leave_last_out(sequences: pa.Table, positive_types, min_positives: int = 3) 
     ok = n_pos >= min_positives
     item_flat = pc.fill_null(sequences["item_id"].combine_chunks().flatten(), -1).to_numpy()
 
-    def inputs_and_target(which: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    def inputs_and_target(which: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         use = ok & (which > 0)  # a target needs at least one event before it
-        return truncate(sequences, np.where(use, which, 0)), item_flat[off[:-1][use] + which[use]]
+        at = off[:-1][use] + which[use]  # flat position of each target
+        return truncate(sequences, np.where(use, which, 0)), item_flat[at], at
 
-    valid, valid_target = inputs_and_target(second)
-    test, test_target = inputs_and_target(last)
+    valid, valid_target, _ = inputs_and_target(second)
+    test, test_target, test_at = inputs_and_target(last)
+    test_ts = None
+    if "ts" in sequences.column_names:
+        test_ts = pc.fill_null(sequences["ts"].combine_chunks().flatten().cast(pa.int64()), 0).to_numpy()[
+            test_at
+        ]
     keep_train = np.where(ok, second, n)  # users without enough positives: everything trains
-    return Split(truncate(sequences, keep_train), valid, valid_target, test, test_target)
+    return Split(truncate(sequences, keep_train), valid, valid_target, test, test_target, test_ts)
 
 
 @dataclass

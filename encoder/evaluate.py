@@ -5,6 +5,9 @@ baselines (`encoder.baselines`) are scored by the very same functions on the sam
 
 * `leave_last_out_metrics`: HR/NDCG@{10,20,50} over the whole catalogue, the user's history items
   excluded from the candidates (the target itself is never excluded).
+* `served_hourly`: the same test targets as the hourly job serves them: each scored by the vector
+  computed at the last hour boundary before it, from the events before that boundary (so the
+  vector knows how long the user has been idle, and not what they did in the target's hour).
 * `staleness_metrics`: vectors computed at T score the positives in (T, T+horizon]; "fresh" vectors
   recomputed just before each target event score that one event. Loss = 1 - stale/fresh, in %.
 * `planted_purity`: purity@20 of each user's nearest neighbours against the planted clusters, with
@@ -219,12 +222,29 @@ def planted_purity(
     }
 
 
+def served_hourly(split: Split, every_ms: int = HOUR_MS) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(inputs, targets, as_of) of the test targets as a job that runs every ``every_ms`` serves them: the
+    vector of a target at t was computed at as_of = t rounded down to the boundary, from the events before
+    as_of (an event at the boundary belongs to the next run). Users with no event before it are left out."""
+    if split.test_target_ts is None:
+        raise ValueError("served_hourly: the split has no target times (the data has no ts column)")
+    as_of = split.test_target_ts // every_ms * every_ms  # (Ut,)
+    ts = pc.fill_null(split.test["ts"].combine_chunks().flatten().cast(pa.int64()), 0).to_numpy()
+    lengths = pc.list_value_length(split.test["ts"]).to_numpy().astype(np.int64)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    keep = np.bincount(row[ts < as_of[row]], minlength=len(lengths))  # events before as_of (time order)
+    served = keep > 0
+    return truncate(split.test, keep), split.test_target[served], as_of[served]
+
+
 def leave_last_out_report(
     model, cfg, split: Split, catalogue: Catalogue, positive_types, device=None, ks=KS
 ) -> dict:
     """The model and the popularity / bag-of-items baselines on the test split, one metric code.
 
-    Keys: ``hr@K``/``ndcg@K`` (model), ``pop_...`` and ``bag_...`` (baselines), ``test_users``.
+    Keys: ``hr@K``/``ndcg@K`` (model), ``pop_...`` and ``bag_...`` (baselines), ``test_users``; with real
+    time also ``served_hr@K``/``served_ndcg@K`` and ``served_users`` (the model as `served_hourly`
+    serves the same targets) and ``pop_served_...`` beside them.
     """
     users = encode_users(model, cfg, split.test, device=device)
     items = item_matrix(model, cfg, catalogue, device=device)
@@ -238,6 +258,16 @@ def leave_last_out_report(
         m = leave_last_out_metrics(score_fn, split.test, split.test_target, catalogue, ks)
         out.update({f"{prefix}{k}": v for k, v in m.items() if k != "users"})
         out["test_users"] = m["users"]
+    inputs, targets, as_of = served_hourly(split) if split.test_target_ts is not None else (None, [], None)
+    if len(targets) and has_real_time(split.test):
+        served = {
+            "served_": vector_scores(encode_users(model, cfg, inputs, as_of=as_of, device=device), items),
+            "pop_served_": scorers["pop_"],
+        }
+        for prefix, score_fn in served.items():
+            m = leave_last_out_metrics(score_fn, inputs, targets, catalogue, ks)
+            out.update({f"{prefix}{k}": v for k, v in m.items() if k != "users"})
+        out["served_users"] = m["users"]
     return out
 
 

@@ -18,6 +18,8 @@ inference can featurise millions of users per worker.
   of ts_i - ts_(i-1), read from the row's whole list (so the oldest kept event still sees the event
   before it); ``n_time_buckets`` = no event before it in the row. It does not depend on ``as_of``,
   and is computed only where the model uses it (``cfg.uses_event_gap``; else all "none").
+* **Idle time**: the bucket of the newest event's gap to ``as_of`` (`SequenceBatch.idle_bucket`): how
+  long the user has been idle when the vector is computed (the model uses it with ``cfg.uses_idle``).
 * **Context**: hour of day and weekday (Monday = 0) of ``as_of``, one per user, fed beside the
   sequence.
 """
@@ -52,6 +54,12 @@ class SequenceBatch:
     item_id: torch.Tensor  # (B, T) int64 raw item id, -1 = pad (targets, history exclusion)
     hour: torch.Tensor  # (B,) int64 hour of day of as_of
     weekday: torch.Tensor  # (B,) int64 weekday of as_of, Monday = 0
+
+    @property
+    def idle_bucket(self) -> torch.Tensor:
+        """(B,) log2 bucket of as_of - the newest event: how long the user has been idle when the vector
+        is computed (0 for a row without events)."""
+        return self.time_bucket[:, -1]
 
     @property
     def valid(self) -> torch.Tensor:
@@ -105,11 +113,16 @@ def hash_ids(ids: np.ndarray, present: np.ndarray | None, table: str, cfg: Model
     return out
 
 
-def time_buckets(gap_ms: np.ndarray, n_buckets: int) -> np.ndarray:
-    """ATRank log2 buckets of a time gap: 1 + floor(log2(1 + seconds)), capped at n_buckets-1."""
-    secs = np.maximum(np.asarray(gap_ms, dtype=np.int64), 0) // 1000 + 1  # >= 1
-    _, exp = np.frexp(secs.astype(np.float64))  # secs = m * 2^exp, m in [0.5, 1) -> floor(log2) = exp-1
-    return np.minimum(exp.astype(np.int64), n_buckets - 1)  # = 1 + floor(log2(secs)), capped
+def time_buckets(gap_ms, n_buckets: int):
+    """ATRank log2 buckets of a time gap in ms: 1 + floor(log2(1 + seconds)), capped at n_buckets-1.
+    A numpy array or a tensor alike (training draws idle times as tensors on the device)."""
+    if isinstance(gap_ms, torch.Tensor):
+        secs = gap_ms.long().clamp(min=0) // 1000 + 1  # >= 1
+        _, exp = torch.frexp(secs.double())  # secs = m * 2^exp, m in [0.5, 1) -> floor(log2) = exp-1
+        return exp.long().clamp(max=n_buckets - 1)  # = 1 + floor(log2(secs)), capped
+    secs = np.maximum(np.asarray(gap_ms, dtype=np.int64), 0) // 1000 + 1
+    _, exp = np.frexp(secs.astype(np.float64))
+    return np.minimum(exp.astype(np.int64), n_buckets - 1)
 
 
 def hash_items(

@@ -28,7 +28,10 @@ every block (HSTU style): ``UserEncoder(cfg, attention="sdpa")`` (default, the f
 `F.scaled_dot_product_attention`) or ``"reference"`` (explicit matmul-softmax, the plain path tests
 compare against); `UserEncoder.set_attention` changes it on a built model. The kernel is a runtime
 choice, not part of the artifact: the same weights run under either. Context (hour of day, weekday
-of ``as_of``) is added *beside* the sequence, to the pooled output, never as a token. Pooling is
+of ``as_of``) is added *beside* the sequence, to the pooled output, never as a token; so is the idle
+time (``use_idle``: how long the user has been idle at ``as_of``), as a scale and shift of each
+dimension, so that it can choose between what the vector holds of the session and of the lasting
+interests. In training each query's idle time is a random moment before its next event. Pooling is
 "last" (the output at the newest position) or "attention" (a learned query attending over the
 outputs, causally per position).
 """
@@ -147,6 +150,8 @@ class UserEncoder(nn.Module):
         self.pos = nn.Embedding(cfg.max_len, D)
         self.hour = nn.Embedding(24, D)
         self.weekday = nn.Embedding(7, D)
+        if cfg.uses_idle:  # log2 bucket of the idle time -> (scale, shift) of each dimension; 0 = no event
+            self.idle = nn.Embedding(cfg.n_time_buckets, 2 * D, padding_idx=0)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
@@ -295,15 +300,24 @@ class UserEncoder(nn.Module):
             h = att.softmax(dim=-1) @ h  # (B, T, D) causal pooled output per position
         return h
 
-    def user_head(self, h, hour, weekday) -> torch.Tensor:
-        """Pooled hidden (..., D) + context -> (..., D) L2-normalised user vectors."""
-        ctx = self.context(hour, weekday)
-        return F.normalize(self.head(h + ctx), dim=-1)
+    def user_head(self, h, hour, weekday, idle=None) -> torch.Tensor:
+        """Pooled hidden (..., D) + context -> (..., D) L2-normalised user vectors. ``idle``: log2 buckets
+        of the idle time, shaped as ``hour`` (used with ``cfg.uses_idle``)."""
+        h = h + self.context(hour, weekday)
+        if self.cfg.uses_idle:
+            scale, shift = self.idle(idle).chunk(2, dim=-1)  # (..., D) each
+            h = h * (1 + scale) + shift
+        return F.normalize(self.head(h), dim=-1)
 
-    def encode_positions(self, batch, hour=None, weekday=None, newest=None) -> torch.Tensor:
+    def user_vector(self, h, batch) -> torch.Tensor:
+        """(B, D) hidden state at the newest position -> (B, D) user vectors, in the batch's as_of context."""
+        return self.user_head(h, batch.hour, batch.weekday, batch.idle_bucket)
+
+    def encode_positions(self, batch, hour=None, weekday=None, newest=None, idle=None) -> torch.Tensor:
         """(B, T, D) L2-normalised vector after every position (training: each predicts the future).
 
-        ``hour``/``weekday`` (B, T) are the context of each position's query time (default: as_of's).
+        ``hour``/``weekday`` (B, T) are the context of each position's query time (default: as_of's), and
+        ``idle`` (B, T) the idle-time bucket each query is computed at (default: as_of's).
         ``newest`` (B,): the slot of each row's last query that has a target. Training passes it so
         that this query sits at position 0 "from the newest", exactly where the query of `forward` (the
         newest event) sits at inference; the row's later events only ever serve as targets. Without it
@@ -313,9 +327,9 @@ class UserEncoder(nn.Module):
         h = self._hidden(batch, newest)  # (B, T, D)
         hour = batch.hour[:, None] if hour is None else hour  # (B, 1) or (B, T)
         weekday = batch.weekday[:, None] if weekday is None else weekday
-        return self.user_head(h, hour, weekday)
+        idle = batch.idle_bucket[:, None] if idle is None else idle
+        return self.user_head(h, hour, weekday, idle)
 
     def forward(self, batch) -> torch.Tensor:
         """(B, D) L2-normalised user vectors: the output at the newest position (left padding)."""
-        h = self._hidden(batch)[:, -1]  # (B, D)
-        return self.user_head(h, batch.hour, batch.weekday)
+        return self.user_vector(self._hidden(batch)[:, -1], batch)  # (B, D)

@@ -67,7 +67,7 @@ from encoder.data import (
 )
 from encoder.device import autocast, autocast_dtype, select_device
 from encoder.evaluate import leave_last_out_report, model_leave_last_out
-from encoder.features import SequenceBatch, featurize, hash_items, hour_of_day, weekday_of
+from encoder.features import SequenceBatch, featurize, hash_items, hour_of_day, time_buckets, weekday_of
 from encoder.inference.loader import prefetch
 from encoder.model import UserEncoder
 from encoder.objectives import (
@@ -181,7 +181,7 @@ def query_counts(train: pa.Table, positive_types) -> np.ndarray:
 
 
 def encode_in_length_buckets(
-    model, batch: SequenceBatch, hour, weekday, newest: torch.Tensor, buckets: int
+    model, batch: SequenceBatch, hour, weekday, idle, newest: torch.Tensor, buckets: int
 ) -> torch.Tensor:
     """(B, T, D) ``model.encode_positions`` of every row, run as ``buckets`` groups of rows sorted by
     length, each trimmed to its own longest row: a random batch, whose longest row would pad every
@@ -189,19 +189,34 @@ def encode_in_length_buckets(
     padding, masked attention, positions counted from ``newest``); padded positions are zeros, never read.
     """
     if buckets <= 1 or len(batch) < 2:
-        return model.encode_positions(batch, hour, weekday, newest=newest)
+        return model.encode_positions(batch, hour, weekday, newest=newest, idle=idle)
     B, T = batch.action.shape
     out = None
     for rows in torch.tensor_split(torch.argsort(batch.lengths), min(buckets, B)):
         part = batch.select(rows)  # (b, t) trimmed to its longest row
         t = part.action.shape[1]
         vec = model.encode_positions(
-            part, hour[rows, T - t :], weekday[rows, T - t :], newest=newest[rows] - (T - t)
+            part,
+            hour[rows, T - t :],
+            weekday[rows, T - t :],
+            newest=newest[rows] - (T - t),
+            idle=idle[rows, T - t :],
         )  # (b, t, D)
         if out is None:
             out = vec.new_zeros(B, T, vec.shape[-1])
         out[rows, T - t :] = vec
     return out
+
+
+def idle_before_next(batch: SequenceBatch, gen: torch.Generator, n_buckets: int) -> torch.Tensor:
+    """(B, T) idle-time bucket of each training query: a uniformly random moment between its event and
+    the next one, as a vector computed on a schedule is, for a user who comes back. So a query learns
+    what follows *an idle time of at least that long*, which is what a vector made ``as_of - newest``
+    after the newest event knows at inference. The newest slot has no next event: its own as_of."""
+    gap = (batch.ts[:, 1:] - batch.ts[:, :-1]).clamp(min=0)  # (B, T-1) ms to the next event
+    u = torch.rand(gap.shape, generator=gen).to(gap.device)  # (B, T-1)
+    idle = time_buckets((u * gap).long(), n_buckets)  # (B, T-1)
+    return torch.cat([idle, batch.idle_bucket[:, None]], dim=1)  # (B, T)
 
 
 def _batch_loss(
@@ -211,10 +226,14 @@ def _batch_loss(
     targets per step) scaled by this step's targets over it, so that each target weighs the same."""
     positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid  # (B, T)
     hour, weekday = hour_of_day(batch.ts), weekday_of(batch.ts)  # (B, T) each position's query time
+    if model.cfg.uses_idle:  # (B, T) drawn only where used: the other draws stay as they were
+        idle = idle_before_next(batch, gen, model.cfg.n_time_buckets)
+    else:
+        idle = batch.idle_bucket[:, None].expand_as(batch.action)
     next_target = next_positive_targets(positive)  # (B, T) every objective's queries are a subset
     newest = last_query_slot(next_target)  # (B,)
     user = encode_in_length_buckets(
-        model, batch, hour, weekday, newest, ts.forward_length_buckets
+        model, batch, hour, weekday, idle, newest, ts.forward_length_buckets
     )  # (B, T, D)
     T = user.shape[1]
     picked = []  # (weight, b, t, raw target item) per objective

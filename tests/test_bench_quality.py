@@ -10,8 +10,9 @@ from encoder.data import events_to_sequences, leave_last_out
 from soe.config import load_settings
 
 
-def _report(ndcg: float) -> dict:
-    return {"ndcg@10": ndcg, "hr@10": 2 * ndcg, "train_s": 1.0}
+def _report(ndcg: float, served: float | None = None) -> dict:
+    report = {"ndcg@10": ndcg, "hr@10": 2 * ndcg, "train_s": 1.0}
+    return report if served is None else {**report, "served_ndcg@10": served}
 
 
 def test_the_summary_pairs_each_seed_with_the_item_ids_only_run_of_the_same_seed():
@@ -31,6 +32,18 @@ def test_the_summary_pairs_each_seed_with_the_item_ids_only_run_of_the_same_seed
     assert "item_ids_only" not in out["x_features_gain_pct"]
     one_seed = summarise_ablation({name: runs[:1] for name, runs in reports.items()}, "x")
     assert "x_features_seeds" not in one_seed and one_seed["x_features_all_ndcg10"] == 0.12
+    assert "x_features_all_served_ndcg10" not in out and "x_features_served_gain_pct" not in out  # no clock
+
+
+def test_the_summary_pairs_the_hourly_served_figures_too():
+    reports = {
+        "all": [_report(0.12, served=0.06), _report(0.10, served=0.05)],
+        "item_ids_only": [_report(0.10, served=0.04), _report(0.08, served=0.05)],
+    }
+    out = summarise_ablation(reports, "x")
+    assert out["x_features_all_served_ndcg10"] == pytest.approx(0.055)
+    assert out["x_features_served_gain_pct"]["all"] == [50.0, 0.0]
+    assert out["x_features_gain_pct"]["all"] == [20.0, 25.0]  # the leave-last-out gains as before
 
 
 def test_the_ablation_trains_every_variant_per_seed_and_reuses_the_full_models_runs():

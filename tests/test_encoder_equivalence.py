@@ -60,6 +60,7 @@ def models(draw, poolings=("last", "attention")) -> UserEncoder:
         pooling=draw(st.sampled_from(poolings)),
         use_action=draw(st.booleans()),
         use_time=draw(st.booleans()),
+        use_idle=draw(st.booleans()),
         use_attributes=draw(st.booleans()),
         use_context=draw(st.booleans()),
     )

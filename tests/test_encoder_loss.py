@@ -16,7 +16,7 @@ from encoder.model import UserEncoder
 from encoder.objectives import choose_loss, full_softmax
 from encoder.optim import EncoderOptimizer, lr_factor
 from encoder.settings import TrainSettings
-from encoder.train import _batch_loss, draw_negatives, fit, loss_inputs
+from encoder.train import _batch_loss, draw_negatives, fit, idle_before_next, loss_inputs
 
 torch.set_num_threads(1)  # shared test machine
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=20, item_buckets=2**10, attr_buckets=2**8)
@@ -123,7 +123,8 @@ def test_full_softmax_batch_loss_equals_a_hand_computed_cross_entropy(data, sett
         newest[b] = t
     with torch.no_grad():
         hour, weekday = (batch.ts // 3_600_000) % 24, (batch.ts // 86_400_000 + 3) % 7
-        user = model.encode_positions(batch, hour, weekday, newest=newest)
+        idle = idle_before_next(batch, torch.Generator(), CFG.n_time_buckets)  # the step's own draws
+        user = model.encode_positions(batch, hour, weekday, newest=newest, idle=idle)
         items = model.item_vectors(inputs.catalogue_idx)
     logits = torch.stack([user[b, t] @ items.T / ts.temperature for b, t, _ in queries])
     want = F.cross_entropy(logits, torch.tensor([c for _, _, c in queries]), label_smoothing=label_smoothing)

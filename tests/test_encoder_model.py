@@ -11,7 +11,7 @@ from torch import nn
 from core.datasets.synthetic import SyntheticConfig, generate
 from encoder.config import ModelConfig
 from encoder.data import events_to_sequences, truncate
-from encoder.features import featurize
+from encoder.features import featurize, time_buckets
 from encoder.model import UserEncoder
 
 torch.set_num_threads(1)  # the test machine is shared: one thread avoids oversubscription
@@ -114,6 +114,53 @@ def test_the_gap_to_the_event_before_counts_only_with_the_time_features(sequence
             assert torch.allclose(model(batch), model(regapped), atol=1e-6) is not moves
     legacy = {k: v for k, v in ModelConfig(use_event_gap=True).to_dict().items() if k != "use_event_gap"}
     assert ModelConfig.from_dict(legacy).use_event_gap is False  # saved before the feature existed
+
+
+def test_the_idle_time_scales_and_shifts_the_vector_only_where_it_is_on(sequences):
+    batch = featurize(sequences.slice(0, 8), ModelConfig(**SMALL))
+    later = featurize(sequences.slice(0, 8), ModelConfig(**SMALL))
+    assert torch.equal(
+        batch.idle_bucket, torch.ones(8, dtype=torch.long)
+    )  # as_of just after the newest event
+    later.time_bucket[:, -1] = 17  # idle ~1.5 days
+    assert torch.equal(later.idle_bucket, torch.full((8,), 17))
+    for fields, moves in (
+        ({}, True),  # on by default
+        ({"use_idle": False}, False),
+        ({"use_time": False}, False),
+    ):
+        model = _model(**fields)
+        assert hasattr(model, "idle") is moves  # no table where it is not used: older artifacts load as saved
+        with torch.no_grad():
+            model.time.weight[17] = model.time.weight[1]  # the newest token's own embedding does not change
+            assert torch.allclose(model(batch), model(later), atol=1e-6) is not moves
+    idle, plain = _model(), _model(use_idle=False)
+    with torch.no_grad():
+        idle.idle.weight.zero_()  # scale 0, shift 0: the identity
+        plain.load_state_dict({k: v for k, v in idle.state_dict().items() if not k.startswith("idle.")})
+        assert torch.allclose(idle(batch), plain(batch), atol=1e-6)
+    legacy = {k: v for k, v in ModelConfig(use_idle=True).to_dict().items() if k != "use_idle"}
+    assert ModelConfig.from_dict(legacy).use_idle is False  # saved before the feature existed
+
+
+def test_time_buckets_agree_on_arrays_and_tensors():
+    rng = np.random.default_rng(0)
+    edges = 1000 * (
+        2 ** np.arange(0, 30, dtype=np.int64) - 1
+    )  # every bucket edge in ms, and either side of it
+    gaps = np.concatenate([edges - 1, edges, edges + 1, rng.integers(-(10**6), 10**12, 5000), [0, -1]])
+    want = time_buckets(gaps, 24)
+    assert want.min() == 1 and want.max() == 23
+    assert np.array_equal(time_buckets(torch.from_numpy(gaps), 24).numpy(), want)
+    assert time_buckets(np.array([0, 999, 1000, 2999, 3000, 6999, 7000]), 24).tolist() == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+    ]
 
 
 def test_plain_config_ignores_attributes(sequences):

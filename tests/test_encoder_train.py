@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -15,8 +16,8 @@ from core.datasets.synthetic import SyntheticConfig, generate
 from encoder.artifact import list_models, load_model, model_version
 from encoder.config import ModelConfig
 from encoder.data import chunk_rows, events_to_sequences, item_catalogue, leave_last_out
-from encoder.evaluate import evaluate_model
-from encoder.features import featurize, hour_of_day, weekday_of
+from encoder.evaluate import evaluate_model, served_hourly
+from encoder.features import featurize, hour_of_day, time_buckets, weekday_of
 from encoder.metrics import purity, random_purity, ranking_metrics
 from encoder.model import UserEncoder
 from encoder.objectives import next_positive_targets
@@ -26,6 +27,7 @@ from encoder.train import (
     CheckpointError,
     encode_in_length_buckets,
     fit,
+    idle_before_next,
     last_query_slot,
     length_batches,
     loss_inputs,
@@ -121,6 +123,9 @@ def test_train_model_publishes_an_evaluated_artifact(settings, log):
     for key in ("ndcg@10", "hr@50", "pop_ndcg@10", "bag_ndcg@10", "train_s", "best_valid_ndcg10"):
         assert key in m
     assert 0.0 <= m["ndcg@10"] <= 1.0 and m["test_users"] > 50
+    assert (
+        0.0 <= m["served_ndcg@10"] <= 1.0 and 0 < m["served_users"] <= m["test_users"]
+    )  # a clock: served too
     path = s.layout().model(version)
     for name in ("config.json", "hashing.json", "weights.pt", "metrics.json", "MODEL_CARD.md", "_SUCCESS"):
         assert (path / name).is_file(), name
@@ -157,6 +162,34 @@ def test_ranking_metrics_by_hand():
     vecs = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]]), dim=-1)
     assert purity(vecs, labels, k=1) == 1.0
     assert 0.2 < random_purity(np.repeat(np.arange(3), 200), k=20) < 0.46
+
+
+def test_served_hourly_gives_each_target_the_vector_of_the_hour_before_it():
+    """Minutes after 10:00 of one day: a target at 11:30 is served by the 11:00 vector, made from the events
+    before 11:00 (not the one at 11:00 itself, nor the 11:10 one); a user with nothing before the boundary
+    is left out."""
+    H, M = 3_600_000, 60_000
+    day = int(np.datetime64("2026-01-01T10:00", "ms").astype(np.int64))
+    rows = [  # user, minutes after 10:00, event type, item
+        *[(1, m, "view", i) for m, i in ((5, 11), (20, 12), (60, 13), (70, 14))],
+        (1, 90, "click", 15),  # user 1: valid target 14 at 11:10 (a view), test target 15 at 11:30
+        *[(2, m, "click", i) for m, i in ((130, 21), (140, 22), (150, 23))],  # user 2: all within 12:00-13:00
+    ]
+    events = pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.int64()),
+            "ts": pa.array([day + r[1] * M for r in rows], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "event_type": [r[2] for r in rows],
+            "item_id": pa.array([r[3] for r in rows], pa.int64()),
+        }
+    )
+    split = leave_last_out(events_to_sequences(events), ["click", "view"], min_positives=3)
+    assert split.test_target.tolist() == [15, 23]
+    assert split.test_target_ts.tolist() == [day + 90 * M, day + 150 * M]
+    inputs, targets, as_of = served_hourly(split)
+    assert targets.tolist() == [15] and as_of.tolist() == [day + H]
+    assert inputs["user_id"].to_pylist() == [1] and inputs["item_id"].to_pylist() == [[11, 12]]
+    assert served_hourly(split, every_ms=2 * M)[1].tolist() == [15, 23]  # every 2 minutes: both served
 
 
 def test_cli_train_eval_list_on_a_sasrec_file(settings, tmp_path, monkeypatch):
@@ -334,12 +367,34 @@ def test_equal_target_weight_only_reweighs_the_steps(settings, log):
     assert losses(batch_size=16, equal_target_weight=True) != pytest.approx(losses(batch_size=16), rel=1e-3)
 
 
-@pytest.mark.parametrize("seed, pooling", [(0, "last"), (1, "last"), (2, "attention")])
-def test_length_buckets_give_the_one_pass_outputs_and_gradients(log, seed, pooling):
+def test_each_training_query_is_idle_a_random_part_of_the_wait_for_its_next_event(log):
+    """A query's idle time is drawn between its event and the next one, never past it, and spread over
+    that wait; the newest slot (no next event) keeps the row's own idle time."""
+    cfg = ModelConfig(**TINY, use_idle=True)
+    batch = featurize(chunk_rows(events_to_sequences(log.events), cfg.max_len).slice(0, 64), cfg)
+    pairs = batch.valid[:, 1:] & batch.valid[:, :-1]  # (B, T-1) a real event and the real one after it
+    gap = time_buckets((batch.ts[:, 1:] - batch.ts[:, :-1])[pairs].numpy(), cfg.n_time_buckets)
+    draws = [idle_before_next(batch, torch.Generator().manual_seed(s), cfg.n_time_buckets) for s in range(8)]
+    for idle in draws:
+        assert idle.shape == batch.action.shape
+        assert torch.equal(idle[:, -1], batch.idle_bucket)
+        got = idle[:, :-1][pairs].numpy()
+        assert (got >= 1).all() and (got <= gap).all()
+    got = np.stack([d[:, :-1][pairs].numpy() for d in draws])  # (8, pairs)
+    long = gap >= 8  # waits of two minutes or more: a uniform moment lands in its last bucket < half the time
+    assert 0.1 < (got[:, long] == gap[long]).mean() < 0.5
+    assert (got[:, long] <= gap[long] - 2).mean() > 0.1
+    assert not torch.equal(draws[0], draws[1])
+
+
+@pytest.mark.parametrize(
+    "seed, pooling, use_idle", [(0, "last", False), (1, "last", True), (2, "attention", True)]
+)
+def test_length_buckets_give_the_one_pass_outputs_and_gradients(log, seed, pooling, use_idle):
     """The bucketed forward pass (each group of rows trimmed to its longest) is a fast path of the
     one-pass forward over the whole padded batch: on random batches of mixed lengths every real
     position's vector and every parameter's gradient must match."""
-    cfg = ModelConfig(**TINY, pooling=pooling)
+    cfg = ModelConfig(**TINY, pooling=pooling, use_idle=use_idle)
     seq = events_to_sequences(log.events)
     train = chunk_rows(seq, cfg.max_len)
     rng = np.random.default_rng(seed)
@@ -350,13 +405,14 @@ def test_length_buckets_give_the_one_pass_outputs_and_gradients(log, seed, pooli
     positive = torch.isin(batch.action, inputs.positive_idx) & batch.valid
     newest = last_query_slot(next_positive_targets(positive))
     hour, weekday = hour_of_day(batch.ts), weekday_of(batch.ts)  # as the training step computes them
+    idle = idle_before_next(batch, torch.Generator().manual_seed(seed), cfg.n_time_buckets)
     torch.manual_seed(seed)
     model = UserEncoder(cfg).eval()  # no dropout: both paths see the same function
     weights = torch.randn(*batch.action.shape, cfg.d_model)  # (B, T, D) a random loss on real positions
 
     def run(buckets):
         model.zero_grad()
-        out = encode_in_length_buckets(model, batch, hour, weekday, newest, buckets)
+        out = encode_in_length_buckets(model, batch, hour, weekday, idle, newest, buckets)
         (out * weights * batch.valid[..., None]).sum().backward()
         grads = {n: p.grad.to_dense().clone() for n, p in model.named_parameters() if p.grad is not None}
         return out.detach()[batch.valid], grads

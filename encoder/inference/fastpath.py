@@ -47,4 +47,4 @@ def forward_newest(model: UserEncoder, batch) -> torch.Tensor:
     for block in model.blocks[:-1]:
         x = block(x, mask)  # (B, T, D)
     h = model.ln_f(last_block_newest(model.blocks[-1], x, mask))  # (B, D)
-    return model.user_head(h, batch.hour, batch.weekday)  # (B, D)
+    return model.user_vector(h, batch)  # (B, D)

@@ -99,7 +99,7 @@ class NaiveEncoder(nn.Module):
         )  # (B, T) True = padding
         h = self.encoder(x, mask=causal, src_key_padding_mask=key_padding, is_causal=True)  # (B, T, D)
         h = self.model.ln_f(h[torch.arange(B, device=x.device), batch.lengths - 1])  # (B, D) newest event
-        return self.model.user_head(h, batch.hour, batch.weekday)  # (B, D) unit vectors
+        return self.model.user_vector(h, batch)  # (B, D) unit vectors
 
 
 def naive_encode(naive: NaiveEncoder, table: pa.Table, as_of: datetime, batch_rows: int = 64) -> np.ndarray:
