@@ -258,16 +258,25 @@ def leave_last_out_report(
         m = leave_last_out_metrics(score_fn, split.test, split.test_target, catalogue, ks)
         out.update({f"{prefix}{k}": v for k, v in m.items() if k != "users"})
         out["test_users"] = m["users"]
-    inputs, targets, as_of = served_hourly(split) if split.test_target_ts is not None else (None, [], None)
-    if len(targets) and has_real_time(split.test):
-        served = {
-            "served_": vector_scores(encode_users(model, cfg, inputs, as_of=as_of, device=device), items),
-            "pop_served_": scorers["pop_"],
-        }
-        for prefix, score_fn in served.items():
-            m = leave_last_out_metrics(score_fn, inputs, targets, catalogue, ks)
-            out.update({f"{prefix}{k}": v for k, v in m.items() if k != "users"})
-        out["served_users"] = m["users"]
+    if split.test_target_ts is not None and has_real_time(split.test):
+        out.update(_served_report(model, cfg, split, catalogue, items, scorers["pop_"], device, ks))
+    return out
+
+
+def _served_report(model, cfg, split: Split, catalogue: Catalogue, items, popularity, device, ks) -> dict:
+    """``served_*`` (the model) and ``pop_served_*`` on the targets as `served_hourly` serves them."""
+    inputs, targets, as_of = served_hourly(split)
+    if len(targets) == 0:
+        return {}
+    served = {
+        "served_": vector_scores(encode_users(model, cfg, inputs, as_of=as_of, device=device), items),
+        "pop_served_": popularity,
+    }
+    out = {}
+    for prefix, score_fn in served.items():
+        m = leave_last_out_metrics(score_fn, inputs, targets, catalogue, ks)
+        out.update({f"{prefix}{k}": v for k, v in m.items() if k != "users"})
+    out["served_users"] = m["users"]
     return out
 
 
