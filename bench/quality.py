@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from bench.common import emit, machine, parse_args
@@ -54,7 +53,14 @@ from core.contracts import ATTRIBUTE_COLUMNS
 from core.datasets.synthetic import SyntheticConfig, generate
 from core.layout import HOUR_MS
 from encoder.baselines import plain_sasrec_overrides
-from encoder.data import events_to_sequences, item_catalogue, leave_last_out, read_sasrec, truncate
+from encoder.data import (
+    events_before,
+    events_to_sequences,
+    item_catalogue,
+    leave_last_out,
+    read_sasrec,
+    truncate,
+)
 from encoder.evaluate import leave_last_out_report, planted_purity, staleness_metrics
 from encoder.train import fit, model_config, settings_for_data
 from soe.config import load_settings
@@ -245,9 +251,7 @@ def summarise_ablation(reports: dict[str, list[dict]], prefix: str) -> dict:
 
 def prefix_until(seq: pa.Table, T_ms: int) -> pa.Table:
     """Every user's events at or before T (users without any are dropped): what was known at T."""
-    ts_flat = seq["ts"].combine_chunks().flatten().cast(pa.int64()).to_numpy()
-    row = np.repeat(np.arange(seq.num_rows), pc.list_value_length(seq["ts"]).to_numpy())
-    return truncate(seq, np.bincount(row[ts_flat <= T_ms], minlength=seq.num_rows))
+    return truncate(seq, events_before(seq, T_ms, inclusive=True))
 
 
 def synthetic(settings, quick: bool, train: dict, seeds: int = 1, session_focus: float = 0.0) -> dict:

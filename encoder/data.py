@@ -117,6 +117,16 @@ def is_positive(event_type: pa.Array, positive_types) -> np.ndarray:
     ).to_numpy(zero_copy_only=False)
 
 
+def events_before(sequences: pa.Table, t_ms, inclusive: bool = False) -> np.ndarray:
+    """(rows,) events of each row before ``t_ms`` (one time for all rows, or one per row; ``inclusive``:
+    at it too). Rows are in time order, so this is the length of each row's prefix known then."""
+    ts = pc.fill_null(sequences["ts"].combine_chunks().flatten().cast(pa.int64()), 0).to_numpy()
+    lengths = pc.list_value_length(sequences["ts"]).to_numpy().astype(np.int64)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    t = np.broadcast_to(np.asarray(t_ms, dtype=np.int64), (len(lengths),))[row]  # (events,) each row's time
+    return np.bincount(row[ts <= t if inclusive else ts < t], minlength=len(lengths))
+
+
 def truncate(sequences: pa.Table, keep: np.ndarray) -> pa.Table:
     """Keep the first ``keep[i]`` events of row i (its prefix); rows with keep 0 are dropped."""
     keep = np.asarray(keep, dtype=np.int64)

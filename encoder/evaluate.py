@@ -32,6 +32,7 @@ from encoder.config import ModelConfig
 from encoder.data import (
     Catalogue,
     Split,
+    events_before,
     has_real_time,
     history_items,
     is_positive,
@@ -229,10 +230,7 @@ def served_hourly(split: Split, every_ms: int = HOUR_MS) -> tuple[pa.Table, np.n
     if split.test_target_ts is None:
         raise ValueError("served_hourly: the split has no target times (the data has no ts column)")
     as_of = split.test_target_ts // every_ms * every_ms  # (Ut,)
-    ts = pc.fill_null(split.test["ts"].combine_chunks().flatten().cast(pa.int64()), 0).to_numpy()
-    lengths = pc.list_value_length(split.test["ts"]).to_numpy().astype(np.int64)
-    row = np.repeat(np.arange(len(lengths)), lengths)
-    keep = np.bincount(row[ts < as_of[row]], minlength=len(lengths))  # events before as_of (time order)
+    keep = events_before(split.test, as_of)  # (Ut,)
     served = keep > 0
     return truncate(split.test, keep), split.test_target[served], as_of[served]
 
