@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from bench.quality import FEATURE_ABLATION, SYN_POSITIVES, feature_ablation, summarise_ablation
+from bench.quality import (
+    FEATURE_ABLATION,
+    SPORTS_QUICK,
+    SYN_POSITIVES,
+    feature_ablation,
+    sports,
+    summarise_ablation,
+)
 from core.datasets.synthetic import SyntheticConfig, generate
 from encoder.data import events_to_sequences, leave_last_out
 from soe.config import load_settings
@@ -60,3 +68,20 @@ def test_the_ablation_trains_every_variant_per_seed_and_reuses_the_full_models_r
     assert 0.0 <= seeds["all"]["min"] < 0.5
     assert seeds["item_ids_only"]["min"] > 0.0  # every variant trained and ranked
     assert all(len(g) == 2 for g in out["t_features_gain_pct"].values())
+
+
+def test_the_sports_section_runs_on_any_sasrec_file_and_counts_the_users_it_could_not_evaluate(tmp_path):
+    """`--sports-file` takes any SASRec file: "all users evaluated" compares with that file's users."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(1, 121):  # each user walks the 30-item cycle from a random start
+        start, n = int(rng.integers(30)), int(rng.integers(6, 10))
+        lines.append(" ".join(map(str, [u, *(1 + (start + i) % 30 for i in range(n))])))
+    lines.append("121 4 5")  # too short for leave-last-out (train, valid and test need 3 items)
+    path = tmp_path / "cycle.txt"
+    path.write_text("\n".join(lines) + "\n")
+    out = sports(load_settings(), quick=True, train={"threads": 1, **SPORTS_QUICK}, seeds=1, path=path)
+    assert out["sports_users_in_file"] == 121
+    assert out["sports_users_evaluated"] == 120  # so the target "all users evaluated" is false here
+    assert out["sports_items"] == 30
+    assert 0.0 < out["sports_ndcg10"] <= 1.0 and 0.0 < out["sports_sasrec_plain_ndcg10"] <= 1.0

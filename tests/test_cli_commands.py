@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -114,7 +115,12 @@ def test_datasets_ml100k_writes_the_events(tmp_path):
     assert r.exit_code == 0, r.output
     out = last_json(r.output)
     assert (out["events"], out["users"], out["items"]) == (100_000, 943, 1682)
-    assert pq.read_metadata(tmp_path / "datasets" / "ml-100k" / "events.parquet").num_rows == 100_000
+    events = pq.read_table(tmp_path / "datasets" / "ml-100k" / "events.parquet")
+    assert events.num_rows == 100_000
+    lines = Path(out["sasrec_path"]).read_text().splitlines()  # the same ratings as a SASRec text file
+    assert len(lines) == 943 and sum(len(line.split()) - 1 for line in lines) == 100_000
+    first = events.filter(pc.equal(events["user_id"], int(lines[0].split()[0])))
+    assert [int(i) for i in lines[0].split()[1:]] == first["item_id"].to_pylist()  # in time order
 
 
 def test_redis_functions_status_then_load(tmp_path):

@@ -114,14 +114,29 @@ def load_ml100k_events(cache_dir: Path) -> pa.Table:
     return ml100k_events(fetch_ml100k(cache_dir))
 
 
+def sasrec_text(events: pa.Table) -> str:
+    """Events sorted by user then time -> the SASRec text format (``user_id item_id item_id ...`` per
+    line, items in time order), every event one interaction: what ``soe train --sasrec-file`` and
+    ``bench.quality --sports-file`` read, so the Sports recipe can be checked on a second data set."""
+    users = events["user_id"].to_numpy()
+    items = events["item_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    rows = np.split(items, starts[1:])
+    return "".join(f"{users[a]} {' '.join(map(str, r))}\n" for a, r in zip(starts, rows, strict=True))
+
+
 def write_ml100k_events(layout) -> dict:
-    """`soe datasets ml-100k`: write the events to ``<root>/datasets/ml-100k/events.parquet``."""
+    """`soe datasets ml-100k`: write the events to ``<root>/datasets/ml-100k/events.parquet`` and the
+    same ratings as a SASRec text file beside them (``sasrec.txt``)."""
     events = load_ml100k_events(layout.cache)
     out = Path(layout.root) / "datasets" / "ml-100k"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".events.parquet.tmp"
     pq.write_table(events, tmp)
     tmp.replace(out / "events.parquet")
+    tmp = out / ".sasrec.txt.tmp"
+    tmp.write_text(sasrec_text(events))
+    tmp.replace(out / "sasrec.txt")
     types = pc.value_counts(events["event_type"]).to_pylist()
     return {
         "events": events.num_rows,
@@ -129,4 +144,5 @@ def write_ml100k_events(layout) -> dict:
         "items": pc.count_distinct(events["item_id"]).as_py(),
         "event_types": {d["values"]: d["counts"] for d in types},
         "path": str(out / "events.parquet"),
+        "sasrec_path": str(out / "sasrec.txt"),
     }
