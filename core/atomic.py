@@ -44,20 +44,34 @@ def write_marker(path: Path, manifest: dict[str, Any] | None = None) -> None:
     _write_json(Path(path) / MARKER, manifest or {})
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+def temp_sibling(path: Path) -> Path:
+    """The hidden temp name a writer builds ``path`` under before renaming it in (`clean_temp` finds it)."""
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = temp_sibling(path)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write a JSON file atomically (temp file + rename)."""
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    _write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename): a reader sees the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, payload)
+    _write_text(path, text)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write a JSON file atomically (temp file + rename)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.atomic import clean_temp, is_complete, publish_dir, read_marker
+from core.atomic import clean_temp, is_complete, publish_dir, read_marker, temp_sibling, write_text_atomic
 
 
 def test_publish_writes_marker_last_and_renames(tmp_path):
@@ -63,3 +63,14 @@ def test_clean_temp_finds_nested_leftovers_but_spares_young_ones(tmp_path):
     assert clean_temp(tmp_path, older_than_s=600) == 2
     assert not old.exists() and not aside.exists()
     assert young.exists() and (snap / "shard=00000").exists()
+
+
+def test_a_text_file_is_replaced_whole_and_its_temp_name_is_one_clean_temp_removes(tmp_path):
+    target = tmp_path / "sub" / "sasrec.txt"
+    write_text_atomic(target, "1 2 3\n")
+    write_text_atomic(target, "1 4 5\n")  # a rerun replaces it
+    assert target.read_text() == "1 4 5\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["sasrec.txt"]  # no temp sibling left
+    crashed = temp_sibling(target)  # what a writer killed before its rename leaves
+    crashed.write_text("half")
+    assert clean_temp(tmp_path) == 1 and not crashed.exists() and target.exists()

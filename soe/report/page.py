@@ -8,13 +8,13 @@ the charts were laid out. Nothing is fetched: the page opens offline and can be 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from core.atomic import write_text_atomic
 from core.layout import Layout, stamp
 from soe.flows.metrics import _scorer
 from soe.report import svg
@@ -485,10 +485,7 @@ def write_report(
     data = collect(layout, model, start, end)
     html = render(data, norm_tolerance)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)  # a reader never sees half a page
+    write_text_atomic(out, html)  # a reader never sees half a page
     return {
         "report": str(out),
         "model": model,
